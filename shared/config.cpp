@@ -1,0 +1,118 @@
+#include "shared/config.hpp"
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "shared/listen_address.hpp"
+#include "shared/log.hpp"
+
+namespace colo {
+namespace {
+
+class Collector final : public google::protobuf::io::ErrorCollector {
+ public:
+  explicit Collector(std::string origin) : origin_(std::move(origin)) {}
+  void AddError(int line, int column, const std::string& message) override {
+    errors_.push_back(fmt::format("{}:{}:{}: {}", origin_, line + 1, column + 1, message));
+  }
+  void AddWarning(int line, int column, const std::string& message) override {
+    errors_.push_back(fmt::format("{}:{}:{}: {}", origin_, line + 1, column + 1, message));
+  }
+  const std::vector<std::string>& errors() const { return errors_; }
+
+ private:
+  std::string origin_;
+  std::vector<std::string> errors_;
+};
+
+std::string join_lines(const std::vector<std::string>& lines) {
+  std::string out;
+  for (const auto& l : lines) {
+    if (!out.empty()) out += '\n';
+    out += l;
+  }
+  return out;
+}
+
+void validate_file(const config::FileConfig& f, const std::string& where,
+                   std::vector<std::string>& errors) {
+  if (f.path().empty()) errors.push_back(where + ".path: must be set");
+  if (f.create() && f.size_bytes() == 0) {
+    errors.push_back(where + ".size_bytes: must be set when create is true");
+  }
+  if (f.size_bytes() % 512 != 0) {
+    errors.push_back(fmt::format("{}.size_bytes: {} is not a multiple of 512", where,
+                                 f.size_bytes()));
+  }
+}
+
+void validate_export(const config::ExportConfig& e, const std::string& where,
+                     std::vector<std::string>& errors) {
+  if (e.listen().empty()) errors.push_back(where + ".listen: at least one address is needed");
+  for (const auto& l : e.listen()) {
+    auto parsed = parse_listen_address(l);
+    if (!parsed) errors.push_back(fmt::format("{}.listen: {}", where, parsed.error().message));
+  }
+  if (e.name().size() > 4096) errors.push_back(where + ".name: longer than 4096 bytes");
+  if (e.description().size() > 4096) {
+    errors.push_back(where + ".description: longer than 4096 bytes");
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> validate_config(const config::DaemonConfig& cfg) {
+  std::vector<std::string> errors;
+  if (cfg.role() == config::ROLE_UNSPECIFIED) {
+    errors.push_back("role: must be PRIMARY or SECONDARY");
+  }
+  if (!cfg.log_level().empty()) {
+    log::Level l;
+    if (!log::parse_level(cfg.log_level(), &l)) {
+      errors.push_back(fmt::format("log_level: unknown level \"{}\" (trace, debug, info, warn, error)",
+                                   cfg.log_level()));
+    }
+  }
+  if (!cfg.has_disk()) {
+    errors.push_back("disk: must be set");
+  } else {
+    validate_file(cfg.disk(), "disk", errors);
+  }
+  if (cfg.has_export_()) validate_export(cfg.export_(), "export", errors);
+  if (cfg.role() == config::PRIMARY && !cfg.has_export_()) {
+    errors.push_back("export: the primary role needs a front-end export");
+  }
+  return errors;
+}
+
+Result<config::DaemonConfig> parse_config_text(const std::string& text,
+                                               const std::string& origin) {
+  config::DaemonConfig cfg;
+  google::protobuf::TextFormat::Parser parser;
+  Collector collector(origin);
+  parser.RecordErrorsTo(&collector);
+  if (!parser.ParseFromString(text, &cfg)) {
+    return make_error(EINVAL, "invalid config:\n" + join_lines(collector.errors()));
+  }
+  auto problems = validate_config(cfg);
+  if (!problems.empty()) {
+    for (auto& p : problems) p = origin + ": " + p;
+    return make_error(EINVAL, "invalid config:\n" + join_lines(problems));
+  }
+  return cfg;
+}
+
+Result<config::DaemonConfig> load_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return make_error(errno ? errno : ENOENT, "cannot read config " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_config_text(ss.str(), path);
+}
+
+}  // namespace colo

@@ -1,0 +1,23 @@
+#pragma once
+// Loading and validating the daemon config (protobuf text format, STYLE rule 20).
+//
+// load_config() parses the whole file, rejecting unknown fields and syntax errors with
+// "path:line:column: message", then validates every value and reports all problems at once.
+// Nothing is opened or created here.
+
+#include <string>
+#include <vector>
+
+#include "config.pb.h"
+#include "shared/error.hpp"
+
+namespace colo {
+
+Result<config::DaemonConfig> parse_config_text(const std::string& text,
+                                               const std::string& origin);
+Result<config::DaemonConfig> load_config(const std::string& path);
+
+// Every problem found in a parsed config, each naming the option and the value.
+std::vector<std::string> validate_config(const config::DaemonConfig& cfg);
+
+}  // namespace colo

@@ -1,0 +1,40 @@
+#pragma once
+// Coroutine vocabulary shared by every node and server.
+//
+// Task<T> is an Asio awaitable. Operations that can fail take `use_task`, which completes with a
+// tuple (error_code, ...) instead of throwing (STYLE rule 13): check every error_code.
+// spawn() is the only way to start a detached coroutine: an exception escaping it is a
+// programmer error, so it is logged and the process aborts (rule 15).
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <exception>
+#include <string>
+#include <utility>
+
+namespace colo {
+
+namespace asio = boost::asio;
+
+template <class T>
+using Task = asio::awaitable<T>;
+
+inline constexpr auto use_task = asio::as_tuple(asio::use_awaitable);
+using UseTask = asio::as_tuple_t<asio::use_awaitable_t<>>;
+
+namespace detail {
+[[noreturn]] void spawn_failed(const std::string& what, std::exception_ptr e);
+}
+
+// Runs `task` on `ex` until it finishes. `what` names the coroutine in the crash report.
+template <class Executor>
+void spawn(const Executor& ex, Task<void> task, std::string what) {
+  asio::co_spawn(ex, std::move(task), [what = std::move(what)](std::exception_ptr e) {
+    if (e) detail::spawn_failed(what, e);
+  });
+}
+
+}  // namespace colo
