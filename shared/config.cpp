@@ -87,6 +87,8 @@ std::vector<std::string> validate_config(const config::DaemonConfig& cfg) {
   if (cfg.role() == config::PRIMARY && !cfg.has_export_()) {
     errors.push_back("export: the primary role needs a front-end export");
   }
+  validate_quorum_config(cfg, errors);
+  validate_secondary_config(cfg, errors);
   return errors;
 }
 

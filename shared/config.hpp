@@ -20,4 +20,10 @@ Result<config::DaemonConfig> load_config(const std::string& path);
 // Every problem found in a parsed config, each naming the option and the value.
 std::vector<std::string> validate_config(const config::DaemonConfig& cfg);
 
+// Role-specific parts, each in its own file (config_quorum.cpp, config_secondary.cpp); they
+// append "option: problem naming the value" lines to `errors`.
+void validate_quorum_config(const config::DaemonConfig& cfg, std::vector<std::string>& errors);
+void validate_secondary_config(const config::DaemonConfig& cfg,
+                               std::vector<std::string>& errors);
+
 }  // namespace colo

@@ -6,6 +6,7 @@
 // spawn() is the only way to start a detached coroutine: an exception escaping it is a
 // programmer error, so it is logged and the process aborts (rule 15).
 
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -30,8 +31,7 @@ namespace detail {
 }
 
 // Runs `task` on `ex` until it finishes. `what` names the coroutine in the crash report.
-template <class Executor>
-void spawn(const Executor& ex, Task<void> task, std::string what) {
+inline void spawn(const asio::any_io_executor& ex, Task<void> task, std::string what) {
   asio::co_spawn(ex, std::move(task), [what = std::move(what)](std::exception_ptr e) {
     if (e) detail::spawn_failed(what, e);
   });

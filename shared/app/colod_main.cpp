@@ -2,14 +2,55 @@
 
 #include <boost/program_options.hpp>
 
+#include <csignal>
 #include <cstdlib>
 #include <iostream>
 
 #include "colo/version.hpp"
+#include "primary/primary_role.hpp"
+#include "secondary/secondary_role.hpp"
 #include "shared/config.hpp"
+#include "shared/daemon.hpp"
 #include "shared/log.hpp"
 
 namespace po = boost::program_options;
+
+namespace {
+
+int run_daemon(colo::config::DaemonConfig cfg) {
+  using namespace colo;
+  if (!cfg.log_level().empty()) {
+    log::Level level;
+    if (log::parse_level(cfg.log_level(), &level)) log::set_level(level);
+  }
+  log::set_trace(cfg.trace());
+  // A peer that goes away must give EPIPE on the socket, not kill the daemon.
+  std::signal(SIGPIPE, SIG_IGN);
+
+  asio::io_context io(1);
+  DaemonContext ctx(io, cfg);
+  const std::string control_path = control_socket_path(cfg);
+  if (auto r = ctx.control().listen(control_path); !r) {
+    log::error("{}", r.error().to_string());
+    return 1;
+  }
+  Result<void> started = cfg.role() == config::PRIMARY ? start_primary(ctx) : start_secondary(ctx);
+  if (!started) {
+    log::error("cannot start the {} role: {}",
+               cfg.role() == config::PRIMARY ? "primary" : "secondary",
+               started.error().to_string());
+    ctx.control().close();
+    return 1;
+  }
+  ctx.handle_signals();
+  log::info("colod {} started: resource \"{}\", role {}", kVersion, cfg.resource(),
+            cfg.role() == config::PRIMARY ? "primary" : "secondary");
+  io.run();
+  log::info("colod stopped");
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   po::options_description desc(
@@ -50,6 +91,5 @@ int main(int argc, char** argv) {
     std::cout << "colod: config is valid\n";
     return 0;
   }
-  colo::log::error("colod: serving is not implemented yet");
-  return 1;
+  return run_daemon(std::move(*cfg));
 }

@@ -1,0 +1,220 @@
+#include "shared/control_server.hpp"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+
+#include <array>
+#include <cstring>
+#include <fmt/format.h>
+
+#include "shared/check.hpp"
+#include "shared/log.hpp"
+
+namespace colo {
+
+namespace {
+using Local = asio::local::stream_protocol;
+
+void put_be32(std::uint8_t* p, std::uint32_t v) {
+  p[0] = static_cast<std::uint8_t>(v >> 24);
+  p[1] = static_cast<std::uint8_t>(v >> 16);
+  p[2] = static_cast<std::uint8_t>(v >> 8);
+  p[3] = static_cast<std::uint8_t>(v);
+}
+std::uint32_t get_be32(const std::uint8_t* p) {
+  return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) |
+         std::uint32_t{p[3]};
+}
+}  // namespace
+
+control::Reply ControlReplyBuilder::ok(std::string text, std::string json) {
+  control::Reply r;
+  r.set_exit_code(kExitOk);
+  r.set_text(std::move(text));
+  r.set_json(std::move(json));
+  return r;
+}
+
+control::Reply ControlReplyBuilder::fail(int exit_code, std::string text) {
+  control::Reply r;
+  r.set_exit_code(exit_code);
+  r.set_text(std::move(text));
+  return r;
+}
+
+ControlServer::ControlServer(asio::io_context& io) : io_(io) {
+  add_command("help", "help: list the commands", [this](const control::Request&) -> Task<control::Reply> {
+    std::string text;
+    for (const auto& [name, cmd] : commands_) text += cmd.usage + "\n";
+    co_return ControlReplyBuilder::ok(std::move(text));
+  });
+}
+
+ControlServer::~ControlServer() { close(); }
+
+void ControlServer::add_command(std::string name, std::string usage, ControlHandler handler) {
+  CHECK(commands_.find(name) == commands_.end());
+  commands_.emplace(std::move(name), Command{std::move(usage), std::move(handler)});
+}
+
+Result<void> ControlServer::listen(const std::string& path) {
+  if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
+    return make_error(ENAMETOOLONG, "control socket path " + path + " is too long");
+  }
+  // A socket file left by a dead daemon is replaced; a live daemon is not displaced.
+  struct stat st{};
+  if (lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return make_error(EEXIST, "control socket path " + path + " exists and is not a socket");
+    }
+    control::Request ping;
+    ping.set_command("help");
+    if (control_call(path, ping, 500)) {
+      return make_error(EADDRINUSE, "another daemon is listening on control socket " + path);
+    }
+    ::unlink(path.c_str());
+  }
+  auto acceptor = std::make_unique<Local::acceptor>(io_);
+  error_code ec;
+  acceptor->open(Local(), ec);
+  if (!ec) {
+    // Create the socket with mode 0600 from the start (no window with wider access).
+    mode_t old = ::umask(0177);
+    acceptor->bind(Local::endpoint(path), ec);
+    ::umask(old);
+  }
+  if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) return Error{ec, "cannot listen on control socket " + path};
+  acceptor_ = std::move(acceptor);
+  path_ = path;
+  spawn(io_.get_executor(), accept_loop(), "control accept");
+  log::info("control socket listening on {}", path);
+  return {};
+}
+
+void ControlServer::close() {
+  if (!acceptor_) return;
+  error_code ec;
+  acceptor_->close(ec);
+  acceptor_.reset();
+  ::unlink(path_.c_str());
+}
+
+Task<void> ControlServer::accept_loop() {
+  while (acceptor_ && acceptor_->is_open()) {
+    auto [ec, socket] = co_await acceptor_->async_accept(use_task);
+    if (ec == asio::error::operation_aborted) co_return;
+    if (ec) {
+      log::warn("control socket accept failed: {}", ec.message());
+      continue;
+    }
+    spawn(io_.get_executor(), serve(std::move(socket)), "control connection");
+  }
+}
+
+Task<void> ControlServer::serve(Local::socket socket) {
+  for (;;) {
+    std::array<std::uint8_t, 4> header{};
+    auto [ec, n] = co_await asio::async_read(socket, asio::buffer(header), use_task);
+    if (ec) co_return;  // peer closed
+    const std::uint32_t length = get_be32(header.data());
+    if (length > kControlFrameBytesMax) {
+      log::warn("control connection: frame of {} bytes exceeds {}; closing", length,
+                kControlFrameBytesMax);
+      co_return;
+    }
+    std::string body(length, '\0');
+    auto [ec2, n2] = co_await asio::async_read(socket, asio::buffer(body), use_task);
+    if (ec2) {
+      log::warn("control connection: truncated frame: {}", ec2.message());
+      co_return;
+    }
+    control::Request request;
+    if (!request.ParseFromString(body)) {
+      log::warn("control connection: malformed request frame; closing");
+      co_return;
+    }
+    control::Reply reply = co_await dispatch(request);
+    std::string out = reply.SerializeAsString();
+    std::array<std::uint8_t, 4> out_header{};
+    put_be32(out_header.data(), static_cast<std::uint32_t>(out.size()));
+    std::array<asio::const_buffer, 2> bufs{asio::buffer(out_header), asio::buffer(out)};
+    auto [ec3, n3] = co_await asio::async_write(socket, bufs, use_task);
+    if (ec3) co_return;
+  }
+}
+
+Task<control::Reply> ControlServer::dispatch(const control::Request& request) {
+  auto it = commands_.find(request.command());
+  if (it == commands_.end()) {
+    std::string known;
+    for (const auto& [name, cmd] : commands_) known += (known.empty() ? "" : ", ") + name;
+    co_return ControlReplyBuilder::fail(
+        kExitUsage, fmt::format("unknown command \"{}\"; known: {}", request.command(), known));
+  }
+  log::debug("control: {}", request.command());
+  // Copy the handler: a handler may (de)register commands while it runs.
+  ControlHandler handler = it->second.handler;
+  co_return co_await handler(request);
+}
+
+Result<control::Reply> control_call(const std::string& socket_path,
+                                    const control::Request& request, int timeout_ms) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (socket_path.size() >= sizeof addr.sun_path) {
+    return make_error(ENAMETOOLONG, "control socket path " + socket_path + " is too long");
+  }
+  std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return make_error(errno, "socket");
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    return make_error(errno, "cannot connect to control socket " + socket_path);
+  }
+  const std::string body = request.SerializeAsString();
+  std::string frame(4, '\0');
+  put_be32(reinterpret_cast<std::uint8_t*>(frame.data()), static_cast<std::uint32_t>(body.size()));
+  frame += body;
+  auto io_all = [&](char* p, std::size_t len, bool writing) -> Result<void> {
+    while (len > 0) {
+      pollfd pfd{fd, static_cast<short>(writing ? POLLOUT : POLLIN), 0};
+      int pr = ::poll(&pfd, 1, timeout_ms);
+      if (pr == 0) return make_error(ETIMEDOUT, "control socket " + socket_path + " timed out");
+      if (pr < 0) {
+        if (errno == EINTR) continue;
+        return make_error(errno, "poll");
+      }
+      ssize_t n = writing ? ::send(fd, p, len, MSG_NOSIGNAL) : ::recv(fd, p, len, 0);
+      if (n < 0) {
+        if (errno == EINTR || errno == EAGAIN) continue;
+        return make_error(errno, "control socket " + socket_path);
+      }
+      if (n == 0) return make_error(ECONNRESET, "daemon closed control socket " + socket_path);
+      p += n;
+      len -= static_cast<std::size_t>(n);
+    }
+    return {};
+  };
+  if (auto r = io_all(frame.data(), frame.size(), true); !r) return r.error();
+  std::array<std::uint8_t, 4> header{};
+  if (auto r = io_all(reinterpret_cast<char*>(header.data()), 4, false); !r) return r.error();
+  const std::uint32_t length = get_be32(header.data());
+  if (length > kControlFrameBytesMax) return make_error(EPROTO, "reply frame too large");
+  std::string reply_body(length, '\0');
+  if (auto r = io_all(reply_body.data(), length, false); !r) return r.error();
+  control::Reply reply;
+  if (!reply.ParseFromString(reply_body)) return make_error(EPROTO, "malformed reply frame");
+  return reply;
+}
+
+}  // namespace colo
