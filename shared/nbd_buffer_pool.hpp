@@ -14,6 +14,8 @@
 #include <new>
 #include <vector>
 
+#include "shared/check.hpp"
+
 namespace colo {
 
 class PayloadBuffer {
@@ -63,6 +65,7 @@ class BufferPool {
   // A buffer of at least `length_bytes` (<= 32 MiB); an empty buffer for length 0.
   PayloadBuffer get(std::size_t length_bytes) {
     if (length_bytes == 0) return {};
+    CHECK(length_bytes <= (kClassBytesMin << (kClassCount - 1)));
     const std::size_t cls = class_of(length_bytes);
     auto& free = free_[cls];
     if (!free.empty()) {

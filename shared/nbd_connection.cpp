@@ -32,6 +32,14 @@ void NbdConnection::stop() {
   budget_freed_.notify_all();
 }
 
+void NbdConnection::abort() {
+  stop();
+  if (closed_) return;
+  if (!write_failed_) log::warn("nbd: peer {}: closing without waiting for replies", peer());
+  write_failed_ = true;
+  stream_->close();
+}
+
 Task<error_code> NbdConnection::read_exact(std::span<std::byte> out) {
   std::size_t done = 0;
   while (done < out.size()) {
@@ -164,8 +172,11 @@ Task<void> NbdConnection::transmission(std::size_t export_index) {
       break;
     }
     // Admission: hold the reader until the request fits in the connection's budget.
-    const std::uint64_t cost =
-        (r->type == kCmdRead || r->type == kCmdWrite) ? r->length_bytes : 0;
+    // A refused READ needs no buffer; a WRITE's payload (<= 32 MiB, checked above) is always
+    // read, even when refused.
+    const bool needs_buffer = r->type == kCmdWrite ||
+                              (r->type == kCmdRead && check.verdict == RequestCheck::Verdict::ok);
+    const std::uint64_t cost = needs_buffer ? r->length_bytes : 0;
     while (!stopping_ && !write_failed_ &&
            (inflight_requests_ >= kInflightRequestsMax ||
             (inflight_bytes_ > 0 && inflight_bytes_ + cost > kInflightBytesMax))) {

@@ -52,6 +52,8 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
 
   // Graceful stop: no new request is read; the ones in flight finish and are answered.
   void stop();
+  // Hard close: the transport is closed at once; pending writes fail (for drain's deadline).
+  void abort();
   const std::string& peer() const { return stream_->peer(); }
 
  private:

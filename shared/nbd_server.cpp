@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include <boost/asio/steady_timer.hpp>
+
 #include <algorithm>
 
 #include "shared/log.hpp"
@@ -204,6 +206,14 @@ Task<void> NbdServer::run_connection(std::shared_ptr<NbdConnection> c) {
   connection_count_.end();
 }
 
+Task<void> NbdServer::watchdog(NbdServer* self, std::shared_ptr<asio::steady_timer> timer,
+                               std::shared_ptr<bool> finished) {
+  auto [ec] = co_await timer->async_wait(use_task);
+  (void)ec;
+  if (*finished) co_return;
+  for (auto& c : self->connections_) c->abort();
+}
+
 void NbdServer::close() {
   if (closed_) return;
   closed_ = true;
@@ -214,10 +224,16 @@ void NbdServer::close() {
   unix_paths_.clear();
 }
 
-Task<void> NbdServer::drain() {
+Task<void> NbdServer::drain(std::chrono::milliseconds force_after) {
   close();
   for (auto& c : connections_) c->stop();
+  // Watchdog: closes the connections still open at the deadline (a client not reading).
+  auto timer = std::make_shared<asio::steady_timer>(io_, force_after);
+  auto finished = std::make_shared<bool>(false);
+  spawn(io_.get_executor(), watchdog(this, timer, finished), "nbd drain watchdog");
   co_await connection_count_.wait_idle();
+  *finished = true;
+  timer->cancel();
   co_await accept_loops_.wait_idle();
   for (auto& child : children_) co_await child->drain();
 }

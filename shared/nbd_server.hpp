@@ -15,7 +15,9 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
 
+#include <chrono>
 #include <list>
 #include <memory>
 #include <string>
@@ -56,9 +58,10 @@ class NbdServer {
 
   // Stops accepting and closes the listeners (unix socket files are removed).
   void close();
-  // close(), then stops every connection after its requests in flight complete, waits for
-  // them, and drains the exports' nodes.
-  Task<void> drain();
+  // close(), then stops every connection after its requests in flight complete and their
+  // replies are sent, waits for them, and drains the exports' nodes. A connection whose client
+  // does not take its replies within `force_after` is closed hard.
+  Task<void> drain(std::chrono::milliseconds force_after = std::chrono::seconds(10));
 
   std::size_t connection_count() const { return connections_.size(); }
 
@@ -72,6 +75,8 @@ class NbdServer {
   Task<void> accept_tcp(Tcp::acceptor* acceptor);
   void start_connection(std::shared_ptr<NbdConnection> c);
   Task<void> run_connection(std::shared_ptr<NbdConnection> c);
+  static Task<void> watchdog(NbdServer* self, std::shared_ptr<asio::steady_timer> timer,
+                             std::shared_ptr<bool> finished);
 
   asio::io_context& io_;
   std::vector<nbd::ExportDescription> descriptions_;
