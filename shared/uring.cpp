@@ -18,10 +18,16 @@ asio::io_context::id Uring::id;
 Uring::Uring(asio::io_context& io)
     : asio::execution_context::service(io), io_(io), ring_(std::make_unique<io_uring>()) {
   std::memset(ring_.get(), 0, sizeof(io_uring));
-  io_uring_params params{};
-  params.flags = IORING_SETUP_CQSIZE;
-  params.cq_entries = kQueueEntries * 2;
-  int rc = io_uring_queue_init_params(kQueueEntries, ring_.get(), &params);
+  // SINGLE_ISSUER (Linux 6.0) lets the kernel skip submission locking; older kernels refuse
+  // the flag, and the ring is created without it.
+  int rc = -EINVAL;
+  for (unsigned extra : {unsigned{IORING_SETUP_SINGLE_ISSUER}, 0u}) {
+    io_uring_params params{};
+    params.flags = IORING_SETUP_CQSIZE | extra;
+    params.cq_entries = kQueueEntries * 2;
+    rc = io_uring_queue_init_params(kQueueEntries, ring_.get(), &params);
+    if (rc != -EINVAL) break;
+  }
   if (rc < 0) {
     setup_error_ = make_error(-rc, "io_uring_queue_init");
     log::error("io_uring: cannot create a ring: {}", std::strerror(-rc));
@@ -194,12 +200,18 @@ void Uring::on_eventfd(const error_code& ec) {
   if (ec) return;  // cancelled by disarm_if_idle() or closed at shutdown
   if (shut_down_) return;
   wait_armed_ = false;
-  // Re-arm before draining the eventfd and the CQ: a completion posted after the drain makes
-  // a new edge that the new wait sees (the reactor is edge-triggered).
+  // Re-arm before reaping: a completion posted after the reap signals the eventfd again, and
+  // the new wait sees it. The eventfd counter is never read back: the reactor registers it
+  // edge-triggered, and every eventfd write wakes epoll again whatever the counter holds, so
+  // reading it would only cost a system call per wake-up.
   if (inflight_count_ > 0) arm_wait();
-  std::uint64_t value = 0;
-  [[maybe_unused]] ssize_t n = ::read(event_fd_, &value, sizeof(value));
   reap();
+  // The coroutines just resumed have usually queued their next requests: submit them now
+  // rather than in the posted task, to save a trip through the scheduler.
+  if (unsubmitted_count_ > 0) {
+    submit_queued();
+    reap();
+  }
   disarm_if_idle();
 }
 
