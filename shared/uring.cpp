@@ -135,15 +135,12 @@ Uring::Pending* Uring::enqueue(const UringSqe& sqe) {
   io_uring_sqe_set_data(s, p);
   ++unsubmitted_count_;
   ++inflight_count_;
-  if (!wait_armed_) arm_wait();
   if (!submit_posted_) {
     submit_posted_ = true;
     asio::post(io_, [this] {
       submit_posted_ = false;
       if (shut_down_) return;
-      submit_queued();
-      reap();
-      disarm_if_idle();
+      pump();
     });
   }
   return p;
@@ -200,18 +197,25 @@ void Uring::on_eventfd(const error_code& ec) {
   if (ec) return;  // cancelled by disarm_if_idle() or closed at shutdown
   if (shut_down_) return;
   wait_armed_ = false;
-  // Re-arm before reaping: a completion posted after the reap signals the eventfd again, and
-  // the new wait sees it. The eventfd counter is never read back: the reactor registers it
-  // edge-triggered, and every eventfd write wakes epoll again whatever the counter holds, so
-  // reading it would only cost a system call per wake-up.
-  if (inflight_count_ > 0) arm_wait();
+  // Reset the eventfd, then reap. A completion posted after the reap is not lost: arming a
+  // wait on an idle descriptor makes Asio's reactor re-register it (EPOLL_CTL_MOD), which
+  // reports it ready at once when the counter is not zero.
+  std::uint64_t value = 0;
+  [[maybe_unused]] ssize_t n = ::read(event_fd_, &value, sizeof(value));
   reap();
-  // The coroutines just resumed have usually queued their next requests: submit them now
-  // rather than in the posted task, to save a trip through the scheduler.
-  if (unsubmitted_count_ > 0) {
+  pump();
+}
+
+void Uring::pump() {
+  // Submit, reap what completed inline, and submit again what the resumed coroutines queued
+  // (their next requests), a bounded number of times so other handlers are not starved; the
+  // posted submit task picks up anything left.
+  for (int round = 0; round < kPumpRoundsMax && unsubmitted_count_ > 0; ++round) {
     submit_queued();
     reap();
   }
+  // Only requests that did not complete inline need the eventfd.
+  if (inflight_count_ > 0 && !wait_armed_) arm_wait();
   disarm_if_idle();
 }
 
