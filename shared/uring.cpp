@@ -18,10 +18,16 @@ asio::io_context::id Uring::id;
 Uring::Uring(asio::io_context& io)
     : asio::execution_context::service(io), io_(io), ring_(std::make_unique<io_uring>()) {
   std::memset(ring_.get(), 0, sizeof(io_uring));
-  io_uring_params params{};
-  params.flags = IORING_SETUP_CQSIZE;
-  params.cq_entries = kQueueEntries * 2;
-  int rc = io_uring_queue_init_params(kQueueEntries, ring_.get(), &params);
+  // SINGLE_ISSUER (Linux 6.0) lets the kernel skip submission locking; older kernels refuse
+  // the flag, and the ring is created without it.
+  int rc = -EINVAL;
+  for (unsigned extra : {unsigned{IORING_SETUP_SINGLE_ISSUER}, 0u}) {
+    io_uring_params params{};
+    params.flags = IORING_SETUP_CQSIZE | extra;
+    params.cq_entries = kQueueEntries * 2;
+    rc = io_uring_queue_init_params(kQueueEntries, ring_.get(), &params);
+    if (rc != -EINVAL) break;
+  }
   if (rc < 0) {
     setup_error_ = make_error(-rc, "io_uring_queue_init");
     log::error("io_uring: cannot create a ring: {}", std::strerror(-rc));
@@ -129,15 +135,12 @@ Uring::Pending* Uring::enqueue(const UringSqe& sqe) {
   io_uring_sqe_set_data(s, p);
   ++unsubmitted_count_;
   ++inflight_count_;
-  if (!wait_armed_) arm_wait();
   if (!submit_posted_) {
     submit_posted_ = true;
     asio::post(io_, [this] {
       submit_posted_ = false;
       if (shut_down_) return;
-      submit_queued();
-      reap();
-      disarm_if_idle();
+      pump();
     });
   }
   return p;
@@ -194,12 +197,25 @@ void Uring::on_eventfd(const error_code& ec) {
   if (ec) return;  // cancelled by disarm_if_idle() or closed at shutdown
   if (shut_down_) return;
   wait_armed_ = false;
-  // Re-arm before draining the eventfd and the CQ: a completion posted after the drain makes
-  // a new edge that the new wait sees (the reactor is edge-triggered).
-  if (inflight_count_ > 0) arm_wait();
+  // Reset the eventfd, then reap. A completion posted after the reap is not lost: arming a
+  // wait on an idle descriptor makes Asio's reactor re-register it (EPOLL_CTL_MOD), which
+  // reports it ready at once when the counter is not zero.
   std::uint64_t value = 0;
   [[maybe_unused]] ssize_t n = ::read(event_fd_, &value, sizeof(value));
   reap();
+  pump();
+}
+
+void Uring::pump() {
+  // Submit, reap what completed inline, and submit again what the resumed coroutines queued
+  // (their next requests), a bounded number of times so other handlers are not starved; the
+  // posted submit task picks up anything left.
+  for (int round = 0; round < kPumpRoundsMax && unsubmitted_count_ > 0; ++round) {
+    submit_queued();
+    reap();
+  }
+  // Only requests that did not complete inline need the eventfd.
+  if (inflight_count_ > 0 && !wait_armed_) arm_wait();
   disarm_if_idle();
 }
 

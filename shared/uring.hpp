@@ -118,6 +118,8 @@ class Uring final : public asio::execution_context::service {
   void arm_wait();
   void on_eventfd(const error_code& ec);
   void disarm_if_idle();
+  void pump();
+  static constexpr int kPumpRoundsMax = 8;
   Pending* take_pending();
 
   asio::io_context& io_;
