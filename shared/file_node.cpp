@@ -267,28 +267,29 @@ bool FileNode::needs_bounce(const void* buffer) const {
 }
 
 // --- read ---------------------------------------------------------------------------------
+// read() and write() run their resubmission loop in one coroutine frame: no nested Task on the
+// fast path. The bounce buffer (O_DIRECT with an unaligned caller buffer) is the only detour.
 
 Task<IoResult> FileNode::read(std::uint64_t offset_bytes, std::span<std::byte> out) {
   IoResult ok = check_request(label_, IoOp::read, offset_bytes, out.size(), size_bytes_, limits_);
   if (!ok) co_return ok;
   if (out.empty()) co_return IoResult{};
   InflightGuard guard(inflight_);
+  std::span<std::byte> dst = out;
+  AlignedBuffer bounce;
   if (needs_bounce(out.data())) [[unlikely]] {
-    IoResult r = co_await read_bounced(offset_bytes, out);
-    co_return r;
+    ++bounce_count_;
+    bounce = aligned_buffer(out.size(), memory_alignment_bytes_);
+    if (!bounce) co_return io_error(ENOMEM);
+    dst = std::span(bounce.get(), out.size());
   }
-  IoResult r = co_await read_direct(offset_bytes, out);
-  co_return r;
-}
-
-Task<IoResult> FileNode::read_direct(std::uint64_t offset_bytes, std::span<std::byte> out) {
   std::size_t done = 0;
-  while (done < out.size()) {
+  while (done < dst.size()) {
     UringSqe sqe;
     sqe.opcode = IORING_OP_READ;
     sqe.fd = fd_;
-    sqe.buffer = out.data() + done;
-    sqe.length_bytes = static_cast<std::uint32_t>(out.size() - done);
+    sqe.buffer = dst.data() + done;
+    sqe.length_bytes = static_cast<std::uint32_t>(dst.size() - done);
     sqe.offset_bytes = offset_bytes + done;
     int res = co_await ring_->submit(sqe);
     if (res == -EINTR || res == -EAGAIN) continue;
@@ -306,16 +307,8 @@ Task<IoResult> FileNode::read_direct(std::uint64_t offset_bytes, std::span<std::
     }
     done += static_cast<std::size_t>(res);  // a short read continues with the remainder
   }
+  if (bounce) std::memcpy(out.data(), bounce.get(), out.size());
   co_return IoResult{};
-}
-
-Task<IoResult> FileNode::read_bounced(std::uint64_t offset_bytes, std::span<std::byte> out) {
-  ++bounce_count_;
-  AlignedBuffer bounce = aligned_buffer(out.size(), memory_alignment_bytes_);
-  if (!bounce) co_return io_error(ENOMEM);
-  IoResult r = co_await read_direct(offset_bytes, std::span(bounce.get(), out.size()));
-  if (r) std::memcpy(out.data(), bounce.get(), out.size());
-  co_return r;
 }
 
 // --- write --------------------------------------------------------------------------------
@@ -327,73 +320,53 @@ Task<IoResult> FileNode::write(std::uint64_t offset_bytes, std::span<const std::
   const bool fua = has(flags, WriteFlags::fua);
   if (in.empty() && !fua) co_return IoResult{};
   InflightGuard guard(inflight_);
-  if (in.empty()) {
-    IoResult r = co_await fdatasync();
-    co_return r;
-  }
+  std::span<const std::byte> src = in;
+  AlignedBuffer bounce;
   if (needs_bounce(in.data())) [[unlikely]] {
-    IoResult r = co_await write_bounced(offset_bytes, in, fua);
-    co_return r;
+    ++bounce_count_;
+    bounce = aligned_buffer(in.size(), memory_alignment_bytes_);
+    if (!bounce) co_return io_error(ENOMEM);
+    std::memcpy(bounce.get(), in.data(), in.size());
+    src = std::span(bounce.get(), in.size());
   }
-  IoResult r = co_await write_direct(offset_bytes, in, fua);
-  co_return r;
-}
-
-Task<IoResult> FileNode::write_direct(std::uint64_t offset_bytes, std::span<const std::byte> in,
-                                      bool fua) {
-  if (fua && !dsync_supported_) {
-    IoResult r = co_await write_dsync_fallback(offset_bytes, in);
-    co_return r;
-  }
+  // FUA: RWF_DSYNC on the write, or write + fdatasync when the kernel refuses RWF_DSYNC.
+  std::uint32_t rwf = fua && dsync_supported_ ? RWF_DSYNC : 0;
   std::size_t done = 0;
-  while (done < in.size()) {
+  while (done < src.size()) {
     UringSqe sqe;
     sqe.opcode = IORING_OP_WRITE;
     sqe.fd = fd_;
-    sqe.buffer = const_cast<std::byte*>(in.data() + done);
-    sqe.length_bytes = static_cast<std::uint32_t>(in.size() - done);
+    sqe.buffer = const_cast<std::byte*>(src.data() + done);
+    sqe.length_bytes = static_cast<std::uint32_t>(src.size() - done);
     sqe.offset_bytes = offset_bytes + done;
-    sqe.flags = fua ? RWF_DSYNC : 0;
+    sqe.flags = rwf;
     int res = co_await ring_->submit(sqe);
     if (res == -EINTR || res == -EAGAIN) continue;
-    if (res == -EOPNOTSUPP && fua) {
-      // The kernel refuses RWF_DSYNC: emulate FUA with write + fdatasync from now on.
-      log::info("{}: RWF_DSYNC is not supported; FUA becomes write + fdatasync", label_);
+    if (res == -EOPNOTSUPP && rwf != 0) {
+      if (dsync_supported_) {
+        log::info("{}: RWF_DSYNC is not supported; FUA becomes write + fdatasync", label_);
+      }
       dsync_supported_ = false;
-      IoResult r = co_await write_dsync_fallback(offset_bytes + done, in.subspan(done));
-      co_return r;
+      rwf = 0;
+      continue;
     }
     if (res < 0) {
       log::warn("{}: write offset={} count={} failed: {}", label_, offset_bytes, in.size(),
                 std::strerror(-res));
       co_return io_error(-res);
     }
-    if (static_cast<std::size_t>(res) < in.size() - done) {
+    if (static_cast<std::size_t>(res) < src.size() - done) {
       log::warn("{}: write offset={} count={} was short ({} of {} bytes at offset {}): ENOSPC",
-                label_, offset_bytes, in.size(), res, in.size() - done, offset_bytes + done);
+                label_, offset_bytes, in.size(), res, src.size() - done, offset_bytes + done);
       co_return io_error(ENOSPC);
     }
     done += static_cast<std::size_t>(res);
   }
+  if (fua && rwf == 0) {
+    IoResult r = co_await fdatasync();
+    co_return r;
+  }
   co_return IoResult{};
-}
-
-Task<IoResult> FileNode::write_dsync_fallback(std::uint64_t offset_bytes,
-                                              std::span<const std::byte> in) {
-  IoResult r = co_await write_direct(offset_bytes, in, false);
-  if (!r) co_return r;
-  IoResult s = co_await fdatasync();
-  co_return s;
-}
-
-Task<IoResult> FileNode::write_bounced(std::uint64_t offset_bytes, std::span<const std::byte> in,
-                                       bool fua) {
-  ++bounce_count_;
-  AlignedBuffer bounce = aligned_buffer(in.size(), memory_alignment_bytes_);
-  if (!bounce) co_return io_error(ENOMEM);
-  std::memcpy(bounce.get(), in.data(), in.size());
-  IoResult r = co_await write_direct(offset_bytes, std::span(bounce.get(), in.size()), fua);
-  co_return r;
 }
 
 // --- flush, trim, write_zeroes ------------------------------------------------------------
@@ -501,7 +474,7 @@ Task<IoResult> FileNode::write_zeroes_slow(std::uint64_t offset_bytes,
   std::uint64_t done = 0;
   while (done < length_bytes) {
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk, length_bytes - done));
-    IoResult r = co_await write_direct(offset_bytes + done, std::span(zeroes.get(), n), false);
+    IoResult r = co_await write(offset_bytes + done, std::span(zeroes.get(), n), WriteFlags::none);
     if (!r) co_return r;
     done += n;
   }

@@ -96,14 +96,7 @@ class FileNode final : public BlockNode {
   FileNode(Private, asio::io_context& io, std::string name, std::string path, int fd);
 
  private:
-  Task<IoResult> read_direct(std::uint64_t offset_bytes, std::span<std::byte> out);
-  Task<IoResult> write_direct(std::uint64_t offset_bytes, std::span<const std::byte> in,
-                              bool fua);
-  Task<IoResult> read_bounced(std::uint64_t offset_bytes, std::span<std::byte> out);
-  Task<IoResult> write_bounced(std::uint64_t offset_bytes, std::span<const std::byte> in,
-                               bool fua);
   Task<IoResult> fdatasync();
-  Task<IoResult> write_dsync_fallback(std::uint64_t offset_bytes, std::span<const std::byte> in);
   // fallocate(mode); returns the raw -errno / 0.
   Task<int> fallocate(std::uint32_t mode, std::uint64_t offset_bytes, std::uint64_t length_bytes);
   Task<IoResult> write_zeroes_slow(std::uint64_t offset_bytes, std::uint64_t length_bytes);

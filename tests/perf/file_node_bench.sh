@@ -36,7 +36,12 @@ rows=(
   "seqwrite-1m-qd16   seq  1048576 16 0"
 )
 
+# Every point starts with no dirty pages of the file, so neither side inherits the other's
+# writeback (buffered rows are otherwise dominated by whoever hits the dirty-page throttle).
+settle() { sync "$file"; }
+
 ours() {  # pattern bs qd direct -> iops
+  settle
   local cache=buffered
   [ "$4" = 1 ] && cache=direct
   "$bench" --path "$file" --size-mib "$size_mib" --cache "$cache" --pattern "$1" \
@@ -44,6 +49,7 @@ ours() {  # pattern bs qd direct -> iops
 }
 
 theirs() {  # pattern bs qd direct -> iops
+  settle
   local rw=randwrite
   [ "$1" = seq ] && rw=write
   fio --name=bench --filename="$file" --size="${size_mib}M" --rw="$rw" --bs="$2" \

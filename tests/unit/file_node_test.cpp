@@ -659,6 +659,71 @@ TEST(FileNodeTmpfs, WriteZeroesWithoutHoleFallsBackToWritingOrFailsFast) {
   EXPECT_TRUE(all_bytes(pread_file(dir.file("a.img"), 65536 + 3 * kMiB, kMiB - 65536), 0x77));
 }
 
+// --- block devices (a loop device; skipped when loop devices cannot be set up) -------------
+
+// A loop device over a file, detached by the destructor.
+class LoopDevice {
+ public:
+  explicit LoopDevice(const std::string& backing) {
+    std::string cmd = "losetup -f --show '" + backing + "' 2>/dev/null";
+    FILE* p = popen(cmd.c_str(), "r");
+    if (p == nullptr) return;
+    char line[256] = {};
+    if (fgets(line, sizeof(line), p) != nullptr) path_ = line;
+    if (pclose(p) != 0) path_.clear();
+    while (!path_.empty() && (path_.back() == '\n' || path_.back() == ' ')) path_.pop_back();
+  }
+  ~LoopDevice() {
+    if (!path_.empty()) {
+      std::string cmd = "losetup -d '" + path_ + "'";
+      [[maybe_unused]] int rc = std::system(cmd.c_str());
+    }
+  }
+  LoopDevice(const LoopDevice&) = delete;
+  LoopDevice& operator=(const LoopDevice&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+TEST(FileNodeBlockDevice, SizeAlignmentAndDataThroughALoopDevice) {
+  Dir dir("/var/tmp");
+  make_file(dir.file("backing.img"), 8 * kMiB, 0x61);
+  LoopDevice loop(dir.file("backing.img"));
+  if (loop.path().empty()) GTEST_SKIP() << "cannot set up a loop device (needs root)";
+  asio::io_context io;
+  // A wrong size is refused and the device is left alone.
+  auto o = options(loop.path(), Cache::auto_);
+  o.size_bytes = 4 * kMiB;
+  auto bad = FileNode::open(io, "disk", o);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find(loop.path()), std::string::npos);
+  o.size_bytes = 0;
+  auto node = open_ok(io, o);
+  ASSERT_TRUE(node);
+  EXPECT_TRUE(node->block_device());
+  EXPECT_TRUE(node->direct());
+  EXPECT_EQ(node->size_bytes(), 8 * kMiB);
+  EXPECT_EQ(node->limits().alignment_bytes, 512u);  // the loop device's logical block size
+  run_task(io, [&]() -> Task<void> {
+    AlignedBuf a(65536, 0x62);
+    EXPECT_TRUE(co_await node->write(kMiB, a.span(), WriteFlags::fua));
+    EXPECT_TRUE(co_await node->write_zeroes(2 * kMiB, 65536, WriteFlags::none));
+    EXPECT_TRUE(co_await node->flush());
+    AlignedBuf back(65536);
+    EXPECT_TRUE(co_await node->read(kMiB, back.span()));
+    EXPECT_TRUE(all_bytes(back.span(), 0x62));
+    auto past = co_await node->write(8 * kMiB, a.span(), WriteFlags::none);
+    EXPECT_EQ(past.error(), make_errc(ENOSPC));
+  }());
+  node.reset();
+  EXPECT_TRUE(all_bytes(pread_file(loop.path(), kMiB, 65536), 0x62));
+  EXPECT_TRUE(all_bytes(pread_file(loop.path(), 2 * kMiB, 65536), 0x00));
+  EXPECT_TRUE(all_bytes(pread_file(loop.path(), 0, kMiB), 0x61));
+  EXPECT_TRUE(all_bytes(pread_file(loop.path(), 2 * kMiB + 65536, 6 * kMiB - 65536), 0x61));
+}
+
 // --- the ring itself ----------------------------------------------------------------------
 
 TEST(Uring, OneRingPerIoContextAndIdleRingDoesNotKeepRunAlive) {
