@@ -409,15 +409,28 @@ Task<IoResult> DiskBuffer::local_write(IoOp op, std::uint64_t offset_bytes,
     const std::uint64_t piece_end = std::min<std::uint64_t>(end, (b + 1) * header_.block_bytes);
     std::span<const std::byte> data;
     if (!zeroes) data = in.subspan(pos - offset_bytes, piece_end - pos);
-    IoResult r = co_await local_write_block(b, pos - b * header_.block_bytes, data,
-                                            piece_end - pos);
-    if (!r) co_return r;
-    if (header_.state == BufferState::failing_over && dirty_.insert(b).second) {
-      progress_.total_bytes += block_length(b);
+    // During a failover a block the apply has passed (or that was never buffered) is written
+    // through to the disk, so the apply never has to come back to it and always ends. A
+    // buffered block keeps its slot up to date too: a restart re-applies the buffer.
+    const bool failing_over = header_.state == BufferState::failing_over;
+    const bool buffered = index_.find(b) != nullptr;
+    if (!failing_over || buffered) {
+      IoResult r = co_await local_write_block(b, pos - b * header_.block_bytes, data,
+                                              piece_end - pos);
+      if (!r) co_return r;
+    }
+    if (failing_over && !dirty_.contains(b)) {
+      IoResult r = zeroes ? co_await disk_.write_zeroes(pos, piece_end - pos, WriteFlags::none)
+                          : co_await disk_.write(pos, data, WriteFlags::none);
+      if (!r) co_return r;
     }
     pos = piece_end;
   }
-  if (has(flags, WriteFlags::fua)) co_return co_await buffer_.flush();
+  if (has(flags, WriteFlags::fua)) {
+    IoResult r = co_await buffer_.flush();
+    if (!r || header_.state != BufferState::failing_over) co_return r;
+    co_return co_await disk_.flush();
+  }
   co_return IoResult{};
 }
 
