@@ -613,7 +613,7 @@ void crash_iteration(std::uint64_t seed, bool power_cut) {
   for (int id = 0; id < 4; ++id) spawn(ex, writer(id, prng()), "writer");
   spawn(ex, checkpointer(), "checkpointer");
   rig.io.restart();
-  const std::uint64_t steps = prng() % 3000;
+  const std::uint64_t steps = prng() % 700;
   for (std::uint64_t i = 0; i < steps && !rig.io.stopped(); ++i) rig.io.run_one();
 
   if (power_cut) {
