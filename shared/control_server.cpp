@@ -14,23 +14,13 @@
 #include <fmt/format.h>
 
 #include "shared/check.hpp"
+#include "shared/frame.hpp"
 #include "shared/log.hpp"
 
 namespace colo {
 
 namespace {
 using Local = asio::local::stream_protocol;
-
-void put_be32(std::uint8_t* p, std::uint32_t v) {
-  p[0] = static_cast<std::uint8_t>(v >> 24);
-  p[1] = static_cast<std::uint8_t>(v >> 16);
-  p[2] = static_cast<std::uint8_t>(v >> 8);
-  p[3] = static_cast<std::uint8_t>(v);
-}
-std::uint32_t get_be32(const std::uint8_t* p) {
-  return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) |
-         std::uint32_t{p[3]};
-}
 }  // namespace
 
 control::Reply ControlReplyBuilder::ok(std::string text, std::string json) {
@@ -120,33 +110,17 @@ Task<void> ControlServer::accept_loop() {
 
 Task<void> ControlServer::serve(Local::socket socket) {
   for (;;) {
-    std::array<std::uint8_t, 4> header{};
-    auto [ec, n] = co_await asio::async_read(socket, asio::buffer(header), use_task);
-    if (ec) co_return;  // peer closed
-    const std::uint32_t length = get_be32(header.data());
-    if (length > kControlFrameBytesMax) {
-      log::warn("control connection: frame of {} bytes exceeds {}; closing", length,
-                kControlFrameBytesMax);
-      co_return;
-    }
-    std::string body(length, '\0');
-    auto [ec2, n2] = co_await asio::async_read(socket, asio::buffer(body), use_task);
-    if (ec2) {
-      log::warn("control connection: truncated frame: {}", ec2.message());
-      co_return;
-    }
     control::Request request;
-    if (!request.ParseFromString(body)) {
-      log::warn("control connection: malformed request frame; closing");
+    Result<void> got = co_await read_message(socket, kControlFrameBytesMax, request);
+    if (!got) {
+      if (got.error().code != asio::error::eof) {
+        log::warn("control connection: {}; closing", got.error().to_string());
+      }
       co_return;
     }
     control::Reply reply = co_await dispatch(request);
-    std::string out = reply.SerializeAsString();
-    std::array<std::uint8_t, 4> out_header{};
-    put_be32(out_header.data(), static_cast<std::uint32_t>(out.size()));
-    std::array<asio::const_buffer, 2> bufs{asio::buffer(out_header), asio::buffer(out)};
-    auto [ec3, n3] = co_await asio::async_write(socket, bufs, use_task);
-    if (ec3) co_return;
+    error_code ec = co_await write_message(socket, reply);
+    if (ec) co_return;
   }
 }
 
@@ -181,10 +155,7 @@ Result<control::Reply> control_call(const std::string& socket_path,
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     return make_error(errno, "cannot connect to control socket " + socket_path);
   }
-  const std::string body = request.SerializeAsString();
-  std::string frame(4, '\0');
-  put_be32(reinterpret_cast<std::uint8_t*>(frame.data()), static_cast<std::uint32_t>(body.size()));
-  frame += body;
+  std::string frame = encode_frame(request);
   auto io_all = [&](char* p, std::size_t len, bool writing) -> Result<void> {
     while (len > 0) {
       pollfd pfd{fd, static_cast<short>(writing ? POLLOUT : POLLIN), 0};
@@ -213,7 +184,7 @@ Result<control::Reply> control_call(const std::string& socket_path,
   std::string reply_body(length, '\0');
   if (auto r = io_all(reply_body.data(), length, false); !r) return r.error();
   control::Reply reply;
-  if (!reply.ParseFromString(reply_body)) return make_error(EPROTO, "malformed reply frame");
+  if (auto d = decode_frame_body(reply_body, reply); !d) return d.error();
   return reply;
 }
 
