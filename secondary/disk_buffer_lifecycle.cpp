@@ -1,6 +1,7 @@
 // DiskBuffer lifecycle (control path): open and recovery, start, checkpoint, stop, and the
 // background failover apply. See disk_buffer_node.hpp for the contract.
 
+#include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
 
 #include <algorithm>
@@ -380,9 +381,16 @@ Task<Result<void>> DiskBuffer::finish_failover() {
 
 Task<void> DiskBuffer::apply_loop(std::shared_ptr<DiskBuffer> self) {
   CHECK(self.get() == this);
+  // co_spawn may start this inline: let stop_replication() return (and the local view serve)
+  // first, and give the loop back every few blocks even when the nodes never suspend.
+  const auto ex = co_await asio::this_coro::executor;
+  co_await asio::post(ex, asio::use_awaitable);
   std::string error;
+  std::uint64_t since_yield = 0;
   for (;;) {
     while (!dirty_.empty() && error.empty()) {
+      if (++since_yield % 16 == 0) co_await asio::post(ex, asio::use_awaitable);
+      if (dirty_.empty()) break;
       const std::uint64_t block = *dirty_.begin();
       dirty_.erase(dirty_.begin());
       IoResult r = co_await apply_block(block);

@@ -500,6 +500,38 @@ TEST(DiskBuffer, LocalViewIsCorrectAtEveryMomentOfTheFailover) {
   EXPECT_TRUE(rig.db->failover_progress().error.empty());
 }
 
+TEST(DiskBuffer, FailoverServesAtOnceAndAppliesInTheBackground) {
+  Rig rig(4096);
+  rig.fill_disk(0x11);
+  rig.open();
+  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_TRUE(rig.write(*rig.primary, 0, kDiskBytes, 0x22));
+  auto body = [&]() -> Task<void> {
+    Result<void> s = co_await rig.db->stop_replication(StopMode::failover);
+    EXPECT_TRUE(s);
+    // Nothing applied yet, and the local view already serves the checkpoint image.
+    EXPECT_EQ(rig.db->state(), BufferState::failing_over);
+    EXPECT_EQ(rig.db->failover_progress().applied_bytes, 0u);
+    EXPECT_EQ(rig.db->failover_progress().total_bytes, kDiskBytes);
+    std::vector<std::byte> out(kDiskBytes);
+    IoResult r = co_await rig.local->read(0, out);
+    EXPECT_TRUE(r);
+    EXPECT_TRUE(all_bytes(out, 0x11));
+    // The replication export refuses I/O from now on.
+    auto data = pattern(4096, 0x55);
+    r = co_await rig.primary->write(0, data, WriteFlags::none);
+    EXPECT_EQ(r.error(), make_errc(EPERM));
+    auto again = co_await rig.db->stop_replication(StopMode::failover);
+    EXPECT_EQ(again.error().code, make_errc(EALREADY));
+    auto discard = co_await rig.db->stop_replication(StopMode::discard);
+    EXPECT_EQ(discard.error().code, make_errc(EPERM));
+    co_await rig.db->wait_failover_idle();
+  };
+  run_task(rig.io, body());
+  EXPECT_EQ(rig.db->state(), BufferState::idle);
+  EXPECT_TRUE(all_bytes(rig.disk_mem->data(), 0x11));
+}
+
 // ---- durability -----------------------------------------------------------------------
 
 TEST(DiskBuffer, ReopenRecoversTheBufferAndFailoverYieldsTheCheckpoint) {
