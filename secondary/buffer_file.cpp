@@ -1,0 +1,158 @@
+#include "secondary/buffer_file.hpp"
+
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <nmmintrin.h>
+
+#include "shared/check.hpp"
+
+namespace colo {
+namespace {
+
+constexpr char kHeaderMagic[8] = {'C', 'O', 'L', 'O', 'B', 'U', 'F', '1'};
+constexpr std::uint32_t kSlotMagic = 0x544c5343;  // "CSLT"
+constexpr std::size_t kHeaderFieldsBytes = 56;    // magic..disk_size
+constexpr std::size_t kSlotFieldsBytes = 32;      // magic..data_crc
+
+void put32(std::byte* p, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
+}
+void put64(std::byte* p, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
+}
+std::uint32_t get32(const std::byte* p) {
+  std::uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(p[i]) << (8 * i);
+  return v;
+}
+std::uint64_t get64(const std::byte* p) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= static_cast<std::uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+
+std::uint32_t crc32c_table_entry(std::uint32_t i) {
+  std::uint32_t c = i;
+  for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+  return c;
+}
+
+std::uint32_t crc32c_soft(const std::byte* p, std::size_t n, std::uint32_t crc) {
+  static const auto table = [] {
+    std::array<std::uint32_t, 256> t{};
+    for (std::uint32_t i = 0; i < 256; ++i) t[i] = crc32c_table_entry(i);
+    return t;
+  }();
+  for (std::size_t i = 0; i < n; ++i) {
+    crc = table[(crc ^ static_cast<std::uint8_t>(p[i])) & 0xff] ^ (crc >> 8);
+  }
+  return crc;
+}
+
+__attribute__((target("sse4.2"))) std::uint32_t crc32c_hw(const std::byte* p, std::size_t n,
+                                                          std::uint32_t crc) {
+  std::uint64_t c = crc;
+  while (n >= 8) {
+    std::uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = _mm_crc32_u64(c, v);
+    p += 8;
+    n -= 8;
+  }
+  auto c32 = static_cast<std::uint32_t>(c);
+  while (n > 0) {
+    c32 = _mm_crc32_u8(c32, static_cast<std::uint8_t>(*p));
+    ++p;
+    --n;
+  }
+  return c32;
+}
+
+}  // namespace
+
+std::uint32_t crc32c(std::span<const std::byte> data, std::uint32_t crc) {
+  static const bool hw = __builtin_cpu_supports("sse4.2");
+  crc = ~crc;
+  crc = hw ? crc32c_hw(data.data(), data.size(), crc) : crc32c_soft(data.data(), data.size(), crc);
+  return ~crc;
+}
+
+void encode_header(const BufferHeader& h, std::span<std::byte> out) {
+  CHECK(out.size() >= kHeaderCopyBytes);
+  std::memset(out.data(), 0, kHeaderCopyBytes);
+  std::byte* p = out.data();
+  std::memcpy(p, kHeaderMagic, 8);
+  put32(p + 8, kBufferFormatVersion);
+  put32(p + 12, h.block_bytes);
+  put32(p + 16, static_cast<std::uint32_t>(h.state));
+  put32(p + 20, 0);
+  put64(p + 24, h.generation);
+  put64(p + 32, h.epoch);
+  put64(p + 40, h.sequence);
+  put64(p + 48, h.disk_size_bytes);
+  put32(p + kHeaderFieldsBytes, crc32c(out.subspan(0, kHeaderFieldsBytes)));
+}
+
+std::optional<BufferHeader> decode_header(std::span<const std::byte> in) {
+  if (in.size() < kHeaderCopyBytes) return std::nullopt;
+  const std::byte* p = in.data();
+  if (std::memcmp(p, kHeaderMagic, 8) != 0) return std::nullopt;
+  if (get32(p + kHeaderFieldsBytes) != crc32c(in.subspan(0, kHeaderFieldsBytes))) {
+    return std::nullopt;
+  }
+  if (get32(p + 8) != kBufferFormatVersion) return std::nullopt;
+  const std::uint32_t state = get32(p + 16);
+  if (state > static_cast<std::uint32_t>(BufferState::failing_over)) return std::nullopt;
+  BufferHeader h;
+  h.block_bytes = get32(p + 12);
+  h.state = static_cast<BufferState>(state);
+  h.generation = get64(p + 24);
+  h.epoch = get64(p + 32);
+  h.sequence = get64(p + 40);
+  h.disk_size_bytes = get64(p + 48);
+  return h;
+}
+
+void encode_slot_header(const SlotHeader& h, std::span<std::byte> out) {
+  CHECK(out.size() >= kSlotHeaderBytes);
+  std::memset(out.data(), 0, kSlotHeaderBytes);
+  std::byte* p = out.data();
+  put32(p, kSlotMagic);
+  put32(p + 4, static_cast<std::uint32_t>(h.kind));
+  put64(p + 8, h.generation);
+  put64(p + 16, h.block);
+  put32(p + 24, h.data_crc);
+  put32(p + 28, 0);
+  put32(p + kSlotFieldsBytes, crc32c(out.subspan(0, kSlotFieldsBytes)));
+}
+
+std::optional<SlotHeader> decode_slot_header(std::span<const std::byte> in) {
+  if (in.size() < kSlotHeaderBytes) return std::nullopt;
+  const std::byte* p = in.data();
+  if (get32(p) != kSlotMagic) return std::nullopt;
+  if (get32(p + kSlotFieldsBytes) != crc32c(in.subspan(0, kSlotFieldsBytes))) return std::nullopt;
+  const std::uint32_t kind = get32(p + 4);
+  if (kind != static_cast<std::uint32_t>(SlotKind::original) &&
+      kind != static_cast<std::uint32_t>(SlotKind::local)) {
+    return std::nullopt;
+  }
+  SlotHeader h;
+  h.kind = static_cast<SlotKind>(kind);
+  h.generation = get64(p + 8);
+  h.block = get64(p + 16);
+  h.data_crc = get32(p + 24);
+  return h;
+}
+
+AlignedBuffer::AlignedBuffer(std::size_t length_bytes) : length_bytes_(length_bytes) {
+  const std::size_t alloc = (length_bytes + 4095) / 4096 * 4096;
+  void* p = std::aligned_alloc(4096, alloc == 0 ? 4096 : alloc);
+  CHECK(p != nullptr);
+  std::memset(p, 0, alloc == 0 ? 4096 : alloc);
+  data_.reset(static_cast<std::byte*>(p));
+}
+
+void AlignedBuffer::Free::operator()(std::byte* p) const { std::free(p); }
+
+}  // namespace colo

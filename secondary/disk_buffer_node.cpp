@@ -1,0 +1,482 @@
+// DiskBuffer data path: the two views and the copy-on-write rules (policy). The on-disk format
+// is in buffer_file.*, the index and locks in cow_index.*, the lifecycle in
+// disk_buffer_lifecycle.cpp.
+//
+// State changes (checkpoint, stop, end of failover) close the gate and wait until no request
+// is in flight, so a request that passed the gate sees one state from start to end (STYLE 18:
+// the state cannot change across its co_awaits; the index entries it reads are protected by
+// the block locks it holds).
+
+#include <algorithm>
+#include <cstring>
+
+#include "secondary/disk_buffer_node.hpp"
+#include "shared/check.hpp"
+#include "shared/log.hpp"
+
+namespace colo {
+namespace {
+
+class InflightGuard {
+ public:
+  explicit InflightGuard(InflightCounter& c) : c_(c) { c_.begin(); }
+  ~InflightGuard() { c_.end(); }
+  InflightGuard(const InflightGuard&) = delete;
+  InflightGuard& operator=(const InflightGuard&) = delete;
+
+ private:
+  InflightCounter& c_;
+};
+
+std::string_view face_name(DiskBuffer::Face face) {
+  return face == DiskBuffer::Face::primary ? "primary" : "local";
+}
+
+class DiskBufferView final : public BlockNode {
+ public:
+  DiskBufferView(std::shared_ptr<DiskBuffer> core, DiskBuffer::Face face)
+      : core_(std::move(core)),
+        face_(face),
+        name_(core_->name() + "." + std::string(face_name(face))) {}
+
+  std::string_view name() const override { return name_; }
+  NodeLimits limits() const override { return core_->view_limits(); }
+  std::uint64_t size_bytes() const override { return core_->disk_size_bytes(); }
+
+  Task<IoResult> read(std::uint64_t offset_bytes, std::span<std::byte> out) override {
+    IoResult ok = check_request(name_, IoOp::read, offset_bytes, out.size(), size_bytes(),
+                                limits());
+    if (!ok) co_return ok;
+    co_return co_await core_->view_read(face_, offset_bytes, out);
+  }
+  Task<IoResult> write(std::uint64_t offset_bytes, std::span<const std::byte> in,
+                       WriteFlags flags) override {
+    IoResult ok = check_request(name_, IoOp::write, offset_bytes, in.size(), size_bytes(),
+                                limits());
+    if (!ok) co_return ok;
+    co_return co_await core_->view_write(face_, IoOp::write, offset_bytes, in.size(), in, flags);
+  }
+  Task<IoResult> flush() override { return core_->view_flush(face_); }
+  Task<IoResult> trim(std::uint64_t offset_bytes, std::uint64_t length_bytes,
+                      WriteFlags flags) override {
+    IoResult ok = check_request(name_, IoOp::trim, offset_bytes, length_bytes, size_bytes(),
+                                limits());
+    if (!ok) co_return ok;
+    co_return co_await core_->view_write(face_, IoOp::trim, offset_bytes, length_bytes, {},
+                                         flags);
+  }
+  Task<IoResult> write_zeroes(std::uint64_t offset_bytes, std::uint64_t length_bytes,
+                              WriteFlags flags) override {
+    IoResult ok = check_request(name_, IoOp::write_zeroes, offset_bytes, length_bytes,
+                                size_bytes(), limits());
+    if (!ok) co_return ok;
+    co_return co_await core_->view_write(face_, IoOp::write_zeroes, offset_bytes, length_bytes,
+                                         {}, flags);
+  }
+  Task<void> drain() override { return core_->drain(); }
+
+ private:
+  std::shared_ptr<DiskBuffer> core_;
+  DiskBuffer::Face face_;
+  std::string name_;
+};
+
+}  // namespace
+
+DiskBuffer::DiskBuffer(std::string name, std::shared_ptr<BlockNode> disk,
+                       std::shared_ptr<BlockNode> buffer, DiskBufferOptions options)
+    : name_(std::move(name)),
+      disk_("disk", std::move(disk)),
+      buffer_("buffer", std::move(buffer)),
+      options_(options) {}
+
+std::shared_ptr<BlockNode> DiskBuffer::primary_view() {
+  return std::make_shared<DiskBufferView>(shared_from_this(), Face::primary);
+}
+
+std::shared_ptr<BlockNode> DiskBuffer::local_view() {
+  return std::make_shared<DiskBufferView>(shared_from_this(), Face::local);
+}
+
+NodeLimits DiskBuffer::view_limits() const {
+  const NodeLimits disk = disk_.node().limits();
+  const NodeLimits buffer = buffer_.node().limits();
+  NodeLimits l;
+  l.alignment_bytes = std::max(disk.alignment_bytes, buffer.alignment_bytes);
+  l.transfer_bytes_max = disk.transfer_bytes_max;
+  l.read_only = false;
+  l.can_flush = true;
+  l.can_fua = true;
+  l.can_trim = true;
+  l.can_write_zeroes = true;
+  l.can_fast_zero = false;
+  l.can_multi_conn = true;
+  return l;
+}
+
+std::uint64_t DiskBuffer::block_length(std::uint64_t block) const {
+  const std::uint64_t start = block * header_.block_bytes;
+  return std::min<std::uint64_t>(header_.block_bytes, disk_size_bytes() - start);
+}
+
+Task<void> DiskBuffer::enter_gate() {
+  while (gate_closed_) co_await gate_opened_.wait();
+}
+
+Task<void> DiskBuffer::close_gate() {
+  CHECK(!gate_closed_);
+  gate_closed_ = true;
+  co_await inflight_.wait_idle();
+}
+
+void DiskBuffer::open_gate() {
+  CHECK(gate_closed_);
+  gate_closed_ = false;
+  gate_opened_.notify_all();
+}
+
+Task<void> DiskBuffer::drain() { co_await inflight_.wait_idle(); }
+
+Task<IoResult> DiskBuffer::view_read(Face face, std::uint64_t offset_bytes,
+                                     std::span<std::byte> out) {
+  co_await enter_gate();
+  InflightGuard guard(inflight_);
+  if (face == Face::primary) {
+    if (header_.state != BufferState::replicating) {
+      log::warn("{}.primary: read offset={} count={} refused: replication is not running", name_,
+                offset_bytes, out.size());
+      co_return io_error(EPERM);
+    }
+    co_return co_await disk_.read(offset_bytes, out);
+  }
+  if (header_.state == BufferState::idle) co_return co_await disk_.read(offset_bytes, out);
+  co_return co_await local_read(offset_bytes, out);
+}
+
+Task<IoResult> DiskBuffer::view_write(Face face, IoOp op, std::uint64_t offset_bytes,
+                                      std::uint64_t length_bytes, std::span<const std::byte> in,
+                                      WriteFlags flags) {
+  co_await enter_gate();
+  InflightGuard guard(inflight_);
+  if (face == Face::primary) {
+    if (header_.state != BufferState::replicating) {
+      log::warn("{}.primary: {} offset={} count={} refused: replication is not running", name_,
+                to_string(op), offset_bytes, length_bytes);
+      co_return io_error(EPERM);
+    }
+    co_return co_await primary_write(op, offset_bytes, length_bytes, in, flags);
+  }
+  if (header_.state == BufferState::idle) {
+    switch (op) {
+      case IoOp::write: co_return co_await disk_.write(offset_bytes, in, flags);
+      case IoOp::trim: co_return co_await disk_.trim(offset_bytes, length_bytes, flags);
+      case IoOp::write_zeroes:
+        co_return co_await disk_.write_zeroes(offset_bytes, length_bytes, flags);
+      case IoOp::read:
+      case IoOp::flush: break;
+    }
+    CHECK(false);
+  }
+  co_return co_await local_write(op, offset_bytes, length_bytes, in, flags);
+}
+
+Task<IoResult> DiskBuffer::view_flush(Face face) {
+  co_await enter_gate();
+  InflightGuard guard(inflight_);
+  switch (header_.state) {
+    case BufferState::idle:
+      if (face == Face::primary) {
+        log::warn("{}.primary: flush refused: replication is not running", name_);
+        co_return io_error(EPERM);
+      }
+      co_return co_await disk_.flush();
+    case BufferState::replicating:
+      if (face == Face::primary) {
+        if (!options_.ordered_flushes) {
+          IoResult b = co_await buffer_.flush();
+          if (!b) co_return b;
+        }
+        co_return co_await disk_.flush();
+      }
+      co_return co_await buffer_.flush();
+    case BufferState::failing_over: {
+      if (face == Face::primary) {
+        log::warn("{}.primary: flush refused: replication is not running", name_);
+        co_return io_error(EPERM);
+      }
+      IoResult b = co_await buffer_.flush();
+      if (!b) co_return b;
+      co_return co_await disk_.flush();
+    }
+  }
+  CHECK(false);
+  co_return io_error(EIO);
+}
+
+// ---- primary face ----------------------------------------------------------------------
+
+Task<IoResult> DiskBuffer::primary_write(IoOp op, std::uint64_t offset_bytes,
+                                         std::uint64_t length_bytes,
+                                         std::span<const std::byte> in, WriteFlags flags) {
+  if (length_bytes != 0) {
+    const std::uint64_t first = block_of(offset_bytes);
+    const std::uint64_t last = block_of(offset_bytes + length_bytes - 1);
+    if (!index_.all_durable(first, last)) {
+      IoResult saved = co_await save_originals(first, last);
+      if (!saved) co_return saved;
+    }
+  }
+  switch (op) {
+    case IoOp::write: co_return co_await disk_.write(offset_bytes, in, flags);
+    case IoOp::trim: co_return co_await disk_.trim(offset_bytes, length_bytes, flags);
+    case IoOp::write_zeroes:
+      co_return co_await disk_.write_zeroes(offset_bytes, length_bytes, flags);
+    case IoOp::read:
+    case IoOp::flush: break;
+  }
+  CHECK(false);
+  co_return io_error(EIO);
+}
+
+Task<IoResult> DiskBuffer::save_originals(std::uint64_t first, std::uint64_t last) {
+  co_await locks_.lock(first, last, true);
+  BlockRangeGuard guard(locks_, first, last, true);
+  const std::uint64_t run_max = std::max<std::uint64_t>(
+      1, std::min(buffer_.node().limits().transfer_bytes_max / slot_bytes(header_.block_bytes),
+                  disk_.node().limits().transfer_bytes_max / std::uint64_t{header_.block_bytes}));
+  std::vector<std::uint64_t> saved;  // blocks given an original by this call
+  IoResult r;
+  std::uint64_t run_first = 0;
+  std::uint64_t run_count = 0;
+  auto needs = [&](std::uint64_t b) {
+    const CowEntry* e = index_.find(b);
+    return e == nullptr || e->original_slot == kNoSlot;
+  };
+  for (std::uint64_t b = first; b <= last + 1 && r; ++b) {
+    const bool take = b <= last && needs(b) && run_count < run_max;
+    if (take && run_count != 0 && b == run_first + run_count) {
+      ++run_count;
+      continue;
+    }
+    if (run_count != 0) {
+      r = co_await save_run(run_first, run_count);
+      if (r) {
+        for (std::uint64_t i = 0; i < run_count; ++i) saved.push_back(run_first + i);
+      }
+      run_count = 0;
+    }
+    if (b <= last && needs(b)) {
+      run_first = b;
+      run_count = 1;
+    }
+  }
+  if (r && options_.ordered_flushes && !saved.empty()) r = co_await group_flush();
+  for (std::uint64_t b : saved) {
+    CowEntry& e = index_.at(b);
+    if (r) {
+      e.original_durable = true;
+    } else {
+      e.original_slot = kNoSlot;  // the slot is leaked until the next generation
+      e.original_durable = false;
+      index_.erase_if_empty(b);
+    }
+  }
+  co_return r;
+}
+
+Task<IoResult> DiskBuffer::save_run(std::uint64_t first, std::uint64_t count) {
+  const std::uint32_t block_bytes = header_.block_bytes;
+  const auto slot0 = index_.allocate(count);
+  if (!slot0) {
+    log::event({"disk_buffer_full",
+                {{"node", name_},
+                 {"slots", std::to_string(index_.slot_count_max())},
+                 {"block", std::to_string(first)}}});
+    co_return io_error(ENOSPC);
+  }
+  const std::uint64_t start_bytes = first * block_bytes;
+  const std::uint64_t end_bytes =
+      std::min<std::uint64_t>(disk_size_bytes(), (first + count) * block_bytes);
+  AlignedBuffer original(end_bytes - start_bytes);
+  IoResult r = co_await disk_.read(start_bytes, original.span());
+  if (!r) co_return r;
+  AlignedBuffer image(count * slot_bytes(block_bytes));
+  for (std::uint64_t i = 0; i < count; ++i) {
+    auto slot = image.span().subspan(i * slot_bytes(block_bytes), slot_bytes(block_bytes));
+    auto data = slot.subspan(kSlotHeaderBytes);
+    const std::uint64_t n = block_length(first + i);
+    std::memcpy(data.data(), original.span().data() + i * block_bytes, n);
+    SlotHeader h{SlotKind::original, header_.generation, first + i, crc32c(data)};
+    encode_slot_header(h, slot);
+  }
+  r = co_await buffer_.write(slot_offset_bytes(*slot0, block_bytes), image.span(),
+                             WriteFlags::none);
+  if (!r) co_return r;
+  ++slot_writes_done_;
+  for (std::uint64_t i = 0; i < count; ++i) {
+    CowEntry& e = index_.at(first + i);
+    e.original_slot = *slot0 + i;
+    e.original_durable = !options_.ordered_flushes;
+  }
+  co_return IoResult{};
+}
+
+Task<IoResult> DiskBuffer::group_flush() {
+  const std::uint64_t target = slot_writes_done_;
+  while (slot_writes_flushed_ < target) {
+    if (flush_running_) {
+      co_await flush_done_.wait();
+      continue;
+    }
+    flush_running_ = true;
+    const std::uint64_t covers = slot_writes_done_;
+    IoResult r = co_await buffer_.flush();
+    flush_running_ = false;
+    if (r && covers > slot_writes_flushed_) slot_writes_flushed_ = covers;
+    flush_done_.notify_all();
+    if (!r) co_return r;
+  }
+  co_return IoResult{};
+}
+
+// ---- local face ------------------------------------------------------------------------
+
+Task<IoResult> DiskBuffer::read_slot_data(std::uint64_t slot, std::uint64_t in_block_offset_bytes,
+                                          std::span<std::byte> out) {
+  co_return co_await buffer_.read(
+      slot_offset_bytes(slot, header_.block_bytes) + kSlotHeaderBytes + in_block_offset_bytes,
+      out);
+}
+
+Task<IoResult> DiskBuffer::write_slot(std::uint64_t slot, SlotKind kind, std::uint64_t block,
+                                      std::span<std::byte> image, WriteFlags flags) {
+  SlotHeader h{kind, header_.generation, block, crc32c(image.subspan(kSlotHeaderBytes))};
+  encode_slot_header(h, image);
+  IoResult r = co_await buffer_.write(slot_offset_bytes(slot, header_.block_bytes), image, flags);
+  if (r) ++slot_writes_done_;
+  co_return r;
+}
+
+Task<IoResult> DiskBuffer::local_read(std::uint64_t offset_bytes, std::span<std::byte> out) {
+  if (out.empty()) co_return co_await disk_.read(offset_bytes, out);
+  const std::uint64_t end = offset_bytes + out.size();
+  const std::uint64_t first = block_of(offset_bytes);
+  const std::uint64_t last = block_of(end - 1);
+  co_await locks_.lock(first, last, false);
+  BlockRangeGuard guard(locks_, first, last, false);
+  auto slot_of = [&](std::uint64_t b) {
+    const CowEntry* e = index_.find(b);
+    if (e == nullptr) return kNoSlot;
+    return e->local_slot != kNoSlot ? e->local_slot : e->original_slot;
+  };
+  std::uint64_t pos = offset_bytes;
+  while (pos < end) {
+    const std::uint64_t b = block_of(pos);
+    const std::uint64_t slot = slot_of(b);
+    if (slot != kNoSlot) {
+      const std::uint64_t piece_end = std::min<std::uint64_t>(end, (b + 1) * header_.block_bytes);
+      IoResult r = co_await read_slot_data(slot, pos - b * header_.block_bytes,
+                                           out.subspan(pos - offset_bytes, piece_end - pos));
+      if (!r) co_return r;
+      pos = piece_end;
+      continue;
+    }
+    // A run of blocks that only the disk holds: one read.
+    std::uint64_t run_end_block = b + 1;
+    while (run_end_block <= last && slot_of(run_end_block) == kNoSlot) ++run_end_block;
+    const std::uint64_t piece_end =
+        std::min<std::uint64_t>(end, run_end_block * header_.block_bytes);
+    IoResult r = co_await disk_.read(pos, out.subspan(pos - offset_bytes, piece_end - pos));
+    if (!r) co_return r;
+    pos = piece_end;
+  }
+  co_return IoResult{};
+}
+
+Task<IoResult> DiskBuffer::local_write(IoOp op, std::uint64_t offset_bytes,
+                                       std::uint64_t length_bytes, std::span<const std::byte> in,
+                                       WriteFlags flags) {
+  if (length_bytes == 0) co_return IoResult{};
+  const bool zeroes = op != IoOp::write;
+  const std::uint64_t end = offset_bytes + length_bytes;
+  const std::uint64_t first = block_of(offset_bytes);
+  const std::uint64_t last = block_of(end - 1);
+  co_await locks_.lock(first, last, true);
+  BlockRangeGuard guard(locks_, first, last, true);
+  std::uint64_t pos = offset_bytes;
+  while (pos < end) {
+    const std::uint64_t b = block_of(pos);
+    const std::uint64_t piece_end = std::min<std::uint64_t>(end, (b + 1) * header_.block_bytes);
+    std::span<const std::byte> data;
+    if (!zeroes) data = in.subspan(pos - offset_bytes, piece_end - pos);
+    // During a failover a block the apply has passed (or that was never buffered) is written
+    // through to the disk, so the apply never has to come back to it and always ends. A
+    // buffered block keeps its slot up to date too: a restart re-applies the buffer.
+    const bool failing_over = header_.state == BufferState::failing_over;
+    const bool buffered = index_.find(b) != nullptr;
+    if (!failing_over || buffered) {
+      IoResult r = co_await local_write_block(b, pos - b * header_.block_bytes, data,
+                                              piece_end - pos);
+      if (!r) co_return r;
+    }
+    if (failing_over && !dirty_.contains(b)) {
+      IoResult r = zeroes ? co_await disk_.write_zeroes(pos, piece_end - pos, WriteFlags::none)
+                          : co_await disk_.write(pos, data, WriteFlags::none);
+      if (!r) co_return r;
+    }
+    pos = piece_end;
+  }
+  if (has(flags, WriteFlags::fua)) {
+    IoResult r = co_await buffer_.flush();
+    if (!r || header_.state != BufferState::failing_over) co_return r;
+    co_return co_await disk_.flush();
+  }
+  co_return IoResult{};
+}
+
+Task<IoResult> DiskBuffer::local_write_block(std::uint64_t block,
+                                             std::uint64_t in_block_offset_bytes,
+                                             std::span<const std::byte> in,
+                                             std::uint64_t length_bytes) {
+  const std::uint32_t block_bytes = header_.block_bytes;
+  AlignedBuffer image(slot_bytes(block_bytes));
+  auto data = image.span().subspan(kSlotHeaderBytes);
+  const bool whole = in_block_offset_bytes == 0 && length_bytes >= block_length(block);
+  CowEntry before;
+  if (const CowEntry* e = index_.find(block)) before = *e;
+  if (!whole) {
+    IoResult r;
+    if (before.local_slot != kNoSlot) {
+      r = co_await read_slot_data(before.local_slot, 0, data);
+    } else if (before.original_slot != kNoSlot) {
+      r = co_await read_slot_data(before.original_slot, 0, data);
+    } else {
+      r = co_await disk_.read(block * block_bytes, data.subspan(0, block_length(block)));
+    }
+    if (!r) co_return r;
+  }
+  auto target = data.subspan(in_block_offset_bytes, length_bytes);
+  if (in.empty()) {
+    std::memset(target.data(), 0, target.size());
+  } else {
+    std::memcpy(target.data(), in.data(), target.size());
+  }
+  std::uint64_t slot = before.local_slot;
+  if (slot == kNoSlot) {
+    const auto allocated = index_.allocate(1);
+    if (!allocated) {
+      log::event({"disk_buffer_full",
+                  {{"node", name_},
+                   {"slots", std::to_string(index_.slot_count_max())},
+                   {"block", std::to_string(block)}}});
+      co_return io_error(ENOSPC);
+    }
+    slot = *allocated;
+  }
+  IoResult r = co_await write_slot(slot, SlotKind::local, block, image.span(), WriteFlags::none);
+  if (!r) co_return r;
+  index_.at(block).local_slot = slot;
+  co_return IoResult{};
+}
+
+}  // namespace colo

@@ -1,0 +1,167 @@
+#pragma once
+// DiskBuffer: the secondary's copy-on-write layer over its disk (DESIGN.md "Disk buffer";
+// QEMU block/replication.c's secondary side), with two faces served by NBD exports:
+//
+// - primary_view(): what the replication export writes into. For every block (of
+//   block_bytes) not yet saved in this epoch, the disk's content is saved in the buffer as the
+//   block's "original" (once per epoch), then the request goes to the disk. With ordered
+//   flushes the saved originals are flushed (one flush shared by every concurrent first write:
+//   group commit) before the disk write. Trim and write-zeroes follow the same rule. Any I/O
+//   while replication is not running fails with EPERM.
+// - local_view(): a local consumer (COLO hot standby). It sees the last checkpoint image plus
+//   its own writes: read = the block's local copy, else its original, else the disk; a write
+//   (and trim, write-zeroes) goes to the block's local copy in the buffer only, never to the
+//   disk. When replication is idle the local view passes through to the disk.
+//
+// Lifecycle (control path, Result<void>; one control call at a time, others get EBUSY):
+// - start_replication(disk_size_bytes): idle -> replicating. Refused when running, or when the
+//   disk is not the expected size. The disk must already equal the primary's.
+// - do_checkpoint(epoch): epochs only increase (stale or repeated: refused, nothing changes).
+//   Holds new I/O, waits for in-flight I/O, flushes the disk, then records the epoch durably
+//   in the buffer header with a new generation, which drops every original and local copy.
+// - stop_replication(failover): replicating -> failing_over, recorded durably; from then the
+//   local view serves (still buffer first) while a background task applies each block's local
+//   copy, else its original, to the disk; at the end the disk is flushed and the buffer is
+//   dropped (state idle). Progress: failover_progress().
+// - stop_replication(discard): replicating -> idle, the buffer is dropped and the disk keeps
+//   the primary's writes.
+//
+// Durability: the buffer is a BlockNode ("buffer" child) holding the format of
+// buffer_file.hpp; open() recovers the state, epoch and index from it, and resumes an
+// interrupted failover. Nothing else is kept elsewhere.
+// Threading: everything runs on the daemon's io_context thread.
+
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "secondary/buffer_file.hpp"
+#include "secondary/cow_index.hpp"
+#include "shared/async_event.hpp"
+#include "shared/block_node.hpp"
+#include "shared/child.hpp"
+#include "shared/error.hpp"
+
+namespace colo {
+
+inline constexpr std::uint32_t kDiskBufferBlockBytesDefault = 64 * 1024;
+
+struct DiskBufferOptions {
+  std::uint32_t block_bytes = kDiskBufferBlockBytesDefault;  // power of two, 4 KiB..16 MiB
+  bool ordered_flushes = true;
+};
+
+enum class StopMode { failover, discard };
+
+struct FailoverProgress {
+  bool running = false;
+  std::uint64_t applied_bytes = 0;
+  std::uint64_t total_bytes = 0;
+  std::string error;  // last apply error, empty when none
+};
+
+class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
+ public:
+  // Opens (formats when the buffer is all zeroes) and recovers. The views are named
+  // "<name>.primary" and "<name>.local".
+  static Task<Result<std::shared_ptr<DiskBuffer>>> open(std::string name,
+                                                        std::shared_ptr<BlockNode> disk,
+                                                        std::shared_ptr<BlockNode> buffer,
+                                                        DiskBufferOptions options);
+
+  std::shared_ptr<BlockNode> primary_view();
+  std::shared_ptr<BlockNode> local_view();
+
+  Task<Result<void>> start_replication(std::uint64_t disk_size_bytes);
+  Task<Result<void>> do_checkpoint(std::uint64_t epoch);
+  Task<Result<void>> stop_replication(StopMode mode);
+
+  BufferState state() const { return header_.state; }
+  std::uint64_t epoch() const { return header_.epoch; }
+  std::uint64_t generation() const { return header_.generation; }
+  std::uint32_t block_bytes() const { return header_.block_bytes; }
+  std::size_t buffered_block_count() const { return index_.block_count(); }
+  std::uint64_t slots_used() const { return index_.slots_used(); }
+  FailoverProgress failover_progress() const { return progress_; }
+  // Completes when no failover apply is running (tests, shutdown).
+  Task<void> wait_failover_idle();
+  // Holds new I/O and waits for in-flight I/O and the failover task.
+  Task<void> drain();
+
+  // Used by the views (see the .cpp); not for other callers.
+  enum class Face { primary, local };
+  Task<IoResult> view_read(Face face, std::uint64_t offset_bytes, std::span<std::byte> out);
+  Task<IoResult> view_write(Face face, IoOp op, std::uint64_t offset_bytes,
+                            std::uint64_t length_bytes, std::span<const std::byte> in,
+                            WriteFlags flags);
+  Task<IoResult> view_flush(Face face);
+  NodeLimits view_limits() const;
+  std::uint64_t disk_size_bytes() const { return disk_.node().size_bytes(); }
+  const std::string& name() const { return name_; }
+
+  DiskBuffer(std::string name, std::shared_ptr<BlockNode> disk, std::shared_ptr<BlockNode> buffer,
+             DiskBufferOptions options);
+
+ private:
+  struct Pieces;
+  Task<Result<void>> recover();
+  Task<Result<void>> scan_slots();
+  Task<IoResult> write_header(BufferHeader next);
+  Task<IoResult> group_flush();
+  Task<void> enter_gate();
+  Task<void> close_gate();
+  void open_gate();
+
+  Task<IoResult> primary_write(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
+                               std::span<const std::byte> in, WriteFlags flags);
+  Task<IoResult> save_originals(std::uint64_t first, std::uint64_t last);
+  Task<IoResult> save_run(std::uint64_t first, std::uint64_t count);
+  Task<IoResult> local_read(std::uint64_t offset_bytes, std::span<std::byte> out);
+  Task<IoResult> local_write(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
+                             std::span<const std::byte> in, WriteFlags flags);
+  Task<IoResult> local_write_block(std::uint64_t block, std::uint64_t in_block_offset_bytes,
+                                   std::span<const std::byte> in, std::uint64_t length_bytes);
+  Task<IoResult> read_slot_data(std::uint64_t slot, std::uint64_t in_block_offset_bytes,
+                                std::span<std::byte> out);
+  Task<IoResult> write_slot(std::uint64_t slot, SlotKind kind, std::uint64_t block,
+                            std::span<std::byte> image, WriteFlags flags);
+  Task<void> apply_loop(std::shared_ptr<DiskBuffer> self);
+  Task<IoResult> apply_block(std::uint64_t block);
+  Task<Result<void>> finish_failover();
+  void begin_failover(const asio::any_io_executor& ex);
+
+  std::uint64_t block_of(std::uint64_t offset_bytes) const {
+    return offset_bytes / header_.block_bytes;
+  }
+  // Bytes of `block` inside the disk (the last block may be short).
+  std::uint64_t block_length(std::uint64_t block) const;
+
+  std::string name_;
+  Child disk_;
+  Child buffer_;
+  DiskBufferOptions options_;
+  BufferHeader header_;
+  CowIndex index_{0};
+  BlockLocks locks_;
+
+  // Gate: while closed, new I/O waits (checkpoint, stop, failover end).
+  bool gate_closed_ = false;
+  AsyncEvent gate_opened_;
+  InflightCounter inflight_;
+  bool control_busy_ = false;
+
+  // Group commit of ordered flushes: slot writes completed vs covered by a finished flush.
+  std::uint64_t slot_writes_done_ = 0;
+  std::uint64_t slot_writes_flushed_ = 0;
+  bool flush_running_ = false;
+  AsyncEvent flush_done_;
+
+  // Failover apply.
+  std::set<std::uint64_t> dirty_;  // blocks whose buffered content is not yet on the disk
+  bool apply_running_ = false;
+  AsyncEvent apply_finished_;
+  FailoverProgress progress_;
+};
+
+}  // namespace colo

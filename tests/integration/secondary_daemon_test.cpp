@@ -1,0 +1,186 @@
+// colod in the secondary role: the replication export (primary view) and the local export
+// over NBD, the lifecycle through coloctl, and kill -9 at seeded random points of a write
+// stream, restart, failover == the last checkpoint image.
+
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+#include <libnbd.h>
+#include <openssl/evp.h>
+
+#include <csignal>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "process.hpp"
+#include "test_support.hpp"
+
+namespace colo {
+namespace {
+
+const std::string kColod = COLO_BINARY_DIR "/colod";
+const std::string kColoctl = COLO_BINARY_DIR "/coloctl";
+constexpr std::uint64_t kDiskBytes = 4u << 20;
+constexpr std::uint64_t kHalf = kDiskBytes / 2;
+
+std::string sha256(const std::string& data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr);
+  std::string hex;
+  for (unsigned i = 0; i < n; ++i) hex += fmt::format("{:02x}", md[i]);
+  return hex;
+}
+
+struct Nbd {
+  explicit Nbd(const std::string& sock) : h(nbd_create()) {
+    if (nbd_connect_unix(h, sock.c_str()) == -1) ADD_FAILURE() << nbd_get_error();
+  }
+  ~Nbd() { nbd_close(h); }
+  int write(std::uint64_t off, std::uint64_t len, char p) {
+    std::string buf(len, p);
+    return nbd_pwrite(h, buf.data(), len, off, 0);
+  }
+  std::string read(std::uint64_t off, std::uint64_t len) {
+    std::string buf(len, '\0');
+    if (nbd_pread(h, buf.data(), len, off, 0) == -1) ADD_FAILURE() << nbd_get_error();
+    return buf;
+  }
+  nbd_handle* h;
+};
+
+struct Secondary {
+  explicit Secondary(test::TempDir& dir) : dir(dir) {
+    test::write_file(dir.file("s.conf"),
+                     "resource: \"r0\"\nrole: SECONDARY\ncontrol_socket: \"" + ctl() +
+                         "\"\ndisk { path: \"" + disk() + "\" }\nexport { listen: \"unix:" +
+                         local() + "\" }\nsecondary { buffer_path: \"" + dir.file("buf.img") +
+                         "\" buffer_size_bytes: 33554432 block_bytes: 4096 "
+                         "replication_listen: \"unix:" + repl() + "\" }\n");
+  }
+  std::string ctl() const { return dir.file("ctl.sock"); }
+  std::string disk() const { return dir.file("disk.img"); }
+  std::string local() const { return dir.file("local.sock"); }
+  std::string repl() const { return dir.file("repl.sock"); }
+  void start() {
+    ::unlink(repl().c_str());
+    ::unlink(local().c_str());
+    proc = test::Process::start({kColod, "--config", dir.file("s.conf")}, dir.file("colod.log"));
+    ASSERT_TRUE(test::wait_for_unix_socket(repl())) << test::read_file(dir.file("colod.log"));
+    ASSERT_TRUE(test::wait_for_unix_socket(local()));
+  }
+  test::CommandResult ctl_cmd(std::vector<std::string> args) {
+    std::vector<std::string> argv{kColoctl, "--socket", ctl()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return test::run_command(argv);
+  }
+  void wait_idle() {
+    for (int i = 0; i < 500; ++i) {
+      if (ctl_cmd({"replication-status"}).output.find("state: idle") != std::string::npos) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ADD_FAILURE() << "failover did not end";
+  }
+  test::TempDir& dir;
+  test::Process proc;
+};
+
+void fill(const std::string& path, char p) {
+  test::write_file(path, std::string(kDiskBytes, p));
+}
+
+TEST(SecondaryDaemon, PatternPerPhaseThroughNbdAndColoctl) {
+  test::TempDir dir;
+  Secondary s(dir);
+  fill(s.disk(), 0x11);
+  s.start();
+  {
+    Nbd primary(s.repl());
+    EXPECT_EQ(primary.write(0, 4096, 0x22), -1) << "I/O before start must fail";
+    EXPECT_EQ(nbd_get_errno(), EPERM);
+  }
+  auto r = s.ctl_cmd({"checkpoint", "1"});
+  EXPECT_EQ(r.exit_code, 4) << r.output;
+  EXPECT_NE(r.output.find("replication is idle"), std::string::npos) << r.output;
+  ASSERT_EQ(s.ctl_cmd({"start"}).exit_code, 0);
+  r = s.ctl_cmd({"start"});
+  EXPECT_EQ(r.exit_code, 4) << r.output;
+  EXPECT_EQ(s.ctl_cmd({"checkpoint", "x"}).exit_code, 2);
+  {
+    Nbd primary(s.repl());
+    Nbd local(s.local());
+    ASSERT_EQ(primary.write(0, kHalf, 0x22), 0);
+    ASSERT_EQ(local.write(kHalf, kHalf, 0x33), 0);
+    std::string v = local.read(0, kDiskBytes);
+    EXPECT_EQ(v.substr(0, kHalf), std::string(kHalf, 0x11));
+    EXPECT_EQ(v.substr(kHalf), std::string(kHalf, 0x33));
+    ASSERT_EQ(s.ctl_cmd({"checkpoint", "1"}).exit_code, 0);
+    EXPECT_EQ(s.ctl_cmd({"checkpoint", "1"}).exit_code, 4);
+    v = local.read(0, kDiskBytes);
+    EXPECT_EQ(v.substr(0, kHalf), std::string(kHalf, 0x22));
+    EXPECT_EQ(v.substr(kHalf), std::string(kHalf, 0x11));
+    ASSERT_EQ(primary.write(0, kHalf, 0x44), 0);
+    ASSERT_EQ(local.write(kHalf, kHalf, 0x33), 0);
+  }
+  r = s.ctl_cmd({"stop", "failover"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  s.wait_idle();
+  EXPECT_EQ(s.proc.stop(SIGTERM), 0);
+  std::string d = test::read_file(s.disk());
+  EXPECT_EQ(d.substr(0, kHalf), std::string(kHalf, 0x22));
+  EXPECT_EQ(d.substr(kHalf), std::string(kHalf, 0x33));
+}
+
+TEST(SecondaryDaemon, KillAtRandomPointsThenFailoverYieldsTheCheckpoint) {
+  for (std::uint64_t seed = 1; seed <= 50; ++seed) {
+    SCOPED_TRACE(fmt::format("seed={}", seed));
+    std::mt19937_64 prng(seed);
+    test::TempDir dir;
+    Secondary s(dir);
+    std::string initial(kDiskBytes, '\0');
+    for (auto& c : initial) c = static_cast<char>(prng());
+    test::write_file(s.disk(), initial);
+    s.start();
+    ASSERT_EQ(s.ctl_cmd({"start"}).exit_code, 0);
+    std::string image;
+    {
+      Nbd primary(s.repl());
+      for (int i = 0; i < 20; ++i) {
+        ASSERT_EQ(primary.write((prng() % (kDiskBytes / 4096)) * 4096, 4096,
+                                static_cast<char>(prng())), 0);
+      }
+      ASSERT_EQ(s.ctl_cmd({"checkpoint", "5"}).exit_code, 0);
+      image = test::read_file(s.disk());
+      // The write stream; a thread kills the daemon after a seeded delay.
+      const auto delay = std::chrono::microseconds(prng() % 30000);
+      const pid_t pid = s.proc.pid();
+      std::thread killer([delay, pid] {
+        std::this_thread::sleep_for(delay);
+        ::kill(pid, SIGKILL);
+      });
+      for (int i = 0; i < 2000; ++i) {
+        const std::uint64_t off = (prng() % (kDiskBytes / 512 - 64)) * 512;
+        if (primary.write(off, ((prng() % 64) + 1) * 512, static_cast<char>(prng())) != 0) break;
+      }
+      killer.join();
+    }
+    s.proc.stop(SIGKILL);
+    s.start();
+    auto st = s.ctl_cmd({"replication-status"});
+    EXPECT_NE(st.output.find("state: replicating"), std::string::npos) << st.output;
+    EXPECT_NE(st.output.find("epoch: 5"), std::string::npos) << st.output;
+    {
+      Nbd local(s.local());
+      EXPECT_EQ(sha256(local.read(0, kDiskBytes)), sha256(image)) << "local view after restart";
+    }
+    ASSERT_EQ(s.ctl_cmd({"stop", "failover"}).exit_code, 0);
+    s.wait_idle();
+    EXPECT_EQ(s.proc.stop(SIGTERM), 0);
+    EXPECT_EQ(sha256(test::read_file(s.disk())), sha256(image)) << "disk after failover";
+    if (HasFailure()) return;
+  }
+}
+
+}  // namespace
+}  // namespace colo

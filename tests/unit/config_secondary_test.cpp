@@ -1,0 +1,72 @@
+// Secondary role config: SecondaryConfig validation (every problem names option and value).
+
+#include <gtest/gtest.h>
+
+#include "shared/config.hpp"
+
+namespace colo {
+namespace {
+
+constexpr const char* kBase = R"(
+resource: "r0"
+role: SECONDARY
+disk { path: "/var/lib/colo/r0.img" }
+)";
+
+Result<config::DaemonConfig> parse(const std::string& secondary) {
+  return parse_config_text(std::string(kBase) + secondary, "s.conf");
+}
+
+TEST(ConfigSecondary, ParsesAGoodSection) {
+  auto cfg = parse(R"(secondary {
+    buffer_path: "/var/lib/colo/r0.buf" buffer_size_bytes: 1073741824 block_bytes: 4096
+    ordered_flushes: false replication_listen: "tcp:127.0.0.1:10810"
+    replication_export_name: "r0-replication" }
+    export { listen: "unix:/run/colo/r0-local.sock" })");
+  ASSERT_TRUE(cfg) << cfg.error().to_string();
+  EXPECT_EQ(cfg->secondary().block_bytes(), 4096u);
+  EXPECT_TRUE(cfg->secondary().has_ordered_flushes());
+  EXPECT_FALSE(cfg->secondary().ordered_flushes());
+}
+
+TEST(ConfigSecondary, OrderedFlushesDefaultsToUnset) {
+  auto cfg = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1" })");
+  ASSERT_TRUE(cfg) << cfg.error().to_string();
+  EXPECT_FALSE(cfg->secondary().has_ordered_flushes());
+}
+
+TEST(ConfigSecondary, SecondaryRoleNeedsTheSection) {
+  auto cfg = parse("");
+  ASSERT_FALSE(cfg);
+  EXPECT_NE(cfg.error().message.find("secondary: the secondary role needs this section"),
+            std::string::npos)
+      << cfg.error().message;
+}
+
+TEST(ConfigSecondary, ReportsEveryProblemNamingOptionAndValue) {
+  auto cfg = parse(R"(secondary {
+    buffer_path: "/var/lib/colo/r0.img" buffer_size_bytes: 10000 block_bytes: 3000
+    replication_listen: "udp:1.2.3.4:5" })");
+  ASSERT_FALSE(cfg);
+  const std::string& m = cfg.error().message;
+  EXPECT_NE(m.find("secondary.buffer_path: \"/var/lib/colo/r0.img\" is the disk itself"),
+            std::string::npos) << m;
+  EXPECT_NE(m.find("secondary.block_bytes: 3000 is not a power of two"), std::string::npos) << m;
+  EXPECT_NE(m.find("secondary.buffer_size_bytes: 10000 is not a multiple of 4096"),
+            std::string::npos) << m;
+  EXPECT_NE(m.find("secondary.replication_listen: \"udp:1.2.3.4:5\""), std::string::npos) << m;
+}
+
+TEST(ConfigSecondary, MissingFieldsAndTooSmallBuffer) {
+  auto cfg = parse(R"(secondary { buffer_size_bytes: 8192 })");
+  ASSERT_FALSE(cfg);
+  const std::string& m = cfg.error().message;
+  EXPECT_NE(m.find("secondary.buffer_path: must be set"), std::string::npos) << m;
+  EXPECT_NE(m.find("secondary.buffer_size_bytes: 8192 cannot hold one block of 65536 bytes"),
+            std::string::npos) << m;
+  EXPECT_NE(m.find("secondary.replication_listen: at least one address is needed"),
+            std::string::npos) << m;
+}
+
+}  // namespace
+}  // namespace colo
