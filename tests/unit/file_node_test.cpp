@@ -1,0 +1,705 @@
+// FileNode and the io_uring service: every behaviour and error path, data checked against the
+// file read back independently with pread(2).
+//
+// O_DIRECT tests run in a directory under /var/tmp (a real disk file system); the buffered
+// fallback of the auto mode is tested on /dev/shm (tmpfs) and skipped when it is not tmpfs.
+
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <liburing.h>
+#include <linux/magic.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <random>
+
+#include "shared/file_node.hpp"
+#include "shared/uring.hpp"
+#include "test_support.hpp"
+
+namespace colo {
+namespace {
+
+using test::all_bytes;
+using test::pattern;
+using test::run_task;
+using Cache = FileNodeOptions::Cache;
+
+constexpr std::uint64_t kFileBytes = 4u * kMiB;
+
+// A fresh directory under `base`, removed by the destructor.
+class Dir {
+ public:
+  explicit Dir(const std::string& base) {
+    std::string tmpl = base + "/colo-file-node-XXXXXX";
+    if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp " + base);
+    path_ = tmpl;
+  }
+  ~Dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+bool is_tmpfs(const std::string& path) {
+  struct statfs s {};
+  return statfs(path.c_str(), &s) == 0 && s.f_type == TMPFS_MAGIC;
+}
+
+// Creates `path` with `length_bytes` of `fill` (0: sparse).
+void make_file(const std::string& path, std::uint64_t length_bytes, std::uint8_t fill = 0) {
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, static_cast<off_t>(length_bytes)), 0);
+  if (fill != 0) {
+    auto buf = pattern(length_bytes, fill);
+    ASSERT_EQ(pwrite(fd, buf.data(), buf.size(), 0), static_cast<ssize_t>(buf.size()));
+  }
+  ::close(fd);
+}
+
+// The file's bytes read independently of the node.
+std::vector<std::byte> pread_file(const std::string& path, std::uint64_t offset_bytes,
+                                  std::size_t length_bytes) {
+  std::vector<std::byte> out(length_bytes);
+  int fd = ::open(path.c_str(), O_RDONLY);
+  EXPECT_GE(fd, 0);
+  EXPECT_EQ(pread(fd, out.data(), out.size(), static_cast<off_t>(offset_bytes)),
+            static_cast<ssize_t>(out.size()));
+  ::close(fd);
+  return out;
+}
+
+struct stat stat_of(const std::string& path) {
+  struct stat st {};
+  EXPECT_EQ(::stat(path.c_str(), &st), 0);
+  return st;
+}
+
+FileNodeOptions options(const std::string& path, Cache cache) {
+  FileNodeOptions o;
+  o.path = path;
+  o.cache = cache;
+  return o;
+}
+
+std::shared_ptr<FileNode> open_ok(asio::io_context& io, const FileNodeOptions& o) {
+  auto r = FileNode::open(io, "disk", o);
+  EXPECT_TRUE(r.has_value()) << (r ? "" : r.error().to_string());
+  return r ? *r : nullptr;
+}
+
+// An aligned heap buffer filled with `fill`.
+struct AlignedBuf {
+  explicit AlignedBuf(std::size_t n, std::uint8_t fill = 0)
+      : p(static_cast<std::byte*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096))), n(n) {
+    std::memset(p, fill, n);
+  }
+  ~AlignedBuf() { std::free(p); }
+  AlignedBuf(const AlignedBuf&) = delete;
+  AlignedBuf& operator=(const AlignedBuf&) = delete;
+  std::span<std::byte> span() { return {p, n}; }
+  std::byte* p;
+  std::size_t n;
+};
+
+// --- opening: bad input -------------------------------------------------------------------
+
+TEST(FileNodeOpen, MissingFileIsAnErrorNamingThePathAndNothingIsCreated) {
+  Dir dir("/var/tmp");
+  asio::io_context io;
+  auto o = options(dir.file("missing.img"), Cache::auto_);
+  o.size_bytes = kFileBytes;
+  auto r = FileNode::open(io, "disk", o);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, make_errc(ENOENT));
+  EXPECT_NE(r.error().message.find(o.path), std::string::npos) << r.error().message;
+  EXPECT_FALSE(std::filesystem::exists(o.path));
+}
+
+TEST(FileNodeOpen, CreateMakesASparseFileOfTheConfiguredSize) {
+  Dir dir("/var/tmp");
+  asio::io_context io;
+  auto o = options(dir.file("new.img"), Cache::auto_);
+  o.create = true;
+  o.size_bytes = kFileBytes;
+  auto node = open_ok(io, o);
+  ASSERT_TRUE(node);
+  EXPECT_EQ(node->size_bytes(), kFileBytes);
+  auto st = stat_of(o.path);
+  EXPECT_EQ(static_cast<std::uint64_t>(st.st_size), kFileBytes);
+  EXPECT_EQ(st.st_blocks, 0);
+}
+
+TEST(FileNodeOpen, CreateNeverTruncatesAnExistingFile) {
+  Dir dir("/var/tmp");
+  asio::io_context io;
+  make_file(dir.file("a.img"), kFileBytes, 0x11);
+  auto o = options(dir.file("a.img"), Cache::auto_);
+  o.create = true;
+  o.size_bytes = kFileBytes;
+  auto node = open_ok(io, o);
+  ASSERT_TRUE(node);
+  EXPECT_TRUE(all_bytes(pread_file(o.path, 0, kFileBytes), 0x11));
+  // A different size is refused, and the file keeps its size and data.
+  node.reset();
+  o.size_bytes = 2 * kFileBytes;
+  auto r = FileNode::open(io, "disk", o);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find(o.path), std::string::npos);
+  EXPECT_NE(r.error().message.find(std::to_string(kFileBytes)), std::string::npos)
+      << r.error().message;
+  EXPECT_EQ(static_cast<std::uint64_t>(stat_of(o.path).st_size), kFileBytes);
+  EXPECT_TRUE(all_bytes(pread_file(o.path, 0, kFileBytes), 0x11));
+}
+
+TEST(FileNodeOpen, CreateWithoutSizeIsAnError) {
+  Dir dir("/var/tmp");
+  asio::io_context io;
+  auto o = options(dir.file("x.img"), Cache::auto_);
+  o.create = true;
+  auto r = FileNode::open(io, "disk", o);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("size_bytes"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(o.path));
+}
+
+TEST(FileNodeOpen, DirectoryIsRefused) {
+  Dir dir("/var/tmp");
+  asio::io_context io;
+  auto r = FileNode::open(io, "disk", options(dir.path(), Cache::auto_));
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, make_errc(EISDIR));
+  EXPECT_NE(r.error().message.find(dir.path()), std::string::npos);
+}
+
+TEST(FileNodeOpen, NeitherFileNorBlockDeviceIsRefused) {
+  asio::io_context io;
+  auto r = FileNode::open(io, "disk", options("/dev/null", Cache::buffered));
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("/dev/null"), std::string::npos);
+}
+
+TEST(FileNodeOpen, EmptyPathIsRefused) {
+  asio::io_context io;
+  auto r = FileNode::open(io, "disk", options("", Cache::buffered));
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, make_errc(EINVAL));
+}
+
+// Opens `o` as an unprivileged user (root ignores file permissions) in a child process;
+// returns the error code seen, or 0.
+int open_as_nobody(const FileNodeOptions& o) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) _exit(200);
+    asio::io_context io;
+    auto r = FileNode::open(io, "disk", o);
+    if (r) _exit(0);
+    if (r.error().message.find(o.path) == std::string::npos) _exit(201);
+    _exit(r.error().code.value() & 0x7f);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
+}
+
+TEST(FileNodeOpen, UnreadableFileIsRefused) {
+  Dir dir("/var/tmp");
+  ASSERT_EQ(chmod(dir.path().c_str(), 0755), 0);
+  make_file(dir.file("secret.img"), kFileBytes, 0x22);
+  ASSERT_EQ(chmod(dir.file("secret.img").c_str(), 0000), 0);
+  auto o = options(dir.file("secret.img"), Cache::auto_);
+  EXPECT_EQ(open_as_nobody(o), EACCES);
+  o.read_only = true;
+  EXPECT_EQ(open_as_nobody(o), EACCES);
+  ASSERT_EQ(chmod(dir.file("secret.img").c_str(), 0600), 0);
+  EXPECT_TRUE(all_bytes(pread_file(o.path, 0, kFileBytes), 0x22));
+}
+
+TEST(FileNodeOpen, SizeNotAMultipleOfTheDirectAlignmentIsRefused) {
+  Dir dir("/var/tmp");
+  asio::io_context io;
+  make_file(dir.file("odd.img"), 1000, 0x33);
+  auto r = FileNode::open(io, "disk", options(dir.file("odd.img"), Cache::direct));
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find(dir.file("odd.img")), std::string::npos);
+  EXPECT_NE(r.error().message.find("1000"), std::string::npos) << r.error().message;
+  EXPECT_EQ(stat_of(dir.file("odd.img")).st_size, 1000);
+  EXPECT_TRUE(all_bytes(pread_file(dir.file("odd.img"), 0, 1000), 0x33));
+  // Buffered has no alignment: the same file opens.
+  auto node = open_ok(io, options(dir.file("odd.img"), Cache::buffered));
+  ASSERT_TRUE(node);
+  EXPECT_EQ(node->limits().alignment_bytes, 1u);
+  EXPECT_EQ(node->size_bytes(), 1000u);
+}
+
+TEST(FileNodeOpen, AutoUsesODirectOnADiskFileSystem) {
+  Dir dir("/var/tmp");
+  if (is_tmpfs(dir.path())) GTEST_SKIP() << "/var/tmp is tmpfs";
+  asio::io_context io;
+  make_file(dir.file("a.img"), kFileBytes);
+  auto node = open_ok(io, options(dir.file("a.img"), Cache::auto_));
+  ASSERT_TRUE(node);
+  EXPECT_TRUE(node->direct());
+  EXPECT_GE(node->limits().alignment_bytes, 512u);
+}
+
+TEST(FileNodeOpen, AutoFallsBackToBufferedOnTmpfs) {
+  if (!is_tmpfs("/dev/shm")) GTEST_SKIP() << "/dev/shm is not tmpfs";
+  Dir dir("/dev/shm");
+  asio::io_context io;
+  make_file(dir.file("a.img"), kFileBytes);
+  auto node = open_ok(io, options(dir.file("a.img"), Cache::auto_));
+  ASSERT_TRUE(node);
+  EXPECT_FALSE(node->direct());
+  EXPECT_EQ(node->limits().alignment_bytes, 1u);
+}
+
+TEST(FileNodeOpen, ConfigConversion) {
+  config::FileConfig c;
+  c.set_path("/x");
+  c.set_cache(config::CACHE_BUFFERED);
+  c.set_create(true);
+  c.set_size_bytes(4096);
+  c.set_read_only(true);
+  auto o = file_node_options(c);
+  EXPECT_EQ(o.path, "/x");
+  EXPECT_EQ(o.cache, Cache::buffered);
+  EXPECT_TRUE(o.create);
+  EXPECT_EQ(o.size_bytes, 4096u);
+  EXPECT_TRUE(o.read_only);
+  c.set_cache(config::CACHE_DIRECT);
+  EXPECT_EQ(file_node_options(c).cache, Cache::direct);
+  c.set_cache(config::CACHE_AUTO);
+  EXPECT_EQ(file_node_options(c).cache, Cache::auto_);
+}
+
+// --- data path, in both cache modes -------------------------------------------------------
+
+class FileNodeData : public ::testing::TestWithParam<Cache> {
+ protected:
+  void SetUp() override {
+    path_ = dir_.file("disk.img");
+    make_file(path_, kFileBytes);
+    node_ = open_ok(io_, options(path_, GetParam()));
+    ASSERT_TRUE(node_);
+    ASSERT_EQ(node_->direct(), GetParam() == Cache::direct);
+  }
+  std::uint32_t align() const { return std::max<std::uint32_t>(node_->limits().alignment_bytes, 512); }
+
+  Dir dir_{"/var/tmp"};
+  std::string path_;
+  asio::io_context io_;
+  std::shared_ptr<FileNode> node_;
+};
+
+INSTANTIATE_TEST_SUITE_P(Modes, FileNodeData, ::testing::Values(Cache::direct, Cache::buffered),
+                         [](const auto& info) { return std::string(to_string(info.param)); });
+
+TEST_P(FileNodeData, WritesLandInTheFileAndReadBack) {
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf a(65536, 0x11), b(8192, 0x22), back(65536 + 8192);
+    EXPECT_TRUE(co_await node_->write(0, a.span(), WriteFlags::none));
+    EXPECT_TRUE(co_await node_->write(65536, b.span(), WriteFlags::none));
+    EXPECT_TRUE(co_await node_->read(0, back.span()));
+    EXPECT_TRUE(all_bytes(back.span().subspan(0, 65536), 0x11));
+    EXPECT_TRUE(all_bytes(back.span().subspan(65536), 0x22));
+  }());
+  EXPECT_TRUE(all_bytes(pread_file(path_, 0, 65536), 0x11));
+  EXPECT_TRUE(all_bytes(pread_file(path_, 65536, 8192), 0x22));
+  EXPECT_TRUE(all_bytes(pread_file(path_, 65536 + 8192, kFileBytes - 65536 - 8192), 0x00));
+}
+
+TEST_P(FileNodeData, FuaUsesRwfDsyncAndFlushIsAnFsync) {
+  std::vector<UringSqe> seen;
+  node_->ring().set_completion_hook_for_test([&](const UringSqe& s, int res) {
+    seen.push_back(s);
+    return res;
+  });
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf a(4096, 0x33);
+    EXPECT_TRUE(co_await node_->write(4096, a.span(), WriteFlags::fua));
+    EXPECT_TRUE(co_await node_->flush());
+  }());
+  node_->ring().set_completion_hook_for_test({});
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].opcode, IORING_OP_WRITE);
+  EXPECT_EQ(seen[0].flags, static_cast<std::uint32_t>(RWF_DSYNC));
+  EXPECT_EQ(seen[1].opcode, IORING_OP_FSYNC);
+  EXPECT_EQ(seen[1].flags, IORING_FSYNC_DATASYNC);
+  EXPECT_TRUE(all_bytes(pread_file(path_, 4096, 4096), 0x33));
+}
+
+TEST_P(FileNodeData, FuaFallsBackToWriteAndFdatasyncWhenRwfDsyncIsRefused) {
+  std::vector<UringSqe> seen;
+  node_->ring().set_completion_hook_for_test([&](const UringSqe& s, int res) {
+    seen.push_back(s);
+    return s.opcode == IORING_OP_WRITE && s.flags == RWF_DSYNC ? -EOPNOTSUPP : res;
+  });
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf a(4096, 0x44);
+    EXPECT_TRUE(co_await node_->write(8192, a.span(), WriteFlags::fua));
+    EXPECT_TRUE(co_await node_->write(8192, a.span(), WriteFlags::fua));
+  }());
+  node_->ring().set_completion_hook_for_test({});
+  ASSERT_EQ(seen.size(), 5u);  // refused dsync write, write, fsync, write, fsync
+  EXPECT_EQ(seen[1].opcode, IORING_OP_WRITE);
+  EXPECT_EQ(seen[1].flags, 0u);
+  EXPECT_EQ(seen[2].opcode, IORING_OP_FSYNC);
+  EXPECT_EQ(seen[3].flags, 0u);
+  EXPECT_EQ(seen[4].opcode, IORING_OP_FSYNC);
+  EXPECT_TRUE(all_bytes(pread_file(path_, 8192, 4096), 0x44));
+}
+
+TEST_P(FileNodeData, TrimPunchesAHoleThatReadsAsZeroes) {
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf a(kMiB, 0x55);
+    EXPECT_TRUE(co_await node_->write(kMiB, a.span(), WriteFlags::none));
+    EXPECT_TRUE(co_await node_->flush());
+  }());
+  auto before = stat_of(path_).st_blocks;
+  EXPECT_GE(before, static_cast<blkcnt_t>(kMiB / 512));
+  run_task(io_, [&]() -> Task<void> {
+    EXPECT_TRUE(co_await node_->trim(kMiB, kMiB / 2, WriteFlags::none));
+    AlignedBuf back(kMiB);
+    EXPECT_TRUE(co_await node_->read(kMiB, back.span()));
+    EXPECT_TRUE(all_bytes(back.span().subspan(0, kMiB / 2), 0x00));
+    EXPECT_TRUE(all_bytes(back.span().subspan(kMiB / 2), 0x55));
+  }());
+  auto after = stat_of(path_).st_blocks;
+  EXPECT_LE(after, before - static_cast<blkcnt_t>(kMiB / 2 / 512));
+  EXPECT_TRUE(all_bytes(pread_file(path_, kMiB, kMiB / 2), 0x00));
+  EXPECT_TRUE(all_bytes(pread_file(path_, kMiB + kMiB / 2, kMiB / 2), 0x55));
+}
+
+TEST_P(FileNodeData, WriteZeroesPunchesUnlessNoHole) {
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf a(2 * kMiB, 0x66);
+    EXPECT_TRUE(co_await node_->write(0, a.span(), WriteFlags::none));
+    EXPECT_TRUE(co_await node_->flush());
+  }());
+  auto full = stat_of(path_).st_blocks;
+  run_task(io_, [&]() -> Task<void> {
+    // no_hole: zeroed but still allocated.
+    EXPECT_TRUE(co_await node_->write_zeroes(0, kMiB, WriteFlags::no_hole | WriteFlags::fua));
+  }());
+  EXPECT_EQ(stat_of(path_).st_blocks, full);
+  run_task(io_, [&]() -> Task<void> {
+    EXPECT_TRUE(co_await node_->write_zeroes(kMiB, kMiB / 2, WriteFlags::fast_zero));
+  }());
+  EXPECT_LE(stat_of(path_).st_blocks, full - static_cast<blkcnt_t>(kMiB / 2 / 512));
+  EXPECT_TRUE(all_bytes(pread_file(path_, 0, kMiB + kMiB / 2), 0x00));
+  EXPECT_TRUE(all_bytes(pread_file(path_, kMiB + kMiB / 2, kMiB / 2), 0x66));
+}
+
+TEST_P(FileNodeData, BadRequestsGetErrorsAndChangeNothing) {
+  const auto blocks = stat_of(path_).st_blocks;
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf a(8192, 0x77);
+    auto w = co_await node_->write(kFileBytes - 4096, a.span(), WriteFlags::none);
+    EXPECT_EQ(w.error(), make_errc(ENOSPC));
+    auto z = co_await node_->write_zeroes(UINT64_MAX - 10, 100, WriteFlags::none);
+    EXPECT_EQ(z.error(), make_errc(ENOSPC));
+    auto r = co_await node_->read(kFileBytes, a.span());
+    EXPECT_EQ(r.error(), make_errc(EINVAL));
+    auto t = co_await node_->trim(4096, UINT64_MAX, WriteFlags::none);
+    EXPECT_EQ(t.error(), make_errc(EINVAL));
+    if (node_->limits().alignment_bytes > 1) {
+      auto m = co_await node_->write(100, a.span().subspan(0, 4096), WriteFlags::none);
+      EXPECT_EQ(m.error(), make_errc(EINVAL));
+      auto n = co_await node_->read(0, a.span().subspan(0, 100));
+      EXPECT_EQ(n.error(), make_errc(EINVAL));
+    }
+  }());
+  EXPECT_EQ(stat_of(path_).st_blocks, blocks);
+  EXPECT_TRUE(all_bytes(pread_file(path_, 0, kFileBytes), 0x00));
+}
+
+TEST_P(FileNodeData, TransfersOverTheMaximumAreEinval) {
+  make_file(path_, 64u * kMiB);  // sparse
+  node_ = open_ok(io_, options(path_, GetParam()));
+  ASSERT_TRUE(node_);
+  EXPECT_EQ(node_->limits().transfer_bytes_max, 32u * kMiB);
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf big(kTransferBytesMaxDefault + 4096u, 0x17);
+    EXPECT_EQ((co_await node_->write(0, big.span(), WriteFlags::none)).error(), make_errc(EINVAL));
+    EXPECT_EQ((co_await node_->read(0, big.span())).error(), make_errc(EINVAL));
+  }());
+  EXPECT_EQ(stat_of(path_).st_blocks, 0);
+}
+
+TEST_P(FileNodeData, UnalignedBufferIsBouncedInDirectMode) {
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf raw(8192 + 1, 0x00);
+    auto buf = std::span(raw.p + 1, 8192);
+    std::memset(buf.data(), 0x12, buf.size());
+    EXPECT_TRUE(co_await node_->write(4096 * 3, buf, WriteFlags::none));
+    std::memset(buf.data(), 0, buf.size());
+    EXPECT_TRUE(co_await node_->read(4096 * 3, buf));
+    EXPECT_TRUE(all_bytes(buf, 0x12));
+  }());
+  EXPECT_EQ(node_->bounce_count(), GetParam() == Cache::direct ? 2u : 0u);
+  EXPECT_TRUE(all_bytes(pread_file(path_, 4096 * 3, 8192), 0x12));
+}
+
+// --- resubmission, injected through the completion hook -----------------------------------
+
+TEST_P(FileNodeData, ShortReadIsResubmittedForTheRemainder) {
+  make_file(path_, kFileBytes, 0x5a);
+  std::vector<UringSqe> reads;
+  node_->ring().set_completion_hook_for_test([&](const UringSqe& s, int res) {
+    if (s.opcode != IORING_OP_READ) return res;
+    reads.push_back(s);
+    // The first read pretends the kernel transferred only half (it really read all).
+    return reads.size() == 1 && res > 0 ? res / 2 : res;
+  });
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf back(65536);
+    EXPECT_TRUE(co_await node_->read(65536, back.span()));
+    EXPECT_TRUE(all_bytes(back.span(), 0x5a));
+  }());
+  node_->ring().set_completion_hook_for_test({});
+  ASSERT_EQ(reads.size(), 2u);
+  EXPECT_EQ(reads[1].offset_bytes, 65536u + 32768u);
+  EXPECT_EQ(reads[1].length_bytes, 32768u);
+}
+
+TEST_P(FileNodeData, EintrAndEagainAreResubmitted) {
+  int calls = 0;
+  node_->ring().set_completion_hook_for_test([&](const UringSqe&, int res) {
+    ++calls;
+    return calls == 1 ? -EAGAIN : calls == 2 ? -EINTR : res;
+  });
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf a(4096, 0x21);
+    EXPECT_TRUE(co_await node_->write(0, a.span(), WriteFlags::none));
+    calls = 0;
+    AlignedBuf back(4096);
+    EXPECT_TRUE(co_await node_->read(0, back.span()));
+    EXPECT_TRUE(all_bytes(back.span(), 0x21));
+    calls = 0;
+    EXPECT_TRUE(co_await node_->flush());
+    EXPECT_EQ(calls, 3);
+  }());
+  node_->ring().set_completion_hook_for_test({});
+}
+
+TEST_P(FileNodeData, ShortWriteIsEnospc) {
+  node_->ring().set_completion_hook_for_test(
+      [&](const UringSqe& s, int res) { return s.opcode == IORING_OP_WRITE ? res - 512 : res; });
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf a(4096, 0x21);
+    auto r = co_await node_->write(0, a.span(), WriteFlags::none);
+    EXPECT_EQ(r.error(), make_errc(ENOSPC));
+  }());
+  node_->ring().set_completion_hook_for_test({});
+}
+
+TEST_P(FileNodeData, KernelErrorsAreErrnoValues) {
+  node_->ring().set_completion_hook_for_test([&](const UringSqe&, int) { return -EIO; });
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf a(4096, 0x21);
+    EXPECT_EQ((co_await node_->write(0, a.span(), WriteFlags::none)).error(), make_errc(EIO));
+    EXPECT_EQ((co_await node_->read(0, a.span())).error(), make_errc(EIO));
+    EXPECT_EQ((co_await node_->flush()).error(), make_errc(EIO));
+    EXPECT_EQ((co_await node_->trim(0, 4096, WriteFlags::none)).error(), make_errc(EIO));
+  }());
+  node_->ring().set_completion_hook_for_test({});
+}
+
+TEST_P(FileNodeData, ReadPastTheEndOfAFileThatShrankIsEio) {
+  make_file(path_, kFileBytes, 0x31);
+  ASSERT_EQ(truncate(path_.c_str(), kFileBytes / 2), 0);
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf back(8192);
+    auto r = co_await node_->read(kFileBytes / 2 - 4096, back.span());
+    EXPECT_EQ(r.error(), make_errc(EIO));
+  }());
+}
+
+// --- concurrency --------------------------------------------------------------------------
+
+Task<void> write_one(FileNode* node, std::uint64_t offset_bytes, std::span<const std::byte> data,
+                     int* completed) {
+  IoResult r = co_await node->write(offset_bytes, data, WriteFlags::none);
+  EXPECT_TRUE(r);
+  ++*completed;
+}
+
+TEST_P(FileNodeData, DrainWaitsForEveryRequestInFlight) {
+  constexpr int kRequests = 64;
+  AlignedBuf data(kRequests * 65536, 0x42);
+  int completed = 0;
+  bool drained_with_all_done = false;
+  run_task(io_, [&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    for (int i = 0; i < kRequests; ++i) {
+      spawn(ex,
+            write_one(node_.get(), static_cast<std::uint64_t>(i) * 65536,
+                      data.span().subspan(static_cast<std::size_t>(i) * 65536, 65536), &completed),
+            "write_one");
+    }
+    // Let every writer start its request.
+    co_await asio::post(ex, asio::use_awaitable);
+    EXPECT_GT(node_->inflight_count(), 0u);
+    co_await node_->drain();
+    drained_with_all_done = completed == kRequests && node_->inflight_count() == 0;
+  }());
+  EXPECT_TRUE(drained_with_all_done) << completed;
+  EXPECT_TRUE(all_bytes(pread_file(path_, 0, kRequests * 65536), 0x42));
+}
+
+Task<void> random_writer(FileNode* node, std::uint32_t seed, std::uint32_t block_bytes,
+                         std::vector<std::uint8_t>* model, int ops) {
+  std::mt19937 rng(seed);
+  const std::uint64_t blocks = node->size_bytes() / block_bytes;
+  AlignedBuf buf(block_bytes);
+  for (int i = 0; i < ops; ++i) {
+    std::uint64_t b = rng() % blocks;
+    auto fill = static_cast<std::uint8_t>(1 + rng() % 255);
+    std::memset(buf.p, fill, block_bytes);
+    // Workers own disjoint blocks (b % 64 == seed % 64), so the model is exact.
+    b = b - (b % 64) + (seed % 64);
+    if (b >= blocks) continue;
+    IoResult r = co_await node->write(b * block_bytes, buf.span(), WriteFlags::none);
+    EXPECT_TRUE(r);
+    (*model)[b] = fill;
+  }
+}
+
+TEST_P(FileNodeData, QueueDepth64RandomWritesAllLandCorrectly) {
+  constexpr std::uint32_t kBlock = 4096;
+  std::vector<std::uint8_t> model(kFileBytes / kBlock, 0);
+  const std::uint64_t enters_before = node_->ring().submit_call_count();
+  run_task(io_, [&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    for (std::uint32_t w = 0; w < 64; ++w) {
+      spawn(ex, random_writer(node_.get(), 1000 + w, kBlock, &model, 40), "random_writer");
+    }
+    co_return;
+  }());
+  // Batching: 64 x 40 writes take far fewer than one io_uring_enter each.
+  EXPECT_LT(node_->ring().submit_call_count() - enters_before, 64u * 40u / 4u);
+  EXPECT_EQ(node_->ring().inflight_count(), 0u);
+  auto file = pread_file(path_, 0, kFileBytes);
+  std::vector<std::byte> through_node(kFileBytes);
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf back(kFileBytes);
+    EXPECT_TRUE(co_await node_->read(0, back.span()));
+    std::memcpy(through_node.data(), back.p, kFileBytes);
+  }());
+  for (std::size_t b = 0; b < model.size(); ++b) {
+    auto want = model[b];
+    ASSERT_TRUE(all_bytes(std::span(file).subspan(b * kBlock, kBlock), want)) << "block " << b;
+    ASSERT_TRUE(all_bytes(std::span(through_node).subspan(b * kBlock, kBlock), want))
+        << "block " << b;
+  }
+}
+
+// --- read-only and tmpfs specifics --------------------------------------------------------
+
+TEST(FileNodeReadOnly, WritesAreRefusedWithEpermAndTheFileIsUnchanged) {
+  Dir dir("/var/tmp");
+  asio::io_context io;
+  make_file(dir.file("ro.img"), kFileBytes, 0x13);
+  ASSERT_EQ(chmod(dir.file("ro.img").c_str(), 0400), 0);
+  auto o = options(dir.file("ro.img"), Cache::auto_);
+  o.read_only = true;
+  auto node = open_ok(io, o);
+  ASSERT_TRUE(node);
+  EXPECT_TRUE(node->limits().read_only);
+  run_task(io, [&]() -> Task<void> {
+    AlignedBuf a(4096, 0x99);
+    EXPECT_EQ((co_await node->write(0, a.span(), WriteFlags::none)).error(), make_errc(EPERM));
+    EXPECT_EQ((co_await node->trim(0, 4096, WriteFlags::none)).error(), make_errc(EPERM));
+    EXPECT_EQ((co_await node->write_zeroes(0, 4096, WriteFlags::none)).error(),
+              make_errc(EPERM));
+    EXPECT_TRUE(co_await node->read(0, a.span()));
+    EXPECT_TRUE(all_bytes(a.span(), 0x13));
+  }());
+  EXPECT_TRUE(all_bytes(pread_file(o.path, 0, kFileBytes), 0x13));
+}
+
+TEST(FileNodeTmpfs, WriteZeroesWithoutHoleFallsBackToWritingOrFailsFast) {
+  if (!is_tmpfs("/dev/shm")) GTEST_SKIP() << "/dev/shm is not tmpfs";
+  Dir dir("/dev/shm");
+  asio::io_context io;
+  make_file(dir.file("a.img"), kFileBytes, 0x77);
+  auto node = open_ok(io, options(dir.file("a.img"), Cache::auto_));
+  ASSERT_TRUE(node);
+  run_task(io, [&]() -> Task<void> {
+    // tmpfs has no FALLOC_FL_ZERO_RANGE: fast_zero refuses and changes nothing ...
+    auto f = co_await node->write_zeroes(0, 65536, WriteFlags::no_hole | WriteFlags::fast_zero);
+    EXPECT_EQ(f.error(), make_errc(ENOTSUP));
+    // ... and without fast_zero the zeroes are written.
+    EXPECT_TRUE(co_await node->write_zeroes(65536, 3 * kMiB, WriteFlags::no_hole));
+  }());
+  EXPECT_TRUE(all_bytes(pread_file(dir.file("a.img"), 0, 65536), 0x77));
+  EXPECT_TRUE(all_bytes(pread_file(dir.file("a.img"), 65536, 3 * kMiB), 0x00));
+  EXPECT_TRUE(all_bytes(pread_file(dir.file("a.img"), 65536 + 3 * kMiB, kMiB - 65536), 0x77));
+}
+
+// --- the ring itself ----------------------------------------------------------------------
+
+TEST(Uring, OneRingPerIoContextAndIdleRingDoesNotKeepRunAlive) {
+  asio::io_context io;
+  Uring& a = Uring::of(io);
+  Uring& b = Uring::of(io);
+  EXPECT_EQ(&a, &b);
+  EXPECT_FALSE(a.setup_error().has_value());
+  int fd = ::open("/dev/zero", O_RDONLY);
+  ASSERT_GE(fd, 0);
+  int res = -1;
+  std::vector<char> buf(4096, 'x');
+  run_task(io, [&]() -> Task<void> {
+    UringSqe sqe;
+    sqe.opcode = IORING_OP_READ;
+    sqe.fd = fd;
+    sqe.buffer = buf.data();
+    sqe.length_bytes = 4096;
+    res = co_await a.submit(sqe);
+  }());  // returns: the ring holds no work once idle
+  EXPECT_EQ(res, 4096);
+  EXPECT_EQ(buf[0], 0);
+  ::close(fd);
+}
+
+TEST(Uring, MoreSqesThanTheRingHoldsAreAllSubmitted) {
+  asio::io_context io;
+  Uring& ring = Uring::of(io);
+  int fd = ::open("/dev/zero", O_RDONLY);
+  ASSERT_GE(fd, 0);
+  constexpr int kOps = static_cast<int>(Uring::kQueueEntries) * 3;
+  std::vector<std::array<char, 64>> bufs(kOps);
+  int done = 0;
+  auto one = [](Uring* r, int fd, char* p, int* done) -> Task<void> {
+    UringSqe sqe;
+    sqe.opcode = IORING_OP_READ;
+    sqe.fd = fd;
+    sqe.buffer = p;
+    sqe.length_bytes = 64;
+    int res = co_await r->submit(sqe);
+    EXPECT_EQ(res, 64);
+    ++*done;
+  };
+  run_task(io, [&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    for (int i = 0; i < kOps; ++i) spawn(ex, one(&ring, fd, bufs[i].data(), &done), "one");
+    co_return;
+  }());
+  EXPECT_EQ(done, kOps);
+  ::close(fd);
+}
+
+}  // namespace
+}  // namespace colo
