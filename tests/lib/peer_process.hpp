@@ -1,6 +1,5 @@
 #pragma once
-// Real peer processes for integration tests (nbdkit, qemu-nbd, colod): start one, wait for its
-// socket, stop it by PID (SIGTERM, then SIGKILL, always reaped with waitpid), run a command and
+// Real peer processes for integration tests (nbdkit, qemu-nbd, colod): start one, stop it by PID (SIGTERM, then SIGKILL, always reaped with waitpid), run a command and
 // capture its output. Every process a test starts is stopped by the destructor at the latest.
 
 #include <sys/types.h>
@@ -10,6 +9,8 @@
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "process.hpp"
 
 namespace colo::test {
 
@@ -36,12 +37,8 @@ class PeerProcess {
   pid_t pid_ = -1;
 };
 
-// Polls until a unix socket at `path` accepts a connection, or `timeout` passes.
-bool wait_for_unix_socket(const std::string& path, std::chrono::milliseconds timeout);
-// Polls until 127.0.0.1:`port` accepts a TCP connection, or `timeout` passes.
-bool wait_for_tcp_port(std::uint16_t port, std::chrono::milliseconds timeout);
-// A loopback TCP port that was free a moment ago (bound to port 0 and released).
-std::uint16_t free_tcp_port();
+// wait_for_unix_socket, wait_for_tcp_port, free_tcp_port and have_program come from
+// process.hpp (shared with the NBD server tests).
 
 struct RunOutput {
   int exit_code = -1;  // -1 when killed by a signal or not started
@@ -49,8 +46,5 @@ struct RunOutput {
 };
 // Runs argv to completion and captures its output.
 RunOutput run_capture(const std::vector<std::string>& argv);
-
-// True when `program` is found in PATH.
-bool have_program(const std::string& program);
 
 }  // namespace colo::test
