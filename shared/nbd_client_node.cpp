@@ -206,6 +206,15 @@ void NbdClientNode::on_ready(bool readable, std::uint64_t arm_generation) {
     write_armed_ = false;
   }
   if (handle_ == nullptr) return;
+  // Readiness may be stale: libnbd may have finished writing (or reading) meanwhile, inside
+  // another notify or a command submission. Notifying a direction the state machine does not
+  // wait for kills the connection ("external event is invalid in state ..."): re-arm instead.
+  const unsigned dir = nbd_aio_get_direction(handle_);
+  const unsigned want = readable ? LIBNBD_AIO_DIRECTION_READ : LIBNBD_AIO_DIRECTION_WRITE;
+  if ((dir & want) == 0) {
+    rearm();
+    return;
+  }
   const int rc = readable ? nbd_aio_notify_read(handle_) : nbd_aio_notify_write(handle_);
   after_notify(rc);
 }

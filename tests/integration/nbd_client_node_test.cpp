@@ -189,6 +189,51 @@ TEST(NbdClientNode, PipelinesManyRequestsOverTcp) {
   proc.stop();
 }
 
+// Regression: 1 MiB writes at depth 16 over TCP fill the socket buffer, so libnbd waits for
+// write readiness and then finishes sending from another notification; the stale readiness
+// must not be handed to libnbd (it kills the connection: "external event is invalid").
+Task<void> big_writer(NbdClientNode* n, int index, int count, int* ok, int* finished,
+                      AsyncEvent* done) {
+  auto buf = pattern(kMiB, static_cast<std::uint8_t>(index + 1));
+  for (int i = 0; i < count; ++i) {
+    const std::uint64_t off = static_cast<std::uint64_t>((index * count + i) % 64) * kMiB;
+    IoResult r = co_await n->write(off, buf, WriteFlags::none);
+    if (r) ++*ok;
+  }
+  ++*finished;
+  done->notify_all();
+}
+
+TEST(NbdClientNode, LargeWritesAtDepthKeepTheConnection) {
+  test::TempDir dir;
+  const auto port = test::free_tcp_port();
+  test::PeerProcess proc = test::PeerProcess::start(
+      {"nbdkit", "-f", "-i", "127.0.0.1", "-p", std::to_string(port), "memory", "size=64M"},
+      dir.file("nbdkit.log"));
+  ASSERT_TRUE(test::wait_for_tcp_port(port, 10s));
+  EventLog events;
+  asio::io_context io;
+  constexpr int kDepth = 16;
+  constexpr int kEach = 16;
+  run_bounded(io, [&]() -> Task<void> {
+    auto node = co_await must_open(fast_options(fmt::format("nbd://127.0.0.1:{}/", port)));
+    if (!node) co_return;
+    auto ex = co_await asio::this_coro::executor;
+    int ok = 0;
+    int finished = 0;
+    AsyncEvent done;
+    for (int i = 0; i < kDepth; ++i) {
+      spawn(ex, big_writer(node.get(), i, kEach, &ok, &finished, &done), "big writer");
+    }
+    while (finished < kDepth) co_await done.wait();
+    EXPECT_EQ(ok, kDepth * kEach);
+    EXPECT_EQ(node->state(), NbdClientState::connected);
+    node->close();
+  }());
+  EXPECT_EQ(events.count("nbd_client_disconnected"), 0);
+  proc.stop();
+}
+
 TEST(NbdClientNode, ServerErrorsArePassedThroughAndTheConnectionStays) {
   test::TempDir dir;
   const std::string trigger = dir.file("fail-now");

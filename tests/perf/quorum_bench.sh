@@ -113,7 +113,9 @@ for round in $(seq "$rounds"); do
       out="$work/fio.json"
       fio --name=bench --ioengine=nbd --uri="${uri[$target]}" --rw="$rw" \
         --bs="$bs" --iodepth="$qd" --size="${size_mb}m" --time_based --runtime="$runtime" \
-        --ramp_time=0.5 --randrepeat=0 --norandommap --output-format=json >"$out" 2>/dev/null
+        --ramp_time=0.5 --randrepeat=0 --norandommap --output-format=json >"$out" \
+        2>"$work/fio.err" || { echo "fio failed on $target ($row):" >&2; cat "$work/fio.err" "$out" >&2;
+                               tail -n 20 "$work/$target.log" >&2; exit 1; }
       $py - "$out" "$rw $bs QD$qd" "$target" >>"$results" <<'EOF'
 import json, sys
 text = open(sys.argv[1]).read()  # the nbd engine prints a line before the JSON
