@@ -1,0 +1,82 @@
+#include "primary/quorum_setup.hpp"
+
+#include <fmt/format.h>
+
+namespace colo {
+
+QuorumOptions quorum_options_from_config(const config::QuorumConfig& q) {
+  QuorumOptions o;
+  o.vote_threshold = q.vote_threshold();
+  o.read_pattern = q.read_pattern() == "fifo" ? ReadPattern::fifo : ReadPattern::quorum;
+  o.rewrite_corrupted = q.rewrite_corrupted();
+  o.blkverify = q.blkverify();
+  if (q.report_interval_ms() != 0) o.report_interval_ms = q.report_interval_ms();
+  return o;
+}
+
+NbdClientOptions nbd_options_from_config(const config::QuorumConfig& q, std::string uri) {
+  NbdClientOptions o;
+  o.uri = std::move(uri);
+  const auto& r = q.reconnect();
+  if (r.connect_timeout_ms() != 0) o.connect_timeout_ms = r.connect_timeout_ms();
+  if (r.delay_ms_initial() != 0) o.reconnect_delay_ms_initial = r.delay_ms_initial();
+  if (r.delay_ms_max() != 0) o.reconnect_delay_ms_max = r.delay_ms_max();
+  o.reconnect = !r.disabled();
+  return o;
+}
+
+Task<Result<std::shared_ptr<BlockNode>>> open_quorum_child(asio::any_io_executor ex,
+                                                           const config::QuorumConfig& q,
+                                                           std::string child_name,
+                                                           std::string target,
+                                                           OpenFileFn open_file) {
+  if (target.rfind("nbd", 0) == 0 && target.find("://") != std::string::npos) {
+    auto node = co_await NbdClientNode::open(ex, child_name, nbd_options_from_config(q, target));
+    if (!node) {
+      co_return make_error(node.error().code.value(),
+                           fmt::format("child \"{}\": {}", child_name, node.error().message));
+    }
+    co_return std::shared_ptr<BlockNode>(*node);
+  }
+  if (!open_file) {
+    co_return make_error(ENOTSUP, fmt::format("child \"{}\": file children ({}) are not "
+                                              "available here", child_name, target));
+  }
+  co_return open_file(target);
+}
+
+Task<Result<std::unique_ptr<QuorumNode>>> open_quorum(asio::any_io_executor ex, std::string name,
+                                                      const config::QuorumConfig& q,
+                                                      std::shared_ptr<BlockNode> disk,
+                                                      OpenFileFn open_file) {
+  std::vector<QuorumChildSpec> specs;
+  for (const auto& c : q.children()) {
+    std::shared_ptr<BlockNode> node;
+    switch (c.source_case()) {
+      case config::QuorumChildConfig::kDisk:
+        if (disk == nullptr) {
+          co_return make_error(EINVAL, fmt::format("child \"{}\": no disk to use", c.name()));
+        }
+        node = disk;
+        break;
+      case config::QuorumChildConfig::kPath:
+      case config::QuorumChildConfig::kNbdUri: {
+        const std::string target =
+            c.source_case() == config::QuorumChildConfig::kPath ? c.path() : c.nbd_uri();
+        auto r = co_await open_quorum_child(ex, q, c.name(), target, open_file);
+        if (!r) co_return r.error();
+        node = *r;
+        break;
+      }
+      case config::QuorumChildConfig::SOURCE_NOT_SET:
+        co_return make_error(EINVAL, fmt::format("child \"{}\": no source", c.name()));
+    }
+    specs.push_back({c.name(), std::move(node)});
+  }
+  auto quorum = QuorumNode::create(std::move(name), quorum_options_from_config(q),
+                                   std::move(specs));
+  if (!quorum) co_return quorum.error();
+  co_return std::move(*quorum);
+}
+
+}  // namespace colo

@@ -1,0 +1,100 @@
+#include "nbd_peers.hpp"
+
+#include <boost/asio/steady_timer.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <stdexcept>
+
+namespace colo::test {
+
+using namespace std::chrono_literals;
+
+NbdkitServer::NbdkitServer(const std::string& dir, const std::string& name,
+                           std::vector<std::string> args)
+    : sock_(dir + "/" + name + ".sock"), log_(dir + "/" + name + ".log"), args_(std::move(args)) {}
+
+void NbdkitServer::start() {
+  std::vector<std::string> argv = {"nbdkit", "-f", "-U", sock_};
+  argv.insert(argv.end(), args_.begin(), args_.end());
+  std::remove(sock_.c_str());  // a killed server leaves its socket behind
+  proc_ = PeerProcess::start(argv, log_);
+  if (!wait_for_unix_socket(sock_, 10s)) throw std::runtime_error("nbdkit did not start: " + log_);
+}
+
+void NbdkitServer::kill() { proc_.stop(SIGKILL); }
+
+QemuNbdServer::QemuNbdServer(const std::string& dir, const std::string& name,
+                             const std::string& file)
+    : sock_(dir + "/" + name + ".sock"), log_(dir + "/" + name + ".log"), file_(file) {}
+
+void QemuNbdServer::start() {
+  std::remove(sock_.c_str());
+  proc_ = PeerProcess::start({"qemu-nbd", "--socket=" + sock_, "--format=raw", "--persistent",
+                              "--cache=writeback", "--discard=unmap", "--shared=8", file_},
+                             log_);
+  if (!wait_for_unix_socket(sock_, 10s)) {
+    throw std::runtime_error("qemu-nbd did not start: " + log_);
+  }
+}
+
+void QemuNbdServer::kill() { proc_.stop(SIGKILL); }
+
+void make_sparse_file(const std::string& path, std::uint64_t size_bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error("cannot create " + path);
+  const int rc = ftruncate(fd, static_cast<off_t>(size_bytes));
+  ::close(fd);
+  if (rc != 0) throw std::runtime_error("cannot size " + path);
+}
+
+bool run_bounded(asio::io_context& io, Task<void> task, std::chrono::seconds limit) {
+  bool done = false;
+  std::exception_ptr error;
+  asio::co_spawn(io, std::move(task), [&](std::exception_ptr e) {
+    error = e;
+    done = true;
+  });
+  asio::steady_timer watchdog(io, limit);
+  watchdog.async_wait([&](boost::system::error_code ec) {
+    if (!ec && !done) io.stop();
+  });
+  io.restart();
+  while (!done && !io.stopped()) io.run_one();
+  watchdog.cancel();
+  io.restart();
+  io.poll();
+  if (error) std::rethrow_exception(error);
+  return done;
+}
+
+EventRecorder::EventRecorder() {
+  log::set_event_sink([this](const log::Event& e) { events.push_back(e); });
+}
+EventRecorder::~EventRecorder() { log::set_event_sink(nullptr); }
+
+int EventRecorder::count(const std::string& name) const {
+  int n = 0;
+  for (const auto& e : events) n += e.name == name ? 1 : 0;
+  return n;
+}
+
+std::vector<const log::Event*> EventRecorder::named(const std::string& name) const {
+  std::vector<const log::Event*> out;
+  for (const auto& e : events) {
+    if (e.name == name) out.push_back(&e);
+  }
+  return out;
+}
+
+std::string EventRecorder::field(const log::Event& e, const std::string& key) {
+  for (const auto& [k, v] : e.fields) {
+    if (k == key) return v;
+  }
+  return "";
+}
+
+}  // namespace colo::test

@@ -1,0 +1,69 @@
+#pragma once
+// NBD servers for integration tests (nbdkit with plugins and filters, qemu-nbd), each on a
+// unix socket in a test directory and stopped by PID; plus a bounded coroutine runner and an
+// event recorder.
+
+#include <boost/asio/io_context.hpp>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "peer_process.hpp"
+#include "shared/log.hpp"
+#include "shared/task.hpp"
+
+namespace colo::test {
+
+// nbdkit -f -U <dir>/<name>.sock <args...>; restartable with other arguments.
+class NbdkitServer {
+ public:
+  NbdkitServer(const std::string& dir, const std::string& name, std::vector<std::string> args);
+  // Starts the server and waits for its socket; throws std::runtime_error when it does not
+  // come up within 10 s.
+  void start();
+  void kill();  // SIGKILL and reap: no goodbye to clients
+  void set_args(std::vector<std::string> args) { args_ = std::move(args); }
+  std::string uri() const { return "nbd+unix:///?socket=" + sock_; }
+  const std::string& sock() const { return sock_; }
+
+ private:
+  std::string sock_;
+  std::string log_;
+  std::vector<std::string> args_;
+  PeerProcess proc_;
+};
+
+// qemu-nbd exporting a raw file on a unix socket (persistent).
+class QemuNbdServer {
+ public:
+  QemuNbdServer(const std::string& dir, const std::string& name, const std::string& file);
+  void start();
+  void kill();
+  std::string uri() const { return "nbd+unix:///?socket=" + sock_; }
+
+ private:
+  std::string sock_;
+  std::string log_;
+  std::string file_;
+  PeerProcess proc_;
+};
+
+// Creates a sparse file of `size_bytes`.
+void make_sparse_file(const std::string& path, std::uint64_t size_bytes);
+
+// Runs `task` on `io` with a watchdog; returns false when the task hung past `limit`.
+bool run_bounded(asio::io_context& io, Task<void> task,
+                 std::chrono::seconds limit = std::chrono::seconds(60));
+
+// Records log events while alive.
+struct EventRecorder {
+  std::vector<log::Event> events;
+  EventRecorder();
+  ~EventRecorder();
+  int count(const std::string& name) const;
+  std::vector<const log::Event*> named(const std::string& name) const;
+  static std::string field(const log::Event& e, const std::string& key);
+};
+
+}  // namespace colo::test
