@@ -27,6 +27,12 @@ role: SECONDARY
 state_dir: "$dir/secondary"
 control_socket: "$dir/secondary.ctl"
 disk { path: "$dir/secondary/disk.img" }
+secondary {
+  buffer_path: "$dir/secondary/buffer.img"
+  buffer_size_bytes: $size
+  replication_listen: "tcp:127.0.0.1:10810"
+  replication_export_name: "demo"
+}
 CONF
 
 cat > "$dir/primary.conf" <<CONF
@@ -36,6 +42,12 @@ state_dir: "$dir/primary"
 control_socket: "$dir/primary.ctl"
 disk { path: "$dir/primary/disk.img" }
 export { name: "demo" description: "colo demo disk" listen: "unix:$dir/primary.sock" listen: "tcp:127.0.0.1:10809" }
+quorum {
+  children { name: "local" disk: true }
+  children { name: "peer" nbd_uri: "nbd://127.0.0.1:10810/demo" }
+  vote_threshold: 1
+  read_pattern: "fifo"
+}
 CONF
 
 pids=()
@@ -49,23 +61,33 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+# Waits until $1 exists as a socket, failing if a daemon died meanwhile.
+wait_socket() {
+  for _ in $(seq 100); do
+    [ -S "$1" ] && return 0
+    for pid in "${pids[@]}"; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        echo "a daemon exited; its log:" >&2
+        tail -n 20 "$dir"/*.log >&2
+        exit 1
+      fi
+    done
+    sleep 0.1
+  done
+  echo "timed out waiting for $1" >&2
+  exit 1
+}
+
 build/colod --config "$dir/secondary.conf" 2>>"$dir/secondary.log" &
 pids+=($!)
+wait_socket "$dir/secondary.ctl"
+# The secondary must be replicating before the primary sends data. Until the pairing
+# protocol drives this, the demo starts it here (a restart finds it running already).
+build/coloctl -s "$dir/secondary.ctl" start "$size" || true
+
 build/colod --config "$dir/primary.conf" 2>>"$dir/primary.log" &
 pids+=($!)
-
-# Wait for the primary's export socket.
-for _ in $(seq 100); do
-  [ -S "$dir/primary.sock" ] && break
-  for pid in "${pids[@]}"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "a daemon exited; its log:" >&2
-      tail -n 20 "$dir"/*.log >&2
-      exit 1
-    fi
-  done
-  sleep 0.1
-done
+wait_socket "$dir/primary.sock"
 
 cat <<MSG
 
@@ -78,7 +100,9 @@ Consumer URIs:
 Try:
   nbdinfo 'nbd+unix:///demo?socket=$dir/primary.sock'
   qemu-io -f raw -c 'write -P 0x22 0 1M' 'nbd+unix:///demo?socket=$dir/primary.sock'
-  $root/build/coloctl -s $dir/primary.ctl help
+  $root/build/coloctl -s $dir/primary.ctl quorum-status
+  $root/build/coloctl -s $dir/secondary.ctl replication-status
+  $root/build/coloctl -s $dir/secondary.ctl checkpoint 1
   $root/build/coloctl -s $dir/secondary.ctl help
 
 Press Ctrl-C to stop both daemons.
