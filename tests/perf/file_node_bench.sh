@@ -36,9 +36,10 @@ rows=(
   "seqwrite-1m-qd16   seq  1048576 16 0"
 )
 
-# Every point starts with no dirty pages of the file, so neither side inherits the other's
-# writeback (buffered rows are otherwise dominated by whoever hits the dirty-page throttle).
-settle() { sync "$file"; }
+# Every point starts from the same state: no dirty pages of the file (neither side inherits the
+# other's writeback) and the whole file in the page cache (O_DIRECT rows evict it; buffered
+# writes to evicted pages are punted to io-wq, which made buffered rows depend on run order).
+settle() { sync "$file"; cat "$file" >/dev/null; }
 
 ours() {  # pattern bs qd direct -> iops
   settle
