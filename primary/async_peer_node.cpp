@@ -1,0 +1,418 @@
+#include "primary/async_peer_node.hpp"
+
+#include <boost/asio/post.hpp>
+
+#include <algorithm>
+#include <iterator>
+
+#include "shared/check.hpp"
+#include "shared/log.hpp"
+
+namespace colo {
+namespace {
+
+// [a, a + la) and [b, b + lb) share a byte. Ranges are inside the disk (no overflow).
+bool ranges_overlap(std::uint64_t a, std::uint64_t la, std::uint64_t b, std::uint64_t lb) {
+  return la != 0 && lb != 0 && a < b + lb && b < a + la;
+}
+
+WriteFlags without_fast_zero(WriteFlags flags) {
+  return static_cast<WriteFlags>(static_cast<std::uint32_t>(flags) &
+                                 ~static_cast<std::uint32_t>(WriteFlags::fast_zero));
+}
+
+}  // namespace
+
+AsyncPeerNode::AsyncPeerNode(std::string name, asio::any_io_executor executor,
+                             std::shared_ptr<BlockNode> peer, AsyncPeerOptions options)
+    : name_(std::move(name)),
+      executor_(std::move(executor)),
+      peer_("peer", std::move(peer)),
+      options_(options),
+      next_(queue_.end()) {
+  CHECK(options_.inflight_max >= 1);
+  CHECK(options_.queue_bytes_max >= 1);
+}
+
+AsyncPeerNode::~AsyncPeerNode() {
+  CHECK(inflight_.empty());
+  CHECK(peer_.inflight_count() == 0);
+  CHECK(space_waiters_.empty());
+}
+
+IoOp AsyncPeerNode::op_of(Kind k) {
+  switch (k) {
+    case Kind::write: return IoOp::write;
+    case Kind::trim: return IoOp::trim;
+    case Kind::write_zeroes: return IoOp::write_zeroes;
+    case Kind::flush: return IoOp::flush;
+    case Kind::hold: return IoOp::flush;
+  }
+  return IoOp::flush;
+}
+
+void AsyncPeerNode::check_range(IoOp op, std::uint64_t offset_bytes,
+                                std::uint64_t length_bytes) const {
+  const NodeLimits lim = peer_.node().limits();
+  CHECK(range_ok(offset_bytes, length_bytes, peer_.node().size_bytes()));
+  CHECK(aligned(offset_bytes, lim.alignment_bytes));
+  CHECK(aligned(length_bytes, lim.alignment_bytes));
+  if (op == IoOp::read || op == IoOp::write) {
+    CHECK(length_bytes <= lim.transfer_bytes_max);
+  }
+}
+
+void AsyncPeerNode::set_on_failure(std::function<void(int err)> callback) {
+  on_failure_ = std::move(callback);
+}
+
+// --- queue space ---------------------------------------------------------------------------
+
+void AsyncPeerNode::add_used(std::uint64_t cost_bytes) {
+  used_bytes_ += cost_bytes;
+  stats_.queued_bytes_max_seen = std::max(stats_.queued_bytes_max_seen, used_bytes_);
+}
+
+bool AsyncPeerNode::fits(std::uint64_t cost_bytes) const {
+  if (used_bytes_ == 0) return true;  // an oversized entry gets an empty queue
+  return used_bytes_ <= options_.queue_bytes_max &&
+         cost_bytes <= options_.queue_bytes_max - used_bytes_;
+}
+
+Task<bool> AsyncPeerNode::reserve(std::uint64_t cost_bytes) {
+  if (space_waiters_.empty() && fits(cost_bytes)) {
+    add_used(cost_bytes);
+    co_return true;
+  }
+  SpaceWaiter w;
+  w.cost_bytes = cost_bytes;
+  space_waiters_.push_back(&w);
+  ++stats_.space_waits;
+  co_await w.event.wait();
+  // Rule 18: the node may have failed after the space was granted.
+  if (w.granted && failed_) {
+    used_bytes_ -= cost_bytes;
+    co_return false;
+  }
+  co_return w.granted;
+}
+
+void AsyncPeerNode::grant_space() {
+  while (!space_waiters_.empty()) {
+    SpaceWaiter* w = space_waiters_.front();
+    if (!fits(w->cost_bytes)) break;
+    space_waiters_.pop_front();
+    add_used(w->cost_bytes);
+    w->granted = true;
+    w->event.notify_all(true);
+  }
+}
+
+// --- the queue -----------------------------------------------------------------------------
+
+AsyncPeerNode::EntryList::iterator AsyncPeerNode::push(Entry e) {
+  e.seq = next_seq_++;
+  e.state = State::queued;
+  if (e.kind != Kind::hold) ++stats_.entries_queued;
+  auto it = queue_.insert(queue_.end(), std::move(e));
+  ++queued_count_;
+  if (next_ == queue_.end()) next_ = it;
+  return it;
+}
+
+bool AsyncPeerNode::overlaps_inflight(const Entry& e) const {
+  for (const Entry* f : inflight_) {
+    if (ranges_overlap(e.offset_bytes, e.length_bytes, f->offset_bytes, f->length_bytes)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+void AsyncPeerNode::pump() {
+  // spawn() runs a send inline up to its first suspension; a peer that completes without
+  // suspending (MemoryNode) calls complete() and so pump() from inside this loop. The inner
+  // call only asks for another pass, so the recursion stays one level deep.
+  if (pumping_) {
+    repump_ = true;
+    return;
+  }
+  pumping_ = true;
+  do {
+    repump_ = false;
+    pump_pass();
+  } while (repump_);
+  pumping_ = false;
+}
+
+void AsyncPeerNode::pump_pass() {
+  while (!failed_ && next_ != queue_.end()) {
+    if (barrier_inflight_) return;
+    Entry& e = *next_;
+    if (held_ && e.seq > hold_seq_) return;  // behind the active hold marker
+    if (is_barrier(e.kind)) {
+      if (!inflight_.empty()) return;  // everything before it must have completed
+      barrier_inflight_ = true;
+    } else {
+      if (inflight_.size() >= options_.inflight_max) return;
+      if (overlaps_inflight(e)) {
+        ++stats_.overlap_waits;
+        return;
+      }
+    }
+    e.state = State::inflight;
+    --queued_count_;
+    inflight_.push_back(&e);
+    auto it = next_;
+    ++next_;
+    spawn(executor_, send(it), "async peer send");
+  }
+}
+
+Task<void> AsyncPeerNode::send(EntryList::iterator it) {
+  Entry& e = *it;
+  IoResult r;
+  switch (e.kind) {
+    case Kind::write:
+      r = co_await peer_.write(e.offset_bytes, e.data, e.flags);
+      break;
+    case Kind::trim:
+      r = co_await peer_.trim(e.offset_bytes, e.length_bytes, e.flags);
+      // Trim is advisory: a peer that cannot trim keeps the old bytes, which is allowed.
+      if (!r && (r.error() == make_errc(ENOTSUP) || r.error() == make_errc(EOPNOTSUPP))) {
+        r = IoResult{};
+      }
+      break;
+    case Kind::write_zeroes:
+      r = co_await peer_.write_zeroes(e.offset_bytes, e.length_bytes, e.flags);
+      break;
+    case Kind::flush:
+    case Kind::hold:
+      // A peer without flush has nothing volatile to flush.
+      if (peer_.node().limits().can_flush) r = co_await peer_.flush();
+      break;
+  }
+  complete(it, r);
+}
+
+void AsyncPeerNode::complete(EntryList::iterator it, IoResult r) {
+  Entry& e = *it;
+  CHECK(e.state == State::inflight);
+  auto pos = std::find(inflight_.begin(), inflight_.end(), &e);
+  CHECK(pos != inflight_.end());
+  *pos = inflight_.back();
+  inflight_.pop_back();
+  if (is_barrier(e.kind)) barrier_inflight_ = false;
+  CHECK(used_bytes_ >= e.cost_bytes);
+  used_bytes_ -= e.cost_bytes;
+  if (r) {
+    ++stats_.entries_sent;
+    if (e.kind == Kind::write) stats_.bytes_sent += e.length_bytes;
+  } else if (!failed_) {
+    fail(e, r.error());
+  }
+  if (e.completion) {
+    e.completion->done = true;
+    e.completion->result = failed_ ? io_error(error_) : IoResult{};
+    e.completion->event.notify_all(true);
+  }
+  CHECK(it != next_);
+  queue_.erase(it);
+  grant_space();
+  progress_.notify_all();
+  pump();
+}
+
+void AsyncPeerNode::fail(const Entry& e, const error_code& ec) {
+  CHECK(!failed_);
+  failed_ = true;
+  error_ = ec.value() != 0 ? ec.value() : EIO;
+  const std::uint64_t dropped = queued_count_;
+  const std::uint64_t dropped_bytes = used_bytes_;
+  drop_queued();
+  log::Event ev;
+  ev.name = "async_peer_failed";
+  ev.fields = {{"node", name_},
+               {"child", peer_.name()},
+               {"op", std::string(to_string(op_of(e.kind)))},
+               {"offset", std::to_string(e.offset_bytes)},
+               {"length", std::to_string(e.length_bytes)},
+               {"error", ec.message()},
+               {"dropped_entries", std::to_string(dropped)},
+               {"dropped_bytes", std::to_string(dropped_bytes)}};
+  log::event(std::move(ev));
+  // Writers waiting for space return success without queueing (the async contract).
+  auto waiters = std::move(space_waiters_);
+  space_waiters_.clear();
+  for (SpaceWaiter* w : waiters) {
+    w->granted = false;
+    w->event.notify_all(true);
+  }
+  if (on_failure_) {
+    asio::post(executor_, [callback = on_failure_, err = error_] { callback(err); });
+  }
+}
+
+void AsyncPeerNode::drop_queued() {
+  while (next_ != queue_.end()) {
+    Entry& e = *next_;
+    CHECK(e.state == State::queued);
+    CHECK(used_bytes_ >= e.cost_bytes);
+    used_bytes_ -= e.cost_bytes;
+    --queued_count_;
+    ++stats_.entries_dropped;
+    if (e.completion) {
+      e.completion->done = true;
+      e.completion->result = io_error(error_);
+      e.completion->event.notify_all(true);
+    }
+    next_ = queue_.erase(next_);
+  }
+  CHECK(queued_count_ == 0);
+  progress_.notify_all();
+}
+
+// --- requests ------------------------------------------------------------------------------
+
+Task<IoResult> AsyncPeerNode::write(std::uint64_t offset_bytes, std::span<const std::byte> in,
+                                    WriteFlags flags) {
+  check_range(IoOp::write, offset_bytes, in.size());
+  if (failed_) co_return IoResult{};
+  const bool granted = co_await reserve(in.size());
+  if (!granted) co_return IoResult{};  // freed by a failure
+  Entry e;
+  e.kind = Kind::write;
+  e.offset_bytes = offset_bytes;
+  e.length_bytes = in.size();
+  e.flags = without_fast_zero(flags);
+  e.cost_bytes = in.size();
+  e.data.assign(in.begin(), in.end());
+  push(std::move(e));
+  pump();
+  co_return IoResult{};
+}
+
+Task<IoResult> AsyncPeerNode::enqueue_range(Kind kind, std::uint64_t offset_bytes,
+                                            std::uint64_t length_bytes, WriteFlags flags) {
+  check_range(op_of(kind), offset_bytes, length_bytes);
+  if (failed_) co_return IoResult{};
+  const bool granted = co_await reserve(kControlEntryCostBytes);
+  if (!granted) co_return IoResult{};
+  Entry e;
+  e.kind = kind;
+  e.offset_bytes = offset_bytes;
+  e.length_bytes = length_bytes;
+  e.flags = without_fast_zero(flags);
+  e.cost_bytes = kControlEntryCostBytes;
+  push(std::move(e));
+  pump();
+  co_return IoResult{};
+}
+
+Task<IoResult> AsyncPeerNode::trim(std::uint64_t offset_bytes, std::uint64_t length_bytes,
+                                   WriteFlags flags) {
+  return enqueue_range(Kind::trim, offset_bytes, length_bytes, flags);
+}
+
+Task<IoResult> AsyncPeerNode::write_zeroes(std::uint64_t offset_bytes,
+                                           std::uint64_t length_bytes, WriteFlags flags) {
+  return enqueue_range(Kind::write_zeroes, offset_bytes, length_bytes, flags);
+}
+
+Task<IoResult> AsyncPeerNode::flush() {
+  if (failed_) co_return io_error(error_);
+  auto completion = std::make_shared<Completion>();
+  Entry e;
+  e.kind = Kind::flush;
+  e.completion = completion;
+  push(std::move(e));
+  pump();
+  while (!completion->done) co_await completion->event.wait();
+  co_return completion->result;
+}
+
+Task<IoResult> AsyncPeerNode::read(std::uint64_t offset_bytes, std::span<std::byte> out) {
+  check_range(IoOp::read, offset_bytes, out.size());
+  const std::uint64_t seq_end = next_seq_;
+  for (;;) {
+    if (failed_) co_return io_error(error_);
+    bool blocked = false;
+    for (const Entry& e : queue_) {
+      if (e.seq >= seq_end) break;
+      if (ranges_overlap(offset_bytes, out.size(), e.offset_bytes, e.length_bytes)) {
+        blocked = true;
+        break;
+      }
+    }
+    if (!blocked) break;
+    co_await progress_.wait();
+  }
+  IoResult r = co_await peer_.read(offset_bytes, out);
+  co_return r;
+}
+
+// --- hold ----------------------------------------------------------------------------------
+
+HoldTicket AsyncPeerNode::begin_hold() {
+  CHECK(!held_);
+  HoldTicket t;
+  t.bytes_before = used_bytes_;
+  t.entries_before = queue_.size();
+  held_ = true;
+  ++stats_.holds;
+  hold_completion_ = std::make_shared<Completion>();
+  if (failed_) {
+    hold_seq_ = next_seq_;
+    hold_completion_->done = true;
+    hold_completion_->result = io_error(error_);
+    t.marker_seq = hold_seq_;
+    return t;
+  }
+  Entry e;
+  e.kind = Kind::hold;
+  e.completion = hold_completion_;
+  auto it = push(std::move(e));
+  hold_seq_ = it->seq;
+  t.marker_seq = hold_seq_;
+  pump();
+  return t;
+}
+
+Task<IoResult> AsyncPeerNode::wait_hold() {
+  CHECK(held_);
+  std::shared_ptr<Completion> c = hold_completion_;
+  while (!c->done) co_await c->event.wait();
+  co_return c->result;
+}
+
+Task<IoResult> AsyncPeerNode::hold() {
+  begin_hold();
+  IoResult r = co_await wait_hold();
+  co_return r;
+}
+
+void AsyncPeerNode::release() {
+  CHECK(held_);
+  held_ = false;
+  hold_completion_.reset();
+  pump();
+  progress_.notify_all();
+}
+
+// --- drain ---------------------------------------------------------------------------------
+
+bool AsyncPeerNode::pending_before(std::uint64_t seq_end) const {
+  if (queue_.empty()) return false;
+  const Entry& front = queue_.front();
+  if (front.seq >= seq_end) return false;
+  if (held_ && front.seq > hold_seq_) return false;  // held entries are not waited for
+  return true;
+}
+
+Task<void> AsyncPeerNode::drain() {
+  const std::uint64_t seq_end = next_seq_;
+  while (pending_before(seq_end)) co_await progress_.wait();
+  co_await peer_.drain();
+}
+
+}  // namespace colo
