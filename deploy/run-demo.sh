@@ -33,6 +33,11 @@ secondary {
   replication_listen: "tcp:127.0.0.1:10810"
   replication_export_name: "demo"
 }
+export { name: "demo" description: "colo demo disk (secondary side)" listen: "unix:$dir/secondary.sock" }
+replication {
+  listen: "tcp:127.0.0.1:10811"
+  node_name: "demo-secondary"
+}
 CONF
 
 cat > "$dir/primary.conf" <<CONF
@@ -48,6 +53,12 @@ quorum {
   vote_threshold: 1
   read_pattern: "fifo"
 }
+replication {
+  peer_address: "tcp:127.0.0.1:10811"
+  node_name: "demo-primary"
+  write_mode: ${COLO_DEMO_WRITE_MODE:-SYNC}
+  checkpoint_interval_ms: ${COLO_DEMO_CHECKPOINT_MS:-5000}
+}
 CONF
 
 pids=()
@@ -55,8 +66,11 @@ stop() {
   trap - INT TERM EXIT
   echo
   echo "stopping..."
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # The primary first: it takes a last checkpoint, so the secondary holds exactly its data.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${pids[$i]}" 2>/dev/null || true
+    wait "${pids[$i]}" 2>/dev/null || true
+  done
   echo "stopped; state kept in $dir"
 }
 trap stop INT TERM EXIT
@@ -81,10 +95,8 @@ wait_socket() {
 build/colod --config "$dir/secondary.conf" 2>>"$dir/secondary.log" &
 pids+=($!)
 wait_socket "$dir/secondary.ctl"
-# The secondary must be replicating before the primary sends data. Until the pairing
-# protocol drives this, the demo starts it here (a restart finds it running already).
-build/coloctl -s "$dir/secondary.ctl" start "$size" || true
-
+# The primary pairs with the secondary over the checkpoint channel (tcp:127.0.0.1:10811): it
+# checks identity and sizes, starts replication there, then attaches its peer child.
 build/colod --config "$dir/primary.conf" 2>>"$dir/primary.log" &
 pids+=($!)
 wait_socket "$dir/primary.sock"
@@ -100,12 +112,23 @@ Consumer URIs:
 Try:
   nbdinfo 'nbd+unix:///demo?socket=$dir/primary.sock'
   qemu-io -f raw -c 'write -P 0x22 0 1M' 'nbd+unix:///demo?socket=$dir/primary.sock'
-  $root/build/coloctl -s $dir/primary.ctl quorum-status
-  $root/build/coloctl -s $dir/secondary.ctl replication-status
-  $root/build/coloctl -s $dir/secondary.ctl checkpoint 1
-  $root/build/coloctl -s $dir/secondary.ctl help
+  $root/build/coloctl -s $dir/primary.ctl status
+  $root/build/coloctl -s $dir/primary.ctl checkpoint
+  $root/build/coloctl -s $dir/secondary.ctl status --json
+  $root/build/coloctl -s $dir/secondary.ctl failover --force   # promote the secondary
+  $root/build/coloctl -s $dir/primary.ctl help
+Periodic checkpoints every ${COLO_DEMO_CHECKPOINT_MS:-5000} ms (COLO_DEMO_CHECKPOINT_MS), write mode
+${COLO_DEMO_WRITE_MODE:-SYNC} (COLO_DEMO_WRITE_MODE=ASYNC).
 
 Press Ctrl-C to stop both daemons.
 MSG
-wait -n "${pids[@]}" || true
-echo "a daemon exited; see the logs in $dir" >&2
+# A daemon that exits (say, the primary killed to try a failover) leaves the other running.
+live=("${pids[@]}")
+while [ ${#live[@]} -gt 0 ]; do
+  wait -n "${live[@]}" || true
+  next=()
+  for pid in "${live[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then next+=("$pid"); else echo "colod $pid exited; see the logs in $dir" >&2; fi
+  done
+  live=("${next[@]}")
+done

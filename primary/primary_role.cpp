@@ -1,12 +1,21 @@
 #include "primary/primary_role.hpp"
 
 #include <memory>
+#include <chrono>
 #include <optional>
 
 #include "primary/quorum_control.hpp"
 #include "primary/quorum_setup.hpp"
+#include "primary/replication_control.hpp"
+#include "primary/replicator.hpp"
+#include "primary/write_gate.hpp"
+#include "shared/config.hpp"
+#include "shared/epoch_record.hpp"
+#include "shared/node_identity.hpp"
 #include "shared/file_node.hpp"
 #include "shared/log.hpp"
+#include "shared/daemon.hpp"
+#include "shared/listen_address.hpp"
 #include "shared/nbd_server.hpp"
 
 namespace colo {
@@ -29,19 +38,71 @@ OpenFileFn file_opener(asio::io_context& io) {
 Result<std::shared_ptr<QuorumNode>> open_quorum_now(asio::io_context& io,
                                                     const config::QuorumConfig& q,
                                                     std::shared_ptr<BlockNode> disk) {
-  std::optional<Result<std::unique_ptr<QuorumNode>>> out;
-  asio::co_spawn(io, open_quorum(io.get_executor(), "quorum", q, std::move(disk), file_opener(io)),
-                 [&out](std::exception_ptr e, Result<std::unique_ptr<QuorumNode>> r) {
-                   if (e) detail::spawn_failed("open quorum", e);
-                   out.emplace(std::move(r));
-                 });
-  io.restart();
-  while (!out && io.run_one() > 0) {
+  auto r = run_before_loop(io, open_quorum(io.get_executor(), "quorum", q, std::move(disk),
+                                           file_opener(io)));
+  if (!r) return r.error();
+  return std::shared_ptr<QuorumNode>(std::move(*r));
+}
+
+std::chrono::milliseconds ms_or(std::uint32_t value, std::uint32_t fallback) {
+  return std::chrono::milliseconds(value != 0 ? value : fallback);
+}
+
+// The pair: the quorum without its peer child (attached by pairing), a write gate in front,
+// and the replicator. Pairing is tried now; a secondary that is not up yet is retried in the
+// background, a secondary that does not match (version, resource, sizes) stops the start.
+Result<std::shared_ptr<Replicator>> start_replication_graph(DaemonContext& ctx,
+                                                            std::shared_ptr<BlockNode> disk,
+                                                            std::shared_ptr<QuorumNode>* quorum,
+                                                            std::shared_ptr<WriteGate>* gate) {
+  const config::DaemonConfig& cfg = ctx.config();
+  const config::ReplicationConfig& rc = cfg.replication();
+  auto identity = load_node_identity(cfg.state_dir(), rc.node_name());
+  if (!identity) return identity.error();
+  auto record = EpochRecord::open(ctx.io(), cfg.state_dir() + "/primary.epoch");
+  if (!record) return record.error();
+
+  ReplicatorOptions o;
+  o.resource = cfg.resource();
+  o.identity = *identity;
+  auto address = parse_listen_address(rc.peer_address());
+  if (!address) return address.error();
+  o.peer_address = *address;
+  o.peer_child = replication_peer_child(rc);
+  config::QuorumConfig local = cfg.quorum();
+  local.clear_children();
+  for (const auto& c : cfg.quorum().children()) {
+    if (c.name() == o.peer_child) {
+      o.peer_uri = c.nbd_uri();
+    } else {
+      *local.add_children() = c;
+    }
   }
-  io.restart();
-  if (!out) return make_error(EIO, "opening the quorum did not finish");
-  if (!*out) return out->error();
-  return std::shared_ptr<QuorumNode>(std::move(**out));
+  o.quorum = cfg.quorum();
+  o.async_mode = rc.write_mode() == config::ASYNC;
+  if (rc.async_queue_bytes() != 0) o.async_queue_bytes = rc.async_queue_bytes();
+  o.heartbeat_interval = ms_or(rc.heartbeat_interval_ms(), 500);
+  o.heartbeat_timeout = ms_or(rc.heartbeat_timeout_ms(), 3000);
+  o.checkpoint_interval = std::chrono::milliseconds(rc.checkpoint_interval_ms());
+  o.prepare_timeout = ms_or(rc.prepare_timeout_ms(), 10000);
+  o.connect_timeout = ms_or(rc.connect_timeout_ms(), 10000);
+  o.checkpoint_timeout = ms_or(rc.checkpoint_timeout_ms(), 10000);
+
+  auto q = open_quorum_now(ctx.io(), local, std::move(disk));
+  if (!q) return q.error();
+  *quorum = *q;
+  *gate = std::make_shared<WriteGate>("gate", *q);
+  auto replicator = std::make_shared<Replicator>(ctx.io(), o, *q, *gate, std::move(*record));
+  Result<void> paired = run_before_loop(ctx.io(), replicator->pair(false));
+  if (!paired) {
+    const int code = paired.error().code.value();
+    if (code == EPROTONOSUPPORT || code == ENOENT || code == EMEDIUMTYPE || code == EEXIST) {
+      return paired.error();
+    }
+    log::warn("primary: going on alone for now: {}", paired.error().to_string());
+  }
+  replicator->start();
+  return replicator;
 }
 
 }  // namespace
@@ -57,7 +118,14 @@ Result<void> start_primary(DaemonContext& ctx) {
 
   std::shared_ptr<BlockNode> served = *disk;
   std::shared_ptr<QuorumNode> quorum;
-  if (cfg.has_quorum()) {
+  std::shared_ptr<Replicator> replicator;
+  if (cfg.has_replication()) {
+    std::shared_ptr<WriteGate> gate;
+    auto r = start_replication_graph(ctx, *disk, &quorum, &gate);
+    if (!r) return r.error();
+    replicator = *r;
+    served = gate;
+  } else if (cfg.has_quorum()) {
     auto q = open_quorum_now(ctx.io(), cfg.quorum(), *disk);
     if (!q) return q.error();
     quorum = *q;
@@ -85,9 +153,16 @@ Result<void> start_primary(DaemonContext& ctx) {
   }
   // Shutdown: stop listening, answer what is in flight, drain the graph. The hook owns the
   // server and the quorum, so they live until the loop stops.
-  ctx.on_shutdown([server, quorum]() -> Task<void> {
+  if (replicator) {
+    register_replication_commands(ctx.control(), replicator, server);
+    register_quorum_commands(ctx.control(), ctx.executor(), quorum, cfg.quorum(),
+                             file_opener(ctx.io()));
+  }
+  ctx.on_shutdown([server, quorum, replicator]() -> Task<void> {
     log::info("primary: closing the front-end export");
     co_await server->drain();
+    // A last checkpoint, so the secondary can resume (or be promoted) with exactly our data.
+    if (replicator) co_await replicator->shutdown();
     if (quorum) co_await quorum->drain();
   });
   return {};

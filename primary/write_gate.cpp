@@ -21,6 +21,7 @@ WriteGate::~WriteGate() {
 // --- the gate ------------------------------------------------------------------------------
 
 Task<void> WriteGate::enter_write() {
+  ++stats_.writes_passed;
   if (!closed_) {
     ++passed_count_;
     co_return;

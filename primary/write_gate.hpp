@@ -49,6 +49,7 @@ struct WriteGateStats {
   std::chrono::nanoseconds closed_last{0};
   std::chrono::nanoseconds closed_max{0};
   std::uint64_t held_requests_total = 0;   // requests that had to wait at the gate
+  std::uint64_t writes_passed = 0;         // write-like requests sent on (or admitted later)
 };
 
 class WriteGate final : public BlockNode {

@@ -3,9 +3,12 @@
 #include <fmt/format.h>
 
 #include <charconv>
+#include <chrono>
 #include <memory>
 
 #include "secondary/disk_buffer_node.hpp"
+#include "secondary/secondary_pairing.hpp"
+#include "shared/node_identity.hpp"
 #include "shared/file_node.hpp"
 #include "shared/listen_address.hpp"
 #include "shared/log.hpp"
@@ -82,6 +85,92 @@ Task<control::Reply> cmd_status(std::shared_ptr<DiskBuffer> db, control::Request
       state_text(db->state()), db->epoch(), db->block_bytes(), db->buffered_block_count(),
       p.running ? "true" : "false", p.applied_bytes, p.total_bytes);
   co_return ControlReplyBuilder::ok(std::move(text), std::move(json));
+}
+
+std::string json_string(std::string_view v) {
+  std::string out = "\"";
+  for (char c : v) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) >= 0x20) out += c;
+  }
+  return out + "\"";
+}
+
+// status: the disk buffer and, with a checkpoint channel, the primary's session.
+Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
+                                     std::shared_ptr<SecondaryPairing> pairing,
+                                     std::string resource, control::Request) {
+  const FailoverProgress p = db->failover_progress();
+  const PrimaryPeerInfo peer = pairing->peer();
+  const std::string state = pairing->promoted() ? "promoted" : std::string(state_text(db->state()));
+  const auto now_sys = std::chrono::system_clock::now();
+  const auto last_cp = pairing->last_checkpoint_time();
+  const long long last_cp_age_ms =
+      last_cp == std::chrono::system_clock::time_point{}
+          ? -1
+          : std::chrono::duration_cast<std::chrono::milliseconds>(now_sys - last_cp).count();
+  const long long frame_age_ms =
+      peer.connected ? std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::steady_clock::now() - peer.last_frame)
+                           .count()
+                     : -1;
+  std::string text = fmt::format(
+      "role: {}\nstate: {}\nresource: {}\nepoch: {}\npeer: {} {}\npeer_state: {}{}\n"
+      "checkpoints: {}\nbuffered_blocks: {}\nblock_bytes: {}\n",
+      pairing->promoted() ? "primary (promoted secondary)" : "secondary", state, resource,
+      db->epoch(), peer.name.empty() ? "-" : peer.name, peer.address,
+      peer.connected ? "connected" : "disconnected",
+      peer.connected ? fmt::format(" (last frame {} ms ago)", frame_age_ms)
+                     : (peer.lost_reason.empty() ? "" : " (" + peer.lost_reason + ")"),
+      pairing->checkpoints(), db->buffered_block_count(), db->block_bytes());
+  if (last_cp_age_ms >= 0) text += fmt::format("last_checkpoint: {} ms ago\n", last_cp_age_ms);
+  if (p.running || p.total_bytes != 0) {
+    text += fmt::format("failover: {} of {} bytes applied{}\n", p.applied_bytes, p.total_bytes,
+                        p.running ? " (running)" : "");
+  }
+  if (!p.error.empty()) text += fmt::format("failover_error: {}\n", p.error);
+  std::string json = fmt::format(
+      R"({{"role":"{}","state":"{}","resource":{},"epoch":{},)"
+      R"("peer":{{"name":{},"id":"{}","address":{},"state":"{}","last_frame_ms_ago":{},"reason":{}}},)"
+      R"("checkpoints":{},"last_checkpoint_ms_ago":{},"buffered_blocks":{},"block_bytes":{},)"
+      R"("failover":{{"running":{},"applied_bytes":{},"total_bytes":{},"error":{}}}}})",
+      pairing->promoted() ? "primary" : "secondary", state, json_string(resource), db->epoch(),
+      json_string(peer.name), peer.id, json_string(peer.address),
+      peer.connected ? "connected" : "disconnected", frame_age_ms, json_string(peer.lost_reason),
+      pairing->checkpoints(), last_cp_age_ms, db->buffered_block_count(), db->block_bytes(),
+      p.running ? "true" : "false", p.applied_bytes, p.total_bytes, json_string(p.error));
+  co_return ControlReplyBuilder::ok(std::move(text), std::move(json));
+}
+
+Task<control::Reply> cmd_failover(std::shared_ptr<SecondaryPairing> pairing,
+                                  std::shared_ptr<NbdServer> local, control::Request req) {
+  const bool force = req.args_size() == 1 && req.args(0) == "--force";
+  if (req.args_size() > 1 || (req.args_size() == 1 && !force)) {
+    co_return ControlReplyBuilder::fail(kExitUsage, "usage: failover|promote [--force]");
+  }
+  Result<void> r = co_await pairing->failover(force);
+  if (!r) co_return reply_of(r, "");
+  std::string where = "no secondary-side export is configured";
+  if (local) {
+    where.clear();
+    for (const auto& a : local->bound_addresses()) where += (where.empty() ? "" : ", ") + a.to_string();
+    where = "serving read-write on " + where;
+  }
+  co_return ControlReplyBuilder::ok(fmt::format(
+      "promoted: rolled back to the last checkpoint; {} (the rollback finishes in the "
+      "background, see status)\n", where));
+}
+
+Task<control::Reply> cmd_demote(std::shared_ptr<SecondaryPairing> pairing,
+                                std::shared_ptr<NbdServer> local, control::Request req) {
+  if (req.args_size() != 0) co_return ControlReplyBuilder::fail(kExitUsage, "usage: demote");
+  if (!pairing->promoted()) {
+    co_return ControlReplyBuilder::fail(kExitRefused, "demote refused: this node is a secondary");
+  }
+  if (local) co_await local->drain();
+  pairing->set_demoted();
+  co_return ControlReplyBuilder::ok("demoted: the export is closed; rejoining as a secondary "
+                                    "needs a resync (restart with the secondary config)\n");
 }
 
 Task<void> open_buffer(std::shared_ptr<BlockNode> disk, std::shared_ptr<BlockNode> buffer,
@@ -166,9 +255,44 @@ Result<void> start_secondary(DaemonContext& ctx) {
                             "replication-status: state, epoch, buffer and failover progress",
                             [db](const control::Request& r) { return cmd_status(db, r); });
 
+  std::shared_ptr<SecondaryPairing> pairing;
+  if (cfg.has_replication()) {
+    const config::ReplicationConfig& rc = cfg.replication();
+    auto identity = load_node_identity(cfg.state_dir(), rc.node_name());
+    if (!identity) return identity.error();
+    SecondaryPairingOptions po;
+    po.resource = cfg.resource();
+    po.identity = *identity;
+    po.heartbeat_interval = std::chrono::milliseconds(rc.heartbeat_interval_ms() ? rc.heartbeat_interval_ms() : 500);
+    po.heartbeat_timeout = std::chrono::milliseconds(rc.heartbeat_timeout_ms() ? rc.heartbeat_timeout_ms() : 3000);
+    po.alignment_bytes = db->primary_view()->limits().alignment_bytes;
+    pairing = std::make_shared<SecondaryPairing>(ctx.executor(), db, po);
+    for (const auto& text : rc.listen()) {
+      auto address = parse_listen_address(text);
+      if (!address) return address.error();
+      if (auto r = pairing->listen(*address); !r) return r.error();
+    }
+    const std::string resource = cfg.resource();
+    ctx.control().add_command(
+        "status", "status: role, state, epoch, the primary's session, buffer",
+        [db, pairing, resource](const control::Request& r) {
+          return cmd_pair_status(db, pairing, resource, r);
+        });
+    for (const char* name : {"failover", "promote"}) {
+      ctx.control().add_command(
+          name, std::string(name) + " [--force]: roll back to the last checkpoint and serve as primary",
+          [pairing, local](const control::Request& r) { return cmd_failover(pairing, local, r); });
+    }
+    ctx.control().add_command("demote", "demote: a promoted node closes its export",
+                              [pairing, local](const control::Request& r) {
+                                return cmd_demote(pairing, local, r);
+                              });
+  }
+
   std::shared_ptr<NbdServer> replication_server = *replication;
-  ctx.on_shutdown([replication_server, local, db]() -> Task<void> {
+  ctx.on_shutdown([replication_server, local, db, pairing]() -> Task<void> {
     log::info("secondary: closing the exports");
+    if (pairing) pairing->close();
     co_await replication_server->drain();
     if (local) co_await local->drain();
     co_await db->drain();

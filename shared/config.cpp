@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -64,6 +65,38 @@ void validate_export(const config::ExportConfig& e, const std::string& where,
   }
 }
 
+// The 1-based line where the option named by a validation message ("secondary.block_bytes:
+// ...", "quorum.children[1].name: ...") is written, or of its closest written parent; 0 when
+// none of it is in the file (e.g. a missing section).
+int line_of_option(const google::protobuf::TextFormat::ParseInfoTree& root,
+                   const google::protobuf::Descriptor* type, const std::string& problem) {
+  const std::string path = problem.substr(0, problem.find(':'));
+  const google::protobuf::TextFormat::ParseInfoTree* tree = &root;
+  int line = 0;
+  std::size_t start = 0;
+  while (start < path.size() && tree != nullptr && type != nullptr) {
+    std::size_t end = path.find('.', start);
+    if (end == std::string::npos) end = path.size();
+    std::string segment = path.substr(start, end - start);
+    int index = -1;
+    if (auto open = segment.find('['); open != std::string::npos) {
+      index = std::atoi(segment.c_str() + open + 1);
+      segment.resize(open);
+    }
+    const google::protobuf::FieldDescriptor* field = type->FindFieldByName(segment);
+    if (field == nullptr) break;
+    if (field->is_repeated() && index < 0) index = 0;
+    const auto loc = tree->GetLocation(field, field->is_repeated() ? index : -1);
+    if (loc.line < 0) break;
+    line = loc.line + 1;
+    if (field->type() != google::protobuf::FieldDescriptor::TYPE_MESSAGE) break;
+    tree = tree->GetTreeForNested(field, field->is_repeated() ? index : -1);
+    type = field->message_type();
+    start = end + 1;
+  }
+  return line;
+}
+
 }  // namespace
 
 std::vector<std::string> validate_config(const config::DaemonConfig& cfg) {
@@ -89,6 +122,7 @@ std::vector<std::string> validate_config(const config::DaemonConfig& cfg) {
   }
   validate_quorum_config(cfg, errors);
   validate_secondary_config(cfg, errors);
+  validate_replication_config(cfg, errors);
   return errors;
 }
 
@@ -98,12 +132,17 @@ Result<config::DaemonConfig> parse_config_text(const std::string& text,
   google::protobuf::TextFormat::Parser parser;
   Collector collector(origin);
   parser.RecordErrorsTo(&collector);
+  google::protobuf::TextFormat::ParseInfoTree locations;
+  parser.WriteLocationsTo(&locations);
   if (!parser.ParseFromString(text, &cfg)) {
     return make_error(EINVAL, "invalid config:\n" + join_lines(collector.errors()));
   }
   auto problems = validate_config(cfg);
   if (!problems.empty()) {
-    for (auto& p : problems) p = origin + ": " + p;
+    for (auto& p : problems) {
+      const int line = line_of_option(locations, config::DaemonConfig::descriptor(), p);
+      p = line > 0 ? fmt::format("{}:{}: {}", origin, line, p) : origin + ": " + p;
+    }
     return make_error(EINVAL, "invalid config:\n" + join_lines(problems));
   }
   return cfg;

@@ -25,5 +25,10 @@ std::vector<std::string> validate_config(const config::DaemonConfig& cfg);
 void validate_quorum_config(const config::DaemonConfig& cfg, std::vector<std::string>& errors);
 void validate_secondary_config(const config::DaemonConfig& cfg,
                                std::vector<std::string>& errors);
+void validate_replication_config(const config::DaemonConfig& cfg,
+                                 std::vector<std::string>& errors);
+
+// The quorum child that is the secondary ("peer" unless the config names another).
+std::string replication_peer_child(const config::ReplicationConfig& r);
 
 }  // namespace colo

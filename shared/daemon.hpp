@@ -10,10 +10,12 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "config.pb.h"
+#include "shared/check.hpp"
 #include "shared/control_server.hpp"
 #include "shared/task.hpp"
 
@@ -43,6 +45,24 @@ class DaemonContext {
   std::vector<std::function<Task<void>()>> shutdown_hooks_;
   bool shutting_down_ = false;
 };
+
+// Runs `task` to completion on `io` before the daemon's loop runs (opening the graph, pairing),
+// so start-up can use the same coroutines as run time. Only what is already registered on the
+// loop (the control socket) is served meanwhile.
+template <class T>
+T run_before_loop(asio::io_context& io, Task<T> task) {
+  std::optional<T> out;
+  asio::co_spawn(io, std::move(task), [&out](std::exception_ptr e, T r) {
+    if (e) detail::spawn_failed("start-up task", e);
+    out.emplace(std::move(r));
+  });
+  io.restart();
+  while (!out && io.run_one() > 0) {
+  }
+  io.restart();
+  CHECK(out.has_value());
+  return std::move(*out);
+}
 
 // The default control socket path: config.control_socket, else /run/colo/<resource>.ctl.
 std::string control_socket_path(const config::DaemonConfig& config);

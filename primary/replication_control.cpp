@@ -1,0 +1,111 @@
+#include "primary/replication_control.hpp"
+
+#include <fmt/format.h>
+
+#include "shared/log.hpp"
+
+namespace colo {
+
+control::Reply control_reply_of(const Error& e) {
+  const int code = e.code.value();
+  const bool refused = code == EBUSY || code == EPERM || code == EALREADY || code == EINVAL;
+  return ControlReplyBuilder::fail(refused ? kExitRefused : kExitFailed, e.message);
+}
+
+namespace {
+
+Task<control::Reply> cmd_status(std::shared_ptr<Replicator> r, control::Request) {
+  co_return ControlReplyBuilder::ok(r->status_text(), r->status_json());
+}
+
+Task<control::Reply> cmd_checkpoint(std::shared_ptr<Replicator> r, control::Request req) {
+  const std::string phase = req.args_size() == 1 ? req.args(0) : "";
+  if (req.args_size() > 1 || (req.args_size() == 1 && phase != "prepare" && phase != "commit" &&
+                              phase != "abort")) {
+    co_return ControlReplyBuilder::fail(kExitUsage, "usage: checkpoint [prepare|commit|abort]");
+  }
+  if (phase == "prepare") {
+    Result<void> p = co_await r->prepare();
+    if (!p) co_return control_reply_of(p.error());
+    co_return ControlReplyBuilder::ok(
+        fmt::format("prepared: writes are held (epoch {}); commit or abort within {} ms\n",
+                    r->epoch(), r->options().prepare_timeout.count()),
+        fmt::format(R"({{"prepared":true,"epoch":{}}})", r->epoch()));
+  }
+  if (phase == "abort") {
+    Result<void> a = r->abort();
+    if (!a) co_return control_reply_of(a.error());
+    co_return ControlReplyBuilder::ok(fmt::format("aborted: writes resumed (epoch {})\n",
+                                                  r->epoch()),
+                                      fmt::format(R"({{"aborted":true,"epoch":{}}})", r->epoch()));
+  }
+  Result<std::uint64_t> e = make_error(EINVAL, "no checkpoint");
+  if (phase == "commit") {
+    e = co_await r->commit();
+  } else {
+    e = co_await r->checkpoint();
+  }
+  if (!e) co_return control_reply_of(e.error());
+  const PauseSummary p = r->pauses();
+  co_return ControlReplyBuilder::ok(fmt::format("{}\n", *e),
+                                    fmt::format(R"({{"epoch":{},"pause_us":{}}})", *e, p.last_us));
+}
+
+Task<control::Reply> cmd_start(std::shared_ptr<Replicator> r, control::Request req) {
+  const bool force = req.args_size() == 1 && req.args(0) == "--force";
+  if (req.args_size() > 1 || (req.args_size() == 1 && !force)) {
+    co_return ControlReplyBuilder::fail(kExitUsage, "usage: start [--force]");
+  }
+  Result<void> p = co_await r->pair(force);
+  if (!p) co_return control_reply_of(p.error());
+  co_return ControlReplyBuilder::ok(fmt::format("replication started (epoch {})\n", r->epoch()));
+}
+
+Task<control::Reply> cmd_stop(std::shared_ptr<Replicator> r, control::Request req) {
+  if (req.args_size() != 0) co_return ControlReplyBuilder::fail(kExitUsage, "usage: stop");
+  Result<void> s = co_await r->stop();
+  if (!s) co_return control_reply_of(s.error());
+  co_return ControlReplyBuilder::ok(fmt::format(
+      "replication stopped at epoch {}: the secondary is idle with this disk's data\n",
+      r->epoch()));
+}
+
+Task<control::Reply> cmd_demote(std::shared_ptr<Replicator> r, std::shared_ptr<NbdServer> server,
+                                control::Request req) {
+  if (req.args_size() != 0) co_return ControlReplyBuilder::fail(kExitUsage, "usage: demote");
+  if (r->demoted()) co_return ControlReplyBuilder::fail(kExitRefused, "already demoted");
+  // The consumer goes first: nothing may be written after the last checkpoint.
+  co_await server->drain();
+  Result<void> d = co_await r->demote();
+  if (!d) {
+    co_return ControlReplyBuilder::fail(
+        kExitFailed, "demoted, but the last checkpoint failed: " + d.error().message +
+                         " (the secondary rolls back to epoch " + std::to_string(r->epoch()) +
+                         " if promoted)");
+  }
+  co_return ControlReplyBuilder::ok(fmt::format(
+      "demoted at epoch {}: the export is closed; promote the secondary to go on\n", r->epoch()));
+}
+
+}  // namespace
+
+void register_replication_commands(ControlServer& control, std::shared_ptr<Replicator> replicator,
+                                   std::shared_ptr<NbdServer> front_end) {
+  control.add_command("status", "status: role, state, epoch, peer, queue, checkpoints, children",
+                      [replicator](const control::Request& r) { return cmd_status(replicator, r); });
+  control.add_command("checkpoint",
+                      "checkpoint [prepare|commit|abort]: take a checkpoint (prints the epoch)",
+                      [replicator](const control::Request& r) {
+                        return cmd_checkpoint(replicator, r);
+                      });
+  control.add_command("start", "start [--force]: pair with the secondary",
+                      [replicator](const control::Request& r) { return cmd_start(replicator, r); });
+  control.add_command("stop", "stop: last checkpoint, then leave the secondary idle",
+                      [replicator](const control::Request& r) { return cmd_stop(replicator, r); });
+  control.add_command("demote", "demote: close the export, last checkpoint, release the secondary",
+                      [replicator, front_end](const control::Request& r) {
+                        return cmd_demote(replicator, front_end, r);
+                      });
+}
+
+}  // namespace colo

@@ -1,0 +1,168 @@
+#pragma once
+// The primary's side of the pair (docs/replication.md): pairing with the secondary over the
+// checkpoint channel, attaching the peer child to the quorum, checkpoints (manual, periodic,
+// two-phase), the write mode, and going on alone when the secondary is lost.
+//
+// Graph: front-end export -> WriteGate "gate" -> QuorumNode -> "local" (disk)
+//                                                           -> peer child: NbdClientNode, or in
+//                                                              async mode AsyncPeerNode over it
+// Pairing: connect, hello both ways (version, resource, disk size, block size checked on both
+// sides; a mismatch names both values), start replication on the secondary, then open the NBD
+// peer and add it to the quorum.
+// Checkpoint(E+1): close the gate (new writes wait, in-flight ones finish: in sync mode they
+// are then on both children), check that no peer write failed in the epoch; async mode inserts
+// a hold marker in the peer queue and opens the gate at once (the pause ends there), then waits
+// until the peer has everything before the marker; sync mode keeps the gate closed. Then
+// Checkpoint(E+1) on the channel, the secondary's acknowledgement (durable there), the gate
+// opens (sync) or the queue resumes (async), and E+1 is recorded durably here.
+// A lost secondary (channel loss, heartbeat timeout, a failed peer write or checkpoint): the
+// peer child is closed and removed, the primary goes on with its local disk, the state says
+// the secondary is stale, and the durable record says the disks diverged (pairing again needs a
+// resync, a later feature, unless forced).
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "config.pb.h"
+#include "primary/async_peer_node.hpp"
+#include "primary/quorum_node.hpp"
+#include "primary/write_gate.hpp"
+#include "shared/epoch_record.hpp"
+#include "shared/nbd_client_node.hpp"
+#include "shared/node_identity.hpp"
+#include "shared/replication_channel.hpp"
+
+namespace colo {
+
+enum class PeerState : std::uint8_t { unpaired, pairing, paired, stale, stopped };
+std::string_view to_string(PeerState s);
+
+struct ReplicatorOptions {
+  std::string resource;
+  NodeIdentity identity;
+  ListenAddress peer_address;
+  std::string peer_child;        // quorum child name of the secondary
+  std::string peer_uri;          // its NBD URI (the secondary's replication export)
+  config::QuorumConfig quorum;   // for the NBD client options
+  bool async_mode = false;
+  std::uint64_t async_queue_bytes = 64ull << 20;
+  std::chrono::milliseconds heartbeat_interval{500};
+  std::chrono::milliseconds heartbeat_timeout{3000};
+  std::chrono::milliseconds checkpoint_interval{0};
+  std::chrono::milliseconds prepare_timeout{10000};
+  std::chrono::milliseconds connect_timeout{10000};
+  std::chrono::milliseconds checkpoint_timeout{10000};
+};
+
+struct PauseSummary {
+  std::uint64_t count = 0;
+  std::uint64_t last_us = 0;
+  std::uint64_t p50_us = 0;
+  std::uint64_t p99_us = 0;
+  std::uint64_t max_us = 0;
+};
+
+class Replicator : public std::enable_shared_from_this<Replicator> {
+ public:
+  Replicator(asio::io_context& io, ReplicatorOptions options, std::shared_ptr<QuorumNode> quorum,
+             std::shared_ptr<WriteGate> gate, std::unique_ptr<EpochRecord> record);
+  ~Replicator();
+  Replicator(const Replicator&) = delete;
+  Replicator& operator=(const Replicator&) = delete;
+
+  // Pairs with the secondary (see above). `force` pairs even when the record says the disks
+  // diverged. Errors: ECONNREFUSED/ETIMEDOUT (unreachable), the secondary's refusal
+  // (EPROTONOSUPPORT, ENOENT resource, EMEDIUMTYPE size, EPERM state), EALREADY when paired.
+  Task<Result<void>> pair(bool force);
+  // Starts the periodic checkpoints and the peer watch; call once after construction.
+  void start();
+
+  // A checkpoint now; returns the new epoch.
+  Task<Result<std::uint64_t>> checkpoint();
+  // Two-phase: prepare quiesces writes and returns; commit checkpoints and resumes; abort
+  // resumes. A prepare neither committed nor aborted within prepare_timeout aborts by itself.
+  Task<Result<void>> prepare();
+  Task<Result<std::uint64_t>> commit();
+  Result<void> abort();
+
+  // Stops replication: a last checkpoint, the secondary left idle (its disk = ours), the peer
+  // detached. The state becomes `stopped` (pair again with `start`).
+  Task<Result<void>> stop();
+  // Clean shutdown: stop() when paired; the gate stays closed afterwards when `hold_writes`.
+  Task<void> shutdown();
+  // Demote: a last checkpoint, then the channel is closed without stopping the secondary, so
+  // promoting it yields exactly our data. Writes stay held (the caller closes the export).
+  Task<Result<void>> demote();
+
+  PeerState peer_state() const { return peer_state_; }
+  std::uint64_t epoch() const { return epoch_; }
+  bool prepared() const { return prepared_; }
+  bool demoted() const { return demoted_; }
+  bool diverged() const { return record_->state().diverged; }
+  const ReplicatorOptions& options() const { return options_; }
+  PauseSummary pauses() const;
+  std::string status_text() const;
+  std::string status_json() const;
+
+ private:
+  Task<Result<std::uint64_t>> checkpoint_locked(bool quiesced);
+  Task<void> lock();
+  void unlock();
+  Task<void> detach(std::string reason);
+  static Task<void> detach_task(std::shared_ptr<Replicator> self, std::string reason);
+  void on_channel_lost(const std::string& reason);
+  std::uint64_t peer_errors() const;
+  bool local_written() const;
+  void record_pause(std::chrono::nanoseconds pause);
+  static Task<void> periodic_loop(std::shared_ptr<Replicator> self);
+  static Task<void> watch_loop(std::shared_ptr<Replicator> self);
+  static Task<void> prepare_timer(std::shared_ptr<Replicator> self, std::uint64_t generation);
+  static Task<replication::Envelope> handle(std::weak_ptr<Replicator> weak,
+                                            replication::Envelope request);
+  Task<Result<void>> store_state(EpochState s);
+
+  asio::io_context& io_;
+  asio::any_io_executor ex_;
+  ReplicatorOptions options_;
+  std::shared_ptr<QuorumNode> quorum_;
+  std::shared_ptr<WriteGate> gate_;
+  std::unique_ptr<EpochRecord> record_;
+
+  PeerState peer_state_ = PeerState::unpaired;
+  std::string peer_reason_;  // why the peer is not paired
+  std::shared_ptr<ReplicationChannel> channel_;
+  std::shared_ptr<NbdClientNode> peer_nbd_;
+  std::shared_ptr<AsyncPeerNode> peer_async_;
+  std::string peer_name_;
+  std::string peer_id_;
+  std::uint64_t peer_errors_at_attach_ = 0;
+  std::uint64_t local_writes_at_start_ = 0;
+  bool detaching_ = false;
+
+  std::uint64_t epoch_ = 0;
+  bool busy_ = false;
+  AsyncEvent not_busy_;
+  bool prepared_ = false;
+  std::uint64_t prepare_generation_ = 0;
+  std::chrono::steady_clock::time_point prepare_start_{};
+  bool demoted_ = false;
+  bool stopping_ = false;
+
+  std::uint64_t checkpoints_ = 0;
+  std::uint64_t checkpoint_failures_ = 0;
+  std::string last_checkpoint_error_;
+  std::chrono::system_clock::time_point last_checkpoint_{};
+  std::deque<std::uint64_t> pauses_ns_;  // the latest pauses
+  std::uint64_t pause_max_ns_ = 0;
+  asio::steady_timer periodic_timer_;
+  asio::steady_timer watch_timer_;
+};
+
+}  // namespace colo

@@ -1,0 +1,256 @@
+#include "secondary/secondary_pairing.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "shared/log.hpp"
+
+namespace colo {
+
+SecondaryPairing::SecondaryPairing(asio::any_io_executor ex, std::shared_ptr<DiskBuffer> db,
+                                   SecondaryPairingOptions options)
+    : ex_(ex), db_(std::move(db)), options_(std::move(options)), listener_(ex) {}
+
+SecondaryPairing::~SecondaryPairing() { close(); }
+
+Result<void> SecondaryPairing::listen(const ListenAddress& address) {
+  std::weak_ptr<SecondaryPairing> weak = weak_from_this();
+  return listener_.listen(address, [weak](std::unique_ptr<FrameTransport> t) {
+    if (auto self = weak.lock()) self->on_accept(std::move(t));
+  });
+}
+
+void SecondaryPairing::close() {
+  if (closed_) return;
+  closed_ = true;
+  listener_.close();
+  auto sessions = sessions_;
+  for (auto& s : sessions) s->channel->close("the secondary is stopping");
+  sessions_.clear();
+  active_.reset();
+}
+
+bool SecondaryPairing::primary_connected() const {
+  return active_ != nullptr && active_->channel->is_open();
+}
+
+PrimaryPeerInfo SecondaryPairing::peer() const {
+  PrimaryPeerInfo p;
+  p.lost_reason = last_lost_reason_;
+  p.name = last_peer_name_;
+  p.id = last_peer_id_;
+  if (active_ != nullptr) {
+    p.connected = active_->channel->is_open();
+    p.name = active_->name;
+    p.id = active_->id;
+    p.address = active_->channel->peer();
+    p.epoch = active_->epoch;
+    p.since = active_->since;
+    p.last_frame = active_->channel->last_received();
+  }
+  return p;
+}
+
+void SecondaryPairing::on_accept(std::unique_ptr<FrameTransport> transport) {
+  if (closed_) {
+    transport->close();
+    return;
+  }
+  auto session = std::make_shared<Session>();
+  const std::string peer = transport->peer();
+  session->channel = ReplicationChannel::create(
+      ex_, std::move(transport),
+      {"primary " + peer, options_.heartbeat_interval, options_.heartbeat_timeout});
+  sessions_.push_back(session);
+  std::weak_ptr<SecondaryPairing> weak = weak_from_this();
+  std::weak_ptr<Session> weak_session = session;
+  session->channel->start(
+      [weak, weak_session](replication::Envelope request) {
+        return handle(weak.lock(), weak_session.lock(), std::move(request));
+      },
+      [weak, weak_session](const std::string& reason) {
+        auto self = weak.lock();
+        auto s = weak_session.lock();
+        if (self && s) self->on_lost(s, reason);
+      });
+  log::info("secondary: checkpoint channel connection from {}", peer);
+}
+
+void SecondaryPairing::on_lost(const std::shared_ptr<Session>& session, const std::string& reason) {
+  std::erase(sessions_, session);
+  if (active_ != session) return;
+  last_lost_reason_ = reason;
+  last_peer_name_ = session->name;
+  last_peer_id_ = session->id;
+  active_.reset();
+  log::event({"primary_lost",
+              {{"resource", options_.resource},
+               {"primary", session->name},
+               {"primary_id", session->id},
+               {"reason", reason},
+               {"epoch", std::to_string(db_->epoch())}}});
+}
+
+replication::Envelope SecondaryPairing::on_hello(const std::shared_ptr<Session>& session,
+                                                 const replication::Hello& hello) {
+  if (hello.protocol_version() != kReplicationProtocolVersion) {
+    return error_reply(replication::ERROR_VERSION,
+                       fmt::format("protocol version {} is not supported (the secondary speaks {})",
+                                   hello.protocol_version(), kReplicationProtocolVersion));
+  }
+  if (hello.resource() != options_.resource) {
+    return error_reply(replication::ERROR_RESOURCE,
+                       fmt::format("resource \"{}\" differs from the secondary's \"{}\"",
+                                   hello.resource(), options_.resource));
+  }
+  if (hello.disk_size_bytes() != db_->disk_size_bytes()) {
+    return error_reply(replication::ERROR_SIZE,
+                       fmt::format("disk size {} bytes differs from the secondary's {} bytes",
+                                   hello.disk_size_bytes(), db_->disk_size_bytes()));
+  }
+  if (hello.block_size_bytes() == 0 || hello.block_size_bytes() % options_.alignment_bytes != 0) {
+    return error_reply(replication::ERROR_SIZE,
+                       fmt::format("block size {} bytes is not a multiple of the secondary's {} "
+                                   "bytes", hello.block_size_bytes(), options_.alignment_bytes));
+  }
+  if (hello.node_id().empty()) {
+    return error_reply(replication::ERROR_PROTOCOL, "hello without a node id");
+  }
+  if (promoted_) {
+    return error_reply(replication::ERROR_STATE,
+                       "this node was promoted (failover): it is the primary now; rejoining "
+                       "needs a resync");
+  }
+  if (active_ != nullptr && active_ != session && active_->channel->is_open()) {
+    return error_reply(replication::ERROR_STATE,
+                       fmt::format("already paired with primary \"{}\" ({}) from {}",
+                                   active_->name, active_->id, active_->channel->peer()));
+  }
+  session->helloed = true;
+  session->id = hello.node_id();
+  session->name = hello.node_name().empty() ? hello.node_id() : hello.node_name();
+  session->epoch = hello.durable_epoch();
+  session->since = std::chrono::system_clock::now();
+  active_ = session;
+  log::event({"primary_connected",
+              {{"resource", options_.resource},
+               {"primary", session->name},
+               {"primary_id", session->id},
+               {"address", session->channel->peer()},
+               {"primary_epoch", std::to_string(hello.durable_epoch())},
+               {"epoch", std::to_string(db_->epoch())}}});
+  replication::Envelope reply;
+  auto* h = reply.mutable_hello();
+  h->set_protocol_version(kReplicationProtocolVersion);
+  h->set_resource(options_.resource);
+  h->set_disk_size_bytes(db_->disk_size_bytes());
+  h->set_block_size_bytes(options_.alignment_bytes);
+  h->set_node_id(options_.identity.id);
+  h->set_node_name(options_.identity.name);
+  h->set_durable_epoch(db_->epoch());
+  return reply;
+}
+
+Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPairing> self,
+                                                     std::shared_ptr<Session> session,
+                                                     replication::Envelope request) {
+  if (!self || !session) {
+    co_return error_reply(replication::ERROR_STATE, "the secondary is stopping");
+  }
+  if (request.has_hello()) co_return self->on_hello(session, request.hello());
+  if (!session->helloed || self->active_ != session) {
+    co_return error_reply(replication::ERROR_PROTOCOL,
+                          fmt::format("{} before a successful hello", body_name(request)));
+  }
+  DiskBuffer& db = *self->db_;
+  switch (request.body_case()) {
+    case replication::Envelope::kStart: {
+      const replication::StartReplication& start = request.start();
+      if (db.state() == BufferState::replicating && start.resume() &&
+          start.epoch() == db.epoch() && db.buffered_block_count() == 0) {
+        log::info("secondary: replication resumed by primary {} at epoch {}", session->name,
+                  db.epoch());
+        replication::Envelope reply;
+        reply.mutable_start()->set_epoch(db.epoch());
+        co_return reply;
+      }
+      if (db.state() == BufferState::replicating) {
+        co_return error_reply(
+            replication::ERROR_STATE,
+            fmt::format("replication is already running at epoch {} from an earlier session; "
+                        "fail over or discard it on the secondary first (delta resync is not "
+                        "implemented yet)", db.epoch()));
+      }
+      Result<void> r = co_await db.start_replication(db.disk_size_bytes());
+      if (!r) co_return error_reply(error_code_of(r.error().code.value()), r.error().message);
+      log::info("secondary: replication started by primary {} at epoch {}", session->name,
+                db.epoch());
+      replication::Envelope reply;
+      reply.mutable_start()->set_epoch(db.epoch());
+      co_return reply;
+    }
+    case replication::Envelope::kCheckpoint: {
+      const std::uint64_t epoch = request.checkpoint().epoch();
+      Result<void> r = co_await db.do_checkpoint(epoch);
+      if (!r) co_return error_reply(error_code_of(r.error().code.value()), r.error().message);
+      self->last_checkpoint_ = std::chrono::system_clock::now();
+      ++self->checkpoints_;
+      session->epoch = epoch;
+      replication::Envelope reply;
+      reply.mutable_checkpoint_ack()->set_epoch(epoch);
+      co_return reply;
+    }
+    case replication::Envelope::kStop: {
+      const auto mode = request.stop().mode();
+      if (mode != replication::StopReplication::FAILOVER &&
+          mode != replication::StopReplication::DISCARD) {
+        co_return error_reply(replication::ERROR_PROTOCOL,
+                              fmt::format("unknown stop mode {}", static_cast<int>(mode)));
+      }
+      Result<void> r = co_await db.stop_replication(
+          mode == replication::StopReplication::FAILOVER ? StopMode::failover
+                                                         : StopMode::discard);
+      if (!r) co_return error_reply(error_code_of(r.error().code.value()), r.error().message);
+      log::info("secondary: replication stopped by primary {} ({})", session->name,
+                mode == replication::StopReplication::FAILOVER ? "failover" : "discard");
+      replication::Envelope reply;
+      reply.mutable_ok();
+      co_return reply;
+    }
+    default:
+      co_return error_reply(replication::ERROR_PROTOCOL,
+                            fmt::format("unexpected {} request", body_name(request)));
+  }
+}
+
+Task<Result<void>> SecondaryPairing::failover(bool force) {
+  if (primary_connected() && !force) {
+    co_return make_error(EBUSY, fmt::format("failover refused: primary \"{}\" is still connected "
+                                            "(use --force to fail over anyway)",
+                                            active_->name));
+  }
+  if (db_->state() != BufferState::replicating) {
+    co_return make_error(EPERM, fmt::format("failover refused: replication is not running "
+                                            "(state {})", db_->state() == BufferState::idle
+                                                              ? "idle"
+                                                              : "failing-over"));
+  }
+  if (active_ != nullptr) {
+    // Fence the old primary: its session ends before the rollback starts, and the replication
+    // export refuses its writes once the buffer leaves the replicating state.
+    auto session = active_;
+    session->channel->close("failover on the secondary");
+    on_lost(session, "failover forced on the secondary");
+  }
+  Result<void> r = co_await db_->stop_replication(StopMode::failover);
+  if (!r) co_return r;
+  promoted_ = true;
+  log::event({"promoted",
+              {{"resource", options_.resource},
+               {"epoch", std::to_string(db_->epoch())},
+               {"forced", force ? "true" : "false"}}});
+  co_return Result<void>{};
+}
+
+}  // namespace colo

@@ -1,0 +1,104 @@
+#pragma once
+// The secondary's side of the checkpoint channel (docs/replication.md): it listens, accepts one
+// primary session at a time, checks the primary's hello (protocol version, resource, disk size,
+// block size), and turns the primary's requests into disk-buffer lifecycle calls:
+//   start -> start_replication, checkpoint(epoch) -> do_checkpoint, stop -> stop_replication.
+// A lost primary (EOF, error, heartbeat timeout) raises the `primary_lost` event; the buffer
+// stays as it is, ready for failover. Failover (`coloctl failover|promote`) is refused while the
+// primary is connected, unless forced; it closes the session, rolls back to the last checkpoint
+// and leaves the secondary-side export serving the disk as the new primary.
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "replication.pb.h"
+#include "secondary/disk_buffer_node.hpp"
+#include "shared/node_identity.hpp"
+#include "shared/replication_channel.hpp"
+
+namespace colo {
+
+struct SecondaryPairingOptions {
+  std::string resource;
+  NodeIdentity identity;
+  std::chrono::milliseconds heartbeat_interval{500};
+  std::chrono::milliseconds heartbeat_timeout{3000};
+  // The replication export's block size: a primary with a smaller one is refused.
+  std::uint32_t alignment_bytes = 512;
+};
+
+struct PrimaryPeerInfo {
+  bool connected = false;
+  std::string name;
+  std::string id;
+  std::string address;
+  std::uint64_t epoch = 0;  // durable epoch the primary announced
+  std::chrono::system_clock::time_point since{};
+  std::chrono::steady_clock::time_point last_frame{};
+  std::string lost_reason;  // why the last session ended
+};
+
+class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
+ public:
+  SecondaryPairing(asio::any_io_executor ex, std::shared_ptr<DiskBuffer> db,
+                   SecondaryPairingOptions options);
+  ~SecondaryPairing();
+  SecondaryPairing(const SecondaryPairing&) = delete;
+  SecondaryPairing& operator=(const SecondaryPairing&) = delete;
+
+  // Starts accepting primaries on `address`.
+  Result<void> listen(const ListenAddress& address);
+  // Stops listening and closes the session.
+  void close();
+
+  bool primary_connected() const;
+  PrimaryPeerInfo peer() const;
+  bool promoted() const { return promoted_; }
+  std::chrono::system_clock::time_point last_checkpoint_time() const { return last_checkpoint_; }
+  std::uint64_t checkpoints() const { return checkpoints_; }
+  const std::vector<ListenAddress>& bound() const { return listener_.bound(); }
+
+  // Rolls back to the last checkpoint and makes this node the primary. Refused (EBUSY) while a
+  // primary is connected, unless `force`; refused (EPERM) when replication is not running.
+  Task<Result<void>> failover(bool force);
+  // Marks the promoted node demoted (its export is closed by the caller).
+  void set_demoted() { promoted_ = false; }
+
+ private:
+  struct Session {
+    std::shared_ptr<ReplicationChannel> channel;
+    bool helloed = false;
+    std::string name;
+    std::string id;
+    std::uint64_t epoch = 0;
+    std::chrono::system_clock::time_point since{};
+  };
+  void on_accept(std::unique_ptr<FrameTransport> transport);
+  static Task<replication::Envelope> handle(std::shared_ptr<SecondaryPairing> self,
+                                            std::shared_ptr<Session> session,
+                                            replication::Envelope request);
+  replication::Envelope on_hello(const std::shared_ptr<Session>& session,
+                                 const replication::Hello& hello);
+  void on_lost(const std::shared_ptr<Session>& session, const std::string& reason);
+
+  asio::any_io_executor ex_;
+  std::shared_ptr<DiskBuffer> db_;
+  SecondaryPairingOptions options_;
+  TransportListener listener_;
+  std::vector<std::shared_ptr<Session>> sessions_;  // accepted, possibly not helloed
+  std::shared_ptr<Session> active_;                 // the helloed primary
+  std::string last_lost_reason_;
+  std::string last_peer_name_;
+  std::string last_peer_id_;
+  std::chrono::system_clock::time_point last_checkpoint_{};
+  std::uint64_t checkpoints_ = 0;
+  bool promoted_ = false;
+  bool closed_ = false;
+};
+
+}  // namespace colo
