@@ -263,6 +263,7 @@ Result<void> start_secondary(DaemonContext& ctx) {
     SecondaryPairingOptions po;
     po.resource = cfg.resource();
     po.identity = *identity;
+    po.state_dir = cfg.state_dir();
     po.heartbeat_interval = std::chrono::milliseconds(rc.heartbeat_interval_ms() ? rc.heartbeat_interval_ms() : 500);
     po.heartbeat_timeout = std::chrono::milliseconds(rc.heartbeat_timeout_ms() ? rc.heartbeat_timeout_ms() : 3000);
     po.alignment_bytes = db->primary_view()->limits().alignment_bytes;

@@ -238,6 +238,11 @@ TEST_P(PairLifecycle, FailoverAfterPrimaryCrashYieldsTheCheckpoint) {
   s.write(5u << 20, 4096, 0x66);
   EXPECT_NE(test::read_file(pair.file("s.log")).find("\"event\":\"primary_lost\""),
             std::string::npos);
+  // The deposed primary coming back is fenced: it refuses to start rather than serve a second
+  // copy of the disk.
+  auto back = test::run_command({kColod, "--config", pair.file("p.conf")}, 20s);
+  EXPECT_EQ(back.exit_code, 1) << back.output;
+  EXPECT_NE(back.output.find("was promoted"), std::string::npos) << back.output;
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, PairLifecycle, ::testing::Values("SYNC", "ASYNC"));
