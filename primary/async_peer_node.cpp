@@ -228,8 +228,7 @@ void AsyncPeerNode::fail(const Entry& e, const error_code& ec) {
   failed_ = true;
   error_ = ec.value() != 0 ? ec.value() : EIO;
   const std::uint64_t dropped = queued_count_;
-  const std::uint64_t dropped_bytes = used_bytes_;
-  drop_queued();
+  const std::uint64_t dropped_bytes = drop_queued();
   log::Event ev;
   ev.name = "async_peer_failed";
   ev.fields = {{"node", name_},
@@ -253,12 +252,14 @@ void AsyncPeerNode::fail(const Entry& e, const error_code& ec) {
   }
 }
 
-void AsyncPeerNode::drop_queued() {
+std::uint64_t AsyncPeerNode::drop_queued() {
+  std::uint64_t dropped_bytes = 0;
   while (next_ != queue_.end()) {
     Entry& e = *next_;
     CHECK(e.state == State::queued);
     CHECK(used_bytes_ >= e.cost_bytes);
     used_bytes_ -= e.cost_bytes;
+    dropped_bytes += e.cost_bytes;
     --queued_count_;
     ++stats_.entries_dropped;
     if (e.completion) {
@@ -270,6 +271,7 @@ void AsyncPeerNode::drop_queued() {
   }
   CHECK(queued_count_ == 0);
   progress_.notify_all();
+  return dropped_bytes;
 }
 
 // --- requests ------------------------------------------------------------------------------
