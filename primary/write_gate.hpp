@@ -94,8 +94,8 @@ class WriteGate final : public BlockNode {
   struct Waiter {
     AsyncEvent admitted;
   };
-  // Waits at a closed gate, then counts the request as passed.
-  Task<void> enter_write();
+  // Waits at the closed gate until open() admits (and counts) the request.
+  Task<void> wait_at_gate();
 
   std::string name_;
   Child child_;
