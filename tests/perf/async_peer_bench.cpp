@@ -164,7 +164,7 @@ double median(std::vector<double> v) {
 }
 
 int main_impl(int argc, char** argv) {
-  std::size_t ops = 200000;
+  std::size_t ops = 100000;
   int rounds = 5;
   int rate = 0;  // 0: 10 and 100
   double seconds = 2.0;
