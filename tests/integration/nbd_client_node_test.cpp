@@ -175,6 +175,57 @@ TEST(NbdClientNode, LargeWritesAtDepthKeepTheConnection) {
   server.stop();
 }
 
+// Completions resume their coroutine directly, inside the readiness handler. A coroutine that
+// closes the node from there must not hang or break the others: the replies not yet read fail
+// with ESHUTDOWN, the rest succeed, and drain() returns.
+Task<void> close_on_first(NbdClientNode* n, std::uint64_t off, std::span<const std::byte> b,
+                          IoResult* out, int* finished, int total, AsyncEvent* done) {
+  *out = co_await n->write(off, b, WriteFlags::none);
+  if (n->state() != NbdClientState::closed) n->close();
+  if (++*finished == total) done->notify_all(true);
+}
+
+TEST(NbdClientNode, ClosingFromACompletionFailsTheRestCleanly) {
+  test::TempDir dir;
+  NbdkitServer server(dir.path().string(), "nbdkit",
+                      {"--filter=delay", "memory", "size=64M", "delay-write=30ms"},
+                      NbdkitServer::Listen::tcp);
+  server.start();
+  asio::io_context io;
+  constexpr int kWriters = 16;
+  std::vector<IoResult> results(kWriters);
+  ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
+    auto node = co_await must_open(fast_options(server.uri()));
+    if (!node) co_return;
+    auto ex = co_await asio::this_coro::executor;
+    auto a = pattern(4096, 0x77);
+    int finished = 0;
+    AsyncEvent done;
+    for (int i = 0; i < kWriters; ++i) {
+      spawn(ex, close_on_first(node.get(), static_cast<std::uint64_t>(i) * 4096, a, &results[i],
+                               &finished, kWriters, &done),
+            "writer");
+    }
+    co_await done.wait();
+    co_await node->drain();
+    EXPECT_EQ(node->state(), NbdClientState::closed);
+    std::vector<std::byte> back(4096);
+    auto r = co_await node->read(0, back);
+    EXPECT_EQ(r.error(), make_errc(ESHUTDOWN));
+  }()));
+  int ok = 0;
+  for (const auto& r : results) {
+    if (r) {
+      ++ok;
+    } else {
+      EXPECT_EQ(r.error(), make_errc(ESHUTDOWN)) << r.error().message();
+    }
+  }
+  EXPECT_GE(ok, 1);
+  EXPECT_LT(ok, kWriters);  // the close really cut requests short
+  server.stop();
+}
+
 TEST(NbdClientNode, ServerErrorsArePassedThroughAndTheConnectionStays) {
   test::TempDir dir;
   const std::string trigger = dir.file("fail-now");
