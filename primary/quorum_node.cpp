@@ -1,9 +1,14 @@
 #include "primary/quorum_node.hpp"
 
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/async_result.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/container/small_vector.hpp>
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
+#include <optional>
 
 #include "primary/quorum_vote.hpp"
 #include "shared/check.hpp"
@@ -12,34 +17,58 @@
 namespace colo {
 namespace {
 
-// Every child's outcome of one request, collected in parallel.
-struct FanOut {
-  std::vector<IoResult> results;
-  std::size_t remaining = 0;
-  AsyncEvent done;
+// The children's outcomes of one request, in child order. Quorums are small: no allocation.
+using Outcomes = boost::container::small_vector<IoResult, 4>;
+using ChildOps = boost::container::small_vector<Task<IoResult>, 4>;
+
+// Join state of one fan-out; lives in the parent's frame.
+struct Join {
+  IoResult* results = nullptr;
+  std::size_t remaining = 0;  // spawned operations still running
+  std::optional<asio::any_completion_handler<void()>> waiter;
 };
 
-Task<void> fan_one(Task<IoResult> op, FanOut* f, std::size_t index) {
+struct JoinWait {
+  Join* join;
+  template <class Handler>
+  void operator()(Handler&& handler) const {
+    join->waiter.emplace(std::forward<Handler>(handler));
+  }
+};
+
+Task<void> fan_one(Task<IoResult> op, Join* join, std::size_t index) {
   IoResult r = co_await std::move(op);
-  f->results[index] = r;
-  if (--f->remaining == 0) f->done.notify_all(true);
+  join->results[index] = r;
+  if (--join->remaining == 0 && join->waiter) {
+    auto waiter = std::move(*join->waiter);
+    join->waiter.reset();
+    // The parent continues on this stack (no post); `join` may be gone once it returns.
+    std::move(waiter)();
+  }
 }
 
-// Runs every operation concurrently and returns their outcomes in order.
-Task<std::vector<IoResult>> fan_out(std::vector<Task<IoResult>> ops) {
-  if (ops.size() == 1) {
-    IoResult r = co_await std::move(ops[0]);
-    co_return std::vector<IoResult>{r};
+// Runs every operation concurrently and stores the outcomes in `results`, in order. The last
+// operation runs on the caller's frame, each other one in its own coroutine; whichever
+// finishes last resumes the caller directly. One child: no coroutine is spawned at all.
+Task<void> fan_out(ChildOps& ops, Outcomes& results) {
+  const std::size_t n = ops.size();
+  CHECK(n > 0);
+  results.assign(n, IoResult{});
+  Join join;
+  join.results = results.data();
+  join.remaining = n - 1;
+  if (n > 1) {
+    auto ex = co_await asio::this_coro::executor;
+    for (std::size_t i = 0; i + 1 < n; ++i) {
+      spawn(ex, fan_one(std::move(ops[i]), &join, i), "quorum fan-out");
+    }
   }
-  auto ex = co_await asio::this_coro::executor;
-  FanOut f;
-  f.results.resize(ops.size());
-  f.remaining = ops.size();
-  for (std::size_t i = 0; i < ops.size(); ++i) {
-    spawn(ex, fan_one(std::move(ops[i]), &f, i), "quorum fan-out");
+  results[n - 1] = co_await std::move(ops[n - 1]);
+  if (join.remaining != 0) {
+    co_await asio::async_initiate<const asio::use_awaitable_t<>, void()>(JoinWait{&join},
+                                                                          asio::use_awaitable);
   }
-  co_await f.done.wait();
-  co_return std::move(f.results);
+  CHECK(join.remaining == 0);
 }
 
 std::string errno_name(const error_code& ec) { return ec.message(); }
@@ -196,11 +225,6 @@ void QuorumNode::report_failure(IoOp op, std::uint64_t offset_bytes, std::uint64
 
 // --- request gate -------------------------------------------------------------------------
 
-Task<void> QuorumNode::enter() {
-  while (paused_) co_await resumed_.wait();
-  inflight_.begin();
-}
-
 void QuorumNode::leave() { inflight_.end(); }
 
 Task<void> QuorumNode::drain() {
@@ -215,7 +239,7 @@ Task<void> QuorumNode::drain() {
 // --- writes ----------------------------------------------------------------------------------
 
 IoResult QuorumNode::decide(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
-                            const std::vector<IoResult>& results) {
+                            std::span<const IoResult> results) {
   CHECK(results.size() == members_.size());
   for (std::size_t i = 0; i < results.size(); ++i) {
     if (!results[i]) {
@@ -233,71 +257,89 @@ IoResult QuorumNode::decide(IoOp op, std::uint64_t offset_bytes, std::uint64_t l
   return r;
 }
 
-Task<IoResult> QuorumNode::write(std::uint64_t offset_bytes, std::span<const std::byte> in,
-                                 WriteFlags flags) {
-  co_await enter();
+Task<IoResult> QuorumNode::start_on(Child& child, const WriteRequest& w) {
+  switch (w.op) {
+    case IoOp::write: return child.write(w.offset_bytes, w.data, w.flags);
+    case IoOp::trim: return child.trim(w.offset_bytes, w.length_bytes, w.flags);
+    case IoOp::write_zeroes: return child.write_zeroes(w.offset_bytes, w.length_bytes, w.flags);
+    case IoOp::flush: return child.flush();
+    case IoOp::read: break;
+  }
+  CHECK(false);  // reads have their own paths
+  return child.flush();
+}
+
+// Every write-like request: through the gate, to every child in parallel, every outcome
+// recorded, then the vote (STYLE rule 7).
+Task<IoResult> QuorumNode::write_all(WriteRequest w) {
+  while (paused_) co_await resumed_.wait();
+  inflight_.begin();
   if (stopped_) {
     leave();
     co_return io_error(EIO);
   }
-  std::vector<Task<IoResult>> ops;
-  for (auto& m : members_) ops.push_back(m->edge->write(offset_bytes, in, flags));
-  std::vector<IoResult> results = co_await fan_out(std::move(ops));
-  IoResult r = decide(IoOp::write, offset_bytes, in.size(), results);
+  ChildOps ops;
+  for (auto& m : members_) ops.push_back(start_on(*m->edge, w));
+  Outcomes results;
+  co_await fan_out(ops, results);
+  IoResult r = decide(w.op, w.offset_bytes, w.length_bytes, results);
   leave();
   co_return r;
+}
+
+Task<IoResult> QuorumNode::write(std::uint64_t offset_bytes, std::span<const std::byte> in,
+                                 WriteFlags flags) {
+  return write_all(WriteRequest{IoOp::write, offset_bytes, in.size(), in, flags});
 }
 
 Task<IoResult> QuorumNode::trim(std::uint64_t offset_bytes, std::uint64_t length_bytes,
                                 WriteFlags flags) {
-  co_await enter();
-  if (stopped_) {
-    leave();
-    co_return io_error(EIO);
-  }
-  std::vector<Task<IoResult>> ops;
-  for (auto& m : members_) ops.push_back(m->edge->trim(offset_bytes, length_bytes, flags));
-  std::vector<IoResult> results = co_await fan_out(std::move(ops));
-  IoResult r = decide(IoOp::trim, offset_bytes, length_bytes, results);
-  leave();
-  co_return r;
+  return write_all(WriteRequest{IoOp::trim, offset_bytes, length_bytes, {}, flags});
 }
 
 Task<IoResult> QuorumNode::write_zeroes(std::uint64_t offset_bytes, std::uint64_t length_bytes,
                                         WriteFlags flags) {
-  co_await enter();
-  if (stopped_) {
-    leave();
-    co_return io_error(EIO);
-  }
-  std::vector<Task<IoResult>> ops;
-  for (auto& m : members_) {
-    ops.push_back(m->edge->write_zeroes(offset_bytes, length_bytes, flags));
-  }
-  std::vector<IoResult> results = co_await fan_out(std::move(ops));
-  IoResult r = decide(IoOp::write_zeroes, offset_bytes, length_bytes, results);
-  leave();
-  co_return r;
+  return write_all(WriteRequest{IoOp::write_zeroes, offset_bytes, length_bytes, {}, flags});
 }
 
 Task<IoResult> QuorumNode::flush() {
-  co_await enter();
-  if (stopped_) {
-    leave();
-    co_return io_error(EIO);
+  return write_all(WriteRequest{IoOp::flush, 0, 0, {}, WriteFlags::none});
+}
+
+// --- scratch buffers --------------------------------------------------------------------------
+
+std::span<std::byte> QuorumNode::ScratchSet::take(std::size_t length_bytes) {
+  auto& pool = node_.scratch_;
+  for (std::size_t i = 0; i < pool.size(); ++i) {
+    if (pool[i].capacity_bytes >= length_bytes) {
+      taken_.push_back(std::move(pool[i]));
+      pool[i] = std::move(pool.back());
+      pool.pop_back();
+      return {taken_.back().data.get(), length_bytes};
+    }
   }
-  std::vector<Task<IoResult>> ops;
-  for (auto& m : members_) ops.push_back(m->edge->flush());
-  std::vector<IoResult> results = co_await fan_out(std::move(ops));
-  IoResult r = decide(IoOp::flush, 0, 0, results);
-  leave();
-  co_return r;
+  Scratch s;
+  // Not zero-filled: a child's read overwrites it, and only successful reads are looked at.
+  s.data = std::make_unique_for_overwrite<std::byte[]>(length_bytes);
+  s.capacity_bytes = length_bytes;
+  taken_.push_back(std::move(s));
+  return {taken_.back().data.get(), length_bytes};
+}
+
+QuorumNode::ScratchSet::~ScratchSet() {
+  auto& pool = node_.scratch_;
+  for (auto& s : taken_) {
+    if (s.capacity_bytes <= kScratchBytesMax && pool.size() < kScratchCountMax) {
+      pool.push_back(std::move(s));
+    }
+  }
 }
 
 // --- reads -------------------------------------------------------------------------------------
 
 Task<IoResult> QuorumNode::read(std::uint64_t offset_bytes, std::span<std::byte> out) {
-  co_await enter();
+  while (paused_) co_await resumed_.wait();
+  inflight_.begin();
   IoResult r;
   if (stopped_) {
     r = io_error(EIO);
@@ -330,19 +372,18 @@ Task<IoResult> QuorumNode::read_fifo(std::uint64_t offset_bytes, std::span<std::
 
 Task<IoResult> QuorumNode::read_quorum(std::uint64_t offset_bytes, std::span<std::byte> out) {
   const std::size_t n = members_.size();
-  // Child 0 reads straight into `out`; the others into their own buffers.
-  std::vector<std::vector<std::byte>> extra(n > 0 ? n - 1 : 0);
-  std::vector<std::span<std::byte>> bufs(n);
+  // Child 0 reads straight into `out`; the others into scratch buffers of the node's pool,
+  // given back on every way out.
+  ScratchSet extra(*this);
+  boost::container::small_vector<std::span<std::byte>, 4> bufs(n);
   bufs[0] = out;
-  for (std::size_t i = 1; i < n; ++i) {
-    extra[i - 1].resize(out.size());
-    bufs[i] = extra[i - 1];
-  }
-  std::vector<Task<IoResult>> ops;
+  for (std::size_t i = 1; i < n; ++i) bufs[i] = extra.take(out.size());
+  ChildOps ops;
   for (std::size_t i = 0; i < n; ++i) ops.push_back(members_[i]->edge->read(offset_bytes, bufs[i]));
-  std::vector<IoResult> results = co_await fan_out(std::move(ops));
+  Outcomes results;
+  co_await fan_out(ops, results);
 
-  std::vector<std::size_t> ok_index;
+  boost::container::small_vector<std::size_t, 4> ok_index;
   for (std::size_t i = 0; i < n; ++i) {
     if (results[i]) {
       ok_index.push_back(i);
@@ -357,6 +398,16 @@ Task<IoResult> QuorumNode::read_quorum(std::uint64_t offset_bytes, std::span<std
                    fmt::format("{} of {} children read successfully, {} needed", ok_index.size(),
                                n, options_.vote_threshold));
     co_return r;
+  }
+  // Plain comparison first (the common case: every child agrees); hashing only on
+  // disagreement, inside vote_versions.
+  bool unanimous = true;
+  for (std::size_t k = 1; k < ok_index.size() && unanimous; ++k) {
+    unanimous = std::memcmp(bufs[ok_index[k]].data(), bufs[ok_index[0]].data(), out.size()) == 0;
+  }
+  if (unanimous) {
+    if (ok_index[0] != 0) std::memcpy(out.data(), bufs[ok_index[0]].data(), out.size());
+    co_return IoResult{};
   }
   std::vector<std::span<const std::byte>> versions;
   for (std::size_t i : ok_index) versions.emplace_back(bufs[i]);
@@ -380,12 +431,13 @@ Task<IoResult> QuorumNode::read_quorum(std::uint64_t offset_bytes, std::span<std
     report_bad(*members_[i], IoOp::read, offset_bytes, out.size(), "content differs from quorum");
   }
   if (options_.rewrite_corrupted && !losers.empty()) {
-    std::vector<Task<IoResult>> fixes;
+    ChildOps fixes;
     const std::span<const std::byte> good(out.data(), out.size());
     for (std::size_t i : losers) {
       fixes.push_back(members_[i]->edge->write(offset_bytes, good, WriteFlags::none));
     }
-    std::vector<IoResult> fixed = co_await fan_out(std::move(fixes));
+    Outcomes fixed;
+    co_await fan_out(fixes, fixed);
     for (std::size_t k = 0; k < losers.size(); ++k) {
       Member& m = *members_[losers[k]];
       if (fixed[k]) {
@@ -403,11 +455,13 @@ Task<IoResult> QuorumNode::read_quorum(std::uint64_t offset_bytes, std::span<std
 
 Task<IoResult> QuorumNode::read_blkverify(std::uint64_t offset_bytes, std::span<std::byte> out) {
   CHECK(members_.size() == 2);
-  std::vector<std::byte> other(out.size());
-  std::vector<Task<IoResult>> ops;
+  ScratchSet extra(*this);
+  const std::span<std::byte> other = extra.take(out.size());
+  ChildOps ops;
   ops.push_back(members_[0]->edge->read(offset_bytes, out));
   ops.push_back(members_[1]->edge->read(offset_bytes, other));
-  std::vector<IoResult> results = co_await fan_out(std::move(ops));
+  Outcomes results;
+  co_await fan_out(ops, results);
   if (!results[0] || !results[1]) {
     IoResult r = decide(IoOp::read, offset_bytes, out.size(), results);
     co_return r;

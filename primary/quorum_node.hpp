@@ -17,8 +17,15 @@
 //   remove_child): one transaction each (new requests wait, in-flight ones drain, the child
 //   set is swapped, requests resume). Names are user-given and never change.
 //
+// Fan-out: a request's children run concurrently, the last one on the request's own frame and
+// each other one in a spawned coroutine; the child that finishes last resumes the request
+// directly (no post). Write, trim, write-zeroes and flush share one fan-out (write_all).
+//
 // Buffers: the caller owns them until the Task completes; reads of pattern `quorum` use one
-// temporary buffer per extra child. Single-threaded: runs on the executor of its callers.
+// temporary buffer per extra child, from a small per-node pool (not zero-filled).
+// Single-threaded: runs on the executor of its callers.
+
+#include <boost/container/small_vector.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -107,9 +114,37 @@ class QuorumNode final : public BlockNode {
     std::chrono::steady_clock::time_point last_report{};
     bool reported_once = false;
   };
+  // One write-like request (write, trim, write-zeroes, flush) as sent to every child.
+  struct WriteRequest {
+    IoOp op;
+    std::uint64_t offset_bytes;
+    std::uint64_t length_bytes;
+    std::span<const std::byte> data;  // write only; the caller's buffer
+    WriteFlags flags;
+  };
+  // A temporary read buffer (pattern quorum, blkverify), kept in a small per-node pool.
+  struct Scratch {
+    std::unique_ptr<std::byte[]> data;
+    std::size_t capacity_bytes = 0;
+  };
+  // The scratch buffers of one request; given back to the pool when it ends.
+  class ScratchSet {
+   public:
+    explicit ScratchSet(QuorumNode& node) : node_(node) {}
+    ~ScratchSet();
+    ScratchSet(const ScratchSet&) = delete;
+    ScratchSet& operator=(const ScratchSet&) = delete;
+    std::span<std::byte> take(std::size_t length_bytes);
+
+   private:
+    QuorumNode& node_;
+    boost::container::small_vector<Scratch, 4> taken_;
+  };
+  static constexpr std::size_t kScratchBytesMax = 4u * kMiB;  // larger ones are not kept
+  static constexpr std::size_t kScratchCountMax = 64;
+
   QuorumNode(std::string name, QuorumOptions options, std::uint64_t size_bytes);
 
-  Task<void> enter();
   void leave();
   Task<void> begin_transaction();
   void end_transaction();
@@ -121,9 +156,13 @@ class QuorumNode final : public BlockNode {
   Task<IoResult> read_quorum(std::uint64_t offset_bytes, std::span<std::byte> out);
   Task<IoResult> read_fifo(std::uint64_t offset_bytes, std::span<std::byte> out);
   Task<IoResult> read_blkverify(std::uint64_t offset_bytes, std::span<std::byte> out);
+  // The one fan-out of write, trim, write-zeroes and flush: gate, every child in parallel,
+  // every outcome recorded, then decide().
+  Task<IoResult> write_all(WriteRequest w);
+  static Task<IoResult> start_on(Child& child, const WriteRequest& w);
   // Votes the outcomes of a write-like fan-out, reporting each failure.
   IoResult decide(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
-                  const std::vector<IoResult>& results);
+                  std::span<const IoResult> results);
 
   void report_bad(Member& m, IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
                   const std::string& error);
@@ -135,6 +174,7 @@ class QuorumNode final : public BlockNode {
   std::uint64_t size_bytes_;
   NodeLimits limits_{};
   std::vector<std::unique_ptr<Member>> members_;
+  std::vector<Scratch> scratch_;
 
   InflightCounter inflight_;
   bool paused_ = false;

@@ -1,8 +1,10 @@
 #include "shared/nbd_client_node.hpp"
 
+#include <boost/asio/post.hpp>
 #include <libnbd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -19,6 +21,8 @@ namespace {
 constexpr std::uint32_t kLibnbdRequestBytesMax = 64u * kMiB;  // libnbd's own limit
 constexpr std::uint64_t kZeroChunkBytes = 1u << 30;           // per trim/zero command
 constexpr std::size_t kZeroBufferBytes = 1u * kMiB;           // emulated write-zeroes
+// Replies served per readiness event before waiting again (fairness with other sockets).
+constexpr int kRepliesPerWakeupMax = 64;
 
 std::string libnbd_error() {
   const char* e = nbd_get_error();
@@ -30,15 +34,12 @@ int libnbd_errno_or(int fallback) {
   return e != 0 ? e : fallback;
 }
 
-void set_tcp_nodelay(int fd) {
-  int domain = 0;
-  socklen_t len = sizeof domain;
-  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0) return;
-  if (domain != AF_INET && domain != AF_INET6) return;
-  int one = 1;
-  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
-    log::warn("nbd client: setting TCP_NODELAY failed: {}", std::strerror(errno));
-  }
+// Whether a notify_read can make progress: bytes are waiting, or the peer closed the
+// connection or it failed (libnbd then sees the end). False only for "nothing to read yet".
+bool worth_reading(int fd) {
+  char b = 0;
+  const ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
 }  // namespace
@@ -58,7 +59,8 @@ NbdClientNode::NbdClientNode(Private, asio::any_io_executor ex, std::string name
     : ex_(std::move(ex)), name_(std::move(name)), options_(std::move(options)) {}
 
 NbdClientNode::~NbdClientNode() {
-  CHECK(ops_.empty());
+  CHECK(inflight_ops_.empty());
+  CHECK(completed_ops_.empty());
   ++epoch_;
   if (sd_) sd_->release();
   sd_.reset();
@@ -161,7 +163,7 @@ Task<Result<void>> NbdClientNode::connect_once() {
 }
 
 void NbdClientNode::rearm() {
-  if (handle_ == nullptr) return;
+  if (handle_ == nullptr || serving_ready_) return;
   const int fd = nbd_aio_get_fd(handle_);
   if (fd < 0) return;
   if (fd != sd_fd_ || !sd_) {
@@ -206,43 +208,63 @@ void NbdClientNode::on_ready(bool readable, std::uint64_t arm_generation) {
     write_armed_ = false;
   }
   if (handle_ == nullptr) return;
-  // Readiness may be stale: libnbd may have finished writing (or reading) meanwhile, inside
-  // another notify or a command submission. Notifying a direction the state machine does not
-  // wait for kills the connection ("external event is invalid in state ..."): re-arm instead.
-  const unsigned dir = nbd_aio_get_direction(handle_);
+  const std::uint64_t epoch = epoch_;
   const unsigned want = readable ? LIBNBD_AIO_DIRECTION_READ : LIBNBD_AIO_DIRECTION_WRITE;
-  if ((dir & want) == 0) {
-    rearm();
-    return;
+  // No wait is armed while this handler runs (requests resumed below would arm one through
+  // submit): a read wait armed now would fire for the replies this loop reads itself.
+  serving_ready_ = true;
+  for (int round = 1;; ++round) {
+    // Readiness may be stale. Asio's reactor records the epoll events of a descriptor and
+    // completes its waits later, when that record is dequeued; a wait armed in between
+    // completes with the old events although this loop (or a notify_write, or a command
+    // submission) has consumed what they announced. Notifying a direction the state machine
+    // does not wait for kills the connection ("external event is invalid in state ..."):
+    // re-arm instead.
+    if ((nbd_aio_get_direction(handle_) & want) == 0) break;
+    // And a notify_read with nothing to read leaves libnbd in REPLY.START, where it neither
+    // sends queued commands nor finishes a half-sent one until a reply arrives: with every
+    // request still unsent, none ever does. Look first (one MSG_PEEK).
+    if (readable && !worth_reading(sd_fd_)) break;
+    const int rc = readable ? nbd_aio_notify_read(handle_) : nbd_aio_notify_write(handle_);
+    if (!settle(rc)) break;
+    // Outside libnbd now: the requests it completed continue here, without a post. They may
+    // issue new commands, which libnbd sends at once, or close the node.
+    resume_completed();
+    if (epoch_ != epoch || handle_ == nullptr) break;
+    // libnbd reads one reply per notify: serve the replies already buffered in the socket
+    // now rather than through another readiness wait (one epoll_ctl and one loop turn each).
+    if (!readable || round >= kRepliesPerWakeupMax) break;
+    if (nbd_aio_in_flight(handle_) <= 0) break;
   }
-  const int rc = readable ? nbd_aio_notify_read(handle_) : nbd_aio_notify_write(handle_);
-  after_notify(rc);
+  resume_completed();
+  serving_ready_ = false;
+  if (epoch_ == epoch && handle_ != nullptr) rearm();
 }
 
-void NbdClientNode::after_notify(int rc) {
-  if (handle_ == nullptr) return;
+bool NbdClientNode::settle(int rc) {
+  if (handle_ == nullptr) return false;
   if (rc == -1 || nbd_aio_is_dead(handle_) == 1 || nbd_aio_is_closed(handle_) == 1) {
     std::string why = rc == -1 ? libnbd_error() : std::string("the server closed the connection");
     lose_connection(why);
-    return;
+    return false;
   }
   if (state_ == NbdClientState::connecting && nbd_aio_is_ready(handle_) == 1) {
     const std::int64_t size = nbd_get_size(handle_);
     if (size < 0) {
       lose_connection("the server sent no size: " + libnbd_error());
-      return;
+      return false;
     }
     if (size_known_ && static_cast<std::uint64_t>(size) != size_bytes_) {
       const std::string why = fmt::format("the export size changed from {} to {} bytes",
                                           size_bytes_, size);
       event("nbd_client_reconnect_refused", {{"reason", why}});
       lose_connection(why);
-      return;
+      return false;
     }
     size_bytes_ = static_cast<std::uint64_t>(size);
     size_known_ = true;
     read_limits();
-    set_tcp_nodelay(nbd_aio_get_fd(handle_));
+    tune_socket(nbd_aio_get_fd(handle_));
     ++connect_count_;
     set_state(NbdClientState::connected);
     event("nbd_client_connected",
@@ -253,16 +275,33 @@ void NbdClientNode::after_notify(int rc) {
            {"structured_replies",
             nbd_get_structured_replies_negotiated(handle_) == 1 ? "true" : "false"}});
   }
-  rearm();
+  return true;
+}
+
+void NbdClientNode::after_notify(int rc) {
+  if (settle(rc)) rearm();
+}
+
+void NbdClientNode::tune_socket(int fd) {
+  int domain = 0;
+  socklen_t len = sizeof domain;
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0) return;
+  if (domain != AF_INET && domain != AF_INET6) return;
+  // Requests are sent whole and at once (libnbd corks the header to the payload with
+  // MSG_MORE): Nagle would only hold back the last segment of each.
+  int one = 1;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
+    log::warn("nbd client: setting TCP_NODELAY failed: {}", std::strerror(errno));
+  }
 }
 
 void NbdClientNode::fail_all_ops(int error) {
-  auto ops = std::move(ops_);
-  ops_.clear();
-  for (auto& [id, op] : ops) {
+  while (Op* op = inflight_ops_.pop_front()) {
     op->error = error;
-    op->done.notify_all(true);
+    op->in_completed = true;
+    completed_ops_.push_back(op);
   }
+  if (!completed_ops_.empty()) schedule_resume();
 }
 
 void NbdClientNode::lose_connection(const std::string& reason) {
@@ -361,21 +400,84 @@ Task<void> NbdClientNode::wait_connected() {
   }
 }
 
-int NbdClientNode::on_complete(void* user_data, int* error) {
-  auto* ctx = static_cast<CallbackCtx*>(user_data);
-  auto it = ctx->node->ops_.find(ctx->id);
-  if (it != ctx->node->ops_.end()) {
-    Op* op = it->second;
-    ctx->node->ops_.erase(it);
-    int e = *error;
-    if (e == ENOTCONN) e = ESHUTDOWN;  // the connection died under the request
-    op->error = e;
-    op->done.notify_all(true);
+void NbdClientNode::OpList::push_back(Op* op) {
+  op->prev = tail;
+  op->next = nullptr;
+  if (tail != nullptr) {
+    tail->next = op;
+  } else {
+    head = op;
   }
+  tail = op;
+}
+
+void NbdClientNode::OpList::remove(Op* op) {
+  if (op->prev != nullptr) {
+    op->prev->next = op->next;
+  } else {
+    head = op->next;
+  }
+  if (op->next != nullptr) {
+    op->next->prev = op->prev;
+  } else {
+    tail = op->prev;
+  }
+  op->prev = nullptr;
+  op->next = nullptr;
+}
+
+NbdClientNode::Op* NbdClientNode::OpList::pop_front() {
+  Op* op = head;
+  if (op != nullptr) remove(op);
+  return op;
+}
+
+// Runs inside libnbd (a notify call, or a command submission that found the connection
+// dead): only record the outcome; the coroutine is resumed once libnbd has returned.
+int NbdClientNode::on_complete(void* user_data, int* error) {
+  auto* op = static_cast<Op*>(user_data);
+  int e = *error;
+  if (e == ENOTCONN) e = ESHUTDOWN;  // the connection died under the request
+  op->node->complete(op, e);
   return 1;  // retire the command
 }
 
-void NbdClientNode::free_ctx(void* user_data) { delete static_cast<CallbackCtx*>(user_data); }
+void NbdClientNode::complete(Op* op, int error) {
+  CHECK(!op->in_completed);
+  inflight_ops_.remove(op);
+  op->error = error;
+  op->in_completed = true;
+  completed_ops_.push_back(op);
+}
+
+void NbdClientNode::resume_completed() {
+  while (Op* op = completed_ops_.pop_front()) {
+    op->in_completed = false;
+    CHECK(op->waiter.has_value());
+    auto waiter = std::move(*op->waiter);
+    op->waiter.reset();
+    std::move(waiter)();  // runs the request's coroutine until it next suspends; `op` may die
+  }
+}
+
+void NbdClientNode::schedule_resume() {
+  if (resume_posted_) return;
+  resume_posted_ = true;
+  asio::post(ex_, [weak = weak_from_this()] {
+    auto self = weak.lock();
+    if (!self) return;
+    self->resume_posted_ = false;
+    self->resume_completed();
+  });
+}
+
+struct NbdClientNode::OpWait {
+  Op* op;
+  template <class Handler>
+  void operator()(Handler&& handler) const {
+    op->waiter.emplace(std::forward<Handler>(handler));
+  }
+};
 
 IoResult NbdClientNode::fail_not_connected(IoOp op) {
   ++failed_fast_count_;
@@ -390,21 +492,39 @@ template <class Issue>
 Task<IoResult> NbdClientNode::submit(Issue issue) {
   CHECK(handle_ != nullptr);
   Op op;
-  const std::uint64_t id = next_op_id_++;
-  ops_.emplace(id, &op);
-  auto* ctx = new CallbackCtx{this, id};
-  nbd_completion_callback cb{&NbdClientNode::on_complete, ctx, &NbdClientNode::free_ctx};
+  op.node = this;
+  inflight_ops_.push_back(&op);
+  // No free callback: `op` outlives every use libnbd makes of it (the callback runs at most
+  // once, and nbd_close, which drops the rest, comes before fail_all_ops).
+  nbd_completion_callback cb{&NbdClientNode::on_complete, &op, nullptr};
   inflight_.begin();
   const std::int64_t cookie = issue(handle_, cb);
   if (cookie == -1) {
+    // Not queued: libnbd never calls the callback.
     const int err = libnbd_errno_or(EIO);
-    log::warn("{}: request refused by libnbd: {}", name_, libnbd_error());
-    ops_.erase(id);
+    const std::string why = libnbd_error();
+    log::warn("{}: request refused by libnbd: {}", name_, why);
+    CHECK(!op.in_completed);
+    inflight_ops_.remove(&op);
     inflight_.end();
+    if (handle_ != nullptr && (nbd_aio_is_dead(handle_) == 1 || nbd_aio_is_closed(handle_) == 1)) {
+      lose_connection(why);
+    }
     co_return io_error(err == ENOTCONN ? ESHUTDOWN : err);
   }
-  rearm();
-  co_await op.done.wait();
+  // libnbd sent what the socket took; the rest (and the reply) goes through readiness.
+  if (nbd_aio_is_dead(handle_) == 1 || nbd_aio_is_closed(handle_) == 1) {
+    lose_connection(libnbd_error());
+  } else {
+    rearm();
+  }
+  if (op.in_completed) {
+    completed_ops_.remove(&op);  // completed before we could wait (the connection died)
+    op.in_completed = false;
+  } else {
+    co_await asio::async_initiate<const asio::use_awaitable_t<>, void()>(OpWait{&op},
+                                                                          asio::use_awaitable);
+  }
   inflight_.end();
   if (op.error != 0) co_return io_error(op.error);
   co_return IoResult{};

@@ -1,12 +1,11 @@
 // NbdClientNode against real servers: nbdkit (memory, file; error and delay filters) and
-// qemu-nbd, on unix sockets and loopback TCP.
+// qemu-nbd, on unix sockets and loopback TCP, started and stopped by PID through
+// tests/lib/nbd_peers.
 
 #include <gtest/gtest.h>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
-
-#include <signal.h>
 
 #include <chrono>
 #include <fstream>
@@ -14,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "peer_process.hpp"
+#include "nbd_peers.hpp"
 #include "shared/log.hpp"
 #include "shared/nbd_client_node.hpp"
 #include "test_support.hpp"
@@ -24,66 +23,11 @@ namespace {
 
 using namespace std::chrono_literals;
 using test::all_bytes;
+using test::EventRecorder;
+using test::NbdkitServer;
 using test::pattern;
 
 constexpr std::uint64_t kSize = 64ull * kMiB;
-
-// Records events for assertions.
-struct EventLog {
-  std::vector<log::Event> events;
-  EventLog() {
-    log::set_event_sink([this](const log::Event& e) { events.push_back(e); });
-  }
-  ~EventLog() { log::set_event_sink(nullptr); }
-  int count(const std::string& name) const {
-    int n = 0;
-    for (const auto& e : events) n += e.name == name ? 1 : 0;
-    return n;
-  }
-};
-
-// Runs `task` with a watchdog: a hang fails the test instead of blocking the suite.
-void run_bounded(asio::io_context& io, Task<void> task, std::chrono::seconds limit = 60s) {
-  bool done = false;
-  std::exception_ptr error;
-  asio::co_spawn(io, std::move(task), [&](std::exception_ptr e) {
-    error = e;
-    done = true;
-  });
-  asio::steady_timer watchdog(io, limit);
-  watchdog.async_wait([&](error_code ec) {
-    if (!ec && !done) io.stop();
-  });
-  io.restart();
-  while (!done && !io.stopped()) io.run_one();
-  watchdog.cancel();
-  io.poll();
-  ASSERT_TRUE(done) << "the test coroutine hung";
-  if (error) std::rethrow_exception(error);
-}
-
-class NbdkitServer {
- public:
-  NbdkitServer(const test::TempDir& dir, std::vector<std::string> args)
-      : sock_(dir.file("nbdkit.sock")), log_(dir.file("nbdkit.log")), args_(std::move(args)) {}
-  void start() {
-    std::vector<std::string> argv = {"nbdkit", "-f", "-U", sock_};
-    argv.insert(argv.end(), args_.begin(), args_.end());
-    std::remove(sock_.c_str());  // a killed server leaves its socket behind
-    proc_ = test::PeerProcess::start(argv, log_);
-    ASSERT_TRUE(test::wait_for_unix_socket(sock_, 10s)) << "nbdkit did not start";
-  }
-  void kill() { proc_.stop(SIGKILL); }
-  void set_args(std::vector<std::string> args) { args_ = std::move(args); }
-  std::string uri() const { return "nbd+unix:///?socket=" + sock_; }
-  const std::string& sock() const { return sock_; }
-
- private:
-  std::string sock_;
-  std::string log_;
-  std::vector<std::string> args_;
-  test::PeerProcess proc_;
-};
 
 NbdClientOptions fast_options(std::string uri) {
   NbdClientOptions o;
@@ -106,11 +50,11 @@ Task<std::shared_ptr<NbdClientNode>> must_open(NbdClientOptions o) {
 
 TEST(NbdClientNode, ReadsAndWritesOverUnixSocket) {
   test::TempDir dir;
-  NbdkitServer server(dir, {"memory", "size=64M"});
+  NbdkitServer server(dir.path().string(), "nbdkit", {"memory", "size=64M"});
   server.start();
-  EventLog events;
+  EventRecorder events;
   asio::io_context io;
-  run_bounded(io, [&]() -> Task<void> {
+  ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
     auto node = co_await must_open(fast_options(server.uri()));
     if (!node) co_return;
     EXPECT_EQ(node->size_bytes(), kSize);
@@ -134,22 +78,21 @@ TEST(NbdClientNode, ReadsAndWritesOverUnixSocket) {
     EXPECT_EQ(r.error(), make_errc(ENOSPC));
     co_await node->drain();
     node->close();
-  }());
+  }()));
   EXPECT_EQ(events.count("nbd_client_connecting"), 1);
   EXPECT_EQ(events.count("nbd_client_connected"), 1);
 }
 
 TEST(NbdClientNode, PipelinesManyRequestsOverTcp) {
   test::TempDir dir;
-  const auto port = test::free_tcp_port();
-  test::PeerProcess proc = test::PeerProcess::start(
-      {"nbdkit", "-f", "-i", "127.0.0.1", "-p", std::to_string(port), "--filter=delay",
-       "memory", "size=64M", "delay-write=20ms", "delay-read=20ms"},
-      dir.file("nbdkit.log"));
-  ASSERT_TRUE(test::wait_for_tcp_port(port, 10s));
+  NbdkitServer server(dir.path().string(), "nbdkit",
+                      {"--filter=delay", "memory", "size=64M", "delay-write=20ms",
+                       "delay-read=20ms"},
+                      NbdkitServer::Listen::tcp);
+  server.start();
   asio::io_context io;
-  run_bounded(io, [&]() -> Task<void> {
-    auto node = co_await must_open(fast_options(fmt::format("nbd://127.0.0.1:{}/", port)));
+  ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
+    auto node = co_await must_open(fast_options(server.uri()));
     if (!node) co_return;
     // 32 writes in flight at once, each with its own pattern; then read all back.
     constexpr int kDepth = 32;
@@ -185,8 +128,8 @@ TEST(NbdClientNode, PipelinesManyRequestsOverTcp) {
       EXPECT_TRUE(all_bytes(std::span(back).subspan(i * 4096, 4096), static_cast<std::uint8_t>(i + 1)));
     }
     node->close();
-  }());
-  proc.stop();
+  }()));
+  server.stop();
 }
 
 // Regression: 1 MiB writes at depth 16 over TCP fill the socket buffer, so libnbd waits for
@@ -206,17 +149,15 @@ Task<void> big_writer(NbdClientNode* n, int index, int count, int* ok, int* fini
 
 TEST(NbdClientNode, LargeWritesAtDepthKeepTheConnection) {
   test::TempDir dir;
-  const auto port = test::free_tcp_port();
-  test::PeerProcess proc = test::PeerProcess::start(
-      {"nbdkit", "-f", "-i", "127.0.0.1", "-p", std::to_string(port), "memory", "size=64M"},
-      dir.file("nbdkit.log"));
-  ASSERT_TRUE(test::wait_for_tcp_port(port, 10s));
-  EventLog events;
+  NbdkitServer server(dir.path().string(), "nbdkit", {"memory", "size=64M"},
+                      NbdkitServer::Listen::tcp);
+  server.start();
+  EventRecorder events;
   asio::io_context io;
   constexpr int kDepth = 16;
   constexpr int kEach = 16;
-  run_bounded(io, [&]() -> Task<void> {
-    auto node = co_await must_open(fast_options(fmt::format("nbd://127.0.0.1:{}/", port)));
+  ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
+    auto node = co_await must_open(fast_options(server.uri()));
     if (!node) co_return;
     auto ex = co_await asio::this_coro::executor;
     int ok = 0;
@@ -229,20 +170,71 @@ TEST(NbdClientNode, LargeWritesAtDepthKeepTheConnection) {
     EXPECT_EQ(ok, kDepth * kEach);
     EXPECT_EQ(node->state(), NbdClientState::connected);
     node->close();
-  }());
+  }()));
   EXPECT_EQ(events.count("nbd_client_disconnected"), 0);
-  proc.stop();
+  server.stop();
+}
+
+// Completions resume their coroutine directly, inside the readiness handler. A coroutine that
+// closes the node from there must not hang or break the others: the replies not yet read fail
+// with ESHUTDOWN, the rest succeed, and drain() returns.
+Task<void> close_on_first(NbdClientNode* n, std::uint64_t off, std::span<const std::byte> b,
+                          IoResult* out, int* finished, int total, AsyncEvent* done) {
+  *out = co_await n->write(off, b, WriteFlags::none);
+  if (n->state() != NbdClientState::closed) n->close();
+  if (++*finished == total) done->notify_all(true);
+}
+
+TEST(NbdClientNode, ClosingFromACompletionFailsTheRestCleanly) {
+  test::TempDir dir;
+  NbdkitServer server(dir.path().string(), "nbdkit",
+                      {"--filter=delay", "memory", "size=64M", "delay-write=30ms"},
+                      NbdkitServer::Listen::tcp);
+  server.start();
+  asio::io_context io;
+  constexpr int kWriters = 16;
+  std::vector<IoResult> results(kWriters);
+  ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
+    auto node = co_await must_open(fast_options(server.uri()));
+    if (!node) co_return;
+    auto ex = co_await asio::this_coro::executor;
+    auto a = pattern(4096, 0x77);
+    int finished = 0;
+    AsyncEvent done;
+    for (int i = 0; i < kWriters; ++i) {
+      spawn(ex, close_on_first(node.get(), static_cast<std::uint64_t>(i) * 4096, a, &results[i],
+                               &finished, kWriters, &done),
+            "writer");
+    }
+    co_await done.wait();
+    co_await node->drain();
+    EXPECT_EQ(node->state(), NbdClientState::closed);
+    std::vector<std::byte> back(4096);
+    auto r = co_await node->read(0, back);
+    EXPECT_EQ(r.error(), make_errc(ESHUTDOWN));
+  }()));
+  int ok = 0;
+  for (const auto& r : results) {
+    if (r) {
+      ++ok;
+    } else {
+      EXPECT_EQ(r.error(), make_errc(ESHUTDOWN)) << r.error().message();
+    }
+  }
+  EXPECT_GE(ok, 1);
+  EXPECT_LT(ok, kWriters);  // the close really cut requests short
+  server.stop();
 }
 
 TEST(NbdClientNode, ServerErrorsArePassedThroughAndTheConnectionStays) {
   test::TempDir dir;
   const std::string trigger = dir.file("fail-now");
-  NbdkitServer server(dir, {"--filter=error", "memory", "size=64M", "error=EIO",
+  NbdkitServer server(dir.path().string(), "nbdkit", {"--filter=error", "memory", "size=64M", "error=EIO",
                             "error-pread-rate=100%", "error-pwrite-rate=100%",
                             "error-file=" + trigger});
   server.start();
   asio::io_context io;
-  run_bounded(io, [&]() -> Task<void> {
+  ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
     auto node = co_await must_open(fast_options(server.uri()));
     if (!node) co_return;
     auto a = pattern(4096, 0x22);
@@ -258,7 +250,7 @@ TEST(NbdClientNode, ServerErrorsArePassedThroughAndTheConnectionStays) {
     EXPECT_TRUE(co_await node->read(0, back));
     EXPECT_TRUE(all_bytes(back, 0x22));
     node->close();
-  }());
+  }()));
 }
 
 TEST(NbdClientNode, ServerKilledFailsInflightThenReconnects) {
@@ -266,11 +258,11 @@ TEST(NbdClientNode, ServerKilledFailsInflightThenReconnects) {
   const std::string disk = dir.file("disk.img");
   { std::ofstream(disk).close(); }
   ASSERT_EQ(truncate(disk.c_str(), kSize), 0);
-  NbdkitServer server(dir, {"--filter=delay", "file", "file=" + disk, "delay-write=300ms"});
+  NbdkitServer server(dir.path().string(), "nbdkit", {"--filter=delay", "file", "file=" + disk, "delay-write=300ms"});
   server.start();
-  EventLog events;
+  EventRecorder events;
   asio::io_context io;
-  run_bounded(io, [&]() -> Task<void> {
+  ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
     auto node = co_await must_open(fast_options(server.uri()));
     if (!node) co_return;
     auto ex = co_await asio::this_coro::executor;
@@ -315,7 +307,7 @@ TEST(NbdClientNode, ServerKilledFailsInflightThenReconnects) {
     EXPECT_TRUE(co_await node->read(8192, back));
     EXPECT_TRUE(all_bytes(back, 0x44));
     node->close();
-  }());
+  }()));
   EXPECT_EQ(events.count("nbd_client_disconnected"), 1);
   EXPECT_GE(events.count("nbd_client_reconnecting"), 1);
   EXPECT_EQ(events.count("nbd_client_connected"), 2);
@@ -330,11 +322,11 @@ TEST(NbdClientNode, ServerKilledFailsInflightThenReconnects) {
 
 TEST(NbdClientNode, ReconnectToAResizedServerIsRefused) {
   test::TempDir dir;
-  NbdkitServer server(dir, {"memory", "size=64M"});
+  NbdkitServer server(dir.path().string(), "nbdkit", {"memory", "size=64M"});
   server.start();
-  EventLog events;
+  EventRecorder events;
   asio::io_context io;
-  run_bounded(io, [&]() -> Task<void> {
+  ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
     auto node = co_await must_open(fast_options(server.uri()));
     if (!node) co_return;
     auto ex = co_await asio::this_coro::executor;
@@ -353,20 +345,20 @@ TEST(NbdClientNode, ReconnectToAResizedServerIsRefused) {
     auto r = co_await node->read(0, back);
     EXPECT_EQ(r.error(), make_errc(ESHUTDOWN));
     node->close();
-  }());
+  }()));
 }
 
 TEST(NbdClientNode, OpenFailsClearlyWhenNothingListens) {
   test::TempDir dir;
   asio::io_context io;
-  run_bounded(io, [&]() -> Task<void> {
+  ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
     auto ex = co_await asio::this_coro::executor;
     auto r = co_await NbdClientNode::open(
         ex, "peer", fast_options("nbd+unix:///?socket=" + dir.file("nobody.sock")));
     EXPECT_FALSE(r);
     if (r) co_return;
     EXPECT_NE(r.error().message.find("nobody.sock"), std::string::npos) << r.error().message;
-  }());
+  }()));
 }
 
 TEST(NbdClientNode, WorksAgainstQemuNbd) {
@@ -375,15 +367,11 @@ TEST(NbdClientNode, WorksAgainstQemuNbd) {
   const std::string disk = dir.file("disk.img");
   { std::ofstream(disk).close(); }
   ASSERT_EQ(truncate(disk.c_str(), 16 * kMiB), 0);
-  const std::string sock = dir.file("qemu.sock");
-  test::PeerProcess proc = test::PeerProcess::start(
-      {"qemu-nbd", "--socket=" + sock, "--format=raw", "--persistent", "--cache=writeback",
-       "--discard=unmap", disk},
-      dir.file("qemu-nbd.log"));
-  ASSERT_TRUE(test::wait_for_unix_socket(sock, 10s));
+  test::QemuNbdServer server(dir.path().string(), "qemu", disk);
+  server.start();
   asio::io_context io;
-  run_bounded(io, [&]() -> Task<void> {
-    auto node = co_await must_open(fast_options("nbd+unix:///?socket=" + sock));
+  ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
+    auto node = co_await must_open(fast_options(server.uri()));
     if (!node) co_return;
     EXPECT_EQ(node->size_bytes(), 16 * kMiB);
     auto a = pattern(1 * kMiB, 0x55);
@@ -395,8 +383,8 @@ TEST(NbdClientNode, WorksAgainstQemuNbd) {
     EXPECT_TRUE(all_bytes(std::span(back).subspan(0, kMiB + 4096), 0x00));
     EXPECT_TRUE(all_bytes(std::span(back).subspan(kMiB + 4096), 0x55));
     node->close();
-  }());
-  proc.stop();
+  }()));
+  server.stop();
 }
 
 }  // namespace

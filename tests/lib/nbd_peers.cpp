@@ -14,18 +14,37 @@ namespace colo::test {
 using namespace std::chrono_literals;
 
 NbdkitServer::NbdkitServer(const std::string& dir, const std::string& name,
-                           std::vector<std::string> args)
-    : sock_(dir + "/" + name + ".sock"), log_(dir + "/" + name + ".log"), args_(std::move(args)) {}
+                           std::vector<std::string> args, Listen listen)
+    : sock_(dir + "/" + name + ".sock"),
+      log_(dir + "/" + name + ".log"),
+      args_(std::move(args)),
+      listen_(listen) {
+  if (listen_ == Listen::tcp) port_ = free_tcp_port();
+}
 
 void NbdkitServer::start() {
-  std::vector<std::string> argv = {"nbdkit", "-f", "-U", sock_};
+  std::vector<std::string> argv = {"nbdkit", "-f"};
+  if (listen_ == Listen::tcp) {
+    argv.insert(argv.end(), {"-i", "127.0.0.1", "-p", std::to_string(port_)});
+  } else {
+    argv.insert(argv.end(), {"-U", sock_});
+    std::remove(sock_.c_str());  // a killed server leaves its socket behind
+  }
   argv.insert(argv.end(), args_.begin(), args_.end());
-  std::remove(sock_.c_str());  // a killed server leaves its socket behind
   proc_ = PeerProcess::start(argv, log_);
-  if (!wait_for_unix_socket(sock_, 10s)) throw std::runtime_error("nbdkit did not start: " + log_);
+  const bool up = listen_ == Listen::tcp ? wait_for_tcp_port(port_, 10s)
+                                         : wait_for_unix_socket(sock_, 10s);
+  if (!up) throw std::runtime_error("nbdkit did not start: " + log_);
 }
 
 void NbdkitServer::kill() { proc_.stop(SIGKILL); }
+
+void NbdkitServer::stop() { proc_.stop(SIGTERM); }
+
+std::string NbdkitServer::uri() const {
+  if (listen_ == Listen::tcp) return "nbd://127.0.0.1:" + std::to_string(port_) + "/";
+  return "nbd+unix:///?socket=" + sock_;
+}
 
 QemuNbdServer::QemuNbdServer(const std::string& dir, const std::string& name,
                              const std::string& file)
@@ -42,6 +61,8 @@ void QemuNbdServer::start() {
 }
 
 void QemuNbdServer::kill() { proc_.stop(SIGKILL); }
+
+void QemuNbdServer::stop() { proc_.stop(SIGTERM); }
 
 void make_sparse_file(const std::string& path, std::uint64_t size_bytes) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -6,6 +6,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -15,22 +16,31 @@
 
 namespace colo::test {
 
-// nbdkit -f -U <dir>/<name>.sock <args...>; restartable with other arguments.
+// nbdkit -f <listen> <args...>; restartable with other arguments. It listens on the unix
+// socket <dir>/<name>.sock, or with Listen::tcp on 127.0.0.1 at a free port chosen once (a
+// restart listens on the same port).
 class NbdkitServer {
  public:
-  NbdkitServer(const std::string& dir, const std::string& name, std::vector<std::string> args);
+  enum class Listen : std::uint8_t { unix_socket, tcp };
+  NbdkitServer(const std::string& dir, const std::string& name, std::vector<std::string> args,
+               Listen listen = Listen::unix_socket);
   // Starts the server and waits for its socket; throws std::runtime_error when it does not
   // come up within 10 s.
   void start();
   void kill();  // SIGKILL and reap: no goodbye to clients
+  // SIGTERM, then SIGKILL after a grace period; reaped.
+  void stop();
   void set_args(std::vector<std::string> args) { args_ = std::move(args); }
-  std::string uri() const { return "nbd+unix:///?socket=" + sock_; }
+  std::string uri() const;
   const std::string& sock() const { return sock_; }
+  int port() const { return port_; }
 
  private:
   std::string sock_;
   std::string log_;
   std::vector<std::string> args_;
+  Listen listen_;
+  int port_ = 0;
   PeerProcess proc_;
 };
 
@@ -40,6 +50,7 @@ class QemuNbdServer {
   QemuNbdServer(const std::string& dir, const std::string& name, const std::string& file);
   void start();
   void kill();
+  void stop();  // SIGTERM, then SIGKILL after a grace period; reaped
   std::string uri() const { return "nbd+unix:///?socket=" + sock_; }
 
  private:

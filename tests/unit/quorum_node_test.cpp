@@ -369,6 +369,78 @@ TEST(QuorumNode, CreateRefusesBadSetupsNamingEachProblem) {
   EXPECT_NE(v.error().message.find("rewrite_corrupted"), std::string::npos);
 }
 
+// The fan-out runs the last child on the request's own frame and the others in spawned
+// coroutines; whichever finishes last resumes the request. Every outcome must be recorded,
+// in child order, whoever is slowest, also with several requests interleaved.
+TEST(QuorumNode, FanOutRecordsEveryOutcomeWhicheverChildFinishesLast) {
+  for (int slow = 0; slow < 3; ++slow) {
+    SCOPED_TRACE("slow child " + std::to_string(slow));
+    asio::io_context io;
+    EventLog events;
+    Fixture f({"a", "b", "c"}, opts(2));
+    f.nodes[slow]->delay_us = 3000;
+    f.nodes[1]->write_error = EIO;
+    f.nodes[2]->write_error = ENOSPC;
+    constexpr int kWriters = 4;
+    std::vector<IoResult> results(kWriters);
+    run_task(io, [&]() -> Task<void> {
+      auto ex = co_await asio::this_coro::executor;
+      auto a = pattern(4096, 0x5a);
+      int finished = 0;
+      AsyncEvent done;
+      auto one = [](QuorumNode* q, std::uint64_t off, std::span<const std::byte> b,
+                    IoResult* out, int* finished, AsyncEvent* done) -> Task<void> {
+        *out = co_await q->write(off, b, WriteFlags::none);
+        if (++*finished == kWriters) done->notify_all(true);
+      };
+      for (int i = 0; i < kWriters; ++i) {
+        spawn(ex, one(f.quorum.get(), static_cast<std::uint64_t>(i) * 4096, a, &results[i],
+                      &finished, &done),
+              "writer");
+      }
+      co_await done.wait();
+      // Trim and flush take the same fan-out.
+      f.nodes[1]->flush_error = EIO;
+      auto fl = co_await f.quorum->flush();
+      EXPECT_TRUE(fl);
+      auto t = co_await f.quorum->trim(0, 4096, WriteFlags::none);
+      EXPECT_EQ(t.error(), make_errc(EIO));
+    }());
+    // One child succeeded, two needed; EIO and ENOSPC tie: the first child's error wins.
+    for (const auto& r : results) EXPECT_EQ(r.error(), make_errc(EIO));
+    const auto st = f.quorum->child_status();
+    EXPECT_EQ(st[0].stats.errors, 0u);
+    EXPECT_EQ(st[1].stats.errors, kWriters + 2u);  // writes, flush, trim
+    EXPECT_EQ(st[2].stats.errors, kWriters + 1u);  // writes, trim
+    EXPECT_EQ(f.nodes[0]->writes, kWriters);
+    EXPECT_TRUE(all_bytes(f.nodes[0]->data().subspan(4096, 3 * 4096), 0x5a));
+    EXPECT_EQ(events.named("report_bad").size(), 2u * kWriters + 3u);
+  }
+}
+
+// Quorum reads use pooled scratch buffers for the extra children: buffers of every size are
+// taken and given back, and each read still compares exactly the requested range.
+TEST(QuorumNode, QuorumReadsOfMixedSizesReuseScratchBuffers) {
+  asio::io_context io;
+  Fixture f({"a", "b", "c"}, opts(2));
+  run_task(io, [&]() -> Task<void> {
+    auto a = pattern(256 * 1024, 0x21);
+    EXPECT_TRUE(co_await f.quorum->write(0, a, WriteFlags::none));
+    corrupt(*f.nodes[2], 8192, 4096, 0x99);  // "c" differs in one block only
+    for (std::size_t len : {4096u, 65536u, 4096u, 262144u, 12288u, 4096u}) {
+      std::vector<std::byte> out(len);
+      EXPECT_TRUE(co_await f.quorum->read(0, out)) << len;
+      EXPECT_TRUE(all_bytes(out, 0x21)) << len;
+    }
+    // A read that does not cover the corrupted block is unanimous.
+    std::vector<std::byte> tail(4096);
+    EXPECT_TRUE(co_await f.quorum->read(16384, tail));
+  }());
+  // The reads covering [8192, 12288) outvoted "c" each time.
+  EXPECT_EQ(f.quorum->child_status()[2].mismatches, 3u);
+  EXPECT_EQ(f.quorum->child_status()[0].mismatches, 0u);
+}
+
 TEST(QuorumNode, LimitsCombineTheChildren) {
   NodeLimits l1;
   l1.alignment_bytes = 512;
