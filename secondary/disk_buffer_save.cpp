@@ -1,0 +1,186 @@
+// DiskBuffer: saving the originals of primary first writes, group committed (mechanism; the
+// copy-on-write rules are in disk_buffer_node.cpp).
+//
+// A primary write to blocks without a saved original in this epoch holds those blocks' locks,
+// reads their content from the disk into slot images (one read per run of consecutive blocks,
+// straight into the slot when the run is one block), and queues one SaveRequest per run. Save
+// cycles run one at a time. A cycle takes every queued request, gives them consecutive slots
+// in queue order, issues all their slot writes in one event-loop turn (one io_uring_enter; the
+// block layer may merge writes to adjacent slots) and waits for them; with ordered flushes it
+// then flushes the buffer once, or, when the cycle carries a single request, that write
+// carries FUA instead (one request less). Requests queued while a cycle runs go into the next
+// one: the more concurrent first writes, the more each cycle carries. Only when its cycle has
+// ended are a request's originals marked saved and may its writer write the disk, so a saved
+// original is durable (ordered flushes) or at least written (crash safety) before the disk
+// write that replaces it.
+
+#include <boost/asio/this_coro.hpp>
+
+#include <algorithm>
+#include <cstring>
+
+#include "secondary/disk_buffer_node.hpp"
+#include "shared/check.hpp"
+#include "shared/log.hpp"
+
+namespace colo {
+
+// The slot writes of one cycle still in flight.
+struct DiskBuffer::SaveWrites {
+  std::size_t pending = 0;
+  AsyncEvent finished;
+};
+
+Task<IoResult> DiskBuffer::save_originals(std::uint64_t first, std::uint64_t last) {
+  co_await locks_.lock(first, last, true);
+  BlockRangeGuard guard(locks_, first, last, true);
+  const std::uint64_t run_max = std::max<std::uint64_t>(
+      1, std::min(buffer_.node().limits().transfer_bytes_max / slot_bytes(header_.block_bytes),
+                  disk_.node().limits().transfer_bytes_max / std::uint64_t{header_.block_bytes}));
+  auto needs = [&](std::uint64_t b) {
+    const CowEntry* e = index_.find(b);
+    return e == nullptr || e->original_slot == kNoSlot;
+  };
+  // Blocks saved by another writer while this one waited for the locks need nothing.
+  std::vector<std::unique_ptr<SaveRequest>> requests;
+  for (std::uint64_t b = first; b <= last;) {
+    if (!needs(b)) {
+      ++b;
+      continue;
+    }
+    auto request = std::make_unique<SaveRequest>();
+    request->first_block = b;
+    request->count = 1;
+    for (++b; b <= last && needs(b) && request->count < run_max; ++b) ++request->count;
+    requests.push_back(std::move(request));
+  }
+  if (requests.empty()) co_return IoResult{};
+  for (auto& request : requests) {
+    IoResult r = co_await read_run(*request);
+    if (!r) co_return r;
+  }
+  std::vector<SaveRequest*> queued;
+  for (auto& request : requests) queued.push_back(request.get());
+  co_await commit_saves(std::move(queued));
+  // Still one state: the gate keeps checkpoints out while this request is in flight.
+  CHECK(header_.state == BufferState::replicating);
+  IoResult result;
+  for (auto& request : requests) {
+    CHECK(request->done);
+    if (!request->result) {
+      // Its slots stay allocated (unused) until the next generation.
+      if (result) result = request->result;
+      continue;
+    }
+    for (std::uint64_t i = 0; i < request->count; ++i) {
+      CowEntry& e = index_.at(request->first_block + i);
+      CHECK(e.original_slot == kNoSlot);
+      e.original_slot = request->slot0 + i;
+      e.original_durable = true;
+    }
+  }
+  co_return result;
+}
+
+Task<IoResult> DiskBuffer::read_run(SaveRequest& request) {
+  const std::uint32_t block_bytes = header_.block_bytes;
+  const std::uint64_t one_slot = slot_bytes(block_bytes);
+  const std::uint64_t start_bytes = request.first_block * block_bytes;
+  const std::uint64_t end_bytes = std::min<std::uint64_t>(
+      disk_size_bytes(), (request.first_block + request.count) * block_bytes);
+  request.image = AlignedBuffer(request.count * one_slot);
+  auto image = request.image.span();
+  if (request.count == 1) {
+    IoResult r = co_await disk_.read(start_bytes,
+                                     image.subspan(kSlotHeaderBytes, end_bytes - start_bytes));
+    if (!r) co_return r;
+  } else {
+    AlignedBuffer original(end_bytes - start_bytes);
+    IoResult r = co_await disk_.read(start_bytes, original.span());
+    if (!r) co_return r;
+    for (std::uint64_t i = 0; i < request.count; ++i) {
+      const std::uint64_t n = block_length(request.first_block + i);
+      std::memcpy(image.data() + i * one_slot + kSlotHeaderBytes,
+                  original.span().data() + i * block_bytes, n);
+    }
+  }
+  for (std::uint64_t i = 0; i < request.count; ++i) {
+    auto slot = image.subspan(i * one_slot, one_slot);
+    SlotHeader h{SlotKind::original, header_.generation, request.first_block + i,
+                 crc32c(slot.subspan(kSlotHeaderBytes))};
+    encode_slot_header(h, slot);
+  }
+  co_return IoResult{};
+}
+
+Task<void> DiskBuffer::commit_saves(std::vector<SaveRequest*> requests) {
+  for (SaveRequest* r : requests) save_queue_.push_back(r);
+  auto all_done = [&] {
+    return std::all_of(requests.begin(), requests.end(), [](SaveRequest* r) { return r->done; });
+  };
+  while (!all_done()) {
+    if (!save_cycle_running_) {
+      co_await run_save_cycle();  // this writer leads the cycle, which carries its requests
+      continue;
+    }
+    co_await save_cycle_done_.wait();
+  }
+}
+
+Task<void> DiskBuffer::run_save_cycle() {
+  CHECK(!save_cycle_running_);
+  save_cycle_running_ = true;
+  ++save_cycle_count_;
+  std::vector<SaveRequest*> batch;
+  batch.swap(save_queue_);
+  std::vector<SaveRequest*> writing;
+  for (SaveRequest* r : batch) {
+    const auto slot0 = index_.allocate(r->count);
+    if (!slot0) {
+      log::event({"disk_buffer_full",
+                  {{"node", name_},
+                   {"slots", std::to_string(index_.slot_count_max())},
+                   {"block", std::to_string(r->first_block)}}});
+      r->result = io_error(ENOSPC);
+      continue;
+    }
+    r->slot0 = *slot0;
+    writing.push_back(r);
+  }
+  const bool ordered = options_.ordered_flushes;
+  const bool lone_fua = ordered && writing.size() == 1;
+  if (!writing.empty()) {
+    // Every write but the last runs in its own coroutine; all are queued in this loop turn.
+    SaveWrites writes;
+    writes.pending = writing.size();
+    const auto ex = co_await asio::this_coro::executor;
+    for (std::size_t i = 0; i + 1 < writing.size(); ++i) {
+      spawn(ex, write_saved(writing[i], WriteFlags::none, &writes), name_ + " save");
+    }
+    co_await write_saved(writing.back(), lone_fua ? WriteFlags::fua : WriteFlags::none,
+                         &writes);
+    while (writes.pending != 0) co_await writes.finished.wait();
+  }
+  const bool any_written =
+      std::any_of(writing.begin(), writing.end(), [](SaveRequest* r) { return bool(r->result); });
+  if (ordered && !lone_fua && any_written) {
+    IoResult f = co_await buffer_.flush();
+    if (!f) {
+      for (SaveRequest* r : writing) {
+        if (r->result) r->result = f;
+      }
+    }
+  }
+  for (SaveRequest* r : batch) r->done = true;
+  save_cycle_running_ = false;
+  save_cycle_done_.notify_all();
+}
+
+Task<void> DiskBuffer::write_saved(SaveRequest* request, WriteFlags flags, SaveWrites* writes) {
+  request->result = co_await buffer_.write(
+      slot_offset_bytes(request->slot0, header_.block_bytes), request->image.span(), flags);
+  CHECK(writes->pending > 0);
+  if (--writes->pending == 0) writes->finished.notify_all();
+}
+
+}  // namespace colo
