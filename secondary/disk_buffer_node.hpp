@@ -5,9 +5,8 @@
 // - primary_view(): what the replication export writes into. For every block (of
 //   block_bytes) not yet saved in this epoch, the disk's content is saved in the buffer as the
 //   block's "original" (once per epoch), then the request goes to the disk. Saves are group
-//   committed: the slot images of concurrent first writes are written together, to
-//   consecutive slots, and with ordered flushes made durable by one buffer flush (a lone
-//   image: one FUA write) before any of their disk writes. Trim and write-zeroes follow the same rule. Any I/O
+//   committed: the slot images of concurrent first writes go to consecutive slots in one
+//   buffer write, which with ordered flushes carries FUA, before any of their disk writes. Trim and write-zeroes follow the same rule. Any I/O
 //   while replication is not running fails with EPERM.
 // - local_view(): a local consumer (COLO hot standby). It sees the last checkpoint image plus
 //   its own writes: read = the block's local copy, else its original, else the disk; a write
@@ -127,12 +126,10 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
     IoResult result;
     bool done = false;
   };
-  struct SaveWrites;
   Task<IoResult> save_originals(std::uint64_t first, std::uint64_t last);
   Task<IoResult> read_run(SaveRequest& request);
   Task<void> commit_saves(std::vector<SaveRequest*> requests);
   Task<void> run_save_cycle();
-  Task<void> write_saved(SaveRequest* request, WriteFlags flags, SaveWrites* writes);
   Task<IoResult> local_read(std::uint64_t offset_bytes, std::span<std::byte> out);
   Task<IoResult> local_write(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
                              std::span<const std::byte> in, WriteFlags flags);

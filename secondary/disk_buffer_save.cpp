@@ -5,16 +5,15 @@
 // reads their content from the disk into slot images (one read per run of consecutive blocks,
 // straight into the slot when the run is one block), and queues one SaveRequest per run. Save
 // cycles run one at a time. A cycle takes every queued request, gives them consecutive slots
-// in queue order, issues all their slot writes in one event-loop turn (one io_uring_enter; the
-// block layer may merge writes to adjacent slots) and waits for them; with ordered flushes it
-// then flushes the buffer once, or, when the cycle carries a single request, that write
-// carries FUA instead (one request less). Requests queued while a cycle runs go into the next
-// one: the more concurrent first writes, the more each cycle carries. Only when its cycle has
+// in queue order and writes all their images with one write (copied into one buffer; pieces
+// of at most the buffer's maximum transfer), which with ordered flushes carries FUA (when a
+// cycle needs several pieces: plain writes, then one buffer flush). Requests queued while a
+// cycle runs go into the next one: the more concurrent first writes, the more each cycle
+// carries, and a first write costs the disk read, its share of one buffer write, and the
+// disk write. Only when its cycle has
 // ended are a request's originals marked saved and may its writer write the disk, so a saved
 // original is durable (ordered flushes) or at least written (crash safety) before the disk
 // write that replaces it.
-
-#include <boost/asio/this_coro.hpp>
 
 #include <algorithm>
 #include <cstring>
@@ -24,12 +23,6 @@
 #include "shared/log.hpp"
 
 namespace colo {
-
-// The slot writes of one cycle still in flight.
-struct DiskBuffer::SaveWrites {
-  std::size_t pending = 0;
-  AsyncEvent finished;
-};
 
 Task<IoResult> DiskBuffer::save_originals(std::uint64_t first, std::uint64_t last) {
   co_await locks_.lock(first, last, true);
@@ -133,6 +126,8 @@ Task<void> DiskBuffer::run_save_cycle() {
   ++save_cycle_count_;
   std::vector<SaveRequest*> batch;
   batch.swap(save_queue_);
+  // Slots in queue order. The allocator hands out slots upwards, so the requests that get
+  // slots get consecutive ones.
   std::vector<SaveRequest*> writing;
   for (SaveRequest* r : batch) {
     const auto slot0 = index_.allocate(r->count);
@@ -144,26 +139,52 @@ Task<void> DiskBuffer::run_save_cycle() {
       r->result = io_error(ENOSPC);
       continue;
     }
+    CHECK(writing.empty() || *slot0 == writing.back()->slot0 + writing.back()->count);
     r->slot0 = *slot0;
     writing.push_back(r);
   }
-  const bool ordered = options_.ordered_flushes;
-  const bool lone_fua = ordered && writing.size() == 1;
-  if (!writing.empty()) {
-    // Every write but the last runs in its own coroutine; all are queued in this loop turn.
-    SaveWrites writes;
-    writes.pending = writing.size();
-    const auto ex = co_await asio::this_coro::executor;
-    for (std::size_t i = 0; i + 1 < writing.size(); ++i) {
-      spawn(ex, write_saved(writing[i], WriteFlags::none, &writes), name_ + " save");
+  // One write per piece of at most the buffer's maximum transfer: the images are copied into
+  // one buffer (a lone image is written from where it is). With ordered flushes, a single
+  // write carries FUA; several are followed by one flush.
+  const std::uint64_t one_slot = slot_bytes(header_.block_bytes);
+  const std::uint64_t piece_max =
+      std::max<std::uint64_t>(one_slot, buffer_.node().limits().transfer_bytes_max);
+  std::vector<std::pair<std::size_t, std::size_t>> pieces;  // [begin, end) into writing
+  std::uint64_t piece_bytes = 0;
+  for (std::size_t i = 0; i < writing.size(); ++i) {
+    const std::uint64_t n = writing[i]->count * one_slot;
+    if (pieces.empty() || piece_bytes + n > piece_max) {
+      pieces.emplace_back(i, i + 1);
+      piece_bytes = n;
+    } else {
+      pieces.back().second = i + 1;
+      piece_bytes += n;
     }
-    co_await write_saved(writing.back(), lone_fua ? WriteFlags::fua : WriteFlags::none,
-                         &writes);
-    while (writes.pending != 0) co_await writes.finished.wait();
   }
-  const bool any_written =
-      std::any_of(writing.begin(), writing.end(), [](SaveRequest* r) { return bool(r->result); });
-  if (ordered && !lone_fua && any_written) {
+  const bool ordered = options_.ordered_flushes;
+  const WriteFlags flags = ordered && pieces.size() == 1 ? WriteFlags::fua : WriteFlags::none;
+  bool any_written = false;
+  for (const auto& [begin, end] : pieces) {
+    IoResult r;
+    const std::uint64_t offset = slot_offset_bytes(writing[begin]->slot0, header_.block_bytes);
+    if (end - begin == 1) {
+      r = co_await buffer_.write(offset, writing[begin]->image.span(), flags);
+    } else {
+      std::uint64_t total = 0;
+      for (std::size_t i = begin; i < end; ++i) total += writing[i]->image.size();
+      AlignedBuffer joined = AlignedBuffer::uninitialized(total);
+      std::uint64_t at = 0;
+      for (std::size_t i = begin; i < end; ++i) {
+        std::memcpy(joined.span().data() + at, writing[i]->image.span().data(),
+                    writing[i]->image.size());
+        at += writing[i]->image.size();
+      }
+      r = co_await buffer_.write(offset, joined.span(), flags);
+    }
+    for (std::size_t i = begin; i < end; ++i) writing[i]->result = r;
+    any_written = any_written || bool(r);
+  }
+  if (ordered && flags != WriteFlags::fua && any_written) {
     IoResult f = co_await buffer_.flush();
     if (!f) {
       for (SaveRequest* r : writing) {
@@ -174,13 +195,6 @@ Task<void> DiskBuffer::run_save_cycle() {
   for (SaveRequest* r : batch) r->done = true;
   save_cycle_running_ = false;
   save_cycle_done_.notify_all();
-}
-
-Task<void> DiskBuffer::write_saved(SaveRequest* request, WriteFlags flags, SaveWrites* writes) {
-  request->result = co_await buffer_.write(
-      slot_offset_bytes(request->slot0, header_.block_bytes), request->image.span(), flags);
-  CHECK(writes->pending > 0);
-  if (--writes->pending == 0) writes->finished.notify_all();
 }
 
 }  // namespace colo

@@ -23,7 +23,7 @@
 //
 // Usage: disk_buffer_bench [--dir D] [--disk-mib N] [--seconds S] [--rounds N]
 //                          [--section all|rows|blocks|failover] [--block-bytes B]
-//                          [--failover-mib N]
+//                          [--failover-mib N] [--only cache/ordered/qd/write-KiB]
 // Files are created in D (default /var/tmp: a disk file system, for O_DIRECT) and removed.
 
 #include <fcntl.h>
@@ -98,6 +98,57 @@ std::shared_ptr<FileNode> open_file(asio::io_context& io, const std::string& nam
   return *node;
 }
 
+// Forwards to a child and counts the requests and bytes that reach it (the device work a
+// point causes: exact, unlike the times on a shared machine).
+struct Counts {
+  std::uint64_t reads = 0, writes = 0, flushes = 0, fua_writes = 0;
+  std::uint64_t read_bytes = 0, write_bytes = 0;
+  std::uint64_t requests() const { return reads + writes + flushes; }
+  Counts operator-(const Counts& o) const {
+    return {reads - o.reads, writes - o.writes, flushes - o.flushes, fua_writes - o.fua_writes,
+            read_bytes - o.read_bytes, write_bytes - o.write_bytes};
+  }
+  Counts operator+(const Counts& o) const {
+    return {reads + o.reads, writes + o.writes, flushes + o.flushes, fua_writes + o.fua_writes,
+            read_bytes + o.read_bytes, write_bytes + o.write_bytes};
+  }
+};
+
+class CountingNode final : public BlockNode {
+ public:
+  explicit CountingNode(std::shared_ptr<BlockNode> child) : child_(std::move(child)) {}
+  std::string_view name() const override { return child_->name(); }
+  NodeLimits limits() const override { return child_->limits(); }
+  std::uint64_t size_bytes() const override { return child_->size_bytes(); }
+  Task<IoResult> read(std::uint64_t o, std::span<std::byte> out) override {
+    ++counts_.reads;
+    counts_.read_bytes += out.size();
+    return child_->read(o, out);
+  }
+  Task<IoResult> write(std::uint64_t o, std::span<const std::byte> in, WriteFlags f) override {
+    ++counts_.writes;
+    if (has(f, WriteFlags::fua)) ++counts_.fua_writes;
+    counts_.write_bytes += in.size();
+    return child_->write(o, in, f);
+  }
+  Task<IoResult> flush() override {
+    ++counts_.flushes;
+    return child_->flush();
+  }
+  Task<IoResult> trim(std::uint64_t o, std::uint64_t n, WriteFlags f) override {
+    return child_->trim(o, n, f);
+  }
+  Task<IoResult> write_zeroes(std::uint64_t o, std::uint64_t n, WriteFlags f) override {
+    return child_->write_zeroes(o, n, f);
+  }
+  Task<void> drain() override { return child_->drain(); }
+  const Counts& counts() const { return counts_; }
+
+ private:
+  std::shared_ptr<BlockNode> child_;
+  Counts counts_;
+};
+
 // ---- one timed point ---------------------------------------------------------------------
 
 struct Point {
@@ -155,7 +206,8 @@ PointResult run_point(asio::io_context& io, Point p, std::uint32_t queue_depth, 
 struct Rig {
   asio::io_context io;
   std::string disk_path, buffer_path;
-  std::shared_ptr<FileNode> disk, buffer;
+  std::shared_ptr<FileNode> disk_file, buffer_file;
+  std::shared_ptr<CountingNode> disk, buffer;
   std::shared_ptr<DiskBuffer> db;
   std::shared_ptr<BlockNode> primary;
   std::uint64_t epoch = 0;
@@ -163,8 +215,10 @@ struct Rig {
   Rig(const std::string& disk_path_in, const std::string& buffer_path_in, bool direct,
       DiskBufferOptions options)
       : disk_path(disk_path_in), buffer_path(buffer_path_in) {
-    disk = open_file(io, "disk", disk_path, direct);
-    buffer = open_file(io, "buffer", buffer_path, direct);
+    disk_file = open_file(io, "disk", disk_path, direct);
+    buffer_file = open_file(io, "buffer", buffer_path, direct);
+    disk = std::make_shared<CountingNode>(disk_file);
+    buffer = std::make_shared<CountingNode>(buffer_file);
     run(io, open_and_start(this, options));
     if (!db) die("cannot open the disk buffer");
     primary = db->primary_view();
@@ -191,6 +245,7 @@ struct Rig {
     Result<void> r = co_await self->db->stop_replication(StopMode::discard);
     if (!r) die(r.error().to_string());
   }
+  Counts counts() const { return disk->counts() + buffer->counts(); }
   // A fresh epoch: no block saved.
   void new_epoch() { run(io, checkpoint(this)); }
   void settle() {
@@ -224,44 +279,67 @@ std::vector<std::uint64_t> first_write_offsets(std::uint64_t disk_bytes, std::ui
   return out;
 }
 
-struct Triple {
-  std::vector<double> bare, first, rewrite;
-  std::vector<double> first_bytes_per_write;  // buffer slot bytes per first write
+struct Measured {
+  std::vector<double> bare, first, rewrite;        // ops/s per round
+  std::vector<double> first_ratio, rewrite_ratio;  // per round, against that round's bare
+  Counts first_counts;                             // device work of the first writes
+  std::uint64_t first_ops = 0;
+  std::uint64_t first_slot_bytes = 0;              // buffer space they took
+  std::uint64_t first_cycles = 0;                  // save cycles they took
+
+  double per_first(std::uint64_t v) const {
+    return static_cast<double>(v) / static_cast<double>(std::max<std::uint64_t>(first_ops, 1));
+  }
+  double requests_per_first() const { return per_first(first_counts.requests()); }
+  double kib_per_first() const {
+    return per_first(first_counts.read_bytes + first_counts.write_bytes) / 1024;
+  }
+  double syncs_per_first() const {
+    return per_first(first_counts.flushes + first_counts.fua_writes);
+  }
 };
 
 // Interleaved rounds of bare / first / rewrite for one configuration.
-Triple measure(Rig& rig, std::uint32_t write_bytes, std::uint32_t queue_depth, bool sequential,
-               double seconds, int rounds, std::vector<std::byte*>& buffers) {
-  Triple t;
+Measured measure(Rig& rig, std::uint32_t write_bytes, std::uint32_t queue_depth,
+                 bool sequential, double seconds, int rounds, std::vector<std::byte*>& buffers) {
+  Measured m;
   const std::uint32_t block_bytes = rig.db->block_bytes();
   for (int r = 0; r < rounds; ++r) {
     const auto offsets = first_write_offsets(rig.disk->size_bytes(), block_bytes, write_bytes,
                                              sequential, 1000 + r);
-    auto bare = [&] {
+    double bare = 0;
+    auto run_bare = [&] {
       rig.settle();
       Point p{.node = rig.disk.get(), .offsets = &offsets, .limit = offsets.size(),
               .wrap = true, .write_bytes = write_bytes};
-      t.bare.push_back(run_point(rig.io, p, queue_depth, seconds, buffers).ops_per_s);
+      bare = run_point(rig.io, p, queue_depth, seconds, buffers).ops_per_s;
     };
-    if (r % 2 == 0) bare();
+    if (r % 2 == 0) run_bare();
     rig.new_epoch();
     rig.settle();
     const std::uint64_t slots_before = rig.db->slots_used();
+    const std::uint64_t cycles_before = rig.db->save_cycle_count();
+    const Counts counts_before = rig.counts();
     Point first{.node = rig.primary.get(), .offsets = &offsets, .limit = offsets.size(),
                 .wrap = false, .write_bytes = write_bytes};
     const PointResult f = run_point(rig.io, first, queue_depth, seconds, buffers);
-    t.first.push_back(f.ops_per_s);
-    t.first_bytes_per_write.push_back(
-        static_cast<double>((rig.db->slots_used() - slots_before) * slot_bytes(block_bytes)) /
-        static_cast<double>(std::max<std::uint64_t>(f.ops, 1)));
+    m.first_counts = m.first_counts + (rig.counts() - counts_before);
+    m.first_ops += f.ops;
+    m.first_slot_bytes += (rig.db->slots_used() - slots_before) * slot_bytes(block_bytes);
+    m.first_cycles += rig.db->save_cycle_count() - cycles_before;
     rig.settle();
     Point again{.node = rig.primary.get(), .offsets = &offsets,
-                .limit = static_cast<std::size_t>(std::max<std::uint64_t>(f.ops, 1)), .wrap = true,
-                .write_bytes = write_bytes};
-    t.rewrite.push_back(run_point(rig.io, again, queue_depth, seconds, buffers).ops_per_s);
-    if (r % 2 == 1) bare();
+                .limit = static_cast<std::size_t>(std::max<std::uint64_t>(f.ops, 1)),
+                .wrap = true, .write_bytes = write_bytes};
+    const double rewrite = run_point(rig.io, again, queue_depth, seconds, buffers).ops_per_s;
+    if (r % 2 == 1) run_bare();
+    m.bare.push_back(bare);
+    m.first.push_back(f.ops_per_s);
+    m.rewrite.push_back(rewrite);
+    m.first_ratio.push_back(f.ops_per_s / bare);
+    m.rewrite_ratio.push_back(rewrite / bare);
   }
-  return t;
+  return m;
 }
 
 // ---- sections -----------------------------------------------------------------------------
@@ -273,6 +351,7 @@ struct Env {
   int rounds = 5;
   std::string disk_path, buffer_path;
   std::vector<std::byte*> buffers;  // one write buffer per writer, 4096-aligned
+  std::string only;                 // rows: "cache/ordered/qd/write", e.g. "direct/on/32/4"
 };
 
 std::uint64_t buffer_bytes_for(std::uint64_t disk_bytes, std::uint32_t block_bytes) {
@@ -280,21 +359,29 @@ std::uint64_t buffer_bytes_for(std::uint64_t disk_bytes, std::uint32_t block_byt
 }
 
 void section_rows(Env& env, std::uint32_t block_bytes) {
-  std::printf("\n== primary writes through the buffer vs the bare disk (block %u bytes; "
-              "ops/s, medians of %d rounds of %.1f s) ==\n",
+  std::printf("\n== primary writes through the buffer vs the bare disk (block %u bytes) ==\n"
+              "ops/s: medians of %d rounds of %.1f s; first/x, rewr/x: medians of the per-round "
+              "ratios to bare;\nper first write: device requests (reads, writes, flushes of "
+              "disk and buffer), KiB moved, flushes or FUA writes, save cycles\n",
               block_bytes, env.rounds, env.seconds);
-  std::printf("%-8s %-8s %3s %6s %10s %10s %10s %8s %8s\n", "cache", "ordered", "qd", "write",
-              "bare", "first", "rewrite", "first/x", "rewr/x");
+  std::printf("%-8s %-7s %3s %5s %9s %9s %9s %7s %7s | %6s %7s %6s %6s\n", "cache", "ordered",
+              "qd", "write", "bare", "first", "rewrite", "first/x", "rewr/x", "req", "KiB",
+              "syncs", "cycles");
   for (bool direct : {true, false}) {
     for (bool ordered : {true, false}) {
       Rig rig(env.disk_path, env.buffer_path, direct, DiskBufferOptions{block_bytes, ordered});
       for (std::uint32_t qd : {1u, 32u}) {
         for (std::uint32_t write_bytes : {4096u, 65536u}) {
-          Triple t = measure(rig, write_bytes, qd, false, env.seconds, env.rounds, env.buffers);
-          const double b = median(t.bare), f = median(t.first), w = median(t.rewrite);
-          std::printf("%-8s %-8s %3u %5uK %10.0f %10.0f %10.0f %8.2f %8.2f\n",
+          const std::string id = fmt::format("{}/{}/{}/{}", direct ? "direct" : "buffered",
+                                             ordered ? "on" : "off", qd, write_bytes / 1024);
+          if (!env.only.empty() && env.only != id) continue;
+          Measured m = measure(rig, write_bytes, qd, false, env.seconds, env.rounds, env.buffers);
+          std::printf("%-8s %-7s %3u %4uK %9.0f %9.0f %9.0f %7.2f %7.2f | %6.2f %7.1f %6.2f "
+                      "%6.2f\n",
                       direct ? "direct" : "buffered", ordered ? "on" : "off", qd,
-                      write_bytes / 1024, b, f, w, f / b, w / b);
+                      write_bytes / 1024, median(m.bare), median(m.first), median(m.rewrite),
+                      median(m.first_ratio), median(m.rewrite_ratio), m.requests_per_first(),
+                      m.kib_per_first(), m.syncs_per_first(), m.per_first(m.first_cycles));
           std::fflush(stdout);
         }
       }
@@ -302,24 +389,19 @@ void section_rows(Env& env, std::uint32_t block_bytes) {
   }
 }
 
-// Random 4 KiB writes with repeats, `count` of them, through a fresh epoch: the elapsed time
-// against the same stream on the bare disk, and the buffer space the epoch used.
-struct EpochResult {
-  double bare_s = 0, buffered_s = 0;
-  std::uint64_t slots = 0;
-};
-
 void section_blocks(Env& env) {
-  std::printf("\n== block size (direct, QD32, ordered flushes; medians of %d rounds) ==\n",
-              env.rounds);
-  std::printf("first/x, rewr/x: throughput vs the bare disk for first writes and rewrites;\n"
-              "buf/write: buffer bytes used per first write (slot = 4 KiB header + block);\n"
-              "epoch: %llu MiB of random 4 KiB writes (with repeats) in one epoch, "
-              "time vs bare and buffer space used\n",
-              static_cast<unsigned long long>(env.disk_bytes / 4 / kMiB));
-  std::printf("%-8s %8s %8s %10s | %8s %8s %10s | %8s %10s\n", "block", "r4k 1st", "r4k rw",
-              "buf/write", "s1m 1st", "s1m rw", "buf/MiB", "epoch", "epoch buf");
   const std::uint64_t epoch_writes = env.disk_bytes / 4 / 4096;
+  std::printf("\n== block size (direct, QD32, ordered flushes; medians of %d rounds of %.1f s) "
+              "==\nrandom 4 KiB first writes and sequential 1 MiB first writes: first/x, "
+              "rewr/x = throughput vs the bare disk;\nKiB = device KiB moved per first write "
+              "(bare: 4 / 1024); buf = buffer KiB used per first write;\nepoch: %llu random "
+              "4 KiB writes with repeats (%llu MiB over the %llu MiB disk) in one epoch: time "
+              "of bare / time through the buffer, and buffer MiB used\n",
+              env.rounds, env.seconds, static_cast<unsigned long long>(epoch_writes),
+              static_cast<unsigned long long>(epoch_writes * 4096 / kMiB),
+              static_cast<unsigned long long>(env.disk_bytes / kMiB));
+  std::printf("%-8s | %7s %7s %6s %7s %7s | %7s %7s %7s %7s | %7s %8s\n", "block", "r4k 1st",
+              "rewr", "req", "KiB", "buf", "s1m 1st", "rewr", "KiB", "buf", "epoch", "buf MiB");
   std::mt19937_64 prng(7);
   std::vector<std::uint64_t> stream;
   for (std::uint64_t i = 0; i < epoch_writes; ++i) {
@@ -327,30 +409,28 @@ void section_blocks(Env& env) {
   }
   for (std::uint32_t block : {4096u, 16384u, 65536u, 262144u, 1048576u}) {
     Rig rig(env.disk_path, env.buffer_path, true, DiskBufferOptions{block, true});
-    Triple r4 = measure(rig, 4096, 32, false, env.seconds, env.rounds, env.buffers);
-    Triple s1 = measure(rig, kMiB, 32, true, env.seconds, env.rounds, env.buffers);
-    // Epoch stream: a fixed amount of work, timed to the end.
+    Measured r4 = measure(rig, 4096, 32, false, env.seconds, env.rounds, env.buffers);
+    Measured s1 = measure(rig, kMiB, 32, true, env.seconds, env.rounds, env.buffers);
+    // Epoch stream: a fixed amount of work, timed to the end, interleaved with bare.
     std::vector<double> epoch_ratio;
     std::uint64_t epoch_slots = 0;
     for (int r = 0; r < env.rounds; ++r) {
       Point p{.node = rig.disk.get(), .offsets = &stream, .limit = stream.size(), .wrap = false,
               .write_bytes = 4096};
       rig.settle();
-      const double bare_s = static_cast<double>(stream.size()) /
-                            run_point(rig.io, p, 32, 1e9, env.buffers).ops_per_s;
+      const double bare_ops = run_point(rig.io, p, 32, 1e9, env.buffers).ops_per_s;
       rig.new_epoch();
       rig.settle();
       p.node = rig.primary.get();
-      const double buffered_s = static_cast<double>(stream.size()) /
-                                run_point(rig.io, p, 32, 1e9, env.buffers).ops_per_s;
-      epoch_ratio.push_back(bare_s / buffered_s);
+      const double buffered_ops = run_point(rig.io, p, 32, 1e9, env.buffers).ops_per_s;
+      epoch_ratio.push_back(buffered_ops / bare_ops);
       epoch_slots = rig.db->slots_used();
     }
-    std::printf("%-8u %8.2f %8.2f %10.0f | %8.2f %8.2f %10.0f | %8.2f %9.1fM\n", block,
-                median(r4.first) / median(r4.bare), median(r4.rewrite) / median(r4.bare),
-                median(r4.first_bytes_per_write), median(s1.first) / median(s1.bare),
-                median(s1.rewrite) / median(s1.bare), median(s1.first_bytes_per_write),
-                median(epoch_ratio),
+    std::printf("%-8u | %7.2f %7.2f %6.2f %7.1f %7.1f | %7.2f %7.2f %7.0f %7.0f | %7.2f %8.1f\n",
+                block, median(r4.first_ratio), median(r4.rewrite_ratio), r4.requests_per_first(),
+                r4.kib_per_first(), r4.per_first(r4.first_slot_bytes) / 1024,
+                median(s1.first_ratio), median(s1.rewrite_ratio), s1.kib_per_first(),
+                s1.per_first(s1.first_slot_bytes) / 1024, median(epoch_ratio),
                 static_cast<double>(epoch_slots * slot_bytes(block)) / kMiB);
     std::fflush(stdout);
   }
@@ -406,7 +486,7 @@ void section_failover(Env& env, std::uint64_t bytes, std::uint32_t block_bytes) 
 
 int main(int argc, char** argv) {
   using namespace colo;
-  std::string dir = "/var/tmp", section = "all";
+  std::string dir = "/var/tmp", section = "all", only;
   std::uint64_t disk_mib = 128, failover_mib = 1024;
   std::uint32_t block_bytes = kDiskBufferBlockBytesDefault;
   double seconds = 0.4;
@@ -422,6 +502,7 @@ int main(int argc, char** argv) {
     else if (a == "--section") section = v;
     else if (a == "--block-bytes") block_bytes = static_cast<std::uint32_t>(std::stoul(v));
     else if (a == "--failover-mib") failover_mib = std::stoull(v);
+    else if (a == "--only") only = v;
     else die("unknown option " + a);
   }
   if (rounds < 1 || disk_mib < 16 || seconds <= 0) die("bad --rounds, --disk-mib or --seconds");
@@ -434,6 +515,7 @@ int main(int argc, char** argv) {
   env.disk_bytes = disk_mib * kMiB;
   env.seconds = seconds;
   env.rounds = rounds;
+  env.only = only;
   env.disk_path = env.dir + "/disk.img";
   env.buffer_path = env.dir + "/buffer.img";
   for (int i = 0; i < 32; ++i) {
