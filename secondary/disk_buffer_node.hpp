@@ -130,6 +130,10 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   Task<IoResult> read_run(SaveRequest& request);
   Task<void> commit_saves(std::vector<SaveRequest*> requests);
   Task<void> run_save_cycle();
+  struct SavePiece;
+  struct SaveWrites;
+  Task<void> write_piece(const std::vector<SaveRequest*>* requests, SavePiece* piece,
+                         WriteFlags flags, SaveWrites* writes);
   Task<IoResult> local_read(std::uint64_t offset_bytes, std::span<std::byte> out);
   Task<IoResult> local_write(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
                              std::span<const std::byte> in, WriteFlags flags);

@@ -3,17 +3,19 @@
 //
 // A primary write to blocks without a saved original in this epoch holds those blocks' locks,
 // reads their content from the disk into slot images (one read per run of consecutive blocks,
-// straight into the slot when the run is one block), and queues one SaveRequest per run. Save
-// cycles run one at a time. A cycle takes every queued request, gives them consecutive slots
-// in queue order and writes all their images with one write (copied into one buffer; pieces
-// of at most the buffer's maximum transfer), which with ordered flushes carries FUA (when a
-// cycle needs several pieces: plain writes, then one buffer flush). Requests queued while a
-// cycle runs go into the next one: the more concurrent first writes, the more each cycle
-// carries, and a first write costs the disk read, its share of one buffer write, and the
-// disk write. Only when its cycle has
-// ended are a request's originals marked saved and may its writer write the disk, so a saved
-// original is durable (ordered flushes) or at least written (crash safety) before the disk
-// write that replaces it.
+// straight into the slot when the run is one block), and queues one SaveRequest per run.
+// Save cycles run one at a time. A cycle takes every queued request and gives them
+// consecutive slots in queue order. Small images (under 256 KiB) are copied together into
+// one write (up to the buffer's maximum transfer); a larger image is written from where it
+// is. Usually that makes one write, which with ordered flushes carries FUA; several writes
+// are issued together and followed by one buffer flush. Requests queued while a cycle runs go
+// into the next one: the more concurrent first writes, the more each cycle carries, and a
+// small first write costs the disk read, a share of one buffer write, and the disk write.
+// Only when its cycle has ended are a request's originals marked saved and may its writer
+// write the disk, so a saved original is durable (ordered flushes) or at least written
+// (crash safety) before the disk write that replaces it.
+
+#include <boost/asio/this_coro.hpp>
 
 #include <algorithm>
 #include <cstring>
@@ -23,6 +25,26 @@
 #include "shared/log.hpp"
 
 namespace colo {
+namespace {
+// Images smaller than this are copied together into one write; larger ones are written from
+// where they are (copying them would cost more CPU than the request saved).
+constexpr std::uint64_t kJoinBytesMax = 256 * 1024;
+}  // namespace
+
+// Consecutive slot images written by one request of a save cycle.
+struct DiskBuffer::SavePiece {
+  std::size_t begin = 0;  // [begin, end) into the cycle's requests
+  std::size_t end = 0;
+  std::uint64_t bytes = 0;
+  bool small = false;  // made of images under kJoinBytesMax, copied into one buffer
+  IoResult result;
+};
+
+// The piece writes of one cycle still in flight.
+struct DiskBuffer::SaveWrites {
+  std::size_t pending = 0;
+  AsyncEvent finished;
+};
 
 Task<IoResult> DiskBuffer::save_originals(std::uint64_t first, std::uint64_t last) {
   co_await locks_.lock(first, last, true);
@@ -143,46 +165,42 @@ Task<void> DiskBuffer::run_save_cycle() {
     r->slot0 = *slot0;
     writing.push_back(r);
   }
-  // One write per piece of at most the buffer's maximum transfer: the images are copied into
-  // one buffer (a lone image is written from where it is). With ordered flushes, a single
-  // write carries FUA; several are followed by one flush.
+  // Pieces: runs of small images joined (up to the buffer's maximum transfer), large images
+  // alone. Usually one piece: one write, which with ordered flushes carries FUA. Several
+  // pieces are written concurrently (queued in one loop turn), then the buffer is flushed.
   const std::uint64_t one_slot = slot_bytes(header_.block_bytes);
-  const std::uint64_t piece_max =
+  const std::uint64_t transfer_max =
       std::max<std::uint64_t>(one_slot, buffer_.node().limits().transfer_bytes_max);
-  std::vector<std::pair<std::size_t, std::size_t>> pieces;  // [begin, end) into writing
-  std::uint64_t piece_bytes = 0;
+  std::vector<SavePiece> pieces;
   for (std::size_t i = 0; i < writing.size(); ++i) {
-    const std::uint64_t n = writing[i]->count * one_slot;
-    if (pieces.empty() || piece_bytes + n > piece_max) {
-      pieces.emplace_back(i, i + 1);
-      piece_bytes = n;
+    const std::uint64_t n = writing[i]->image.size();
+    const bool small = n < kJoinBytesMax;
+    if (small && !pieces.empty() && pieces.back().small &&
+        pieces.back().bytes + n <= transfer_max) {
+      pieces.back().end = i + 1;
+      pieces.back().bytes += n;
     } else {
-      pieces.back().second = i + 1;
-      piece_bytes += n;
+      pieces.push_back(SavePiece{i, i + 1, n, small, {}});
     }
   }
   const bool ordered = options_.ordered_flushes;
   const WriteFlags flags = ordered && pieces.size() == 1 ? WriteFlags::fua : WriteFlags::none;
-  bool any_written = false;
-  for (const auto& [begin, end] : pieces) {
-    IoResult r;
-    const std::uint64_t offset = slot_offset_bytes(writing[begin]->slot0, header_.block_bytes);
-    if (end - begin == 1) {
-      r = co_await buffer_.write(offset, writing[begin]->image.span(), flags);
-    } else {
-      std::uint64_t total = 0;
-      for (std::size_t i = begin; i < end; ++i) total += writing[i]->image.size();
-      AlignedBuffer joined = AlignedBuffer::uninitialized(total);
-      std::uint64_t at = 0;
-      for (std::size_t i = begin; i < end; ++i) {
-        std::memcpy(joined.span().data() + at, writing[i]->image.span().data(),
-                    writing[i]->image.size());
-        at += writing[i]->image.size();
+  if (!pieces.empty()) {
+    SaveWrites writes;
+    writes.pending = pieces.size();
+    if (pieces.size() > 1) {
+      const auto ex = co_await asio::this_coro::executor;
+      for (std::size_t i = 0; i + 1 < pieces.size(); ++i) {
+        spawn(ex, write_piece(&writing, &pieces[i], flags, &writes), name_ + " save");
       }
-      r = co_await buffer_.write(offset, joined.span(), flags);
     }
-    for (std::size_t i = begin; i < end; ++i) writing[i]->result = r;
-    any_written = any_written || bool(r);
+    co_await write_piece(&writing, &pieces.back(), flags, &writes);
+    while (writes.pending != 0) co_await writes.finished.wait();
+  }
+  bool any_written = false;
+  for (const SavePiece& piece : pieces) {
+    for (std::size_t i = piece.begin; i < piece.end; ++i) writing[i]->result = piece.result;
+    any_written = any_written || bool(piece.result);
   }
   if (ordered && flags != WriteFlags::fua && any_written) {
     IoResult f = co_await buffer_.flush();
@@ -195,6 +213,25 @@ Task<void> DiskBuffer::run_save_cycle() {
   for (SaveRequest* r : batch) r->done = true;
   save_cycle_running_ = false;
   save_cycle_done_.notify_all();
+}
+
+Task<void> DiskBuffer::write_piece(const std::vector<SaveRequest*>* requests, SavePiece* piece,
+                                   WriteFlags flags, SaveWrites* writes) {
+  const std::vector<SaveRequest*>& r = *requests;
+  const std::uint64_t offset = slot_offset_bytes(r[piece->begin]->slot0, header_.block_bytes);
+  if (piece->end - piece->begin == 1) {
+    piece->result = co_await buffer_.write(offset, r[piece->begin]->image.span(), flags);
+  } else {
+    AlignedBuffer joined = AlignedBuffer::uninitialized(piece->bytes);
+    std::uint64_t at = 0;
+    for (std::size_t i = piece->begin; i < piece->end; ++i) {
+      std::memcpy(joined.span().data() + at, r[i]->image.span().data(), r[i]->image.size());
+      at += r[i]->image.size();
+    }
+    piece->result = co_await buffer_.write(offset, joined.span(), flags);
+  }
+  CHECK(writes->pending > 0);
+  if (--writes->pending == 0) writes->finished.notify_all();
 }
 
 }  // namespace colo

@@ -490,6 +490,42 @@ TEST(DiskBuffer, ConcurrentFirstWritesShareSaveCyclesWithoutOrderedFlushes) {
   concurrent_first_writes(false);
 }
 
+// Large concurrent first writes: each image (64 slots of 4 KiB blocks) is written from where
+// it is, the writes of one cycle go out together and one buffer flush follows; a power cut of
+// the buffer afterwards still fails over to the checkpoint.
+TEST(DiskBuffer, LargeConcurrentFirstWritesAreSavedInPiecesThenFlushed) {
+  Rig rig(4096, kDiskBytes, true);
+  rig.fill_disk(0x11);
+  rig.open();
+  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  const auto flushes_before = rig.buffer_mem->flush_count();
+  constexpr int kWriters = 4;
+  constexpr std::uint64_t kBytes = kDiskBytes / kWriters;
+  int ok = 0;
+  auto data = pattern(kBytes, 0x22);
+  auto writer = [&](std::uint64_t offset) -> Task<void> {
+    IoResult r = co_await rig.primary->write(offset, data, WriteFlags::none);
+    if (r) ++ok;
+  };
+  for (int i = 0; i < kWriters; ++i) {
+    spawn(rig.io.get_executor(), writer(static_cast<std::uint64_t>(i) * kBytes), "writer");
+  }
+  rig.io.restart();
+  rig.io.run();
+  EXPECT_EQ(ok, kWriters);
+  EXPECT_GE(rig.buffer_mem->flush_count() - flushes_before, 1u) << "several pieces: a flush";
+  asio::io_context side;
+  ASSERT_TRUE(run_task(side, rig.buffer_fault->power_cut()));
+  Rig after(4096, kDiskBytes);
+  std::memcpy(after.disk_mem->data().data(), rig.disk_mem->data().data(), kDiskBytes);
+  std::memcpy(after.buffer_mem->data().data(), rig.buffer_mem->data().data(),
+              rig.buffer_mem->size_bytes());
+  after.open();
+  ASSERT_TRUE(after.db);
+  ASSERT_TRUE(after.call(after.db->stop_replication(StopMode::failover)));
+  EXPECT_TRUE(all_bytes(after.disk_mem->data(), 0x11));
+}
+
 TEST(DiskBuffer, LocalViewIsCorrectAtEveryMomentOfTheFailover) {
   Rig rig(4096, kDiskBytes, true);
   rig.fill_disk(0x11);
