@@ -103,14 +103,16 @@ Task<IoResult> DiskBuffer::read_run(SaveRequest& request) {
   const std::uint64_t start_bytes = request.first_block * block_bytes;
   const std::uint64_t end_bytes = std::min<std::uint64_t>(
       disk_size_bytes(), (request.first_block + request.count) * block_bytes);
-  request.image = AlignedBuffer(request.count * one_slot);
+  // Every byte of the image is written below: slot headers by encode_slot_header(), data by the
+  // read or the copy, and the padding past the end of the disk by the memset.
+  request.image = AlignedBuffer::uninitialized(request.count * one_slot);
   auto image = request.image.span();
   if (request.count == 1) {
     IoResult r = co_await disk_.read(start_bytes,
                                      image.subspan(kSlotHeaderBytes, end_bytes - start_bytes));
     if (!r) co_return r;
   } else {
-    AlignedBuffer original(end_bytes - start_bytes);
+    AlignedBuffer original = AlignedBuffer::uninitialized(end_bytes - start_bytes);
     IoResult r = co_await disk_.read(start_bytes, original.span());
     if (!r) co_return r;
     for (std::uint64_t i = 0; i < request.count; ++i) {
@@ -121,8 +123,10 @@ Task<IoResult> DiskBuffer::read_run(SaveRequest& request) {
   }
   for (std::uint64_t i = 0; i < request.count; ++i) {
     auto slot = image.subspan(i * one_slot, one_slot);
-    SlotHeader h{SlotKind::original, header_.generation, request.first_block + i,
-                 crc32c(slot.subspan(kSlotHeaderBytes))};
+    auto data = slot.subspan(kSlotHeaderBytes);
+    const std::uint64_t n = block_length(request.first_block + i);
+    std::memset(data.data() + n, 0, data.size() - n);
+    SlotHeader h{SlotKind::original, header_.generation, request.first_block + i, crc32c(data)};
     encode_slot_header(h, slot);
   }
   co_return IoResult{};

@@ -3,13 +3,14 @@
 //
 // Three kinds of points, each run by --queue-depth writers (coroutines) for --seconds (no
 // flush at the end, as fio measures writes; both files are synced between points):
-//   bare:    writes straight to the disk FileNode
-//   first:   the same writes through the primary view, each to a block not yet saved in the
-//            epoch (a fresh epoch per round; offsets: one write per block, blocks in random
-//            order, so every write is a first write)
-//   rewrite: the same writes again through the primary view (every block already saved)
-// Targets are interleaved within each round (bare first in odd rounds, last in even ones);
-// the tables show medians of --rounds rounds and the ratios first/bare and rewrite/bare.
+//   first:   writes through the primary view, each to a block not yet saved in the epoch (a
+//            fresh epoch per round; offsets: one write per block, blocks in random order, so
+//            every write is a first write)
+//   rewrite: the positions the first writes wrote, written again through the primary view
+//            (every block already saved)
+//   bare:    the same positions written straight to the disk FileNode
+// Each round runs first, then rewrite and bare in alternating order; the tables show medians
+// of --rounds rounds and the medians of the per-round ratios first/bare and rewrite/bare.
 //
 // Sections (--section, default all):
 //   rows     cache direct|buffered x queue depth 1|32 x write 4 KiB|64 KiB x ordered flushes
@@ -299,7 +300,8 @@ struct Measured {
   }
 };
 
-// Interleaved rounds of bare / first / rewrite for one configuration.
+// Rounds of first, then rewrite and bare in alternating order, for one configuration. Bare
+// and rewrite write the positions the first writes wrote (so they differ only in the path).
 Measured measure(Rig& rig, std::uint32_t write_bytes, std::uint32_t queue_depth,
                  bool sequential, double seconds, int rounds, std::vector<std::byte*>& buffers) {
   Measured m;
@@ -307,14 +309,6 @@ Measured measure(Rig& rig, std::uint32_t write_bytes, std::uint32_t queue_depth,
   for (int r = 0; r < rounds; ++r) {
     const auto offsets = first_write_offsets(rig.disk->size_bytes(), block_bytes, write_bytes,
                                              sequential, 1000 + r);
-    double bare = 0;
-    auto run_bare = [&] {
-      rig.settle();
-      Point p{.node = rig.disk.get(), .offsets = &offsets, .limit = offsets.size(),
-              .wrap = true, .write_bytes = write_bytes};
-      bare = run_point(rig.io, p, queue_depth, seconds, buffers).ops_per_s;
-    };
-    if (r % 2 == 0) run_bare();
     rig.new_epoch();
     rig.settle();
     const std::uint64_t slots_before = rig.db->slots_used();
@@ -327,12 +321,21 @@ Measured measure(Rig& rig, std::uint32_t write_bytes, std::uint32_t queue_depth,
     m.first_ops += f.ops;
     m.first_slot_bytes += (rig.db->slots_used() - slots_before) * slot_bytes(block_bytes);
     m.first_cycles += rig.db->save_cycle_count() - cycles_before;
-    rig.settle();
-    Point again{.node = rig.primary.get(), .offsets = &offsets,
-                .limit = static_cast<std::size_t>(std::max<std::uint64_t>(f.ops, 1)),
-                .wrap = true, .write_bytes = write_bytes};
-    const double rewrite = run_point(rig.io, again, queue_depth, seconds, buffers).ops_per_s;
-    if (r % 2 == 1) run_bare();
+    const std::size_t written = static_cast<std::size_t>(std::max<std::uint64_t>(f.ops, 1));
+    auto again = [&](BlockNode* node) {
+      rig.settle();
+      Point p{.node = node, .offsets = &offsets, .limit = written, .wrap = true,
+              .write_bytes = write_bytes};
+      return run_point(rig.io, p, queue_depth, seconds, buffers).ops_per_s;
+    };
+    double bare = 0, rewrite = 0;
+    if (r % 2 == 0) {
+      rewrite = again(rig.primary.get());
+      bare = again(rig.disk.get());
+    } else {
+      bare = again(rig.disk.get());
+      rewrite = again(rig.primary.get());
+    }
     m.bare.push_back(bare);
     m.first.push_back(f.ops_per_s);
     m.rewrite.push_back(rewrite);

@@ -526,6 +526,25 @@ TEST(DiskBuffer, LargeConcurrentFirstWritesAreSavedInPiecesThenFlushed) {
   EXPECT_TRUE(all_bytes(after.disk_mem->data(), 0x11));
 }
 
+// A disk whose size is not a multiple of the block: the short last block is saved (padded
+// with zeroes in its slot), recovered after a restart, and restored by the failover.
+TEST(DiskBuffer, ShortLastBlockIsSavedRecoveredAndRestored) {
+  constexpr std::uint64_t kOddDisk = kDiskBytes + 8192;
+  Rig rig(65536, kOddDisk);
+  rig.fill_disk(0x11);
+  rig.open();
+  ASSERT_TRUE(rig.call(rig.db->start_replication(kOddDisk)));
+  ASSERT_TRUE(rig.write(*rig.primary, kOddDisk - 3 * 4096, 3 * 4096, 0x22));
+  EXPECT_EQ(rig.db->buffered_block_count(), 2u);
+  rig.db.reset();
+  rig.open();
+  EXPECT_EQ(rig.db->buffered_block_count(), 2u);
+  auto v = rig.read_all(*rig.local);
+  EXPECT_TRUE(all_bytes(v, 0x11));
+  ASSERT_TRUE(rig.call(rig.db->stop_replication(StopMode::failover)));
+  EXPECT_TRUE(all_bytes(rig.disk_mem->data(), 0x11));
+}
+
 TEST(DiskBuffer, LocalViewIsCorrectAtEveryMomentOfTheFailover) {
   Rig rig(4096, kDiskBytes, true);
   rig.fill_disk(0x11);
