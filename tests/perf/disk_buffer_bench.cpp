@@ -25,6 +25,7 @@
 // Usage: disk_buffer_bench [--dir D] [--disk-mib N] [--seconds S] [--rounds N]
 //                          [--section all|rows|blocks|failover] [--block-bytes B]
 //                          [--failover-mib N] [--only cache/ordered/qd/write-KiB]
+//                          [--verbose 1]
 // Files are created in D (default /var/tmp: a disk file system, for O_DIRECT) and removed.
 
 #include <fcntl.h>
@@ -50,6 +51,7 @@ namespace colo {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+bool g_verbose = false;  // --verbose: every round's figures on stderr
 
 [[noreturn]] void die(const std::string& what) {
   std::fprintf(stderr, "disk_buffer_bench: %s\n", what.c_str());
@@ -336,6 +338,10 @@ Measured measure(Rig& rig, std::uint32_t write_bytes, std::uint32_t queue_depth,
       bare = again(rig.disk.get());
       rewrite = again(rig.primary.get());
     }
+    if (g_verbose) {
+      std::fprintf(stderr, "  round %d: first %.0f rewrite %.0f bare %.0f ops/s\n", r + 1,
+                   f.ops_per_s, rewrite, bare);
+    }
     m.bare.push_back(bare);
     m.first.push_back(f.ops_per_s);
     m.rewrite.push_back(rewrite);
@@ -506,6 +512,7 @@ int main(int argc, char** argv) {
     else if (a == "--block-bytes") block_bytes = static_cast<std::uint32_t>(std::stoul(v));
     else if (a == "--failover-mib") failover_mib = std::stoull(v);
     else if (a == "--only") only = v;
+    else if (a == "--verbose") g_verbose = v == "1";
     else die("unknown option " + a);
   }
   if (rounds < 1 || disk_mib < 16 || seconds <= 0) die("bad --rounds, --disk-mib or --seconds");
