@@ -1,5 +1,6 @@
 #include "secondary/buffer_file.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <cstring>
@@ -145,12 +146,18 @@ std::optional<SlotHeader> decode_slot_header(std::span<const std::byte> in) {
   return h;
 }
 
-AlignedBuffer::AlignedBuffer(std::size_t length_bytes) : length_bytes_(length_bytes) {
-  const std::size_t alloc = (length_bytes + 4095) / 4096 * 4096;
-  void* p = std::aligned_alloc(4096, alloc == 0 ? 4096 : alloc);
+AlignedBuffer::AlignedBuffer(std::size_t length_bytes) : AlignedBuffer(uninitialized(length_bytes)) {
+  std::memset(data_.get(), 0, (length_bytes + 4095) / 4096 * 4096);
+}
+
+AlignedBuffer AlignedBuffer::uninitialized(std::size_t length_bytes) {
+  AlignedBuffer b;
+  const std::size_t alloc = std::max<std::size_t>(4096, (length_bytes + 4095) / 4096 * 4096);
+  void* p = std::aligned_alloc(4096, alloc);
   CHECK(p != nullptr);
-  std::memset(p, 0, alloc == 0 ? 4096 : alloc);
-  data_.reset(static_cast<std::byte*>(p));
+  b.data_.reset(static_cast<std::byte*>(p));
+  b.length_bytes_ = length_bytes;
+  return b;
 }
 
 void AlignedBuffer::Free::operator()(std::byte* p) const { std::free(p); }

@@ -82,11 +82,14 @@ void encode_slot_header(const SlotHeader& h, std::span<std::byte> out);
 // Empty when `in` is not a valid slot header.
 std::optional<SlotHeader> decode_slot_header(std::span<const std::byte> in);
 
-// A heap buffer aligned to 4096 bytes (good for O_DIRECT), zero-filled.
+// A heap buffer aligned to 4096 bytes (good for O_DIRECT), zero-filled unless made by
+// uninitialized().
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
   explicit AlignedBuffer(std::size_t length_bytes);
+  // Not zero-filled: for a buffer the caller overwrites entirely.
+  static AlignedBuffer uninitialized(std::size_t length_bytes);
   std::span<std::byte> span() { return {data_.get(), length_bytes_}; }
   std::span<const std::byte> span() const { return {data_.get(), length_bytes_}; }
   std::size_t size() const { return length_bytes_; }

@@ -1,6 +1,6 @@
-// DiskBuffer data path: the two views and the copy-on-write rules (policy). The on-disk format
-// is in buffer_file.*, the index and locks in cow_index.*, the lifecycle in
-// disk_buffer_lifecycle.cpp.
+// DiskBuffer data path: the two views and the copy-on-write rules (policy). Saving originals
+// (group commit) is in disk_buffer_save.cpp, the on-disk format in buffer_file.*, the index and
+// locks in cow_index.*, the lifecycle in disk_buffer_lifecycle.cpp.
 //
 // State changes (checkpoint, stop, end of failover) close the gate and wait until no request
 // is in flight, so a request that passed the gate sees one state from start to end (STYLE 18:
@@ -238,107 +238,6 @@ Task<IoResult> DiskBuffer::primary_write(IoOp op, std::uint64_t offset_bytes,
   co_return io_error(EIO);
 }
 
-Task<IoResult> DiskBuffer::save_originals(std::uint64_t first, std::uint64_t last) {
-  co_await locks_.lock(first, last, true);
-  BlockRangeGuard guard(locks_, first, last, true);
-  const std::uint64_t run_max = std::max<std::uint64_t>(
-      1, std::min(buffer_.node().limits().transfer_bytes_max / slot_bytes(header_.block_bytes),
-                  disk_.node().limits().transfer_bytes_max / std::uint64_t{header_.block_bytes}));
-  std::vector<std::uint64_t> saved;  // blocks given an original by this call
-  IoResult r;
-  std::uint64_t run_first = 0;
-  std::uint64_t run_count = 0;
-  auto needs = [&](std::uint64_t b) {
-    const CowEntry* e = index_.find(b);
-    return e == nullptr || e->original_slot == kNoSlot;
-  };
-  for (std::uint64_t b = first; b <= last + 1 && r; ++b) {
-    const bool take = b <= last && needs(b) && run_count < run_max;
-    if (take && run_count != 0 && b == run_first + run_count) {
-      ++run_count;
-      continue;
-    }
-    if (run_count != 0) {
-      r = co_await save_run(run_first, run_count);
-      if (r) {
-        for (std::uint64_t i = 0; i < run_count; ++i) saved.push_back(run_first + i);
-      }
-      run_count = 0;
-    }
-    if (b <= last && needs(b)) {
-      run_first = b;
-      run_count = 1;
-    }
-  }
-  if (r && options_.ordered_flushes && !saved.empty()) r = co_await group_flush();
-  for (std::uint64_t b : saved) {
-    CowEntry& e = index_.at(b);
-    if (r) {
-      e.original_durable = true;
-    } else {
-      e.original_slot = kNoSlot;  // the slot is leaked until the next generation
-      e.original_durable = false;
-      index_.erase_if_empty(b);
-    }
-  }
-  co_return r;
-}
-
-Task<IoResult> DiskBuffer::save_run(std::uint64_t first, std::uint64_t count) {
-  const std::uint32_t block_bytes = header_.block_bytes;
-  const auto slot0 = index_.allocate(count);
-  if (!slot0) {
-    log::event({"disk_buffer_full",
-                {{"node", name_},
-                 {"slots", std::to_string(index_.slot_count_max())},
-                 {"block", std::to_string(first)}}});
-    co_return io_error(ENOSPC);
-  }
-  const std::uint64_t start_bytes = first * block_bytes;
-  const std::uint64_t end_bytes =
-      std::min<std::uint64_t>(disk_size_bytes(), (first + count) * block_bytes);
-  AlignedBuffer original(end_bytes - start_bytes);
-  IoResult r = co_await disk_.read(start_bytes, original.span());
-  if (!r) co_return r;
-  AlignedBuffer image(count * slot_bytes(block_bytes));
-  for (std::uint64_t i = 0; i < count; ++i) {
-    auto slot = image.span().subspan(i * slot_bytes(block_bytes), slot_bytes(block_bytes));
-    auto data = slot.subspan(kSlotHeaderBytes);
-    const std::uint64_t n = block_length(first + i);
-    std::memcpy(data.data(), original.span().data() + i * block_bytes, n);
-    SlotHeader h{SlotKind::original, header_.generation, first + i, crc32c(data)};
-    encode_slot_header(h, slot);
-  }
-  r = co_await buffer_.write(slot_offset_bytes(*slot0, block_bytes), image.span(),
-                             WriteFlags::none);
-  if (!r) co_return r;
-  ++slot_writes_done_;
-  for (std::uint64_t i = 0; i < count; ++i) {
-    CowEntry& e = index_.at(first + i);
-    e.original_slot = *slot0 + i;
-    e.original_durable = !options_.ordered_flushes;
-  }
-  co_return IoResult{};
-}
-
-Task<IoResult> DiskBuffer::group_flush() {
-  const std::uint64_t target = slot_writes_done_;
-  while (slot_writes_flushed_ < target) {
-    if (flush_running_) {
-      co_await flush_done_.wait();
-      continue;
-    }
-    flush_running_ = true;
-    const std::uint64_t covers = slot_writes_done_;
-    IoResult r = co_await buffer_.flush();
-    flush_running_ = false;
-    if (r && covers > slot_writes_flushed_) slot_writes_flushed_ = covers;
-    flush_done_.notify_all();
-    if (!r) co_return r;
-  }
-  co_return IoResult{};
-}
-
 // ---- local face ------------------------------------------------------------------------
 
 Task<IoResult> DiskBuffer::read_slot_data(std::uint64_t slot, std::uint64_t in_block_offset_bytes,
@@ -352,9 +251,7 @@ Task<IoResult> DiskBuffer::write_slot(std::uint64_t slot, SlotKind kind, std::ui
                                       std::span<std::byte> image, WriteFlags flags) {
   SlotHeader h{kind, header_.generation, block, crc32c(image.subspan(kSlotHeaderBytes))};
   encode_slot_header(h, image);
-  IoResult r = co_await buffer_.write(slot_offset_bytes(slot, header_.block_bytes), image, flags);
-  if (r) ++slot_writes_done_;
-  co_return r;
+  co_return co_await buffer_.write(slot_offset_bytes(slot, header_.block_bytes), image, flags);
 }
 
 Task<IoResult> DiskBuffer::local_read(std::uint64_t offset_bytes, std::span<std::byte> out) {

@@ -4,9 +4,9 @@
 //
 // - primary_view(): what the replication export writes into. For every block (of
 //   block_bytes) not yet saved in this epoch, the disk's content is saved in the buffer as the
-//   block's "original" (once per epoch), then the request goes to the disk. With ordered
-//   flushes the saved originals are flushed (one flush shared by every concurrent first write:
-//   group commit) before the disk write. Trim and write-zeroes follow the same rule. Any I/O
+//   block's "original" (once per epoch), then the request goes to the disk. Saves are group
+//   committed: the slot images of concurrent first writes go to consecutive slots in one
+//   buffer write, which with ordered flushes carries FUA, before any of their disk writes. Trim and write-zeroes follow the same rule. Any I/O
 //   while replication is not running fails with EPERM.
 // - local_view(): a local consumer (COLO hot standby). It sees the last checkpoint image plus
 //   its own writes: read = the block's local copy, else its original, else the disk; a write
@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <memory>
 #include <set>
+#include <vector>
 #include <string>
 
 #include "secondary/buffer_file.hpp"
@@ -83,6 +84,8 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   std::uint32_t block_bytes() const { return header_.block_bytes; }
   std::size_t buffered_block_count() const { return index_.block_count(); }
   std::uint64_t slots_used() const { return index_.slots_used(); }
+  // Save cycles run so far (each: one batch of slot writes and at most one buffer flush).
+  std::uint64_t save_cycle_count() const { return save_cycle_count_; }
   FailoverProgress failover_progress() const { return progress_; }
   // Completes when no failover apply is running (tests, shutdown).
   Task<void> wait_failover_idle();
@@ -108,15 +111,29 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   Task<Result<void>> recover();
   Task<Result<void>> scan_slots();
   Task<IoResult> write_header(BufferHeader next);
-  Task<IoResult> group_flush();
   Task<void> enter_gate();
   Task<void> close_gate();
   void open_gate();
 
   Task<IoResult> primary_write(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
                                std::span<const std::byte> in, WriteFlags flags);
+  // Saving originals (group commit, see the .cpp): one request per run of blocks.
+  struct SaveRequest {
+    std::uint64_t first_block = 0;
+    std::uint64_t count = 0;
+    AlignedBuffer image;  // count slot images (header + data), filled before queueing
+    std::uint64_t slot0 = kNoSlot;
+    IoResult result;
+    bool done = false;
+  };
   Task<IoResult> save_originals(std::uint64_t first, std::uint64_t last);
-  Task<IoResult> save_run(std::uint64_t first, std::uint64_t count);
+  Task<IoResult> read_run(SaveRequest& request);
+  Task<void> commit_saves(std::vector<SaveRequest*> requests);
+  Task<void> run_save_cycle();
+  struct SavePiece;
+  struct SaveWrites;
+  Task<void> write_piece(const std::vector<SaveRequest*>* requests, SavePiece* piece,
+                         WriteFlags flags, SaveWrites* writes);
   Task<IoResult> local_read(std::uint64_t offset_bytes, std::span<std::byte> out);
   Task<IoResult> local_write(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
                              std::span<const std::byte> in, WriteFlags flags);
@@ -151,11 +168,12 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   InflightCounter inflight_;
   bool control_busy_ = false;
 
-  // Group commit of ordered flushes: slot writes completed vs covered by a finished flush.
-  std::uint64_t slot_writes_done_ = 0;
-  std::uint64_t slot_writes_flushed_ = 0;
-  bool flush_running_ = false;
-  AsyncEvent flush_done_;
+  // Group commit of saved originals: requests waiting for the next save cycle, and whether a
+  // cycle (slot writes, then with ordered flushes one buffer flush) is running.
+  std::vector<SaveRequest*> save_queue_;
+  bool save_cycle_running_ = false;
+  AsyncEvent save_cycle_done_;
+  std::uint64_t save_cycle_count_ = 0;
 
   // Failover apply.
   std::set<std::uint64_t> dirty_;  // blocks whose buffered content is not yet on the disk

@@ -81,6 +81,11 @@ class Uring final : public asio::execution_context::service {
   std::uint64_t inflight_count() const { return inflight_count_; }
   // io_uring_enter calls that submitted SQEs (for tests of batching).
   std::uint64_t submit_call_count() const { return submit_call_count_; }
+  // Eventfd wake-ups and completions delivered (benchmarks: completions per wake-up).
+  std::uint64_t wake_count() const { return wake_count_; }
+  std::uint64_t completion_count() const { return completion_count_; }
+  // IORING_SETUP_* flags the ring was created with (the kernel's choice among our fallbacks).
+  unsigned setup_flags() const { return setup_flags_; }
 
   // Test hook: rewrites a CQE's res before it is delivered (inject short transfers, EAGAIN).
   // Receives the SQE and the kernel's res; returns the res to deliver. Empty: no rewriting.
@@ -114,11 +119,18 @@ class Uring final : public asio::execution_context::service {
   // ring is unusable.
   Pending* enqueue(const UringSqe& sqe);
   void submit_queued();
+  // Submits every queued SQE; with `get_events`, also has the kernel post the completions
+  // waiting for this thread (one io_uring_enter).
+  void enter(bool get_events);
   void reap();
   void arm_wait();
   void on_eventfd(const error_code& ec);
   void disarm_if_idle();
-  void pump();
+  // `woken`: the eventfd fired, so completions are waiting even without IORING_SQ_TASKRUN.
+  void pump(bool woken);
+  void schedule_pump();
+  bool completions_waiting() const;
+  void set_eventfd_enabled(bool enabled);
   static constexpr int kPumpRoundsMax = 8;
   Pending* take_pending();
 
@@ -128,12 +140,17 @@ class Uring final : public asio::execution_context::service {
   std::optional<Error> setup_error_;
   int event_fd_ = -1;
   std::optional<asio::posix::stream_descriptor> event_desc_;
+  unsigned setup_flags_ = 0;
+  bool defer_taskrun_ = false;
+  bool enabled_ = false;
   bool wait_armed_ = false;
-  bool submit_posted_ = false;
+  bool pump_posted_ = false;
   bool shut_down_ = false;
   unsigned unsubmitted_count_ = 0;
   std::uint64_t inflight_count_ = 0;
   std::uint64_t submit_call_count_ = 0;
+  std::uint64_t wake_count_ = 0;
+  std::uint64_t completion_count_ = 0;
   std::vector<std::unique_ptr<Pending>> free_pending_;
   CompletionHook hook_;
 };

@@ -1,13 +1,32 @@
-// disk_buffer_bench: primary writes through the disk buffer vs the bare disk, per block size.
+// disk_buffer_bench: primary writes through the disk buffer against writing the bare disk, over
+// the io_uring FileNode (the daemon's nodes), in one run. See docs/disk_buffer.md.
 //
-// Files on $TMPDIR (default /tmp) served by a synchronous pread/pwrite node (the io_uring
-// FileNode lives on another branch); 16 writers in flight so group commit can batch the
-// ordered flushes. For each block size, in interleaved rounds (median of --rounds, default 5):
-//   bare:    random 4 KiB writes to the disk file
-//   first:   the same writes through the primary view, each block's first write in the epoch
-//   rewrite: the same writes again (every block saved already)
-// and the same for sequential 1 MiB writes. Prints MiB/s and the ratios first/bare and
-// rewrite/bare. Usage: disk_buffer_bench [--mib N] [--rounds N]
+// Three kinds of points, each run by --queue-depth writers (coroutines) for --seconds (no
+// flush at the end, as fio measures writes; both files are synced between points):
+//   first:   writes through the primary view, each to a block not yet saved in the epoch (a
+//            fresh epoch per round; offsets: one write per block, blocks in random order, so
+//            every write is a first write)
+//   rewrite: the positions the first writes wrote, written again through the primary view
+//            (every block already saved)
+//   bare:    the same positions written straight to the disk FileNode
+// Each round runs first, then rewrite and bare in alternating order; the tables show medians
+// of --rounds rounds and the medians of the per-round ratios first/bare and rewrite/bare.
+//
+// Sections (--section, default all):
+//   rows     cache direct|buffered x queue depth 1|32 x write 4 KiB|64 KiB x ordered flushes
+//            on|off, at the default block size (or --block-bytes)
+//   blocks   block size 4 KiB..1 MiB (direct, QD32, ordered flushes) under random 4 KiB writes
+//            and sequential 1 MiB writes: first-write cost, buffer bytes per written byte, and
+//            an "epoch" stream (random 4 KiB writes with repeats, as a workload between two
+//            checkpoints sees them) with the buffer space it used
+//   failover 1 GiB buffered, then stop_replication(failover): time until the local view
+//            serves a read, and how long the background apply took
+//
+// Usage: disk_buffer_bench [--dir D] [--disk-mib N] [--seconds S] [--rounds N]
+//                          [--section all|rows|blocks|failover] [--block-bytes B]
+//                          [--failover-mib N] [--only cache/ordered/qd/write-KiB]
+//                          [--verbose 1]
+// Files are created in D (default /var/tmp: a disk file system, for O_DIRECT) and removed.
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -17,86 +36,458 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "secondary/disk_buffer_node.hpp"
+#include "shared/file_node.hpp"
+#include "shared/log.hpp"
 
 namespace colo {
 namespace {
 
-class PosixFileNode final : public BlockNode {
+using Clock = std::chrono::steady_clock;
+bool g_verbose = false;  // --verbose: every round's figures on stderr
+
+[[noreturn]] void die(const std::string& what) {
+  std::fprintf(stderr, "disk_buffer_bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+// Runs `task` on `io` to the end.
+void run(asio::io_context& io, Task<void> task) {
+  spawn(io.get_executor(), std::move(task), "bench");
+  io.restart();
+  io.run();
+}
+
+// A file of `size_bytes` whose every block is written (zeroes), so no point pays for block
+// allocation and the buffer is blank (formatted at open).
+void make_file(const std::string& path, std::uint64_t size_bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) die("cannot create " + path);
+  std::vector<char> zeroes(kMiB, 0);
+  for (std::uint64_t done = 0; done < size_bytes;) {
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(kMiB, size_bytes - done));
+    if (::pwrite(fd, zeroes.data(), n, static_cast<off_t>(done)) != static_cast<ssize_t>(n)) {
+      die("cannot write " + path);
+    }
+    done += n;
+  }
+  if (::fsync(fd) != 0) die("cannot sync " + path);
+  ::close(fd);
+}
+
+// Writes every dirty page of `path` back, so a point does not pay for the previous one.
+void sync_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    (void)::fsync(fd);
+    ::close(fd);
+  }
+}
+
+std::shared_ptr<FileNode> open_file(asio::io_context& io, const std::string& name,
+                                    const std::string& path, bool direct) {
+  FileNodeOptions o;
+  o.path = path;
+  o.cache = direct ? FileNodeOptions::Cache::direct : FileNodeOptions::Cache::buffered;
+  auto node = FileNode::open(io, name, o);
+  if (!node) die(node.error().to_string());
+  return *node;
+}
+
+// Forwards to a child and counts the requests and bytes that reach it (the device work a
+// point causes: exact, unlike the times on a shared machine).
+struct Counts {
+  std::uint64_t reads = 0, writes = 0, flushes = 0, fua_writes = 0;
+  std::uint64_t read_bytes = 0, write_bytes = 0;
+  std::uint64_t requests() const { return reads + writes + flushes; }
+  Counts operator-(const Counts& o) const {
+    return {reads - o.reads, writes - o.writes, flushes - o.flushes, fua_writes - o.fua_writes,
+            read_bytes - o.read_bytes, write_bytes - o.write_bytes};
+  }
+  Counts operator+(const Counts& o) const {
+    return {reads + o.reads, writes + o.writes, flushes + o.flushes, fua_writes + o.fua_writes,
+            read_bytes + o.read_bytes, write_bytes + o.write_bytes};
+  }
+};
+
+class CountingNode final : public BlockNode {
  public:
-  PosixFileNode(std::string path, std::uint64_t size_bytes) : path_(std::move(path)), size_(size_bytes) {
-    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
-    if (fd_ < 0 || ::posix_fallocate(fd_, 0, static_cast<off_t>(size_)) != 0) std::abort();
-  }
-  ~PosixFileNode() override {
-    ::close(fd_);
-    ::unlink(path_.c_str());
-  }
-  std::string_view name() const override { return path_; }
-  NodeLimits limits() const override { return NodeLimits{.alignment_bytes = 512}; }
-  std::uint64_t size_bytes() const override { return size_; }
+  explicit CountingNode(std::shared_ptr<BlockNode> child) : child_(std::move(child)) {}
+  std::string_view name() const override { return child_->name(); }
+  NodeLimits limits() const override { return child_->limits(); }
+  std::uint64_t size_bytes() const override { return child_->size_bytes(); }
   Task<IoResult> read(std::uint64_t o, std::span<std::byte> out) override {
-    if (::pread(fd_, out.data(), out.size(), static_cast<off_t>(o)) != static_cast<ssize_t>(out.size())) co_return io_error(EIO);
-    co_return IoResult{};
+    ++counts_.reads;
+    counts_.read_bytes += out.size();
+    return child_->read(o, out);
   }
-  Task<IoResult> write(std::uint64_t o, std::span<const std::byte> in, WriteFlags) override {
-    if (::pwrite(fd_, in.data(), in.size(), static_cast<off_t>(o)) != static_cast<ssize_t>(in.size())) co_return io_error(EIO);
-    co_return IoResult{};
+  Task<IoResult> write(std::uint64_t o, std::span<const std::byte> in, WriteFlags f) override {
+    ++counts_.writes;
+    if (has(f, WriteFlags::fua)) ++counts_.fua_writes;
+    counts_.write_bytes += in.size();
+    return child_->write(o, in, f);
   }
   Task<IoResult> flush() override {
-    if (::fdatasync(fd_) != 0) co_return io_error(EIO);
-    co_return IoResult{};
+    ++counts_.flushes;
+    return child_->flush();
   }
-  Task<IoResult> trim(std::uint64_t, std::uint64_t, WriteFlags) override { co_return io_error(ENOTSUP); }
-  Task<IoResult> write_zeroes(std::uint64_t, std::uint64_t, WriteFlags) override { co_return io_error(ENOTSUP); }
-  Task<void> drain() override { co_return; }
+  Task<IoResult> trim(std::uint64_t o, std::uint64_t n, WriteFlags f) override {
+    return child_->trim(o, n, f);
+  }
+  Task<IoResult> write_zeroes(std::uint64_t o, std::uint64_t n, WriteFlags f) override {
+    return child_->write_zeroes(o, n, f);
+  }
+  Task<void> drain() override { return child_->drain(); }
+  const Counts& counts() const { return counts_; }
 
  private:
-  std::string path_;
-  std::uint64_t size_;
-  int fd_ = -1;
+  std::shared_ptr<BlockNode> child_;
+  Counts counts_;
 };
 
-struct Workload {
-  std::vector<std::uint64_t> offsets;
-  std::uint64_t length_bytes;
+// ---- one timed point ---------------------------------------------------------------------
+
+struct Point {
+  BlockNode* node = nullptr;
+  const std::vector<std::uint64_t>* offsets = nullptr;
+  std::size_t limit = 0;  // offsets usable (first writes: no wrap-around)
+  bool wrap = true;
+  std::uint32_t write_bytes = 4096;
+  Clock::time_point deadline;
+  std::size_t next = 0;
+  std::uint64_t ops = 0;
+  bool failed = false;
 };
 
-Task<void> writer(BlockNode& node, const Workload& w, std::size_t first, std::size_t step,
-                  std::vector<std::byte>& data) {
-  for (std::size_t i = first; i < w.offsets.size(); i += step) {
-    IoResult r = co_await node.write(w.offsets[i], std::span(data).subspan(0, w.length_bytes),
-                                     WriteFlags::none);
-    if (!r) std::abort();
+Task<void> point_writer(Point* p, std::byte* data) {
+  while (Clock::now() < p->deadline && !p->failed) {
+    if (p->next >= p->limit) {
+      if (!p->wrap) break;
+      p->next = 0;
+    }
+    const std::uint64_t offset = (*p->offsets)[p->next++];
+    IoResult r = co_await p->node->write(
+        offset, std::span<const std::byte>(data, p->write_bytes), WriteFlags::none);
+    if (!r) {
+      std::fprintf(stderr, "write at %llu failed: %s\n", static_cast<unsigned long long>(offset),
+                   r.error().message().c_str());
+      p->failed = true;
+    }
+    ++p->ops;
   }
 }
 
-// MiB/s of running the workload with 16 writers, then a flush.
-double run(BlockNode& node, const Workload& w) {
-  asio::io_context io;
-  std::vector<std::vector<std::byte>> bufs(16, std::vector<std::byte>(w.length_bytes, std::byte{0x22}));
-  const auto t0 = std::chrono::steady_clock::now();
-  for (std::size_t k = 0; k < 16; ++k) spawn(io.get_executor(), writer(node, w, k, 16, bufs[k]), "writer");
-  io.run();
-  auto flush = [&]() -> Task<void> {
-    IoResult r = co_await node.flush();
-    if (!r) std::abort();
-  };
+struct PointResult {
+  double ops_per_s = 0;
+  std::uint64_t ops = 0;
+};
+
+PointResult run_point(asio::io_context& io, Point p, std::uint32_t queue_depth, double seconds,
+                      std::vector<std::byte*>& buffers) {
+  const auto start = Clock::now();
+  p.deadline = start + std::chrono::duration_cast<Clock::duration>(
+                           std::chrono::duration<double>(seconds));
+  for (std::uint32_t i = 0; i < queue_depth; ++i) {
+    spawn(io.get_executor(), point_writer(&p, buffers[i]), "writer");
+  }
   io.restart();
-  spawn(io.get_executor(), flush(), "flush");
   io.run();
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return static_cast<double>(w.offsets.size() * w.length_bytes) / s / kMiB;
+  if (p.failed) die("a write failed");
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  return {static_cast<double>(p.ops) / elapsed, p.ops};
 }
+
+// ---- a bench rig: disk, buffer, disk buffer ----------------------------------------------
+
+struct Rig {
+  asio::io_context io;
+  std::string disk_path, buffer_path;
+  std::shared_ptr<FileNode> disk_file, buffer_file;
+  std::shared_ptr<CountingNode> disk, buffer;
+  std::shared_ptr<DiskBuffer> db;
+  std::shared_ptr<BlockNode> primary;
+  std::uint64_t epoch = 0;
+
+  Rig(const std::string& disk_path_in, const std::string& buffer_path_in, bool direct,
+      DiskBufferOptions options)
+      : disk_path(disk_path_in), buffer_path(buffer_path_in) {
+    disk_file = open_file(io, "disk", disk_path, direct);
+    buffer_file = open_file(io, "buffer", buffer_path, direct);
+    disk = std::make_shared<CountingNode>(disk_file);
+    buffer = std::make_shared<CountingNode>(buffer_file);
+    run(io, open_and_start(this, options));
+    if (!db) die("cannot open the disk buffer");
+    primary = db->primary_view();
+  }
+  ~Rig() {
+    if (db) run(io, stop(this));
+  }
+  Rig(const Rig&) = delete;
+  Rig& operator=(const Rig&) = delete;
+
+  static Task<void> open_and_start(Rig* self, DiskBufferOptions options) {
+    auto o = co_await DiskBuffer::open("bench", self->disk, self->buffer, options);
+    if (!o) die(o.error().to_string());
+    Result<void> s = co_await (*o)->start_replication(self->disk->size_bytes());
+    if (!s) die(s.error().to_string());
+    self->db = *o;
+    self->epoch = self->db->epoch();
+  }
+  static Task<void> checkpoint(Rig* self) {
+    Result<void> r = co_await self->db->do_checkpoint(++self->epoch);
+    if (!r) die(r.error().to_string());
+  }
+  static Task<void> stop(Rig* self) {
+    Result<void> r = co_await self->db->stop_replication(StopMode::discard);
+    if (!r) die(r.error().to_string());
+  }
+  Counts counts() const { return disk->counts() + buffer->counts(); }
+  // A fresh epoch: no block saved.
+  void new_epoch() { run(io, checkpoint(this)); }
+  void settle() {
+    sync_file(disk_path);
+    sync_file(buffer_path);
+  }
+};
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
+  const std::size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// Offsets for one write per block, blocks in random order (every write a first write);
+// `write_bytes` >= block: consecutive writes (sequential), each covering whole blocks.
+std::vector<std::uint64_t> first_write_offsets(std::uint64_t disk_bytes, std::uint32_t block_bytes,
+                                               std::uint32_t write_bytes, bool sequential,
+                                               std::uint64_t seed) {
+  std::vector<std::uint64_t> out;
+  const std::uint64_t stride = std::max(block_bytes, write_bytes);
+  for (std::uint64_t o = 0; o + write_bytes <= disk_bytes; o += stride) out.push_back(o);
+  if (!sequential) {
+    std::mt19937_64 prng(seed);
+    std::shuffle(out.begin(), out.end(), prng);
+    // A random write-sized position inside the block, so the write is not always its start.
+    if (write_bytes < block_bytes) {
+      for (auto& o : out) o += (prng() % (block_bytes / write_bytes)) * write_bytes;
+    }
+  }
+  return out;
+}
+
+struct Measured {
+  std::vector<double> bare, first, rewrite;        // ops/s per round
+  std::vector<double> first_ratio, rewrite_ratio;  // per round, against that round's bare
+  Counts first_counts;                             // device work of the first writes
+  std::uint64_t first_ops = 0;
+  std::uint64_t first_slot_bytes = 0;              // buffer space they took
+  std::uint64_t first_cycles = 0;                  // save cycles they took
+
+  double per_first(std::uint64_t v) const {
+    return static_cast<double>(v) / static_cast<double>(std::max<std::uint64_t>(first_ops, 1));
+  }
+  double requests_per_first() const { return per_first(first_counts.requests()); }
+  double kib_per_first() const {
+    return per_first(first_counts.read_bytes + first_counts.write_bytes) / 1024;
+  }
+  double syncs_per_first() const {
+    return per_first(first_counts.flushes + first_counts.fua_writes);
+  }
+};
+
+// Rounds of first, then rewrite and bare in alternating order, for one configuration. Bare
+// and rewrite write the positions the first writes wrote (so they differ only in the path).
+Measured measure(Rig& rig, std::uint32_t write_bytes, std::uint32_t queue_depth,
+                 bool sequential, double seconds, int rounds, std::vector<std::byte*>& buffers) {
+  Measured m;
+  const std::uint32_t block_bytes = rig.db->block_bytes();
+  for (int r = 0; r < rounds; ++r) {
+    const auto offsets = first_write_offsets(rig.disk->size_bytes(), block_bytes, write_bytes,
+                                             sequential, 1000 + r);
+    rig.new_epoch();
+    rig.settle();
+    const std::uint64_t slots_before = rig.db->slots_used();
+    const std::uint64_t cycles_before = rig.db->save_cycle_count();
+    const Counts counts_before = rig.counts();
+    Point first{.node = rig.primary.get(), .offsets = &offsets, .limit = offsets.size(),
+                .wrap = false, .write_bytes = write_bytes};
+    const PointResult f = run_point(rig.io, first, queue_depth, seconds, buffers);
+    m.first_counts = m.first_counts + (rig.counts() - counts_before);
+    m.first_ops += f.ops;
+    m.first_slot_bytes += (rig.db->slots_used() - slots_before) * slot_bytes(block_bytes);
+    m.first_cycles += rig.db->save_cycle_count() - cycles_before;
+    const std::size_t written = static_cast<std::size_t>(std::max<std::uint64_t>(f.ops, 1));
+    auto again = [&](BlockNode* node) {
+      rig.settle();
+      Point p{.node = node, .offsets = &offsets, .limit = written, .wrap = true,
+              .write_bytes = write_bytes};
+      return run_point(rig.io, p, queue_depth, seconds, buffers).ops_per_s;
+    };
+    double bare = 0, rewrite = 0;
+    if (r % 2 == 0) {
+      rewrite = again(rig.primary.get());
+      bare = again(rig.disk.get());
+    } else {
+      bare = again(rig.disk.get());
+      rewrite = again(rig.primary.get());
+    }
+    if (g_verbose) {
+      std::fprintf(stderr, "  round %d: first %.0f rewrite %.0f bare %.0f ops/s\n", r + 1,
+                   f.ops_per_s, rewrite, bare);
+    }
+    m.bare.push_back(bare);
+    m.first.push_back(f.ops_per_s);
+    m.rewrite.push_back(rewrite);
+    m.first_ratio.push_back(f.ops_per_s / bare);
+    m.rewrite_ratio.push_back(rewrite / bare);
+  }
+  return m;
+}
+
+// ---- sections -----------------------------------------------------------------------------
+
+struct Env {
+  std::string dir;
+  std::uint64_t disk_bytes = 0;
+  double seconds = 0.4;
+  int rounds = 5;
+  std::string disk_path, buffer_path;
+  std::vector<std::byte*> buffers;  // one write buffer per writer, 4096-aligned
+  std::string only;                 // rows: "cache/ordered/qd/write", e.g. "direct/on/32/4"
+};
+
+std::uint64_t buffer_bytes_for(std::uint64_t disk_bytes, std::uint32_t block_bytes) {
+  return kSlotsOffsetBytes + (disk_bytes / block_bytes + 16) * slot_bytes(block_bytes);
+}
+
+void section_rows(Env& env, std::uint32_t block_bytes) {
+  std::printf("\n== primary writes through the buffer vs the bare disk (block %u bytes) ==\n"
+              "ops/s: medians of %d rounds of %.1f s; first/x, rewr/x: medians of the per-round "
+              "ratios to bare;\nper first write: device requests (reads, writes, flushes of "
+              "disk and buffer), KiB moved, flushes or FUA writes, save cycles\n",
+              block_bytes, env.rounds, env.seconds);
+  std::printf("%-8s %-7s %3s %5s %9s %9s %9s %7s %7s | %6s %7s %6s %6s\n", "cache", "ordered",
+              "qd", "write", "bare", "first", "rewrite", "first/x", "rewr/x", "req", "KiB",
+              "syncs", "cycles");
+  for (bool direct : {true, false}) {
+    for (bool ordered : {true, false}) {
+      Rig rig(env.disk_path, env.buffer_path, direct, DiskBufferOptions{block_bytes, ordered});
+      for (std::uint32_t qd : {1u, 32u}) {
+        for (std::uint32_t write_bytes : {4096u, 65536u}) {
+          const std::string id = fmt::format("{}/{}/{}/{}", direct ? "direct" : "buffered",
+                                             ordered ? "on" : "off", qd, write_bytes / 1024);
+          if (!env.only.empty() && env.only != id) continue;
+          Measured m = measure(rig, write_bytes, qd, false, env.seconds, env.rounds, env.buffers);
+          std::printf("%-8s %-7s %3u %4uK %9.0f %9.0f %9.0f %7.2f %7.2f | %6.2f %7.1f %6.2f "
+                      "%6.2f\n",
+                      direct ? "direct" : "buffered", ordered ? "on" : "off", qd,
+                      write_bytes / 1024, median(m.bare), median(m.first), median(m.rewrite),
+                      median(m.first_ratio), median(m.rewrite_ratio), m.requests_per_first(),
+                      m.kib_per_first(), m.syncs_per_first(), m.per_first(m.first_cycles));
+          std::fflush(stdout);
+        }
+      }
+    }
+  }
+}
+
+void section_blocks(Env& env) {
+  const std::uint64_t epoch_writes = env.disk_bytes / 4 / 4096;
+  std::printf("\n== block size (direct, QD32, ordered flushes; medians of %d rounds of %.1f s) "
+              "==\nrandom 4 KiB first writes and sequential 1 MiB first writes: first/x, "
+              "rewr/x = throughput vs the bare disk;\nKiB = device KiB moved per first write "
+              "(bare: 4 / 1024); buf = buffer KiB used per first write;\nepoch: %llu random "
+              "4 KiB writes with repeats (%llu MiB over the %llu MiB disk) in one epoch: time "
+              "of bare / time through the buffer, and buffer MiB used\n",
+              env.rounds, env.seconds, static_cast<unsigned long long>(epoch_writes),
+              static_cast<unsigned long long>(epoch_writes * 4096 / kMiB),
+              static_cast<unsigned long long>(env.disk_bytes / kMiB));
+  std::printf("%-8s | %7s %7s %6s %7s %7s | %7s %7s %7s %7s | %7s %8s\n", "block", "r4k 1st",
+              "rewr", "req", "KiB", "buf", "s1m 1st", "rewr", "KiB", "buf", "epoch", "buf MiB");
+  std::mt19937_64 prng(7);
+  std::vector<std::uint64_t> stream;
+  for (std::uint64_t i = 0; i < epoch_writes; ++i) {
+    stream.push_back((prng() % (env.disk_bytes / 4096)) * 4096);
+  }
+  for (std::uint32_t block : {4096u, 16384u, 65536u, 262144u, 1048576u}) {
+    Rig rig(env.disk_path, env.buffer_path, true, DiskBufferOptions{block, true});
+    Measured r4 = measure(rig, 4096, 32, false, env.seconds, env.rounds, env.buffers);
+    Measured s1 = measure(rig, kMiB, 32, true, env.seconds, env.rounds, env.buffers);
+    // Epoch stream: a fixed amount of work, timed to the end, interleaved with bare.
+    std::vector<double> epoch_ratio;
+    std::uint64_t epoch_slots = 0;
+    for (int r = 0; r < env.rounds; ++r) {
+      Point p{.node = rig.disk.get(), .offsets = &stream, .limit = stream.size(), .wrap = false,
+              .write_bytes = 4096};
+      rig.settle();
+      const double bare_ops = run_point(rig.io, p, 32, 1e9, env.buffers).ops_per_s;
+      rig.new_epoch();
+      rig.settle();
+      p.node = rig.primary.get();
+      const double buffered_ops = run_point(rig.io, p, 32, 1e9, env.buffers).ops_per_s;
+      epoch_ratio.push_back(buffered_ops / bare_ops);
+      epoch_slots = rig.db->slots_used();
+    }
+    std::printf("%-8u | %7.2f %7.2f %6.2f %7.1f %7.1f | %7.2f %7.2f %7.0f %7.0f | %7.2f %8.1f\n",
+                block, median(r4.first_ratio), median(r4.rewrite_ratio), r4.requests_per_first(),
+                r4.kib_per_first(), r4.per_first(r4.first_slot_bytes) / 1024,
+                median(s1.first_ratio), median(s1.rewrite_ratio), s1.kib_per_first(),
+                s1.per_first(s1.first_slot_bytes) / 1024, median(epoch_ratio),
+                static_cast<double>(epoch_slots * slot_bytes(block)) / kMiB);
+    std::fflush(stdout);
+  }
+}
+
+Task<void> fill_and_fail_over(Rig* rig, std::uint64_t bytes) {
+  auto local = rig->db->local_view();
+  auto* data = static_cast<std::byte*>(std::aligned_alloc(4096, 8 * kMiB));
+  std::memset(data, 0x22, 8 * kMiB);
+  for (std::uint64_t off = 0; off < bytes; off += 8 * kMiB) {
+    IoResult r = co_await rig->primary->write(off, std::span<const std::byte>(data, 8 * kMiB),
+                                              WriteFlags::none);
+    if (!r) die("filling the buffer failed");
+  }
+  std::free(data);
+  auto* out = static_cast<std::byte*>(std::aligned_alloc(4096, 4096));
+  const auto t0 = Clock::now();
+  Result<void> s = co_await rig->db->stop_replication(StopMode::failover);
+  if (!s) die(s.error().to_string());
+  IoResult r = co_await local->read(bytes / 2, std::span<std::byte>(out, 4096));
+  if (!r) die("the local view did not serve");
+  const double serve_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  const auto t1 = Clock::now();
+  co_await rig->db->wait_failover_idle();
+  const double apply_s = std::chrono::duration<double>(Clock::now() - t1).count();
+  std::free(out);
+  std::printf("failover with %llu MiB buffered (%zu blocks of %u bytes): the local view served a "
+              "4 KiB read %.2f ms after stop_replication(failover) (target <= 100 ms); the "
+              "background apply took %.2f s\n",
+              static_cast<unsigned long long>(bytes / kMiB),
+              static_cast<std::size_t>(rig->db->failover_progress().total_bytes /
+                                       rig->db->block_bytes()),
+              rig->db->block_bytes(), serve_ms, apply_s);
+  rig->db.reset();  // stopped already
+}
+
+void section_failover(Env& env, std::uint64_t bytes, std::uint32_t block_bytes) {
+  std::printf("\n== failover (direct, block %u bytes) ==\n", block_bytes);
+  const std::string disk = env.dir + "/failover-disk.img";
+  const std::string buffer = env.dir + "/failover-buffer.img";
+  make_file(disk, bytes);
+  make_file(buffer, buffer_bytes_for(bytes, block_bytes));
+  {
+    Rig rig(disk, buffer, true, DiskBufferOptions{block_bytes, true});
+    run(rig.io, fill_and_fail_over(&rig, bytes));
+  }
+  std::filesystem::remove(disk);
+  std::filesystem::remove(buffer);
 }
 
 }  // namespace
@@ -104,89 +495,56 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   using namespace colo;
-  std::uint64_t mib = 64;
+  std::string dir = "/var/tmp", section = "all", only;
+  std::uint64_t disk_mib = 128, failover_mib = 1024;
+  std::uint32_t block_bytes = kDiskBufferBlockBytesDefault;
+  double seconds = 0.4;
   int rounds = 5;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::string(argv[i]) == "--mib") mib = std::stoull(argv[i + 1]);
-    if (std::string(argv[i]) == "--rounds") rounds = std::stoi(argv[i + 1]);
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (i + 1 >= argc) die("missing value for " + a);
+    const std::string v = argv[++i];
+    if (a == "--dir") dir = v;
+    else if (a == "--disk-mib") disk_mib = std::stoull(v);
+    else if (a == "--seconds") seconds = std::stod(v);
+    else if (a == "--rounds") rounds = std::stoi(v);
+    else if (a == "--section") section = v;
+    else if (a == "--block-bytes") block_bytes = static_cast<std::uint32_t>(std::stoul(v));
+    else if (a == "--failover-mib") failover_mib = std::stoull(v);
+    else if (a == "--only") only = v;
+    else if (a == "--verbose") g_verbose = v == "1";
+    else die("unknown option " + a);
   }
-  const char* tmp = std::getenv("TMPDIR");
-  const std::string dir = tmp ? tmp : "/tmp";
-  const std::uint64_t disk_bytes = mib * kMiB;
-  std::mt19937_64 prng(1);
-  Workload random4k{{}, 4096};
-  for (std::uint64_t i = 0; i < disk_bytes / 4096 / 4; ++i) random4k.offsets.push_back((prng() % (disk_bytes / 4096)) * 4096);
-  Workload seq1m{{}, kMiB};
-  for (std::uint64_t o = 0; o < disk_bytes; o += kMiB) seq1m.offsets.push_back(o);
-  if (argc > 1 && std::string(argv[1]) == "--failover") {
-    // Time until the local view serves I/O after stop_replication(failover), 1 GiB buffered.
-    const std::uint64_t gib = 1024ull * kMiB;
-    auto disk = std::make_shared<PosixFileNode>(dir + "/colo-bench-disk", gib);
-    auto buffer = std::make_shared<PosixFileNode>(
-        dir + "/colo-bench-buffer", kSlotsOffsetBytes + (gib / 65536 + 1) * slot_bytes(65536));
-    asio::io_context io;
-    double serve_ms = 0;
-    auto body = [&]() -> Task<void> {
-      auto o = co_await DiskBuffer::open("bench", disk, buffer, DiskBufferOptions{});
-      if (!o) std::abort();
-      auto db = *o;
-      Result<void> s = co_await db->start_replication(gib);
-      if (!s) std::abort();
-      auto primary = db->primary_view();
-      auto local = db->local_view();
-      std::vector<std::byte> data(8 * kMiB, std::byte{0x22});
-      for (std::uint64_t off = 0; off < gib; off += data.size()) {
-        IoResult r = co_await primary->write(off, data, WriteFlags::none);
-        if (!r) std::abort();
-      }
-      std::printf("buffered %zu blocks\n", db->buffered_block_count());
-      std::vector<std::byte> out(4096);
-      const auto t0 = std::chrono::steady_clock::now();
-      s = co_await db->stop_replication(StopMode::failover);
-      if (!s) std::abort();
-      IoResult r = co_await local->read(gib / 2, out);
-      if (!r) std::abort();
-      serve_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      const auto t1 = std::chrono::steady_clock::now();
-      co_await db->wait_failover_idle();
-      std::printf("failover: local view served a read %.2f ms after stop; apply of 1 GiB took %.2f s\n",
-                  serve_ms, std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count());
-    };
-    spawn(io.get_executor(), body(), "failover");
-    io.run();
-    return 0;
+  if (rounds < 1 || disk_mib < 16 || seconds <= 0) die("bad --rounds, --disk-mib or --seconds");
+  log::set_level(log::Level::error);  // also hides the lifecycle events
+  Env env;
+  char tmpl[4096];
+  std::snprintf(tmpl, sizeof(tmpl), "%s/colo-dbbench-XXXXXX", dir.c_str());
+  if (::mkdtemp(tmpl) == nullptr) die("cannot create a directory in " + dir);
+  env.dir = tmpl;
+  env.disk_bytes = disk_mib * kMiB;
+  env.seconds = seconds;
+  env.rounds = rounds;
+  env.only = only;
+  env.disk_path = env.dir + "/disk.img";
+  env.buffer_path = env.dir + "/buffer.img";
+  for (int i = 0; i < 32; ++i) {
+    auto* b = static_cast<std::byte*>(std::aligned_alloc(4096, kMiB));
+    std::memset(b, 0x22, kMiB);
+    env.buffers.push_back(b);
   }
-  std::printf("disk %llu MiB on %s, %d rounds, 16 writers, ordered flushes\n",
-              static_cast<unsigned long long>(mib), dir.c_str(), rounds);
-  std::printf("%-10s %-8s %10s %10s %10s %8s %8s\n", "workload", "block", "bare", "first", "rewrite", "first/x", "rewr/x");
-  for (const auto* wl : {&random4k, &seq1m}) {
-    for (std::uint32_t block : {4096u, 16384u, 65536u, 262144u}) {
-      std::vector<double> bare, first, rewrite;
-      for (int r = 0; r < rounds; ++r) {
-        auto disk = std::make_shared<PosixFileNode>(dir + "/colo-bench-disk", disk_bytes);
-        auto buffer = std::make_shared<PosixFileNode>(
-            dir + "/colo-bench-buffer", kSlotsOffsetBytes + (disk_bytes / block + 1) * slot_bytes(block));
-        bare.push_back(run(*disk, *wl));
-        asio::io_context io;
-        std::shared_ptr<DiskBuffer> db;
-        auto open = [&]() -> Task<void> {
-          auto o = co_await DiskBuffer::open("bench", disk, buffer, DiskBufferOptions{block, true});
-          if (!o) std::abort();
-          db = *o;
-          Result<void> s = co_await db->start_replication(disk_bytes);
-          if (!s) std::abort();
-        };
-        spawn(io.get_executor(), open(), "open");
-        io.run();
-        auto primary = db->primary_view();
-        first.push_back(run(*primary, *wl));
-        rewrite.push_back(run(*primary, *wl));
-      }
-      const double b = median(bare), f = median(first), w = median(rewrite);
-      std::printf("%-10s %-8u %10.1f %10.1f %10.1f %8.2f %8.2f\n", wl == &random4k ? "rand4k" : "seq1m",
-                  block, b, f, w, f / b, w / b);
-      std::fflush(stdout);
-    }
+  std::printf("disk_buffer_bench: disk %llu MiB in %s, FileNode (io_uring)\n",
+              static_cast<unsigned long long>(disk_mib), dir.c_str());
+  if (section == "all" || section == "rows" || section == "blocks") {
+    make_file(env.disk_path, env.disk_bytes);
+    make_file(env.buffer_path, buffer_bytes_for(env.disk_bytes, 4096));
   }
+  if (section == "all" || section == "rows") section_rows(env, block_bytes);
+  if (section == "all" || section == "blocks") section_blocks(env);
+  if (section == "all" || section == "failover") {
+    section_failover(env, failover_mib * kMiB, block_bytes);
+  }
+  for (auto* b : env.buffers) std::free(b);
+  std::filesystem::remove_all(env.dir);
   return 0;
 }

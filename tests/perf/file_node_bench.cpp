@@ -3,7 +3,9 @@
 //
 //   file_node_bench --path F --size-mib N --cache direct|buffered
 //                   --pattern rand|seq --block-bytes B --queue-depth Q --seconds S
-// Output: "iops=<ops per second> mibps=<MiB per second> ops=<count>"
+// Output: "iops=<ops per second> mibps=<MiB per second> ops=<count> errors=<count>
+//          wakes=<eventfd wake-ups> submits=<io_uring_enter calls that submitted>
+//          ring_flags=<IORING_SETUP_* flags>"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/program_options.hpp>
@@ -17,6 +19,7 @@
 
 #include "shared/file_node.hpp"
 #include "shared/log.hpp"
+#include "shared/uring.hpp"
 
 namespace {
 
@@ -117,8 +120,13 @@ int main(int argc, char** argv) {
   io.run();
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   const double iops = static_cast<double>(run.ops) / elapsed;
-  std::printf("iops=%.0f mibps=%.1f ops=%llu errors=%llu\n", iops,
-              iops * block_bytes / (1024.0 * 1024.0), static_cast<unsigned long long>(run.ops),
-              static_cast<unsigned long long>(run.errors));
+  const Uring& ring = run.node->ring();
+  std::printf("iops=%.0f mibps=%.1f ops=%llu errors=%llu wakes=%llu submits=%llu "
+              "ring_flags=%#x\n",
+              iops, iops * block_bytes / (1024.0 * 1024.0),
+              static_cast<unsigned long long>(run.ops),
+              static_cast<unsigned long long>(run.errors),
+              static_cast<unsigned long long>(ring.wake_count()),
+              static_cast<unsigned long long>(ring.submit_call_count()), ring.setup_flags());
   return run.errors == 0 ? 0 : 1;
 }
