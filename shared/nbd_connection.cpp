@@ -1,8 +1,10 @@
 #include "shared/nbd_connection.hpp"
 
+#include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "shared/check.hpp"
@@ -40,6 +42,13 @@ void NbdConnection::abort() {
   stream_->close();
 }
 
+bool NbdConnection::take_buffered(std::span<std::byte> out) {
+  if (read_end_ - read_pos_ < out.size()) return false;
+  std::memcpy(out.data(), read_buffer_.get() + read_pos_, out.size());
+  read_pos_ += out.size();
+  return true;
+}
+
 Task<error_code> NbdConnection::read_exact(std::span<std::byte> out) {
   std::size_t done = 0;
   while (done < out.size()) {
@@ -53,16 +62,20 @@ Task<error_code> NbdConnection::read_exact(std::span<std::byte> out) {
     }
     if (stopping_) co_return make_error_code(asio::error::operation_aborted);
     const std::size_t remaining = out.size() - done;
-    if (remaining >= kReadBufferBytes) {
+    if (remaining >= kDirectReadBytesMin) {
       // Large payloads go straight into the caller's buffer.
-      auto [ec, n] = co_await stream_->read_some(out.subspan(done));
+      const auto dest = out.subspan(done);
+      auto [ec, n] = co_await stream_->read_some(dest, read_drained_);
+      read_drained_ = !ec && n < dest.size();
       if (ec) co_return ec;
       done += n;
       continue;
     }
     read_pos_ = 0;
     read_end_ = 0;
-    auto [ec, n] = co_await stream_->read_some(std::span(read_buffer_.get(), kReadBufferBytes));
+    auto [ec, n] =
+        co_await stream_->read_some(std::span(read_buffer_.get(), kReadBufferBytes), read_drained_);
+    read_drained_ = !ec && n < kReadBufferBytes;
     if (ec) co_return ec;
     read_end_ = n;
   }
@@ -142,13 +155,14 @@ Task<void> NbdConnection::transmission(std::size_t export_index) {
              shape_.structured_replies);
 
   auto ex = co_await asio::this_coro::executor;
-  writer_running_ = true;
-  spawn(ex, writer_main(shared_from_this()), "nbd writer");
+  executor_ = ex;
 
   std::array<std::byte, kRequestBytes> header_bytes{};
   for (;;) {
     if (write_failed_) break;
-    if (auto ec = co_await read_exact(header_bytes); ec) {
+    error_code ec;
+    if (!take_buffered(header_bytes)) ec = co_await read_exact(header_bytes);
+    if (ec) {
       if (ec != asio::error::eof && ec != asio::error::operation_aborted) {
         log::warn("nbd: peer {}: read failed: {}", peer(), ec.message());
       } else if (ec == asio::error::eof) {
@@ -187,7 +201,8 @@ Task<void> NbdConnection::transmission(std::size_t export_index) {
     inflight_bytes_ += cost;
     PayloadBuffer buffer = pool_.get(cost);
     if (has_payload(*r) && r->length_bytes > 0) {
-      auto ec = co_await read_exact(std::span(buffer.data(), r->length_bytes));
+      const std::span payload(buffer.data(), r->length_bytes);
+      if (!take_buffered(payload)) ec = co_await read_exact(payload);
       if (ec) {
         log::warn("nbd: peer {}: truncated write payload: {}", peer(), ec.message());
         pool_.put(std::move(buffer));
@@ -210,48 +225,9 @@ Task<void> NbdConnection::transmission(std::size_t export_index) {
     spawn(ex, handle(shared_from_this(), *r, std::move(buffer), cost), "nbd request");
   }
 
-  // Finish what is in flight, send every reply, then stop the writer.
+  // Finish what is in flight and send every reply (the flusher is counted in handlers_).
   stopping_ = true;
   co_await handlers_.wait_idle();
-  writer_wake_.notify_all();
-  while (writer_running_) co_await writer_done_.wait();
-}
-
-Task<void> NbdConnection::writer_main(std::shared_ptr<NbdConnection> self) {
-  co_await self->writer();
-}
-
-Task<void> NbdConnection::writer() {
-  for (;;) {
-    while (queue_.empty() && !stopping_) co_await writer_wake_.wait();
-    if (queue_.empty()) {
-      // stopping_: leave only when no handler can enqueue any more.
-      if (handlers_.count() == 0) break;
-      co_await writer_wake_.wait();
-      continue;
-    }
-    batch_.swap(queue_);
-    iov_.clear();
-    for (const OutFrame& f : batch_) {
-      iov_.emplace_back(f.header.data(), f.header_bytes);
-      if (f.payload_bytes > 0) iov_.emplace_back(f.payload.data(), f.payload_bytes);
-    }
-    error_code ec;
-    if (!write_failed_) ec = co_await stream_->write_all(iov_);
-    for (OutFrame& f : batch_) {
-      pool_.put(std::move(f.payload));
-      release(f.charged_bytes);
-    }
-    batch_.clear();
-    if (ec && !write_failed_) {
-      write_failed_ = true;
-      log::warn("nbd: peer {}: write failed: {}", peer(), ec.message());
-      stream_->cancel_read();
-      budget_freed_.notify_all();
-    }
-  }
-  writer_running_ = false;
-  writer_done_.notify_all(true);
 }
 
 void NbdConnection::release(std::uint64_t charged_bytes) {
@@ -259,17 +235,119 @@ void NbdConnection::release(std::uint64_t charged_bytes) {
   CHECK(inflight_bytes_ >= charged_bytes);
   --inflight_requests_;
   inflight_bytes_ -= charged_bytes;
-  budget_freed_.notify_all();
+  if (budget_freed_.waiter_count() > 0) budget_freed_.notify_all();
 }
 
-void NbdConnection::enqueue(OutFrame frame) {
+void NbdConnection::release_frame(OutFrame& f) {
+  pool_.put(std::move(f.payload));
+  release(f.charged_bytes);
+}
+
+void NbdConnection::send(OutFrame frame) {
   if (write_failed_) {
-    pool_.put(std::move(frame.payload));
-    release(frame.charged_bytes);
+    release_frame(frame);
     return;
   }
   queue_.push_back(std::move(frame));
-  writer_wake_.notify_all();
+  if (writing_ || flush_posted_) return;  // goes out with the write in progress or posted
+  if (handlers_.count() > 1 || read_pos_ < read_end_) {
+    // Other requests may finish in this event-loop turn (the ring reaps completions in
+    // batches; buffered requests are about to run): write once, at the end of the turn.
+    flush_posted_ = true;
+    handlers_.begin();
+    asio::post(executor_, [self = shared_from_this()] {
+      self->flush_posted_ = false;
+      if (!self->writing_) self->flush_now();
+      self->handlers_.end();
+    });
+    return;
+  }
+  flush_now();
+}
+
+std::size_t NbdConnection::build_iov(const std::vector<OutFrame>& frames, std::size_t skip_bytes,
+                                     std::size_t buffers_max) {
+  iov_.clear();
+  std::size_t total = 0;
+  auto add = [&](const std::byte* p, std::size_t n) {
+    if (skip_bytes >= n) {
+      skip_bytes -= n;
+      return;
+    }
+    iov_.emplace_back(p + skip_bytes, n - skip_bytes);
+    total += n - skip_bytes;
+    skip_bytes = 0;
+  };
+  for (const OutFrame& f : frames) {
+    if (iov_.size() + 2 > buffers_max) break;
+    add(f.header.data(), f.header_bytes);
+    if (f.payload_bytes > 0) add(f.payload.data(), f.payload_bytes);
+  }
+  return total;
+}
+
+void NbdConnection::consume(std::size_t bytes) {
+  std::size_t done = 0;  // frames fully written
+  bytes += queue_sent_bytes_;
+  while (done < queue_.size()) {
+    OutFrame& f = queue_[done];
+    const std::size_t frame_bytes = f.header_bytes + f.payload_bytes;
+    if (bytes < frame_bytes) break;
+    bytes -= frame_bytes;
+    release_frame(f);
+    ++done;
+  }
+  queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(done));
+  queue_sent_bytes_ = bytes;
+}
+
+void NbdConnection::flush_now() {
+  CHECK(!writing_);
+  while (!queue_.empty() && !write_failed_) {
+    const std::size_t want = build_iov(queue_, queue_sent_bytes_, ByteStream::kTryWriteBuffersMax);
+    auto [ec, n] = stream_->try_write(iov_);
+    if (ec) {
+      fail_write(ec);
+      return;
+    }
+    consume(n);
+    if (n < want) break;  // the socket is full: the flusher waits for room
+  }
+  if (write_failed_) fail_write({});
+  if (queue_.empty()) return;
+  writing_ = true;
+  handlers_.begin();
+  spawn(executor_, flusher(shared_from_this()), "nbd flusher");
+}
+
+Task<void> NbdConnection::flusher(std::shared_ptr<NbdConnection> self) {
+  NbdConnection& c = *self;
+  while (!c.queue_.empty() && !c.write_failed_) {
+    // Frames queued while this write waits go into queue_; batch_ stays put for the iov.
+    c.batch_.swap(c.queue_);
+    const std::size_t skip = c.queue_sent_bytes_;
+    c.queue_sent_bytes_ = 0;
+    c.build_iov(c.batch_, skip, SIZE_MAX);
+    const error_code ec = co_await c.stream_->write_all(c.iov_);
+    for (OutFrame& f : c.batch_) c.release_frame(f);
+    c.batch_.clear();
+    if (ec) c.fail_write(ec);
+  }
+  if (c.write_failed_) c.fail_write({});
+  c.writing_ = false;
+  c.handlers_.end();
+}
+
+void NbdConnection::fail_write(const error_code& ec) {
+  if (!write_failed_ && ec) {
+    write_failed_ = true;
+    log::warn("nbd: peer {}: write failed: {}", peer(), ec.message());
+    stream_->cancel_read();
+    budget_freed_.notify_all();
+  }
+  for (OutFrame& f : queue_) release_frame(f);
+  queue_.clear();
+  queue_sent_bytes_ = 0;
 }
 
 void NbdConnection::reply_simple(std::uint64_t cookie, std::uint32_t nbd_error,
@@ -279,7 +357,7 @@ void NbdConnection::reply_simple(std::uint64_t cookie, std::uint32_t nbd_error,
   std::memcpy(f.header.data(), h.data(), h.size());
   f.header_bytes = static_cast<std::uint8_t>(h.size());
   f.charged_bytes = charged_bytes;
-  enqueue(std::move(f));
+  send(std::move(f));
 }
 
 void NbdConnection::reply_read(const Request& r, PayloadBuffer buffer, std::uint32_t nbd_error,
@@ -315,7 +393,7 @@ void NbdConnection::reply_read(const Request& r, PayloadBuffer buffer, std::uint
   } else {
     pool_.put(std::move(buffer));
   }
-  enqueue(std::move(f));
+  send(std::move(f));
 }
 
 Task<void> NbdConnection::handle(std::shared_ptr<NbdConnection> self, Request r,

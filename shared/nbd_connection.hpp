@@ -3,11 +3,17 @@
 //
 // Handshake: NbdNegotiation decides, this class moves bytes. A malformed or over-long option
 // closes the connection with a log line naming the peer.
-// Transmission: one reader coroutine parses request headers (through a 64 KiB read buffer) and
-// spawns one coroutine per request, so requests run concurrently and replies go out in the
-// order their I/O finishes. Replies are queued and one writer coroutine sends everything
-// queued with a single gather write (header + payload, no copy of the payload), so reply frames
-// never interleave and small replies coalesce.
+// Transmission: one reader coroutine parses requests out of a 256 KiB read buffer (so
+// pipelined small requests cost one read system call) and starts one coroutine per request;
+// the request runs inline until its first suspension, so requests run concurrently and replies
+// go out in the order their I/O finishes.
+// Replies: a finished request queues its reply frame (header + payload, the payload never
+// copied) and, when no write is in progress, writes the queue at once with one non-blocking
+// gather write, from its own coroutine: no event-loop round trip between the I/O completion and
+// the reply. When other requests are in flight (they may complete in the same event-loop turn)
+// the write is deferred to the end of the turn, so their replies coalesce into one system call.
+// Whatever the socket does not take at once is written by a flusher coroutine; frames queued
+// meanwhile follow in order, so reply frames never interleave.
 // Bounds: at most kInflightRequestsMax requests and kInflightBytesMax payload bytes are held
 // per connection (counted until the reply is written); beyond that the reader stops reading,
 // so a client can make the server allocate no more than that. A WRITE longer than 32 MiB closes
@@ -36,7 +42,10 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
  public:
   static constexpr std::uint32_t kInflightRequestsMax = 256;
   static constexpr std::uint64_t kInflightBytesMax = 64u * 1024u * 1024u;
-  static constexpr std::size_t kReadBufferBytes = 64u * 1024u;
+  static constexpr std::size_t kReadBufferBytes = 256u * 1024u;
+  // Payloads at least this long are read straight into their buffer, not through the read
+  // buffer.
+  static constexpr std::size_t kDirectReadBytesMin = 64u * 1024u;
 
   // `exports` and `children` (same order) must outlive the connection.
   NbdConnection(std::unique_ptr<ByteStream> stream,
@@ -66,12 +75,12 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   };
 
   Task<error_code> read_exact(std::span<std::byte> out);
+  // Copies `out.size()` buffered bytes when that many are buffered (no coroutine frame).
+  bool take_buffered(std::span<std::byte> out);
   Task<error_code> write_bytes(std::span<const std::byte> bytes);
   // Returns the export index, or -1 when the connection must close.
   Task<long> handshake();
   Task<void> transmission(std::size_t export_index);
-  Task<void> writer();
-  static Task<void> writer_main(std::shared_ptr<NbdConnection> self);
   static Task<void> handle(std::shared_ptr<NbdConnection> self, nbd::Request r,
                            PayloadBuffer buffer, std::uint64_t charged_bytes);
   Task<IoResult> do_read(const nbd::Request& r, std::byte* out);
@@ -81,7 +90,20 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   void reply_simple(std::uint64_t cookie, std::uint32_t nbd_error, std::uint64_t charged_bytes);
   void reply_read(const nbd::Request& r, PayloadBuffer buffer, std::uint32_t nbd_error,
                   std::uint64_t charged_bytes);
-  void enqueue(OutFrame frame);
+  // Queues a reply frame and sees that it gets written (never waits).
+  void send(OutFrame frame);
+  // Writes the queue without waiting; hands what is left to the flusher.
+  void flush_now();
+  static Task<void> flusher(std::shared_ptr<NbdConnection> self);
+  // iov_ = the queued frames from `frames`, skipping `skip_bytes` already written; returns
+  // the bytes it covers. At most `buffers_max` buffers.
+  std::size_t build_iov(const std::vector<OutFrame>& frames, std::size_t skip_bytes,
+                        std::size_t buffers_max);
+  // Drops the first `bytes` written bytes of queue_ (frames fully written are released).
+  void consume(std::size_t bytes);
+  // Marks the write side failed (logs `ec` once, when set) and drops the queued frames.
+  void fail_write(const error_code& ec);
+  void release_frame(OutFrame& f);
   void release(std::uint64_t charged_bytes);
 
   std::unique_ptr<ByteStream> stream_;
@@ -91,20 +113,28 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   nbd::ExportShape shape_;
   Child* child_ = nullptr;
   NodeLimits limits_;
+  asio::any_io_executor executor_;
 
   std::unique_ptr<std::byte[]> read_buffer_;
   std::size_t read_pos_ = 0;
   std::size_t read_end_ = 0;
+  // The last read came back short: the next read waits for data without trying first (a hint,
+  // see ByteStream::read_some).
+  bool read_drained_ = false;
 
   BufferPool pool_;
+  // Reply frames not yet (fully) written, in order; the first `queue_sent_bytes_` bytes of the
+  // front frame are already written.
   std::vector<OutFrame> queue_;
-  std::vector<OutFrame> batch_;
+  std::size_t queue_sent_bytes_ = 0;
+  std::vector<OutFrame> batch_;  // the frames the flusher is writing
   std::vector<asio::const_buffer> iov_;
-  AsyncEvent writer_wake_;
-  AsyncEvent writer_done_;
-  bool writer_running_ = false;
+  bool writing_ = false;         // the flusher owns the socket's write side
+  bool flush_posted_ = false;
   bool write_failed_ = false;
 
+  // Request coroutines, the flusher and a posted flush: the connection closes only when none
+  // is left (every reply written or dropped).
   InflightCounter handlers_;
   AsyncEvent budget_freed_;
   std::uint32_t inflight_requests_ = 0;

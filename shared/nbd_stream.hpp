@@ -3,13 +3,15 @@
 // is one more implementation). SocketStream wraps a connected Asio stream socket (TCP or unix).
 //
 // Single-threaded, on the daemon's io_context. At most one read and one write are pending at a
-// time. Buffers belong to the caller until the operation completes.
+// time, and try_write() is never called while write_all() is pending. Buffers belong to the
+// caller until the operation completes.
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <span>
 #include <string>
@@ -23,10 +25,21 @@ namespace colo {
 class ByteStream {
  public:
   virtual ~ByteStream() = default;
-  // Reads at least one byte (or fails; EOF is asio::error::eof).
-  virtual Task<std::tuple<error_code, std::size_t>> read_some(std::span<std::byte> out) = 0;
+  // Reads at least one byte (or fails; EOF is asio::error::eof). Data already there is read
+  // without an event-loop round trip. `wait_first`: the caller's last read came back short, so
+  // the transport is probably empty; the stream then goes straight to waiting for data
+  // instead of trying a read that would fail first (a hint: correct either way).
+  virtual Task<std::tuple<error_code, std::size_t>> read_some(std::span<std::byte> out,
+                                                              bool wait_first) = 0;
   // Writes every byte of every buffer, in order (one gather write where the OS allows).
   virtual Task<error_code> write_all(std::span<const asio::const_buffer> buffers) = 0;
+  // Writes what the transport takes now, without waiting (one gather write of at most
+  // kTryWriteBuffersMax buffers): returns the bytes written, 0 when it would block. Lets a
+  // reply go out without an event-loop round trip; a transport that cannot do this returns 0
+  // and the caller falls back to write_all().
+  static constexpr std::size_t kTryWriteBuffersMax = 64;
+  virtual std::tuple<error_code, std::size_t> try_write(
+      std::span<const asio::const_buffer> buffers) = 0;
   // Makes a pending read_some() complete with operation_aborted; writes go on.
   virtual void cancel_read() = 0;
   // Closes the transport; pending operations complete with errors.
@@ -38,13 +51,29 @@ class ByteStream {
 template <class Socket>
 class SocketStream final : public ByteStream {
  public:
+  // Puts the socket in non-blocking mode (for try_write; asynchronous operations are
+  // unaffected).
   SocketStream(Socket socket, std::string peer)
-      : socket_(std::move(socket)), peer_(std::move(peer)) {}
+      : socket_(std::move(socket)), peer_(std::move(peer)) {
+    error_code ignored;
+    socket_.non_blocking(true, ignored);
+  }
 
-  Task<std::tuple<error_code, std::size_t>> read_some(std::span<std::byte> out) override {
+  Task<std::tuple<error_code, std::size_t>> read_some(std::span<std::byte> out,
+                                                      bool wait_first) override {
+    const asio::mutable_buffer buffer(out.data(), out.size());
+    if (!wait_first) {
+      // Data already there is read at once: no completion goes through the event loop.
+      error_code ec;
+      const std::size_t n = socket_.read_some(buffer, ec);
+      if (ec != asio::error::would_block && ec != asio::error::try_again) {
+        co_return std::tuple{ec, n};
+      }
+    }
+    // Asio's reactor read: one more attempt, then the wait (a plain readiness wait would cost
+    // an epoll_ctl each time).
     auto [ec, n] = co_await socket_.async_read_some(
-        asio::buffer(out.data(), out.size()),
-        asio::bind_cancellation_slot(read_cancel_.slot(), use_task));
+        buffer, asio::bind_cancellation_slot(read_cancel_.slot(), use_task));
     co_return std::tuple{ec, n};
   }
 
@@ -52,6 +81,15 @@ class SocketStream final : public ByteStream {
     auto [ec, n] = co_await asio::async_write(socket_, buffers, use_task);
     (void)n;
     co_return ec;
+  }
+
+  std::tuple<error_code, std::size_t> try_write(
+      std::span<const asio::const_buffer> buffers) override {
+    error_code ec;
+    const std::size_t n = socket_.write_some(
+        buffers.first(std::min(buffers.size(), kTryWriteBuffersMax)), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) return {error_code{}, 0};
+    return {ec, n};
   }
 
   void cancel_read() override { read_cancel_.emit(asio::cancellation_type::terminal); }
