@@ -4,11 +4,14 @@
 # the primary's unix-socket export).
 #  (a) checkpoint pause (the time writes are held) p50/p99 at 10 and 100 checkpoints per second
 #      (checkpoint_interval_ms 100 and 10) under 4 KiB random writes at QD$PAUSE_QD, in SYNC and
-#      ASYNC write modes, with the achieved checkpoint rate and the write IOPS meanwhile;
+#      ASYNC write modes, with the achieved checkpoint rate (checkpoints counted between two
+#      `coloctl status` calls around the job), the write IOPS meanwhile and the async queue
+#      (bytes not yet on the secondary) at the end of the job;
 #  (b) 4 KiB random write IOPS at QD32 and latency at QD1 (mean and p99 completion latency) for
 #      the pair in SYNC and ASYNC modes and, in the same run, for the same primary with a local
 #      child only ("local": a quorum of just the local disk, no replication section) and with the
-#      bare disk ("disk": no quorum).
+#      bare disk ("disk": no quorum); also the daemons' CPU time per QD1 write (user + system,
+#      from /proc, both daemons for a pair).
 # Every measurement starts fresh daemons with fresh state directories (the pause statistics
 # in `coloctl status --json` cover the daemon's whole life); all of them share the same two disk
 # files (primary.img, secondary.img), written once in full so that the runs overwrite allocated
@@ -210,6 +213,16 @@ EOF
 }
 
 now_s() { date +%s.%N; }
+clk_tck=$(getconf CLK_TCK)
+# User + system CPU ticks of the current measurement's daemons, summed.
+cpu_ticks() {
+  local pid sum=0 f
+  for pid in "${cur_pids[@]}"; do
+    read -r -a f <"/proc/$pid/stat"
+    sum=$((sum + f[13] + f[14]))
+  done
+  echo "$sum"
+}
 
 # (a): one pair, one fio job at QD$pause_qd; the checkpoint rate is counted between two status
 # calls around the job, the pause percentiles are those of the daemon's whole life (fresh
@@ -228,28 +241,37 @@ measure_pause() {  # mode rate
   failures=$(jget 's["checkpoint_failures"]')
   [ "$state" = paired ] || die "the secondary was lost during the load: $status"
   [ "$failures" = 0 ] || echo "pair_bench: $failures checkpoint(s) failed ($mode $rate/s): $(jget 's["last_error"]')" >&2
-  local achieved p50 p99 max iops
+  local achieved p50 p99 max iops queue
+  queue=$(jget 's["queue"]["bytes"]')
   achieved=$($py -c "print(f'{($c1 - $c0) / ($t1 - $t0):.1f}')")
   read -r p50 p99 max <<<"$(jget '" ".join(str(s["pause_us"][k]) for k in ("p50","p99","max"))')"
   read -r iops _ _ <<<"$fio_out"
   printf 'a\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$rate" "$achieved" "$p50" "$p99" "$max" \
-    "$iops" "$c1" >>"$results"
+    "$iops" "$queue" >>"$results"
   stop_daemons
 }
 
-# (b): QD32 IOPS, then QD1 latency, against one target.
+# (b): QD1 latency, then QD32 IOPS, against one target.
 measure_io() {  # name kind [mode]
   local name=$1 kind=$2 mode=${3:-} qd32 qd1
   start_target "$kind" "$mode" "$b_ckpt_ms"
-  qd32=$(run_fio 32)
+  # QD1 first: in async mode a QD32 job leaves a backlog in the queue (up to its bound) that
+  # the pair would still be sending during a following QD1 job.
+  local ticks0 ticks1 t0 t1 cpu
+  ticks0=$(cpu_ticks); t0=$(now_s)
   qd1=$(run_fio 1)
+  ticks1=$(cpu_ticks); t1=$(now_s)
+  qd32=$(run_fio 32)
   read -r qd32 _ _ <<<"$qd32"
   if [ "$kind" = pair ]; then
     status=$(status_json) || die "coloctl status failed"
     [ "$(jget 's["peer"]["state"]')" = paired ] || die "the secondary was lost during the load: $status"
   fi
-  read -r _ mean p99 <<<"$qd1"
-  printf 'b\t%s\t%s\t%s\t%s\n' "$name" "$qd32" "$mean" "$p99" >>"$results"
+  read -r iops mean p99 <<<"$qd1"
+  # CPU time of the daemons (user + system) per QD1 write; the job's wall time includes fio's
+  # start and ramp, so this slightly overstates it, the same way for every target.
+  cpu=$($py -c "print(f'{($ticks1 - $ticks0) * 1e6 / $clk_tck / max($iops * ($t1 - $t0), 1):.0f}')")
+  printf 'b\t%s\t%s\t%s\t%s\t%s\n' "$name" "$qd32" "$mean" "$p99" "$cpu" >>"$results"
   stop_daemons
 }
 
@@ -289,46 +311,61 @@ b = defaultdict(list)
 for line in open(path):
     f = line.rstrip("\n").split("\t")
     if f[0] == "a":
-        a[(f[1], int(f[2]))].append([float(x) for x in f[3:8]])
+        a[(f[1], int(f[2]))].append([float(x) for x in f[3:9]])
     else:
-        b[f[1]].append([float(x) for x in f[2:5]])
+        b[f[1]].append([float(x) for x in f[2:6]])
 med = lambda rows, i: statistics.median(r[i] for r in rows)
-print()
-print(f"(a) checkpoint pause under 4 KiB random writes QD{pause_qd} "
-      f"(medians of {rounds} rounds, {runtime} s each)")
-print(f"{'mode':<7}{'target/s':>9}{'achieved/s':>12}{'pause p50 us':>14}{'pause p99 us':>14}"
-      f"{'max us':>9}{'write IOPS':>12}")
-for mode in ("SYNC", "ASYNC"):
-    for rate in (10, 100):
-        rows = a[(mode, rate)]
-        if not rows: continue
-        print(f"{mode.lower():<7}{rate:>9}{med(rows, 0):>12.1f}{med(rows, 1):>14.0f}"
-              f"{med(rows, 2):>14.0f}{med(rows, 3):>9.0f}{med(rows, 4):>12.0f}")
-print()
-ck = "no periodic checkpoints" if b_ckpt == "0" else f"pairs checkpoint every {b_ckpt} ms"
-print(f"(b) 4 KiB random writes ({ck}; medians of {rounds} rounds; ratios vs local)")
-print(f"{'target':<8}{'QD32 IOPS':>10}{'QD1 mean us':>13}{'QD1 p99 us':>12}"
-      f"{'IOPS x':>9}{'mean x':>9}{'p99 x':>8}")
-ref = b.get("local")
-for name in ("disk", "local", "sync", "async"):
-    rows = b.get(name)
-    if not rows: continue
-    iops, mean, p99 = med(rows, 0), med(rows, 1), med(rows, 2)
-    r = ""
-    if ref:
-        r = (f"{iops / med(ref, 0):>9.2f}{mean / med(ref, 1):>9.2f}"
-             f"{p99 / med(ref, 2) if med(ref, 2) else 0:>8.2f}")
-    print(f"{name:<8}{iops:>10.0f}{mean:>13.1f}{p99:>12.1f}{r}")
+
+
+def part_a():
+    print()
+    print(f"(a) checkpoint pause under 4 KiB random writes QD{pause_qd} "
+          f"(medians of {rounds} rounds, {runtime} s each)")
+    print(f"{'mode':<7}{'target/s':>9}{'achieved/s':>12}{'pause p50 us':>14}"
+          f"{'pause p99 us':>14}{'max us':>9}{'write IOPS':>12}{'queue MiB':>11}")
+    for mode in ("SYNC", "ASYNC"):
+        for rate in (10, 100):
+            rows = a.get((mode, rate))
+            if not rows:
+                continue
+            print(f"{mode.lower():<7}{rate:>9}{med(rows, 0):>12.1f}{med(rows, 1):>14.0f}"
+                  f"{med(rows, 2):>14.0f}{med(rows, 3):>9.0f}{med(rows, 4):>12.0f}"
+                  f"{med(rows, 5) / 2**20:>11.1f}")
+
+
+def part_b():
+    print()
+    ck = "no periodic checkpoints" if b_ckpt == "0" else f"pairs checkpoint every {b_ckpt} ms"
+    print(f"(b) 4 KiB random writes ({ck}; medians of {rounds} rounds; ratios vs local)")
+    print(f"{'target':<8}{'QD32 IOPS':>10}{'QD1 mean us':>13}{'QD1 p99 us':>12}"
+          f"{'IOPS x':>9}{'mean x':>9}{'p99 x':>8}{'QD1 CPU us/write':>18}")
+    ref = b.get("local")
+    for name in ("disk", "local", "sync", "async"):
+        rows = b.get(name)
+        if not rows:
+            continue
+        iops, mean, p99, cpu = med(rows, 0), med(rows, 1), med(rows, 2), med(rows, 3)
+        r = " " * 26
+        if ref and med(ref, 0) and med(ref, 1) and med(ref, 2):
+            r = (f"{iops / med(ref, 0):>9.2f}{mean / med(ref, 1):>9.2f}"
+                 f"{p99 / med(ref, 2):>8.2f}")
+        print(f"{name:<8}{iops:>10.0f}{mean:>13.1f}{p99:>12.1f}{r}{cpu:>18.0f}")
+
+
+if a:
+    part_a()
+if b:
+    part_b()
 print()
 print("targets:")
 for mode in ("SYNC", "ASYNC"):
-    rows = a[(mode, 100)]
+    rows = a.get((mode, 100))
     if rows:
         p99 = med(rows, 2)
         print(f"  pause p99 <= 2000 us at 100/s, {mode.lower():<5}: {p99:.0f} us  "
               f"{'PASS' if p99 <= 2000 else 'FAIL'}")
-if ref and b.get("async"):
-    ratio = med(b["async"], 1) / med(ref, 1)
+if b.get("local") and b.get("async"):
+    ratio = med(b["async"], 1) / med(b["local"], 1)
     print(f"  async QD1 mean latency <= 1.2x local:   x{ratio:.2f}  "
           f"{'PASS' if ratio <= 1.2 else 'FAIL'}")
 EOF
