@@ -100,6 +100,7 @@ wait_socket "$dir/secondary.ctl"
 build/colod --config "$dir/primary.conf" 2>>"$dir/primary.log" &
 pids+=($!)
 wait_socket "$dir/primary.sock"
+build/coloctl -s "$dir/primary.ctl" status | grep -E '^(epoch|peer_state)' || true
 
 cat <<MSG
 

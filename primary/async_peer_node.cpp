@@ -228,8 +228,7 @@ void AsyncPeerNode::fail(const Entry& e, const error_code& ec) {
   failed_ = true;
   error_ = ec.value() != 0 ? ec.value() : EIO;
   const std::uint64_t dropped = queued_count_;
-  const std::uint64_t dropped_bytes = used_bytes_;
-  drop_queued();
+  const std::uint64_t dropped_bytes = drop_queued();
   log::Event ev;
   ev.name = "async_peer_failed";
   ev.fields = {{"node", name_},
@@ -253,12 +252,14 @@ void AsyncPeerNode::fail(const Entry& e, const error_code& ec) {
   }
 }
 
-void AsyncPeerNode::drop_queued() {
+std::uint64_t AsyncPeerNode::drop_queued() {
+  std::uint64_t dropped_bytes = 0;
   while (next_ != queue_.end()) {
     Entry& e = *next_;
     CHECK(e.state == State::queued);
     CHECK(used_bytes_ >= e.cost_bytes);
     used_bytes_ -= e.cost_bytes;
+    dropped_bytes += e.cost_bytes;
     --queued_count_;
     ++stats_.entries_dropped;
     if (e.completion) {
@@ -270,6 +271,7 @@ void AsyncPeerNode::drop_queued() {
   }
   CHECK(queued_count_ == 0);
   progress_.notify_all();
+  return dropped_bytes;
 }
 
 // --- requests ------------------------------------------------------------------------------
@@ -349,70 +351,6 @@ Task<IoResult> AsyncPeerNode::read(std::uint64_t offset_bytes, std::span<std::by
   }
   IoResult r = co_await peer_.read(offset_bytes, out);
   co_return r;
-}
-
-// --- hold ----------------------------------------------------------------------------------
-
-HoldTicket AsyncPeerNode::begin_hold() {
-  CHECK(!held_);
-  HoldTicket t;
-  t.bytes_before = used_bytes_;
-  t.entries_before = queue_.size();
-  held_ = true;
-  ++stats_.holds;
-  hold_completion_ = std::make_shared<Completion>();
-  if (failed_) {
-    hold_seq_ = next_seq_;
-    hold_completion_->done = true;
-    hold_completion_->result = io_error(error_);
-    t.marker_seq = hold_seq_;
-    return t;
-  }
-  Entry e;
-  e.kind = Kind::hold;
-  e.completion = hold_completion_;
-  auto it = push(std::move(e));
-  hold_seq_ = it->seq;
-  t.marker_seq = hold_seq_;
-  pump();
-  return t;
-}
-
-Task<IoResult> AsyncPeerNode::wait_hold() {
-  CHECK(held_);
-  std::shared_ptr<Completion> c = hold_completion_;
-  while (!c->done) co_await c->event.wait();
-  co_return c->result;
-}
-
-Task<IoResult> AsyncPeerNode::hold() {
-  begin_hold();
-  IoResult r = co_await wait_hold();
-  co_return r;
-}
-
-void AsyncPeerNode::release() {
-  CHECK(held_);
-  held_ = false;
-  hold_completion_.reset();
-  pump();
-  progress_.notify_all();
-}
-
-// --- drain ---------------------------------------------------------------------------------
-
-bool AsyncPeerNode::pending_before(std::uint64_t seq_end) const {
-  if (queue_.empty()) return false;
-  const Entry& front = queue_.front();
-  if (front.seq >= seq_end) return false;
-  if (held_ && front.seq > hold_seq_) return false;  // held entries are not waited for
-  return true;
-}
-
-Task<void> AsyncPeerNode::drain() {
-  const std::uint64_t seq_end = next_seq_;
-  while (pending_before(seq_end)) co_await progress_.wait();
-  co_await peer_.drain();
 }
 
 }  // namespace colo

@@ -204,7 +204,8 @@ class AsyncPeerNode final : public BlockNode {
   Task<void> send(EntryList::iterator it);
   void complete(EntryList::iterator it, IoResult r);
   void fail(const Entry& e, const error_code& ec);
-  void drop_queued();
+  // Drops every entry not yet sent; returns their cost.
+  std::uint64_t drop_queued();
   Task<IoResult> enqueue_range(Kind kind, std::uint64_t offset_bytes,
                                std::uint64_t length_bytes, WriteFlags flags);
   bool pending_before(std::uint64_t seq_end) const;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "primary/quorum_control.hpp"
 #include "primary/quorum_setup.hpp"
 #include "shared/log.hpp"
 
@@ -19,20 +20,6 @@ std::uint64_t unix_ms(std::chrono::system_clock::time_point t) {
       std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count());
 }
 
-std::string json_string(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", static_cast<unsigned>(c));
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
 }  // namespace
 
 std::string_view to_string(PeerState s) {
@@ -624,42 +611,27 @@ std::string Replicator::status_text() const {
     text += fmt::format("pause: p50 {} us, p99 {} us, max {} us\n", p.p50_us, p.p99_us, p.max_us);
   }
   if (!last_checkpoint_error_.empty()) text += "last_error: " + last_checkpoint_error_ + "\n";
-  for (const auto& c : quorum_->child_status()) {
-    const auto& s = c.stats;
-    text += fmt::format("child {}: requests {} errors {} read {} B written {} B avg {} us\n",
-                        c.name, s.requests, s.errors, s.bytes_read, s.bytes_written,
-                        s.requests ? s.latency_ns_total / s.requests / 1000 : 0);
-  }
+  text += quorum_status_text(*quorum_);
   return text;
 }
 
 std::string Replicator::status_json() const {
   const PauseSummary p = pauses();
-  std::string children;
-  for (const auto& c : quorum_->child_status()) {
-    const auto& s = c.stats;
-    if (!children.empty()) children += ",";
-    children += fmt::format(
-        R"({{"name":{},"requests":{},"errors":{},"bytes_read":{},"bytes_written":{},)"
-        R"("latency_ns_total":{},"latency_ns_max":{}}})",
-        json_string(c.name), s.requests, s.errors, s.bytes_read, s.bytes_written,
-        s.latency_ns_total, s.latency_ns_max);
-  }
   return fmt::format(
       R"({{"role":"primary","state":"{}","resource":{},"node_name":{},"node_id":"{}",)"
       R"("epoch":{},"write_mode":"{}","diverged":{},)"
       R"("peer":{{"name":{},"id":"{}","address":{},"state":"{}","reason":{}}},)"
       R"("queue":{{"bytes":{},"entries":{}}},)"
       R"("checkpoints":{},"checkpoint_failures":{},"last_checkpoint_unix_ms":{},)"
-      R"("pause_us":{{"last":{},"p50":{},"p99":{},"max":{}}},"last_error":{},"children":[{}]}})",
-      demoted_ ? "demoted" : prepared_ ? "prepared" : "running", json_string(options_.resource),
-      json_string(options_.identity.name), options_.identity.id, epoch_,
+      R"("pause_us":{{"last":{},"p50":{},"p99":{},"max":{}}},"last_error":{},"quorum":{}}})",
+      demoted_ ? "demoted" : prepared_ ? "prepared" : "running", log::json_quote(options_.resource),
+      log::json_quote(options_.identity.name), options_.identity.id, epoch_,
       options_.async_mode ? "async" : "sync", record_->state().diverged ? "true" : "false",
-      json_string(peer_name_), peer_id_, json_string(options_.peer_address.to_string()),
-      to_string(peer_state_), json_string(peer_reason_),
+      log::json_quote(peer_name_), peer_id_, log::json_quote(options_.peer_address.to_string()),
+      to_string(peer_state_), log::json_quote(peer_reason_),
       peer_async_ ? peer_async_->queued_bytes() : 0, peer_async_ ? peer_async_->queued_entries() : 0,
       checkpoints_, checkpoint_failures_, unix_ms(last_checkpoint_), p.last_us, p.p50_us, p.p99_us,
-      p.max_us, json_string(last_checkpoint_error_), children);
+      p.max_us, log::json_quote(last_checkpoint_error_), quorum_status_json(*quorum_));
 }
 
 }  // namespace colo

@@ -20,12 +20,7 @@ WriteGate::~WriteGate() {
 
 // --- the gate ------------------------------------------------------------------------------
 
-Task<void> WriteGate::enter_write() {
-  ++stats_.writes_passed;
-  if (!closed_) {
-    ++passed_count_;
-    co_return;
-  }
+Task<void> WriteGate::wait_at_gate() {
   // open() counts us as passed before waking us, so nothing is left to do after the wait.
   Waiter w;
   waiters_.push_back(&w);
@@ -117,14 +112,23 @@ Task<IoResult> WriteGate::read(std::uint64_t offset_bytes, std::span<std::byte> 
 
 Task<IoResult> WriteGate::write(std::uint64_t offset_bytes, std::span<const std::byte> in,
                                 WriteFlags flags) {
-  co_await enter_write();
+  ++stats_.writes_passed;  // data-changing requests, for divergence tracking
+  if (closed_) {
+    co_await wait_at_gate();
+  } else {
+    ++passed_count_;  // the fast path allocates no coroutine frame
+  }
   IoResult r = co_await child_.write(offset_bytes, in, flags);
   leave_write();
   co_return r;
 }
 
 Task<IoResult> WriteGate::flush() {
-  co_await enter_write();
+  if (closed_) {
+    co_await wait_at_gate();
+  } else {
+    ++passed_count_;  // the fast path allocates no coroutine frame
+  }
   IoResult r = co_await child_.flush();
   leave_write();
   co_return r;
@@ -132,7 +136,12 @@ Task<IoResult> WriteGate::flush() {
 
 Task<IoResult> WriteGate::trim(std::uint64_t offset_bytes, std::uint64_t length_bytes,
                                WriteFlags flags) {
-  co_await enter_write();
+  ++stats_.writes_passed;  // data-changing requests, for divergence tracking
+  if (closed_) {
+    co_await wait_at_gate();
+  } else {
+    ++passed_count_;  // the fast path allocates no coroutine frame
+  }
   IoResult r = co_await child_.trim(offset_bytes, length_bytes, flags);
   leave_write();
   co_return r;
@@ -140,7 +149,12 @@ Task<IoResult> WriteGate::trim(std::uint64_t offset_bytes, std::uint64_t length_
 
 Task<IoResult> WriteGate::write_zeroes(std::uint64_t offset_bytes, std::uint64_t length_bytes,
                                        WriteFlags flags) {
-  co_await enter_write();
+  ++stats_.writes_passed;  // data-changing requests, for divergence tracking
+  if (closed_) {
+    co_await wait_at_gate();
+  } else {
+    ++passed_count_;  // the fast path allocates no coroutine frame
+  }
   IoResult r = co_await child_.write_zeroes(offset_bytes, length_bytes, flags);
   leave_write();
   co_return r;

@@ -49,7 +49,7 @@ struct WriteGateStats {
   std::chrono::nanoseconds closed_last{0};
   std::chrono::nanoseconds closed_max{0};
   std::uint64_t held_requests_total = 0;   // requests that had to wait at the gate
-  std::uint64_t writes_passed = 0;         // write-like requests sent on (or admitted later)
+  std::uint64_t writes_passed = 0;         // writes, trims, write-zeroes received (not flushes)
 };
 
 class WriteGate final : public BlockNode {
@@ -95,8 +95,8 @@ class WriteGate final : public BlockNode {
   struct Waiter {
     AsyncEvent admitted;
   };
-  // Waits at a closed gate, then counts the request as passed.
-  Task<void> enter_write();
+  // Waits at the closed gate until open() admits (and counts) the request.
+  Task<void> wait_at_gate();
 
   std::string name_;
   Child child_;

@@ -5,12 +5,20 @@
 #include <algorithm>
 
 #include "shared/log.hpp"
+#include "shared/state_file.hpp"
 
 namespace colo {
 
 SecondaryPairing::SecondaryPairing(asio::any_io_executor ex, std::shared_ptr<DiskBuffer> db,
                                    SecondaryPairingOptions options)
-    : ex_(ex), db_(std::move(db)), options_(std::move(options)), listener_(ex) {}
+    : ex_(ex), db_(std::move(db)), options_(std::move(options)), listener_(ex) {
+  auto marker = read_file_if_exists(promoted_marker());
+  promoted_ = marker && marker->has_value();
+}
+
+std::string SecondaryPairing::promoted_marker() const {
+  return options_.state_dir + "/promoted";
+}
 
 SecondaryPairing::~SecondaryPairing() { close(); }
 
@@ -118,9 +126,10 @@ replication::Envelope SecondaryPairing::on_hello(const std::shared_ptr<Session>&
     return error_reply(replication::ERROR_PROTOCOL, "hello without a node id");
   }
   if (promoted_) {
-    return error_reply(replication::ERROR_STATE,
-                       "this node was promoted (failover): it is the primary now; rejoining "
-                       "needs a resync");
+    return error_reply(replication::ERROR_SPLIT_BRAIN,
+                       fmt::format("this node was promoted (failover) and went on without the "
+                                   "primary; rejoining needs a resync (or remove {} after making "
+                                   "its disk a copy of the primary's)", promoted_marker()));
   }
   if (active_ != nullptr && active_ != session && active_->channel->is_open()) {
     return error_reply(replication::ERROR_STATE,
@@ -242,6 +251,12 @@ Task<Result<void>> SecondaryPairing::failover(bool force) {
     auto session = active_;
     session->channel->close("failover on the secondary");
     on_lost(session, "failover forced on the secondary");
+  }
+  // Durable before the rollback starts: from here on this disk goes its own way.
+  if (auto m = write_file_atomic(promoted_marker(),
+                                 fmt::format("promoted at epoch {}\n", db_->epoch()));
+      !m) {
+    co_return m.error();
   }
   Result<void> r = co_await db_->stop_replication(StopMode::failover);
   if (!r) co_return r;

@@ -26,6 +26,10 @@ namespace colo {
 struct SecondaryPairingOptions {
   std::string resource;
   NodeIdentity identity;
+  // Where the durable "promoted" marker lives (<state_dir>/promoted): a node that failed over
+  // went on without the primary, so it refuses to pair again until a resync (or the operator
+  // removes the marker after making its disk a copy of the primary's).
+  std::string state_dir;
   std::chrono::milliseconds heartbeat_interval{500};
   std::chrono::milliseconds heartbeat_timeout{3000};
   // The replication export's block size: a primary with a smaller one is refused.
@@ -85,6 +89,7 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   replication::Envelope on_hello(const std::shared_ptr<Session>& session,
                                  const replication::Hello& hello);
   void on_lost(const std::shared_ptr<Session>& session, const std::string& reason);
+  std::string promoted_marker() const;
 
   asio::any_io_executor ex_;
   std::shared_ptr<DiskBuffer> db_;

@@ -87,15 +87,6 @@ Task<control::Reply> cmd_status(std::shared_ptr<DiskBuffer> db, control::Request
   co_return ControlReplyBuilder::ok(std::move(text), std::move(json));
 }
 
-std::string json_string(std::string_view v) {
-  std::string out = "\"";
-  for (char c : v) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) >= 0x20) out += c;
-  }
-  return out + "\"";
-}
-
 // status: the disk buffer and, with a checkpoint channel, the primary's session.
 Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
                                      std::shared_ptr<SecondaryPairing> pairing,
@@ -134,11 +125,11 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
       R"("peer":{{"name":{},"id":"{}","address":{},"state":"{}","last_frame_ms_ago":{},"reason":{}}},)"
       R"("checkpoints":{},"last_checkpoint_ms_ago":{},"buffered_blocks":{},"block_bytes":{},)"
       R"("failover":{{"running":{},"applied_bytes":{},"total_bytes":{},"error":{}}}}})",
-      pairing->promoted() ? "primary" : "secondary", state, json_string(resource), db->epoch(),
-      json_string(peer.name), peer.id, json_string(peer.address),
-      peer.connected ? "connected" : "disconnected", frame_age_ms, json_string(peer.lost_reason),
+      pairing->promoted() ? "primary" : "secondary", state, log::json_quote(resource), db->epoch(),
+      log::json_quote(peer.name), peer.id, log::json_quote(peer.address),
+      peer.connected ? "connected" : "disconnected", frame_age_ms, log::json_quote(peer.lost_reason),
       pairing->checkpoints(), last_cp_age_ms, db->buffered_block_count(), db->block_bytes(),
-      p.running ? "true" : "false", p.applied_bytes, p.total_bytes, json_string(p.error));
+      p.running ? "true" : "false", p.applied_bytes, p.total_bytes, log::json_quote(p.error));
   co_return ControlReplyBuilder::ok(std::move(text), std::move(json));
 }
 
@@ -263,6 +254,7 @@ Result<void> start_secondary(DaemonContext& ctx) {
     SecondaryPairingOptions po;
     po.resource = cfg.resource();
     po.identity = *identity;
+    po.state_dir = cfg.state_dir();
     po.heartbeat_interval = std::chrono::milliseconds(rc.heartbeat_interval_ms() ? rc.heartbeat_interval_ms() : 500);
     po.heartbeat_timeout = std::chrono::milliseconds(rc.heartbeat_timeout_ms() ? rc.heartbeat_timeout_ms() : 3000);
     po.alignment_bytes = db->primary_view()->limits().alignment_bytes;

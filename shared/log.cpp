@@ -66,6 +66,13 @@ void json_escape(std::string& out, std::string_view s) {
 
 }  // namespace
 
+std::string json_quote(std::string_view s) {
+  std::string out = "\"";
+  json_escape(out, s);
+  out += '"';
+  return out;
+}
+
 void set_level(Level level) { g_level.store(level); }
 Level level() { return g_level.load(std::memory_order_relaxed); }
 

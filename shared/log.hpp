@@ -69,6 +69,8 @@ struct Event {
 };
 using EventSink = std::function<void(const Event&)>;
 void set_event_sink(EventSink sink);
+// `s` as a JSON string literal (quoted and escaped), for hand-built JSON replies.
+std::string json_quote(std::string_view s);
 void event(Event e);
 
 }  // namespace colo::log

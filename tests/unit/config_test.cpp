@@ -49,6 +49,71 @@ TEST(Config, MissingFileIsAClearError) {
   EXPECT_NE(cfg.error().to_string().find("/nonexistent/colo.conf"), std::string::npos);
 }
 
+constexpr const char* kPairPrimary = R"(resource: "r0"
+role: PRIMARY
+state_dir: "/var/lib/colo/r0"
+disk { path: "/var/lib/colo/r0.img" }
+export { listen: "unix:/run/colo/r0.sock" }
+quorum {
+  children { name: "local" disk: true }
+  children { name: "peer" nbd_uri: "nbd://10.0.0.2:10810/r0" }
+  vote_threshold: 1
+  read_pattern: "fifo"
+}
+replication {
+  peer_address: "tcp:10.0.0.2:10811"
+  write_mode: ASYNC
+  checkpoint_interval_ms: 100
+}
+)";
+
+TEST(Config, ParsesAPairedPrimary) {
+  auto cfg = parse_config_text(kPairPrimary, "p.conf");
+  ASSERT_TRUE(cfg) << cfg.error().to_string();
+  EXPECT_EQ(cfg->replication().write_mode(), config::ASYNC);
+  EXPECT_EQ(replication_peer_child(cfg->replication()), "peer");
+}
+
+// Bad values name the option, the value and the line where it is written.
+TEST(Config, BadReplicationValuesNameTheLine) {
+  std::string text = kPairPrimary;
+  text.replace(text.find("vote_threshold: 1"), 17, "vote_threshold: 2");
+  text.replace(text.find("peer_address: \"tcp:10.0.0.2:10811\""), 34,
+               "peer_address: \"udp:10.0.0.2:1\"\n  heartbeat_interval_ms: 900\n"
+               "  heartbeat_timeout_ms: 800");
+  auto cfg = parse_config_text(text, "p.conf");
+  ASSERT_FALSE(cfg);
+  const std::string& m = cfg.error().message;
+  EXPECT_NE(m.find("p.conf:9: quorum.vote_threshold: 2 with replication"), std::string::npos) << m;
+  EXPECT_NE(m.find("p.conf:13: replication.peer_address:"), std::string::npos) << m;
+  EXPECT_NE(m.find("udp:10.0.0.2:1"), std::string::npos) << m;
+  EXPECT_NE(m.find("p.conf:15: replication.heartbeat_timeout_ms: 800 must be above "
+                   "heartbeat_interval_ms 900"), std::string::npos) << m;
+}
+
+TEST(Config, ReplicationNeedsItsPieces) {
+  auto cfg = parse_config_text(
+      "resource: \"r0\"\nrole: PRIMARY\ndisk { path: \"/d\" }\nexport { listen: \"unix:/s\" }\n"
+      "quorum { children { name: \"local\" disk: true } vote_threshold: 1 }\n"
+      "replication { peer_address: \"tcp:127.0.0.1:1\" peer_child: \"far\" }\n",
+      "q.conf");
+  ASSERT_FALSE(cfg);
+  const std::string& m = cfg.error().message;
+  EXPECT_NE(m.find("state_dir: replication needs a state directory"), std::string::npos) << m;
+  EXPECT_NE(m.find("q.conf:6: replication.peer_child: the quorum has no child \"far\""),
+            std::string::npos) << m;
+  auto s = parse_config_text(
+      "resource: \"r0\"\nrole: SECONDARY\nstate_dir: \"/s\"\ndisk { path: \"/d\" }\n"
+      "secondary { buffer_path: \"/b\" replication_listen: \"tcp:127.0.0.1:1\" }\n"
+      "replication { checkpoint_interval_ms: 5 }\n",
+      "s.conf");
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find("replication.listen: the secondary needs"), std::string::npos)
+      << s.error().message;
+  EXPECT_NE(s.error().message.find("s.conf:6: replication.checkpoint_interval_ms"),
+            std::string::npos) << s.error().message;
+}
+
 TEST(ListenAddress, ParsesUnixAndTcp) {
   auto u = parse_listen_address("unix:/run/x.sock");
   ASSERT_TRUE(u);

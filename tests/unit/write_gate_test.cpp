@@ -185,7 +185,7 @@ TEST(WriteGate, CloseWaitsForWritesInFlightButNotForReads) {
   auto mem = memory();
   auto fault = std::make_shared<FaultNode>("fault", mem);
   fault->add_rule({.ops = op_bit(IoOp::write), .error = 0, .delay = 100ms});
-  fault->add_rule({.ops = op_bit(IoOp::read), .error = 0, .delay = 2000ms});
+  fault->add_rule({.ops = op_bit(IoOp::read), .error = 0, .delay = 500ms});
   WriteGate gate("gate", fault);
 
   Op w, r, closed;
@@ -360,7 +360,8 @@ TEST(WriteGateDeathTest, ClosingAClosedGateIsAProgrammerError) {
       {
         asio::io_context io;
         WriteGate gate("gate", memory());
-        Op a, b;
+        Op a;
+        Op b;
         start(io, do_close(&gate, &a));
         start(io, do_close(&gate, &b));
         settle(io);
