@@ -25,7 +25,8 @@
 #   (b) (default 1000; 0 = no periodic checkpoints), PREFILL (default 1; 0 keeps the disk files
 #   sparse), SECONDARY_OPTS (text added to the secondary's `secondary { }` section, e.g.
 #   "ordered_flushes: false" or "block_bytes: 4096"), PARTS (default "a b": which parts to run),
-#   BENCH_DIR (default a temp dir, removed at the end; a given one is kept).
+#   SECONDARY_DIR (a directory for the secondary's disk and buffer files, e.g. /dev/shm; default
+#   inside the bench dir), BENCH_DIR (default a temp dir, removed at the end; a given one is kept).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
@@ -46,6 +47,11 @@ done
 
 work=${BENCH_DIR:-$(mktemp -d /tmp/colo-pair-bench.XXXXXX)}
 mkdir -p "$work"
+# Where the secondary's disk and buffer files live: SECONDARY_DIR, e.g. /dev/shm to take the
+# secondary's disk out of the comparison (on one host both disks share the same device).
+sec_dir=$work/secondary-files
+[ -n "${SECONDARY_DIR:-}" ] && sec_dir=$(mktemp -d "${SECONDARY_DIR%/}/colo-pair-bench.XXXXXX")
+mkdir -p "$sec_dir"
 size=$((size_mb * 1024 * 1024))
 # The secondary's disk buffer: 8 KiB header + (4 KiB + 64 KiB) per block written in an epoch;
 # size * 9/8 holds an epoch that touches every block.
@@ -57,6 +63,7 @@ cleanup() {
   trap - EXIT INT TERM
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "${SECONDARY_DIR:-}" ]; then rm -rf "$sec_dir"; fi
   if [ -z "${BENCH_DIR:-}" ]; then rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -110,6 +117,7 @@ stop_daemons() {
     pids=("${left[@]}")
   done
   cur_pids=()
+  rm -f "$sec_dir"/buffer-*.img
 }
 
 status_json() { "$coloctl" -s "$cur_dir/primary.ctl" --json status; }
@@ -135,9 +143,9 @@ role: SECONDARY
 state_dir: "$cur_dir/secondary"
 control_socket: "$cur_dir/secondary.ctl"
 log_level: "info"
-disk { path: "$work/secondary.img" }
+disk { path: "$sec_dir/secondary.img" }
 secondary {
-  buffer_path: "$cur_dir/secondary/buffer.img"
+  buffer_path: "$sec_dir/buffer-$seq_no.img"
   buffer_size_bytes: $buffer_size
   replication_listen: "tcp:127.0.0.1:$repl_port"
   replication_export_name: "r0"
@@ -277,11 +285,13 @@ measure_io() {  # name kind [mode]
 
 echo "pair_bench: ${size_mb} MiB disk files in $work; rounds $rounds, ${runtime} s per fio job"
 echo "load before: $(uptime)"
-for f in primary secondary; do
+for f in "$work/primary.img" "$sec_dir/secondary.img"; do
   if [ "$prefill" = 1 ]; then
-    dd if=/dev/zero of="$work/$f.img" bs=1M count="$size_mb" oflag=direct status=none
+    # O_DIRECT where the file system has it (not on tmpfs).
+    dd if=/dev/zero of="$f" bs=1M count="$size_mb" oflag=direct status=none 2>/dev/null ||
+      dd if=/dev/zero of="$f" bs=1M count="$size_mb" status=none
   else
-    truncate -s "$size" "$work/$f.img"
+    truncate -s "$size" "$f"
   fi
 done
 
