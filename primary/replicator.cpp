@@ -438,9 +438,16 @@ Task<void> Replicator::prepare_timer(std::shared_ptr<Replicator> self, std::uint
                {"epoch", std::to_string(self->epoch_)}}});
 }
 
+// Fixed rate: checkpoint k is due at start + k * interval; a tick that comes while the previous
+// checkpoint still runs (or is already late) is skipped rather than queued.
 Task<void> Replicator::periodic_loop(std::shared_ptr<Replicator> self) {
+  const auto interval = self->options_.checkpoint_interval;
+  auto due = std::chrono::steady_clock::now() + interval;
   while (!self->stopping_ && !self->demoted_) {
-    self->periodic_timer_.expires_after(self->options_.checkpoint_interval);
+    const auto now = std::chrono::steady_clock::now();
+    while (due <= now) due += interval;
+    self->periodic_timer_.expires_at(due);
+    due += interval;
     auto [ec] = co_await self->periodic_timer_.async_wait(use_task);
     if (ec || self->stopping_ || self->demoted_) co_return;
     if (self->peer_state_ != PeerState::paired || self->prepared_ || self->busy_) continue;
