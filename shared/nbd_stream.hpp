@@ -27,8 +27,8 @@ class ByteStream {
   virtual ~ByteStream() = default;
   // Reads at least one byte (or fails; EOF is asio::error::eof). Data already there is read
   // without an event-loop round trip. `wait_first`: the caller's last read came back short, so
-  // the transport is probably empty; the stream then goes straight to waiting for data
-  // instead of trying a read that would fail first (a hint: correct either way).
+  // the transport is probably empty; the stream then goes straight to its asynchronous read
+  // instead of first trying a non-blocking one that would fail (a hint: correct either way).
   virtual Task<std::tuple<error_code, std::size_t>> read_some(std::span<std::byte> out,
                                                               bool wait_first) = 0;
   // Writes every byte of every buffer, in order (one gather write where the OS allows).

@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstring>
 #include <future>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -627,6 +628,45 @@ TEST_F(ServerFixture, PipelinedRequestsCompleteOutOfOrder) {
   auto last = c.reply(4096);
   EXPECT_EQ(last.cookie, 10u);
   EXPECT_TRUE(all_bytes(last.data, 0x21));
+}
+
+TEST_F(ServerFixture, RepliesStayWholeAndInOrderWhenTheSocketIsFull) {
+  // Many large read replies and small flush replies pile up while the client does not read:
+  // the socket fills, the rest is written later, and replies queued meanwhile follow. Every
+  // reply must arrive whole, with the data of its own request.
+  Raw c(socket_path_);
+  c.go("disk", true);
+  constexpr std::uint32_t kRegionBytes = 256 * 1024;
+  constexpr std::uint64_t kRegions = kDiskBytes / kRegionBytes;
+  for (std::uint64_t i = 0; i < kRegions; ++i) {
+    auto p = pattern(kRegionBytes, static_cast<std::uint8_t>(0x80 + i));
+    ASSERT_EQ(c.call(kCmdWrite, 0, i * kRegionBytes, kRegionBytes, p).error, 0u);
+  }
+  std::map<std::uint64_t, std::uint64_t> region_of;  // cookie -> region (reads only)
+  std::uint64_t cookie = 100;
+  for (std::uint64_t n = 0; n < 48; ++n) {
+    const std::uint64_t region = (n * 7) % kRegions;
+    region_of[++cookie] = region;
+    c.request(kCmdRead, 0, cookie, region * kRegionBytes, kRegionBytes);
+    if (n % 4 == 3) c.request(kCmdFlush, 0, ++cookie, 0, 0);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::set<std::uint64_t> seen;
+  for (std::uint64_t i = 101; i <= cookie; ++i) {
+    auto r = c.reply();
+    ASSERT_TRUE(r.ok);
+    EXPECT_EQ(r.error, 0u);
+    EXPECT_TRUE(seen.insert(r.cookie).second) << "cookie " << r.cookie << " answered twice";
+    auto it = region_of.find(r.cookie);
+    if (it == region_of.end()) {
+      EXPECT_TRUE(r.data.empty());
+      continue;
+    }
+    ASSERT_EQ(r.data.size(), kRegionBytes) << "cookie " << r.cookie;
+    EXPECT_TRUE(all_bytes(r.data, static_cast<std::uint8_t>(0x80 + it->second)))
+        << "cookie " << r.cookie;
+  }
+  EXPECT_EQ(seen.size(), cookie - 100);
 }
 
 TEST_F(ServerFixture, DiscFinishesRequestsInFlightThenCloses) {

@@ -8,7 +8,8 @@
 #   wait_unix <path>         waits (10 s) until the unix socket exists
 #   wait_tcp <port>          waits (10 s) until 127.0.0.1:<port> accepts
 #   fio_summary <json>       prints "IOPS<TAB>MiB/s<TAB>p99 us" of fio's JSON output (first job,
-#                            the side that moved data)
+#                            the side that moved data; p99 of the total latency when fio ran
+#                            with --lat_percentiles=1, else of the completion latency)
 #   bench_medians <results>  reads tab-separated lines "key...<TAB>IOPS<TAB>MiB/s<TAB>p99" and
 #                            prints one line per distinct key (first-seen order) with the
 #                            medians of the three values and the number of samples
@@ -73,7 +74,8 @@ import json, sys
 text = open(sys.argv[1]).read()  # the nbd engine prints a line before the JSON
 j = json.loads(text[text.index("{"):])["jobs"][0]
 side = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
-p99 = side["clat_ns"].get("percentile", {}).get("99.000000", 0) / 1000.0
+lat = side["lat_ns"] if "percentile" in side.get("lat_ns", {}) else side["clat_ns"]
+p99 = lat.get("percentile", {}).get("99.000000", 0) / 1000.0
 print(f"{side['iops']:.0f}\t{side['bw'] / 1024:.1f}\t{p99:.1f}")
 EOF
 }

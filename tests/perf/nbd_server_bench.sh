@@ -5,13 +5,15 @@
 #   colo-buffered (FileConfig cache CACHE_BUFFERED) vs nbdkit file plugin (page cache)
 # over a unix socket and loopback TCP, for four rows: 4 KiB random write QD1 and QD32, 4 KiB
 # random read QD32, 1 MiB sequential write QD16. Targets are interleaved inside each round (the
-# order rotates from round to round); every point starts with both files clean and in the page
-# cache. The table shows medians over the rounds, the ratios colo/peer, p99 completion latency,
-# and whether the issue's target holds: IOPS >= 1.5x qemu-nbd (direct) or >= 1.0x nbdkit
-# (buffered), and p99 no worse than the peer's.
+# order rotates from round to round); every point starts with no dirty pages and the buffered
+# file in the page cache. Each row also runs fio straight on the O_DIRECT file (ioengine
+# io_uring, no NBD): the device's own ceiling for the direct servers. The table shows medians
+# over the rounds, p99 of the total request latency, the ratios colo/peer, and whether the
+# issue's target holds: IOPS >= 1.5x qemu-nbd (direct) or >= 1.0x nbdkit (buffered), and p99
+# no worse than the peer's.
 #
 # Usage: tests/perf/nbd_server_bench.sh [build-dir]
-# Environment: ROUNDS (default 5), RUNTIME seconds per fio job (default 2),
+# Environment: ROUNDS (default 5), RUNTIME seconds per fio job (default 1),
 #              SIZE_MB per disk file (default 256), BENCH_DIR (default a temp dir),
 #              ROWS (comma-separated subset, e.g. "randwrite 4k 1,write 1m 16"),
 #              TRANSPORTS (default "unix tcp").
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/../.."
 build=${1:-build}
 colod=$(realpath "$build/colod")
 rounds=${ROUNDS:-5}
-runtime=${RUNTIME:-2}
+runtime=${RUNTIME:-1}
 size_mb=${SIZE_MB:-256}
 IFS=, read -r -a rows <<<"${ROWS:-randwrite 4k 1,randwrite 4k 32,randread 4k 32,write 1m 16}"
 read -r -a transports <<<"${TRANSPORTS:-unix tcp}"
@@ -74,8 +76,19 @@ uri[nbdkit-unix]="nbd+unix:///?socket=$work/nbdkit.sock"
 uri[nbdkit-tcp]="nbd://127.0.0.1:$kport/"
 
 # Every point starts from the same state: no dirty pages (nobody pays for another's
-# writeback) and both files in the page cache.
-settle() { sync "$work/direct.img" "$work/buffered.img"; cat "$work/direct.img" "$work/buffered.img" >/dev/null; }
+# writeback) and the buffered file in the page cache.
+settle() { sync "$work/direct.img" "$work/buffered.img"; cat "$work/buffered.img" >/dev/null; }
+
+fio_point() {  # label rw bs qd fio-args...: one fio run, its summary appended to $results
+  local label=$1 rw=$2 bs=$3 qd=$4
+  shift 4
+  settle
+  fio --name=bench "$@" --rw="$rw" --bs="$bs" --iodepth="$qd" --size="${size_mb}m" \
+    --time_based --runtime="$runtime" --ramp_time=0.25 --randrepeat=0 --norandommap \
+    --lat_percentiles=1 --output-format=json >"$work/fio.json" 2>"$work/fio.err" ||
+    { echo "fio failed on $label ($rw $bs QD$qd):" >&2; cat "$work/fio.err" >&2; exit 1; }
+  printf '%s\t%s\n' "$label" "$(fio_summary "$work/fio.json")" >>"$results"
+}
 
 servers=(colo-direct qemu-nbd colo-buffered nbdkit)
 results="$work/results.txt"
@@ -85,18 +98,13 @@ for round in $(seq "$rounds"); do
   echo "round $round/$rounds: $(bench_load)"
   for row in "${rows[@]}"; do
     read -r rw bs qd <<<"$row"
+    fio_point "$rw $bs QD$qd"$'\t'"-"$'\t'"local-direct" "$rw" "$bs" "$qd" \
+      --ioengine=io_uring --direct=1 --filename="$work/direct.img"
     for transport in "${transports[@]}"; do
       for i in "${!servers[@]}"; do
         server=${servers[$(( (i + round) % ${#servers[@]} ))]}
-        settle
-        out="$work/fio.json"
-        fio --name=bench --ioengine=nbd --uri="${uri[$server-$transport]}" --rw="$rw" \
-          --bs="$bs" --iodepth="$qd" --size="${size_mb}m" --time_based --runtime="$runtime" \
-          --ramp_time=0.5 --randrepeat=0 --norandommap --output-format=json >"$out" \
-          2>"$work/fio.err" || { echo "fio failed on $server-$transport ($row):" >&2;
-                                 cat "$work/fio.err" >&2; exit 1; }
-        printf '%s\t%s\t%s\t%s\n' "$rw $bs QD$qd" "$transport" "$server" \
-          "$(fio_summary "$out")" >>"$results"
+        fio_point "$rw $bs QD$qd"$'\t'"$transport"$'\t'"$server" "$rw" "$bs" "$qd" \
+          --ioengine=nbd --uri="${uri[$server-$transport]}"
       done
     done
   done
@@ -109,13 +117,19 @@ import sys
 m, order = {}, []
 for line in open(sys.argv[1]):
     row, tr, srv, iops, bw, p99, n = line.rstrip("\n").split("\t")
-    if (row, tr) not in order: order.append((row, tr))
+    if tr != "-" and (row, tr) not in order: order.append((row, tr))
     m[(row, tr, srv)] = (float(iops), float(bw), float(p99))
 pairs = (("colo-direct", "qemu-nbd", 1.5), ("colo-buffered", "nbdkit", 1.0))
 print()
 print(f"{'row':<18}{'tr':<5}{'server':<14}{'IOPS':>9}{'MiB/s':>9}{'p99 us':>9}"
-      "   vs peer: IOPS  p99   target")
+      "   vs peer: IOPS  p99    target")
+shown = set()
 for row, tr in order:
+    if row not in shown and (row, "-", "local-direct") in m:
+        shown.add(row)
+        iops, bw, p99 = m[(row, "-", "local-direct")]
+        print(f"{row:<18}{'-':<5}{'local-direct':<14}{iops:>9.0f}{bw:>9.1f}{p99:>9.1f}"
+              "   (fio on the O_DIRECT file, no NBD)")
     for ours, peer, want in pairs:
         for srv in (ours, peer):
             iops, bw, p99 = m[(row, tr, srv)]
@@ -124,8 +138,8 @@ for row, tr in order:
                 piops, _, pp99 = m[(row, tr, peer)]
                 ri = iops / piops if piops else float("nan")
                 rp = p99 / pp99 if pp99 else float("nan")
-                ok = ri >= want and rp <= 1.0
-                note = f"x{ri:<5.2f} x{rp:<5.2f} {'met' if ok else 'MISSED'} (>= {want}x)"
+                verdict = "met" if ri >= want and rp <= 1.0 else "MISSED"
+                note = f"x{ri:<5.2f} x{rp:<5.2f} {verdict} (>= {want}x)"
             print(f"{row:<18}{tr:<5}{srv:<14}{iops:>9.0f}{bw:>9.1f}{p99:>9.1f}   {note}")
     print()
 EOF
