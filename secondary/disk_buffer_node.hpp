@@ -144,6 +144,8 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   Task<IoResult> write_slot(std::uint64_t slot, SlotKind kind, std::uint64_t block,
                             std::span<std::byte> image, WriteFlags flags);
   Task<void> apply_loop(std::shared_ptr<DiskBuffer> self);
+  struct ApplyWorkers;
+  Task<void> apply_worker(ApplyWorkers* workers);
   Task<IoResult> apply_block(std::uint64_t block);
   Task<Result<void>> finish_failover();
   void begin_failover(const asio::any_io_executor& ex);
