@@ -379,29 +379,59 @@ Task<Result<void>> DiskBuffer::finish_failover() {
   co_return Result<void>{};
 }
 
+// Blocks applied concurrently during a failover (each: read its slot, write the disk).
+constexpr int kApplyWorkers = 8;
+
+struct DiskBuffer::ApplyWorkers {
+  int running = 0;
+  std::string error;  // the first apply error
+  AsyncEvent finished;
+};
+
+Task<void> DiskBuffer::apply_worker(ApplyWorkers* workers) {
+  const auto ex = co_await asio::this_coro::executor;
+  std::uint64_t since_yield = 0;
+  while (!dirty_.empty() && workers->error.empty()) {
+    // Give the loop back every few blocks even when the nodes never suspend.
+    if (++since_yield % 16 == 0) {
+      co_await asio::post(ex, asio::use_awaitable);
+      continue;  // recheck: the set and the error may have changed
+    }
+    const std::uint64_t block = *dirty_.begin();
+    dirty_.erase(dirty_.begin());
+    IoResult r = co_await apply_block(block);
+    if (!r) {
+      dirty_.insert(block);
+      if (workers->error.empty()) {
+        workers->error =
+            fmt::format("applying block {} to the disk: {}", block, r.error().message());
+      }
+      break;
+    }
+    progress_.applied_bytes += block_length(block);
+  }
+  CHECK(workers->running > 0);
+  if (--workers->running == 0) workers->finished.notify_all();
+}
+
 Task<void> DiskBuffer::apply_loop(std::shared_ptr<DiskBuffer> self) {
   CHECK(self.get() == this);
   // co_spawn may start this inline: let stop_replication() return (and the local view serve)
-  // first, and give the loop back every few blocks even when the nodes never suspend.
+  // first.
   const auto ex = co_await asio::this_coro::executor;
   co_await asio::post(ex, asio::use_awaitable);
   std::string error;
-  std::uint64_t since_yield = 0;
   for (;;) {
-    while (!dirty_.empty() && error.empty()) {
-      if (++since_yield % 16 == 0) co_await asio::post(ex, asio::use_awaitable);
-      if (dirty_.empty()) break;
-      const std::uint64_t block = *dirty_.begin();
-      dirty_.erase(dirty_.begin());
-      IoResult r = co_await apply_block(block);
-      if (!r) {
-        dirty_.insert(block);
-        error = fmt::format("applying block {} to the disk: {}", block, r.error().message());
-        break;
-      }
-      progress_.applied_bytes += block_length(block);
+    ApplyWorkers workers;
+    workers.running = kApplyWorkers;
+    for (int i = 0; i < kApplyWorkers; ++i) {
+      spawn(ex, apply_worker(&workers), name_ + " failover apply worker");
     }
-    if (!error.empty()) break;
+    while (workers.running != 0) co_await workers.finished.wait();
+    if (!workers.error.empty()) {
+      error = workers.error;
+      break;
+    }
     co_await close_gate();
     if (!dirty_.empty()) {  // local writes arrived meanwhile
       open_gate();

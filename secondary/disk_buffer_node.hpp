@@ -46,7 +46,10 @@
 
 namespace colo {
 
-inline constexpr std::uint32_t kDiskBufferBlockBytesDefault = 64 * 1024;
+// 16 KiB: measured in docs/disk_buffer.md ("Block size"): against 64 KiB it makes random
+// small first writes about twice as fast and takes a third of the buffer space for them, for
+// 18% more buffer space on sequential writes (the 4 KiB slot header).
+inline constexpr std::uint32_t kDiskBufferBlockBytesDefault = 16 * 1024;
 
 struct DiskBufferOptions {
   std::uint32_t block_bytes = kDiskBufferBlockBytesDefault;  // power of two, 4 KiB..16 MiB
@@ -144,6 +147,8 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   Task<IoResult> write_slot(std::uint64_t slot, SlotKind kind, std::uint64_t block,
                             std::span<std::byte> image, WriteFlags flags);
   Task<void> apply_loop(std::shared_ptr<DiskBuffer> self);
+  struct ApplyWorkers;
+  Task<void> apply_worker(ApplyWorkers* workers);
   Task<IoResult> apply_block(std::uint64_t block);
   Task<Result<void>> finish_failover();
   void begin_failover(const asio::any_io_executor& ex);

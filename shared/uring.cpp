@@ -50,7 +50,6 @@ Uring::Uring(asio::io_context& io)
   }
   ring_ok_ = true;
   defer_taskrun_ = (setup_flags_ & IORING_SETUP_DEFER_TASKRUN) != 0;
-  enabled_ = (setup_flags_ & IORING_SETUP_R_DISABLED) == 0;
   event_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (event_fd_ < 0) {
     setup_error_ = make_error(errno, "eventfd");
@@ -61,8 +60,6 @@ Uring::Uring(asio::io_context& io)
     setup_error_ = make_error(-rc, "io_uring_register_eventfd");
     return;
   }
-  // Saves a file-table lookup per io_uring_enter (5.18); without it the plain fd is used.
-  (void)io_uring_register_ring_fd(ring_.get());
   event_desc_.emplace(io_, event_fd_);
   log::debug("io_uring: ring ready, setup flags {:#x}", setup_flags_);
 }
@@ -130,15 +127,20 @@ Uring::Pending* Uring::take_pending() {
 
 Uring::Pending* Uring::enqueue(const UringSqe& sqe) {
   if (!ring_ok_ || setup_error_ || shut_down_) return nullptr;
-  if (!enabled_) {
-    // The first submission names this thread as the ring's single issuer.
+  if (!started_) {
+    // The first submission names this thread as the ring's single issuer (R_DISABLED).
     // Raw system call: liburing 2.3 declares io_uring_enable_rings() but does not export it.
-    if (::syscall(__NR_io_uring_register, ring_->ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr,
+    if ((setup_flags_ & IORING_SETUP_R_DISABLED) != 0 &&
+        ::syscall(__NR_io_uring_register, ring_->ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr,
                   0) != 0) {
       log::error("io_uring: cannot enable the ring: {}", std::strerror(errno));
       return nullptr;
     }
-    enabled_ = true;
+    // Saves a file-table lookup per io_uring_enter (5.18). The registration belongs to the
+    // calling thread, so it is made here, on the thread that submits; without it the plain fd
+    // is used.
+    (void)io_uring_register_ring_fd(ring_.get());
+    started_ = true;
   }
   io_uring_sqe* s = io_uring_get_sqe(ring_.get());
   while (s == nullptr) {

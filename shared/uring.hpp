@@ -7,14 +7,21 @@
 // async_wait: no thread per request, no polling. The wait is armed only while operations are in
 // flight, so an idle ring does not keep io_context::run() alive.
 //
-// Submission is batched: submit() only queues an SQE; the first SQE of a batch posts one
-// "submit" task, which calls io_uring_enter once for every SQE queued during that event-loop
-// turn (QD32 costs one system call per batch). When the SQ ring is full, the queued SQEs are
-// submitted at once and the new one retried. Completions that the kernel posted inline during
-// io_uring_enter are reaped right after it, without waiting for the eventfd.
+// The ring is set up as fio sets up its own (DEFER_TASKRUN, COOP_TASKRUN, SINGLE_ISSUER, with
+// fallbacks for older kernels; see docs/file_node.md): completion work waits for this thread
+// and is run in batches when it asks for events.
+//
+// Submission is batched: submit() only queues an SQE; the first SQE of a batch posts one pump,
+// which in one io_uring_enter submits every SQE queued during that event-loop turn and has the
+// kernel post the completions waiting for us, delivers them, and repeats (bounded) for what the
+// resumed coroutines queued and what completed meanwhile. The eventfd is muted while the pump
+// runs, so completions it reaps itself cost no wake-up. When the SQ ring is full, the queued
+// SQEs are submitted at once and the new one retried.
 //
 // Contract:
-// - Single-threaded: use from the io_context's thread only.
+// - Single-threaded: use from the io_context's thread only. The first submission binds the
+//   ring to the submitting thread (single issuer); the io_context must be destroyed on that
+//   thread when requests are still in flight.
 // - Every buffer an SQE points to must stay valid until the operation completes (the awaiting
 //   coroutine owns it). At io_context destruction the service waits for every SQE still in the
 //   kernel before it drops the handlers, so no buffer is released while the kernel uses it.
@@ -142,7 +149,7 @@ class Uring final : public asio::execution_context::service {
   std::optional<asio::posix::stream_descriptor> event_desc_;
   unsigned setup_flags_ = 0;
   bool defer_taskrun_ = false;
-  bool enabled_ = false;
+  bool started_ = false;  // the first submission enabled the ring on this thread
   bool wait_armed_ = false;
   bool pump_posted_ = false;
   bool shut_down_ = false;

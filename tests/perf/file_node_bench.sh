@@ -2,11 +2,15 @@
 # Benchmark: the file node against fio (ioengine=io_uring) on the same file with the same flags.
 # Rows: 4 KiB random writes at QD1 and QD32, 1 MiB sequential writes at QD16, each with
 # O_DIRECT and buffered. Targets are interleaved (ours, fio, ours, fio ...) for ROUNDS rounds;
-# the table shows medians and the our/fio ratio (target: >= 0.9).
+# the table shows medians, the ratio of the medians ours/fio (target: >= 0.9) and the median
+# of the per-round ratios (each round's two runs are adjacent in time, so this one is less
+# sensitive to the machine's load drifting). The load average is printed before and after.
+# fio runs with its io_uring defaults (3.33: COOP_TASKRUN, SINGLE_ISSUER, DEFER_TASKRUN; no
+# registered files or buffers, no polling, no SQPOLL), which is also how our ring is set up.
 #
 # Usage: tests/perf/file_node_bench.sh [build-dir]
 # Environment: BENCH_DIR (default /var/tmp: a disk file system, for O_DIRECT),
-#              SIZE_MIB (256), SECONDS_PER_POINT (3), ROUNDS (5).
+#              SIZE_MIB (256), SECONDS_PER_POINT (2), ROUNDS (7).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
@@ -16,8 +20,8 @@ command -v fio >/dev/null || { echo "fio is missing (deploy/setup.sh installs it
 py=/usr/bin/python3
 
 size_mib=${SIZE_MIB:-256}
-secs=${SECONDS_PER_POINT:-3}
-rounds=${ROUNDS:-5}
+secs=${SECONDS_PER_POINT:-2}
+rounds=${ROUNDS:-7}
 dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/colo-bench-XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 file="$dir/bench.img"
@@ -59,6 +63,7 @@ theirs() {  # pattern bs qd direct -> iops
     "$py" -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["write"]["iops"])'
 }
 
+echo "load before: $(uptime)" >&2
 declare -A our_results fio_results
 for ((r = 1; r <= rounds; r++)); do
   for i in "${!rows[@]}"; do
@@ -75,7 +80,8 @@ for ((r = 1; r <= rounds; r++)); do
   done
 done
 
-printf '%-20s %-8s %12s %12s %10s %10s %7s\n' row mode "ours IOPS" "fio IOPS" "ours MiB/s" "fio MiB/s" ratio
+echo "load after: $(uptime)" >&2
+printf '%-20s %-8s %12s %12s %10s %10s %7s %7s\n' row mode "ours IOPS" "fio IOPS" "ours MiB/s" "fio MiB/s" ratio paired
 for i in "${!rows[@]}"; do
   read -r name pattern bs qd direct <<<"${rows[$i]}"
   mode=buffered
@@ -83,9 +89,11 @@ for i in "${!rows[@]}"; do
   "$py" - "$name" "$mode" "$bs" "${our_results[$i]}" "${fio_results[$i]}" <<'PY'
 import statistics, sys
 name, mode, bs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-ours = statistics.median(float(x) for x in sys.argv[4].split())
-fio = statistics.median(float(x) for x in sys.argv[5].split())
+o = [float(x) for x in sys.argv[4].split()]
+f = [float(x) for x in sys.argv[5].split()]
+ours, fio = statistics.median(o), statistics.median(f)
 ratio = ours / fio if fio else float("nan")
-print(f"{name:<20} {mode:<8} {ours:12.0f} {fio:12.0f} {ours*bs/2**20:10.1f} {fio*bs/2**20:10.1f} {ratio:7.2f}")
+paired = statistics.median(a / b for a, b in zip(o, f) if b)
+print(f"{name:<20} {mode:<8} {ours:12.0f} {fio:12.0f} {ours*bs/2**20:10.1f} {fio*bs/2**20:10.1f} {ratio:7.2f} {paired:7.2f}")
 PY
 done

@@ -1,7 +1,9 @@
 // Secondary role config: SecondaryConfig validation (every problem names option and value).
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "secondary/disk_buffer_node.hpp"
 #include "shared/config.hpp"
 
 namespace colo {
@@ -62,7 +64,9 @@ TEST(ConfigSecondary, MissingFieldsAndTooSmallBuffer) {
   ASSERT_FALSE(cfg);
   const std::string& m = cfg.error().message;
   EXPECT_NE(m.find("secondary.buffer_path: must be set"), std::string::npos) << m;
-  EXPECT_NE(m.find("secondary.buffer_size_bytes: 8192 cannot hold one block of 65536 bytes"),
+  // The default block size of the config check is the disk buffer's.
+  EXPECT_NE(m.find(fmt::format("secondary.buffer_size_bytes: 8192 cannot hold one block of {} "
+                               "bytes", kDiskBufferBlockBytesDefault)),
             std::string::npos) << m;
   EXPECT_NE(m.find("secondary.replication_listen: at least one address is needed"),
             std::string::npos) << m;

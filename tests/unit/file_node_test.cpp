@@ -16,6 +16,7 @@
 
 #include <cstring>
 #include <random>
+#include <thread>
 
 #include "shared/file_node.hpp"
 #include "shared/uring.hpp"
@@ -793,6 +794,51 @@ TEST(Uring, MoreSqesThanTheRingHoldsAreAllSubmitted) {
   }());
   EXPECT_EQ(done, kOps);
   ::close(fd);
+}
+
+// A read from an empty pipe does not complete during submission: its completion comes back
+// through the eventfd when the pipe is written. Run on a thread other than the one that created the ring: the first
+// submission binds the ring (single issuer, deferred completion work, registered ring fd) to
+// the thread that runs the io_context.
+Task<void> pipe_reader(Uring* ring, int fd, char* p, int* res) {
+  UringSqe sqe;
+  sqe.opcode = IORING_OP_READ;
+  sqe.fd = fd;
+  sqe.buffer = p;
+  sqe.length_bytes = 4;
+  *res = co_await ring->submit(sqe);
+}
+
+// Writes the pipe behind the ring's back, a few loop turns later (the reader's SQE is in the
+// kernel by then), so the read's completion has to come through the eventfd.
+Task<void> pipe_writer(int fd, const char* p, int* res) {
+  auto ex = co_await asio::this_coro::executor;
+  for (int i = 0; i < 3; ++i) co_await asio::post(ex, asio::use_awaitable);
+  *res = static_cast<int>(::write(fd, p, 4));
+}
+
+TEST(Uring, RingCreatedOnOneThreadServesTheThreadThatRunsTheIoContext) {
+  asio::io_context io;
+  Uring& ring = Uring::of(io);  // created on this thread
+  ASSERT_FALSE(ring.setup_error().has_value());
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  char in[4] = {};
+  const char out[4] = {'c', 'o', 'l', 'o'};
+  int read_res = 0, write_res = 0;
+  std::thread runner([&] {
+    spawn(io.get_executor(), pipe_reader(&ring, fds[0], in, &read_res), "reader");
+    spawn(io.get_executor(), pipe_writer(fds[1], out, &write_res), "writer");
+    io.run();  // returns: the ring keeps no work once idle
+  });
+  runner.join();
+  EXPECT_EQ(write_res, 4);
+  EXPECT_EQ(read_res, 4);
+  EXPECT_EQ(std::memcmp(in, out, 4), 0);
+  EXPECT_GE(ring.wake_count(), 1u) << "the read completed through the eventfd";
+  EXPECT_EQ(ring.completion_count(), 1u);
+  ::close(fds[0]);
+  ::close(fds[1]);
 }
 
 }  // namespace
