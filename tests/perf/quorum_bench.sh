@@ -7,7 +7,8 @@
 #   t2-quorum:  vote_threshold 2, read_pattern quorum
 # Rows: 4 KiB random write QD1 and QD32, 4 KiB random read QD32, 1 MiB sequential write QD16
 # (the NBD server benchmark's rows). Targets are interleaved inside each round: each colod
-# target runs right next to its QEMU peer, and who goes first alternates from round to round.
+# target runs right next to its QEMU peer, and over every 4 rounds each target runs once in
+# each place of the row (use a multiple of 4 rounds for a balanced run).
 # The table shows medians, the ratio colo/QEMU of the medians, the median of the per-round
 # ratios ("paired": the two ran seconds apart, so it is steadier when the machine's load
 # drifts), and the issue's target (>= 2x IOPS for 4 KiB random writes at QD32, >= 1.3x for
@@ -20,8 +21,9 @@
 # QEMU alike.
 #
 # Usage: tests/perf/quorum_bench.sh [build-dir]
-# Environment: ROUNDS (default 5), RUNTIME seconds per fio job (default 2),
-#              SIZE_MB per disk file (default 128), BENCH_DIR (default a temp dir, removed),
+# Environment: ROUNDS (default 5; 8 for a balanced run), RUNTIME seconds per fio job
+#              (default 2), SIZE_MB per disk file (default 128), BENCH_DIR (default a temp
+#              dir, removed),
 #              ROWS (default all: "randwrite 4k 1;randwrite 4k 32;randread 4k 32;write 1m 16").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -112,6 +114,8 @@ start_colo colo-t1 1 fifo
 start_qemu qemu-t1 1 fifo
 start_colo colo-t2 2 quorum
 start_qemu qemu-t2 2 quorum
+# The copies above left about 1 GiB of dirty pages: write them back now, not during round 1.
+sync
 
 IFS=';' read -ra rows <<<"${ROWS:-randwrite 4k 1;randwrite 4k 32;randread 4k 32;write 1m 16}"
 results="$work/results.txt"
@@ -119,8 +123,15 @@ results="$work/results.txt"
 echo "load before: $(uptime)"
 for round in $(seq "$rounds"); do
   # Each colod target runs right next to its QEMU peer (so the per-round ratio compares runs
-  # seconds apart); which of the two goes first, and which configuration, alternates.
-  if (( round % 2 )); then order=(colo-t1 qemu-t1 qemu-t2 colo-t2); else order=(qemu-t2 colo-t2 colo-t1 qemu-t1); fi
+  # seconds apart). Over every 4 rounds each target takes each of the 4 places once (a later
+  # place in a row runs after more data was written: the disk may be slower by then), and
+  # colod and QEMU each go first in half of them.
+  case $(( (round - 1) % 4 )) in
+    0) order=(colo-t1 qemu-t1 colo-t2 qemu-t2) ;;
+    1) order=(qemu-t2 colo-t2 qemu-t1 colo-t1) ;;
+    2) order=(colo-t2 qemu-t2 colo-t1 qemu-t1) ;;
+    3) order=(qemu-t1 colo-t1 qemu-t2 colo-t2) ;;
+  esac
   echo "round $round/$rounds: ${order[*]}"
   for row in "${rows[@]}"; do
     read -r rw bs qd <<<"$row"
