@@ -273,24 +273,29 @@ Task<Result<void>> Replicator::pair(bool force) {
   co_return Result<void>{};
 }
 
-Task<void> Replicator::detach_task(std::shared_ptr<Replicator> self, std::string reason) {
-  co_await self->detach(std::move(reason));
-}
-
-Task<void> Replicator::detach(std::string reason) {
-  if (peer_state_ != PeerState::paired || detaching_) co_return;
+// Takes the peer out of the graph: the channel closes, the NBD child is closed (what is in
+// flight to the secondary fails at once, so a hung peer never holds writes) and removed.
+Task<void> Replicator::release_peer(PeerState next, std::string reason) {
   detaching_ = true;
-  peer_state_ = PeerState::stale;
+  peer_state_ = next;
   peer_reason_ = reason;
   if (channel_) channel_->close(reason);
-  // Fail what is in flight to the secondary at once (a hung peer must not hold writes), then
-  // take the child out of the quorum.
   if (peer_nbd_) peer_nbd_->close();
   auto removed = co_await quorum_->remove_child(options_.peer_child);
   if (!removed) log::error("primary: removing the peer child: {}", removed.error().to_string());
   peer_async_.reset();
   peer_nbd_.reset();
   channel_.reset();
+  detaching_ = false;
+}
+
+Task<void> Replicator::detach_task(std::shared_ptr<Replicator> self, std::string reason) {
+  co_await self->detach(std::move(reason));
+}
+
+Task<void> Replicator::detach(std::string reason) {
+  if (peer_state_ != PeerState::paired || detaching_) co_return;
+  co_await release_peer(PeerState::stale, reason);
   log::event({"secondary_lost",
               {{"resource", options_.resource},
                {"secondary", peer_name_},
@@ -299,7 +304,6 @@ Task<void> Replicator::detach(std::string reason) {
                {"state", "stale"}}});
   // The secondary misses every write from now on.
   co_await store_state({epoch_, true, false});
-  detaching_ = false;
 }
 
 // --- checkpoints -----------------------------------------------------------------------
@@ -517,16 +521,7 @@ Task<Result<void>> Replicator::stop() {
     co_await detach("stopping replication failed: " + reply.error().message);
     co_return reply.error();
   }
-  detaching_ = true;
-  peer_state_ = PeerState::stopped;
-  peer_reason_ = "stopped by the operator";
-  channel->close("replication stopped");
-  if (peer_nbd_) peer_nbd_->close();
-  co_await quorum_->remove_child(options_.peer_child);
-  peer_async_.reset();
-  peer_nbd_.reset();
-  channel_.reset();
-  detaching_ = false;
+  co_await release_peer(PeerState::stopped, "replication stopped by the operator");
   local_writes_at_start_ = gate_->stats().writes_passed;
   gate_->open();
   unlock();
@@ -548,16 +543,7 @@ Task<Result<void>> Replicator::demote() {
   }
   co_await gate_->close();
   if (out && peer_state_ == PeerState::paired) {
-    detaching_ = true;
-    peer_state_ = PeerState::stopped;
-    peer_reason_ = "this node was demoted";
-    if (channel_) channel_->close("demoted");
-    if (peer_nbd_) peer_nbd_->close();
-    co_await quorum_->remove_child(options_.peer_child);
-    peer_async_.reset();
-    peer_nbd_.reset();
-    channel_.reset();
-    detaching_ = false;
+    co_await release_peer(PeerState::stopped, "this node was demoted");
     co_await store_state({epoch_, false, true});
   }
   demoted_ = true;
@@ -577,16 +563,7 @@ Task<void> Replicator::shutdown() {
   if (peer_state_ == PeerState::paired) {
     Result<std::uint64_t> last = co_await checkpoint_locked(false);
     if (last && peer_state_ == PeerState::paired) {
-      detaching_ = true;
-      peer_state_ = PeerState::stopped;
-      peer_reason_ = "the primary stopped";
-      if (channel_) channel_->close("the primary is stopping");
-      if (peer_nbd_) peer_nbd_->close();
-      co_await quorum_->remove_child(options_.peer_child);
-      peer_async_.reset();
-      peer_nbd_.reset();
-      channel_.reset();
-      detaching_ = false;
+      co_await release_peer(PeerState::stopped, "the primary stopped");
       co_await store_state({epoch_, false, true});
       log::info("primary: last checkpoint {} taken; the secondary can resume or fail over", epoch_);
     }

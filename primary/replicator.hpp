@@ -116,6 +116,7 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   Task<void> lock();
   void unlock();
   Task<void> detach(std::string reason);
+  Task<void> release_peer(PeerState next, std::string reason);
   static Task<void> detach_task(std::shared_ptr<Replicator> self, std::string reason);
   void on_channel_lost(const std::string& reason);
   std::uint64_t peer_errors() const;
