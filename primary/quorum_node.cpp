@@ -310,13 +310,18 @@ Task<IoResult> QuorumNode::flush() {
 
 std::span<std::byte> QuorumNode::ScratchSet::take(std::size_t length_bytes) {
   auto& pool = node_.scratch_;
+  std::size_t best = pool.size();  // the smallest buffer that fits
   for (std::size_t i = 0; i < pool.size(); ++i) {
-    if (pool[i].capacity_bytes >= length_bytes) {
-      taken_.push_back(std::move(pool[i]));
-      pool[i] = std::move(pool.back());
-      pool.pop_back();
-      return {taken_.back().data.get(), length_bytes};
+    if (pool[i].capacity_bytes >= length_bytes &&
+        (best == pool.size() || pool[i].capacity_bytes < pool[best].capacity_bytes)) {
+      best = i;
     }
+  }
+  if (best != pool.size()) {
+    taken_.push_back(std::move(pool[best]));
+    pool[best] = std::move(pool.back());
+    pool.pop_back();
+    return {taken_.back().data.get(), length_bytes};
   }
   Scratch s;
   // Not zero-filled: a child's read overwrites it, and only successful reads are looked at.

@@ -229,9 +229,10 @@ TEST(NbdClientNode, ClosingFromACompletionFailsTheRestCleanly) {
 TEST(NbdClientNode, ServerErrorsArePassedThroughAndTheConnectionStays) {
   test::TempDir dir;
   const std::string trigger = dir.file("fail-now");
-  NbdkitServer server(dir.path().string(), "nbdkit", {"--filter=error", "memory", "size=64M", "error=EIO",
-                            "error-pread-rate=100%", "error-pwrite-rate=100%",
-                            "error-file=" + trigger});
+  NbdkitServer server(dir.path().string(), "nbdkit",
+                      {"--filter=error", "memory", "size=64M", "error=EIO",
+                       "error-pread-rate=100%", "error-pwrite-rate=100%",
+                       "error-file=" + trigger});
   server.start();
   asio::io_context io;
   ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
@@ -258,7 +259,8 @@ TEST(NbdClientNode, ServerKilledFailsInflightThenReconnects) {
   const std::string disk = dir.file("disk.img");
   { std::ofstream(disk).close(); }
   ASSERT_EQ(truncate(disk.c_str(), kSize), 0);
-  NbdkitServer server(dir.path().string(), "nbdkit", {"--filter=delay", "file", "file=" + disk, "delay-write=300ms"});
+  NbdkitServer server(dir.path().string(), "nbdkit",
+                      {"--filter=delay", "file", "file=" + disk, "delay-write=300ms"});
   server.start();
   EventRecorder events;
   asio::io_context io;
