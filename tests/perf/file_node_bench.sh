@@ -41,12 +41,21 @@ rows=(
 )
 
 # Every point starts from the same state: no dirty pages of the file (neither side inherits the
-# other's writeback) and the whole file in the page cache (O_DIRECT rows evict it; buffered
-# writes to evicted pages are punted to io-wq, which made buffered rows depend on run order).
-settle() { sync "$file"; cat "$file" >/dev/null; }
+# other's writeback); for buffered rows the whole file in the page cache (buffered writes to
+# evicted pages are punted to io-wq, which made buffered rows depend on run order); for
+# O_DIRECT rows none of it (an O_DIRECT write must first drop the cached pages it overwrites,
+# which the side that went first paid for alone).
+settle() {  # direct
+  sync "$file"
+  if [ "$1" = 1 ]; then
+    dd if="$file" iflag=nocache count=0 status=none  # drop the file's (clean) pages
+  else
+    cat "$file" >/dev/null
+  fi
+}
 
 ours() {  # pattern bs qd direct -> iops
-  settle
+  settle "$4"
   local cache=buffered
   [ "$4" = 1 ] && cache=direct
   "$bench" --path "$file" --size-mib "$size_mib" --cache "$cache" --pattern "$1" \
@@ -54,7 +63,7 @@ ours() {  # pattern bs qd direct -> iops
 }
 
 theirs() {  # pattern bs qd direct -> iops
-  settle
+  settle "$4"
   local rw=randwrite
   [ "$1" = seq ] && rw=write
   fio --name=bench --filename="$file" --size="${size_mib}M" --rw="$rw" --bs="$2" \
