@@ -139,7 +139,7 @@ Task<void> DiskBuffer::drain() { co_await inflight_.wait_idle(); }
 
 Task<IoResult> DiskBuffer::view_read(Face face, std::uint64_t offset_bytes,
                                      std::span<std::byte> out) {
-  co_await enter_gate();
+  if (gate_closed_) co_await enter_gate();  // no coroutine frame while the gate is open
   InflightGuard guard(inflight_);
   if (face == Face::primary) {
     if (header_.state != BufferState::replicating) {
@@ -156,13 +156,18 @@ Task<IoResult> DiskBuffer::view_read(Face face, std::uint64_t offset_bytes,
 Task<IoResult> DiskBuffer::view_write(Face face, IoOp op, std::uint64_t offset_bytes,
                                       std::uint64_t length_bytes, std::span<const std::byte> in,
                                       WriteFlags flags) {
-  co_await enter_gate();
+  if (gate_closed_) co_await enter_gate();  // no coroutine frame while the gate is open
   InflightGuard guard(inflight_);
   if (face == Face::primary) {
     if (header_.state != BufferState::replicating) {
       log::warn("{}.primary: {} offset={} count={} refused: replication is not running", name_,
                 to_string(op), offset_bytes, length_bytes);
       co_return io_error(EPERM);
+    }
+    // A rewrite of saved blocks (the common case within an epoch) goes straight to the disk.
+    if (op == IoOp::write && length_bytes != 0 &&
+        index_.all_durable(block_of(offset_bytes), block_of(offset_bytes + length_bytes - 1))) {
+      co_return co_await disk_.write(offset_bytes, in, flags);
     }
     co_return co_await primary_write(op, offset_bytes, length_bytes, in, flags);
   }
@@ -181,7 +186,7 @@ Task<IoResult> DiskBuffer::view_write(Face face, IoOp op, std::uint64_t offset_b
 }
 
 Task<IoResult> DiskBuffer::view_flush(Face face) {
-  co_await enter_gate();
+  if (gate_closed_) co_await enter_gate();  // no coroutine frame while the gate is open
   InflightGuard guard(inflight_);
   switch (header_.state) {
     case BufferState::idle:
