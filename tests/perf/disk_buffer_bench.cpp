@@ -55,8 +55,14 @@ namespace {
 using Clock = std::chrono::steady_clock;
 bool g_verbose = false;  // --verbose: every round's figures on stderr
 
+std::string g_dir;  // the run's directory, removed on the way out
+
 [[noreturn]] void die(const std::string& what) {
   std::fprintf(stderr, "disk_buffer_bench: %s\n", what.c_str());
+  if (!g_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(g_dir, ec);
+  }
   std::exit(1);
 }
 
@@ -524,6 +530,7 @@ int main(int argc, char** argv) {
   std::snprintf(tmpl, sizeof(tmpl), "%s/colo-dbbench-XXXXXX", dir.c_str());
   if (::mkdtemp(tmpl) == nullptr) die("cannot create a directory in " + dir);
   env.dir = tmpl;
+  g_dir = env.dir;
   env.disk_bytes = disk_mib * kMiB;
   env.seconds = seconds;
   env.rounds = rounds;
