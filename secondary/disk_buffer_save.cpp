@@ -31,11 +31,11 @@ namespace {
 constexpr std::uint64_t kJoinBytesMax = 256 * 1024;
 }  // namespace
 
-// Consecutive slot images written by one request of a save cycle.
+// Consecutive slot images that one write of a save cycle carries.
 struct DiskBuffer::SavePiece {
   std::size_t begin = 0;  // [begin, end) into the cycle's requests
   std::size_t end = 0;
-  std::uint64_t bytes = 0;
+  std::uint64_t length_bytes = 0;
   bool small = false;  // made of images under kJoinBytesMax, copied into one buffer
   IoResult result;
 };
@@ -180,9 +180,9 @@ Task<void> DiskBuffer::run_save_cycle() {
     const std::uint64_t n = writing[i]->image.size();
     const bool small = n < kJoinBytesMax;
     if (small && !pieces.empty() && pieces.back().small &&
-        pieces.back().bytes + n <= transfer_max) {
+        pieces.back().length_bytes + n <= transfer_max) {
       pieces.back().end = i + 1;
-      pieces.back().bytes += n;
+      pieces.back().length_bytes += n;
     } else {
       pieces.push_back(SavePiece{i, i + 1, n, small, {}});
     }
@@ -226,7 +226,7 @@ Task<void> DiskBuffer::write_piece(const std::vector<SaveRequest*>* requests, Sa
   if (piece->end - piece->begin == 1) {
     piece->result = co_await buffer_.write(offset, r[piece->begin]->image.span(), flags);
   } else {
-    AlignedBuffer joined = AlignedBuffer::uninitialized(piece->bytes);
+    AlignedBuffer joined = AlignedBuffer::uninitialized(piece->length_bytes);
     std::uint64_t at = 0;
     for (std::size_t i = piece->begin; i < piece->end; ++i) {
       std::memcpy(joined.span().data() + at, r[i]->image.span().data(), r[i]->image.size());

@@ -188,9 +188,12 @@ void Uring::schedule_pump() {
 }
 
 bool Uring::completions_waiting() const {
-  // Set by the kernel (TASKRUN_FLAG) when completion work waits for this thread.
-  return (setup_flags_ & IORING_SETUP_TASKRUN_FLAG) != 0 &&
-         (IO_URING_READ_ONCE(*ring_->sq.kflags) & IORING_SQ_TASKRUN) != 0;
+  // IORING_SQ_TASKRUN: set by the kernel (TASKRUN_FLAG) when completion work waits for this
+  // thread. IORING_SQ_CQ_OVERFLOW: completions that did not fit in the CQ ring wait in the
+  // kernel until we enter it.
+  const unsigned flags = IO_URING_READ_ONCE(*ring_->sq.kflags);
+  if ((flags & IORING_SQ_CQ_OVERFLOW) != 0) return true;
+  return (setup_flags_ & IORING_SETUP_TASKRUN_FLAG) != 0 && (flags & IORING_SQ_TASKRUN) != 0;
 }
 
 void Uring::set_eventfd_enabled(bool enabled) {
@@ -273,8 +276,8 @@ void Uring::pump(bool woken) {
   // Submit what is queued, have the kernel post the completions waiting for us, deliver them,
   // and again for what the resumed coroutines queued (their next requests) and what completed
   // meanwhile, a bounded number of rounds so other handlers are not starved.
-  // With DEFER_TASKRUN the eventfd is muted meanwhile: completions we post ourselves need no
-  // wake-up (without this, every batch would wake the loop once more for nothing).
+  // With DEFER_TASKRUN the eventfd is muted meanwhile: the completions we have the kernel
+  // post here are delivered by this loop, and must not wake it again.
   const bool mute = defer_taskrun_;
   if (mute) set_eventfd_enabled(false);
   bool get_events = woken;
