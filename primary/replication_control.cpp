@@ -6,12 +6,6 @@
 
 namespace colo {
 
-control::Reply control_reply_of(const Error& e) {
-  const int code = e.code.value();
-  const bool refused = code == EBUSY || code == EPERM || code == EALREADY || code == EINVAL;
-  return ControlReplyBuilder::fail(refused ? kExitRefused : kExitFailed, e.message);
-}
-
 namespace {
 
 Task<control::Reply> cmd_status(std::shared_ptr<Replicator> r, control::Request) {
@@ -26,7 +20,7 @@ Task<control::Reply> cmd_checkpoint(std::shared_ptr<Replicator> r, control::Requ
   }
   if (phase == "prepare") {
     Result<void> p = co_await r->prepare();
-    if (!p) co_return control_reply_of(p.error());
+    if (!p) co_return ControlReplyBuilder::from_error(p.error());
     co_return ControlReplyBuilder::ok(
         fmt::format("prepared: writes are held (epoch {}); commit or abort within {} ms\n",
                     r->epoch(), r->options().prepare_timeout.count()),
@@ -34,7 +28,7 @@ Task<control::Reply> cmd_checkpoint(std::shared_ptr<Replicator> r, control::Requ
   }
   if (phase == "abort") {
     Result<void> a = r->abort();
-    if (!a) co_return control_reply_of(a.error());
+    if (!a) co_return ControlReplyBuilder::from_error(a.error());
     co_return ControlReplyBuilder::ok(fmt::format("aborted: writes resumed (epoch {})\n",
                                                   r->epoch()),
                                       fmt::format(R"({{"aborted":true,"epoch":{}}})", r->epoch()));
@@ -45,7 +39,7 @@ Task<control::Reply> cmd_checkpoint(std::shared_ptr<Replicator> r, control::Requ
   } else {
     e = co_await r->checkpoint();
   }
-  if (!e) co_return control_reply_of(e.error());
+  if (!e) co_return ControlReplyBuilder::from_error(e.error());
   const PauseSummary p = r->pauses();
   co_return ControlReplyBuilder::ok(fmt::format("{}\n", *e),
                                     fmt::format(R"({{"epoch":{},"pause_us":{}}})", *e, p.last_us));
@@ -57,14 +51,14 @@ Task<control::Reply> cmd_start(std::shared_ptr<Replicator> r, control::Request r
     co_return ControlReplyBuilder::fail(kExitUsage, "usage: start [--force]");
   }
   Result<void> p = co_await r->pair(force);
-  if (!p) co_return control_reply_of(p.error());
+  if (!p) co_return ControlReplyBuilder::from_error(p.error());
   co_return ControlReplyBuilder::ok(fmt::format("replication started (epoch {})\n", r->epoch()));
 }
 
 Task<control::Reply> cmd_stop(std::shared_ptr<Replicator> r, control::Request req) {
   if (req.args_size() != 0) co_return ControlReplyBuilder::fail(kExitUsage, "usage: stop");
   Result<void> s = co_await r->stop();
-  if (!s) co_return control_reply_of(s.error());
+  if (!s) co_return ControlReplyBuilder::from_error(s.error());
   co_return ControlReplyBuilder::ok(fmt::format(
       "replication stopped at epoch {}: the secondary is idle with this disk's data\n",
       r->epoch()));

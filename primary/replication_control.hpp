@@ -18,8 +18,4 @@ namespace colo {
 void register_replication_commands(ControlServer& control, std::shared_ptr<Replicator> replicator,
                                    std::shared_ptr<NbdServer> front_end);
 
-// The reply of a control call from a Result: EBUSY/EPERM/EALREADY/EINVAL are refusals (exit
-// code 4), everything else a failure (1).
-control::Reply control_reply_of(const Error& e);
-
 }  // namespace colo

@@ -9,6 +9,15 @@
 #include "shared/check.hpp"
 
 namespace colo {
+
+std::string_view to_string(BufferState s) {
+  switch (s) {
+    case BufferState::idle: return "idle";
+    case BufferState::replicating: return "replicating";
+    case BufferState::failing_over: return "failing-over";
+  }
+  return "?";
+}
 namespace {
 
 constexpr char kHeaderMagic[8] = {'C', 'O', 'L', 'O', 'B', 'U', 'F', '1'};

@@ -33,6 +33,8 @@ std::uint32_t crc32c(std::span<const std::byte> data, std::uint32_t crc = 0);
 
 // The replication state recorded in the header.
 enum class BufferState : std::uint32_t { idle = 0, replicating = 1, failing_over = 2 };
+// "idle", "replicating", "failing-over" (status and messages).
+std::string_view to_string(BufferState s);
 
 struct BufferHeader {
   std::uint32_t block_bytes = 0;

@@ -13,15 +13,6 @@
 namespace colo {
 namespace {
 
-std::string_view state_name(BufferState s) {
-  switch (s) {
-    case BufferState::idle: return "idle";
-    case BufferState::replicating: return "replicating";
-    case BufferState::failing_over: return "failing over";
-  }
-  return "?";
-}
-
 bool power_of_two(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
 // Clears a flag when the control call ends.
@@ -154,7 +145,7 @@ Task<Result<void>> DiskBuffer::recover() {
     if (!ok) co_return ok;
   }
   log::info("{}: disk buffer open: state {}, epoch {}, generation {}, {} blocks buffered", name_,
-            state_name(header_.state), header_.epoch, header_.generation, index_.block_count());
+            to_string(header_.state), header_.epoch, header_.generation, index_.block_count());
   if (header_.state == BufferState::failing_over) {
     for (const auto& [block, entry] : index_.entries()) dirty_.insert(block);
     progress_ = FailoverProgress{true, 0, dirty_.size() * std::uint64_t{header_.block_bytes}, {}};
@@ -214,7 +205,7 @@ Task<Result<void>> DiskBuffer::start_replication(std::uint64_t disk_size_bytes_e
   BusyGuard busy(control_busy_);
   if (header_.state != BufferState::idle) {
     co_return make_error(EBUSY, fmt::format("{}: start refused: replication is already {} "
-                                            "(epoch {})", name_, state_name(header_.state),
+                                            "(epoch {})", name_, to_string(header_.state),
                                             header_.epoch));
   }
   if (disk_size_bytes_expected != disk_size_bytes()) {
@@ -250,7 +241,7 @@ Task<Result<void>> DiskBuffer::do_checkpoint(std::uint64_t epoch) {
   BusyGuard busy(control_busy_);
   if (header_.state != BufferState::replicating) {
     co_return make_error(EPERM, fmt::format("{}: checkpoint {} refused: replication is {}", name_,
-                                            epoch, state_name(header_.state)));
+                                            epoch, to_string(header_.state)));
   }
   if (epoch <= header_.epoch) {
     co_return make_error(EINVAL, fmt::format("{}: checkpoint {} refused: not newer than the last "

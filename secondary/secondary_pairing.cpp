@@ -241,9 +241,7 @@ Task<Result<void>> SecondaryPairing::failover(bool force) {
   }
   if (db_->state() != BufferState::replicating) {
     co_return make_error(EPERM, fmt::format("failover refused: replication is not running "
-                                            "(state {})", db_->state() == BufferState::idle
-                                                              ? "idle"
-                                                              : "failing-over"));
+                                            "(state {})", to_string(db_->state())));
   }
   if (active_ != nullptr) {
     // Fence the old primary: its session ends before the rollback starts, and the replication

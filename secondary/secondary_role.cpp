@@ -17,20 +17,8 @@
 namespace colo {
 namespace {
 
-std::string_view state_text(BufferState s) {
-  switch (s) {
-    case BufferState::idle: return "idle";
-    case BufferState::replicating: return "replicating";
-    case BufferState::failing_over: return "failing-over";
-  }
-  return "?";
-}
-
 control::Reply reply_of(const Result<void>& r, std::string ok_text) {
-  if (r) return ControlReplyBuilder::ok(std::move(ok_text));
-  const int code = r.error().code.value();
-  const bool refused = code == EBUSY || code == EPERM || code == EINVAL || code == EALREADY;
-  return ControlReplyBuilder::fail(refused ? kExitRefused : kExitFailed, r.error().to_string());
+  return r ? ControlReplyBuilder::ok(std::move(ok_text)) : ControlReplyBuilder::from_error(r.error());
 }
 
 bool parse_u64(const std::string& text, std::uint64_t* out) {
@@ -76,13 +64,13 @@ Task<control::Reply> cmd_status(std::shared_ptr<DiskBuffer> db, control::Request
   std::string text = fmt::format(
       "state: {}\nepoch: {}\nblock_bytes: {}\nbuffered_blocks: {}\nfailover_applied_bytes: {}\n"
       "failover_total_bytes: {}\n",
-      state_text(db->state()), db->epoch(), db->block_bytes(), db->buffered_block_count(),
+      to_string(db->state()), db->epoch(), db->block_bytes(), db->buffered_block_count(),
       p.applied_bytes, p.total_bytes);
   if (!p.error.empty()) text += fmt::format("failover_error: {}\n", p.error);
   std::string json = fmt::format(
       R"({{"state":"{}","epoch":{},"block_bytes":{},"buffered_blocks":{},)"
       R"("failover_running":{},"failover_applied_bytes":{},"failover_total_bytes":{}}})",
-      state_text(db->state()), db->epoch(), db->block_bytes(), db->buffered_block_count(),
+      to_string(db->state()), db->epoch(), db->block_bytes(), db->buffered_block_count(),
       p.running ? "true" : "false", p.applied_bytes, p.total_bytes);
   co_return ControlReplyBuilder::ok(std::move(text), std::move(json));
 }
@@ -93,7 +81,7 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
                                      std::string resource, control::Request) {
   const FailoverProgress p = db->failover_progress();
   const PrimaryPeerInfo peer = pairing->peer();
-  const std::string state = pairing->promoted() ? "promoted" : std::string(state_text(db->state()));
+  const std::string state = pairing->promoted() ? "promoted" : std::string(to_string(db->state()));
   const auto now_sys = std::chrono::system_clock::now();
   const auto last_cp = pairing->last_checkpoint_time();
   const long long last_cp_age_ms =
@@ -140,7 +128,7 @@ Task<control::Reply> cmd_failover(std::shared_ptr<SecondaryPairing> pairing,
     co_return ControlReplyBuilder::fail(kExitUsage, "usage: failover|promote [--force]");
   }
   Result<void> r = co_await pairing->failover(force);
-  if (!r) co_return reply_of(r, "");
+  if (!r) co_return ControlReplyBuilder::from_error(r.error());
   std::string where = "no secondary-side export is configured";
   if (local) {
     where.clear();

@@ -31,6 +31,12 @@ control::Reply ControlReplyBuilder::ok(std::string text, std::string json) {
   return r;
 }
 
+control::Reply ControlReplyBuilder::from_error(const Error& e) {
+  const int code = e.code.value();
+  const bool refused = code == EBUSY || code == EPERM || code == EALREADY || code == EINVAL;
+  return fail(refused ? kExitRefused : kExitFailed, e.message);
+}
+
 control::Reply ControlReplyBuilder::fail(int exit_code, std::string text) {
   control::Reply r;
   r.set_exit_code(exit_code);

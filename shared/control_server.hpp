@@ -35,6 +35,9 @@ enum ControlExit : int {
 struct ControlReplyBuilder {
   static control::Reply ok(std::string text, std::string json = {});
   static control::Reply fail(int exit_code, std::string text);
+  // A failed control call: EBUSY, EPERM, EALREADY and EINVAL are refusals in the current state
+  // (exit code 4), anything else a failure (1). The text is the error's message.
+  static control::Reply from_error(const Error& e);
 };
 
 using ControlHandler = std::function<Task<control::Reply>(const control::Request&)>;

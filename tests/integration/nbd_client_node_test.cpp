@@ -29,15 +29,6 @@ using test::pattern;
 
 constexpr std::uint64_t kSize = 64ull * kMiB;
 
-NbdClientOptions fast_options(std::string uri) {
-  NbdClientOptions o;
-  o.uri = std::move(uri);
-  o.connect_timeout_ms = 5000;
-  o.reconnect_delay_ms_initial = 20;
-  o.reconnect_delay_ms_max = 200;
-  return o;
-}
-
 Task<std::shared_ptr<NbdClientNode>> must_open(NbdClientOptions o) {
   auto ex = co_await asio::this_coro::executor;
   auto r = co_await NbdClientNode::open(ex, "peer", std::move(o));
@@ -55,7 +46,7 @@ TEST(NbdClientNode, ReadsAndWritesOverUnixSocket) {
   EventRecorder events;
   asio::io_context io;
   ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
-    auto node = co_await must_open(fast_options(server.uri()));
+    auto node = co_await must_open(test::fast_nbd_client_options(server.uri()));
     if (!node) co_return;
     EXPECT_EQ(node->size_bytes(), kSize);
     EXPECT_EQ(node->state(), NbdClientState::connected);
@@ -92,7 +83,7 @@ TEST(NbdClientNode, PipelinesManyRequestsOverTcp) {
   server.start();
   asio::io_context io;
   ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
-    auto node = co_await must_open(fast_options(server.uri()));
+    auto node = co_await must_open(test::fast_nbd_client_options(server.uri()));
     if (!node) co_return;
     // 32 writes in flight at once, each with its own pattern; then read all back.
     constexpr int kDepth = 32;
@@ -157,7 +148,7 @@ TEST(NbdClientNode, LargeWritesAtDepthKeepTheConnection) {
   constexpr int kDepth = 16;
   constexpr int kEach = 16;
   ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
-    auto node = co_await must_open(fast_options(server.uri()));
+    auto node = co_await must_open(test::fast_nbd_client_options(server.uri()));
     if (!node) co_return;
     auto ex = co_await asio::this_coro::executor;
     int ok = 0;
@@ -195,7 +186,7 @@ TEST(NbdClientNode, ClosingFromACompletionFailsTheRestCleanly) {
   constexpr int kWriters = 16;
   std::vector<IoResult> results(kWriters);
   ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
-    auto node = co_await must_open(fast_options(server.uri()));
+    auto node = co_await must_open(test::fast_nbd_client_options(server.uri()));
     if (!node) co_return;
     auto ex = co_await asio::this_coro::executor;
     auto a = pattern(4096, 0x77);
@@ -236,7 +227,7 @@ TEST(NbdClientNode, ServerErrorsArePassedThroughAndTheConnectionStays) {
   server.start();
   asio::io_context io;
   ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
-    auto node = co_await must_open(fast_options(server.uri()));
+    auto node = co_await must_open(test::fast_nbd_client_options(server.uri()));
     if (!node) co_return;
     auto a = pattern(4096, 0x22);
     EXPECT_TRUE(co_await node->write(0, a, WriteFlags::none));
@@ -265,7 +256,7 @@ TEST(NbdClientNode, ServerKilledFailsInflightThenReconnects) {
   EventRecorder events;
   asio::io_context io;
   ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
-    auto node = co_await must_open(fast_options(server.uri()));
+    auto node = co_await must_open(test::fast_nbd_client_options(server.uri()));
     if (!node) co_return;
     auto ex = co_await asio::this_coro::executor;
     // Four slow writes in flight, then the server dies.
@@ -329,7 +320,7 @@ TEST(NbdClientNode, ReconnectToAResizedServerIsRefused) {
   EventRecorder events;
   asio::io_context io;
   ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
-    auto node = co_await must_open(fast_options(server.uri()));
+    auto node = co_await must_open(test::fast_nbd_client_options(server.uri()));
     if (!node) co_return;
     auto ex = co_await asio::this_coro::executor;
     server.kill();
@@ -356,7 +347,7 @@ TEST(NbdClientNode, OpenFailsClearlyWhenNothingListens) {
   ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
     auto ex = co_await asio::this_coro::executor;
     auto r = co_await NbdClientNode::open(
-        ex, "peer", fast_options("nbd+unix:///?socket=" + dir.file("nobody.sock")));
+        ex, "peer", test::fast_nbd_client_options("nbd+unix:///?socket=" + dir.file("nobody.sock")));
     EXPECT_FALSE(r);
     if (r) co_return;
     EXPECT_NE(r.error().message.find("nobody.sock"), std::string::npos) << r.error().message;
@@ -373,7 +364,7 @@ TEST(NbdClientNode, WorksAgainstQemuNbd) {
   server.start();
   asio::io_context io;
   ASSERT_TRUE(test::run_bounded(io, [&]() -> Task<void> {
-    auto node = co_await must_open(fast_options(server.uri()));
+    auto node = co_await must_open(test::fast_nbd_client_options(server.uri()));
     if (!node) co_return;
     EXPECT_EQ(node->size_bytes(), 16 * kMiB);
     auto a = pattern(1 * kMiB, 0x55);

@@ -9,7 +9,6 @@
 #include <fmt/format.h>
 #include <libnbd.h>
 #include <netinet/in.h>
-#include <openssl/evp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -31,15 +30,6 @@ const std::string kColod = COLO_BINARY_DIR "/colod";
 const std::string kColoctl = COLO_BINARY_DIR "/coloctl";
 constexpr std::uint64_t kDiskBytes = 8u << 20;
 
-std::string sha256(const std::string& data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr);
-  std::string hex;
-  for (unsigned i = 0; i < n; ++i) hex += fmt::format("{:02x}", md[i]);
-  return hex;
-}
-
 struct Nbd {
   explicit Nbd(const std::string& sock) : h(nbd_create()) {
     if (nbd_connect_unix(h, sock.c_str()) == -1) ADD_FAILURE() << nbd_get_error();
@@ -57,7 +47,7 @@ struct Nbd {
         break;
       }
     }
-    return sha256(all);
+    return test::sha256_hex(all);
   }
   nbd_handle* h;
 };

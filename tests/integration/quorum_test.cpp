@@ -31,18 +31,9 @@ using test::pattern;
 
 constexpr std::uint64_t kSize = 16ull * kMiB;
 
-NbdClientOptions client_options(std::string uri) {
-  NbdClientOptions o;
-  o.uri = std::move(uri);
-  o.connect_timeout_ms = 5000;
-  o.reconnect_delay_ms_initial = 20;
-  o.reconnect_delay_ms_max = 200;
-  return o;
-}
-
 Task<std::shared_ptr<NbdClientNode>> connect(std::string name, std::string uri) {
   auto ex = co_await asio::this_coro::executor;
-  auto r = co_await NbdClientNode::open(ex, std::move(name), client_options(std::move(uri)));
+  auto r = co_await NbdClientNode::open(ex, std::move(name), test::fast_nbd_client_options(std::move(uri)));
   if (!r) {
     ADD_FAILURE() << r.error().to_string();
     co_return nullptr;

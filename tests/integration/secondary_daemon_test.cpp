@@ -6,7 +6,6 @@
 
 #include <fmt/format.h>
 #include <libnbd.h>
-#include <openssl/evp.h>
 
 #include <csignal>
 #include <fstream>
@@ -23,15 +22,6 @@ const std::string kColod = COLO_BINARY_DIR "/colod";
 const std::string kColoctl = COLO_BINARY_DIR "/coloctl";
 constexpr std::uint64_t kDiskBytes = 4u << 20;
 constexpr std::uint64_t kHalf = kDiskBytes / 2;
-
-std::string sha256(const std::string& data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr);
-  std::string hex;
-  for (unsigned i = 0; i < n; ++i) hex += fmt::format("{:02x}", md[i]);
-  return hex;
-}
 
 struct Nbd {
   explicit Nbd(const std::string& sock) : h(nbd_create()) {
@@ -172,12 +162,12 @@ TEST(SecondaryDaemon, KillAtRandomPointsThenFailoverYieldsTheCheckpoint) {
     EXPECT_NE(st.output.find("epoch: 5"), std::string::npos) << st.output;
     {
       Nbd local(s.local());
-      EXPECT_EQ(sha256(local.read(0, kDiskBytes)), sha256(image)) << "local view after restart";
+      EXPECT_EQ(test::sha256_hex(local.read(0, kDiskBytes)), test::sha256_hex(image)) << "local view after restart";
     }
     ASSERT_EQ(s.ctl_cmd({"stop", "failover"}).exit_code, 0);
     s.wait_idle();
     EXPECT_EQ(s.proc.stop(SIGTERM), 0);
-    EXPECT_EQ(sha256(test::read_file(s.disk())), sha256(image)) << "disk after failover";
+    EXPECT_EQ(test::sha256_hex(test::read_file(s.disk())), test::sha256_hex(image)) << "disk after failover";
     if (HasFailure()) return;
   }
 }

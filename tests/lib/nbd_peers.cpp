@@ -11,6 +11,15 @@
 
 namespace colo::test {
 
+NbdClientOptions fast_nbd_client_options(std::string uri) {
+  NbdClientOptions o;
+  o.uri = std::move(uri);
+  o.connect_timeout_ms = 5000;
+  o.reconnect_delay_ms_initial = 20;
+  o.reconnect_delay_ms_max = 200;
+  return o;
+}
+
 using namespace std::chrono_literals;
 
 NbdkitServer::NbdkitServer(const std::string& dir, const std::string& name,
@@ -90,32 +99,6 @@ bool run_bounded(asio::io_context& io, Task<void> task, std::chrono::seconds lim
   io.poll();
   if (error) std::rethrow_exception(error);
   return done;
-}
-
-EventRecorder::EventRecorder() {
-  log::set_event_sink([this](const log::Event& e) { events.push_back(e); });
-}
-EventRecorder::~EventRecorder() { log::set_event_sink(nullptr); }
-
-int EventRecorder::count(const std::string& name) const {
-  int n = 0;
-  for (const auto& e : events) n += e.name == name ? 1 : 0;
-  return n;
-}
-
-std::vector<const log::Event*> EventRecorder::named(const std::string& name) const {
-  std::vector<const log::Event*> out;
-  for (const auto& e : events) {
-    if (e.name == name) out.push_back(&e);
-  }
-  return out;
-}
-
-std::string EventRecorder::field(const log::Event& e, const std::string& key) {
-  for (const auto& [k, v] : e.fields) {
-    if (k == key) return v;
-  }
-  return "";
 }
 
 }  // namespace colo::test

@@ -11,10 +11,14 @@
 #include <vector>
 
 #include "peer_process.hpp"
+#include "shared/nbd_client_node.hpp"
 #include "shared/log.hpp"
 #include "shared/task.hpp"
 
 namespace colo::test {
+
+// NBD client options for tests: a 5 s connect timeout, reconnects after 20..200 ms.
+NbdClientOptions fast_nbd_client_options(std::string uri);
 
 // nbdkit -f <listen> <args...>; restartable with other arguments. It listens on the unix
 // socket <dir>/<name>.sock, or with Listen::tcp on 127.0.0.1 at a free port chosen once (a
@@ -66,15 +70,5 @@ void make_sparse_file(const std::string& path, std::uint64_t size_bytes);
 // Runs `task` on `io` with a watchdog; returns false when the task hung past `limit`.
 bool run_bounded(asio::io_context& io, Task<void> task,
                  std::chrono::seconds limit = std::chrono::seconds(60));
-
-// Records log events while alive.
-struct EventRecorder {
-  std::vector<log::Event> events;
-  EventRecorder();
-  ~EventRecorder();
-  int count(const std::string& name) const;
-  std::vector<const log::Event*> named(const std::string& name) const;
-  static std::string field(const log::Event& e, const std::string& key);
-};
 
 }  // namespace colo::test

@@ -1,5 +1,9 @@
 #include "test_support.hpp"
 
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
+
 #include <cstdlib>
 #include <stdexcept>
 
@@ -39,6 +43,45 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
+}
+
+std::string sha256_hex(std::span<const std::byte> data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EXPECT_EQ(EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr), 1);
+  std::string hex;
+  for (unsigned i = 0; i < n; ++i) hex += fmt::format("{:02x}", md[i]);
+  return hex;
+}
+
+std::string sha256_hex(std::string_view data) {
+  return sha256_hex(std::as_bytes(std::span(data.data(), data.size())));
+}
+
+EventRecorder::EventRecorder() {
+  log::set_event_sink([this](const log::Event& e) { events.push_back(e); });
+}
+EventRecorder::~EventRecorder() { log::set_event_sink(nullptr); }
+
+int EventRecorder::count(const std::string& name) const {
+  int n = 0;
+  for (const auto& e : events) n += e.name == name ? 1 : 0;
+  return n;
+}
+
+std::vector<const log::Event*> EventRecorder::named(const std::string& name) const {
+  std::vector<const log::Event*> out;
+  for (const auto& e : events) {
+    if (e.name == name) out.push_back(&e);
+  }
+  return out;
+}
+
+std::string EventRecorder::field(const log::Event& e, const std::string& key) {
+  for (const auto& [k, v] : e.fields) {
+    if (k == key) return v;
+  }
+  return "";
 }
 
 }  // namespace colo::test

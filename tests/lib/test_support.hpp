@@ -9,8 +9,10 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "shared/log.hpp"
 #include "shared/task.hpp"
 
 namespace colo::test {
@@ -35,6 +37,20 @@ void run_task(asio::io_context& io, Task<void> task);
 std::vector<std::byte> pattern(std::size_t length_bytes, std::uint8_t pattern);
 // True when every byte of `data` equals `pattern`.
 bool all_bytes(std::span<const std::byte> data, std::uint8_t pattern);
+
+// Lower-case hex SHA-256 of `data` (whole-image comparisons).
+std::string sha256_hex(std::span<const std::byte> data);
+std::string sha256_hex(std::string_view data);
+
+// Records log events while alive.
+struct EventRecorder {
+  std::vector<log::Event> events;
+  EventRecorder();
+  ~EventRecorder();
+  int count(const std::string& name) const;
+  std::vector<const log::Event*> named(const std::string& name) const;
+  static std::string field(const log::Event& e, const std::string& key);
+};
 
 // A fresh directory under $TMPDIR, removed by the destructor.
 class TempDir {

@@ -107,26 +107,7 @@ class RecordingNode final : public BlockNode {
   std::vector<Range> inflight_;
 };
 
-struct EventLog {
-  std::vector<log::Event> events;
-  EventLog() {
-    log::set_event_sink([this](const log::Event& e) { events.push_back(e); });
-  }
-  ~EventLog() { log::set_event_sink(nullptr); }
-  std::vector<const log::Event*> named(const std::string& name) const {
-    std::vector<const log::Event*> out;
-    for (const auto& e : events) {
-      if (e.name == name) out.push_back(&e);
-    }
-    return out;
-  }
-  static std::string field(const log::Event& e, const std::string& key) {
-    for (const auto& [k, v] : e.fields) {
-      if (k == key) return v;
-    }
-    return "";
-  }
-};
+using EventLog = test::EventRecorder;
 
 // One request run in the background; `done` turns true when it completed.
 struct Op {

@@ -5,7 +5,6 @@
 
 #include <gtest/gtest.h>
 
-#include <openssl/evp.h>
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -42,15 +41,6 @@ std::shared_ptr<MemoryNode> make_memory(std::string name, std::uint64_t size_byt
 std::uint64_t buffer_bytes_for(std::uint64_t disk_bytes, std::uint32_t block_bytes) {
   const std::uint64_t blocks = (disk_bytes + block_bytes - 1) / block_bytes;
   return kSlotsOffsetBytes + (2 * blocks + 2) * slot_bytes(block_bytes);
-}
-
-std::string sha256(std::span<const std::byte> data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EXPECT_EQ(EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr), 1);
-  std::string hex;
-  for (unsigned i = 0; i < n; ++i) hex += fmt::format("{:02x}", md[i]);
-  return hex;
 }
 
 // Forwards every request after yielding to the io_context once, so concurrent requests
@@ -216,7 +206,7 @@ TEST(DiskBuffer, FailoverWithoutLocalWritesYieldsTheCheckpointImage) {
     ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
     ASSERT_TRUE(rig.write(*rig.primary, 4096, 3 * 4096, 0x22));
     ASSERT_TRUE(rig.call(rig.db->do_checkpoint(7)));
-    const std::string checkpoint = sha256(rig.disk_mem->data());
+    const std::string checkpoint = test::sha256_hex(rig.disk_mem->data());
     // Unaligned (to the block) writes, trims and write-zeroes, some repeated.
     for (int i = 0; i < 200; ++i) {
       const std::uint64_t off = (prng() % (kDiskBytes / 512)) * 512;
@@ -232,10 +222,10 @@ TEST(DiskBuffer, FailoverWithoutLocalWritesYieldsTheCheckpointImage) {
           ASSERT_TRUE(rig.write(*rig.primary, off, len, static_cast<std::uint8_t>(prng())));
       }
     }
-    EXPECT_NE(sha256(rig.disk_mem->data()), checkpoint);
-    EXPECT_EQ(sha256(rig.read_all(*rig.local)), checkpoint);
+    EXPECT_NE(test::sha256_hex(rig.disk_mem->data()), checkpoint);
+    EXPECT_EQ(test::sha256_hex(rig.read_all(*rig.local)), checkpoint);
     ASSERT_TRUE(rig.call(rig.db->stop_replication(StopMode::failover)));
-    EXPECT_EQ(sha256(rig.disk_mem->data()), checkpoint);
+    EXPECT_EQ(test::sha256_hex(rig.disk_mem->data()), checkpoint);
   }
 }
 
@@ -759,9 +749,9 @@ void crash_iteration(std::uint64_t seed, bool power_cut) {
       << "recovered epoch " << epoch << ", acknowledged " << acked_at_crash;
   ASSERT_TRUE(images.count(epoch));
   const auto& image = images[epoch];
-  EXPECT_EQ(sha256(after.read_all(*after.local)), sha256(image)) << "local view, epoch " << epoch;
+  EXPECT_EQ(test::sha256_hex(after.read_all(*after.local)), test::sha256_hex(image)) << "local view, epoch " << epoch;
   ASSERT_TRUE(after.call(after.db->stop_replication(StopMode::failover)));
-  EXPECT_EQ(sha256(after.disk_mem->data()), sha256(image)) << "after failover, epoch " << epoch;
+  EXPECT_EQ(test::sha256_hex(after.disk_mem->data()), test::sha256_hex(image)) << "after failover, epoch " << epoch;
 }
 
 TEST(DiskBufferCrash, KillAtRandomPointsThenFailoverYieldsTheCheckpoint) {
