@@ -322,8 +322,12 @@ Task<IoResult> DiskBuffer::local_write(IoOp op, std::uint64_t offset_bytes,
       if (!r) co_return r;
     }
     if (failing_over && !dirty_.contains(b)) {
-      IoResult r = zeroes ? co_await disk_.write_zeroes(pos, piece_end - pos, WriteFlags::none)
-                          : co_await disk_.write(pos, data, WriteFlags::none);
+      IoResult r;
+      if (zeroes) {
+        r = co_await disk_.write_zeroes(pos, piece_end - pos, WriteFlags::none);
+      } else {
+        r = co_await disk_.write(pos, data, WriteFlags::none);
+      }
       if (!r) co_return r;
     }
     pos = piece_end;

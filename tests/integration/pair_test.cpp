@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <filesystem>
 #include <thread>
 
 #include "process.hpp"
@@ -516,6 +517,44 @@ TEST(Pair, CleanPrimaryRestartResumes) {
   pair.primary().stop(SIGKILL);
   ASSERT_TRUE(pair.wait_status(pair.s_ctl(), "peer_state: disconnected"));
   ASSERT_EQ(pair.ctl(pair.s_ctl(), {"failover"}).exit_code, 0);
+  ASSERT_NO_FATAL_FAILURE(pair.wait_failover_done());
+  Nbd s(pair.s_sock());
+  EXPECT_EQ(s.image(), image);
+}
+
+// `stop` leaves the secondary idle with our data and `start` pairs again; `demote` closes the
+// export after a last checkpoint, so promoting the secondary gives exactly the primary's data.
+TEST(Pair, StopStartAndDemoteThenPromote) {
+  PairFixture pair;
+  ASSERT_NO_FATAL_FAILURE(pair.start());
+  {
+    Nbd p(pair.p_sock());
+    p.write(0, 1u << 20, 0x71);
+  }
+  auto stop = pair.ctl(pair.p_ctl(), {"stop"});
+  ASSERT_EQ(stop.exit_code, 0) << stop.output;
+  EXPECT_NE(pair.ctl(pair.p_ctl(), {"status"}).output.find("peer_state: stopped"),
+            std::string::npos);
+  EXPECT_TRUE(pair.wait_status(pair.s_ctl(), "state: idle"));
+  EXPECT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).exit_code, 4);
+  auto start = pair.ctl(pair.p_ctl(), {"start"});
+  ASSERT_EQ(start.exit_code, 0) << start.output;
+  EXPECT_NE(pair.ctl(pair.p_ctl(), {"status"}).output.find("peer_state: paired"),
+            std::string::npos);
+  EXPECT_TRUE(pair.wait_status(pair.s_ctl(), "state: replicating"));
+  std::string image;
+  {
+    Nbd p(pair.p_sock());
+    p.write(1u << 20, 65536, 0x72);
+    image = p.image();
+  }
+  auto demote = pair.ctl(pair.p_ctl(), {"demote"});
+  ASSERT_EQ(demote.exit_code, 0) << demote.output;
+  EXPECT_FALSE(std::filesystem::exists(pair.p_sock())) << "the export is still open";
+  EXPECT_EQ(pair.ctl(pair.p_ctl(), {"demote"}).exit_code, 4);
+  ASSERT_TRUE(pair.wait_status(pair.s_ctl(), "peer_state: disconnected"));
+  auto promote = pair.ctl(pair.s_ctl(), {"promote"});
+  ASSERT_EQ(promote.exit_code, 0) << promote.output;
   ASSERT_NO_FATAL_FAILURE(pair.wait_failover_done());
   Nbd s(pair.s_sock());
   EXPECT_EQ(s.image(), image);
