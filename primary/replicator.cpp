@@ -235,9 +235,9 @@ Task<Result<void>> Replicator::pair(bool force) {
   peer_nbd_ = *node;
   std::shared_ptr<BlockNode> child = peer_nbd_;
   if (options_.async_mode) {
-    AsyncPeerOptions ao;
+    WriteBackOptions ao;
     ao.queue_bytes_max = options_.async_queue_bytes;
-    peer_async_ = std::make_shared<AsyncPeerNode>("async-" + options_.peer_child, ex_, peer_nbd_,
+    peer_async_ = std::make_shared<WriteBackNode>("async-" + options_.peer_child, ex_, peer_nbd_,
                                                   ao);
     peer_async_->set_on_failure([weak](int err) {
       if (auto self = weak.lock()) {
@@ -350,7 +350,7 @@ Task<Result<std::uint64_t>> Replicator::checkpoint_locked(bool quiesced) {
     co_return failed(make_error(EIO, fmt::format("a write to the secondary failed in epoch {}; "
                                                  "the secondary stays at epoch {}", epoch_, epoch_)));
   }
-  std::shared_ptr<AsyncPeerNode> async = peer_async_;
+  std::shared_ptr<WriteBackNode> async = peer_async_;
   std::shared_ptr<ReplicationChannel> channel = channel_;
   if (async) {
     // The cut is the marker: writes go on into the queue while the secondary catches up.

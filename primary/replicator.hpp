@@ -5,7 +5,7 @@
 //
 // Graph: front-end export -> WriteGate "gate" -> QuorumNode -> "local" (disk)
 //                                                           -> peer child: NbdClientNode, or in
-//                                                              async mode AsyncPeerNode over it
+//                                                              async mode WriteBackNode over it
 // Pairing: connect, hello both ways (version, resource, disk size, block size checked on both
 // sides; a mismatch names both values), start replication on the secondary, then open the NBD
 // peer and add it to the quorum.
@@ -31,7 +31,7 @@
 #include <string>
 
 #include "config.pb.h"
-#include "primary/async_peer_node.hpp"
+#include "shared/write_back_node.hpp"
 #include "primary/quorum_node.hpp"
 #include "primary/write_gate.hpp"
 #include "shared/epoch_record.hpp"
@@ -140,7 +140,7 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   std::string peer_reason_;  // why the peer is not paired
   std::shared_ptr<ReplicationChannel> channel_;
   std::shared_ptr<NbdClientNode> peer_nbd_;
-  std::shared_ptr<AsyncPeerNode> peer_async_;
+  std::shared_ptr<WriteBackNode> peer_async_;
   std::string peer_name_;
   std::string peer_id_;
   std::uint64_t peer_errors_at_attach_ = 0;

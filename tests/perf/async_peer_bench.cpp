@@ -5,7 +5,7 @@
 // (median of --rounds, default 5), 4 KiB random writes at QD1:
 //   local:  the local MemoryNode alone
 //   sync:   quorum(local, peer MemoryNode), threshold 1, fifo
-//   async:  quorum(local, AsyncPeerNode(peer MemoryNode)), threshold 1, fifo
+//   async:  quorum(local, WriteBackNode(peer MemoryNode)), threshold 1, fifo
 //   gated:  WriteGate over the async quorum (gate open)
 // and the checkpoint cut under load: 4 writers at QD1 each into the gated async quorum while a
 // coordinator cuts `--rate` checkpoints per second (close, begin_hold, open, wait_hold, release);
@@ -26,7 +26,7 @@
 #include <string>
 #include <vector>
 
-#include "primary/async_peer_node.hpp"
+#include "shared/write_back_node.hpp"
 #include "primary/quorum_node.hpp"
 #include "primary/write_gate.hpp"
 #include "shared/memory_node.hpp"
@@ -102,7 +102,7 @@ Task<void> load_writer(WriteGate* gate, CutState* s, std::uint64_t seed) {
   --s->writers_left;
 }
 
-Task<void> coordinator(WriteGate* gate, AsyncPeerNode* peer, CutState* s, int rate,
+Task<void> coordinator(WriteGate* gate, WriteBackNode* peer, CutState* s, int rate,
                        double seconds) {
   auto ex = co_await asio::this_coro::executor;
   const auto period = std::chrono::nanoseconds(1'000'000'000 / rate);
@@ -136,7 +136,7 @@ void run_cut(int rate, double seconds) {
   asio::io_context io;
   auto local = memory("local");
   auto peer_mem = memory("peer");
-  auto async_peer = std::make_shared<AsyncPeerNode>("async", io.get_executor(), peer_mem);
+  auto async_peer = std::make_shared<WriteBackNode>("async", io.get_executor(), peer_mem);
   auto q = quorum(local, async_peer);
   WriteGate gate("gate", q);
   CutState s;
@@ -188,10 +188,10 @@ int main_impl(int argc, char** argv) {
   asio::io_context io;
   auto local_alone = memory("local-alone");
   auto sync_q = quorum(memory("local-s"), memory("peer-s"));
-  auto async_peer = std::make_shared<AsyncPeerNode>("async", io.get_executor(), memory("peer-a"));
+  auto async_peer = std::make_shared<WriteBackNode>("async", io.get_executor(), memory("peer-a"));
   auto async_q = quorum(memory("local-a"), async_peer);
   auto gated = std::make_shared<WriteGate>("gate", quorum(memory("local-g"),
-      std::make_shared<AsyncPeerNode>("async-g", io.get_executor(), memory("peer-g"))));
+      std::make_shared<WriteBackNode>("async-g", io.get_executor(), memory("peer-g"))));
   struct Target {
     const char* name;
     BlockNode* node;

@@ -1,4 +1,4 @@
-#include "primary/async_peer_node.hpp"
+#include "shared/write_back_node.hpp"
 
 #include <boost/asio/post.hpp>
 
@@ -23,8 +23,8 @@ WriteFlags without_fast_zero(WriteFlags flags) {
 
 }  // namespace
 
-AsyncPeerNode::AsyncPeerNode(std::string name, asio::any_io_executor executor,
-                             std::shared_ptr<BlockNode> peer, AsyncPeerOptions options)
+WriteBackNode::WriteBackNode(std::string name, asio::any_io_executor executor,
+                             std::shared_ptr<BlockNode> peer, WriteBackOptions options)
     : name_(std::move(name)),
       executor_(std::move(executor)),
       peer_("peer", std::move(peer)),
@@ -34,13 +34,13 @@ AsyncPeerNode::AsyncPeerNode(std::string name, asio::any_io_executor executor,
   CHECK(options_.queue_bytes_max >= 1);
 }
 
-AsyncPeerNode::~AsyncPeerNode() {
+WriteBackNode::~WriteBackNode() {
   CHECK(inflight_.empty());
   CHECK(peer_.inflight_count() == 0);
   CHECK(space_waiters_.empty());
 }
 
-IoOp AsyncPeerNode::op_of(Kind k) {
+IoOp WriteBackNode::op_of(Kind k) {
   switch (k) {
     case Kind::write: return IoOp::write;
     case Kind::trim: return IoOp::trim;
@@ -51,7 +51,7 @@ IoOp AsyncPeerNode::op_of(Kind k) {
   return IoOp::flush;
 }
 
-void AsyncPeerNode::check_range(IoOp op, std::uint64_t offset_bytes,
+void WriteBackNode::check_range(IoOp op, std::uint64_t offset_bytes,
                                 std::uint64_t length_bytes) const {
   const NodeLimits lim = peer_.node().limits();
   CHECK(range_ok(offset_bytes, length_bytes, peer_.node().size_bytes()));
@@ -62,24 +62,24 @@ void AsyncPeerNode::check_range(IoOp op, std::uint64_t offset_bytes,
   }
 }
 
-void AsyncPeerNode::set_on_failure(std::function<void(int err)> callback) {
+void WriteBackNode::set_on_failure(std::function<void(int err)> callback) {
   on_failure_ = std::move(callback);
 }
 
 // --- queue space ---------------------------------------------------------------------------
 
-void AsyncPeerNode::add_used(std::uint64_t cost_bytes) {
+void WriteBackNode::add_used(std::uint64_t cost_bytes) {
   used_bytes_ += cost_bytes;
   stats_.queued_bytes_max_seen = std::max(stats_.queued_bytes_max_seen, used_bytes_);
 }
 
-bool AsyncPeerNode::fits(std::uint64_t cost_bytes) const {
+bool WriteBackNode::fits(std::uint64_t cost_bytes) const {
   if (used_bytes_ == 0) return true;  // an oversized entry gets an empty queue
   return used_bytes_ <= options_.queue_bytes_max &&
          cost_bytes <= options_.queue_bytes_max - used_bytes_;
 }
 
-Task<bool> AsyncPeerNode::reserve(std::uint64_t cost_bytes) {
+Task<bool> WriteBackNode::reserve(std::uint64_t cost_bytes) {
   if (space_waiters_.empty() && fits(cost_bytes)) {
     add_used(cost_bytes);
     co_return true;
@@ -97,7 +97,7 @@ Task<bool> AsyncPeerNode::reserve(std::uint64_t cost_bytes) {
   co_return w.granted;
 }
 
-void AsyncPeerNode::grant_space() {
+void WriteBackNode::grant_space() {
   while (!space_waiters_.empty()) {
     SpaceWaiter* w = space_waiters_.front();
     if (!fits(w->cost_bytes)) break;
@@ -110,7 +110,7 @@ void AsyncPeerNode::grant_space() {
 
 // --- the queue -----------------------------------------------------------------------------
 
-AsyncPeerNode::EntryList::iterator AsyncPeerNode::push(Entry e) {
+WriteBackNode::EntryList::iterator WriteBackNode::push(Entry e) {
   e.seq = next_seq_++;
   e.state = State::queued;
   if (e.kind != Kind::hold) ++stats_.entries_queued;
@@ -120,7 +120,7 @@ AsyncPeerNode::EntryList::iterator AsyncPeerNode::push(Entry e) {
   return it;
 }
 
-bool AsyncPeerNode::overlaps_inflight(const Entry& e) const {
+bool WriteBackNode::overlaps_inflight(const Entry& e) const {
   for (const Entry* f : inflight_) {
     if (ranges_overlap(e.offset_bytes, e.length_bytes, f->offset_bytes, f->length_bytes)) {
       return true;
@@ -129,7 +129,7 @@ bool AsyncPeerNode::overlaps_inflight(const Entry& e) const {
   return false;
 }
 
-void AsyncPeerNode::pump() {
+void WriteBackNode::pump() {
   // spawn() runs a send inline up to its first suspension; a peer that completes without
   // suspending (MemoryNode) calls complete() and so pump() from inside this loop. The inner
   // call only asks for another pass, so the recursion stays one level deep.
@@ -145,7 +145,7 @@ void AsyncPeerNode::pump() {
   pumping_ = false;
 }
 
-void AsyncPeerNode::pump_pass() {
+void WriteBackNode::pump_pass() {
   while (!failed_ && next_ != queue_.end()) {
     if (barrier_inflight_) return;
     Entry& e = *next_;
@@ -169,7 +169,7 @@ void AsyncPeerNode::pump_pass() {
   }
 }
 
-Task<void> AsyncPeerNode::send(EntryList::iterator it) {
+Task<void> WriteBackNode::send(EntryList::iterator it) {
   Entry& e = *it;
   IoResult r;
   switch (e.kind) {
@@ -195,7 +195,7 @@ Task<void> AsyncPeerNode::send(EntryList::iterator it) {
   complete(it, r);
 }
 
-void AsyncPeerNode::complete(EntryList::iterator it, IoResult r) {
+void WriteBackNode::complete(EntryList::iterator it, IoResult r) {
   Entry& e = *it;
   CHECK(e.state == State::inflight);
   auto pos = std::find(inflight_.begin(), inflight_.end(), &e);
@@ -223,7 +223,7 @@ void AsyncPeerNode::complete(EntryList::iterator it, IoResult r) {
   pump();
 }
 
-void AsyncPeerNode::fail(const Entry& e, const error_code& ec) {
+void WriteBackNode::fail(const Entry& e, const error_code& ec) {
   CHECK(!failed_);
   failed_ = true;
   error_ = ec.value() != 0 ? ec.value() : EIO;
@@ -252,7 +252,7 @@ void AsyncPeerNode::fail(const Entry& e, const error_code& ec) {
   }
 }
 
-std::uint64_t AsyncPeerNode::drop_queued() {
+std::uint64_t WriteBackNode::drop_queued() {
   std::uint64_t dropped_bytes = 0;
   while (next_ != queue_.end()) {
     Entry& e = *next_;
@@ -276,7 +276,7 @@ std::uint64_t AsyncPeerNode::drop_queued() {
 
 // --- requests ------------------------------------------------------------------------------
 
-Task<IoResult> AsyncPeerNode::write(std::uint64_t offset_bytes, std::span<const std::byte> in,
+Task<IoResult> WriteBackNode::write(std::uint64_t offset_bytes, std::span<const std::byte> in,
                                     WriteFlags flags) {
   check_range(IoOp::write, offset_bytes, in.size());
   if (failed_) co_return IoResult{};
@@ -294,7 +294,7 @@ Task<IoResult> AsyncPeerNode::write(std::uint64_t offset_bytes, std::span<const 
   co_return IoResult{};
 }
 
-Task<IoResult> AsyncPeerNode::enqueue_range(Kind kind, std::uint64_t offset_bytes,
+Task<IoResult> WriteBackNode::enqueue_range(Kind kind, std::uint64_t offset_bytes,
                                             std::uint64_t length_bytes, WriteFlags flags) {
   check_range(op_of(kind), offset_bytes, length_bytes);
   if (failed_) co_return IoResult{};
@@ -311,17 +311,17 @@ Task<IoResult> AsyncPeerNode::enqueue_range(Kind kind, std::uint64_t offset_byte
   co_return IoResult{};
 }
 
-Task<IoResult> AsyncPeerNode::trim(std::uint64_t offset_bytes, std::uint64_t length_bytes,
+Task<IoResult> WriteBackNode::trim(std::uint64_t offset_bytes, std::uint64_t length_bytes,
                                    WriteFlags flags) {
   return enqueue_range(Kind::trim, offset_bytes, length_bytes, flags);
 }
 
-Task<IoResult> AsyncPeerNode::write_zeroes(std::uint64_t offset_bytes,
+Task<IoResult> WriteBackNode::write_zeroes(std::uint64_t offset_bytes,
                                            std::uint64_t length_bytes, WriteFlags flags) {
   return enqueue_range(Kind::write_zeroes, offset_bytes, length_bytes, flags);
 }
 
-Task<IoResult> AsyncPeerNode::flush() {
+Task<IoResult> WriteBackNode::flush() {
   if (failed_) co_return io_error(error_);
   auto completion = std::make_shared<Completion>();
   Entry e;
@@ -333,7 +333,7 @@ Task<IoResult> AsyncPeerNode::flush() {
   co_return completion->result;
 }
 
-Task<IoResult> AsyncPeerNode::read(std::uint64_t offset_bytes, std::span<std::byte> out) {
+Task<IoResult> WriteBackNode::read(std::uint64_t offset_bytes, std::span<std::byte> out) {
   check_range(IoOp::read, offset_bytes, out.size());
   const std::uint64_t seq_end = next_seq_;
   for (;;) {

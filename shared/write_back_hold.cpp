@@ -1,6 +1,6 @@
-// AsyncPeerNode: the hold (checkpoint barrier) and drain; the queue is in async_peer_node.cpp.
+// WriteBackNode: the hold (checkpoint barrier) and drain; the queue is in write_back_node.cpp.
 
-#include "primary/async_peer_node.hpp"
+#include "shared/write_back_node.hpp"
 
 #include "shared/check.hpp"
 
@@ -8,7 +8,7 @@ namespace colo {
 
 // --- hold ----------------------------------------------------------------------------------
 
-HoldTicket AsyncPeerNode::begin_hold() {
+HoldTicket WriteBackNode::begin_hold() {
   CHECK(!held_);
   HoldTicket t;
   t.bytes_before = used_bytes_;
@@ -33,20 +33,20 @@ HoldTicket AsyncPeerNode::begin_hold() {
   return t;
 }
 
-Task<IoResult> AsyncPeerNode::wait_hold() {
+Task<IoResult> WriteBackNode::wait_hold() {
   CHECK(held_);
   std::shared_ptr<Completion> c = hold_completion_;
   while (!c->done) co_await c->event.wait();
   co_return c->result;
 }
 
-Task<IoResult> AsyncPeerNode::hold() {
+Task<IoResult> WriteBackNode::hold() {
   begin_hold();
   IoResult r = co_await wait_hold();
   co_return r;
 }
 
-void AsyncPeerNode::release() {
+void WriteBackNode::release() {
   CHECK(held_);
   held_ = false;
   hold_completion_.reset();
@@ -56,7 +56,7 @@ void AsyncPeerNode::release() {
 
 // --- drain ---------------------------------------------------------------------------------
 
-bool AsyncPeerNode::pending_before(std::uint64_t seq_end) const {
+bool WriteBackNode::pending_before(std::uint64_t seq_end) const {
   if (queue_.empty()) return false;
   const Entry& front = queue_.front();
   if (front.seq >= seq_end) return false;
@@ -64,7 +64,7 @@ bool AsyncPeerNode::pending_before(std::uint64_t seq_end) const {
   return true;
 }
 
-Task<void> AsyncPeerNode::drain() {
+Task<void> WriteBackNode::drain() {
   const std::uint64_t seq_end = next_seq_;
   while (pending_before(seq_end)) co_await progress_.wait();
   co_await peer_.drain();

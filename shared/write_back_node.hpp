@@ -1,5 +1,5 @@
 #pragma once
-// AsyncPeerNode: the `async` write mode towards the secondary, as a filter over one child
+// WriteBackNode: the `async` write mode towards the secondary, as a filter over one child
 // ("peer", normally the NBD client node). docs/async_replication.md has the design.
 //
 // Queue:
@@ -90,12 +90,12 @@
 
 namespace colo {
 
-struct AsyncPeerOptions {
+struct WriteBackOptions {
   std::uint64_t queue_bytes_max = 64ull * kMiB;
   std::uint32_t inflight_max = 32;  // entries in flight on the peer at once, >= 1
 };
 
-struct AsyncPeerStats {
+struct WriteBackStats {
   std::uint64_t entries_queued = 0;         // write, trim, write_zeroes, flush entries
   std::uint64_t entries_sent = 0;           // completed successfully on the peer (markers too)
   std::uint64_t bytes_sent = 0;             // write payload bytes completed on the peer
@@ -113,15 +113,15 @@ struct HoldTicket {
   std::uint64_t entries_before = 0;  // entries (queued or in flight) in front of the marker
 };
 
-class AsyncPeerNode final : public BlockNode {
+class WriteBackNode final : public BlockNode {
  public:
   static constexpr std::uint64_t kControlEntryCostBytes = 64;
 
-  AsyncPeerNode(std::string name, asio::any_io_executor executor,
-                std::shared_ptr<BlockNode> peer, AsyncPeerOptions options = {});
-  ~AsyncPeerNode() override;
-  AsyncPeerNode(const AsyncPeerNode&) = delete;
-  AsyncPeerNode& operator=(const AsyncPeerNode&) = delete;
+  WriteBackNode(std::string name, asio::any_io_executor executor,
+                std::shared_ptr<BlockNode> peer, WriteBackOptions options = {});
+  ~WriteBackNode() override;
+  WriteBackNode(const WriteBackNode&) = delete;
+  WriteBackNode& operator=(const WriteBackNode&) = delete;
 
   std::string_view name() const override { return name_; }
   NodeLimits limits() const override { return peer_.node().limits(); }
@@ -149,7 +149,7 @@ class AsyncPeerNode final : public BlockNode {
   bool failed() const { return failed_; }
   int error() const { return error_; }
 
-  const AsyncPeerOptions& options() const { return options_; }
+  const WriteBackOptions& options() const { return options_; }
   // Bytes held by the queue: entries not yet sent plus entries in flight.
   std::uint64_t queued_bytes() const { return used_bytes_; }
   // Entries not yet sent (markers and flushes included).
@@ -158,7 +158,7 @@ class AsyncPeerNode final : public BlockNode {
   std::uint64_t inflight_entries() const { return inflight_.size(); }
   // Writers waiting for queue space.
   std::uint64_t space_waiting_count() const { return space_waiters_.size(); }
-  const AsyncPeerStats& stats() const { return stats_; }
+  const WriteBackStats& stats() const { return stats_; }
   const Child& peer() const { return peer_; }
 
  private:
@@ -213,7 +213,7 @@ class AsyncPeerNode final : public BlockNode {
   std::string name_;
   asio::any_io_executor executor_;
   Child peer_;
-  AsyncPeerOptions options_;
+  WriteBackOptions options_;
 
   EntryList queue_;                      // not completed, in queue order (seq ascending)
   EntryList::iterator next_;             // next entry to send (queue_.end() when none)
@@ -234,7 +234,7 @@ class AsyncPeerNode final : public BlockNode {
   bool failed_ = false;
   int error_ = 0;
   std::function<void(int)> on_failure_;
-  AsyncPeerStats stats_;
+  WriteBackStats stats_;
 };
 
 }  // namespace colo

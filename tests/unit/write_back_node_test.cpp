@@ -1,4 +1,4 @@
-// AsyncPeerNode over MemoryNode and FaultNode: writes complete before the peer has them, the
+// WriteBackNode over MemoryNode and FaultNode: writes complete before the peer has them, the
 // peer ends up equal to a synchronously written reference, overlapping writes reach the peer in
 // order, the byte bound makes writers wait, hold/release, the sticky failure, drain.
 
@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "primary/async_peer_node.hpp"
+#include "shared/write_back_node.hpp"
 #include "primary/write_gate.hpp"
 #include "shared/fault_node.hpp"
 #include "shared/log.hpp"
@@ -140,11 +140,11 @@ Task<void> do_drain(BlockNode* n, Op* op) {
   co_await n->drain();
   op->done = true;
 }
-Task<void> do_wait_hold(AsyncPeerNode* n, Op* op) {
+Task<void> do_wait_hold(WriteBackNode* n, Op* op) {
   op->result = co_await n->wait_hold();
   op->done = true;
 }
-Task<void> do_hold(AsyncPeerNode* n, Op* op) {
+Task<void> do_hold(WriteBackNode* n, Op* op) {
   op->result = co_await n->hold();
   op->done = true;
 }
@@ -189,9 +189,9 @@ struct Fixture {
   std::shared_ptr<MemoryNode> mem = memory("peer-mem");
   std::shared_ptr<FaultNode> fault = std::make_shared<FaultNode>("fault", mem);
   std::shared_ptr<RecordingNode> rec = std::make_shared<RecordingNode>(fault);
-  std::unique_ptr<AsyncPeerNode> node;
-  explicit Fixture(AsyncPeerOptions o = {}) {
-    node = std::make_unique<AsyncPeerNode>("async", io.get_executor(), rec, o);
+  std::unique_ptr<WriteBackNode> node;
+  explicit Fixture(WriteBackOptions o = {}) {
+    node = std::make_unique<WriteBackNode>("async", io.get_executor(), rec, o);
   }
   ~Fixture() {
     // Leave nothing in flight (the node CHECKs it).
@@ -207,7 +207,7 @@ struct Fixture {
   }
 };
 
-TEST(AsyncPeerNode, WriteCompletesBeforeThePeerHasIt) {
+TEST(WriteBackNode, WriteCompletesBeforeThePeerHasIt) {
   Fixture fx;
   fx.fault->add_rule({.ops = op_bit(IoOp::write), .error = 0, .delay = 100ms});
   Op w;
@@ -229,11 +229,11 @@ TEST(AsyncPeerNode, WriteCompletesBeforeThePeerHasIt) {
   EXPECT_EQ(fx.node->stats().entries_sent, 2u);  // the write and the flush
 }
 
-TEST(AsyncPeerNode, TheQueueHoldsACopyOfThePayload) {
+TEST(WriteBackNode, TheQueueHoldsACopyOfThePayload) {
   Fixture fx;
   fx.fault->add_rule({.ops = op_bit(IoOp::write), .error = 0, .delay = 20ms});
   std::vector<std::byte> buf = pattern(4096, 0x22);
-  Task<void> t = [](AsyncPeerNode* n, std::vector<std::byte>* b) -> Task<void> {
+  Task<void> t = [](WriteBackNode* n, std::vector<std::byte>* b) -> Task<void> {
     IoResult r = co_await n->write(0, *b, WriteFlags::none);
     EXPECT_TRUE(r);
     std::fill(b->begin(), b->end(), std::byte{0x99});  // the caller reuses its buffer
@@ -244,7 +244,7 @@ TEST(AsyncPeerNode, TheQueueHoldsACopyOfThePayload) {
   EXPECT_TRUE(all_bytes(fx.mem->data().subspan(0, 4096), 0x22));
 }
 
-TEST(AsyncPeerNode, PeerEqualsASynchronousReferenceAfterFlush) {
+TEST(WriteBackNode, PeerEqualsASynchronousReferenceAfterFlush) {
   Fixture fx;
   auto ref = memory("ref");
   struct Step {
@@ -258,7 +258,7 @@ TEST(AsyncPeerNode, PeerEqualsASynchronousReferenceAfterFlush) {
       {IoOp::write, 65536, 131072, 0x33},   {IoOp::write, 65536 + 512, 1024, 0x44},
       {IoOp::write_zeroes, 100000 - 160, 4096, 0}, {IoOp::write, 1 << 20, 512, 0x55},
   };
-  Task<void> t = [](AsyncPeerNode* n, MemoryNode* r, const std::vector<Step>* s) -> Task<void> {
+  Task<void> t = [](WriteBackNode* n, MemoryNode* r, const std::vector<Step>* s) -> Task<void> {
     for (const Step& st : *s) {
       for (BlockNode* target : {static_cast<BlockNode*>(n), static_cast<BlockNode*>(r)}) {
         IoResult res;
@@ -284,14 +284,14 @@ TEST(AsyncPeerNode, PeerEqualsASynchronousReferenceAfterFlush) {
 // Many random overlapping writes, trims and zeroes with random delays on the peer: the peer
 // must end equal to a reference written synchronously in the same order, and no two
 // overlapping requests may ever be in flight on the peer together.
-TEST(AsyncPeerNode, OverlappingWritesReachThePeerInOrder) {
+TEST(WriteBackNode, OverlappingWritesReachThePeerInOrder) {
   // COLO_TEST_SEED replays a failing run.
   const char* env_seed = std::getenv("COLO_TEST_SEED");
   const std::uint64_t seed =
       env_seed != nullptr ? std::strtoull(env_seed, nullptr, 10) : std::random_device{}();
   SCOPED_TRACE("seed=" + std::to_string(seed));
   std::mt19937_64 prng(seed);
-  AsyncPeerOptions o;
+  WriteBackOptions o;
   o.queue_bytes_max = 256 * 1024;
   o.inflight_max = 8;
   Fixture fx(o);
@@ -325,7 +325,7 @@ TEST(AsyncPeerNode, OverlappingWritesReachThePeerInOrder) {
   }
   // The writer issues the requests one after the other (each completes when queued), the
   // reference gets them synchronously in the same order.
-  Task<void> t = [](AsyncPeerNode* n, MemoryNode* r, const std::vector<Step>* s) -> Task<void> {
+  Task<void> t = [](WriteBackNode* n, MemoryNode* r, const std::vector<Step>* s) -> Task<void> {
     for (const Step& st : *s) {
       IoResult a;
       IoResult b;
@@ -367,7 +367,7 @@ TEST(AsyncPeerNode, OverlappingWritesReachThePeerInOrder) {
                                         << (diff.first - peer.begin());
 }
 
-TEST(AsyncPeerNode, AFlushIsABarrier) {
+TEST(WriteBackNode, AFlushIsABarrier) {
   Fixture fx;
   fx.fault->add_rule({.ops = op_bit(IoOp::write), .offset_bytes = 0, .length_bytes = 4096,
                       .error = 0, .delay = 30ms});
@@ -388,9 +388,9 @@ TEST(AsyncPeerNode, AFlushIsABarrier) {
                                       "end flush 0"}));
 }
 
-TEST(AsyncPeerNode, FuaIsPassedOnAndFastZeroIsStripped) {
+TEST(WriteBackNode, FuaIsPassedOnAndFastZeroIsStripped) {
   Fixture fx;
-  Task<void> t = [](AsyncPeerNode* n) -> Task<void> {
+  Task<void> t = [](WriteBackNode* n) -> Task<void> {
     auto d = pattern(4096, 7);
     IoResult r = co_await n->write(0, d, WriteFlags::fua);
     EXPECT_TRUE(r);
@@ -405,7 +405,7 @@ TEST(AsyncPeerNode, FuaIsPassedOnAndFastZeroIsStripped) {
   EXPECT_EQ(fx.rec->flags[1], WriteFlags::no_hole);
 }
 
-TEST(AsyncPeerNode, ReadWaitsForOverlappingEntriesOnly) {
+TEST(WriteBackNode, ReadWaitsForOverlappingEntriesOnly) {
   Fixture fx;
   fx.fault->add_rule({.ops = op_bit(IoOp::write), .error = 0, .delay = 100ms});
   std::copy_n(pattern(4096, 0x11).begin(), 4096, fx.mem->data().begin() + 65536);
@@ -424,8 +424,8 @@ TEST(AsyncPeerNode, ReadWaitsForOverlappingEntriesOnly) {
   EXPECT_TRUE(all_bytes(b1, 0x22));
 }
 
-TEST(AsyncPeerNode, QueueBoundMakesWritersWaitInArrivalOrder) {
-  AsyncPeerOptions o;
+TEST(WriteBackNode, QueueBoundMakesWritersWaitInArrivalOrder) {
+  WriteBackOptions o;
   o.queue_bytes_max = 64 * 1024;
   o.inflight_max = 4;
   Fixture fx(o);
@@ -459,8 +459,8 @@ TEST(AsyncPeerNode, QueueBoundMakesWritersWaitInArrivalOrder) {
   }
 }
 
-TEST(AsyncPeerNode, AnEntryLargerThanTheBoundWaitsForAnEmptyQueue) {
-  AsyncPeerOptions o;
+TEST(WriteBackNode, AnEntryLargerThanTheBoundWaitsForAnEmptyQueue) {
+  WriteBackOptions o;
   o.queue_bytes_max = 8192;
   Fixture fx(o);
   fx.fault->add_rule({.ops = op_bit(IoOp::write), .error = 0, .delay = 100ms});
@@ -475,7 +475,7 @@ TEST(AsyncPeerNode, AnEntryLargerThanTheBoundWaitsForAnEmptyQueue) {
   EXPECT_TRUE(all_bytes(fx.mem->data().subspan(65536, 32768), 2));
 }
 
-TEST(AsyncPeerNode, HoldCompletesAfterEarlierEntriesAndStopsLaterOnes) {
+TEST(WriteBackNode, HoldCompletesAfterEarlierEntriesAndStopsLaterOnes) {
   Fixture fx;
   fx.fault->add_rule({.ops = op_bit(IoOp::write), .error = 0, .delay = 100ms});
   Op a, b, z, h;
@@ -512,7 +512,7 @@ TEST(AsyncPeerNode, HoldCompletesAfterEarlierEntriesAndStopsLaterOnes) {
   EXPECT_TRUE(all_bytes(fx.mem->data().subspan(0, 4096), 0x33));
 }
 
-TEST(AsyncPeerNode, HoldOnAnIdleQueueOnlyFlushes) {
+TEST(WriteBackNode, HoldOnAnIdleQueueOnlyFlushes) {
   Fixture fx;
   Op h;
   start(fx.io, do_hold(fx.node.get(), &h));
@@ -522,7 +522,7 @@ TEST(AsyncPeerNode, HoldOnAnIdleQueueOnlyFlushes) {
   fx.node->release();
 }
 
-TEST(AsyncPeerNode, FlushAndDrainWhileHeld) {
+TEST(WriteBackNode, FlushAndDrainWhileHeld) {
   Fixture fx;
   fx.fault->add_rule({.ops = op_bit(IoOp::write), .error = 0, .delay = 20ms});
   Op a, b, f, d1, d2;
@@ -548,7 +548,7 @@ TEST(AsyncPeerNode, FlushAndDrainWhileHeld) {
   EXPECT_EQ(fx.node->inflight_entries(), 0u);
 }
 
-TEST(AsyncPeerNode, ReleaseBeforeTheHoldCompleted) {
+TEST(WriteBackNode, ReleaseBeforeTheHoldCompleted) {
   Fixture fx;
   fx.fault->add_rule({.ops = op_bit(IoOp::write), .error = 0, .delay = 20ms});
   Op a, b, h;
@@ -574,7 +574,7 @@ TEST(AsyncPeerNode, ReleaseBeforeTheHoldCompleted) {
 
 // The checkpoint coordinator's async sequence: the gate's pause covers only the local
 // in-flight drain; writes continue into the queue while the hold completes.
-TEST(AsyncPeerNode, CheckpointSequenceWithAGate) {
+TEST(WriteBackNode, CheckpointSequenceWithAGate) {
   Fixture fx;
   fx.fault->add_rule({.ops = op_bit(IoOp::write), .error = 0, .delay = 100ms});
   WriteGate gate("gate", std::shared_ptr<BlockNode>(fx.node.get(), [](BlockNode*) {}));
@@ -604,9 +604,9 @@ TEST(AsyncPeerNode, CheckpointSequenceWithAGate) {
   ASSERT_TRUE(run_until(fx.io, [&] { return gd.done; }));
 }
 
-TEST(AsyncPeerNode, PeerFailureIsStickyAndFreesEveryone) {
+TEST(WriteBackNode, PeerFailureIsStickyAndFreesEveryone) {
   EventLog events;
-  AsyncPeerOptions o;
+  WriteBackOptions o;
   o.queue_bytes_max = 16384;
   o.inflight_max = 1;
   Fixture fx(o);
@@ -660,7 +660,7 @@ TEST(AsyncPeerNode, PeerFailureIsStickyAndFreesEveryone) {
   start(fx.io, do_flush(fx.node.get(), &f2));
   start(fx.io, do_hold(fx.node.get(), &h));
   start(fx.io, do_read(fx.node.get(), 0, 4096, &r, &back));
-  Task<void> tz = [](AsyncPeerNode* n, Op* a, Op* b) -> Task<void> {
+  Task<void> tz = [](WriteBackNode* n, Op* a, Op* b) -> Task<void> {
     a->result = co_await n->trim(0, 4096, WriteFlags::none);
     a->done = true;
     b->result = co_await n->write_zeroes(0, 4096, WriteFlags::none);
@@ -680,7 +680,7 @@ TEST(AsyncPeerNode, PeerFailureIsStickyAndFreesEveryone) {
   EXPECT_EQ(callbacks, 1);
 }
 
-TEST(AsyncPeerNode, AFailedHoldFlushFailsTheHold) {
+TEST(WriteBackNode, AFailedHoldFlushFailsTheHold) {
   Fixture fx;
   fx.fault->add_rule({.ops = op_bit(IoOp::flush), .error = ESHUTDOWN});
   Op a, h;
@@ -694,10 +694,10 @@ TEST(AsyncPeerNode, AFailedHoldFlushFailsTheHold) {
   fx.node->release();
 }
 
-TEST(AsyncPeerNode, TrimThePeerCannotDoIsNotAFailure) {
+TEST(WriteBackNode, TrimThePeerCannotDoIsNotAFailure) {
   Fixture fx;
   fx.fault->add_rule({.ops = op_bit(IoOp::trim), .error = ENOTSUP});
-  Task<void> t = [](AsyncPeerNode* n) -> Task<void> {
+  Task<void> t = [](WriteBackNode* n) -> Task<void> {
     IoResult r = co_await n->trim(0, 4096, WriteFlags::none);
     EXPECT_TRUE(r);
   }(fx.node.get());
@@ -707,8 +707,8 @@ TEST(AsyncPeerNode, TrimThePeerCannotDoIsNotAFailure) {
   EXPECT_FALSE(fx.node->failed());
 }
 
-TEST(AsyncPeerNode, DrainWaitsForEverythingQueued) {
-  AsyncPeerOptions o;
+TEST(WriteBackNode, DrainWaitsForEverythingQueued) {
+  WriteBackOptions o;
   o.inflight_max = 2;
   Fixture fx(o);
   fx.fault->add_rule({.ops = op_bit(IoOp::write), .error = 0, .delay = 20ms});
@@ -733,12 +733,12 @@ TEST(AsyncPeerNode, DrainWaitsForEverythingQueued) {
   EXPECT_EQ(fx.rec->inflight_max, 2u);
 }
 
-TEST(AsyncPeerNodeDeathTest, OneHoldAtATime) {
+TEST(WriteBackNodeDeathTest, OneHoldAtATime) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(
       {
         asio::io_context io;
-        AsyncPeerNode n("async", io.get_executor(), memory());
+        WriteBackNode n("async", io.get_executor(), memory());
         n.begin_hold();
         n.begin_hold();
       },
