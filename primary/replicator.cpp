@@ -365,23 +365,41 @@ Task<Result<std::uint64_t>> Replicator::checkpoint_locked(bool quiesced) {
                                       "at epoch {}", epoch_, epoch_)));
     }
   }
-  replication::Envelope request;
-  request.mutable_checkpoint()->set_epoch(next);
-  auto reply = co_await channel->call(request, options_.checkpoint_timeout);
+  // The cut: the secondary registers it (every write it acknowledged belongs to checkpoint
+  // `next`) and answers at once; the write pause ends there.
+  replication::Envelope cut;
+  cut.mutable_checkpoint_cut()->set_epoch(next);
+  auto reply = co_await channel->call(cut, options_.checkpoint_timeout);
   if (reply && (!reply->has_checkpoint_ack() || reply->checkpoint_ack().epoch() != next)) {
-    reply = make_error(EPROTO, fmt::format("the secondary answered checkpoint {} with {}", next,
-                                           body_name(*reply)));
+    reply = make_error(EPROTO, fmt::format("the secondary answered the cut of checkpoint {} with "
+                                           "{}", next, body_name(*reply)));
   }
-  if (!reply) {
+  bool resumed = false;
+  auto resume = [&] {
+    if (resumed) return;
+    resumed = true;
     open_gate();
     if (async) async->release();
+  };
+  if (reply) {
+    resume();
+    // Then the checkpoint itself: answered once the secondary recorded it durably.
+    replication::Envelope request;
+    request.mutable_checkpoint()->set_epoch(next);
+    reply = co_await channel->call(request, options_.checkpoint_timeout);
+    if (reply && (!reply->has_checkpoint_ack() || reply->checkpoint_ack().epoch() != next ||
+                  !reply->checkpoint_ack().durable())) {
+      reply = make_error(EPROTO, fmt::format("the secondary answered checkpoint {} with {}", next,
+                                             body_name(*reply)));
+    }
+  }
+  if (!reply) {
+    resume();
     co_await detach(fmt::format("checkpoint {} failed: {}", next, reply.error().message));
     co_return failed(make_error(reply.error().code.value(),
                                 fmt::format("{}; the primary stays at epoch {}",
                                             reply.error().message, epoch_)));
   }
-  open_gate();
-  if (async) async->release();
   epoch_ = next;
   ++checkpoints_;
   last_checkpoint_ = std::chrono::system_clock::now();

@@ -59,6 +59,7 @@ Task<Result<std::shared_ptr<DiskBuffer>>> DiskBuffer::open(std::string name,
                                                            DiskBufferOptions options) {
   auto db = std::make_shared<DiskBuffer>(std::move(name), std::move(disk), std::move(buffer),
                                          options);
+  db->init_write_back(co_await asio::this_coro::executor);
   Result<void> r = co_await db->recover();
   if (!r) co_return r.error();
   co_return db;
@@ -200,7 +201,13 @@ Task<IoResult> DiskBuffer::write_header(BufferHeader next) {
   co_return IoResult{};
 }
 
+DiskBuffer::~DiskBuffer() = default;
+
 Task<Result<void>> DiskBuffer::start_replication(std::uint64_t disk_size_bytes_expected) {
+  // A queue that failed in an earlier session starts empty and healthy.
+  if (write_back_ && header_.state == BufferState::idle && write_back_->failed()) {
+    co_await write_back_->discard();
+  }
   if (control_busy_) co_return make_error(EBUSY, name_ + ": another control call is running");
   BusyGuard busy(control_busy_);
   if (header_.state != BufferState::idle) {
@@ -236,41 +243,121 @@ Task<Result<void>> DiskBuffer::start_replication(std::uint64_t disk_size_bytes_e
   co_return Result<void>{};
 }
 
-Task<Result<void>> DiskBuffer::do_checkpoint(std::uint64_t epoch) {
-  if (control_busy_) co_return make_error(EBUSY, name_ + ": another control call is running");
-  BusyGuard busy(control_busy_);
+Result<void> DiskBuffer::checkpoint_cut(std::uint64_t epoch) {
+  if (pending_ && !pending_->done) {
+    return make_error(EBUSY, fmt::format("{}: checkpoint {} refused: checkpoint {} is still being "
+                                         "recorded", name_, epoch, pending_->epoch));
+  }
+  if (control_busy_) return make_error(EBUSY, name_ + ": another control call is running");
   if (header_.state != BufferState::replicating) {
-    co_return make_error(EPERM, fmt::format("{}: checkpoint {} refused: replication is {}", name_,
-                                            epoch, to_string(header_.state)));
+    return make_error(EPERM, fmt::format("{}: checkpoint {} refused: replication is {}", name_,
+                                         epoch, to_string(header_.state)));
   }
   if (epoch <= header_.epoch) {
-    co_return make_error(EINVAL, fmt::format("{}: checkpoint {} refused: not newer than the last "
-                                             "checkpoint epoch {}", name_, epoch, header_.epoch));
+    return make_error(EINVAL, fmt::format("{}: checkpoint {} refused: not newer than the last "
+                                          "checkpoint epoch {}", name_, epoch, header_.epoch));
   }
-  co_await close_gate();
+  control_busy_ = true;  // until the checkpoint is recorded (or failed)
+  pending_ = std::make_shared<PendingCheckpoint>();
+  pending_->epoch = epoch;
+  // From here on, new primary writes belong to the next epoch: they wait in the write-back
+  // queue behind the marker, or (without a queue) at the closed gate.
+  if (write_back_) {
+    write_back_->begin_hold();
+  } else {
+    CHECK(!gate_closed_);
+    gate_closed_ = true;
+  }
+  spawn(ex_, finish_checkpoint(shared_from_this(), pending_),
+        fmt::format("{} checkpoint {}", name_, epoch));
+  return {};
+}
+
+Task<void> DiskBuffer::finish_checkpoint(std::shared_ptr<DiskBuffer> self,
+                                         std::shared_ptr<PendingCheckpoint> pending) {
+  Result<void> r;
+  if (self->write_back_) {
+    // Every write queued before the cut is applied (or the queue failed or was discarded).
+    IoResult held = co_await self->write_back_->wait_hold();
+    if (!held) {
+      r = make_error(held.error().value(),
+                     fmt::format("{}: checkpoint {} failed: the writes before it could not be "
+                                 "applied: {}", self->name_, pending->epoch,
+                                 held.error().message()));
+    } else {
+      co_await self->close_gate();
+    }
+  } else {
+    co_await self->inflight_.wait_idle();  // the gate closed at the cut
+  }
+  if (self->gate_closed_) {
+    r = co_await self->record_checkpoint(pending->epoch);
+    self->open_gate();
+  }
+  if (self->write_back_) self->write_back_->release();
+  self->control_busy_ = false;
+  pending->result = std::move(r);
+  pending->done = true;
+  pending->event.notify_all(true);
+  self->checkpoint_idle_.notify_all();
+}
+
+Task<void> DiskBuffer::wait_checkpoint_idle() {
+  while (pending_ && !pending_->done) co_await checkpoint_idle_.wait();
+}
+
+Task<Result<void>> DiskBuffer::do_checkpoint(std::uint64_t epoch) {
+  std::shared_ptr<PendingCheckpoint> p = pending_;
+  if (!p || p->epoch != epoch || p->claimed) {
+    Result<void> cut = checkpoint_cut(epoch);
+    if (!cut) co_return cut;
+    p = pending_;
+  }
+  p->claimed = true;
+  while (!p->done) co_await p->event.wait();
+  co_return p->result;
+}
+
+// The second half of a checkpoint, under the closed gate with nothing in flight: every write
+// of the epoch has completed on the disk.
+Task<Result<void>> DiskBuffer::record_checkpoint(std::uint64_t epoch) {
+  CHECK(header_.state == BufferState::replicating);
   // The disk must hold every write of the epoch before the checkpoint is recorded.
   IoResult r = co_await disk_.flush();
   if (!r) {
-    open_gate();
     co_return make_error(r.error().value(), fmt::format("{}: checkpoint {} failed: flushing the "
                                                         "disk", name_, epoch));
   }
-  CHECK(header_.state == BufferState::replicating);
   BufferHeader next = header_;
   next.generation = header_.generation + 1;
   next.epoch = epoch;
   r = co_await write_header(next);
-  if (r) index_.clear();
-  open_gate();
   if (!r) {
     co_return make_error(r.error().value(), fmt::format("{}: checkpoint {} failed: recording it "
                                                         "in the buffer", name_, epoch));
   }
+  index_.clear();
   log::debug("{}: checkpoint {} recorded (generation {})", name_, epoch, header_.generation);
   co_return Result<void>{};
 }
 
 Task<Result<void>> DiskBuffer::stop_replication(StopMode mode) {
+  if (write_back_ && header_.state == BufferState::replicating) {
+    if (mode == StopMode::failover) {
+      // What is queued belongs to the epoch being rolled back: drop it. A cut whose writes
+      // were not all applied fails with it; one being recorded finishes first.
+      co_await write_back_->discard();
+    } else {
+      // The disk keeps the primary's writes: apply everything queued (behind a pending cut too).
+      IoResult flushed = co_await write_back_->flush();
+      if (!flushed) {
+        co_return make_error(flushed.error().value(),
+                             fmt::format("{}: stop discard failed: applying the queued writes: {}",
+                                         name_, flushed.error().message()));
+      }
+    }
+  }
+  co_await wait_checkpoint_idle();
   if (control_busy_) co_return make_error(EBUSY, name_ + ": another control call is running");
   BusyGuard busy(control_busy_);
   const char* what = mode == StopMode::failover ? "failover" : "discard";

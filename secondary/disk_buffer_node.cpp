@@ -32,11 +32,16 @@ std::string_view face_name(DiskBuffer::Face face) {
   return face == DiskBuffer::Face::primary ? "primary" : "local";
 }
 
+// A view of the buffer. `owner` keeps the DiskBuffer alive for the public views; the view the
+// write-back queue applies through has none (the DiskBuffer owns the queue, which owns it).
 class DiskBufferView final : public BlockNode {
  public:
-  DiskBufferView(std::shared_ptr<DiskBuffer> core, DiskBuffer::Face face)
-      : core_(std::move(core)),
+  DiskBufferView(std::shared_ptr<DiskBuffer> owner, DiskBuffer* core, DiskBuffer::Face face,
+                 bool queued)
+      : owner_(std::move(owner)),
+        core_(core),
         face_(face),
+        queued_(queued),
         name_(core_->name() + "." + std::string(face_name(face))) {}
 
   std::string_view name() const override { return name_; }
@@ -47,6 +52,7 @@ class DiskBufferView final : public BlockNode {
     IoResult ok = check_request(name_, IoOp::read, offset_bytes, out.size(), size_bytes(),
                                 limits());
     if (!ok) co_return ok;
+    if (WriteBackNode* q = queue()) co_return co_await q->read(offset_bytes, out);
     co_return co_await core_->view_read(face_, offset_bytes, out);
   }
   Task<IoResult> write(std::uint64_t offset_bytes, std::span<const std::byte> in,
@@ -54,14 +60,19 @@ class DiskBufferView final : public BlockNode {
     IoResult ok = check_request(name_, IoOp::write, offset_bytes, in.size(), size_bytes(),
                                 limits());
     if (!ok) co_return ok;
+    if (WriteBackNode* q = queue()) co_return co_await q->write(offset_bytes, in, flags);
     co_return co_await core_->view_write(face_, IoOp::write, offset_bytes, in.size(), in, flags);
   }
-  Task<IoResult> flush() override { return core_->view_flush(face_); }
+  Task<IoResult> flush() override {
+    if (WriteBackNode* q = queue()) co_return co_await q->flush();
+    co_return co_await core_->view_flush(face_);
+  }
   Task<IoResult> trim(std::uint64_t offset_bytes, std::uint64_t length_bytes,
                       WriteFlags flags) override {
     IoResult ok = check_request(name_, IoOp::trim, offset_bytes, length_bytes, size_bytes(),
                                 limits());
     if (!ok) co_return ok;
+    if (WriteBackNode* q = queue()) co_return co_await q->trim(offset_bytes, length_bytes, flags);
     co_return co_await core_->view_write(face_, IoOp::trim, offset_bytes, length_bytes, {},
                                          flags);
   }
@@ -70,14 +81,25 @@ class DiskBufferView final : public BlockNode {
     IoResult ok = check_request(name_, IoOp::write_zeroes, offset_bytes, length_bytes,
                                 size_bytes(), limits());
     if (!ok) co_return ok;
+    if (WriteBackNode* q = queue()) {
+      co_return co_await q->write_zeroes(offset_bytes, length_bytes, flags);
+    }
     co_return co_await core_->view_write(face_, IoOp::write_zeroes, offset_bytes, length_bytes,
                                          {}, flags);
   }
-  Task<void> drain() override { return core_->drain(); }
+  Task<void> drain() override {
+    return owner_ ? core_->drain() : core_->drain_inflight();
+  }
 
  private:
-  std::shared_ptr<DiskBuffer> core_;
+  // The write-back queue, when this view feeds it and replication is running; otherwise
+  // requests go straight to the buffer's policy (which refuses them while idle).
+  WriteBackNode* queue() const { return queued_ ? core_->active_write_back() : nullptr; }
+
+  std::shared_ptr<DiskBuffer> owner_;
+  DiskBuffer* core_;
   DiskBuffer::Face face_;
+  bool queued_;
   std::string name_;
 };
 
@@ -91,11 +113,30 @@ DiskBuffer::DiskBuffer(std::string name, std::shared_ptr<BlockNode> disk,
       options_(options) {}
 
 std::shared_ptr<BlockNode> DiskBuffer::primary_view() {
-  return std::make_shared<DiskBufferView>(shared_from_this(), Face::primary);
+  return std::make_shared<DiskBufferView>(shared_from_this(), this, Face::primary, true);
+}
+
+void DiskBuffer::init_write_back(asio::any_io_executor ex) {
+  ex_ = ex;
+  if (options_.write_back_bytes == 0) return;
+  WriteBackOptions o;
+  o.queue_bytes_max = options_.write_back_bytes;
+  o.inflight_max = options_.write_back_inflight;
+  o.failure_event = "disk_buffer_write_back_failed";
+  o.report_failure = true;
+  o.fua_waits = true;
+  o.hold_flushes = false;
+  write_back_ = std::make_shared<WriteBackNode>(
+      name_ + ".queue", ex, std::make_shared<DiskBufferView>(nullptr, this, Face::primary, false),
+      o);
+}
+
+WriteBackNode* DiskBuffer::active_write_back() const {
+  return header_.state == BufferState::replicating ? write_back_.get() : nullptr;
 }
 
 std::shared_ptr<BlockNode> DiskBuffer::local_view() {
-  return std::make_shared<DiskBufferView>(shared_from_this(), Face::local);
+  return std::make_shared<DiskBufferView>(shared_from_this(), this, Face::local, false);
 }
 
 NodeLimits DiskBuffer::view_limits() const {
@@ -135,7 +176,15 @@ void DiskBuffer::open_gate() {
   gate_opened_.notify_all();
 }
 
-Task<void> DiskBuffer::drain() { co_await inflight_.wait_idle(); }
+Task<void> DiskBuffer::drain() {
+  if (write_back_) {
+    co_await wait_checkpoint_idle();
+    co_await write_back_->drain();
+  }
+  co_await inflight_.wait_idle();
+}
+
+Task<void> DiskBuffer::drain_inflight() { co_await inflight_.wait_idle(); }
 
 Task<IoResult> DiskBuffer::view_read(Face face, std::uint64_t offset_bytes,
                                      std::span<std::byte> out) {

@@ -19,12 +19,24 @@
 // - do_checkpoint(epoch): epochs only increase (stale or repeated: refused, nothing changes).
 //   Holds new I/O, waits for in-flight I/O, flushes the disk, then records the epoch durably
 //   in the buffer header with a new generation, which drops every original and local copy.
+//   checkpoint_cut(epoch) is the first half on its own: it registers the cut at once (never
+//   suspends; the same refusals) and the checkpoint completes in the background; a later
+//   do_checkpoint(epoch) waits for it and returns its outcome.
 // - stop_replication(failover): replicating -> failing_over, recorded durably; from then the
 //   local view serves (still buffer first) while a background task applies each block's local
 //   copy, else its original, to the disk; at the end the disk is flushed and the buffer is
 //   dropped (state idle). Progress: failover_progress().
 // - stop_replication(discard): replicating -> idle, the buffer is dropped and the disk keeps
 //   the primary's writes.
+//
+// Write-back (write_back_bytes > 0): while replicating, the primary view queues writes, trims
+// and write-zeroes in memory (a WriteBackNode, bounded in bytes) and completes them at once;
+// the queue applies them in order through the rules above. A checkpoint is the durability
+// point on the secondary, so nothing is lost by that: a cut is a hold marker in the queue
+// (everything queued before belongs to the checkpoint), and the checkpoint is recorded once
+// everything before the marker is applied, while writes behind it wait in memory. FUA writes
+// and flushes complete when applied (flushed). A failed apply fails every later request. A
+// failover drops what is queued (it belongs to the epoch being rolled back).
 //
 // Durability: the buffer is a BlockNode ("buffer" child) holding the format of
 // buffer_file.hpp; open() recovers the state, epoch and index from it, and resumes an
@@ -43,6 +55,7 @@
 #include "shared/block_node.hpp"
 #include "shared/child.hpp"
 #include "shared/error.hpp"
+#include "shared/write_back_node.hpp"
 
 namespace colo {
 
@@ -54,6 +67,10 @@ inline constexpr std::uint32_t kDiskBufferBlockBytesDefault = 16 * 1024;
 struct DiskBufferOptions {
   std::uint32_t block_bytes = kDiskBufferBlockBytesDefault;  // power of two, 4 KiB..16 MiB
   bool ordered_flushes = true;
+  // Write-back queue in front of the primary view (see "Write-back" above); 0: none, every
+  // primary write completes when it is on the disk.
+  std::uint64_t write_back_bytes = 0;
+  std::uint32_t write_back_inflight = 32;
 };
 
 enum class StopMode { failover, discard };
@@ -78,6 +95,7 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   std::shared_ptr<BlockNode> local_view();
 
   Task<Result<void>> start_replication(std::uint64_t disk_size_bytes);
+  Result<void> checkpoint_cut(std::uint64_t epoch);
   Task<Result<void>> do_checkpoint(std::uint64_t epoch);
   Task<Result<void>> stop_replication(StopMode mode);
 
@@ -90,9 +108,12 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   // Save cycles run so far (each: one batch of slot writes and at most one buffer flush).
   std::uint64_t save_cycle_count() const { return save_cycle_count_; }
   FailoverProgress failover_progress() const { return progress_; }
+  // The write-back queue (null when write_back_bytes is 0), and the same while replicating.
+  const WriteBackNode* write_back() const { return write_back_.get(); }
+  WriteBackNode* active_write_back() const;
   // Completes when no failover apply is running (tests, shutdown).
   Task<void> wait_failover_idle();
-  // Holds new I/O and waits for in-flight I/O and the failover task.
+  // Waits for a pending checkpoint, the write-back queue and in-flight I/O.
   Task<void> drain();
 
   // Used by the views (see the .cpp); not for other callers.
@@ -103,14 +124,29 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
                             WriteFlags flags);
   Task<IoResult> view_flush(Face face);
   NodeLimits view_limits() const;
+  Task<void> drain_inflight();
   std::uint64_t disk_size_bytes() const { return disk_.node().size_bytes(); }
   const std::string& name() const { return name_; }
 
   DiskBuffer(std::string name, std::shared_ptr<BlockNode> disk, std::shared_ptr<BlockNode> buffer,
              DiskBufferOptions options);
+  ~DiskBuffer();
 
  private:
   struct Pieces;
+  void init_write_back(asio::any_io_executor ex);
+  // A checkpoint whose cut is registered: recorded in the background by finish_checkpoint.
+  struct PendingCheckpoint {
+    std::uint64_t epoch = 0;
+    bool claimed = false;  // a do_checkpoint(epoch) took its outcome
+    bool done = false;
+    Result<void> result;
+    AsyncEvent event;
+  };
+  static Task<void> finish_checkpoint(std::shared_ptr<DiskBuffer> self,
+                                      std::shared_ptr<PendingCheckpoint> pending);
+  Task<Result<void>> record_checkpoint(std::uint64_t epoch);
+  Task<void> wait_checkpoint_idle();
   Task<Result<void>> recover();
   Task<Result<void>> scan_slots();
   Task<IoResult> write_header(BufferHeader next);
@@ -160,6 +196,7 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   std::uint64_t block_length(std::uint64_t block) const;
 
   std::string name_;
+  asio::any_io_executor ex_;
   Child disk_;
   Child buffer_;
   DiskBufferOptions options_;
@@ -179,6 +216,10 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   bool save_cycle_running_ = false;
   AsyncEvent save_cycle_done_;
   std::uint64_t save_cycle_count_ = 0;
+
+  std::shared_ptr<WriteBackNode> write_back_;
+  std::shared_ptr<PendingCheckpoint> pending_;  // the latest cut
+  AsyncEvent checkpoint_idle_;                  // a pending checkpoint finished
 
   // Failover apply.
   std::set<std::uint64_t> dirty_;  // blocks whose buffered content is not yet on the disk

@@ -199,6 +199,15 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
       reply.mutable_start()->set_epoch(db.epoch());
       co_return reply;
     }
+    case replication::Envelope::kCheckpointCut: {
+      const std::uint64_t epoch = request.checkpoint_cut().epoch();
+      Result<void> r = db.checkpoint_cut(epoch);
+      if (!r) co_return error_reply(error_code_of(r.error().code.value()), r.error().message);
+      replication::Envelope reply;
+      reply.mutable_checkpoint_ack()->set_epoch(epoch);
+      reply.mutable_checkpoint_ack()->set_durable(false);
+      co_return reply;
+    }
     case replication::Envelope::kCheckpoint: {
       const std::uint64_t epoch = request.checkpoint().epoch();
       Result<void> r = co_await db.do_checkpoint(epoch);
@@ -208,6 +217,7 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
       session->epoch = epoch;
       replication::Envelope reply;
       reply.mutable_checkpoint_ack()->set_epoch(epoch);
+      reply.mutable_checkpoint_ack()->set_durable(true);
       co_return reply;
     }
     case replication::Envelope::kStop: {

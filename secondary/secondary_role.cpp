@@ -81,6 +81,7 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
                                      std::string resource, control::Request) {
   const FailoverProgress p = db->failover_progress();
   const PrimaryPeerInfo peer = pairing->peer();
+  const std::uint64_t queued = db->write_back() ? db->write_back()->queued_bytes() : 0;
   const std::string state = pairing->promoted() ? "promoted" : std::string(to_string(db->state()));
   const auto now_sys = std::chrono::system_clock::now();
   const auto last_cp = pairing->last_checkpoint_time();
@@ -95,13 +96,13 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
                      : -1;
   std::string text = fmt::format(
       "role: {}\nstate: {}\nresource: {}\nepoch: {}\npeer: {} {}\npeer_state: {}{}\n"
-      "checkpoints: {}\nbuffered_blocks: {}\nblock_bytes: {}\n",
+      "checkpoints: {}\nbuffered_blocks: {}\nblock_bytes: {}\nwrite_back_queued_bytes: {}\n",
       pairing->promoted() ? "primary (promoted secondary)" : "secondary", state, resource,
       db->epoch(), peer.name.empty() ? "-" : peer.name, peer.address,
       peer.connected ? "connected" : "disconnected",
       peer.connected ? fmt::format(" (last frame {} ms ago)", frame_age_ms)
                      : (peer.lost_reason.empty() ? "" : " (" + peer.lost_reason + ")"),
-      pairing->checkpoints(), db->buffered_block_count(), db->block_bytes());
+      pairing->checkpoints(), db->buffered_block_count(), db->block_bytes(), queued);
   if (last_cp_age_ms >= 0) text += fmt::format("last_checkpoint: {} ms ago\n", last_cp_age_ms);
   if (p.running || p.total_bytes != 0) {
     text += fmt::format("failover: {} of {} bytes applied{}\n", p.applied_bytes, p.total_bytes,
@@ -112,12 +113,12 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
       R"({{"role":"{}","state":"{}","resource":{},"epoch":{},)"
       R"("peer":{{"name":{},"id":"{}","address":{},"state":"{}","last_frame_ms_ago":{},"reason":{}}},)"
       R"("checkpoints":{},"last_checkpoint_ms_ago":{},"buffered_blocks":{},"block_bytes":{},)"
-      R"("failover":{{"running":{},"applied_bytes":{},"total_bytes":{},"error":{}}}}})",
+      R"("write_back_queued_bytes":{},"failover":{{"running":{},"applied_bytes":{},"total_bytes":{},"error":{}}}}})",
       pairing->promoted() ? "primary" : "secondary", state, log::json_quote(resource), db->epoch(),
       log::json_quote(peer.name), peer.id, log::json_quote(peer.address),
       peer.connected ? "connected" : "disconnected", frame_age_ms, log::json_quote(peer.lost_reason),
       pairing->checkpoints(), last_cp_age_ms, db->buffered_block_count(), db->block_bytes(),
-      p.running ? "true" : "false", p.applied_bytes, p.total_bytes, log::json_quote(p.error));
+      queued, p.running ? "true" : "false", p.applied_bytes, p.total_bytes, log::json_quote(p.error));
   co_return ControlReplyBuilder::ok(std::move(text), std::move(json));
 }
 
@@ -190,6 +191,7 @@ Result<void> start_secondary(DaemonContext& ctx) {
   DiskBufferOptions options;
   if (s.block_bytes() != 0) options.block_bytes = s.block_bytes();
   options.ordered_flushes = !s.has_ordered_flushes() || s.ordered_flushes();
+  options.write_back_bytes = s.has_write_back_bytes() ? s.write_back_bytes() : 64ull << 20;
   // Recovery reads the buffer file through the io_uring node: run the loop until it is done
   // (the daemon's loop has not started yet).
   auto opened = std::make_shared<Result<std::shared_ptr<DiskBuffer>>>(
@@ -203,9 +205,10 @@ Result<void> start_secondary(DaemonContext& ctx) {
   while (!done) ctx.io().run_one();
   if (!*opened) return opened->error();
   std::shared_ptr<DiskBuffer> db = **opened;
-  log::info("secondary: disk {} ({} bytes), buffer {} ({} bytes), block {} bytes, {} flushes",
-            cfg.disk().path(), (*disk)->size_bytes(), s.buffer_path(), (*buffer)->size_bytes(),
-            db->block_bytes(), options.ordered_flushes ? "ordered" : "unordered");
+  log::info("secondary: disk {} ({} bytes), buffer {} ({} bytes), block {} bytes, {} flushes, "
+            "write-back queue {} bytes", cfg.disk().path(), (*disk)->size_bytes(),
+            s.buffer_path(), (*buffer)->size_bytes(), db->block_bytes(),
+            options.ordered_flushes ? "ordered" : "unordered", options.write_back_bytes);
 
   auto replication = serve(ctx, {s.replication_export_name(), "colo replication export",
                                  db->primary_view(), false},

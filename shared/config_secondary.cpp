@@ -10,6 +10,7 @@ constexpr std::uint64_t kBlockBytesMin = 4096;
 constexpr std::uint64_t kBlockBytesMax = 16u * 1024u * 1024u;
 constexpr std::uint64_t kBufferHeaderBytes = 8192;  // secondary/buffer_file.hpp
 constexpr std::uint64_t kSlotHeaderBytes = 4096;
+constexpr std::uint64_t kWriteBackBytesMin = 1u << 20;
 }  // namespace
 
 void validate_secondary_config(const config::DaemonConfig& cfg,
@@ -44,6 +45,11 @@ void validate_secondary_config(const config::DaemonConfig& cfg,
                                    "bytes (at least {})", s.buffer_size_bytes(), block,
                                    kBufferHeaderBytes + kSlotHeaderBytes + block));
     }
+  }
+  if (s.has_write_back_bytes() && s.write_back_bytes() != 0 &&
+      s.write_back_bytes() < kWriteBackBytesMin) {
+    errors.push_back(fmt::format("secondary.write_back_bytes: {} is below {} (0 turns the queue "
+                                 "off)", s.write_back_bytes(), kWriteBackBytesMin));
   }
   if (s.replication_listen().empty()) {
     errors.push_back("secondary.replication_listen: at least one address is needed");

@@ -244,6 +244,7 @@ std::string_view body_name(const replication::Envelope& e) {
     case replication::Envelope::kStart: return "start";
     case replication::Envelope::kCheckpoint: return "checkpoint";
     case replication::Envelope::kCheckpointAck: return "checkpoint_ack";
+    case replication::Envelope::kCheckpointCut: return "checkpoint_cut";
     case replication::Envelope::kHeartbeat: return "heartbeat";
     case replication::Envelope::kStop: return "stop";
     case replication::Envelope::kOk: return "ok";

@@ -13,8 +13,9 @@
 // of --rounds rounds and the medians of the per-round ratios first/bare and rewrite/bare.
 //
 // Sections (--section, default all):
-//   rows     cache direct|buffered x queue depth 1|32 x write 4 KiB|64 KiB x ordered flushes
-//            on|off, at the default block size (or --block-bytes)
+//   rows     cache direct|buffered x queue depth 1|32 x write 4 KiB|64 KiB x (ordered flushes
+//            on, off, on with the write-back queue of --write-back-mib), at the default block
+//            size (or --block-bytes); the write-back rows' points end with a flush (see Point)
 //   blocks   block size 4 KiB..1 MiB (direct, QD32, ordered flushes) under random 4 KiB writes
 //            and sequential 1 MiB writes: first-write cost, buffer bytes per written byte, and
 //            an "epoch" stream (random 4 KiB writes with repeats over a quarter of the disk,
@@ -24,10 +25,11 @@
 //
 // Usage: disk_buffer_bench [--dir D] [--disk-mib N] [--seconds S] [--rounds N]
 //                          [--section all|rows|blocks|failover] [--block-bytes B]
-//                          [--failover-mib N] [--only cache/ordered/qd/write-KiB]
+//                          [--failover-mib N] [--only cache/ordered/wb/qd/write-KiB]
+//                          [--write-back-mib N]
 //                          [--verbose 1]
 // Files are created in D (default /var/tmp: a disk file system, for O_DIRECT) and removed.
-// Defaults: 128 MiB disk, 5 rounds of 0.4 s, 1 GiB failover: about 3 minutes. Device requests
+// Defaults: 128 MiB disk, 5 rounds of 0.4 s, 1 GiB failover: about 4 minutes. Device requests
 // and bytes are counted by a node between the DiskBuffer and each file (exact, unlike times).
 
 #include <fcntl.h>
@@ -172,6 +174,8 @@ struct Point {
   std::size_t next = 0;
   std::uint64_t ops = 0;
   bool failed = false;
+  bool flush_at_end = false;  // the point ends when a flush after the last write completed
+  std::uint32_t writers_left = 0;
 };
 
 Task<void> point_writer(Point* p, std::byte* data) {
@@ -190,6 +194,15 @@ Task<void> point_writer(Point* p, std::byte* data) {
     }
     ++p->ops;
   }
+  // With a write-back queue a write completes before it reaches the disk: the point lasts
+  // until everything written is applied (one flush after the last writer is done).
+  if (--p->writers_left == 0 && p->flush_at_end && !p->failed) {
+    IoResult r = co_await p->node->flush();
+    if (!r) {
+      std::fprintf(stderr, "flush failed: %s\n", r.error().message().c_str());
+      p->failed = true;
+    }
+  }
 }
 
 struct PointResult {
@@ -202,6 +215,7 @@ PointResult run_point(asio::io_context& io, Point p, std::uint32_t queue_depth, 
   const auto start = Clock::now();
   p.deadline = start + std::chrono::duration_cast<Clock::duration>(
                            std::chrono::duration<double>(seconds));
+  p.writers_left = queue_depth;
   for (std::uint32_t i = 0; i < queue_depth; ++i) {
     spawn(io.get_executor(), point_writer(&p, buffers[i]), "writer");
   }
@@ -315,6 +329,7 @@ struct Measured {
 Measured measure(Rig& rig, std::uint32_t write_bytes, std::uint32_t queue_depth,
                  bool sequential, double seconds, int rounds, std::vector<std::byte*>& buffers) {
   Measured m;
+  const bool flush_at_end = rig.db->write_back() != nullptr;
   const std::uint32_t block_bytes = rig.db->block_bytes();
   for (int r = 0; r < rounds; ++r) {
     const auto offsets = first_write_offsets(rig.disk->size_bytes(), block_bytes, write_bytes,
@@ -325,7 +340,7 @@ Measured measure(Rig& rig, std::uint32_t write_bytes, std::uint32_t queue_depth,
     const std::uint64_t cycles_before = rig.db->save_cycle_count();
     const Counts counts_before = rig.counts();
     Point first{.node = rig.primary.get(), .offsets = &offsets, .limit = offsets.size(),
-                .wrap = false, .write_bytes = write_bytes};
+                .wrap = false, .write_bytes = write_bytes, .flush_at_end = flush_at_end};
     const PointResult f = run_point(rig.io, first, queue_depth, seconds, buffers);
     m.first_counts = m.first_counts + (rig.counts() - counts_before);
     m.first_ops += f.ops;
@@ -335,7 +350,7 @@ Measured measure(Rig& rig, std::uint32_t write_bytes, std::uint32_t queue_depth,
     auto again = [&](BlockNode* node) {
       rig.settle();
       Point p{.node = node, .offsets = &offsets, .limit = written, .wrap = true,
-              .write_bytes = write_bytes};
+              .write_bytes = write_bytes, .flush_at_end = flush_at_end};
       return run_point(rig.io, p, queue_depth, seconds, buffers).ops_per_s;
     };
     double bare = 0, rewrite = 0;
@@ -368,7 +383,8 @@ struct Env {
   int rounds = 5;
   std::string disk_path, buffer_path;
   std::vector<std::byte*> buffers;  // one write buffer per writer, 4096-aligned
-  std::string only;                 // rows: "cache/ordered/qd/write", e.g. "direct/on/32/4"
+  std::string only;  // rows: "cache/ordered/wb/qd/write", e.g. "direct/on/wb/32/4", "direct/off/-/1/64"
+  std::uint64_t write_back_bytes = 64 * kMiB;
 };
 
 std::uint64_t buffer_bytes_for(std::uint64_t disk_bytes, std::uint32_t block_bytes) {
@@ -381,21 +397,30 @@ void section_rows(Env& env, std::uint32_t block_bytes) {
               "ratios to bare;\nper first write: device requests (reads, writes, flushes of "
               "disk and buffer), KiB moved, flushes or FUA writes, save cycles\n",
               block_bytes, env.rounds, env.seconds);
-  std::printf("%-8s %-7s %3s %5s %9s %9s %9s %7s %7s | %6s %7s %6s %6s\n", "cache", "ordered",
-              "qd", "write", "bare", "first", "rewrite", "first/x", "rewr/x", "req", "KiB",
-              "syncs", "cycles");
+  std::printf("write-back: the %llu MiB queue in front of the primary view (every point of such "
+              "a row, bare included, ends with a flush: writes complete before the disk has "
+              "them)\n", static_cast<unsigned long long>(env.write_back_bytes / kMiB));
+  std::printf("%-8s %-7s %-5s %3s %5s %9s %9s %9s %7s %7s | %6s %7s %6s %6s\n", "cache",
+              "ordered", "wback", "qd", "write", "bare", "first", "rewrite", "first/x", "rewr/x",
+              "req", "KiB", "syncs", "cycles");
   for (bool direct : {true, false}) {
-    for (bool ordered : {true, false}) {
-      Rig rig(env.disk_path, env.buffer_path, direct, DiskBufferOptions{block_bytes, ordered});
+    for (int variant = 0; variant < 3; ++variant) {
+      // ordered flushes on / off without the queue, then on with it
+      const bool ordered = variant != 1;
+      const bool wb = variant == 2;
+      DiskBufferOptions options{block_bytes, ordered, wb ? env.write_back_bytes : 0};
+      Rig rig(env.disk_path, env.buffer_path, direct, options);
       for (std::uint32_t qd : {1u, 32u}) {
         for (std::uint32_t write_bytes : {4096u, 65536u}) {
-          const std::string id = fmt::format("{}/{}/{}/{}", direct ? "direct" : "buffered",
-                                             ordered ? "on" : "off", qd, write_bytes / 1024);
+          const std::string id = fmt::format("{}/{}/{}/{}/{}", direct ? "direct" : "buffered",
+                                             ordered ? "on" : "off", wb ? "wb" : "-", qd,
+                                             write_bytes / 1024);
           if (!env.only.empty() && env.only != id) continue;
           Measured m = measure(rig, write_bytes, qd, false, env.seconds, env.rounds, env.buffers);
-          std::printf("%-8s %-7s %3u %4uK %9.0f %9.0f %9.0f %7.2f %7.2f | %6.2f %7.1f %6.2f "
-                      "%6.2f\n",
-                      direct ? "direct" : "buffered", ordered ? "on" : "off", qd,
+          std::printf("%-8s %-7s %-5s %3u %4uK %9.0f %9.0f %9.0f %7.2f %7.2f | %6.2f %7.1f "
+                      "%6.2f %6.2f\n",
+                      direct ? "direct" : "buffered", ordered ? "on" : "off", wb ? "on" : "off",
+                      qd,
                       write_bytes / 1024, median(m.bare), median(m.first), median(m.rewrite),
                       median(m.first_ratio), median(m.rewrite_ratio), m.requests_per_first(),
                       m.kib_per_first(), m.syncs_per_first(), m.per_first(m.first_cycles));
@@ -504,7 +529,7 @@ void section_failover(Env& env, std::uint64_t bytes, std::uint32_t block_bytes) 
 int main(int argc, char** argv) {
   using namespace colo;
   std::string dir = "/var/tmp", section = "all", only;
-  std::uint64_t disk_mib = 128, failover_mib = 1024;
+  std::uint64_t disk_mib = 128, failover_mib = 1024, write_back_mib = 64;
   std::uint32_t block_bytes = kDiskBufferBlockBytesDefault;
   double seconds = 0.4;
   int rounds = 5;
@@ -520,6 +545,7 @@ int main(int argc, char** argv) {
     else if (a == "--block-bytes") block_bytes = static_cast<std::uint32_t>(std::stoul(v));
     else if (a == "--failover-mib") failover_mib = std::stoull(v);
     else if (a == "--only") only = v;
+    else if (a == "--write-back-mib") write_back_mib = std::stoull(v);
     else if (a == "--verbose") g_verbose = v == "1";
     else die("unknown option " + a);
   }
@@ -535,6 +561,7 @@ int main(int argc, char** argv) {
   env.seconds = seconds;
   env.rounds = rounds;
   env.only = only;
+  env.write_back_bytes = write_back_mib * kMiB;
   env.disk_path = env.dir + "/disk.img";
   env.buffer_path = env.dir + "/buffer.img";
   for (int i = 0; i < 32; ++i) {

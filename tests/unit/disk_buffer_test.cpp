@@ -664,6 +664,195 @@ TEST(DiskBuffer, ReopenDuringFailoverResumesTheApply) {
   EXPECT_TRUE(all_bytes(after.disk_mem->data(), 0x11));
 }
 
+// ---- write-back queue in front of the primary view ----------------------------------------
+
+constexpr std::uint64_t kQueueBytes = 4 * kMiB;
+
+TEST(DiskBufferWriteBack, WritesAreAcknowledgedBeforeTheDiskHasThemAndReadBack) {
+  Rig rig;
+  rig.options.write_back_bytes = kQueueBytes;
+  rig.fill_disk(0x11);
+  rig.open();
+  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  FaultRule slow;
+  slow.ops = op_bit(IoOp::write);
+  slow.error = 0;
+  slow.delay = std::chrono::milliseconds(30);
+  rig.disk_fault->add_rule(slow);
+  auto body = [&]() -> Task<void> {
+    auto data = pattern(8192, 0x22);
+    IoResult w = co_await rig.primary->write(4096, data, WriteFlags::none);
+    EXPECT_TRUE(w);
+    // Acknowledged while the disk write is still delayed.
+    EXPECT_TRUE(range_is(rig.disk_mem->data(), 4096, 8192, 0x11));
+    EXPECT_GT(rig.db->write_back()->queued_bytes(), 0u);
+    // A read of the range waits for the queued write.
+    std::vector<std::byte> out(16384);
+    IoResult r = co_await rig.primary->read(0, out);
+    EXPECT_TRUE(r);
+    EXPECT_TRUE(range_is(out, 0, 4096, 0x11));
+    EXPECT_TRUE(range_is(out, 4096, 8192, 0x22));
+    EXPECT_TRUE(range_is(rig.disk_mem->data(), 4096, 8192, 0x22));
+    // A FUA write completes once it is on the disk.
+    IoResult f = co_await rig.primary->write(65536, data, WriteFlags::fua);
+    EXPECT_TRUE(f);
+    EXPECT_TRUE(range_is(rig.disk_mem->data(), 65536, 8192, 0x22));
+    // So does a flush, for everything queued before it.
+    auto more = pattern(4096, 0x33);
+    EXPECT_TRUE(co_await rig.primary->write(131072, more, WriteFlags::none));
+    EXPECT_TRUE(co_await rig.primary->flush());
+    EXPECT_TRUE(range_is(rig.disk_mem->data(), 131072, 4096, 0x33));
+  };
+  run_task(rig.io, body());
+  // The originals were saved as usual: failover rolls every write back.
+  ASSERT_TRUE(rig.call(rig.db->stop_replication(StopMode::failover)));
+  EXPECT_TRUE(all_bytes(rig.disk_mem->data(), 0x11));
+}
+
+TEST(DiskBufferWriteBack, TheCutSplitsTheEpochsAndFailoverYieldsTheCheckpoint) {
+  Rig rig(kDiskBufferBlockBytesDefault, kDiskBytes, true);
+  rig.options.write_back_bytes = kQueueBytes;
+  rig.fill_disk(0x11);
+  rig.open();
+  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  auto body = [&]() -> Task<void> {
+    auto a = pattern(65536, 0x22);
+    auto b = pattern(65536, 0x44);
+    auto c = pattern(4096, 0x55);
+    EXPECT_TRUE(co_await rig.primary->write(0, a, WriteFlags::none));
+    // The cut: everything acknowledged so far is checkpoint 1, the rest epoch 2.
+    EXPECT_TRUE(rig.db->checkpoint_cut(1));
+    EXPECT_TRUE(co_await rig.primary->write(65536, b, WriteFlags::none));
+    EXPECT_TRUE(co_await rig.primary->write(0, c, WriteFlags::none));  // over checkpoint 1 data
+    // A second cut while the first is being recorded is refused, changing nothing.
+    Result<void> again = rig.db->checkpoint_cut(2);
+    EXPECT_FALSE(again);
+    if (!again) EXPECT_EQ(again.error().code.value(), EBUSY);
+    Result<void> done = co_await rig.db->do_checkpoint(1);
+    EXPECT_TRUE(done) << (done ? "" : done.error().to_string());
+    // Repeating it now is refused (stale).
+    Result<void> repeat = co_await rig.db->do_checkpoint(1);
+    EXPECT_FALSE(repeat);
+  };
+  run_task(rig.io, body());
+  EXPECT_EQ(rig.db->epoch(), 1u);
+  // The primary view has every write; the local view shows checkpoint 1.
+  auto primary = rig.read_all(*rig.primary);
+  EXPECT_TRUE(range_is(primary, 0, 4096, 0x55));
+  EXPECT_TRUE(range_is(primary, 4096, 65536 - 4096, 0x22));
+  EXPECT_TRUE(range_is(primary, 65536, 65536, 0x44));
+  auto local = rig.read_all(*rig.local);
+  EXPECT_TRUE(range_is(local, 0, 65536, 0x22));
+  EXPECT_TRUE(range_is(local, 65536, kDiskBytes - 65536, 0x11));
+  ASSERT_TRUE(rig.call(rig.db->stop_replication(StopMode::failover)));
+  EXPECT_TRUE(range_is(rig.disk_mem->data(), 0, 65536, 0x22));
+  EXPECT_TRUE(range_is(rig.disk_mem->data(), 65536, kDiskBytes - 65536, 0x11));
+}
+
+TEST(DiskBufferWriteBack, FailoverDropsWhatIsQueuedAndAPendingCut) {
+  Rig rig;
+  rig.options.write_back_bytes = kQueueBytes;
+  rig.fill_disk(0x11);
+  rig.open();
+  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_TRUE(rig.write(*rig.primary, 0, 65536, 0x22));
+  ASSERT_TRUE(rig.call(rig.db->do_checkpoint(1)));
+  FaultRule slow;
+  slow.ops = op_bit(IoOp::write);
+  slow.error = 0;
+  slow.delay = std::chrono::milliseconds(20);
+  rig.disk_fault->add_rule(slow);
+  Result<void> cut_result;
+  auto body = [&]() -> Task<void> {
+    auto a = pattern(4096, 0x33);
+    for (std::uint64_t i = 0; i < 16; ++i) {
+      EXPECT_TRUE(co_await rig.primary->write(131072 + i * 16384, a, WriteFlags::none));
+    }
+    EXPECT_TRUE(rig.db->checkpoint_cut(2));
+    EXPECT_TRUE(co_await rig.primary->write(0, a, WriteFlags::none));
+    Result<void> f = co_await rig.db->stop_replication(StopMode::failover);
+    EXPECT_TRUE(f) << (f ? "" : f.error().to_string());
+    cut_result = co_await rig.db->do_checkpoint(2);
+  };
+  run_task(rig.io, body());
+  // The cut never completed: failover yields checkpoint 1.
+  EXPECT_FALSE(cut_result);
+  EXPECT_EQ(rig.db->epoch(), 1u);
+  EXPECT_EQ(rig.db->state(), BufferState::idle);
+  EXPECT_TRUE(range_is(rig.disk_mem->data(), 0, 65536, 0x22));
+  EXPECT_TRUE(range_is(rig.disk_mem->data(), 65536, kDiskBytes - 65536, 0x11));
+  // The next session starts with an empty, healthy queue.
+  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  EXPECT_EQ(rig.db->write_back()->queued_bytes(), 0u);
+  EXPECT_FALSE(rig.db->write_back()->failed());
+  ASSERT_TRUE(rig.write(*rig.primary, 0, 4096, 0x66));
+  ASSERT_TRUE(rig.call(rig.db->do_checkpoint(2)));
+  EXPECT_TRUE(range_is(rig.disk_mem->data(), 0, 4096, 0x66));
+}
+
+TEST(DiskBufferWriteBack, AFailedApplyFailsLaterRequestsAndTheCheckpoint) {
+  Rig rig;
+  rig.options.write_back_bytes = kQueueBytes;
+  rig.fill_disk(0x11);
+  rig.open();
+  test::EventRecorder events;
+  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  FaultRule broken;
+  broken.ops = op_bit(IoOp::write);
+  broken.offset_bytes = 0;
+  broken.length_bytes = 4096;
+  broken.error = EIO;
+  rig.disk_fault->add_rule(broken);
+  ASSERT_TRUE(rig.write(*rig.primary, 0, 4096, 0x22));  // acknowledged, then fails on the disk
+  IoResult later = rig.write(*rig.primary, 65536, 4096, 0x33);
+  ASSERT_FALSE(later);
+  EXPECT_EQ(later.error().value(), EIO);
+  EXPECT_TRUE(range_is(rig.disk_mem->data(), 65536, 4096, 0x11));  // not applied
+  EXPECT_FALSE(run_task(rig.io, rig.primary->flush()));
+  Result<void> cp = rig.call(rig.db->do_checkpoint(1));
+  ASSERT_FALSE(cp);
+  EXPECT_EQ(rig.db->epoch(), 0u);
+  EXPECT_FALSE(events.named("disk_buffer_write_back_failed").empty());
+  // Discarding the session clears it.
+  rig.disk_fault->clear_rules();
+  ASSERT_TRUE(rig.call(rig.db->stop_replication(StopMode::failover)));
+  EXPECT_TRUE(all_bytes(rig.disk_mem->data(), 0x11));
+  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_TRUE(rig.write(*rig.primary, 0, 4096, 0x44));
+  ASSERT_TRUE(rig.call(rig.db->do_checkpoint(1)));
+  EXPECT_TRUE(range_is(rig.disk_mem->data(), 0, 4096, 0x44));
+}
+
+TEST(DiskBufferWriteBack, IdleRefusesAtOnceAndStopDiscardAppliesTheQueue) {
+  Rig rig;
+  rig.options.write_back_bytes = kQueueBytes;
+  rig.fill_disk(0x11);
+  rig.open();
+  IoResult before = rig.write(*rig.primary, 0, 4096, 0x22);
+  ASSERT_FALSE(before);
+  EXPECT_EQ(before.error().value(), EPERM);
+  EXPECT_EQ(rig.db->write_back()->stats().entries_queued, 0u);
+  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  FaultRule slow;
+  slow.ops = op_bit(IoOp::write);
+  slow.error = 0;
+  slow.delay = std::chrono::milliseconds(10);
+  rig.disk_fault->add_rule(slow);
+  auto body = [&]() -> Task<void> {
+    auto a = pattern(4096, 0x22);
+    for (std::uint64_t i = 0; i < 8; ++i) {
+      EXPECT_TRUE(co_await rig.primary->write(i * 65536, a, WriteFlags::none));
+    }
+    Result<void> stop = co_await rig.db->stop_replication(StopMode::discard);
+    EXPECT_TRUE(stop) << (stop ? "" : stop.error().to_string());
+  };
+  run_task(rig.io, body());
+  for (std::uint64_t i = 0; i < 8; ++i) {
+    EXPECT_TRUE(range_is(rig.disk_mem->data(), i * 65536, 4096, 0x22)) << i;
+  }
+  EXPECT_EQ(rig.db->state(), BufferState::idle);
+}
+
 // One crash iteration: a write stream of 4 writers on disjoint quarters and a checkpointer
 // that quiesces them; the loop runs a seeded number of steps, then the media are taken as a
 // crash leaves them (kill -9: every write that reached them; power cut: only flushed ones).
@@ -672,11 +861,16 @@ void crash_iteration(std::uint64_t seed, bool power_cut) {
   const std::uint32_t block = prng() % 2 == 0 ? 4096 : 65536;
   const std::uint64_t disk_bytes = 512 * 1024;
   Rig rig(block, disk_bytes, true);
+  const bool write_back = prng() % 2 == 0;
+  if (write_back) rig.options.write_back_bytes = 256 * 1024;
   for (auto& b : rig.disk_mem->data()) b = static_cast<std::byte>(prng());
+  // What the primary's acknowledged writes make of the disk (with the write-back queue the
+  // disk itself lags behind).
+  std::vector<std::byte> model = rig.disk_image();
   rig.open();
   ASSERT_TRUE(rig.call(rig.db->start_replication(disk_bytes)));
   std::map<std::uint64_t, std::vector<std::byte>> images;
-  images[0] = rig.disk_image();
+  images[0] = model;
   std::uint64_t acked = 0;
   int writers_busy = 0;
   bool hold = false;
@@ -694,12 +888,16 @@ void crash_iteration(std::uint64_t seed, bool power_cut) {
                                                         (id + 1) * quarter - off);
       IoResult r;
       switch (wp() % 8) {
-        case 0: r = co_await rig.primary->write_zeroes(off, len, WriteFlags::none); break;
+        case 0:
+          r = co_await rig.primary->write_zeroes(off, len, WriteFlags::none);
+          if (r) std::memset(model.data() + off, 0, len);
+          break;
         case 1: r = co_await rig.primary->flush(); break;
         default:
           data.assign(len, static_cast<std::byte>(wp()));
           r = co_await rig.primary->write(off, data, wp() % 5 == 0 ? WriteFlags::fua
                                                                    : WriteFlags::none);
+          if (r) std::memcpy(model.data() + off, data.data(), len);
       }
       EXPECT_TRUE(r);
       --writers_busy;
@@ -712,7 +910,7 @@ void crash_iteration(std::uint64_t seed, bool power_cut) {
       for (int i = 0; i < 30; ++i) co_await asio::post(ex, asio::use_awaitable);
       hold = true;
       while (writers_busy != 0) co_await changed.wait();
-      images[epoch] = rig.disk_image();
+      images[epoch] = model;
       Result<void> r = co_await rig.db->do_checkpoint(epoch);
       EXPECT_TRUE(r);
       acked = epoch;
