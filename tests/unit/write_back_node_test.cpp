@@ -907,32 +907,37 @@ TEST(WriteBackNode, DiscardDropsTheQueueAndCancelsWaiters) {
   WriteBackOptions o;
   o.queue_bytes_max = 16384;
   o.inflight_max = 1;
+  o.fua_waits = true;
   Fixture fx(o);
   fx.fault->add_rule({.ops = op_bit(IoOp::write), .error = 0, .delay = 50ms});
-  Op a, b, f, h, c, d;
+  Op a, b, fua, f, h, c, d;
   start(fx.io, do_write(fx.node.get(), 0, pattern(4096, 0x11), &a));
   settle(fx.io);
   fx.node->begin_hold();
   start(fx.io, do_write(fx.node.get(), 65536, pattern(4096, 0x22), &b));
+  start(fx.io, do_write(fx.node.get(), 98304, pattern(4096, 0x55), &fua, WriteFlags::fua));
   start(fx.io, do_flush(fx.node.get(), &f));
   start(fx.io, do_wait_hold(fx.node.get(), &h));
   start(fx.io, do_write(fx.node.get(), 131072, pattern(12288, 0x33), &c));  // waits for space
   settle(fx.io);
   ASSERT_TRUE(a.done && b.done);
-  EXPECT_FALSE(f.done || h.done || c.done);
-  EXPECT_EQ(fx.node->queued_entries(), 3u);  // marker, B, flush
+  EXPECT_FALSE(fua.done || f.done || h.done || c.done);
+  EXPECT_EQ(fx.node->queued_entries(), 4u);  // marker, B, the FUA write, flush
   EXPECT_EQ(fx.node->inflight_entries(), 1u);
 
   start(fx.io, do_discard(fx.node.get(), &d));
   settle(fx.io);
   EXPECT_FALSE(d.done);  // A is still in flight
-  ASSERT_TRUE(f.done && h.done && c.done);
+  ASSERT_TRUE(fua.done && f.done && h.done && c.done);
   EXPECT_EQ(f.result.error(), make_errc(ECANCELED));
   EXPECT_EQ(h.result.error(), make_errc(ECANCELED));
-  EXPECT_TRUE(c.result);  // without report_failure a freed writer returns success
+  // Without report_failure a freed writer, and a FUA writer whose entry was dropped, return
+  // success.
+  EXPECT_TRUE(c.result);
+  EXPECT_TRUE(fua.result);
   EXPECT_EQ(fx.node->queued_entries(), 0u);
   EXPECT_EQ(fx.node->space_waiting_count(), 0u);
-  EXPECT_EQ(fx.node->stats().entries_dropped, 3u);
+  EXPECT_EQ(fx.node->stats().entries_dropped, 4u);
   EXPECT_TRUE(all_bytes(fx.mem->data().subspan(0, 4096), 0x00));
 
   ASSERT_TRUE(run_until(fx.io, [&] { return d.done; }));
@@ -957,6 +962,7 @@ TEST(WriteBackNode, DiscardDropsTheQueueAndCancelsWaiters) {
   EXPECT_TRUE(all_bytes(fx.mem->data().subspan(196608, 4096), 0x44));
   // The dropped entries never reached the peer.
   EXPECT_EQ(count_calls(*fx.rec, "begin write 65536"), 0u);
+  EXPECT_EQ(count_calls(*fx.rec, "begin write 98304"), 0u);
   EXPECT_EQ(count_calls(*fx.rec, "begin write 131072"), 0u);
   EXPECT_EQ(count_calls(*fx.rec, "begin flush 0"), 0u);
   EXPECT_TRUE(all_bytes(fx.mem->data().subspan(65536, 4096), 0x00));
