@@ -237,6 +237,7 @@ Task<Result<void>> Replicator::pair(bool force) {
   if (options_.async_mode) {
     WriteBackOptions ao;
     ao.queue_bytes_max = options_.async_queue_bytes;
+    ao.failure_event = "async_peer_failed";  // the operator-visible event name of async mode
     peer_async_ = std::make_shared<WriteBackNode>("async-" + options_.peer_child, ex_, peer_nbd_,
                                                   ao);
     peer_async_->set_on_failure([weak](int err) {

@@ -1,4 +1,5 @@
-// WriteBackNode: the hold (checkpoint barrier) and drain; the queue is in write_back_node.cpp.
+// WriteBackNode: the hold (checkpoint barrier), discard and drain; the queue is in
+// write_back_node.cpp.
 
 #include "shared/write_back_node.hpp"
 
@@ -17,7 +18,9 @@ HoldTicket WriteBackNode::begin_hold() {
   ++stats_.holds;
   hold_completion_ = std::make_shared<Completion>();
   if (failed_) {
-    hold_seq_ = next_seq_;
+    // No marker, but a sequence number of its own: should discard() clear the failure while
+    // this hold is active, entries queued afterwards still sit behind it.
+    hold_seq_ = next_seq_++;
     hold_completion_->done = true;
     hold_completion_->result = io_error(error_);
     t.marker_seq = hold_seq_;
@@ -52,6 +55,32 @@ void WriteBackNode::release() {
   hold_completion_.reset();
   pump();
   progress_.notify_all();
+}
+
+// --- discard -------------------------------------------------------------------------------
+
+Task<void> WriteBackNode::discard() {
+  ++stats_.discards;
+  drop_queued(ECANCELED);
+  // The entries in flight finish on the peer, but their outcome no longer matters: a barrier's
+  // waiter is answered now, a failure will not be recorded.
+  for (Entry* e : inflight_) {
+    if (e->abandoned) continue;  // a second discard() while the first still waits
+    e->abandoned = true;
+    ++abandoned_inflight_;
+    if (is_barrier(e->kind) && e->completion && !e->completion->done) {
+      finish(*e->completion, io_error(ECANCELED), false);
+    }
+  }
+  // A hold begun while failed has no marker; its completion is already done.
+  if (hold_completion_ && !hold_completion_->done) {
+    finish(*hold_completion_, io_error(ECANCELED), false);
+  }
+  free_space_waiters(ECANCELED);
+  failed_ = false;
+  error_ = 0;
+  progress_.notify_all();
+  while (abandoned_inflight_ != 0) co_await progress_.wait();
 }
 
 // --- drain ---------------------------------------------------------------------------------

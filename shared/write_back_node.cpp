@@ -79,22 +79,40 @@ bool WriteBackNode::fits(std::uint64_t cost_bytes) const {
          cost_bytes <= options_.queue_bytes_max - used_bytes_;
 }
 
-Task<bool> WriteBackNode::reserve(std::uint64_t cost_bytes) {
+Task<int> WriteBackNode::reserve(std::uint64_t cost_bytes) {
   if (space_waiters_.empty() && fits(cost_bytes)) {
     add_used(cost_bytes);
-    co_return true;
+    co_return 0;
   }
   SpaceWaiter w;
   w.cost_bytes = cost_bytes;
   space_waiters_.push_back(&w);
   ++stats_.space_waits;
   co_await w.event.wait();
+  if (!w.granted) co_return w.freed_error;
   // Rule 18: the node may have failed after the space was granted.
-  if (w.granted && failed_) {
+  if (failed_) {
+    CHECK(used_bytes_ >= cost_bytes);
     used_bytes_ -= cost_bytes;
-    co_return false;
+    co_return error_;
   }
-  co_return w.granted;
+  co_return 0;
+}
+
+void WriteBackNode::free_space_waiters(int err) {
+  auto waiters = std::move(space_waiters_);
+  space_waiters_.clear();
+  for (SpaceWaiter* w : waiters) {
+    w->granted = false;
+    w->freed_error = err;
+    w->event.notify_all(true);
+  }
+}
+
+IoResult WriteBackNode::unqueued_result(int err) const {
+  // Without report_failure the writer is told success (the async contract: the local disk has
+  // the data and the coordinator detaches the peer).
+  return options_.report_failure ? io_error(err) : IoResult{};
 }
 
 void WriteBackNode::grant_space() {
@@ -187,9 +205,12 @@ Task<void> WriteBackNode::send(EntryList::iterator it) {
       r = co_await peer_.write_zeroes(e.offset_bytes, e.length_bytes, e.flags);
       break;
     case Kind::flush:
-    case Kind::hold:
       // A peer without flush has nothing volatile to flush.
       if (peer_.node().limits().can_flush) r = co_await peer_.flush();
+      break;
+    case Kind::hold:
+      // Without hold_flushes the marker is only a barrier: the owner makes the peer durable.
+      if (options_.hold_flushes && peer_.node().limits().can_flush) r = co_await peer_.flush();
       break;
   }
   complete(it, r);
@@ -205,16 +226,25 @@ void WriteBackNode::complete(EntryList::iterator it, IoResult r) {
   if (is_barrier(e.kind)) barrier_inflight_ = false;
   CHECK(used_bytes_ >= e.cost_bytes);
   used_bytes_ -= e.cost_bytes;
+  if (e.abandoned) {
+    // discard() gave up on this entry's session: its outcome is nobody's failure.
+    CHECK(abandoned_inflight_ > 0);
+    --abandoned_inflight_;
+  }
   if (r) {
     ++stats_.entries_sent;
     if (e.kind == Kind::write) stats_.bytes_sent += e.length_bytes;
-  } else if (!failed_) {
+  } else if (!failed_ && !e.abandoned) {
     fail(e, r.error());
   }
-  if (e.completion) {
-    e.completion->done = true;
-    e.completion->result = failed_ ? io_error(error_) : IoResult{};
-    e.completion->event.notify_all(true);
+  if (e.completion && !e.completion->done) {
+    // A barrier reports the node's state (its own failure or success); a FUA entry its own
+    // outcome on the peer.
+    if (is_barrier(e.kind)) {
+      finish(*e.completion, failed_ ? io_error(error_) : IoResult{}, true);
+    } else {
+      finish(*e.completion, r, true);
+    }
   }
   CHECK(it != next_);
   queue_.erase(it);
@@ -228,9 +258,9 @@ void WriteBackNode::fail(const Entry& e, const error_code& ec) {
   failed_ = true;
   error_ = ec.value() != 0 ? ec.value() : EIO;
   const std::uint64_t dropped = queued_count_;
-  const std::uint64_t dropped_bytes = drop_queued();
+  const std::uint64_t dropped_bytes = drop_queued(error_);
   log::Event ev;
-  ev.name = "async_peer_failed";
+  ev.name = options_.failure_event;
   ev.fields = {{"node", name_},
                {"child", peer_.name()},
                {"op", std::string(to_string(op_of(e.kind)))},
@@ -240,19 +270,22 @@ void WriteBackNode::fail(const Entry& e, const error_code& ec) {
                {"dropped_entries", std::to_string(dropped)},
                {"dropped_bytes", std::to_string(dropped_bytes)}};
   log::event(std::move(ev));
-  // Writers waiting for space return success without queueing (the async contract).
-  auto waiters = std::move(space_waiters_);
-  space_waiters_.clear();
-  for (SpaceWaiter* w : waiters) {
-    w->granted = false;
-    w->event.notify_all(true);
-  }
+  // Writers waiting for space return without queueing (unqueued_result()).
+  free_space_waiters(error_);
   if (on_failure_) {
     asio::post(executor_, [callback = on_failure_, err = error_] { callback(err); });
   }
 }
 
-std::uint64_t WriteBackNode::drop_queued() {
+void WriteBackNode::finish(Completion& c, IoResult r, bool sent) {
+  CHECK(!c.done);
+  c.done = true;
+  c.sent = sent;
+  c.result = r;
+  c.event.notify_all(true);
+}
+
+std::uint64_t WriteBackNode::drop_queued(int err) {
   std::uint64_t dropped_bytes = 0;
   while (next_ != queue_.end()) {
     Entry& e = *next_;
@@ -262,11 +295,7 @@ std::uint64_t WriteBackNode::drop_queued() {
     dropped_bytes += e.cost_bytes;
     --queued_count_;
     ++stats_.entries_dropped;
-    if (e.completion) {
-      e.completion->done = true;
-      e.completion->result = io_error(error_);
-      e.completion->event.notify_all(true);
-    }
+    if (e.completion && !e.completion->done) finish(*e.completion, io_error(err), false);
     next_ = queue_.erase(next_);
   }
   CHECK(queued_count_ == 0);
@@ -278,47 +307,47 @@ std::uint64_t WriteBackNode::drop_queued() {
 
 Task<IoResult> WriteBackNode::write(std::uint64_t offset_bytes, std::span<const std::byte> in,
                                     WriteFlags flags) {
-  check_range(IoOp::write, offset_bytes, in.size());
-  if (failed_) co_return IoResult{};
-  const bool granted = co_await reserve(in.size());
-  if (!granted) co_return IoResult{};  // freed by a failure
-  Entry e;
-  e.kind = Kind::write;
-  e.offset_bytes = offset_bytes;
-  e.length_bytes = in.size();
-  e.flags = without_fast_zero(flags);
-  e.cost_bytes = in.size();
-  e.data.assign(in.begin(), in.end());
-  push(std::move(e));
-  pump();
-  co_return IoResult{};
+  return enqueue(Kind::write, offset_bytes, in.size(), flags, in);
 }
 
-Task<IoResult> WriteBackNode::enqueue_range(Kind kind, std::uint64_t offset_bytes,
-                                            std::uint64_t length_bytes, WriteFlags flags) {
+Task<IoResult> WriteBackNode::enqueue(Kind kind, std::uint64_t offset_bytes,
+                                      std::uint64_t length_bytes, WriteFlags flags,
+                                      std::span<const std::byte> payload) {
   check_range(op_of(kind), offset_bytes, length_bytes);
-  if (failed_) co_return IoResult{};
-  const bool granted = co_await reserve(kControlEntryCostBytes);
-  if (!granted) co_return IoResult{};
+  if (failed_) co_return unqueued_result(error_);
+  const std::uint64_t cost_bytes = kind == Kind::write ? length_bytes : kControlEntryCostBytes;
+  const int freed_error = co_await reserve(cost_bytes);
+  if (freed_error != 0) co_return unqueued_result(freed_error);
   Entry e;
   e.kind = kind;
   e.offset_bytes = offset_bytes;
   e.length_bytes = length_bytes;
   e.flags = without_fast_zero(flags);
-  e.cost_bytes = kControlEntryCostBytes;
+  e.cost_bytes = cost_bytes;
+  // The payload is copied only once the space is granted: waiting writers hold no copy.
+  if (kind == Kind::write) e.data.assign(payload.begin(), payload.end());
+  std::shared_ptr<Completion> completion;
+  if (options_.fua_waits && has(flags, WriteFlags::fua)) {
+    completion = std::make_shared<Completion>();
+    e.completion = completion;
+    ++stats_.fua_waits;
+  }
   push(std::move(e));
   pump();
-  co_return IoResult{};
+  if (!completion) co_return IoResult{};
+  while (!completion->done) co_await completion->event.wait();
+  if (!completion->sent) co_return unqueued_result(completion->result.error().value());
+  co_return completion->result;
 }
 
 Task<IoResult> WriteBackNode::trim(std::uint64_t offset_bytes, std::uint64_t length_bytes,
                                    WriteFlags flags) {
-  return enqueue_range(Kind::trim, offset_bytes, length_bytes, flags);
+  return enqueue(Kind::trim, offset_bytes, length_bytes, flags, {});
 }
 
 Task<IoResult> WriteBackNode::write_zeroes(std::uint64_t offset_bytes,
                                            std::uint64_t length_bytes, WriteFlags flags) {
-  return enqueue_range(Kind::write_zeroes, offset_bytes, length_bytes, flags);
+  return enqueue(Kind::write_zeroes, offset_bytes, length_bytes, flags, {});
 }
 
 Task<IoResult> WriteBackNode::flush() {

@@ -1,6 +1,10 @@
 #pragma once
-// WriteBackNode: the `async` write mode towards the secondary, as a filter over one child
-// ("peer", normally the NBD client node). docs/async_replication.md has the design.
+// WriteBackNode: a write-back queue as a filter over one child ("peer"). On the primary it is
+// the `async` write mode towards the secondary (the child is the NBD client node); on the
+// secondary it sits in front of the disk buffer and queues the replication export's writes.
+// docs/async_replication.md has the design. WriteBackOptions selects the per-site behaviour;
+// its defaults are the primary's (the text below describes the defaults and names the options
+// that change it).
 //
 // Queue:
 // - write, trim and write_zeroes are appended to an in-memory queue and complete with success
@@ -8,6 +12,11 @@
 //   An entry costs its payload bytes (write) or kControlEntryCostBytes (trim, write_zeroes);
 //   flush entries and hold markers cost nothing. The cost is released when the entry
 //   completed on the peer (or was dropped).
+// - fua_waits: a write, trim or write_zeroes carrying WriteFlags::fua is queued like any
+//   other entry (same order rules) but its Task completes only when the entry completed on
+//   the peer, with the peer's result (a trim refused with ENOTSUP counts as success, below).
+//   If the entry is dropped unsent (failure, discard()) it completes like a writer freed while
+//   waiting for space (see Failure and discard()).
 // - Bound: when queued_bytes() + cost would exceed queue_bytes_max, the caller waits for space,
 //   in arrival order (never dropped, never failed for being full). An entry larger than
 //   queue_bytes_max is admitted when the queue is empty.
@@ -39,13 +48,17 @@
 //   and returns a ticket. The marker is a flush barrier: when every entry before it completed,
 //   the peer is flushed. Entries queued after the marker are not sent until release(); they
 //   accumulate, still bounded by queue_bytes_max (writers then wait for space until release).
-// - wait_hold() completes when the marker's flush completed: success means the peer holds and
-//   has flushed everything queued before the marker. It returns the sticky error when the node
-//   failed. Call it between begin_hold() and release().
+// - hold_flushes = false: the marker does not flush the peer (the owner makes the peer durable
+//   itself, e.g. the disk buffer's checkpoint); it completes as soon as every entry before it
+//   completed successfully. It is still a barrier.
+// - wait_hold() completes when the marker completed (flushed, with hold_flushes): success
+//   means the peer has (and has flushed) everything queued before the marker. It returns the
+//   sticky error when the node failed, ECANCELED when discard() cancelled the marker. Call it
+//   between begin_hold() and release().
 // - hold() = begin_hold() + wait_hold().
 // - release(): resumes sending behind the marker. Allowed before wait_hold() completed (an
-//   aborted checkpoint): the marker then stays a plain flush barrier, and a pending
-//   wait_hold() still completes with the marker's flush outcome.
+//   aborted checkpoint): the marker then stays a plain barrier, and a pending wait_hold()
+//   still completes with the marker's outcome.
 // - begin_hold() while held() is a programmer error (CHECK); so are wait_hold() and release()
 //   while not held().
 // Checkpoint use (async mode): gate.close(); t = begin_hold(); gate.open();
@@ -53,14 +66,29 @@
 //   only the local in-flight drain.
 //
 // Failure (sticky): the first entry that fails on the peer (any errno but the trim case above)
-// puts the node in the failed state: error() holds the errno, an "async_peer_failed" event
-// names the node, op, offset, length and error, every queued entry not yet sent is dropped
-// (waiting writers are freed and return success), pending flush()/wait_hold() return the
-// error, and the on_failure callback runs once (posted to the executor, never inline). From
-// then on write, trim and write_zeroes complete with success at once without being queued (the
-// local disk has the data; the coordinator detaches the peer: the async contract); flush(),
-// read() and wait_hold() return the sticky error. Requests already in flight on the peer still
-// complete (their outcome is ignored).
+// puts the node in the failed state: error() holds the errno, a structured event named
+// options().failure_event ("write_back_failed" by default; the primary's replicator uses
+// "async_peer_failed") names the node, op, offset, length and error, every queued entry not
+// yet sent is dropped, writers waiting for space are freed, pending flush()/wait_hold() return
+// the error, and the on_failure callback runs once (posted to the executor, never inline).
+// From then on, by default, write, trim and write_zeroes complete with success at once without
+// being queued, and freed writers return success too (the local disk has the data; the
+// coordinator detaches the peer: the async contract). With report_failure they return the
+// sticky error instead (io_error(error())), freed writers included, and still queue nothing.
+// flush(), read() and wait_hold() return the sticky error. Requests already in flight on the
+// peer still complete (their outcome is ignored, except for a FUA writer waiting for it).
+//
+// discard() (failover, or the end of a replication session): synchronously drops every entry
+// not yet sent (counted in stats().entries_dropped), completes every pending flush() and the
+// pending wait_hold() with ECANCELED (also when their barrier is already in flight), frees the
+// writers waiting for space (ECANCELED with report_failure, success otherwise; a FUA writer
+// whose entry was dropped likewise) and clears the failure (failed() false, error() 0). Then it
+// waits until every entry that was in flight on the peer at the call completed (their outcome
+// is ignored: no failure, no event; a FUA writer still gets its peer's result). The node is
+// usable again from the call on: requests arriving while discard() waits are queued normally
+// behind the abandoned in-flight entries (the order rules hold against them); a later failure
+// is a new failure (event and callback again). An active hold stays active: held() stays true
+// and entries queued behind it wait for release(); begin_hold() after release() works normally.
 //
 // drain(): waits until every entry queued before the call completed on the peer, except the
 // entries behind an active (unreleased) hold marker: with a hold active it waits for the
@@ -90,20 +118,33 @@
 
 namespace colo {
 
+// The defaults are the primary's async mode; the secondary sets report_failure, fua_waits and
+// hold_flushes = false (see the header comment).
 struct WriteBackOptions {
   std::uint64_t queue_bytes_max = 64ull * kMiB;
   std::uint32_t inflight_max = 32;  // entries in flight on the peer at once, >= 1
+  // Name of the structured event logged on the first failure.
+  std::string failure_event = "write_back_failed";
+  // After a failure, write / trim / write_zeroes (and writers freed by it) return the sticky
+  // error instead of success.
+  bool report_failure = false;
+  // A FUA write / trim / write_zeroes completes when the peer completed it, with its result.
+  bool fua_waits = false;
+  // The hold marker flushes the peer; false: it completes once everything before it completed.
+  bool hold_flushes = true;
 };
 
 struct WriteBackStats {
   std::uint64_t entries_queued = 0;         // write, trim, write_zeroes, flush entries
   std::uint64_t entries_sent = 0;           // completed successfully on the peer (markers too)
   std::uint64_t bytes_sent = 0;             // write payload bytes completed on the peer
-  std::uint64_t entries_dropped = 0;        // dropped unsent after a failure
+  std::uint64_t entries_dropped = 0;        // dropped unsent (failure, discard())
   std::uint64_t space_waits = 0;            // writers that had to wait for queue space
   std::uint64_t overlap_waits = 0;          // times the head entry waited for an overlap
   std::uint64_t queued_bytes_max_seen = 0;  // high-water mark of queued_bytes()
   std::uint64_t holds = 0;                  // begin_hold() calls
+  std::uint64_t discards = 0;               // discard() calls
+  std::uint64_t fua_waits = 0;              // writers that waited for their entry (fua_waits)
 };
 
 // What begin_hold() saw at the tail of the queue when it inserted the marker.
@@ -144,6 +185,10 @@ class WriteBackNode final : public BlockNode {
   void release();
   bool held() const { return held_; }
 
+  // Drops the queue, cancels pending flush()/wait_hold(), clears the failure; completes when
+  // the entries in flight at the call completed on the peer (see above).
+  Task<void> discard();
+
   // Failure (see above). The callback gets the errno; set it before traffic starts.
   void set_on_failure(std::function<void(int err)> callback);
   bool failed() const { return failed_; }
@@ -164,9 +209,11 @@ class WriteBackNode final : public BlockNode {
  private:
   enum class Kind : std::uint8_t { write, trim, write_zeroes, flush, hold };
   enum class State : std::uint8_t { queued, inflight };
-  // Outcome of a flush entry or hold marker, shared with whoever awaits it.
+  // Outcome of a flush entry, hold marker or waited-for FUA entry, shared with whoever awaits
+  // it. `sent`: the outcome is the peer's (false when the entry was dropped unsent).
   struct Completion {
     bool done = false;
+    bool sent = false;
     IoResult result;
     AsyncEvent event;
   };
@@ -178,21 +225,28 @@ class WriteBackNode final : public BlockNode {
     std::uint64_t length_bytes = 0;
     WriteFlags flags = WriteFlags::none;
     std::uint64_t cost_bytes = 0;
+    bool abandoned = false;                   // in flight when discard() ran
     std::vector<std::byte> data;              // write payload (a copy)
-    std::shared_ptr<Completion> completion;   // flush and hold
+    std::shared_ptr<Completion> completion;   // flush, hold, FUA with fua_waits
   };
   using EntryList = std::list<Entry>;
   struct SpaceWaiter {
     std::uint64_t cost_bytes = 0;
     bool granted = false;
+    int freed_error = 0;  // why it was freed without space: the sticky error or ECANCELED
     AsyncEvent event;
   };
 
   static bool is_barrier(Kind k) { return k == Kind::flush || k == Kind::hold; }
   static IoOp op_of(Kind k);
   void check_range(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes) const;
-  // Waits for (and takes) `cost_bytes` of queue space; false when freed by a failure.
-  Task<bool> reserve(std::uint64_t cost_bytes);
+  // Waits for (and takes) `cost_bytes` of queue space: 0, or the errno of the failure
+  // (or ECANCELED from discard()) that freed the writer without space.
+  Task<int> reserve(std::uint64_t cost_bytes);
+  // Frees every writer waiting for space with `err`.
+  void free_space_waiters(int err);
+  // What a writer freed without queueing (or whose entry was dropped) returns.
+  IoResult unqueued_result(int err) const;
   bool fits(std::uint64_t cost_bytes) const;
   void grant_space();
   void add_used(std::uint64_t cost_bytes);
@@ -204,10 +258,12 @@ class WriteBackNode final : public BlockNode {
   Task<void> send(EntryList::iterator it);
   void complete(EntryList::iterator it, IoResult r);
   void fail(const Entry& e, const error_code& ec);
-  // Drops every entry not yet sent; returns their cost.
-  std::uint64_t drop_queued();
-  Task<IoResult> enqueue_range(Kind kind, std::uint64_t offset_bytes,
-                               std::uint64_t length_bytes, WriteFlags flags);
+  // Drops every entry not yet sent, completing their waiters with `err`; returns their cost.
+  std::uint64_t drop_queued(int err);
+  static void finish(Completion& c, IoResult r, bool sent);
+  // write (payload non-empty), trim, write_zeroes.
+  Task<IoResult> enqueue(Kind kind, std::uint64_t offset_bytes, std::uint64_t length_bytes,
+                         WriteFlags flags, std::span<const std::byte> payload);
   bool pending_before(std::uint64_t seq_end) const;
 
   std::string name_;
@@ -219,6 +275,7 @@ class WriteBackNode final : public BlockNode {
   EntryList::iterator next_;             // next entry to send (queue_.end() when none)
   std::vector<Entry*> inflight_;         // entries in flight on the peer
   bool barrier_inflight_ = false;
+  std::uint64_t abandoned_inflight_ = 0;  // in flight when discard() ran, not yet completed
   bool pumping_ = false;
   bool repump_ = false;
   std::uint64_t next_seq_ = 1;
