@@ -238,6 +238,9 @@ Task<Result<void>> Replicator::pair(bool force) {
     WriteBackOptions ao;
     ao.queue_bytes_max = options_.async_queue_bytes;
     ao.failure_event = "async_peer_failed";  // the operator-visible event name of async mode
+    // The secondary flushes its disk when it records the checkpoint; the marker only has to
+    // follow every write before the cut (acknowledged by the secondary).
+    ao.hold_flushes = false;
     peer_async_ = std::make_shared<WriteBackNode>("async-" + options_.peer_child, ex_, peer_nbd_,
                                                   ao);
     peer_async_->set_on_failure([weak](int err) {

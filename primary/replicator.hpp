@@ -10,11 +10,12 @@
 // sides; a mismatch names both values), start replication on the secondary, then open the NBD
 // peer and add it to the quorum.
 // Checkpoint(E+1): close the gate (new writes wait, in-flight ones finish: in sync mode they
-// are then on both children), check that no peer write failed in the epoch; async mode inserts
-// a hold marker in the peer queue and opens the gate at once (the pause ends there), then waits
-// until the peer has everything before the marker; sync mode keeps the gate closed. Then
-// Checkpoint(E+1) on the channel, the secondary's acknowledgement (durable there), the gate
-// opens (sync) or the queue resumes (async), and E+1 is recorded durably here.
+// are then acknowledged by both children), check that no peer write failed in the epoch; async
+// mode inserts a hold marker in the peer queue, opens the gate at once (the pause ends there)
+// and waits until the secondary acknowledged everything before the marker. Then
+// CheckpointCut(E+1) on the channel: the secondary registers the cut and answers at once; the
+// gate opens (sync) or the queue resumes (async): the pause ends. Then Checkpoint(E+1), answered
+// when the secondary recorded it durably, and E+1 is recorded durably here.
 // A lost secondary (channel loss, heartbeat timeout, a failed peer write or checkpoint): the
 // peer child is closed and removed, the primary goes on with its local disk, the state says
 // the secondary is stale, and the durable record says the disks diverged (pairing again needs a

@@ -19,6 +19,7 @@
 #include "process.hpp"
 #include "replication.pb.h"
 #include "shared/frame.hpp"
+#include "shared/replication_channel.hpp"
 #include "tcp_proxy.hpp"
 #include "test_support.hpp"
 
@@ -414,7 +415,7 @@ TEST(Pair, MalformedFramesAndWrongPeersChangeNothing) {
     ASSERT_TRUE(r && r->has_error());
     EXPECT_EQ(r->error().code(), replication::ERROR_VERSION);
     EXPECT_NE(r->error().message().find("99"), std::string::npos);
-    c.send(hello(1, "nope"));
+    c.send(hello(kReplicationProtocolVersion, "nope"));
     r = c.reply();
     ASSERT_TRUE(r && r->has_error());
     EXPECT_EQ(r->error().code(), replication::ERROR_RESOURCE);
@@ -423,6 +424,13 @@ TEST(Pair, MalformedFramesAndWrongPeersChangeNothing) {
     cp.set_seq(3);
     cp.mutable_checkpoint()->set_epoch(5);
     c.send(cp);
+    r = c.reply();
+    ASSERT_TRUE(r && r->has_error());
+    EXPECT_EQ(r->error().code(), replication::ERROR_PROTOCOL);
+    replication::Envelope cut;
+    cut.set_seq(4);
+    cut.mutable_checkpoint_cut()->set_epoch(5);
+    c.send(cut);
     r = c.reply();
     ASSERT_TRUE(r && r->has_error());
     EXPECT_EQ(r->error().code(), replication::ERROR_PROTOCOL);

@@ -727,7 +727,9 @@ TEST(DiskBufferWriteBack, TheCutSplitsTheEpochsAndFailoverYieldsTheCheckpoint) {
     // A second cut while the first is being recorded is refused, changing nothing.
     Result<void> again = rig.db->checkpoint_cut(2);
     EXPECT_FALSE(again);
-    if (!again) EXPECT_EQ(again.error().code.value(), EBUSY);
+    if (!again) {
+      EXPECT_EQ(again.error().code.value(), EBUSY);
+    }
     Result<void> done = co_await rig.db->do_checkpoint(1);
     EXPECT_TRUE(done) << (done ? "" : done.error().to_string());
     // Repeating it now is refused (stale).
