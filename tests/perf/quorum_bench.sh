@@ -127,8 +127,8 @@ for round in $(seq "$rounds"); do
         --ramp_time=0.5 --randrepeat=0 "${pattern_args[@]}" --output-format=json >"$out" \
         2>"$work/fio.err" || { echo "fio failed on $target ($row):" >&2; cat "$work/fio.err" "$out" >&2;
                                tail -n 20 "$work/$target.log" >&2; exit 1; }
-      printf '%s\t%s\t%s\t%s\n' "$rw $bs QD$qd" "$target" "$round" "$(fio_summary "$out")" \
-        >>"$results"
+      summary=$(fio_summary "$out")  # an assignment: a parse error stops the run (set -e)
+      printf '%s\t%s\t%s\t%s\n' "$rw $bs QD$qd" "$target" "$round" "$summary" >>"$results"
     done
   done
 done
