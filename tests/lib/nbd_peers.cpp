@@ -40,7 +40,7 @@ void NbdkitServer::start() {
     std::remove(sock_.c_str());  // a killed server leaves its socket behind
   }
   argv.insert(argv.end(), args_.begin(), args_.end());
-  proc_ = PeerProcess::start(argv, log_);
+  proc_ = Process::start(argv, log_);
   const bool up = listen_ == Listen::tcp ? wait_for_tcp_port(port_, 10s)
                                          : wait_for_unix_socket(sock_, 10s);
   if (!up) throw std::runtime_error("nbdkit did not start: " + log_);
@@ -61,9 +61,9 @@ QemuNbdServer::QemuNbdServer(const std::string& dir, const std::string& name,
 
 void QemuNbdServer::start() {
   std::remove(sock_.c_str());
-  proc_ = PeerProcess::start({"qemu-nbd", "--socket=" + sock_, "--format=raw", "--persistent",
-                              "--cache=writeback", "--discard=unmap", "--shared=8", file_},
-                             log_);
+  proc_ = Process::start({"qemu-nbd", "--socket=" + sock_, "--format=raw", "--persistent",
+                          "--cache=writeback", "--discard=unmap", "--shared=8", file_},
+                         log_);
   if (!wait_for_unix_socket(sock_, 10s)) {
     throw std::runtime_error("qemu-nbd did not start: " + log_);
   }

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "peer_process.hpp"
+#include "process.hpp"
 #include "shared/nbd_client_node.hpp"
 #include "shared/log.hpp"
 #include "shared/task.hpp"
@@ -45,7 +45,7 @@ class NbdkitServer {
   std::vector<std::string> args_;
   Listen listen_;
   int port_ = 0;
-  PeerProcess proc_;
+  Process proc_;
 };
 
 // qemu-nbd exporting a raw file on a unix socket (persistent).
@@ -61,7 +61,7 @@ class QemuNbdServer {
   std::string sock_;
   std::string log_;
   std::string file_;
-  PeerProcess proc_;
+  Process proc_;
 };
 
 // Creates a sparse file of `size_bytes`.

@@ -39,12 +39,17 @@ Process Process::start(const std::vector<std::string>& argv, const std::string& 
     if (log_fd < 0) throw std::runtime_error("cannot open " + log_path);
   }
   pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid < 0) {
+    if (log_fd >= 0) ::close(log_fd);
+    throw std::runtime_error(std::string("fork failed: ") + std::strerror(errno));
+  }
   if (pid == 0) {
     if (log_fd >= 0) {
       ::dup2(log_fd, 1);
       ::dup2(log_fd, 2);
     }
+    const int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (devnull >= 0) ::dup2(devnull, 0);
     ::execvp(args[0], args.data());
     std::fprintf(stderr, "exec %s failed: %s\n", args[0], std::strerror(errno));
     ::_exit(127);
@@ -88,7 +93,7 @@ int Process::stop(int signo, std::chrono::milliseconds timeout) {
   int status = 0;
   for (;;) {
     pid_t r = ::waitpid(pid_, &status, WNOHANG);
-    if (r == pid_) break;
+    if (r == pid_ || (r < 0 && errno == ECHILD)) break;
     if (Clock::now() > deadline) {
       ::kill(pid_, SIGKILL);
       ::waitpid(pid_, &status, 0);

@@ -1,6 +1,7 @@
 #pragma once
-// Helpers for tests that start real programs (colod, qemu-io, nbdinfo, fio...).
-// Every process a test starts is stopped by its PID (kill + waitpid), never by name.
+// The one way tests start real programs (colod, peers like nbdkit and qemu-nbd, clients like
+// qemu-io, nbdinfo, fio...): start one and stop it by its PID (kill + waitpid, never by name),
+// or run one to completion and capture its output; wait for the socket or port it listens on.
 
 #include <sys/types.h>
 
@@ -15,8 +16,9 @@ namespace colo::test {
 class Process {
  public:
   Process() = default;
-  // Starts `argv[0]` (searched in PATH) with `argv`; stdout and stderr go to `log_path`
-  // (appended) when given, else are inherited.
+  // Starts `argv[0]` (searched in PATH) with `argv` and stdin from /dev/null; stdout and
+  // stderr go to `log_path` (appended) when given, else are inherited. Throws
+  // std::runtime_error when the log cannot be opened or fork fails.
   static Process start(const std::vector<std::string>& argv, const std::string& log_path = {});
   ~Process();
   Process(Process&& o) noexcept;

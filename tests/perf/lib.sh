@@ -10,9 +10,12 @@
 #   fio_summary <json>       prints "IOPS<TAB>MiB/s<TAB>p99 us" of fio's JSON output (first job,
 #                            the side that moved data; p99 of the total latency when fio ran
 #                            with --lat_percentiles=1, else of the completion latency)
-#   bench_medians <results>  reads tab-separated lines "key...<TAB>IOPS<TAB>MiB/s<TAB>p99" and
+#   bench_medians <results> [ignore]
+#                            reads tab-separated lines "key...<TAB>IOPS<TAB>MiB/s<TAB>p99" and
 #                            prints one line per distinct key (first-seen order) with the
-#                            medians of the three values and the number of samples
+#                            medians of the three values and the number of samples; the last
+#                            <ignore> key columns (default 0, e.g. a round number) are dropped
+#                            from the key before grouping
 #   bench_load               prints the load average (uptime) on one line
 #
 # Every process started with bench_start is killed and reaped by PID on exit.
@@ -81,12 +84,13 @@ EOF
 }
 
 bench_medians() {
-  $py - "$1" <<'EOF'
+  $py - "$1" "${2:-0}" <<'EOF'
 import statistics, sys
 groups, order = {}, []
+ignore = int(sys.argv[2])
 for line in open(sys.argv[1]):
     *key, iops, bw, p99 = line.rstrip("\n").split("\t")
-    key = tuple(key)
+    key = tuple(key[:len(key) - ignore])
     if key not in groups:
         groups[key] = []
         order.append(key)

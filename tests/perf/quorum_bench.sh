@@ -27,29 +27,14 @@
 #              ROWS (default all: "randwrite 4k 1;randwrite 4k 32;randread 4k 32;write 1m 16").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/perf/lib.sh
 build=${1:-build}
 colod=$(realpath "$build/colod")
 rounds=${ROUNDS:-5}
 runtime=${RUNTIME:-2}
 size_mb=${SIZE_MB:-128}
-py=/usr/bin/python3
-for p in fio qemu-nbd "$colod"; do
-  command -v "$p" >/dev/null || { echo "missing $p" >&2; exit 1; }
-done
-
-work=${BENCH_DIR:-$(mktemp -d /tmp/colo-quorum-bench.XXXXXX)}
-mkdir -p "$work"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ -z "${BENCH_DIR:-}" ]; then rm -rf "$work"; fi
-}
-trap cleanup EXIT
-
-free_port() { $py -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_unix() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
-wait_tcp() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "no port $1" >&2; exit 1; }
+bench_require fio qemu-nbd "$colod"
+bench_init quorum-bench
 
 echo "preparing ${size_mb} MiB files in $work"
 head -c "$((size_mb * 1024 * 1024))" /dev/urandom > "$work/seed.img"
@@ -60,9 +45,8 @@ start_secondary() {  # name -> sets port_<name>
   local name=$1 port
   port=$(free_port)
   cp "$work/seed.img" "$work/$name-peer.img"
-  qemu-nbd -f raw --cache=none --aio=io_uring --persistent --shared=16 -x r0 \
-    -b 127.0.0.1 -p "$port" "$work/$name-peer.img" >"$work/$name-peer.log" 2>&1 &
-  pids+=($!)
+  bench_start "$work/$name-peer.log" qemu-nbd -f raw --cache=none --aio=io_uring --persistent \
+    --shared=16 -x r0 -b 127.0.0.1 -p "$port" "$work/$name-peer.img"
   wait_tcp "$port"
   printf -v "port_${name//-/_}" '%s' "$port"
 }
@@ -88,8 +72,7 @@ quorum {
   read_pattern: "$pattern"
 }
 EOF
-  "$colod" --config "$work/$name.conf" >"$work/$name.log" 2>&1 &
-  pids+=($!)
+  bench_start "$work/$name.log" "$colod" --config "$work/$name.conf"
   wait_unix "$work/$name.sock"
   uri[$name]="nbd+unix:///r0?socket=$work/$name.sock"
 }
@@ -104,8 +87,8 @@ start_qemu() {  # name threshold pattern
   json+="\"aio\":\"io_uring\",\"cache\":{\"direct\":true}}},"
   json+="{\"driver\":\"raw\",\"file\":{\"driver\":\"nbd\",\"server\":{\"type\":\"inet\",\"host\":\"127.0.0.1\","
   json+="\"port\":\"${!pvar}\"},\"export\":\"r0\"}}]}"
-  qemu-nbd --persistent --shared=16 -x r0 -k "$work/$name.sock" "$json" >"$work/$name.log" 2>&1 &
-  pids+=($!)
+  bench_start "$work/$name.log" qemu-nbd --persistent --shared=16 -x r0 -k "$work/$name.sock" \
+    "$json"
   wait_unix "$work/$name.sock"
   uri[$name]="nbd+unix:///r0?socket=$work/$name.sock"
 }
@@ -120,7 +103,7 @@ sync
 IFS=';' read -ra rows <<<"${ROWS:-randwrite 4k 1;randwrite 4k 32;randread 4k 32;write 1m 16}"
 results="$work/results.txt"
 : > "$results"
-echo "load before: $(uptime)"
+echo "load before: $(bench_load)"
 for round in $(seq "$rounds"); do
   # Each colod target runs right next to its QEMU peer (so the per-round ratio compares runs
   # seconds apart). Over every 4 rounds each target takes each of the 4 places once (a later
@@ -144,30 +127,26 @@ for round in $(seq "$rounds"); do
         --ramp_time=0.5 --randrepeat=0 "${pattern_args[@]}" --output-format=json >"$out" \
         2>"$work/fio.err" || { echo "fio failed on $target ($row):" >&2; cat "$work/fio.err" "$out" >&2;
                                tail -n 20 "$work/$target.log" >&2; exit 1; }
-      $py - "$out" "$rw $bs QD$qd" "$target" "$round" >>"$results" <<'EOF'
-import json, sys
-text = open(sys.argv[1]).read()  # the nbd engine prints a line before the JSON
-j = json.loads(text[text.index("{"):])["jobs"][0]
-side = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
-p99 = side["clat_ns"].get("percentile", {}).get("99.000000", 0) / 1000.0
-print("\t".join([sys.argv[2], sys.argv[3], sys.argv[4], f"{side['iops']:.0f}",
-                 f"{side['bw'] / 1024:.1f}", f"{p99:.1f}"]))
-EOF
+      summary=$(fio_summary "$out")  # an assignment: a parse error stops the run (set -e)
+      printf '%s\t%s\t%s\t%s\n' "$rw $bs QD$qd" "$target" "$round" "$summary" >>"$results"
     done
   done
 done
-echo "load after: $(uptime)"
+echo "load after: $(bench_load)"
 
-$py - "$results" <<'EOF'
+bench_medians "$results" 1 >"$work/medians.txt"
+$py - "$work/medians.txt" "$results" <<'EOF'
 import statistics, sys
 from collections import defaultdict
-d = defaultdict(lambda: defaultdict(dict))
-order = []
+m, order = {}, []
 for line in open(sys.argv[1]):
-    row, target, rnd, iops, bw, p99 = line.rstrip("\n").split("\t")
+    row, target, iops, bw, p99, n = line.rstrip("\n").split("\t")
     if row not in order: order.append(row)
-    d[row][target][int(rnd)] = (float(iops), float(bw), float(p99))
-med = lambda xs, i: statistics.median(x[i] for x in xs.values())
+    m[(row, target)] = (float(iops), float(bw), float(p99))
+iops_by_round = defaultdict(dict)  # (row, target) -> round -> IOPS, for the paired ratios
+for line in open(sys.argv[2]):
+    row, target, rnd, iops, bw, p99 = line.rstrip("\n").split("\t")
+    iops_by_round[(row, target)][int(rnd)] = float(iops)
 print()
 print(f"{'row':<18}{'target':<9}{'IOPS':>8}{'MiB/s':>8}{'p99 us':>10}  {'IOPS ratio':>10}"
       f"{'paired':>8}{'p99 ratio':>10}  target")
@@ -175,18 +154,18 @@ for row in order:
     goal = 2.0 if row == "randwrite 4k QD32" else 1.3
     for colo, qemu in (("colo-t1", "qemu-t1"), ("colo-t2", "qemu-t2")):
         for t, peer in ((colo, qemu), (qemu, None)):
-            xs = d[row][t]
-            iops, bw, p99 = med(xs, 0), med(xs, 1), med(xs, 2)
+            iops, bw, p99 = m[(row, t)]
             tail = ""
             if peer:
-                ys = d[row][peer]
-                if med(ys, 0) > 0 and med(ys, 2) > 0:
-                    ratio = iops / med(ys, 0)
+                piops, _, pp99 = m[(row, peer)]
+                if piops > 0 and pp99 > 0:
+                    ratio = iops / piops
+                    xs, ys = iops_by_round[(row, t)], iops_by_round[(row, peer)]
                     paired = statistics.median(
-                        xs[r][0] / ys[r][0] for r in xs if r in ys and ys[r][0] > 0)
+                        xs[r] / ys[r] for r in xs if r in ys and ys[r] > 0)
                     verdict = "met" if ratio >= goal else "MISSED"
                     tail = (f"  {'x%.2f' % ratio:>10}{'x%.2f' % paired:>8}"
-                            f"{'x%.2f' % (p99 / med(ys, 2)):>10}  >= {goal}x {verdict}")
+                            f"{'x%.2f' % (p99 / pp99):>10}  >= {goal}x {verdict}")
             print(f"{row:<18}{t:<9}{iops:>8.0f}{bw:>8.1f}{p99:>10.1f}{tail}")
     print()
 EOF

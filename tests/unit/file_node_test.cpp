@@ -20,6 +20,7 @@
 
 #include "shared/file_node.hpp"
 #include "shared/uring.hpp"
+#include "process.hpp"
 #include "test_support.hpp"
 
 namespace colo {
@@ -666,19 +667,13 @@ TEST(FileNodeTmpfs, WriteZeroesWithoutHoleFallsBackToWritingOrFailsFast) {
 class LoopDevice {
  public:
   explicit LoopDevice(const std::string& backing) {
-    std::string cmd = "losetup -f --show '" + backing + "' 2>/dev/null";
-    FILE* p = popen(cmd.c_str(), "r");
-    if (p == nullptr) return;
-    char line[256] = {};
-    if (fgets(line, sizeof(line), p) != nullptr) path_ = line;
-    if (pclose(p) != 0) path_.clear();
+    auto r = test::run_command({"losetup", "-f", "--show", backing});
+    if (r.exit_code != 0) return;
+    path_ = r.output;
     while (!path_.empty() && (path_.back() == '\n' || path_.back() == ' ')) path_.pop_back();
   }
   ~LoopDevice() {
-    if (!path_.empty()) {
-      std::string cmd = "losetup -d '" + path_ + "'";
-      [[maybe_unused]] int rc = std::system(cmd.c_str());
-    }
+    if (!path_.empty()) test::run_command({"losetup", "-d", path_});
   }
   LoopDevice(const LoopDevice&) = delete;
   LoopDevice& operator=(const LoopDevice&) = delete;
