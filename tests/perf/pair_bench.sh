@@ -26,7 +26,8 @@
 #   sparse), SECONDARY_OPTS (text added to the secondary's `secondary { }` section, e.g.
 #   "ordered_flushes: false" or "block_bytes: 4096"), PARTS (default "a b": which parts to run),
 #   SECONDARY_DIR (a directory for the secondary's disk and buffer files, e.g. /dev/shm; default
-#   inside the bench dir), BENCH_DIR (default a temp dir, removed at the end; a given one is kept).
+#   inside the bench dir), BENCH_DIR (default a temp dir, removed at the end; a given one is kept),
+#   PIN (1: the secondary on CPU 1, the primary and fio on CPU 0, for every configuration).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
@@ -55,7 +56,9 @@ mkdir -p "$sec_dir"
 size=$((size_mb * 1024 * 1024))
 # The secondary's disk buffer: 8 KiB header + (4 KiB + 64 KiB) per block written in an epoch;
 # size * 9/8 holds an epoch that touches every block.
-buffer_size=$((size / 8 * 9))
+# Room for an original of every block of the disk even at block_bytes 4096 (a slot is 4 KiB of
+# header + the block); the file is sparse, so only what an epoch saves takes space.
+buffer_size=$((size * 2 + 1048576))
 
 pids=()        # every daemon still running, for the trap
 cur_pids=()    # the daemons of the current measurement: secondary first, primary last
@@ -93,8 +96,18 @@ wait_ready() {
   die "timed out waiting for $what"
 }
 
-start_daemon() {  # conf log
-  "$colod" --config "$1" >"$2" 2>&1 &
+# PIN=1: the secondary on CPU 1, the primary and fio on CPU 0 (every configuration), as if the
+# secondary had its own host; the disk is still shared.
+# taskset execs the program, so $! stays the daemon's PID.
+pin=${PIN:-0}
+pinned() {  # cpu -> the command prefix that pins to it (nothing without PIN=1)
+  [ "$pin" = 1 ] && echo "taskset -c $1"
+  return 0
+}
+
+start_daemon() {  # conf log cpu
+  # shellcheck disable=SC2046
+  $(pinned "$3") "$colod" --config "$1" >"$2" 2>&1 &
   pids+=($!)
   cur_pids+=($!)
 }
@@ -174,10 +187,10 @@ replication {
   checkpoint_interval_ms: $ckpt
 }
 EOF
-    start_daemon "$cur_dir/secondary.conf" "$cur_dir/secondary.log"
+    start_daemon "$cur_dir/secondary.conf" "$cur_dir/secondary.log" 1
     wait_ready "$cur_dir/secondary.ctl"
     wait_ready "$chan_port"
-    start_daemon "$cur_dir/primary.conf" "$cur_dir/primary.log"
+    start_daemon "$cur_dir/primary.conf" "$cur_dir/primary.log" 0
     wait_ready "$cur_dir/primary.sock"
     # The primary pairs before it opens its export; writing while it is not paired would make
     # the disks diverge, so check.
@@ -198,7 +211,7 @@ $disk_conf
 export { name: "r0" listen: "unix:$cur_dir/primary.sock" }
 $quorum_conf
 EOF
-    start_daemon "$cur_dir/primary.conf" "$cur_dir/primary.log"
+    start_daemon "$cur_dir/primary.conf" "$cur_dir/primary.log" 0
     wait_ready "$cur_dir/primary.sock"
   fi
 }
@@ -206,7 +219,8 @@ EOF
 # run_fio QD -> prints "iops mean_us p99_us" of a 4 KiB random write job against $uri.
 run_fio() {
   local qd=$1 out="$cur_dir/fio-qd$1.json"
-  fio --name=bench --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth="$qd" \
+  # shellcheck disable=SC2046
+  $(pinned 0) fio --name=bench --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth="$qd" \
     --size="${size_mb}m" --time_based --runtime="$runtime" --ramp_time=0.5 --randrepeat=0 \
     --norandommap --output-format=json >"$out" 2>"$cur_dir/fio.err" ||
     { cat "$cur_dir/fio.err" >&2; die "fio QD$qd failed against $uri"; }
