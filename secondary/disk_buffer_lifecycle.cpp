@@ -276,10 +276,12 @@ Result<void> DiskBuffer::checkpoint_cut(std::uint64_t epoch) {
 Task<void> DiskBuffer::finish_checkpoint(std::shared_ptr<DiskBuffer> self,
                                          std::shared_ptr<PendingCheckpoint> pending) {
   Result<void> r;
+  bool gate_closed = true;
   if (self->write_back_) {
     // Every write queued before the cut is applied (or the queue failed or was discarded).
     IoResult held = co_await self->write_back_->wait_hold();
     if (!held) {
+      gate_closed = false;
       r = make_error(held.error().value(),
                      fmt::format("{}: checkpoint {} failed: the writes before it could not be "
                                  "applied: {}", self->name_, pending->epoch,
@@ -290,7 +292,7 @@ Task<void> DiskBuffer::finish_checkpoint(std::shared_ptr<DiskBuffer> self,
   } else {
     co_await self->inflight_.wait_idle();  // the gate closed at the cut
   }
-  if (self->gate_closed_) {
+  if (gate_closed) {
     r = co_await self->record_checkpoint(pending->epoch);
     self->open_gate();
   }

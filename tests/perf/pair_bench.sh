@@ -27,7 +27,8 @@
 #   "ordered_flushes: false" or "block_bytes: 4096"), PARTS (default "a b": which parts to run),
 #   SECONDARY_DIR (a directory for the secondary's disk and buffer files, e.g. /dev/shm; default
 #   inside the bench dir), BENCH_DIR (default a temp dir, removed at the end; a given one is kept),
-#   PIN (1: the secondary on CPU 1, the primary and fio on CPU 0, for every configuration).
+#   PIN (1: the secondary on CPU 1, the primary and fio on CPU 0, for every configuration),
+#   PAUSE_RATE (part (a): limit fio to this many write IOPS; default 0, no limit).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
@@ -37,6 +38,7 @@ rounds=${ROUNDS:-5}
 runtime=${RUNTIME:-3}
 size_mb=${SIZE_MB:-256}
 pause_qd=${PAUSE_QD:-16}
+pause_rate=${PAUSE_RATE:-0}  # (a): fio --rate_iops (0: as fast as it goes)
 b_ckpt_ms=${B_CHECKPOINT_MS:-1000}
 prefill=${PREFILL:-1}
 secondary_opts=${SECONDARY_OPTS:-}
@@ -217,10 +219,11 @@ EOF
 }
 
 # run_fio QD -> prints "iops mean_us p99_us" of a 4 KiB random write job against $uri.
-run_fio() {
-  local qd=$1 out="$cur_dir/fio-qd$1.json"
+run_fio() {  # qd [rate_iops]
+  local qd=$1 out="$cur_dir/fio-qd$1.json" rate=()
+  [ "${2:-0}" != 0 ] && rate=(--rate_iops="$2")
   # shellcheck disable=SC2046
-  $(pinned 0) fio --name=bench --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth="$qd" \
+  $(pinned 0) fio "${rate[@]}" --name=bench --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth="$qd" \
     --size="${size_mb}m" --time_based --runtime="$runtime" --ramp_time=0.5 --randrepeat=0 \
     --norandommap --output-format=json >"$out" 2>"$cur_dir/fio.err" ||
     { cat "$cur_dir/fio.err" >&2; die "fio QD$qd failed against $uri"; }
@@ -254,7 +257,7 @@ measure_pause() {  # mode rate
   start_target pair "$mode" $((1000 / rate))
   status=$(status_json) || die "coloctl status failed"
   c0=$(jget 's["checkpoints"]'); t0=$(now_s)
-  fio_out=$(run_fio "$pause_qd")
+  fio_out=$(run_fio "$pause_qd" "$pause_rate")
   status=$(status_json) || die "coloctl status failed"
   t1=$(now_s)
   c1=$(jget 's["checkpoints"]')
@@ -326,10 +329,10 @@ for round in $(seq "$rounds"); do
 done
 echo "load after: $(uptime)"
 
-$py - "$results" "$pause_qd" "$b_ckpt_ms" "$rounds" "$runtime" <<'EOF'
+$py - "$results" "$pause_qd" "$b_ckpt_ms" "$rounds" "$runtime" "$pause_rate" <<'EOF'
 import statistics, sys
 from collections import defaultdict
-path, pause_qd, b_ckpt, rounds, runtime = sys.argv[1:]
+path, pause_qd, b_ckpt, rounds, runtime, pause_rate = sys.argv[1:]
 a = defaultdict(list)
 b = defaultdict(list)
 for line in open(path):
@@ -343,7 +346,8 @@ med = lambda rows, i: statistics.median(r[i] for r in rows)
 
 def part_a():
     print()
-    print(f"(a) checkpoint pause under 4 KiB random writes QD{pause_qd} "
+    limit = f", fio limited to {pause_rate} IOPS" if pause_rate != "0" else ""
+    print(f"(a) checkpoint pause under 4 KiB random writes QD{pause_qd}{limit} "
           f"(medians of {rounds} rounds, {runtime} s each)")
     print(f"{'mode':<7}{'target/s':>9}{'achieved/s':>12}{'pause p50 us':>14}"
           f"{'pause p99 us':>14}{'max us':>9}{'write IOPS':>12}{'queue MiB':>11}")
