@@ -283,7 +283,11 @@ TEST(Pair, TwoPhaseCheckpointHoldsWritesUntilCommit) {
   p.write(0, 4096, 0x14);  // writes flow again
   EXPECT_NE(test::read_file(pair.file("p.log")).find("checkpoint_prepare_timeout"),
             std::string::npos);
-  EXPECT_NE(pair.ctl(pair.s_ctl(), {"status"}).output.find("epoch: 1\n"), std::string::npos);
+  auto s = pair.ctl(pair.s_ctl(), {"status"});
+  EXPECT_NE(s.output.find("epoch: 1\n"), std::string::npos) << s.output;
+  EXPECT_NE(s.output.find("write_back_queued_bytes: "), std::string::npos) << s.output;
+  auto sj = pair.ctl(pair.s_ctl(), {"status", "--json"});
+  EXPECT_NE(sj.output.find("\"write_back_queued_bytes\":"), std::string::npos) << sj.output;
 }
 
 TEST(Pair, CheckpointWithUnreachablePeerFailsAndKeepsTheOldEpoch) {

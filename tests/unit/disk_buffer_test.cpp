@@ -668,17 +668,22 @@ TEST(DiskBuffer, ReopenDuringFailoverResumesTheApply) {
 
 constexpr std::uint64_t kQueueBytes = 4 * kMiB;
 
+// Every disk write from now on completes only after `delay`.
+void delay_disk_writes(Rig& rig, std::chrono::milliseconds delay) {
+  FaultRule slow;
+  slow.ops = op_bit(IoOp::write);
+  slow.error = 0;
+  slow.delay = delay;
+  rig.disk_fault->add_rule(slow);
+}
+
 TEST(DiskBufferWriteBack, WritesAreAcknowledgedBeforeTheDiskHasThemAndReadBack) {
   Rig rig;
   rig.options.write_back_bytes = kQueueBytes;
   rig.fill_disk(0x11);
   rig.open();
   ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
-  FaultRule slow;
-  slow.ops = op_bit(IoOp::write);
-  slow.error = 0;
-  slow.delay = std::chrono::milliseconds(30);
-  rig.disk_fault->add_rule(slow);
+  delay_disk_writes(rig, std::chrono::milliseconds(30));
   auto body = [&]() -> Task<void> {
     auto data = pattern(8192, 0x22);
     IoResult w = co_await rig.primary->write(4096, data, WriteFlags::none);
@@ -759,11 +764,7 @@ TEST(DiskBufferWriteBack, FailoverDropsWhatIsQueuedAndAPendingCut) {
   ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
   ASSERT_TRUE(rig.write(*rig.primary, 0, 65536, 0x22));
   ASSERT_TRUE(rig.call(rig.db->do_checkpoint(1)));
-  FaultRule slow;
-  slow.ops = op_bit(IoOp::write);
-  slow.error = 0;
-  slow.delay = std::chrono::milliseconds(20);
-  rig.disk_fault->add_rule(slow);
+  delay_disk_writes(rig, std::chrono::milliseconds(20));
   Result<void> cut_result;
   auto body = [&]() -> Task<void> {
     auto a = pattern(4096, 0x33);
@@ -835,11 +836,7 @@ TEST(DiskBufferWriteBack, IdleRefusesAtOnceAndStopDiscardAppliesTheQueue) {
   EXPECT_EQ(before.error().value(), EPERM);
   EXPECT_EQ(rig.db->write_back()->stats().entries_queued, 0u);
   ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
-  FaultRule slow;
-  slow.ops = op_bit(IoOp::write);
-  slow.error = 0;
-  slow.delay = std::chrono::milliseconds(10);
-  rig.disk_fault->add_rule(slow);
+  delay_disk_writes(rig, std::chrono::milliseconds(10));
   auto body = [&]() -> Task<void> {
     auto a = pattern(4096, 0x22);
     for (std::uint64_t i = 0; i < 8; ++i) {
