@@ -27,7 +27,8 @@
 #   "ordered_flushes: false" or "block_bytes: 4096"), PARTS (default "a b": which parts to run),
 #   SECONDARY_DIR (a directory for the secondary's disk and buffer files, e.g. /dev/shm; default
 #   inside the bench dir), BENCH_DIR (default a temp dir, removed at the end; a given one is kept),
-#   PIN (1: the secondary on CPU 1, the primary and fio on CPU 0, for every configuration),
+#   PIN (default 1 on a machine with 2 or more CPUs: the secondary on CPU 1, the primary and fio
+#   on CPU 0, for every configuration, as if the secondary had its own host; 0: all share all),
 #   PAUSE_RATE (part (a): limit fio to this many write IOPS; default 0, no limit).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -98,10 +99,11 @@ wait_ready() {
   die "timed out waiting for $what"
 }
 
-# PIN=1: the secondary on CPU 1, the primary and fio on CPU 0 (every configuration), as if the
-# secondary had its own host; the disk is still shared.
-# taskset execs the program, so $! stays the daemon's PID.
-pin=${PIN:-0}
+# PIN=1 (the default with two or more CPUs): the secondary on CPU 1, the primary and fio on
+# CPU 0 (every configuration), as if the secondary had its own host; the disk is still
+# shared. PIN=0: everything shares every CPU. taskset execs the program, so $! stays the
+# daemon's PID.
+if [ "$(nproc)" -ge 2 ]; then pin=${PIN:-1}; else pin=0; fi
 pinned() {  # cpu -> the command prefix that pins to it (nothing without PIN=1)
   [ "$pin" = 1 ] && echo "taskset -c $1"
   return 0
@@ -300,7 +302,8 @@ measure_io() {  # name kind [mode]
   stop_daemons
 }
 
-echo "pair_bench: ${size_mb} MiB disk files in $work; rounds $rounds, ${runtime} s per fio job"
+echo "pair_bench: ${size_mb} MiB disk files in $work; rounds $rounds, ${runtime} s per fio job;" \
+  "$([ "$pin" = 1 ] && echo "secondary on CPU 1, primary and fio on CPU 0" || echo "no CPU pinning")"
 echo "load before: $(uptime)"
 for f in "$work/primary.img" "$sec_dir/secondary.img"; do
   if [ "$prefill" = 1 ]; then
