@@ -248,7 +248,9 @@ Result<void> DiskBuffer::checkpoint_cut(std::uint64_t epoch) {
     return make_error(EBUSY, fmt::format("{}: checkpoint {} refused: checkpoint {} is still being "
                                          "recorded", name_, epoch, pending_->epoch));
   }
-  if (control_busy_) return make_error(EBUSY, name_ + ": another control call is running");
+  if (control_busy_ || queue_closed_) {
+    return make_error(EBUSY, name_ + ": another control call is running");
+  }
   if (header_.state != BufferState::replicating) {
     return make_error(EPERM, fmt::format("{}: checkpoint {} refused: replication is {}", name_,
                                          epoch, to_string(header_.state)));
@@ -344,21 +346,35 @@ Task<Result<void>> DiskBuffer::record_checkpoint(std::uint64_t epoch) {
 }
 
 Task<Result<void>> DiskBuffer::stop_replication(StopMode mode) {
+  if (queue_closed_) co_return make_error(EBUSY, name_ + ": a stop is already running");
   if (write_back_ && header_.state == BufferState::replicating) {
-    if (mode == StopMode::failover) {
-      // What is queued belongs to the epoch being rolled back: drop it. A cut whose writes
-      // were not all applied fails with it; one being recorded finishes first.
-      co_await write_back_->discard();
-    } else {
-      // The disk keeps the primary's writes: apply everything queued (behind a pending cut too).
-      IoResult flushed = co_await write_back_->flush();
-      if (!flushed) {
-        co_return make_error(flushed.error().value(),
-                             fmt::format("{}: stop discard failed: applying the queued writes: {}",
-                                         name_, flushed.error().message()));
-      }
+    queue_closed_ = true;
+    Result<void> r = co_await stop_with_queue(mode);
+    queue_closed_ = false;
+    co_return r;
+  }
+  co_return co_await stop_now(mode);
+}
+
+// New primary writes skip the queue meanwhile (queue_closed_).
+Task<Result<void>> DiskBuffer::stop_with_queue(StopMode mode) {
+  if (mode == StopMode::failover) {
+    // What is queued belongs to the epoch being rolled back: drop it. A cut whose writes were
+    // not all applied fails with it; one being recorded finishes first.
+    co_await write_back_->discard();
+  } else {
+    // The disk keeps the primary's writes: apply everything queued (behind a pending cut too).
+    IoResult flushed = co_await write_back_->flush();
+    if (!flushed) {
+      co_return make_error(flushed.error().value(),
+                           fmt::format("{}: stop discard failed: applying the queued writes: {}",
+                                       name_, flushed.error().message()));
     }
   }
+  co_return co_await stop_now(mode);
+}
+
+Task<Result<void>> DiskBuffer::stop_now(StopMode mode) {
   co_await wait_checkpoint_idle();
   if (control_busy_) co_return make_error(EBUSY, name_ + ": another control call is running");
   BusyGuard busy(control_busy_);

@@ -132,7 +132,8 @@ void DiskBuffer::init_write_back(asio::any_io_executor ex) {
 }
 
 WriteBackNode* DiskBuffer::active_write_back() const {
-  return header_.state == BufferState::replicating ? write_back_.get() : nullptr;
+  return header_.state == BufferState::replicating && !queue_closed_ ? write_back_.get()
+                                                                     : nullptr;
 }
 
 std::shared_ptr<BlockNode> DiskBuffer::local_view() {

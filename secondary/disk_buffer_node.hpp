@@ -147,6 +147,8 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
                                       std::shared_ptr<PendingCheckpoint> pending);
   Task<Result<void>> record_checkpoint(std::uint64_t epoch);
   Task<void> wait_checkpoint_idle();
+  Task<Result<void>> stop_with_queue(StopMode mode);
+  Task<Result<void>> stop_now(StopMode mode);
   Task<Result<void>> recover();
   Task<Result<void>> scan_slots();
   Task<IoResult> write_header(BufferHeader next);
@@ -218,6 +220,9 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   std::uint64_t save_cycle_count_ = 0;
 
   std::shared_ptr<WriteBackNode> write_back_;
+  // While a stop empties the queue, new primary writes skip it (they go to the rules above
+  // directly, under the gate), so nothing is queued behind the stop.
+  bool queue_closed_ = false;
   std::shared_ptr<PendingCheckpoint> pending_;  // the latest cut
   AsyncEvent checkpoint_idle_;                  // a pending checkpoint finished
 

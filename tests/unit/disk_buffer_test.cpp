@@ -766,6 +766,10 @@ TEST(DiskBufferWriteBack, FailoverDropsWhatIsQueuedAndAPendingCut) {
   ASSERT_TRUE(rig.call(rig.db->do_checkpoint(1)));
   delay_disk_writes(rig, std::chrono::milliseconds(20));
   Result<void> cut_result;
+  Result<void> failed_over = make_error(EINPROGRESS, "not run");
+  auto failover = [&]() -> Task<void> {
+    failed_over = co_await rig.db->stop_replication(StopMode::failover);
+  };
   auto body = [&]() -> Task<void> {
     auto a = pattern(4096, 0x33);
     for (std::uint64_t i = 0; i < 16; ++i) {
@@ -773,11 +777,19 @@ TEST(DiskBufferWriteBack, FailoverDropsWhatIsQueuedAndAPendingCut) {
     }
     EXPECT_TRUE(rig.db->checkpoint_cut(2));
     EXPECT_TRUE(co_await rig.primary->write(0, a, WriteFlags::none));
-    Result<void> f = co_await rig.db->stop_replication(StopMode::failover);
-    EXPECT_TRUE(f) << (f ? "" : f.error().to_string());
+    spawn(co_await asio::this_coro::executor, failover(), "failover");
+    co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+    // The failover waits for the writes in flight; a write arriving now skips the queue (it is
+    // applied under the rules and rolled back with the rest), nothing is queued behind it.
+    const std::uint64_t queued = rig.db->write_back()->stats().entries_queued;
+    EXPECT_TRUE(co_await rig.primary->write(262144, a, WriteFlags::none));
+    EXPECT_EQ(rig.db->write_back()->stats().entries_queued, queued);
+    Result<void> again = co_await rig.db->stop_replication(StopMode::failover);
+    EXPECT_FALSE(again);  // one stop at a time
     cut_result = co_await rig.db->do_checkpoint(2);
   };
   run_task(rig.io, body());
+  EXPECT_TRUE(failed_over) << (failed_over ? "" : failed_over.error().to_string());
   // The cut never completed: failover yields checkpoint 1.
   EXPECT_FALSE(cut_result);
   EXPECT_EQ(rig.db->epoch(), 1u);
