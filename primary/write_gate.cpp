@@ -113,22 +113,14 @@ Task<IoResult> WriteGate::read(std::uint64_t offset_bytes, std::span<std::byte> 
 Task<IoResult> WriteGate::write(std::uint64_t offset_bytes, std::span<const std::byte> in,
                                 WriteFlags flags) {
   ++stats_.writes_passed;  // data-changing requests, for divergence tracking
-  if (closed_) {
-    co_await wait_at_gate();
-  } else {
-    ++passed_count_;  // the fast path allocates no coroutine frame
-  }
+  if (!pass()) co_await wait_at_gate();
   IoResult r = co_await child_.write(offset_bytes, in, flags);
   leave_write();
   co_return r;
 }
 
 Task<IoResult> WriteGate::flush() {
-  if (closed_) {
-    co_await wait_at_gate();
-  } else {
-    ++passed_count_;  // the fast path allocates no coroutine frame
-  }
+  if (!pass()) co_await wait_at_gate();
   IoResult r = co_await child_.flush();
   leave_write();
   co_return r;
@@ -137,11 +129,7 @@ Task<IoResult> WriteGate::flush() {
 Task<IoResult> WriteGate::trim(std::uint64_t offset_bytes, std::uint64_t length_bytes,
                                WriteFlags flags) {
   ++stats_.writes_passed;  // data-changing requests, for divergence tracking
-  if (closed_) {
-    co_await wait_at_gate();
-  } else {
-    ++passed_count_;  // the fast path allocates no coroutine frame
-  }
+  if (!pass()) co_await wait_at_gate();
   IoResult r = co_await child_.trim(offset_bytes, length_bytes, flags);
   leave_write();
   co_return r;
@@ -150,11 +138,7 @@ Task<IoResult> WriteGate::trim(std::uint64_t offset_bytes, std::uint64_t length_
 Task<IoResult> WriteGate::write_zeroes(std::uint64_t offset_bytes, std::uint64_t length_bytes,
                                        WriteFlags flags) {
   ++stats_.writes_passed;  // data-changing requests, for divergence tracking
-  if (closed_) {
-    co_await wait_at_gate();
-  } else {
-    ++passed_count_;  // the fast path allocates no coroutine frame
-  }
+  if (!pass()) co_await wait_at_gate();
   IoResult r = co_await child_.write_zeroes(offset_bytes, length_bytes, flags);
   leave_write();
   co_return r;

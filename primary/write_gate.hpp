@@ -96,6 +96,13 @@ class WriteGate final : public BlockNode {
     AsyncEvent admitted;
   };
   // Waits at the closed gate until open() admits (and counts) the request.
+  // A write-like request passes an open gate at once (no coroutine frame on this fast path);
+  // false: the gate is closed, wait_at_gate().
+  bool pass() {
+    if (closed_) return false;
+    ++passed_count_;
+    return true;
+  }
   Task<void> wait_at_gate();
 
   std::string name_;

@@ -17,17 +17,6 @@
 namespace colo {
 namespace {
 
-class InflightGuard {
- public:
-  explicit InflightGuard(InflightCounter& c) : c_(c) { c_.begin(); }
-  ~InflightGuard() { c_.end(); }
-  InflightGuard(const InflightGuard&) = delete;
-  InflightGuard& operator=(const InflightGuard&) = delete;
-
- private:
-  InflightCounter& c_;
-};
-
 std::string_view face_name(DiskBuffer::Face face) {
   return face == DiskBuffer::Face::primary ? "primary" : "local";
 }
@@ -222,15 +211,7 @@ Task<IoResult> DiskBuffer::view_write(Face face, IoOp op, std::uint64_t offset_b
     co_return co_await primary_write(op, offset_bytes, length_bytes, in, flags);
   }
   if (header_.state == BufferState::idle) {
-    switch (op) {
-      case IoOp::write: co_return co_await disk_.write(offset_bytes, in, flags);
-      case IoOp::trim: co_return co_await disk_.trim(offset_bytes, length_bytes, flags);
-      case IoOp::write_zeroes:
-        co_return co_await disk_.write_zeroes(offset_bytes, length_bytes, flags);
-      case IoOp::read:
-      case IoOp::flush: break;
-    }
-    CHECK(false);
+    co_return co_await disk_change(op, offset_bytes, length_bytes, in, flags);
   }
   co_return co_await local_write(op, offset_bytes, length_bytes, in, flags);
 }
@@ -281,16 +262,23 @@ Task<IoResult> DiskBuffer::primary_write(IoOp op, std::uint64_t offset_bytes,
       if (!saved) co_return saved;
     }
   }
+  co_return co_await disk_change(op, offset_bytes, length_bytes, in, flags);
+}
+
+// Not a coroutine: returns the disk child's own request.
+Task<IoResult> DiskBuffer::disk_change(IoOp op, std::uint64_t offset_bytes,
+                                       std::uint64_t length_bytes,
+                                       std::span<const std::byte> in, WriteFlags flags) {
   switch (op) {
-    case IoOp::write: co_return co_await disk_.write(offset_bytes, in, flags);
-    case IoOp::trim: co_return co_await disk_.trim(offset_bytes, length_bytes, flags);
-    case IoOp::write_zeroes:
-      co_return co_await disk_.write_zeroes(offset_bytes, length_bytes, flags);
+    case IoOp::trim: return disk_.trim(offset_bytes, length_bytes, flags);
+    case IoOp::write_zeroes: return disk_.write_zeroes(offset_bytes, length_bytes, flags);
+    case IoOp::write: break;
     case IoOp::read:
-    case IoOp::flush: break;
+    case IoOp::flush:
+      CHECK(false && "not a data-changing request");
+      break;
   }
-  CHECK(false);
-  co_return io_error(EIO);
+  return disk_.write(offset_bytes, in, flags);
 }
 
 // ---- local face ------------------------------------------------------------------------

@@ -156,6 +156,8 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   Task<void> close_gate();
   void open_gate();
 
+  Task<IoResult> disk_change(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
+                             std::span<const std::byte> in, WriteFlags flags);
   Task<IoResult> primary_write(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
                                std::span<const std::byte> in, WriteFlags flags);
   // Saving originals (group commit, see the .cpp): one request per run of blocks.

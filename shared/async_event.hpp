@@ -79,4 +79,16 @@ class InflightCounter {
   AsyncEvent idle_;
 };
 
+// Counts one operation in flight for its scope.
+class InflightGuard {
+ public:
+  explicit InflightGuard(InflightCounter& c) : c_(c) { c_.begin(); }
+  ~InflightGuard() { c_.end(); }
+  InflightGuard(const InflightGuard&) = delete;
+  InflightGuard& operator=(const InflightGuard&) = delete;
+
+ private:
+  InflightCounter& c_;
+};
+
 }  // namespace colo

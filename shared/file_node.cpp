@@ -22,17 +22,6 @@ namespace {
 constexpr std::uint32_t kDirectAlignmentFallbackBytes = 4096;
 constexpr std::uint32_t kZeroChunkBytes = 1u * kMiB;
 
-class InflightGuard {
- public:
-  explicit InflightGuard(InflightCounter& c) : c_(c) { c_.begin(); }
-  ~InflightGuard() { c_.end(); }
-  InflightGuard(const InflightGuard&) = delete;
-  InflightGuard& operator=(const InflightGuard&) = delete;
-
- private:
-  InflightCounter& c_;
-};
-
 struct FreeDeleter {
   void operator()(std::byte* p) const { std::free(p); }
 };

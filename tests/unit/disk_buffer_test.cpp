@@ -668,6 +668,13 @@ TEST(DiskBuffer, ReopenDuringFailoverResumesTheApply) {
 
 constexpr std::uint64_t kQueueBytes = 4 * kMiB;
 
+// A disk of 0x11 under a buffer with a write-back queue, opened (replication idle).
+void open_with_queue(Rig& rig) {
+  rig.options.write_back_bytes = kQueueBytes;
+  rig.fill_disk(0x11);
+  rig.open();
+}
+
 // Every disk write from now on completes only after `delay`.
 void delay_disk_writes(Rig& rig, std::chrono::milliseconds delay) {
   FaultRule slow;
@@ -679,9 +686,7 @@ void delay_disk_writes(Rig& rig, std::chrono::milliseconds delay) {
 
 TEST(DiskBufferWriteBack, WritesAreAcknowledgedBeforeTheDiskHasThemAndReadBack) {
   Rig rig;
-  rig.options.write_back_bytes = kQueueBytes;
-  rig.fill_disk(0x11);
-  rig.open();
+  ASSERT_NO_FATAL_FAILURE(open_with_queue(rig));
   ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
   delay_disk_writes(rig, std::chrono::milliseconds(30));
   auto body = [&]() -> Task<void> {
@@ -716,9 +721,7 @@ TEST(DiskBufferWriteBack, WritesAreAcknowledgedBeforeTheDiskHasThemAndReadBack) 
 
 TEST(DiskBufferWriteBack, TheCutSplitsTheEpochsAndFailoverYieldsTheCheckpoint) {
   Rig rig(kDiskBufferBlockBytesDefault, kDiskBytes, true);
-  rig.options.write_back_bytes = kQueueBytes;
-  rig.fill_disk(0x11);
-  rig.open();
+  ASSERT_NO_FATAL_FAILURE(open_with_queue(rig));
   ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
   auto body = [&]() -> Task<void> {
     auto a = pattern(65536, 0x22);
@@ -758,9 +761,7 @@ TEST(DiskBufferWriteBack, TheCutSplitsTheEpochsAndFailoverYieldsTheCheckpoint) {
 
 TEST(DiskBufferWriteBack, FailoverDropsWhatIsQueuedAndAPendingCut) {
   Rig rig;
-  rig.options.write_back_bytes = kQueueBytes;
-  rig.fill_disk(0x11);
-  rig.open();
+  ASSERT_NO_FATAL_FAILURE(open_with_queue(rig));
   ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
   ASSERT_TRUE(rig.write(*rig.primary, 0, 65536, 0x22));
   ASSERT_TRUE(rig.call(rig.db->do_checkpoint(1)));
@@ -807,9 +808,7 @@ TEST(DiskBufferWriteBack, FailoverDropsWhatIsQueuedAndAPendingCut) {
 
 TEST(DiskBufferWriteBack, AFailedApplyFailsLaterRequestsAndTheCheckpoint) {
   Rig rig;
-  rig.options.write_back_bytes = kQueueBytes;
-  rig.fill_disk(0x11);
-  rig.open();
+  ASSERT_NO_FATAL_FAILURE(open_with_queue(rig));
   test::EventRecorder events;
   ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
   FaultRule broken;
@@ -840,9 +839,7 @@ TEST(DiskBufferWriteBack, AFailedApplyFailsLaterRequestsAndTheCheckpoint) {
 
 TEST(DiskBufferWriteBack, IdleRefusesAtOnceAndStopDiscardAppliesTheQueue) {
   Rig rig;
-  rig.options.write_back_bytes = kQueueBytes;
-  rig.fill_disk(0x11);
-  rig.open();
+  ASSERT_NO_FATAL_FAILURE(open_with_queue(rig));
   IoResult before = rig.write(*rig.primary, 0, 4096, 0x22);
   ASSERT_FALSE(before);
   EXPECT_EQ(before.error().value(), EPERM);
