@@ -59,6 +59,22 @@ TEST(ConfigSecondary, ReportsEveryProblemNamingOptionAndValue) {
   EXPECT_NE(m.find("secondary.replication_listen: \"udp:1.2.3.4:5\""), std::string::npos) << m;
 }
 
+TEST(ConfigSecondary, WriteBackQueueIsOffAtZeroAndAtLeastOneMiBOtherwise) {
+  auto unset = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1" })");
+  ASSERT_TRUE(unset) << unset.error().to_string();
+  EXPECT_FALSE(unset->secondary().has_write_back_bytes());  // the daemon's default, 64 MiB
+  for (const char* ok : {"0", "1048576", "67108864"}) {
+    auto cfg = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
+      replication_listen: "tcp:127.0.0.1:1" write_back_bytes: {} }})", ok));
+    ASSERT_TRUE(cfg) << ok << ": " << cfg.error().to_string();
+  }
+  auto small = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1"
+    write_back_bytes: 4096 })");
+  ASSERT_FALSE(small);
+  EXPECT_NE(small.error().message.find("secondary.write_back_bytes: 4096 is below 1048576"),
+            std::string::npos) << small.error().message;
+}
+
 TEST(ConfigSecondary, MissingFieldsAndTooSmallBuffer) {
   auto cfg = parse(R"(secondary { buffer_size_bytes: 8192 })");
   ASSERT_FALSE(cfg);
