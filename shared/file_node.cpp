@@ -6,6 +6,7 @@
 #include <liburing.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +22,9 @@ namespace {
 
 constexpr std::uint32_t kDirectAlignmentFallbackBytes = 4096;
 constexpr std::uint32_t kZeroChunkBytes = 1u * kMiB;
+// Larger buffered writes go through the ring: copying them would hold the loop for more than
+// about a quarter of a millisecond.
+constexpr std::size_t kInlineWriteBytesMax = 1u * kMiB;
 
 struct FreeDeleter {
   void operator()(std::byte* p) const { std::free(p); }
@@ -71,6 +75,7 @@ FileNodeOptions file_node_options(const config::FileConfig& cfg) {
   o.create = cfg.create();
   o.size_bytes = cfg.size_bytes();
   o.read_only = cfg.read_only();
+  o.inline_io = !cfg.ring_only();
   return o;
 }
 
@@ -185,6 +190,9 @@ Result<std::shared_ptr<FileNode>> FileNode::open(asio::io_context& io, std::stri
   auto node = std::make_shared<FileNode>(Private{}, io, std::move(name), path, fd);
   node->direct_ = direct;
   node->block_device_ = block;
+  node->inline_io_ = !direct && options.inline_io;
+  node->inline_reads_ = node->inline_io_;
+  node->inline_policy_ = InlineIoPolicy(options.inline_io_policy);
 
   // Size.
   std::uint64_t size_bytes = static_cast<std::uint64_t>(st.st_size);
@@ -244,8 +252,10 @@ Result<std::shared_ptr<FileNode>> FileNode::open(asio::io_context& io, std::stri
     log::info("{}: {} opened with O_DIRECT, {} bytes, alignment {} (memory {})", node->name_,
               path, size_bytes, alignment, memory_alignment);
   } else {
-    log::info("{}: {} opened buffered (page cache: {}), {} bytes", node->name_, path, why,
-              size_bytes);
+    log::info("{}: {} opened buffered (page cache: {}), {} bytes, {}", node->name_, path, why,
+              size_bytes,
+              node->inline_io_ ? "page-cache writes and cached reads inline"
+                               : "every request through io_uring (ring_only)");
   }
   return node;
 }
@@ -273,6 +283,11 @@ Task<IoResult> FileNode::read(std::uint64_t offset_bytes, std::span<std::byte> o
     dst = std::span(bounce.get(), out.size());
   }
   std::size_t done = 0;
+  if (inline_reads_) {
+    boost::system::result<std::size_t> cached = read_inline(offset_bytes, dst);
+    if (!cached) co_return IoResult(cached.error());
+    done = *cached;
+  }
   while (done < dst.size()) {
     UringSqe sqe;
     sqe.opcode = IORING_OP_READ;
@@ -282,18 +297,8 @@ Task<IoResult> FileNode::read(std::uint64_t offset_bytes, std::span<std::byte> o
     sqe.offset_bytes = offset_bytes + done;
     int res = co_await ring_->submit(sqe);
     if (res == -EINTR || res == -EAGAIN) continue;
-    if (res < 0) {
-      log::warn("{}: read offset={} count={} failed: {}", label_, offset_bytes, out.size(),
-                std::strerror(-res));
-      co_return io_error(-res);
-    }
-    if (res == 0) {
-      // End of file inside the node's size: the file shrank behind our back. Zeroes would
-      // hide that, so it is an I/O error.
-      log::warn("{}: read offset={} count={} hit the end of the file at {}; was it truncated?",
-                label_, offset_bytes, out.size(), offset_bytes + done);
-      co_return io_error(EIO);
-    }
+    if (res < 0) co_return failed(IoOp::read, offset_bytes, out.size(), -res);
+    if (res == 0) co_return read_hit_eof(offset_bytes, out.size(), done);
     done += static_cast<std::size_t>(res);  // a short read continues with the remainder
   }
   if (bounce) std::memcpy(out.data(), bounce.get(), out.size());
@@ -320,6 +325,10 @@ Task<IoResult> FileNode::write(std::uint64_t offset_bytes, std::span<const std::
   }
   // FUA: RWF_DSYNC on the write, or write + fdatasync when the kernel refuses RWF_DSYNC.
   std::uint32_t rwf = fua && dsync_supported_ ? RWF_DSYNC : 0;
+  if (inline_io_ && !fua && src.size() <= kInlineWriteBytesMax) {
+    std::optional<IoResult> r = write_inline(offset_bytes, src);
+    if (r) co_return *r;
+  }
   std::size_t done = 0;
   while (done < src.size()) {
     UringSqe sqe;
@@ -339,15 +348,9 @@ Task<IoResult> FileNode::write(std::uint64_t offset_bytes, std::span<const std::
       rwf = 0;
       continue;
     }
-    if (res < 0) {
-      log::warn("{}: write offset={} count={} failed: {}", label_, offset_bytes, in.size(),
-                std::strerror(-res));
-      co_return io_error(-res);
-    }
+    if (res < 0) co_return failed(IoOp::write, offset_bytes, in.size(), -res);
     if (static_cast<std::size_t>(res) < src.size() - done) {
-      log::warn("{}: write offset={} count={} was short ({} of {} bytes at offset {}): ENOSPC",
-                label_, offset_bytes, in.size(), res, src.size() - done, offset_bytes + done);
-      co_return io_error(ENOSPC);
+      co_return short_write(offset_bytes, in.size(), done, static_cast<std::size_t>(res));
     }
     done += static_cast<std::size_t>(res);
   }
@@ -356,6 +359,84 @@ Task<IoResult> FileNode::write(std::uint64_t offset_bytes, std::span<const std::
     co_return r;
   }
   co_return IoResult{};
+}
+
+// --- inline fast paths (buffered mode) -----------------------------------------------------
+
+std::optional<IoResult> FileNode::write_inline(std::uint64_t offset_bytes,
+                                               std::span<const std::byte> src) {
+  using Clock = InlineIoPolicy::Clock;
+  const Clock::time_point start = Clock::now();
+  if (!inline_policy_.write_inline(start)) return std::nullopt;
+  ssize_t n = 0;
+  do {
+    n = ::pwrite(fd_, src.data(), src.size(), static_cast<off_t>(offset_bytes));
+  } while (n < 0 && errno == EINTR);
+  InlineSample sample{IoOp::write, offset_bytes, src.size(), n < 0 ? -errno : n,
+                      Clock::now() - start};
+  if (inline_hook_) [[unlikely]] inline_hook_(sample);
+  ++inline_write_count_;
+  inline_policy_.record(start, sample.took);
+  if (sample.took > inline_policy_.options().stall) {
+    log::debug("{}: a page-cache write took {} us; writes go through io_uring for {} ms",
+               label_, sample.took.count() / 1000,
+               std::chrono::duration_cast<std::chrono::milliseconds>(
+                   inline_policy_.last_backoff())
+                   .count());
+  }
+  if (sample.res == -EAGAIN || sample.res == -EINTR) return std::nullopt;
+  if (sample.res < 0) return failed(IoOp::write, offset_bytes, src.size(), static_cast<int>(-sample.res));
+  if (static_cast<std::size_t>(sample.res) < src.size()) {
+    return short_write(offset_bytes, src.size(), 0, static_cast<std::size_t>(sample.res));
+  }
+  return IoResult{};
+}
+
+boost::system::result<std::size_t> FileNode::read_inline(std::uint64_t offset_bytes, std::span<std::byte> dst) {
+  iovec iov{dst.data(), dst.size()};
+  ssize_t n = 0;
+  do {
+    n = ::preadv2(fd_, &iov, 1, static_cast<off_t>(offset_bytes), RWF_NOWAIT);
+  } while (n < 0 && errno == EINTR);
+  InlineSample sample{IoOp::read, offset_bytes, dst.size(), n < 0 ? -errno : n,
+                      std::chrono::nanoseconds(0)};
+  if (inline_hook_) [[unlikely]] inline_hook_(sample);
+  if (sample.res == -EAGAIN) return std::size_t{0};  // not (all) cached: the ring reads it
+  if (sample.res == -EOPNOTSUPP) {
+    log::info("{}: the kernel refuses RWF_NOWAIT reads; reads go through io_uring", label_);
+    inline_reads_ = false;
+    return std::size_t{0};
+  }
+  if (sample.res < 0) {
+    return failed(IoOp::read, offset_bytes, dst.size(), static_cast<int>(-sample.res)).error();
+  }
+  if (sample.res == 0) return read_hit_eof(offset_bytes, dst.size(), 0).error();
+  ++inline_read_count_;
+  return static_cast<std::size_t>(sample.res);
+}
+
+IoResult FileNode::failed(IoOp op, std::uint64_t offset_bytes, std::size_t length_bytes,
+                          int err) const {
+  log::warn("{}: {} offset={} count={} failed: {}", label_, to_string(op), offset_bytes,
+            length_bytes, std::strerror(err));
+  return io_error(err);
+}
+
+IoResult FileNode::short_write(std::uint64_t offset_bytes, std::size_t length_bytes,
+                               std::size_t done, std::size_t written) const {
+  log::warn("{}: write offset={} count={} was short ({} of {} bytes at offset {}): ENOSPC",
+            label_, offset_bytes, length_bytes, written, length_bytes - done,
+            offset_bytes + done);
+  return io_error(ENOSPC);
+}
+
+IoResult FileNode::read_hit_eof(std::uint64_t offset_bytes, std::size_t length_bytes,
+                                std::size_t done) const {
+  // End of file inside the node's size: the file shrank behind our back. Zeroes would hide
+  // that, so it is an I/O error.
+  log::warn("{}: read offset={} count={} hit the end of the file at {}; was it truncated?",
+            label_, offset_bytes, length_bytes, offset_bytes + done);
+  return io_error(EIO);
 }
 
 // --- flush, trim, write_zeroes ------------------------------------------------------------

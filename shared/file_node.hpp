@@ -19,6 +19,11 @@
 // - read/write: IORING_OP_READ/WRITE. -EINTR/-EAGAIN are resubmitted; a short read is
 //   resubmitted for the remainder; a read that hits end of file (the file shrank behind our
 //   back) is EIO. A short write is ENOSPC.
+// - Buffered mode, unless `inline_io` is off: a read first takes what the page cache holds
+//   inline (preadv2 with RWF_NOWAIT, which never blocks; the rest goes through the ring), and a
+//   write without FUA of at most 1 MiB is a pwrite(2) on the loop thread, timed by an
+//   InlineIoPolicy that sends writes to the ring for a while after one stalls
+//   (shared/inline_io.hpp explains why and when).
 // - FUA: RWF_DSYNC on the write; when the kernel refuses RWF_DSYNC, write then fdatasync.
 // - flush: IORING_OP_FSYNC with IORING_FSYNC_DATASYNC.
 // - trim: fallocate(PUNCH_HOLE|KEEP_SIZE); ENOTSUP when the file system cannot.
@@ -33,14 +38,18 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "config.pb.h"
 #include "shared/async_event.hpp"
 #include "shared/block_node.hpp"
 #include "shared/error.hpp"
+#include "shared/inline_io.hpp"
 
 namespace colo {
 
@@ -53,6 +62,10 @@ struct FileNodeOptions {
   bool create = false;             // create (sparse, size_bytes) when missing
   std::uint64_t size_bytes = 0;    // 0: take the file's size; else the size it must have
   bool read_only = false;
+  // Buffered mode: cached reads and page-cache writes run inline (see above); off: every
+  // request goes through io_uring.
+  bool inline_io = true;
+  InlineIoPolicy::Options inline_io_policy;
 };
 
 FileNodeOptions file_node_options(const config::FileConfig& cfg);
@@ -89,6 +102,24 @@ class FileNode final : public BlockNode {
   // Requests that went through the bounce buffer (tests).
   std::uint64_t bounce_count() const { return bounce_count_; }
   Uring& ring() const { return *ring_; }
+  // Whether buffered requests may run inline, and how many did (reads that took at least a
+  // byte from the page cache, writes) and how many writes stalled.
+  bool inline_io() const { return inline_io_; }
+  std::uint64_t inline_read_count() const { return inline_read_count_; }
+  std::uint64_t inline_write_count() const { return inline_write_count_; }
+  std::uint64_t inline_stall_count() const { return inline_policy_.stall_count(); }
+
+  // Test hook: sees every inline system call after it ran and may rewrite its result (res:
+  // bytes or -errno) and how long it took, like Uring's completion hook does for the ring.
+  struct InlineSample {
+    IoOp op;
+    std::uint64_t offset_bytes;
+    std::size_t length_bytes;
+    long res;
+    std::chrono::nanoseconds took;
+  };
+  using InlineHook = std::function<void(InlineSample&)>;
+  void set_inline_hook_for_test(InlineHook hook) { inline_hook_ = std::move(hook); }
 
   struct Private {
     explicit Private() = default;
@@ -101,6 +132,18 @@ class FileNode final : public BlockNode {
   Task<int> fallocate(std::uint32_t mode, std::uint64_t offset_bytes, std::uint64_t length_bytes);
   Task<IoResult> write_zeroes_slow(std::uint64_t offset_bytes, std::uint64_t length_bytes);
   bool needs_bounce(const void* buffer) const;
+  // Inline fast paths (buffered mode). A write returns its result, or nothing when the ring
+  // must take it (the policy says so, or the kernel answered EAGAIN). A read returns how many
+  // bytes the page cache gave (0: none, the ring reads it all) or the error.
+  std::optional<IoResult> write_inline(std::uint64_t offset_bytes,
+                                       std::span<const std::byte> src);
+  boost::system::result<std::size_t> read_inline(std::uint64_t offset_bytes, std::span<std::byte> dst);
+  // The log line and result shared by both paths.
+  IoResult failed(IoOp op, std::uint64_t offset_bytes, std::size_t length_bytes, int err) const;
+  IoResult short_write(std::uint64_t offset_bytes, std::size_t length_bytes, std::size_t done,
+                       std::size_t written) const;
+  IoResult read_hit_eof(std::uint64_t offset_bytes, std::size_t length_bytes,
+                        std::size_t done) const;
 
   asio::io_context& io_;
   Uring* ring_;
@@ -116,6 +159,12 @@ class FileNode final : public BlockNode {
   NodeLimits limits_{};
   InflightCounter inflight_;
   std::uint64_t bounce_count_ = 0;
+  bool inline_io_ = false;
+  bool inline_reads_ = false;  // cleared when the kernel refuses RWF_NOWAIT
+  InlineIoPolicy inline_policy_;
+  std::uint64_t inline_read_count_ = 0;
+  std::uint64_t inline_write_count_ = 0;
+  InlineHook inline_hook_;
 };
 
 }  // namespace colo

@@ -280,6 +280,9 @@ TEST(FileNodeOpen, ConfigConversion) {
   EXPECT_TRUE(o.create);
   EXPECT_EQ(o.size_bytes, 4096u);
   EXPECT_TRUE(o.read_only);
+  EXPECT_TRUE(o.inline_io);
+  c.set_ring_only(true);
+  EXPECT_FALSE(file_node_options(c).inline_io);
   c.set_cache(config::CACHE_DIRECT);
   EXPECT_EQ(file_node_options(c).cache, Cache::direct);
   c.set_cache(config::CACHE_AUTO);
@@ -288,15 +291,34 @@ TEST(FileNodeOpen, ConfigConversion) {
 
 // --- data path, in both cache modes -------------------------------------------------------
 
-class FileNodeData : public ::testing::TestWithParam<Cache> {
+// The three ways a file node does I/O: O_DIRECT through the ring; buffered with the inline
+// fast paths (the default); buffered with every request through the ring (ring_only).
+struct DataMode {
+  Cache cache;
+  bool inline_io;
+  std::string name() const {
+    return cache == Cache::direct ? "direct" : inline_io ? "buffered" : "buffered_ring";
+  }
+};
+
+class FileNodeData : public ::testing::TestWithParam<DataMode> {
  protected:
   void SetUp() override {
     path_ = dir_.file("disk.img");
     make_file(path_, kFileBytes);
-    node_ = open_ok(io_, options(path_, GetParam()));
+    node_ = open_ok(io_, mode_options());
     ASSERT_TRUE(node_);
-    ASSERT_EQ(node_->direct(), GetParam() == Cache::direct);
+    ASSERT_EQ(node_->direct(), GetParam().cache == Cache::direct);
+    ASSERT_EQ(node_->inline_io(), GetParam().cache == Cache::buffered && GetParam().inline_io);
   }
+  FileNodeOptions mode_options() const {
+    FileNodeOptions o = options(path_, GetParam().cache);
+    o.inline_io = GetParam().inline_io;
+    return o;
+  }
+  // Tests that inject results through the ring's completion hook need every read and write on
+  // the ring; the inline paths have their own tests (FileNodeInline).
+  bool ring_path() const { return !node_->inline_io(); }
   std::uint32_t align() const { return std::max<std::uint32_t>(node_->limits().alignment_bytes, 512); }
 
   Dir dir_{"/var/tmp"};
@@ -305,8 +327,11 @@ class FileNodeData : public ::testing::TestWithParam<Cache> {
   std::shared_ptr<FileNode> node_;
 };
 
-INSTANTIATE_TEST_SUITE_P(Modes, FileNodeData, ::testing::Values(Cache::direct, Cache::buffered),
-                         [](const auto& info) { return std::string(to_string(info.param)); });
+INSTANTIATE_TEST_SUITE_P(Modes, FileNodeData,
+                         ::testing::Values(DataMode{Cache::direct, false},
+                                           DataMode{Cache::buffered, true},
+                                           DataMode{Cache::buffered, false}),
+                         [](const auto& info) { return info.param.name(); });
 
 TEST_P(FileNodeData, WritesLandInTheFileAndReadBack) {
   run_task(io_, [&]() -> Task<void> {
@@ -429,7 +454,7 @@ TEST_P(FileNodeData, BadRequestsGetErrorsAndChangeNothing) {
 
 TEST_P(FileNodeData, TransfersOverTheMaximumAreEinval) {
   make_file(path_, 64u * kMiB);  // sparse
-  node_ = open_ok(io_, options(path_, GetParam()));
+  node_ = open_ok(io_, mode_options());
   ASSERT_TRUE(node_);
   EXPECT_EQ(node_->limits().transfer_bytes_max, 32u * kMiB);
   run_task(io_, [&]() -> Task<void> {
@@ -450,13 +475,14 @@ TEST_P(FileNodeData, UnalignedBufferIsBouncedInDirectMode) {
     EXPECT_TRUE(co_await node_->read(4096 * 3, buf));
     EXPECT_TRUE(all_bytes(buf, 0x12));
   }());
-  EXPECT_EQ(node_->bounce_count(), GetParam() == Cache::direct ? 2u : 0u);
+  EXPECT_EQ(node_->bounce_count(), GetParam().cache == Cache::direct ? 2u : 0u);
   EXPECT_TRUE(all_bytes(pread_file(path_, 4096 * 3, 8192), 0x12));
 }
 
 // --- resubmission, injected through the completion hook -----------------------------------
 
 TEST_P(FileNodeData, ShortReadIsResubmittedForTheRemainder) {
+  if (!ring_path()) GTEST_SKIP() << "inline I/O: see FileNodeInline";
   make_file(path_, kFileBytes, 0x5a);
   std::vector<UringSqe> reads;
   node_->ring().set_completion_hook_for_test([&](const UringSqe& s, int res) {
@@ -477,6 +503,7 @@ TEST_P(FileNodeData, ShortReadIsResubmittedForTheRemainder) {
 }
 
 TEST_P(FileNodeData, EintrAndEagainAreResubmitted) {
+  if (!ring_path()) GTEST_SKIP() << "inline I/O: see FileNodeInline";
   int calls = 0;
   node_->ring().set_completion_hook_for_test([&](const UringSqe&, int res) {
     ++calls;
@@ -497,6 +524,7 @@ TEST_P(FileNodeData, EintrAndEagainAreResubmitted) {
 }
 
 TEST_P(FileNodeData, ShortWriteIsEnospc) {
+  if (!ring_path()) GTEST_SKIP() << "inline I/O: see FileNodeInline";
   node_->ring().set_completion_hook_for_test(
       [&](const UringSqe& s, int res) { return s.opcode == IORING_OP_WRITE ? res - 512 : res; });
   run_task(io_, [&]() -> Task<void> {
@@ -508,6 +536,7 @@ TEST_P(FileNodeData, ShortWriteIsEnospc) {
 }
 
 TEST_P(FileNodeData, KernelErrorsAreErrnoValues) {
+  if (!ring_path()) GTEST_SKIP() << "inline I/O: see FileNodeInline";
   node_->ring().set_completion_hook_for_test([&](const UringSqe&, int) { return -EIO; });
   run_task(io_, [&]() -> Task<void> {
     AlignedBuf a(4096, 0x21);
@@ -616,6 +645,171 @@ TEST_P(FileNodeData, QueueDepth64RandomWritesAllLandCorrectly) {
     ASSERT_TRUE(all_bytes(std::span(through_node).subspan(b * kBlock, kBlock), want))
         << "block " << b;
   }
+}
+
+// --- buffered mode: the inline fast paths --------------------------------------------------
+
+class FileNodeInline : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = dir_.file("disk.img");
+    make_file(path_, kFileBytes, 0x5a);
+    FileNodeOptions o = options(path_, Cache::buffered);
+    o.inline_io_policy.backoff_min = std::chrono::milliseconds(50);
+    node_ = open_ok(io_, o);
+    ASSERT_TRUE(node_);
+    ASSERT_TRUE(node_->inline_io());
+    node_->ring().set_completion_hook_for_test([this](const UringSqe& s, int res) {
+      ring_ops_.push_back(s);
+      return res;
+    });
+  }
+  void TearDown() override {
+    if (node_) node_->ring().set_completion_hook_for_test({});
+  }
+  std::size_t ring_ops(std::uint8_t opcode) const {
+    return static_cast<std::size_t>(std::count_if(ring_ops_.begin(), ring_ops_.end(),
+                                                  [&](const UringSqe& s) { return s.opcode == opcode; }));
+  }
+
+  Dir dir_{"/var/tmp"};
+  std::string path_;
+  asio::io_context io_;
+  std::shared_ptr<FileNode> node_;
+  std::vector<UringSqe> ring_ops_;
+};
+
+TEST_F(FileNodeInline, PageCacheWritesAndCachedReadsRunInlineAndLandInTheFile) {
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf a(65536, 0x21), back(65536);
+    EXPECT_TRUE(co_await node_->write(8192, a.span(), WriteFlags::none));
+    EXPECT_TRUE(co_await node_->read(8192, back.span()));
+    EXPECT_TRUE(all_bytes(back.span(), 0x21));
+  }());
+  EXPECT_EQ(node_->inline_write_count(), 1u);
+  EXPECT_EQ(node_->inline_read_count(), 1u);
+  EXPECT_TRUE(ring_ops_.empty());
+  EXPECT_TRUE(all_bytes(pread_file(path_, 8192, 65536), 0x21));
+  EXPECT_TRUE(all_bytes(pread_file(path_, 0, 8192), 0x5a));
+}
+
+TEST_F(FileNodeInline, FuaWritesAndWritesOverOneMiBGoThroughTheRing) {
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf big(2 * kMiB, 0x22), small(4096, 0x23);
+    EXPECT_TRUE(co_await node_->write(0, big.span(), WriteFlags::none));
+    EXPECT_TRUE(co_await node_->write(2 * kMiB, small.span(), WriteFlags::fua));
+  }());
+  EXPECT_EQ(node_->inline_write_count(), 0u);
+  EXPECT_EQ(ring_ops(IORING_OP_WRITE), 2u);
+  EXPECT_TRUE(all_bytes(pread_file(path_, 0, 2 * kMiB), 0x22));
+  EXPECT_TRUE(all_bytes(pread_file(path_, 2 * kMiB, 4096), 0x23));
+}
+
+TEST_F(FileNodeInline, TheRingReadsWhatThePageCacheDoesNotHold) {
+  // Evict the file's pages: the inline read is refused (EAGAIN) and the ring reads it all.
+  int fd = ::open(path_.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(fsync(fd), 0);  // dirty pages are not evicted
+  ASSERT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+  ::close(fd);
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf back(65536);
+    EXPECT_TRUE(co_await node_->read(0, back.span()));
+    EXPECT_TRUE(all_bytes(back.span(), 0x5a));
+  }());
+  EXPECT_EQ(node_->inline_read_count(), 0u);
+  ASSERT_EQ(ring_ops(IORING_OP_READ), 1u);
+  EXPECT_EQ(ring_ops_[0].length_bytes, 65536u);
+
+  // A partly cached range: the ring reads the remainder after what the cache gave.
+  ring_ops_.clear();
+  node_->set_inline_hook_for_test([](FileNode::InlineSample& s) {
+    if (s.op == IoOp::read && s.res > 0) s.res = 12288;
+  });
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf back(65536);
+    EXPECT_TRUE(co_await node_->read(65536, back.span()));
+    EXPECT_TRUE(all_bytes(back.span(), 0x5a));
+  }());
+  EXPECT_EQ(node_->inline_read_count(), 1u);
+  ASSERT_EQ(ring_ops(IORING_OP_READ), 1u);
+  EXPECT_EQ(ring_ops_[0].offset_bytes, 65536u + 12288u);
+  EXPECT_EQ(ring_ops_[0].length_bytes, 65536u - 12288u);
+}
+
+TEST_F(FileNodeInline, ErrorsAreErrnoValuesAShortWriteIsEnospcAndEagainGoesToTheRing) {
+  long write_res = -EIO;
+  long read_res = -EIO;
+  node_->set_inline_hook_for_test([&](FileNode::InlineSample& s) {
+    s.res = s.op == IoOp::write ? write_res : read_res;
+  });
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf a(4096, 0x24);
+    EXPECT_EQ((co_await node_->write(0, a.span(), WriteFlags::none)).error(), make_errc(EIO));
+    EXPECT_EQ((co_await node_->read(0, a.span())).error(), make_errc(EIO));
+    write_res = 2048;
+    EXPECT_EQ((co_await node_->write(0, a.span(), WriteFlags::none)).error(),
+              make_errc(ENOSPC));
+    read_res = 0;  // end of file inside the node's size
+    EXPECT_EQ((co_await node_->read(0, a.span())).error(), make_errc(EIO));
+    EXPECT_TRUE(ring_ops_.empty());
+    // EAGAIN: the ring does the request instead, and it succeeds.
+    write_res = -EAGAIN;
+    read_res = -EAGAIN;
+    EXPECT_TRUE(co_await node_->write(4096, a.span(), WriteFlags::none));
+    std::memset(a.p, 0, 4096);
+    EXPECT_TRUE(co_await node_->read(4096, a.span()));
+    EXPECT_TRUE(all_bytes(a.span(), 0x24));
+  }());
+  EXPECT_EQ(ring_ops(IORING_OP_WRITE), 1u);
+  EXPECT_EQ(ring_ops(IORING_OP_READ), 1u);
+  EXPECT_TRUE(all_bytes(pread_file(path_, 4096, 4096), 0x24));
+}
+
+TEST_F(FileNodeInline, AStalledWriteSendsWritesToTheRingUntilTheBackOffEnds) {
+  bool stall = true;
+  node_->set_inline_hook_for_test([&](FileNode::InlineSample& s) {
+    if (s.op == IoOp::write && stall) s.took = std::chrono::milliseconds(5);
+  });
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf a(4096, 0x25);
+    EXPECT_TRUE(co_await node_->write(0, a.span(), WriteFlags::none));   // inline, stalls
+    EXPECT_TRUE(co_await node_->write(4096, a.span(), WriteFlags::none));  // ring
+  }());
+  EXPECT_EQ(node_->inline_stall_count(), 1u);
+  EXPECT_EQ(node_->inline_write_count(), 1u);
+  EXPECT_EQ(ring_ops(IORING_OP_WRITE), 1u);
+  // After the back-off (50 ms here) writes run inline again; reads were never affected.
+  std::this_thread::sleep_for(std::chrono::milliseconds(80));
+  stall = false;
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf a(4096, 0x26);
+    EXPECT_TRUE(co_await node_->write(8192, a.span(), WriteFlags::none));
+    EXPECT_TRUE(co_await node_->read(0, a.span()));
+    EXPECT_TRUE(all_bytes(a.span(), 0x25));
+  }());
+  EXPECT_EQ(node_->inline_write_count(), 2u);
+  EXPECT_EQ(ring_ops(IORING_OP_WRITE), 1u);
+  EXPECT_EQ(ring_ops(IORING_OP_READ), 0u);
+  EXPECT_TRUE(all_bytes(pread_file(path_, 0, 8192), 0x25));
+  EXPECT_TRUE(all_bytes(pread_file(path_, 8192, 4096), 0x26));
+}
+
+TEST_F(FileNodeInline, AKernelThatRefusesNowaitReadsGetsEveryReadThroughTheRing) {
+  int inline_reads = 0;
+  node_->set_inline_hook_for_test([&](FileNode::InlineSample& s) {
+    if (s.op != IoOp::read) return;
+    ++inline_reads;
+    s.res = -EOPNOTSUPP;
+  });
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf a(4096);
+    EXPECT_TRUE(co_await node_->read(0, a.span()));
+    EXPECT_TRUE(co_await node_->read(4096, a.span()));
+    EXPECT_TRUE(all_bytes(a.span(), 0x5a));
+  }());
+  EXPECT_EQ(inline_reads, 1);
+  EXPECT_EQ(ring_ops(IORING_OP_READ), 2u);
 }
 
 // --- read-only and tmpfs specifics --------------------------------------------------------
