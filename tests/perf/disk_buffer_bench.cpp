@@ -26,7 +26,7 @@
 // Usage: disk_buffer_bench [--dir D] [--disk-mib N] [--seconds S] [--rounds N]
 //                          [--section all|rows|blocks|failover] [--block-bytes B]
 //                          [--failover-mib N] [--only cache/ordered/wb/qd/write-KiB]
-//                          [--write-back-mib N]
+//                          [--write-back-mib N] [--write-back-inflight N]
 //                          [--verbose 1]
 // Files are created in D (default /var/tmp: a disk file system, for O_DIRECT) and removed.
 // Defaults: 128 MiB disk, 5 rounds of 0.4 s, 1 GiB failover: about 4 minutes. Device requests
@@ -385,6 +385,7 @@ struct Env {
   std::vector<std::byte*> buffers;  // one write buffer per writer, 4096-aligned
   std::string only;  // rows: "cache/ordered/wb/qd/write", e.g. "direct/on/wb/32/4", "direct/off/-/1/64"
   std::uint64_t write_back_bytes = 64 * kMiB;
+  std::uint32_t write_back_inflight = DiskBufferOptions{}.write_back_inflight;
 };
 
 std::uint64_t buffer_bytes_for(std::uint64_t disk_bytes, std::uint32_t block_bytes) {
@@ -397,9 +398,11 @@ void section_rows(Env& env, std::uint32_t block_bytes) {
               "ratios to bare;\nper first write: device requests (reads, writes, flushes of "
               "disk and buffer), KiB moved, flushes or FUA writes, save cycles\n",
               block_bytes, env.rounds, env.seconds);
-  std::printf("write-back: the %llu MiB queue in front of the primary view (every point of such "
-              "a row, bare included, ends with a flush: writes complete before the disk has "
-              "them)\n", static_cast<unsigned long long>(env.write_back_bytes / kMiB));
+  std::printf("write-back: the %llu MiB queue in front of the primary view, %u writes applied "
+              "at a time (every point of such a row, bare included, ends with a flush: writes "
+              "complete before the disk has them)\n",
+              static_cast<unsigned long long>(env.write_back_bytes / kMiB),
+              env.write_back_inflight);
   std::printf("%-8s %-7s %-5s %3s %5s %9s %9s %9s %7s %7s | %6s %7s %6s %6s\n", "cache",
               "ordered", "wback", "qd", "write", "bare", "first", "rewrite", "first/x", "rewr/x",
               "req", "KiB", "syncs", "cycles");
@@ -408,7 +411,8 @@ void section_rows(Env& env, std::uint32_t block_bytes) {
       // ordered flushes on / off without the queue, then on with it
       const bool ordered = variant != 1;
       const bool wb = variant == 2;
-      DiskBufferOptions options{block_bytes, ordered, wb ? env.write_back_bytes : 0};
+      DiskBufferOptions options{block_bytes, ordered, wb ? env.write_back_bytes : 0,
+                                env.write_back_inflight};
       Rig rig(env.disk_path, env.buffer_path, direct, options);
       for (std::uint32_t qd : {1u, 32u}) {
         for (std::uint32_t write_bytes : {4096u, 65536u}) {
@@ -530,6 +534,7 @@ int main(int argc, char** argv) {
   using namespace colo;
   std::string dir = "/var/tmp", section = "all", only;
   std::uint64_t disk_mib = 128, failover_mib = 1024, write_back_mib = 64;
+  std::uint32_t write_back_inflight = DiskBufferOptions{}.write_back_inflight;
   std::uint32_t block_bytes = kDiskBufferBlockBytesDefault;
   double seconds = 0.4;
   int rounds = 5;
@@ -546,6 +551,7 @@ int main(int argc, char** argv) {
     else if (a == "--failover-mib") failover_mib = std::stoull(v);
     else if (a == "--only") only = v;
     else if (a == "--write-back-mib") write_back_mib = std::stoull(v);
+    else if (a == "--write-back-inflight") write_back_inflight = static_cast<std::uint32_t>(std::stoul(v));
     else if (a == "--verbose") g_verbose = v == "1";
     else die("unknown option " + a);
   }
@@ -562,6 +568,7 @@ int main(int argc, char** argv) {
   env.rounds = rounds;
   env.only = only;
   env.write_back_bytes = write_back_mib * kMiB;
+  env.write_back_inflight = write_back_inflight;
   env.disk_path = env.dir + "/disk.img";
   env.buffer_path = env.dir + "/buffer.img";
   for (int i = 0; i < 32; ++i) {
