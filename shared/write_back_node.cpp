@@ -3,6 +3,7 @@
 #include <boost/asio/post.hpp>
 
 #include <algorithm>
+#include <cstring>
 #include <iterator>
 
 #include "shared/check.hpp"
@@ -132,7 +133,14 @@ WriteBackNode::EntryList::iterator WriteBackNode::push(Entry e) {
   e.seq = next_seq_++;
   e.state = State::queued;
   if (e.kind != Kind::hold) ++stats_.entries_queued;
-  auto it = queue_.insert(queue_.end(), std::move(e));
+  EntryList::iterator it;
+  if (!spare_.empty()) {
+    queue_.splice(queue_.end(), spare_, spare_.begin());
+    it = std::prev(queue_.end());
+    *it = std::move(e);
+  } else {
+    it = queue_.insert(queue_.end(), std::move(e));
+  }
   ++queued_count_;
   if (next_ == queue_.end()) next_ = it;
   return it;
@@ -192,7 +200,9 @@ Task<void> WriteBackNode::send(EntryList::iterator it) {
   IoResult r;
   switch (e.kind) {
     case Kind::write:
-      r = co_await peer_.write(e.offset_bytes, e.data, e.flags);
+      r = co_await peer_.write(e.offset_bytes,
+                               std::span<const std::byte>(e.data.data(), e.length_bytes),
+                               e.flags);
       break;
     case Kind::trim:
       r = co_await peer_.trim(e.offset_bytes, e.length_bytes, e.flags);
@@ -247,10 +257,23 @@ void WriteBackNode::complete(EntryList::iterator it, IoResult r) {
     }
   }
   CHECK(it != next_);
-  queue_.erase(it);
+  retire(it);
   grant_space();
   progress_.notify_all();
   pump();
+}
+
+WriteBackNode::EntryList::iterator WriteBackNode::retire(EntryList::iterator it) {
+  payloads_.put(std::move(it->data));
+  it->completion.reset();
+  auto next = std::next(it);
+  // A bounded number of spare nodes: as many as may be in flight plus a margin.
+  if (spare_.size() < options_.inflight_max + 64) {
+    spare_.splice(spare_.end(), queue_, it);
+  } else {
+    queue_.erase(it);
+  }
+  return next;
 }
 
 void WriteBackNode::fail(const Entry& e, const error_code& ec) {
@@ -296,7 +319,7 @@ std::uint64_t WriteBackNode::drop_queued(int err) {
     --queued_count_;
     ++stats_.entries_dropped;
     if (e.completion && !e.completion->done) finish(*e.completion, io_error(err), false);
-    next_ = queue_.erase(next_);
+    next_ = retire(next_);
   }
   CHECK(queued_count_ == 0);
   progress_.notify_all();
@@ -325,7 +348,10 @@ Task<IoResult> WriteBackNode::enqueue(Kind kind, std::uint64_t offset_bytes,
   e.flags = without_fast_zero(flags);
   e.cost_bytes = cost_bytes;
   // The payload is copied only once the space is granted: waiting writers hold no copy.
-  if (kind == Kind::write) e.data.assign(payload.begin(), payload.end());
+  if (kind == Kind::write && !payload.empty()) {
+    e.data = payloads_.get(payload.size());
+    std::memcpy(e.data.data(), payload.data(), payload.size());
+  }
   std::shared_ptr<Completion> completion;
   if (options_.fua_waits && has(flags, WriteFlags::fua)) {
     completion = std::make_shared<Completion>();

@@ -115,6 +115,7 @@
 #include "shared/async_event.hpp"
 #include "shared/block_node.hpp"
 #include "shared/child.hpp"
+#include "shared/nbd_buffer_pool.hpp"
 
 namespace colo {
 
@@ -226,7 +227,7 @@ class WriteBackNode final : public BlockNode {
     WriteFlags flags = WriteFlags::none;
     std::uint64_t cost_bytes = 0;
     bool abandoned = false;                   // in flight when discard() ran
-    std::vector<std::byte> data;              // write payload (a copy)
+    PayloadBuffer data;                       // write payload (a copy, 4 KiB aligned)
     std::shared_ptr<Completion> completion;   // flush, hold, FUA with fua_waits
   };
   using EntryList = std::list<Entry>;
@@ -257,6 +258,9 @@ class WriteBackNode final : public BlockNode {
   bool overlaps_inflight(const Entry& e) const;
   Task<void> send(EntryList::iterator it);
   void complete(EntryList::iterator it, IoResult r);
+  // Removes a completed or dropped entry, keeping its list node and payload buffer for reuse;
+  // returns the next entry.
+  EntryList::iterator retire(EntryList::iterator it);
   void fail(const Entry& e, const error_code& ec);
   // Drops every entry not yet sent, completing their waiters with `err`; returns their cost.
   std::uint64_t drop_queued(int err);
@@ -272,6 +276,8 @@ class WriteBackNode final : public BlockNode {
   WriteBackOptions options_;
 
   EntryList queue_;                      // not completed, in queue order (seq ascending)
+  EntryList spare_;                      // list nodes of completed entries, for reuse
+  BufferPool payloads_;                  // payload copies (aligned: an O_DIRECT peer takes them as they are)
   EntryList::iterator next_;             // next entry to send (queue_.end() when none)
   std::vector<Entry*> inflight_;         // entries in flight on the peer
   bool barrier_inflight_ = false;
