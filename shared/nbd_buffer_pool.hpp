@@ -3,7 +3,8 @@
 //
 // Buffers are 4096-byte aligned (O_DIRECT file nodes can use them as they are) and come in
 // power-of-two size classes from 4 KiB to 32 MiB. A returned buffer is kept for reuse while the
-// pool holds fewer than kCachedBytesMax bytes; beyond that it is freed. Single-threaded.
+// pool holds fewer than cached_bytes_max bytes (kCachedBytesMax unless the owner says
+// otherwise); beyond that it is freed. Single-threaded.
 
 #include <algorithm>
 #include <array>
@@ -62,6 +63,9 @@ class BufferPool {
   static constexpr std::size_t kClassCount = 14;  // 4 KiB .. 32 MiB
   static constexpr std::size_t kCachedBytesMax = 32u * 1024u * 1024u;
 
+  BufferPool() = default;
+  explicit BufferPool(std::size_t cached_bytes_max) : cached_bytes_max_(cached_bytes_max) {}
+
   // A buffer of at least `length_bytes` (<= 32 MiB); an empty buffer for length 0.
   PayloadBuffer get(std::size_t length_bytes) {
     if (length_bytes == 0) return {};
@@ -79,7 +83,7 @@ class BufferPool {
 
   void put(PayloadBuffer b) {
     if (!b) return;
-    if (cached_bytes_ + b.capacity_bytes() > kCachedBytesMax) return;  // freed here
+    if (cached_bytes_ + b.capacity_bytes() > cached_bytes_max_) return;  // freed here
     const std::size_t cls = class_of(b.capacity_bytes());
     cached_bytes_ += b.capacity_bytes();
     free_[cls].push_back(std::move(b));
@@ -94,6 +98,7 @@ class BufferPool {
   }
   std::array<std::vector<PayloadBuffer>, kClassCount> free_;
   std::size_t cached_bytes_ = 0;
+  std::size_t cached_bytes_max_ = kCachedBytesMax;
 };
 
 }  // namespace colo

@@ -30,6 +30,9 @@ WriteBackNode::WriteBackNode(std::string name, asio::any_io_executor executor,
       executor_(std::move(executor)),
       peer_("peer", std::move(peer)),
       options_(options),
+      // Up to the queue's own bound stays allocated once used: a queue that keeps filling does
+      // not fault fresh pages in for every payload.
+      payloads_(static_cast<std::size_t>(options.queue_bytes_max)),
       next_(queue_.end()) {
   CHECK(options_.inflight_max >= 1);
   CHECK(options_.queue_bytes_max >= 1);
