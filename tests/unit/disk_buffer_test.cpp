@@ -115,6 +115,14 @@ struct Rig {
     primary = db->primary_view();
     local = db->local_view();
   }
+  // The disk and buffer contents of `crashed` (a restart over the same media).
+  void copy_media_from(const Rig& crashed) {
+    ASSERT_EQ(disk_mem->size_bytes(), crashed.disk_mem->size_bytes());
+    ASSERT_EQ(buffer_mem->size_bytes(), crashed.buffer_mem->size_bytes());
+    std::memcpy(disk_mem->data().data(), crashed.disk_mem->data().data(), disk_mem->size_bytes());
+    std::memcpy(buffer_mem->data().data(), crashed.buffer_mem->data().data(),
+                buffer_mem->size_bytes());
+  }
   void fill_disk(std::uint8_t p) { std::memset(disk_mem->data().data(), p, disk_mem->size_bytes()); }
   Result<void> call(Task<Result<void>> t) { return run_task(io, std::move(t)); }
   std::vector<std::byte> read_all(BlockNode& node) {
@@ -462,9 +470,7 @@ void concurrent_first_writes(bool ordered) {
   asio::io_context side;
   ASSERT_TRUE(run_task(side, rig.buffer_fault->power_cut()));
   Rig after(4096, kDiskBytes);
-  std::memcpy(after.disk_mem->data().data(), rig.disk_mem->data().data(), kDiskBytes);
-  std::memcpy(after.buffer_mem->data().data(), rig.buffer_mem->data().data(),
-              rig.buffer_mem->size_bytes());
+  after.copy_media_from(rig);
   after.open();
   ASSERT_TRUE(after.db);
   EXPECT_EQ(after.db->buffered_block_count(), static_cast<std::size_t>(kWriters));
@@ -507,9 +513,7 @@ TEST(DiskBuffer, LargeConcurrentFirstWritesAreSavedInPiecesThenFlushed) {
   asio::io_context side;
   ASSERT_TRUE(run_task(side, rig.buffer_fault->power_cut()));
   Rig after(4096, kDiskBytes);
-  std::memcpy(after.disk_mem->data().data(), rig.disk_mem->data().data(), kDiskBytes);
-  std::memcpy(after.buffer_mem->data().data(), rig.buffer_mem->data().data(),
-              rig.buffer_mem->size_bytes());
+  after.copy_media_from(rig);
   after.open();
   ASSERT_TRUE(after.db);
   ASSERT_TRUE(after.call(after.db->stop_replication(StopMode::failover)));
@@ -655,9 +659,7 @@ TEST(DiskBuffer, ReopenDuringFailoverResumesTheApply) {
   ASSERT_EQ(rig.db->state(), BufferState::failing_over);
   ASSERT_GT(rig.db->failover_progress().applied_bytes, 0u);
   Rig after(4096, kDiskBytes);
-  std::memcpy(after.disk_mem->data().data(), rig.disk_mem->data().data(), kDiskBytes);
-  std::memcpy(after.buffer_mem->data().data(), rig.buffer_mem->data().data(),
-              rig.buffer_mem->size_bytes());
+  after.copy_media_from(rig);
   rig.io.run();  // let the first instance finish on its own media
   after.open();  // resumes the apply and runs it to the end
   EXPECT_EQ(after.db->state(), BufferState::idle);
@@ -939,9 +941,7 @@ void crash_iteration(std::uint64_t seed, bool power_cut) {
     ASSERT_TRUE(run_task(side, rig.buffer_fault->power_cut()));
   }
   Rig after(block, disk_bytes);
-  std::memcpy(after.disk_mem->data().data(), rig.disk_mem->data().data(), disk_bytes);
-  std::memcpy(after.buffer_mem->data().data(), rig.buffer_mem->data().data(),
-              rig.buffer_mem->size_bytes());
+  after.copy_media_from(rig);
   const std::uint64_t acked_at_crash = acked;
   done = true;
   rig.io.run();  // the first instance finishes on its own media
