@@ -22,12 +22,9 @@ namespace {
 
 constexpr std::uint32_t kDirectAlignmentFallbackBytes = 4096;
 constexpr std::uint32_t kZeroChunkBytes = 1u * kMiB;
-// Larger buffered writes go through the ring, where an io-wq worker copies them into the page
-// cache on another CPU while the loop thread goes on reading the next payloads from the socket.
-// Measured through the NBD server (2 vCPUs, docs/nbd_server.md): with 16 requests in flight,
-// 16 KiB - 1 MiB writes go 1.4-1.8x faster through the ring, 8 KiB ones 1.1x faster inline;
-// at QD1, 4-16 KiB writes are 1.1-6x faster inline, 64 KiB ones even.
-constexpr std::size_t kInlineWriteBytesMax = 8u * 1024u;
+// Larger buffered writes go through the ring: copying them would hold the loop for more than
+// about a quarter of a millisecond.
+constexpr std::size_t kInlineWriteBytesMax = 1u * kMiB;
 
 struct FreeDeleter {
   void operator()(std::byte* p) const { std::free(p); }

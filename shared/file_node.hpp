@@ -21,7 +21,7 @@
 //   back) is EIO. A short write is ENOSPC.
 // - Buffered mode, unless `inline_io` is off: a read first takes what the page cache holds
 //   inline (preadv2 with RWF_NOWAIT, which never blocks; the rest goes through the ring), and a
-//   write without FUA of at most 8 KiB is a pwrite(2) on the loop thread, timed by an
+//   write without FUA of at most 1 MiB is a pwrite(2) on the loop thread, timed by an
 //   InlineIoPolicy that sends writes to the ring for a while after one stalls
 //   (shared/inline_io.hpp explains why and when).
 // - FUA: RWF_DSYNC on the write; when the kernel refuses RWF_DSYNC, write then fdatasync.
