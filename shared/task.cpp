@@ -1,7 +1,9 @@
 #include "shared/task.hpp"
 
 #include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/prefer.hpp>
+#include <boost/version.hpp>
 
 #include <cstdlib>
 
