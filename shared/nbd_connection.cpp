@@ -222,7 +222,7 @@ Task<void> NbdConnection::transmission(std::size_t export_index) {
       continue;
     }
     handlers_.begin();
-    spawn(ex, handle(shared_from_this(), *r, std::move(buffer), cost), "nbd request");
+    spawn_inline(ex, handle(shared_from_this(), *r, std::move(buffer), cost), "nbd request");
   }
 
   // Finish what is in flight and send every reply (the flusher is counted in handlers_).

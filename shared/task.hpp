@@ -37,4 +37,14 @@ inline void spawn(const asio::any_io_executor& ex, Task<void> task, std::string 
   });
 }
 
+// spawn() for hot paths, called from a handler or coroutine running on `ex`'s own thread: the
+// task starts at once, inline, and runs until its first suspension, like spawn(). The difference
+// is the end: when the task finishes without ever having suspended, co_spawn posts one more
+// handler to the executor before it lets go of the coroutine (one extra event-loop turn, i.e.
+// an epoll_wait(0) and a scheduler round, per task); spawn_inline() lets go at once. The NBD
+// server starts one task per request, and a request served from the page cache finishes inline.
+// Like spawn(), the task counts as outstanding work on `ex` until it finishes, and an escaping
+// exception aborts. `what` must be a string literal (it is kept, not copied).
+void spawn_inline(const asio::any_io_executor& ex, Task<void> task, const char* what);
+
 }  // namespace colo

@@ -16,7 +16,10 @@
 # Environment: ROUNDS (default 5), RUNTIME seconds per fio job (default 1),
 #              SIZE_MB per disk file (default 256), BENCH_DIR (default a temp dir),
 #              ROWS (comma-separated subset, e.g. "randwrite 4k 1,write 1m 16"),
-#              TRANSPORTS (default "unix tcp").
+#              TRANSPORTS (default "unix tcp"),
+#              BASE_COLOD (another colod binary, e.g. one built from main: it serves the same
+#              files as colo-direct-base and colo-buffered-base, interleaved with the others,
+#              and the table adds the ratio new/base: an A/B of two builds in one run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . tests/perf/lib.sh
@@ -37,8 +40,8 @@ cp "$work/direct.img" "$work/buffered.img"
 sync
 
 declare -A uri
-start_colod() {  # name cache file
-  local name=$1 cache=$2 file=$3 port
+start_colod() {  # name cache file [binary]
+  local name=$1 cache=$2 file=$3 bin=${4:-$colod} port
   port=$(free_port)
   cat > "$work/$name.conf" <<EOF
 resource: "$name"
@@ -49,7 +52,7 @@ log_level: "warn"
 disk { path: "$file" cache: $cache }
 export { name: "r0" listen: "unix:$work/$name.sock" listen: "tcp:127.0.0.1:$port" }
 EOF
-  bench_start "$work/$name.log" "$colod" --config "$work/$name.conf"
+  bench_start "$work/$name.log" "$bin" --config "$work/$name.conf"
   wait_unix "$work/$name.sock"
   wait_tcp "$port"
   uri[$name-unix]="nbd+unix:///r0?socket=$work/$name.sock"
@@ -57,6 +60,14 @@ EOF
 }
 start_colod colo-direct CACHE_DIRECT "$work/direct.img"
 start_colod colo-buffered CACHE_BUFFERED "$work/buffered.img"
+servers=(colo-direct qemu-nbd colo-buffered nbdkit)
+if [ -n "${BASE_COLOD:-}" ]; then
+  base_colod=$(realpath "$BASE_COLOD")
+  bench_require "$base_colod"
+  start_colod colo-direct-base CACHE_DIRECT "$work/direct.img" "$base_colod"
+  start_colod colo-buffered-base CACHE_BUFFERED "$work/buffered.img" "$base_colod"
+  servers+=(colo-direct-base colo-buffered-base)
+fi
 
 # qemu-nbd and nbdkit listen on one transport per process: one process each.
 qport=$(free_port)
@@ -90,7 +101,6 @@ fio_point() {  # label rw bs qd fio-args...: one fio run, its summary appended t
   printf '%s\t%s\n' "$label" "$(fio_summary "$work/fio.json")" >>"$results"
 }
 
-servers=(colo-direct qemu-nbd colo-buffered nbdkit)
 results="$work/results.txt"
 : > "$results"
 echo "start: $(bench_load)"
@@ -141,5 +151,11 @@ for row, tr in order:
                 verdict = "met" if ri >= want and rp <= 1.0 else "MISSED"
                 note = f"x{ri:<5.2f} x{rp:<5.2f} {verdict} (>= {want}x)"
             print(f"{row:<18}{tr:<5}{srv:<14}{iops:>9.0f}{bw:>9.1f}{p99:>9.1f}   {note}")
+        if (row, tr, ours + "-base") in m:
+            iops, bw, p99 = m[(row, tr, ours + "-base")]
+            niops, _, np99 = m[(row, tr, ours)]
+            print(f"{row:<18}{tr:<5}{'  (base)':<14}{iops:>9.0f}{bw:>9.1f}{p99:>9.1f}"
+                  f"   new/base: x{niops / iops if iops else float('nan'):<5.2f}"
+                  f" x{np99 / p99 if p99 else float('nan'):<5.2f}")
     print()
 EOF

@@ -1,7 +1,8 @@
-// Block core: MemoryNode, Child edges, request checks, drain, AsyncEvent.
+// Block core: MemoryNode, Child edges, request checks, drain, AsyncEvent, spawn_inline.
 
 #include <gtest/gtest.h>
 
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 
@@ -239,6 +240,84 @@ TEST(AsyncEvent, NotifyWakesAllWaitersAndLatchHolds) {
     co_await ev.wait();  // latched: returns at once
   }());
   EXPECT_EQ(woken, 3);
+}
+
+// spawn_inline(): a task that never suspends runs to its end inside the call, and nothing is
+// left queued on the executor (co_spawn would post one handler per task).
+TEST(SpawnInline, TaskThatDoesNotSuspendLeavesNothingQueued) {
+  asio::io_context io;
+  int finished = 0;
+  auto task = [&finished](int add) -> Task<void> {
+    finished += add;
+    co_return;
+  };
+  bool checked = false;
+  asio::post(io, [&] {
+    for (int i = 0; i < 5; ++i) {
+      spawn_inline(io.get_executor(), task(1), "inline task");
+      EXPECT_EQ(finished, i + 1);  // ran to its end inside the call
+    }
+    checked = true;
+  });
+  // Only the posted lambda runs: no handler per task.
+  EXPECT_EQ(io.run(), 1u);
+  EXPECT_TRUE(checked);
+  EXPECT_EQ(finished, 5);
+
+  // The same with spawn(): one more handler per task (what spawn_inline saves).
+  io.restart();
+  asio::post(io, [&] {
+    for (int i = 0; i < 5; ++i) spawn(io.get_executor(), task(1), "posted task");
+  });
+  EXPECT_EQ(io.run(), 6u);
+  EXPECT_EQ(finished, 10);
+}
+
+// A task that suspends resumes later as usual, and counts as outstanding work meanwhile (a wait
+// on an AsyncEvent is no Asio operation: without that, run() would return under it).
+TEST(SpawnInline, SuspendedTaskKeepsTheContextRunningAndResumes) {
+  asio::io_context io;
+  AsyncEvent ev;
+  int stage = 0;
+  auto task = [&]() -> Task<void> {
+    stage = 1;
+    co_await ev.wait();
+    stage = 2;
+  };
+  asio::post(io, [&] { spawn_inline(io.get_executor(), task(), "waiting task"); });
+  io.poll();
+  EXPECT_EQ(stage, 1);
+  EXPECT_FALSE(io.stopped());  // the suspended task is outstanding work
+  ev.notify_all();
+  io.poll();
+  EXPECT_EQ(stage, 2);
+  EXPECT_TRUE(io.stopped());  // finished: no work left
+}
+
+TEST(SpawnInlineDeathTest, ExceptionAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        asio::io_context io;
+        auto task = []() -> Task<void> {
+          throw std::runtime_error("boom");
+          co_return;
+        };
+        asio::post(io, [&] { spawn_inline(io.get_executor(), task(), "throwing task"); });
+        io.run();
+      },
+      "coroutine 'throwing task' ended with an exception: boom");
+}
+
+TEST(SpawnInlineDeathTest, CallFromOutsideTheExecutorIsAProgrammerError) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        asio::io_context io;
+        auto task = []() -> Task<void> { co_return; };
+        spawn_inline(io.get_executor(), task(), "outside");
+      },
+      "CHECK failed");
 }
 
 }  // namespace
