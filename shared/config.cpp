@@ -111,6 +111,10 @@ std::vector<std::string> validate_config(const config::DaemonConfig& cfg) {
                                    cfg.log_level()));
     }
   }
+  if (cfg.has_poll_us() && cfg.poll_us() > kPollUsMax) {
+    errors.push_back(fmt::format("poll_us: {} is above {} (0 turns polling off)", cfg.poll_us(),
+                                 kPollUsMax));
+  }
   if (!cfg.has_disk()) {
     errors.push_back("disk: must be set");
   } else {
@@ -124,6 +128,10 @@ std::vector<std::string> validate_config(const config::DaemonConfig& cfg) {
   validate_secondary_config(cfg, errors);
   validate_replication_config(cfg, errors);
   return errors;
+}
+
+unsigned poll_us(const config::DaemonConfig& cfg) {
+  return cfg.has_poll_us() ? cfg.poll_us() : kPollUsDefault;
 }
 
 Result<config::DaemonConfig> parse_config_text(const std::string& text,

@@ -28,6 +28,11 @@ void validate_secondary_config(const config::DaemonConfig& cfg,
 void validate_replication_config(const config::DaemonConfig& cfg,
                                  std::vector<std::string>& errors);
 
+// The event loop's poll window (DaemonConfig.poll_us): the default when unset, and the bound.
+inline constexpr unsigned kPollUsDefault = 50;
+inline constexpr unsigned kPollUsMax = 10000;
+unsigned poll_us(const config::DaemonConfig& cfg);
+
 // The quorum child that is the secondary ("peer" unless the config names another).
 std::string replication_peer_child(const config::ReplicationConfig& r);
 

@@ -11,6 +11,7 @@
 #include "secondary/secondary_role.hpp"
 #include "shared/config.hpp"
 #include "shared/daemon.hpp"
+#include "shared/event_loop.hpp"
 #include "shared/log.hpp"
 
 namespace po = boost::program_options;
@@ -45,8 +46,9 @@ int run_daemon(colo::config::DaemonConfig cfg) {
   ctx.handle_signals();
   log::info("colod {} started: resource \"{}\", role {}", kVersion, cfg.resource(),
             cfg.role() == config::PRIMARY ? "primary" : "secondary");
-  io.run();
-  log::info("colod stopped");
+  const EventLoopStats loop = run_event_loop(io, std::chrono::microseconds(poll_us(cfg)));
+  log::info("colod stopped (event loop: {} blocking waits, {} empty polls, {} events found by "
+            "polling)", loop.blocking_waits, loop.polls, loop.poll_hits);
   return 0;
 }
 

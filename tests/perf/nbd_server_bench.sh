@@ -19,7 +19,9 @@
 #              TRANSPORTS (default "unix tcp"),
 #              BASE_COLOD (another colod binary, e.g. one built from main: it serves the same
 #              files as colo-direct-base and colo-buffered-base, interleaved with the others,
-#              and the table adds the ratio new/base: an A/B of two builds in one run).
+#              and the table adds the ratio new/base: an A/B of two builds in one run),
+#              COLOD_CONF_EXTRA / BASE_CONF_EXTRA (config lines added to the daemons' configs,
+#              e.g. BASE_COLOD=build/colod BASE_CONF_EXTRA="poll_us: 0": an A/B of a setting).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . tests/perf/lib.sh
@@ -41,7 +43,7 @@ sync
 
 declare -A uri
 start_colod() {  # name cache file [binary]
-  local name=$1 cache=$2 file=$3 bin=${4:-$colod} port
+  local name=$1 cache=$2 file=$3 bin=${4:-$colod} extra=${5-${COLOD_CONF_EXTRA:-}} port
   port=$(free_port)
   cat > "$work/$name.conf" <<EOF
 resource: "$name"
@@ -51,6 +53,7 @@ control_socket: "$work/$name.ctl"
 log_level: "warn"
 disk { path: "$file" cache: $cache }
 export { name: "r0" listen: "unix:$work/$name.sock" listen: "tcp:127.0.0.1:$port" }
+$extra
 EOF
   bench_start "$work/$name.log" "$bin" --config "$work/$name.conf"
   wait_unix "$work/$name.sock"
@@ -64,8 +67,8 @@ servers=(colo-direct qemu-nbd colo-buffered nbdkit)
 if [ -n "${BASE_COLOD:-}" ]; then
   base_colod=$(realpath "$BASE_COLOD")
   bench_require "$base_colod"
-  start_colod colo-direct-base CACHE_DIRECT "$work/direct.img" "$base_colod"
-  start_colod colo-buffered-base CACHE_BUFFERED "$work/buffered.img" "$base_colod"
+  start_colod colo-direct-base CACHE_DIRECT "$work/direct.img" "$base_colod" "${BASE_CONF_EXTRA:-}"
+  start_colod colo-buffered-base CACHE_BUFFERED "$work/buffered.img" "$base_colod" "${BASE_CONF_EXTRA:-}"
   servers+=(colo-direct-base colo-buffered-base)
 fi
 

@@ -43,6 +43,19 @@ TEST(Config, ReportsEveryProblemAtOnce) {
   EXPECT_NE(m.find("export.listen: \"udp:1.2.3.4:5\""), std::string::npos) << m;
 }
 
+TEST(Config, PollWindowDefaultsOffAndBound) {
+  auto cfg = parse_config_text(kGood, "good.conf");
+  ASSERT_TRUE(cfg) << cfg.error().to_string();
+  EXPECT_EQ(poll_us(*cfg), kPollUsDefault);
+  auto off = parse_config_text(std::string(kGood) + "poll_us: 0\n", "off.conf");
+  ASSERT_TRUE(off) << off.error().to_string();
+  EXPECT_EQ(poll_us(*off), 0u);
+  auto big = parse_config_text(std::string(kGood) + "poll_us: 10001\n", "big.conf");
+  ASSERT_FALSE(big);
+  EXPECT_NE(big.error().message.find("poll_us: 10001 is above 10000"), std::string::npos)
+      << big.error().message;
+}
+
 TEST(Config, MissingFileIsAClearError) {
   auto cfg = load_config("/nonexistent/colo.conf");
   ASSERT_FALSE(cfg);

@@ -9,11 +9,15 @@
 #include <fcntl.h>
 #include <liburing.h>
 #include <linux/magic.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
+#include <chrono>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -707,11 +711,24 @@ TEST_F(FileNodeInline, FuaWritesAndWritesOverOneMiBGoThroughTheRing) {
 
 TEST_F(FileNodeInline, TheRingReadsWhatThePageCacheDoesNotHold) {
   // Evict the file's pages: the inline read is refused (EAGAIN) and the ring reads it all.
+  // fadvise skips pages it cannot drop at that moment (still on a CPU's LRU batch, under
+  // writeback), so evict until mincore() sees none of the first 64 KiB resident.
   int fd = ::open(path_.c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
-  ASSERT_EQ(fsync(fd), 0);  // dirty pages are not evicted
-  ASSERT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+  void* map = ::mmap(nullptr, 65536, PROT_READ, MAP_SHARED, fd, 0);
+  ASSERT_NE(map, MAP_FAILED);
+  bool evicted = false;
+  for (int attempt = 0; attempt < 100 && !evicted; ++attempt) {
+    ASSERT_EQ(fsync(fd), 0);  // dirty pages are not evicted
+    ASSERT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+    std::array<unsigned char, 16> resident{};
+    ASSERT_EQ(::mincore(map, 65536, resident.data()), 0);
+    evicted = std::all_of(resident.begin(), resident.end(), [](unsigned char r) { return !(r & 1); });
+    if (!evicted) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ::munmap(map, 65536);
   ::close(fd);
+  ASSERT_TRUE(evicted) << "the kernel kept the file's pages cached";
   run_task(io_, [&]() -> Task<void> {
     AlignedBuf back(65536);
     EXPECT_TRUE(co_await node_->read(0, back.span()));
@@ -721,7 +738,15 @@ TEST_F(FileNodeInline, TheRingReadsWhatThePageCacheDoesNotHold) {
   ASSERT_EQ(ring_ops(IORING_OP_READ), 1u);
   EXPECT_EQ(ring_ops_[0].length_bytes, 65536u);
 
-  // A partly cached range: the ring reads the remainder after what the cache gave.
+  // A partly cached range: the ring reads the remainder after what the cache gave. (Cache it
+  // first: the hook below only shortens an inline read that returned data.)
+  {
+    int rfd = ::open(path_.c_str(), O_RDONLY);
+    ASSERT_GE(rfd, 0);
+    std::vector<char> warm(65536);
+    ASSERT_EQ(::pread(rfd, warm.data(), warm.size(), 65536), 65536);
+    ::close(rfd);
+  }
   ring_ops_.clear();
   node_->set_inline_hook_for_test([](FileNode::InlineSample& s) {
     if (s.op == IoOp::read && s.res > 0) s.res = 12288;
