@@ -36,6 +36,11 @@ enum class WriteFlags : std::uint32_t {
   fua = 1u << 0,        // durable before completion
   no_hole = 1u << 1,    // write_zeroes: keep the range allocated
   fast_zero = 1u << 2,  // write_zeroes: fail with ENOTSUP rather than zeroing slowly
+  // Hint, no meaning for the data: the caller's client is held up while the event loop's
+  // thread is busy (a unix socket client can have only ~208 KiB in flight), so a node had
+  // better not run a large write inline on that thread. Forwarded like the other flags;
+  // nodes may ignore it.
+  hint_off_loop = 1u << 3,
 };
 constexpr WriteFlags operator|(WriteFlags a, WriteFlags b) {
   return static_cast<WriteFlags>(static_cast<std::uint32_t>(a) | static_cast<std::uint32_t>(b));

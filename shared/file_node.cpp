@@ -25,6 +25,9 @@ constexpr std::uint32_t kZeroChunkBytes = 1u * kMiB;
 // Larger buffered writes go through the ring: copying them would hold the loop for more than
 // about a quarter of a millisecond.
 constexpr std::size_t kInlineWriteBytesMax = 1u * kMiB;
+// With WriteFlags::hint_off_loop: larger writes go to the ring, whose io-wq worker copies them
+// into the page cache on another CPU while the loop reads the next payloads.
+constexpr std::size_t kInlineHintedWriteBytesMax = 8u * 1024;
 
 struct FreeDeleter {
   void operator()(std::byte* p) const { std::free(p); }
@@ -325,7 +328,9 @@ Task<IoResult> FileNode::write(std::uint64_t offset_bytes, std::span<const std::
   }
   // FUA: RWF_DSYNC on the write, or write + fdatasync when the kernel refuses RWF_DSYNC.
   std::uint32_t rwf = fua && dsync_supported_ ? RWF_DSYNC : 0;
-  if (inline_io_ && !fua && src.size() <= kInlineWriteBytesMax) {
+  const std::size_t inline_max =
+      has(flags, WriteFlags::hint_off_loop) ? kInlineHintedWriteBytesMax : kInlineWriteBytesMax;
+  if (inline_io_ && !fua && src.size() <= inline_max) {
     std::optional<IoResult> r = write_inline(offset_bytes, src);
     if (r) co_return *r;
   }

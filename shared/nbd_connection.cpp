@@ -440,7 +440,11 @@ Task<IoResult> NbdConnection::do_read(const Request& r, std::byte* out) {
 Task<IoResult> NbdConnection::do_write(const Request& r, const std::byte* in) {
   const bool fua = (r.flags & kCmdFlagFua) != 0;
   const bool native_fua = fua && limits_.can_fua;
-  const WriteFlags flags = native_fua ? WriteFlags::fua : WriteFlags::none;
+  WriteFlags flags = native_fua ? WriteFlags::fua : WriteFlags::none;
+  // A client with a small window (unix socket) stalls while the loop copies a large write into
+  // the page cache inline; over TCP its megabytes of buffer keep it going meanwhile, and an
+  // io-wq worker would compete with its TCP stack for the CPUs instead (docs/nbd_server.md).
+  if (stream_->small_window()) flags = flags | WriteFlags::hint_off_loop;
   const std::uint64_t step = std::min<std::uint64_t>(limits_.transfer_bytes_max, kPayloadBytesMax);
   for (std::uint64_t done = 0; done < r.length_bytes;) {
     const std::uint64_t n = std::min<std::uint64_t>(step, r.length_bytes - done);

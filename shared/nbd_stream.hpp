@@ -48,6 +48,10 @@ class ByteStream {
   virtual void close() = 0;
   // "unix" or "tcp:1.2.3.4:5678", for log lines.
   virtual const std::string& peer() const = 0;
+  // Whether the client can have only a small window of data in flight towards us (a unix
+  // socket: the sender's buffer, ~208 KiB, is all there is), so that time the loop spends on
+  // one request soon stalls the client's next ones.
+  virtual bool small_window() const { return false; }
 };
 
 template <class Socket>
@@ -77,6 +81,8 @@ class SocketStream final : public ByteStream {
   // nothing there.
   static constexpr bool kWakeOnWriteSpace =
       std::is_same_v<typename Socket::protocol_type, asio::local::stream_protocol>;
+
+  bool small_window() const override { return kWakeOnWriteSpace; }
 
   Task<std::tuple<error_code, std::size_t>> read_some(std::span<std::byte> out,
                                                       bool wait_first) override {

@@ -15,6 +15,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <future>
@@ -47,6 +48,7 @@ class DelayNode final : public BlockNode {
     co_return co_await mem_->read(off, out);
   }
   Task<IoResult> write(std::uint64_t off, std::span<const std::byte> in, WriteFlags f) override {
+    last_write_flags.store(static_cast<std::uint32_t>(f));
     co_await maybe_delay(off);
     co_return co_await mem_->write(off, in, f);
   }
@@ -60,6 +62,7 @@ class DelayNode final : public BlockNode {
   Task<void> drain() override { co_return; }
   std::set<std::uint64_t> delayed_offsets;
   std::chrono::milliseconds delay{300};
+  std::atomic<std::uint32_t> last_write_flags{0};
 
  private:
   Task<void> maybe_delay(std::uint64_t off) {
@@ -511,6 +514,48 @@ TEST_F(ServerFixture, EveryCommandWorks) {
   EXPECT_EQ(c.call(kCmdRead, 0, 0, 0).error, 0u);
   c.request(kCmdDisc, 0, 1, 0, 0);
   EXPECT_TRUE(c.closed_by_server());
+}
+
+// A unix socket client has a small window: its writes reach the node with the hint that they
+// should not run inline on the loop's thread. A TCP client's do not (see the next test).
+TEST_F(ServerFixture, UnixWritesCarryTheOffLoopHint) {
+  Raw c(socket_path_);
+  c.go("disk");
+  auto a = pattern(65536, 0x31);
+  EXPECT_EQ(c.call(kCmdWrite, 0, 0, 65536, a).error, 0u);
+  EXPECT_EQ(delay_->last_write_flags.load(), static_cast<std::uint32_t>(WriteFlags::hint_off_loop));
+  EXPECT_EQ(c.call(kCmdWrite, kCmdFlagFua, 0, 4096, a).error, 0u);
+  EXPECT_EQ(delay_->last_write_flags.load(),
+            static_cast<std::uint32_t>(WriteFlags::fua | WriteFlags::hint_off_loop));
+}
+
+TEST(NbdServerListen, TcpWritesCarryNoOffLoopHint) {
+  asio::io_context io;
+  MemoryNodeOptions o;
+  o.size_bytes = kDiskBytes;
+  auto mem = std::make_shared<MemoryNode>("mem", o);
+  auto node = std::make_shared<DelayNode>(mem);
+  NbdServer server(io);
+  ASSERT_TRUE(server.add_export({"", "", node, false}));
+  ASSERT_TRUE(server.listen(*parse_listen_address("tcp:127.0.0.1:0")));
+  std::thread t([&] { io.run(); });
+  {
+    Raw c(server.bound_addresses()[0].port);
+    c.go("");
+    node->last_write_flags.store(0xffff);
+    auto a = pattern(65536, 0x32);
+    EXPECT_EQ(c.call(kCmdWrite, 0, 0, 65536, a).error, 0u);
+    EXPECT_EQ(node->last_write_flags.load(), 0u);
+  }
+  std::promise<void> done;
+  spawn(io.get_executor(), [](NbdServer* s, std::promise<void>* p) -> Task<void> {
+    co_await s->drain();
+    p->set_value();
+  }(&server, &done), "drain");
+  done.get_future().wait();
+  io.stop();
+  t.join();
+  EXPECT_TRUE(all_bytes(mem->data().subspan(0, 65536), 0x32));
 }
 
 TEST_F(ServerFixture, StructuredRepliesCarryReadDataAndErrors) {

@@ -709,6 +709,20 @@ TEST_F(FileNodeInline, FuaWritesAndWritesOverOneMiBGoThroughTheRing) {
   EXPECT_TRUE(all_bytes(pread_file(path_, 2 * kMiB, 4096), 0x23));
 }
 
+TEST_F(FileNodeInline, WritesHintedOffTheLoopRunInlineOnlyUpTo8KiB) {
+  run_task(io_, [&]() -> Task<void> {
+    AlignedBuf mid(65536, 0x24), small(8192, 0x25);
+    EXPECT_TRUE(co_await node_->write(0, mid.span(), WriteFlags::none));  // inline
+    EXPECT_TRUE(co_await node_->write(65536, mid.span(), WriteFlags::hint_off_loop));  // ring
+    EXPECT_TRUE(co_await node_->write(131072, small.span(), WriteFlags::hint_off_loop));  // inline
+  }());
+  EXPECT_EQ(node_->inline_write_count(), 2u);
+  ASSERT_EQ(ring_ops(IORING_OP_WRITE), 1u);
+  EXPECT_EQ(ring_ops_[0].offset_bytes, 65536u);
+  EXPECT_TRUE(all_bytes(pread_file(path_, 0, 131072), 0x24));
+  EXPECT_TRUE(all_bytes(pread_file(path_, 131072, 8192), 0x25));
+}
+
 TEST_F(FileNodeInline, TheRingReadsWhatThePageCacheDoesNotHold) {
   // Evict the file's pages: the inline read is refused (EAGAIN) and the ring reads it all.
   // fadvise skips pages it cannot drop at that moment (still on a CPU's LRU batch, under
