@@ -1,5 +1,5 @@
 #pragma once
-// The daemon's event loop: io_context::run(), with optional adaptive polling.
+// The daemon's event loop: io_context::run(), with bounded polling before it blocks.
 //
 // Blocking in epoll_wait costs a wake-up whenever an event arrives: on a VM an idle vCPU is
 // halted, and the event's sender (the client's sendmsg) pays to wake it, then the loop thread
@@ -11,10 +11,11 @@
 // (the client, a second daemon) runs first. Idle, the loop blocks as before: the cost is CPU
 // time while requests keep arriving, as with QEMU's iothread `poll-max-ns`.
 //
-// The loop does not poll once an io_uring request was submitted since it last blocked: device
-// I/O takes long enough that its completion's wake-up is cheap in comparison, and on a VM a
-// loop that keeps its vCPU busy changes where the scheduler puts the client (measured: O_DIRECT
-// writes at queue depth 1 lost 10-15% with polling, page-cache writes gained 1.7-2x).
+// The loop does not poll once an io_uring request was issued or completed since it last
+// blocked: device I/O takes long enough that its completion's wake-up matters little, and on a
+// VM a loop that keeps its vCPU busy changes where the scheduler puts the client (measured:
+// O_DIRECT writes at queue depth 1 through the NBD server lost 10-15% when the loop also
+// polled through device I/O; page-cache writes gained 1.7-1.9x; docs/design.md).
 
 #include <boost/asio/io_context.hpp>
 
