@@ -75,6 +75,20 @@ class DelayNode final : public BlockNode {
 
 constexpr std::uint64_t kDiskBytes = 4 * kMiB;
 
+// Drains `server` (NbdServer::drain(force_after)), whose io_context runs on another thread;
+// false if that took over 20 s.
+bool drain_server(asio::io_context& io, NbdServer& server,
+                  std::chrono::milliseconds force_after = std::chrono::seconds(10)) {
+  std::promise<void> done;
+  spawn(io.get_executor(),
+        [](NbdServer* s, std::promise<void>* p, std::chrono::milliseconds after) -> Task<void> {
+          co_await s->drain(after);
+          p->set_value();
+        }(&server, &done, force_after),
+        "drain");
+  return done.get_future().wait_for(std::chrono::seconds(20)) == std::future_status::ready;
+}
+
 // The server on a background io_context thread.
 class ServerFixture : public ::testing::Test {
  protected:
@@ -109,12 +123,7 @@ class ServerFixture : public ::testing::Test {
   void drain() {
     if (drained_) return;
     drained_ = true;
-    std::promise<void> done;
-    spawn(io_.get_executor(), [](NbdServer* s, std::promise<void>* p) -> Task<void> {
-      co_await s->drain();
-      p->set_value();
-    }(&server_, &done), "drain");
-    ASSERT_EQ(done.get_future().wait_for(std::chrono::seconds(20)), std::future_status::ready);
+    ASSERT_TRUE(drain_server(io_, server_));
   }
 
   test::TempDir dir_;
@@ -547,12 +556,7 @@ TEST(NbdServerListen, TcpWritesCarryNoOffLoopHint) {
     EXPECT_EQ(c.call(kCmdWrite, 0, 0, 65536, a).error, 0u);
     EXPECT_EQ(node->last_write_flags.load(), 0u);
   }
-  std::promise<void> done;
-  spawn(io.get_executor(), [](NbdServer* s, std::promise<void>* p) -> Task<void> {
-    co_await s->drain();
-    p->set_value();
-  }(&server, &done), "drain");
-  done.get_future().wait();
+  EXPECT_TRUE(drain_server(io, server));
   io.stop();
   t.join();
   EXPECT_TRUE(all_bytes(mem->data().subspan(0, 65536), 0x32));
@@ -751,12 +755,7 @@ TEST_F(ServerFixture, DrainClosesAClientThatTakesNoRepliesAfterTheDeadline) {
   for (std::uint64_t i = 0; i < 200; ++i) hog.request(kCmdRead, 0, i, 0, kMiB);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   drained_ = true;
-  std::promise<void> done;
-  spawn(io_.get_executor(), [](NbdServer* s, std::promise<void>* p) -> Task<void> {
-    co_await s->drain(std::chrono::milliseconds(200));
-    p->set_value();
-  }(&server_, &done), "drain");
-  EXPECT_EQ(done.get_future().wait_for(std::chrono::seconds(20)), std::future_status::ready);
+  EXPECT_TRUE(drain_server(io_, server_, std::chrono::milliseconds(200)));
 }
 
 TEST_F(ServerFixture, UnixSocketIs0600AndTcpPortZeroWorks) {
@@ -805,12 +804,7 @@ TEST(NbdServerListen, TcpPortZeroStaleSocketAndLiveSocket) {
     auto a = pattern(4096, 0x51);
     EXPECT_EQ(c.call(kCmdWrite, 0, 0, 4096, a).error, 0u);
   }
-  std::promise<void> done;
-  spawn(io.get_executor(), [](NbdServer* s, std::promise<void>* p) -> Task<void> {
-    co_await s->drain();
-    p->set_value();
-  }(&server, &done), "drain");
-  done.get_future().wait();
+  EXPECT_TRUE(drain_server(io, server));
   io.stop();
   t.join();
   EXPECT_FALSE(std::filesystem::exists(path));  // removed on close
