@@ -70,6 +70,10 @@ Task<Result<void>> DiskBuffer::recover() {
   const NodeLimits buffer_limits = buffer_.node().limits();
   Result<void> ok = check_block_bytes(options_.block_bytes, disk_limits, buffer_limits, name_);
   if (!ok) co_return ok;
+  if (options_.save_cycles_max == 0) {
+    co_return make_error(EINVAL, fmt::format("{}: save_cycles_max 0: at least one save cycle "
+                                             "must be allowed in flight", name_));
+  }
   const std::uint64_t buffer_size = buffer_.node().size_bytes();
   AlignedBuffer headers(kSlotsOffsetBytes);
   if (buffer_size < kSlotsOffsetBytes) {

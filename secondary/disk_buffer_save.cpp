@@ -4,8 +4,11 @@
 // A primary write to blocks without a saved original in this epoch holds those blocks' locks,
 // reads their content from the disk into slot images (one read per run of consecutive blocks,
 // straight into the slot when the run is one block), and queues one SaveRequest per run.
-// Save cycles run one at a time. A cycle takes every queued request and gives them
-// consecutive slots in queue order. Small images (under 256 KiB) are copied together into
+// Up to save_cycles_max save cycles run at a time (default one). A cycle takes every queued
+// request and gives them consecutive slots in queue order. A writer whose requests are queued
+// leads a cycle when fewer than save_cycles_max are running; otherwise it waits, and the end of
+// a cycle wakes the writer of the oldest queued request to lead the next one (and each writer
+// of the cycle's requests: nobody else is woken). Small images (under 256 KiB) are copied together into
 // one write (up to the buffer's maximum transfer); a larger image is written from where it
 // is. Usually that makes one write, which with ordered flushes carries FUA; several writes
 // are issued together and followed by one buffer flush. Requests queued while a cycle runs go
@@ -13,7 +16,9 @@
 // small first write costs the disk read, a share of one buffer write, and the disk write.
 // Only when its cycle has ended are a request's originals marked saved and may its writer
 // write the disk, so a saved original is durable (ordered flushes) or at least written
-// (crash safety) before the disk write that replaces it.
+// (crash safety) before the disk write that replaces it. Overlapping cycles write disjoint
+// slots and each writer waits for its own cycle only, so that holds whatever order they end
+// in; recovery reads every slot, so a torn earlier cycle does not hide a later one.
 
 #include <boost/asio/this_coro.hpp>
 
@@ -74,8 +79,12 @@ Task<IoResult> DiskBuffer::save_originals(std::uint64_t first, std::uint64_t las
     IoResult r = co_await read_run(*request);
     if (!r) co_return r;
   }
+  SaveWaiter waiter;
   std::vector<SaveRequest*> queued;
-  for (auto& request : requests) queued.push_back(request.get());
+  for (auto& request : requests) {
+    request->waiter = &waiter;
+    queued.push_back(request.get());
+  }
   co_await commit_saves(std::move(queued));
   // Still one state: the gate keeps checkpoints out while this request is in flight.
   CHECK(header_.state == BufferState::replicating);
@@ -133,25 +142,37 @@ Task<IoResult> DiskBuffer::read_run(SaveRequest& request) {
 }
 
 Task<void> DiskBuffer::commit_saves(std::vector<SaveRequest*> requests) {
-  for (SaveRequest* r : requests) save_queue_.push_back(r);
+  for (SaveRequest* r : requests) {
+    r->queued = true;
+    save_queue_.push_back(r);
+  }
   auto all_done = [&] {
     return std::all_of(requests.begin(), requests.end(), [](SaveRequest* r) { return r->done; });
   };
+  auto any_queued = [&] {
+    return std::any_of(requests.begin(), requests.end(), [](SaveRequest* r) { return r->queued; });
+  };
+  SaveWaiter& waiter = *requests.front()->waiter;
   while (!all_done()) {
-    if (!save_cycle_running_) {
-      co_await run_save_cycle();  // this writer leads the cycle, which carries its requests
+    // A writer whose requests are still queued leads a cycle when one may start; it takes
+    // everything queued, its own requests included.
+    if (any_queued() && save_cycles_running_ < options_.save_cycles_max) {
+      co_await run_save_cycle();
       continue;
     }
-    co_await save_cycle_done_.wait();
+    waiter.event.reset();
+    if (all_done()) break;
+    co_await waiter.event.wait();
   }
 }
 
 Task<void> DiskBuffer::run_save_cycle() {
-  CHECK(!save_cycle_running_);
-  save_cycle_running_ = true;
+  CHECK(save_cycles_running_ < options_.save_cycles_max);
+  ++save_cycles_running_;
   ++save_cycle_count_;
   std::vector<SaveRequest*> batch;
   batch.swap(save_queue_);
+  for (SaveRequest* r : batch) r->queued = false;
   // Slots in queue order. The allocator hands out slots upwards, so the requests that get
   // slots get consecutive ones.
   std::vector<SaveRequest*> writing;
@@ -214,9 +235,13 @@ Task<void> DiskBuffer::run_save_cycle() {
       }
     }
   }
-  for (SaveRequest* r : batch) r->done = true;
-  save_cycle_running_ = false;
-  save_cycle_done_.notify_all();
+  for (SaveRequest* r : batch) {
+    r->done = true;
+    r->waiter->event.notify_all(true);
+  }
+  --save_cycles_running_;
+  // Requests queued while every cycle slot was taken: their first writer leads the next cycle.
+  if (!save_queue_.empty()) save_queue_.front()->waiter->event.notify_all(true);
 }
 
 Task<void> DiskBuffer::write_piece(const std::vector<SaveRequest*>* requests, SavePiece* piece,

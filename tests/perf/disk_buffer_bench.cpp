@@ -26,7 +26,7 @@
 // Usage: disk_buffer_bench [--dir D] [--disk-mib N] [--seconds S] [--rounds N]
 //                          [--section all|rows|blocks|failover] [--block-bytes B]
 //                          [--failover-mib N] [--only cache/ordered/wb/qd/write-KiB]
-//                          [--write-back-mib N] [--write-back-inflight N]
+//                          [--write-back-mib N] [--write-back-inflight N] [--save-cycles N]
 //                          [--verbose 1]
 // Files are created in D (default /var/tmp: a disk file system, for O_DIRECT) and removed.
 // Defaults: 128 MiB disk, 5 rounds of 0.4 s, 1 GiB failover: about 4 minutes. Device requests
@@ -386,6 +386,7 @@ struct Env {
   std::string only;  // rows: "cache/ordered/wb/qd/write", e.g. "direct/on/wb/32/4", "direct/off/-/1/64"
   std::uint64_t write_back_bytes = 64 * kMiB;
   std::uint32_t write_back_inflight = DiskBufferOptions{}.write_back_inflight;
+  std::uint32_t save_cycles_max = DiskBufferOptions{}.save_cycles_max;
 };
 
 std::uint64_t buffer_bytes_for(std::uint64_t disk_bytes, std::uint32_t block_bytes) {
@@ -412,7 +413,7 @@ void section_rows(Env& env, std::uint32_t block_bytes) {
       const bool ordered = variant != 1;
       const bool wb = variant == 2;
       DiskBufferOptions options{block_bytes, ordered, wb ? env.write_back_bytes : 0,
-                                env.write_back_inflight};
+                                env.write_back_inflight, env.save_cycles_max};
       Rig rig(env.disk_path, env.buffer_path, direct, options);
       for (std::uint32_t qd : {1u, 32u}) {
         for (std::uint32_t write_bytes : {4096u, 65536u}) {
@@ -454,7 +455,8 @@ void section_blocks(Env& env) {
     stream.push_back((prng() % (env.disk_bytes / 4096)) * 4096);
   }
   for (std::uint32_t block : {4096u, 16384u, 65536u, 262144u, 1048576u}) {
-    Rig rig(env.disk_path, env.buffer_path, true, DiskBufferOptions{block, true});
+    Rig rig(env.disk_path, env.buffer_path, true,
+            DiskBufferOptions{block, true, 0, env.write_back_inflight, env.save_cycles_max});
     Measured r4 = measure(rig, 4096, 32, false, env.seconds, env.rounds, env.buffers);
     Measured s1 = measure(rig, kMiB, 32, true, env.seconds, env.rounds, env.buffers);
     // Epoch stream: a fixed amount of work, timed to the end, interleaved with bare.
@@ -535,6 +537,7 @@ int main(int argc, char** argv) {
   std::string dir = "/var/tmp", section = "all", only;
   std::uint64_t disk_mib = 128, failover_mib = 1024, write_back_mib = 64;
   std::uint32_t write_back_inflight = DiskBufferOptions{}.write_back_inflight;
+  std::uint32_t save_cycles_max = DiskBufferOptions{}.save_cycles_max;
   std::uint32_t block_bytes = kDiskBufferBlockBytesDefault;
   double seconds = 0.4;
   int rounds = 5;
@@ -552,6 +555,7 @@ int main(int argc, char** argv) {
     else if (a == "--only") only = v;
     else if (a == "--write-back-mib") write_back_mib = std::stoull(v);
     else if (a == "--write-back-inflight") write_back_inflight = static_cast<std::uint32_t>(std::stoul(v));
+    else if (a == "--save-cycles") save_cycles_max = static_cast<std::uint32_t>(std::stoul(v));
     else if (a == "--verbose") g_verbose = v == "1";
     else die("unknown option " + a);
   }
@@ -569,6 +573,7 @@ int main(int argc, char** argv) {
   env.only = only;
   env.write_back_bytes = write_back_mib * kMiB;
   env.write_back_inflight = write_back_inflight;
+  env.save_cycles_max = save_cycles_max;
   env.disk_path = env.dir + "/disk.img";
   env.buffer_path = env.dir + "/buffer.img";
   for (int i = 0; i < 32; ++i) {
