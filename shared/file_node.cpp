@@ -390,14 +390,17 @@ std::optional<IoResult> FileNode::write_inline(std::uint64_t offset_bytes,
                    .count());
   }
   if (sample.res == -EAGAIN || sample.res == -EINTR) return std::nullopt;
-  if (sample.res < 0) return failed(IoOp::write, offset_bytes, src.size(), static_cast<int>(-sample.res));
+  if (sample.res < 0) {
+    return failed(IoOp::write, offset_bytes, src.size(), static_cast<int>(-sample.res));
+  }
   if (static_cast<std::size_t>(sample.res) < src.size()) {
     return short_write(offset_bytes, src.size(), 0, static_cast<std::size_t>(sample.res));
   }
   return IoResult{};
 }
 
-boost::system::result<std::size_t> FileNode::read_inline(std::uint64_t offset_bytes, std::span<std::byte> dst) {
+boost::system::result<std::size_t> FileNode::read_inline(std::uint64_t offset_bytes,
+                                                        std::span<std::byte> dst) {
   iovec iov{dst.data(), dst.size()};
   ssize_t n = 0;
   do {

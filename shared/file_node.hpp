@@ -21,9 +21,9 @@
 //   back) is EIO. A short write is ENOSPC.
 // - Buffered mode, unless `inline_io` is off: a read first takes what the page cache holds
 //   inline (preadv2 with RWF_NOWAIT, which never blocks; the rest goes through the ring), and a
-//   write without FUA of at most 1 MiB is a pwrite(2) on the loop thread, timed by an
-//   InlineIoPolicy that sends writes to the ring for a while after one stalls
-//   (shared/inline_io.hpp explains why and when).
+//   write without FUA of at most 1 MiB (8 KiB with WriteFlags::hint_off_loop) is a pwrite(2)
+//   on the loop thread, timed by an InlineIoPolicy that sends writes to the ring for a while
+//   after one stalls (shared/inline_io.hpp explains why and when).
 // - FUA: RWF_DSYNC on the write; when the kernel refuses RWF_DSYNC, write then fdatasync.
 // - flush: IORING_OP_FSYNC with IORING_FSYNC_DATASYNC.
 // - trim: fallocate(PUNCH_HOLE|KEEP_SIZE); ENOTSUP when the file system cannot.
@@ -137,7 +137,8 @@ class FileNode final : public BlockNode {
   // bytes the page cache gave (0: none, the ring reads it all) or the error.
   std::optional<IoResult> write_inline(std::uint64_t offset_bytes,
                                        std::span<const std::byte> src);
-  boost::system::result<std::size_t> read_inline(std::uint64_t offset_bytes, std::span<std::byte> dst);
+  boost::system::result<std::size_t> read_inline(std::uint64_t offset_bytes,
+                                                 std::span<std::byte> dst);
   // The log line and result shared by both paths.
   IoResult failed(IoOp op, std::uint64_t offset_bytes, std::size_t length_bytes, int err) const;
   IoResult short_write(std::uint64_t offset_bytes, std::size_t length_bytes, std::size_t done,

@@ -582,6 +582,18 @@ void settle(asio::io_context& io) {
   }
 }
 
+// A rig whose buffer writes can be held (HoldFuaNode), allowing `save_cycles_max` cycles at
+// once, with the disk filled with 0x11 and replication started.
+void start_with_held_saves(Rig& rig, std::uint32_t save_cycles_max,
+                           std::shared_ptr<HoldFuaNode>& hold) {
+  rig.options.save_cycles_max = save_cycles_max;
+  hold = std::make_shared<HoldFuaNode>("buffer.hold", rig.buffer);
+  rig.buffer = hold;
+  rig.fill_disk(0x11);
+  rig.open();
+  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+}
+
 // Save cycles overlap up to save_cycles_max: while a first write's cycle is held on the buffer,
 // a second first write runs its own cycle and writes the disk; the held writer does not write
 // the disk before its own cycle completed. A power cut of the buffer at that moment (the held
@@ -589,12 +601,8 @@ void settle(asio::io_context& io) {
 // durable before its disk write, the first block's disk was never written.
 TEST(DiskBuffer, SaveCyclesOverlapAndEachWriterWaitsForItsOwnCycle) {
   Rig rig(4096, kDiskBytes);
-  rig.options.save_cycles_max = 2;
-  auto hold = std::make_shared<HoldFuaNode>("buffer.hold", rig.buffer);
-  rig.buffer = hold;
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  std::shared_ptr<HoldFuaNode> hold;
+  ASSERT_NO_FATAL_FAILURE(start_with_held_saves(rig, 2, hold));
   const auto cycles_before = rig.db->save_cycle_count();
   auto data = pattern(4096, 0x22);
   int done = 0;
@@ -638,12 +646,8 @@ TEST(DiskBuffer, SaveCyclesBeyondTheLimitWaitAndTheNextOneCarriesTheQueue) {
   for (std::uint32_t max : {1u, 2u}) {
     SCOPED_TRACE(fmt::format("save_cycles_max={}", max));
     Rig rig(4096, kDiskBytes);
-    rig.options.save_cycles_max = max;
-    auto hold = std::make_shared<HoldFuaNode>("buffer.hold", rig.buffer);
-    rig.buffer = hold;
-    rig.fill_disk(0x11);
-    rig.open();
-    ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+    std::shared_ptr<HoldFuaNode> hold;
+    ASSERT_NO_FATAL_FAILURE(start_with_held_saves(rig, max, hold));
     const auto cycles_before = rig.db->save_cycle_count();
     auto data = pattern(4096, 0x22);
     int done = 0;
