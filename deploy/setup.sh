@@ -14,7 +14,7 @@ packages=(
   clang libclang-rt-14-dev
   # real peers for tests and benchmarks
   qemu-utils nbdkit libnbd-bin python3-libnbd fio
-  resource-agents iproute2 procps psmisc
+  resource-agents iproute2 procps psmisc systemd
   # run
   openssl
 )

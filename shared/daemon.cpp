@@ -7,7 +7,7 @@
 namespace colo {
 
 DaemonContext::DaemonContext(asio::io_context& io, config::DaemonConfig config)
-    : io_(io), config_(std::move(config)), control_(io), signals_(io) {}
+    : io_(io), config_(std::move(config)), control_(io), notifier_(io), signals_(io) {}
 
 void DaemonContext::on_shutdown(std::function<Task<void>()> hook) {
   shutdown_hooks_.push_back(std::move(hook));
@@ -26,6 +26,7 @@ void DaemonContext::handle_signals() {
 Task<void> DaemonContext::shutdown() {
   if (shutting_down_) co_return;
   shutting_down_ = true;
+  notifier_.stopping();
   control_.close();
   for (auto it = shutdown_hooks_.rbegin(); it != shutdown_hooks_.rend(); ++it) {
     co_await (*it)();

@@ -4,7 +4,8 @@
 // colod builds it from the validated config, opens the control socket, lets the role start
 // (synchronously, before the event loop runs: opening files and binding listeners), then runs
 // the io_context on one thread. SIGINT/SIGTERM run the shutdown hooks in reverse order of
-// registration (each may suspend, e.g. to drain), then stop the loop.
+// registration (each may suspend, e.g. to drain), then stop the loop. The service manager is
+// told when the daemon is ready (by colod) and when it starts stopping (by shutdown()).
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -17,6 +18,7 @@
 #include "config.pb.h"
 #include "shared/check.hpp"
 #include "shared/control_server.hpp"
+#include "shared/service_notify.hpp"
 #include "shared/task.hpp"
 
 namespace colo {
@@ -29,6 +31,8 @@ class DaemonContext {
   asio::any_io_executor executor() { return io_.get_executor(); }
   const config::DaemonConfig& config() const { return config_; }
   ControlServer& control() { return control_; }
+  // Messages to the service manager (readiness, status, stopping, watchdog pings).
+  ServiceNotifier& notifier() { return notifier_; }
 
   void on_shutdown(std::function<Task<void>()> hook);
   // Installs the signal handlers; call once before io.run().
@@ -41,6 +45,7 @@ class DaemonContext {
   asio::io_context& io_;
   config::DaemonConfig config_;
   ControlServer control_;
+  ServiceNotifier notifier_;
   asio::signal_set signals_;
   std::vector<std::function<Task<void>()>> shutdown_hooks_;
   bool shutting_down_ = false;

@@ -44,8 +44,9 @@ int run_daemon(colo::config::DaemonConfig cfg) {
     return 1;
   }
   ctx.handle_signals();
-  log::info("colod {} started: resource \"{}\", role {}", kVersion, cfg.resource(),
-            cfg.role() == config::PRIMARY ? "primary" : "secondary");
+  const char* role = cfg.role() == config::PRIMARY ? "primary" : "secondary";
+  log::info("colod {} started: resource \"{}\", role {}", kVersion, cfg.resource(), role);
+  ctx.notifier().ready(fmt::format("{} of resource \"{}\": serving", role, cfg.resource()));
   const EventLoopStats loop = run_event_loop(io, std::chrono::microseconds(poll_us(cfg)));
   log::info("colod stopped (event loop: {} blocking waits, {} empty polls, {} events found by "
             "polling)", loop.blocking_waits, loop.polls, loop.poll_hits);

@@ -493,7 +493,7 @@ TEST(Pair, PeriodicCheckpointsUnderFioWithVerify) {
   auto fio = test::run_command(
       {"fio", "--name=pair", "--ioengine=nbd", "--uri=nbd+unix:///?socket=" + pair.p_sock(),
        "--rw=randwrite", "--bs=4k", "--size=4M", "--iodepth=8", "--verify=crc32c",
-       "--do_verify=1", "--loops=3"},
+       "--do_verify=1", "--verify_state_save=0", "--loops=3"},
       120s);
   EXPECT_EQ(fio.exit_code, 0) << fio.output;
   auto status = pair.ctl(pair.p_ctl(), {"--json", "status"});
