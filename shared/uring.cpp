@@ -173,7 +173,11 @@ Uring::Pending* Uring::enqueue(const UringSqe& sqe) {
   io_uring_sqe_set_data(s, p);
   ++unsubmitted_count_;
   ++inflight_count_;
-  schedule_pump();
+  if (unsubmitted_count_ >= kSubmitBatchMax) {
+    submit_queued();
+  } else {
+    schedule_pump();
+  }
   return p;
 }
 

@@ -989,7 +989,7 @@ Task<void> read_zero(Uring* ring, int fd, char* p, int* done) {
   ++*done;
 }
 
-TEST(Uring, RequestsQueuedInOneLoopTurnShareOneSubmission) {
+TEST(Uring, RequestsQueuedInOneLoopTurnAreSubmittedInBatches) {
   asio::io_context io;
   Uring& ring = Uring::of(io);
   int fd = ::open("/dev/zero", O_RDONLY);
@@ -1003,7 +1003,17 @@ TEST(Uring, RequestsQueuedInOneLoopTurnShareOneSubmission) {
     co_return;
   }());
   EXPECT_EQ(done, 32);
-  EXPECT_EQ(ring.submit_call_count() - before, 1u);
+  // kSubmitBatchMax at a time, as they are queued, not one system call each.
+  EXPECT_EQ(ring.submit_call_count() - before, 32u / Uring::kSubmitBatchMax);
+  // Fewer than a batch share the turn's one submission.
+  const auto before_few = ring.submit_call_count();
+  run_task(io, [&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    for (int i = 0; i < 5; ++i) spawn(ex, read_zero(&ring, fd, bufs[i].data(), &done), "read");
+    co_return;
+  }());
+  EXPECT_EQ(done, 37);
+  EXPECT_EQ(ring.submit_call_count() - before_few, 1u);
   ::close(fd);
 }
 
