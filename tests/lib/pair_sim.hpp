@@ -49,6 +49,10 @@ struct SimConfig {
   std::uint64_t secondary_write_back_bytes = 0;  // 0: no write-back queue on the secondary
   std::uint32_t block_bytes = 4096;              // the disk buffer's block
   std::uint32_t save_cycles_max = 1;
+  // Slow I/O (0: none): every few writes and flushes on the secondary's disk and buffer and
+  // on the primary's disk wait this long (FaultNode delay rules), so more requests are in
+  // flight at each cut and each fault.
+  std::uint32_t delay_ms = 0;
   std::uint32_t writers = 4;
   std::uint32_t ops_per_writer = 40;
   std::uint32_t checkpoints = 4;                 // checkpoint attempts
