@@ -21,6 +21,7 @@ std::string_view to_string(SimFault f) {
     case SimFault::secondary_buffer_error: return "secondary_buffer_error";
     case SimFault::secondary_crash: return "secondary_crash";
     case SimFault::secondary_power_cut: return "secondary_power_cut";
+    case SimFault::link_blackhole: return "link_blackhole";
   }
   return "?";
 }
@@ -37,7 +38,7 @@ SimConfig sim_config_for_seed(std::uint64_t seed) {
   std::mt19937_64 prng(seed);
   SimConfig c;
   c.seed = seed;
-  // Every run of 16 consecutive seeds has each fault in both write modes.
+  // Every run of 2 * kSimFaultCount consecutive seeds has each fault in both write modes.
   c.fault = static_cast<SimFault>(seed % kSimFaultCount);
   c.async_mode = (seed / kSimFaultCount) % 2 == 1;
   c.secondary_write_back_bytes = prng() % 2 == 0 ? 0 : (prng() % 2 == 0 ? 1 * kMiB : 4 * kMiB);
@@ -185,7 +186,7 @@ replication {{
   listen: "unix:{0}/s-chan.sock"
   node_name: "sim-secondary"
   heartbeat_interval_ms: 100
-  heartbeat_timeout_ms: 5000
+  heartbeat_timeout_ms: 1000
 }}
 )", d, sim.c.block_bytes, sim.c.secondary_write_back_bytes), "sim-secondary.conf");
   if (!s) return s.error();
@@ -206,7 +207,7 @@ replication {{
   write_mode: {1}
   async_queue_bytes: {2}
   heartbeat_interval_ms: 100
-  heartbeat_timeout_ms: 5000
+  heartbeat_timeout_ms: 1000
   checkpoint_timeout_ms: 9000
   connect_timeout_ms: 5000
   prepare_timeout_ms: 11000

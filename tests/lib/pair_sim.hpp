@@ -36,8 +36,9 @@ enum class SimFault : std::uint8_t {
   secondary_buffer_error,     // one failed write on the secondary's buffer (FaultNode)
   secondary_crash,            // the secondary killed (media as they are), reopened
   secondary_power_cut,        // the secondary's power cut (unflushed writes lost), reopened
+  link_blackhole,             // both links drop every byte from a seeded moment (heartbeats)
 };
-inline constexpr int kSimFaultCount = 8;
+inline constexpr int kSimFaultCount = 9;
 std::string_view to_string(SimFault f);
 
 // Everything a run does is drawn from `seed` (sim_config_for_seed); a field may be overridden

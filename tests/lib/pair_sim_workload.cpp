@@ -206,6 +206,10 @@ Task<void> fault_task(Sim* sim, std::uint64_t fseed) {
         case SimFault::secondary_power_cut:
           co_await crash_secondary(sim, true);
           break;
+        case SimFault::link_blackhole:
+          sim->chan_proxy->set_blackhole(true);
+          sim->nbd_proxy->set_blackhole(true);
+          break;
         default:
           break;
       }

@@ -96,6 +96,7 @@ Task<void> UnixProxy::pump(std::shared_ptr<UnixProxy> self, std::shared_ptr<Link
   while (!link->closed) {
     auto [rec, n] = co_await in.async_read_some(asio::buffer(buffer), use_task);
     if (rec || link->closed) break;
+    if (self->blackhole_) continue;
     auto [wec, m] = co_await asio::async_write(out, asio::buffer(buffer.data(), n), use_task);
     if (wec || link->closed) break;
     self->forwarded_bytes_ += m;

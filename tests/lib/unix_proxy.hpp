@@ -2,7 +2,9 @@
 // An in-process unix-socket proxy on the caller's io_context (the simulation's network
 // faults): it accepts on `listen_path`, connects each client to `target_path` and copies
 // bytes both ways. cut() closes every proxied connection at once (bytes not yet forwarded are
-// lost, as when a host dies); with refuse(true) new clients are closed as soon as accepted.
+// lost, as when a host dies); with refuse(true) new clients are closed as soon as accepted;
+// with set_blackhole(true) bytes in both directions are read and dropped while connections
+// stay open (a partition or a hung host: only timeouts notice).
 // Single-threaded: every call runs on the io_context's thread. Hold it in a shared_ptr (its
 // coroutines keep it alive); close() stops accepting and cuts.
 
@@ -30,6 +32,7 @@ class UnixProxy : public std::enable_shared_from_this<UnixProxy> {
   Result<void> start();
   void cut();
   void refuse(bool on) { refuse_ = on; }
+  void set_blackhole(bool on) { blackhole_ = on; }
   void close();
   std::size_t link_count() const;
   // Bytes forwarded so far, both directions.
@@ -55,6 +58,7 @@ class UnixProxy : public std::enable_shared_from_this<UnixProxy> {
   asio::local::stream_protocol::acceptor acceptor_;
   std::vector<std::weak_ptr<Link>> links_;
   bool refuse_ = false;
+  bool blackhole_ = false;
   bool closed_ = false;
   std::uint64_t forwarded_bytes_ = 0;
 };
