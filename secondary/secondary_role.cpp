@@ -221,8 +221,10 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
     po.resource = cfg.resource();
     po.identity = *identity;
     po.state_dir = cfg.state_dir();
-    po.heartbeat_interval = std::chrono::milliseconds(rc.heartbeat_interval_ms() ? rc.heartbeat_interval_ms() : 500);
-    po.heartbeat_timeout = std::chrono::milliseconds(rc.heartbeat_timeout_ms() ? rc.heartbeat_timeout_ms() : 3000);
+    po.heartbeat_interval = std::chrono::milliseconds(
+        rc.heartbeat_interval_ms() != 0 ? rc.heartbeat_interval_ms() : 500);
+    po.heartbeat_timeout = std::chrono::milliseconds(
+        rc.heartbeat_timeout_ms() != 0 ? rc.heartbeat_timeout_ms() : 3000);
     po.alignment_bytes = g.db->primary_view()->limits().alignment_bytes;
     g.pairing = std::make_shared<SecondaryPairing>(io.get_executor(), g.db, po);
     for (const auto& text : rc.listen()) {

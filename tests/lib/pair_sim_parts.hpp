@@ -7,6 +7,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -106,9 +107,9 @@ inline std::shared_ptr<MemoryNode> make_memory(std::string name, std::uint64_t s
   return std::make_shared<MemoryNode>(std::move(name), o);
 }
 
-// Enough for an original and a local copy of every block.
 // Every `nth` matching request waits `delay_ms` (no error).
-inline void add_delay(FaultNode& node, std::uint32_t ops, std::uint64_t nth, std::uint32_t delay_ms) {
+inline void add_delay(FaultNode& node, std::uint32_t ops, std::uint64_t nth,
+                      std::uint32_t delay_ms) {
   FaultRule rule;
   rule.ops = ops;
   rule.error = 0;
@@ -118,6 +119,7 @@ inline void add_delay(FaultNode& node, std::uint32_t ops, std::uint64_t nth, std
   node.add_rule(rule);
 }
 
+// Enough for an original and a local copy of every block.
 inline std::uint64_t buffer_bytes_for(std::uint64_t disk_bytes, std::uint32_t block_bytes) {
   const std::uint64_t blocks = (disk_bytes + block_bytes - 1) / block_bytes;
   return kSlotsOffsetBytes + (2 * blocks + 2) * slot_bytes(block_bytes);

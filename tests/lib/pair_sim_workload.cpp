@@ -1,3 +1,6 @@
+// The pair simulation's workload (pair_sim.hpp): writers on the primary's served node,
+// the checkpointer, and the one seeded fault.
+
 #include <fmt/format.h>
 
 #include "pair_sim_parts.hpp"
