@@ -48,18 +48,15 @@ std::chrono::milliseconds ms_or(std::uint32_t value, std::uint32_t fallback) {
   return std::chrono::milliseconds(value != 0 ? value : fallback);
 }
 
-// The pair: the quorum without its peer child (attached by pairing), a write gate in front,
-// and the replicator. Pairing is tried now; a secondary that is not up yet is retried in the
-// background, a secondary that does not match (version, resource, sizes) stops the start.
-Result<std::shared_ptr<Replicator>> start_replication_graph(DaemonContext& ctx,
-                                                            std::shared_ptr<BlockNode> disk,
-                                                            std::shared_ptr<QuorumNode>* quorum,
-                                                            std::shared_ptr<WriteGate>* gate) {
-  const config::DaemonConfig& cfg = ctx.config();
+}  // namespace
+
+Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context& io,
+                                                               const config::DaemonConfig& cfg,
+                                                               std::shared_ptr<BlockNode> disk) {
   const config::ReplicationConfig& rc = cfg.replication();
   auto identity = load_node_identity(cfg.state_dir(), rc.node_name());
   if (!identity) return identity.error();
-  auto record = EpochRecord::open(ctx.io(), cfg.state_dir() + "/primary.epoch");
+  auto record = EpochRecord::open(io, cfg.state_dir() + "/primary.epoch");
   if (!record) return record.error();
 
   ReplicatorOptions o;
@@ -88,12 +85,13 @@ Result<std::shared_ptr<Replicator>> start_replication_graph(DaemonContext& ctx,
   o.connect_timeout = ms_or(rc.connect_timeout_ms(), 10000);
   o.checkpoint_timeout = ms_or(rc.checkpoint_timeout_ms(), 10000);
 
-  auto q = open_quorum_now(ctx.io(), local, std::move(disk));
+  auto q = open_quorum_now(io, local, std::move(disk));
   if (!q) return q.error();
-  *quorum = *q;
-  *gate = std::make_shared<WriteGate>("gate", *q);
-  auto replicator = std::make_shared<Replicator>(ctx.io(), o, *q, *gate, std::move(*record));
-  Result<void> paired = run_before_loop(ctx.io(), replicator->pair(false));
+  PrimaryReplicationGraph g;
+  g.quorum = *q;
+  g.gate = std::make_shared<WriteGate>("gate", *q);
+  g.replicator = std::make_shared<Replicator>(io, o, g.quorum, g.gate, std::move(*record));
+  Result<void> paired = run_before_loop(io, g.replicator->pair(false));
   if (!paired) {
     const int code = paired.error().code.value();
     if (code == EPROTONOSUPPORT || code == ENOENT || code == EMEDIUMTYPE || code == EEXIST) {
@@ -101,11 +99,9 @@ Result<std::shared_ptr<Replicator>> start_replication_graph(DaemonContext& ctx,
     }
     log::warn("primary: going on alone for now: {}", paired.error().to_string());
   }
-  replicator->start();
-  return replicator;
+  g.replicator->start();
+  return g;
 }
-
-}  // namespace
 
 // The primary: the config's disk (io_uring FileNode), and when the config has a quorum, the
 // quorum over its children (the disk, NBD peers, other files), served on the front-end export.
@@ -120,11 +116,11 @@ Result<void> start_primary(DaemonContext& ctx) {
   std::shared_ptr<QuorumNode> quorum;
   std::shared_ptr<Replicator> replicator;
   if (cfg.has_replication()) {
-    std::shared_ptr<WriteGate> gate;
-    auto r = start_replication_graph(ctx, *disk, &quorum, &gate);
+    auto r = open_primary_replication_graph(ctx.io(), cfg, *disk);
     if (!r) return r.error();
-    replicator = *r;
-    served = gate;
+    quorum = r->quorum;
+    replicator = r->replicator;
+    served = r->gate;
   } else if (cfg.has_quorum()) {
     auto q = open_quorum_now(ctx.io(), cfg.quorum(), *disk);
     if (!q) return q.error();

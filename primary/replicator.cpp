@@ -43,7 +43,8 @@ Replicator::Replicator(asio::io_context& io, ReplicatorOptions options,
       gate_(std::move(gate)),
       record_(std::move(record)),
       periodic_timer_(io),
-      watch_timer_(io) {
+      watch_timer_(io),
+      prepare_timer_(io) {
   epoch_ = record_->state().epoch;
   local_writes_at_start_ = gate_->stats().writes_passed;
 }
@@ -438,6 +439,7 @@ Task<Result<std::uint64_t>> Replicator::commit() {
   if (!prepared_) co_return make_error(EPERM, "commit refused: no checkpoint is prepared");
   prepared_ = false;
   ++prepare_generation_;
+  prepare_timer_.cancel();
   Result<std::uint64_t> r = co_await checkpoint_locked(true);
   unlock();
   co_return r;
@@ -447,15 +449,15 @@ Result<void> Replicator::abort() {
   if (!prepared_) return make_error(EPERM, "abort refused: no checkpoint is prepared");
   prepared_ = false;
   ++prepare_generation_;
+  prepare_timer_.cancel();
   gate_->open();
   unlock();
   return {};
 }
 
 Task<void> Replicator::prepare_timer(std::shared_ptr<Replicator> self, std::uint64_t generation) {
-  asio::steady_timer timer(self->ex_);
-  timer.expires_after(self->options_.prepare_timeout);
-  co_await timer.async_wait(use_task);
+  self->prepare_timer_.expires_after(self->options_.prepare_timeout);
+  co_await self->prepare_timer_.async_wait(use_task);
   if (!self->prepared_ || self->prepare_generation_ != generation) co_return;
   (void)self->abort();
   log::event({"checkpoint_prepare_timeout",

@@ -165,6 +165,9 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   std::uint64_t pause_max_ns_ = 0;
   asio::steady_timer periodic_timer_;
   asio::steady_timer watch_timer_;
+  // The prepare timeout; cancelled by commit, abort and shutdown, so a finished two-phase
+  // checkpoint leaves no timer (and no reference to the replicator) behind on the loop.
+  asio::steady_timer prepare_timer_;
 };
 
 }  // namespace colo

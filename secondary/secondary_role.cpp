@@ -159,9 +159,9 @@ Task<void> open_buffer(std::shared_ptr<BlockNode> disk, std::shared_ptr<BlockNod
   *out = co_await DiskBuffer::open("buffer", std::move(disk), std::move(buffer), options);
 }
 
-Result<std::shared_ptr<NbdServer>> serve(DaemonContext& ctx, NbdExport e,
+Result<std::shared_ptr<NbdServer>> serve(asio::io_context& io, NbdExport e,
                                          const google::protobuf::RepeatedPtrField<std::string>& listen) {
-  auto server = std::make_shared<NbdServer>(ctx.io());
+  auto server = std::make_shared<NbdServer>(io);
   if (auto r = server->add_export(std::move(e)); !r) return r.error();
   for (const auto& text : listen) {
     auto address = parse_listen_address(text);
@@ -176,6 +176,69 @@ Result<std::shared_ptr<NbdServer>> serve(DaemonContext& ctx, NbdExport e,
 
 }  // namespace
 
+DiskBufferOptions disk_buffer_options_from_config(const config::SecondaryConfig& s) {
+  DiskBufferOptions options;
+  if (s.block_bytes() != 0) options.block_bytes = s.block_bytes();
+  options.ordered_flushes = !s.has_ordered_flushes() || s.ordered_flushes();
+  options.write_back_bytes = s.has_write_back_bytes() ? s.write_back_bytes() : 64ull << 20;
+  return options;
+}
+
+Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::DaemonConfig& cfg,
+                                            std::shared_ptr<BlockNode> disk,
+                                            std::shared_ptr<BlockNode> buffer,
+                                            const DiskBufferOptions& options) {
+  const config::SecondaryConfig& s = cfg.secondary();
+  // Recovery reads the buffer through its node: run the loop until it is done (the daemon's
+  // loop has not started yet).
+  auto opened = std::make_shared<Result<std::shared_ptr<DiskBuffer>>>(
+      make_error(EINPROGRESS, "opening the disk buffer"));
+  bool done = false;
+  asio::co_spawn(io, open_buffer(std::move(disk), std::move(buffer), options, opened),
+                 [&done](std::exception_ptr e) {
+                   if (e) std::rethrow_exception(e);
+                   done = true;
+                 });
+  while (!done) io.run_one();
+  if (!*opened) return opened->error();
+  SecondaryGraph g;
+  g.db = **opened;
+
+  auto replication = serve(io, {s.replication_export_name(), "colo replication export",
+                                g.db->primary_view(), false},
+                           s.replication_listen());
+  if (!replication) return replication.error();
+  g.replication = *replication;
+  if (cfg.has_replication()) {
+    const config::ReplicationConfig& rc = cfg.replication();
+    auto fail = [&g](Error e) -> Result<SecondaryGraph> {
+      g.replication->close();
+      return e;
+    };
+    auto identity = load_node_identity(cfg.state_dir(), rc.node_name());
+    if (!identity) return fail(identity.error());
+    SecondaryPairingOptions po;
+    po.resource = cfg.resource();
+    po.identity = *identity;
+    po.state_dir = cfg.state_dir();
+    po.heartbeat_interval = std::chrono::milliseconds(
+        rc.heartbeat_interval_ms() != 0 ? rc.heartbeat_interval_ms() : 500);
+    po.heartbeat_timeout = std::chrono::milliseconds(
+        rc.heartbeat_timeout_ms() != 0 ? rc.heartbeat_timeout_ms() : 3000);
+    po.alignment_bytes = g.db->primary_view()->limits().alignment_bytes;
+    g.pairing = std::make_shared<SecondaryPairing>(io.get_executor(), g.db, po);
+    for (const auto& text : rc.listen()) {
+      auto address = parse_listen_address(text);
+      if (!address) return fail(address.error());
+      if (auto r = g.pairing->listen(*address); !r) {
+        g.pairing->close();
+        return fail(r.error());
+      }
+    }
+  }
+  return g;
+}
+
 Result<void> start_secondary(DaemonContext& ctx) {
   const config::DaemonConfig& cfg = ctx.config();
   const config::SecondaryConfig& s = cfg.secondary();
@@ -188,39 +251,24 @@ Result<void> start_secondary(DaemonContext& ctx) {
   auto buffer = FileNode::open(ctx.io(), "buffer-file", buffer_options);
   if (!buffer) return buffer.error();
 
-  DiskBufferOptions options;
-  if (s.block_bytes() != 0) options.block_bytes = s.block_bytes();
-  options.ordered_flushes = !s.has_ordered_flushes() || s.ordered_flushes();
-  options.write_back_bytes = s.has_write_back_bytes() ? s.write_back_bytes() : 64ull << 20;
-  // Recovery reads the buffer file through the io_uring node: run the loop until it is done
-  // (the daemon's loop has not started yet).
-  auto opened = std::make_shared<Result<std::shared_ptr<DiskBuffer>>>(
-      make_error(EINPROGRESS, "opening the disk buffer"));
-  bool done = false;
-  asio::co_spawn(ctx.io(), open_buffer(*disk, *buffer, options, opened),
-                 [&done](std::exception_ptr e) {
-                   if (e) std::rethrow_exception(e);
-                   done = true;
-                 });
-  while (!done) ctx.io().run_one();
-  if (!*opened) return opened->error();
-  std::shared_ptr<DiskBuffer> db = **opened;
+  const DiskBufferOptions options = disk_buffer_options_from_config(s);
+  auto graph = open_secondary_graph(ctx.io(), cfg, *disk, *buffer, options);
+  if (!graph) return graph.error();
+  std::shared_ptr<DiskBuffer> db = graph->db;
   log::info("secondary: disk {} ({} bytes), buffer {} ({} bytes), block {} bytes, {} flushes, "
             "write-back queue {} bytes", cfg.disk().path(), (*disk)->size_bytes(),
             s.buffer_path(), (*buffer)->size_bytes(), db->block_bytes(),
             options.ordered_flushes ? "ordered" : "unordered", options.write_back_bytes);
-
-  auto replication = serve(ctx, {s.replication_export_name(), "colo replication export",
-                                 db->primary_view(), false},
-                           s.replication_listen());
-  if (!replication) return replication.error();
+  auto replication = graph->replication;
+  std::shared_ptr<SecondaryPairing> pairing = graph->pairing;
   std::shared_ptr<NbdServer> local;
   if (cfg.has_export_()) {
     const config::ExportConfig& e = cfg.export_();
-    auto served = serve(ctx, {e.name(), e.description(), db->local_view(), e.read_only()},
+    auto served = serve(ctx.io(), {e.name(), e.description(), db->local_view(), e.read_only()},
                         e.listen());
     if (!served) {
-      (*replication)->close();
+      replication->close();
+      if (pairing) pairing->close();
       return served.error();
     }
     local = *served;
@@ -237,24 +285,7 @@ Result<void> start_secondary(DaemonContext& ctx) {
                             "replication-status: state, epoch, buffer and failover progress",
                             [db](const control::Request& r) { return cmd_status(db, r); });
 
-  std::shared_ptr<SecondaryPairing> pairing;
-  if (cfg.has_replication()) {
-    const config::ReplicationConfig& rc = cfg.replication();
-    auto identity = load_node_identity(cfg.state_dir(), rc.node_name());
-    if (!identity) return identity.error();
-    SecondaryPairingOptions po;
-    po.resource = cfg.resource();
-    po.identity = *identity;
-    po.state_dir = cfg.state_dir();
-    po.heartbeat_interval = std::chrono::milliseconds(rc.heartbeat_interval_ms() ? rc.heartbeat_interval_ms() : 500);
-    po.heartbeat_timeout = std::chrono::milliseconds(rc.heartbeat_timeout_ms() ? rc.heartbeat_timeout_ms() : 3000);
-    po.alignment_bytes = db->primary_view()->limits().alignment_bytes;
-    pairing = std::make_shared<SecondaryPairing>(ctx.executor(), db, po);
-    for (const auto& text : rc.listen()) {
-      auto address = parse_listen_address(text);
-      if (!address) return address.error();
-      if (auto r = pairing->listen(*address); !r) return r.error();
-    }
+  if (pairing) {
     const std::string resource = cfg.resource();
     ctx.control().add_command(
         "status", "status: role, state, epoch, the primary's session, buffer",
@@ -272,7 +303,7 @@ Result<void> start_secondary(DaemonContext& ctx) {
                               });
   }
 
-  std::shared_ptr<NbdServer> replication_server = *replication;
+  std::shared_ptr<NbdServer> replication_server = replication;
   ctx.on_shutdown([replication_server, local, db, pairing]() -> Task<void> {
     log::info("secondary: closing the exports");
     if (pairing) pairing->close();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README.md): installs what is missing, builds, and runs every test.
 #   1. Release build: unit, integration and simulation tests through CTest.
-#   2. ASan+UBSan build: the unit tests again.
+#   2. ASan+UBSan build: the unit and simulation tests again.
 #   3. Fuzz targets (clang/libFuzzer), each for a short time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,11 +19,11 @@ echo "== tests (Release)"
 
 echo "== build (ASan+UBSan)"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCOLO_SANITIZE=ON >/dev/null
-cmake --build build-asan -j"$jobs" --target tests_unit
+cmake --build build-asan -j"$jobs" --target tests_unit tests_sim
 
-echo "== unit tests (ASan+UBSan)"
+echo "== unit and simulation tests (ASan+UBSan)"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  ctest -j"$jobs" -L unit --output-on-failure --timeout 600)
+  ctest -j"$jobs" -L 'unit|sim' --output-on-failure --timeout 600)
 
 if command -v clang++ >/dev/null && [ -d tests/fuzz ] && ls tests/fuzz/*_fuzz.cpp >/dev/null 2>&1; then
   echo "== fuzz (libFuzzer, short runs)"

@@ -1,0 +1,342 @@
+#include "pair_sim.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <filesystem>
+
+#include "pair_sim_parts.hpp"
+#include "shared/config.hpp"
+#include "shared/log.hpp"
+
+namespace colo::test {
+
+std::string_view to_string(SimFault f) {
+  switch (f) {
+    case SimFault::clean_stop: return "clean_stop";
+    case SimFault::primary_lost: return "primary_lost";
+    case SimFault::channel_cut_in_checkpoint: return "channel_cut_in_checkpoint";
+    case SimFault::nbd_cut: return "nbd_cut";
+    case SimFault::secondary_disk_error: return "secondary_disk_error";
+    case SimFault::secondary_buffer_error: return "secondary_buffer_error";
+    case SimFault::secondary_crash: return "secondary_crash";
+    case SimFault::secondary_power_cut: return "secondary_power_cut";
+    case SimFault::link_blackhole: return "link_blackhole";
+  }
+  return "?";
+}
+
+std::string SimConfig::describe() const {
+  return fmt::format("seed={} fault={} write_mode={} secondary_write_back={} block={} "
+                     "save_cycles={} delay_ms={} writers={} ops_per_writer={} checkpoints={}",
+                     seed, to_string(fault), async_mode ? "async" : "sync",
+                     secondary_write_back_bytes, block_bytes, save_cycles_max, delay_ms, writers,
+                     ops_per_writer, checkpoints);
+}
+
+SimConfig sim_config_for_seed(std::uint64_t seed) {
+  std::mt19937_64 prng(seed);
+  SimConfig c;
+  c.seed = seed;
+  // Every run of 2 * kSimFaultCount consecutive seeds has each fault in both write modes.
+  c.fault = static_cast<SimFault>(seed % kSimFaultCount);
+  c.async_mode = (seed / kSimFaultCount) % 2 == 1;
+  c.secondary_write_back_bytes = prng() % 2 == 0 ? 0 : (prng() % 2 == 0 ? 1 * kMiB : 4 * kMiB);
+  c.block_bytes = prng() % 2 == 0 ? 4096 : 16384;
+  c.save_cycles_max = prng() % 3 == 0 ? 3 : 1;
+  c.delay_ms = prng() % 2 == 0 ? 0 : 1;
+  c.writers = 1 + static_cast<std::uint32_t>(prng() % 8);
+  c.ops_per_writer = 20 + static_cast<std::uint32_t>(prng() % 80);
+  c.checkpoints = 1 + static_cast<std::uint32_t>(prng() % 6);
+  return c;
+}
+
+namespace sim {
+namespace {
+
+// --- after the workload: the primary is lost, the secondary fails over --------------------
+
+Task<void> read_all(BlockNode& node, Image& out, IoResult& result) {
+  out.assign(node.size_bytes(), std::byte{0});
+  for (std::uint64_t off = 0; off < out.size(); off += 64 * 1024) {
+    const std::uint64_t n = std::min<std::uint64_t>(64 * 1024, out.size() - off);
+    result = co_await node.read(off, std::span<std::byte>(out.data() + off, n));
+    if (!result) co_return;
+  }
+}
+
+Task<void> failover_and_check(Sim* sim, bool* done) {
+  Replicator& rep = *sim->p.replicator;
+  sim->kill_links();
+  const auto until = Clock::now() + std::chrono::seconds(5);
+  while (sim->s.pairing->primary_connected() && Clock::now() < until) {
+    co_await sleep_for(std::chrono::milliseconds(2));
+  }
+  EXPECT_FALSE(sim->s.pairing->primary_connected()) << "the secondary still sees the primary";
+  DiskBuffer& db = *sim->s.db;
+  sim->out.primary_epoch = rep.epoch();
+  EXPECT_EQ(rep.epoch(), sim->acked) << "the primary's epoch is not its last acknowledged one";
+  EXPECT_EQ(db.state(), BufferState::replicating);
+  const std::uint64_t epoch_seen = db.epoch();
+  // The fault is over: the failover's own buffer and disk writes must not meet it.
+  sim->media->disk->clear_rules();
+  sim->media->buffer->clear_rules();
+  Result<void> f = co_await sim->s.pairing->failover(false);
+  EXPECT_TRUE(f) << (f ? "" : f.error().to_string());
+  // The epoch rolled back to: a checkpoint whose cut the secondary registered before the link
+  // went is recorded first (failover waits for it), so it may be one past what was seen above.
+  const std::uint64_t epoch = db.epoch();
+  sim->out.secondary_epoch = epoch;
+  const Image* want = nullptr;
+  if (epoch == sim->acked && sim->images.count(epoch)) {
+    want = &sim->images[epoch];
+  } else if (epoch == sim->acked + 1 && sim->tentative.count(epoch)) {
+    want = &sim->tentative[epoch];
+  }
+  if (want == nullptr) {
+    ADD_FAILURE() << "the secondary failed over to epoch " << epoch << " (seen " << epoch_seen
+                  << " before), the primary acknowledged " << sim->acked
+                  << " and no checkpoint to " << epoch << " made its cut";
+    co_await db.wait_failover_idle();
+    *done = true;
+    co_return;
+  }
+  if (f) {
+    Image got;
+    IoResult r;
+    co_await read_all(*db.local_view(), got, r);
+    EXPECT_TRUE(r) << "reading the local view after failover";
+    EXPECT_TRUE(got == *want) << "local view after failover vs the image of epoch " << epoch
+                              << ": " << first_difference(got, *want);
+    co_await db.wait_failover_idle();
+    EXPECT_EQ(db.state(), BufferState::idle);
+    EXPECT_EQ(db.failover_progress().error, "");
+    const auto disk = sim->media->disk_mem->data();
+    const Image on_disk(disk.begin(), disk.end());
+    EXPECT_TRUE(on_disk == *want) << "secondary disk after the apply vs the image of epoch "
+                                  << epoch << ": " << first_difference(on_disk, *want);
+  }
+  // The primary's own disk holds every acknowledged write (invariant 4).
+  const auto pd = sim->p_disk->data();
+  const Image primary(pd.begin(), pd.end());
+  EXPECT_TRUE(primary == sim->model->current())
+      << "primary disk vs the model: " << first_difference(primary, sim->model->current());
+  if (sim->c.fault == SimFault::clean_stop) {
+    EXPECT_TRUE(*want == primary) << "after a clean stop the checkpoint is the whole disk";
+  }
+  *done = true;
+}
+
+Task<void> teardown(Sim* sim, bool* done) {
+  log::info("sim: teardown: primary");
+  co_await sim->p.replicator->shutdown();
+  co_await sim->p.gate->drain();
+  co_await sim->p.quorum->drain();
+  sim->chan_proxy->close();
+  sim->nbd_proxy->close();
+  std::vector<SecondaryGraph> all = sim->dead;
+  if (sim->s.db) all.push_back(sim->s);
+  for (auto& g : all) {
+    log::info("sim: teardown: secondary");
+    if (g.pairing) g.pairing->close();
+    co_await g.replication->drain(std::chrono::seconds(2));
+    log::info("sim: teardown: secondary export drained");
+    co_await g.db->drain();
+    co_await g.db->wait_failover_idle();
+  }
+  log::info("sim: teardown done");
+  *done = true;
+}
+
+// Runs the loop until `*done` or the deadline; false (with a failure) when it did not finish.
+bool run_until(Sim& sim, const bool& done, Clock::time_point deadline) {
+  sim.io.restart();
+  while (!done) {
+    const auto now = Clock::now();
+    if (now >= deadline) break;
+    if (sim.io.run_one_for(deadline - now) == 0 && sim.io.stopped()) break;
+  }
+  if (!done) {
+    ADD_FAILURE() << "phase \"" << sim.phase << "\" did not finish within the run's budget ("
+                  << (sim.io.stopped() ? "nothing left to run: a lost wake-up" : "timed out")
+                  << "); ops done " << sim.ops_done << ", writers running "
+                  << sim.writers_running << ", checkpoints started " << sim.checkpoints_started
+                  << ", gate closed " << sim.p.gate->is_closed();
+  }
+  return done;
+}
+
+std::string configs_dir(const TempDir& d) { return d.path().string(); }
+
+Result<void> make_configs(Sim& sim) {
+  const std::string d = configs_dir(sim.dir);
+  std::filesystem::create_directories(d + "/p-state");
+  std::filesystem::create_directories(d + "/s-state");
+  auto s = parse_config_text(fmt::format(R"(resource: "sim"
+role: SECONDARY
+state_dir: "{0}/s-state"
+disk {{ path: "{0}/s-unused.img" }}
+secondary {{
+  buffer_path: "{0}/s-buffer-unused.img"
+  block_bytes: {1}
+  write_back_bytes: {2}
+  replication_listen: "unix:{0}/s-nbd.sock"
+}}
+replication {{
+  listen: "unix:{0}/s-chan.sock"
+  node_name: "sim-secondary"
+  heartbeat_interval_ms: 100
+  heartbeat_timeout_ms: 1000
+}}
+)", d, sim.c.block_bytes, sim.c.secondary_write_back_bytes), "sim-secondary.conf");
+  if (!s) return s.error();
+  auto p = parse_config_text(fmt::format(R"(resource: "sim"
+role: PRIMARY
+state_dir: "{0}/p-state"
+disk {{ path: "{0}/p-unused.img" }}
+export {{ listen: "unix:{0}/p-unused.sock" }}
+quorum {{
+  children {{ name: "local" disk: true }}
+  children {{ name: "peer" nbd_uri: "nbd+unix:///?socket={0}/p-nbd.sock" }}
+  vote_threshold: 1
+  read_pattern: "fifo"
+}}
+replication {{
+  peer_address: "unix:{0}/p-chan.sock"
+  node_name: "sim-primary"
+  write_mode: {1}
+  async_queue_bytes: {2}
+  heartbeat_interval_ms: 100
+  heartbeat_timeout_ms: 1000
+  checkpoint_timeout_ms: 9000
+  connect_timeout_ms: 5000
+  prepare_timeout_ms: 11000
+}}
+)", d, sim.c.async_mode ? "ASYNC" : "SYNC", 1 * kMiB), "sim-primary.conf");
+  if (!p) return p.error();
+  for (const auto* cfg : {&*s, &*p}) {
+    auto errors = validate_config(*cfg);
+    if (!errors.empty()) return make_error(EINVAL, fmt::format("{}", fmt::join(errors, "; ")));
+  }
+  sim.scfg = *s;
+  sim.pcfg = *p;
+  sim.db_options = disk_buffer_options_from_config(sim.scfg.secondary());
+  sim.db_options.save_cycles_max = sim.c.save_cycles_max;
+  return {};
+}
+
+Result<void> open_secondary(Sim& sim) {
+  auto g = open_secondary_graph(sim.io, sim.scfg, sim.media->disk, sim.media->buffer,
+                                sim.db_options);
+  if (!g) return g.error();
+  sim.s = *g;
+  return {};
+}
+
+// Builds both sides and pairs them; false (with a failure) when that did not work.
+bool set_up(Sim& sim) {
+  if (auto r = make_configs(sim); !r) {
+    ADD_FAILURE() << r.error().to_string();
+    return false;
+  }
+  const std::string d = configs_dir(sim.dir);
+  Image initial(sim.c.disk_bytes);
+  for (auto& b : initial) b = static_cast<std::byte>(sim.prng());
+  sim.model = std::make_unique<Model>(initial);
+  sim.images[0] = initial;
+  sim.p_disk = make_memory("local", sim.c.disk_bytes);
+  std::memcpy(sim.p_disk->data().data(), initial.data(), initial.size());
+  sim.p_local = std::make_shared<FaultNode>("local.fault", sim.p_disk);
+  if (sim.c.delay_ms != 0) add_delay(*sim.p_local, kWriteOps, 5, sim.c.delay_ms);
+  sim.media = std::make_unique<Media>(sim.c.disk_bytes, sim.c.block_bytes, sim.c.delay_ms);
+  std::memcpy(sim.media->disk_mem->data().data(), initial.data(), initial.size());
+  if (auto r = open_secondary(sim); !r) {
+    ADD_FAILURE() << "secondary: " << r.error().to_string();
+    return false;
+  }
+  sim.chan_proxy = std::make_shared<UnixProxy>(sim.io, d + "/p-chan.sock", d + "/s-chan.sock");
+  sim.nbd_proxy = std::make_shared<UnixProxy>(sim.io, d + "/p-nbd.sock", d + "/s-nbd.sock");
+  for (auto* proxy : {&sim.chan_proxy, &sim.nbd_proxy}) {
+    if (auto r = (*proxy)->start(); !r) {
+      ADD_FAILURE() << r.error().to_string();
+      return false;
+    }
+  }
+  auto g = open_primary_replication_graph(sim.io, sim.pcfg, sim.p_local);
+  if (!g) {
+    ADD_FAILURE() << "primary: " << g.error().to_string();
+    return false;
+  }
+  sim.p = *g;
+  if (sim.p.replicator->peer_state() != PeerState::paired) {
+    ADD_FAILURE() << "the primary did not pair: " << sim.p.replicator->status_text();
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+}  // namespace sim
+
+using sim::Clock;
+using sim::Sim;
+using sim::failover_and_check;
+using sim::open_secondary;
+using sim::run_until;
+using sim::set_up;
+using sim::teardown;
+using sim::workload;
+
+SimOutcome run_pair_sim(const SimConfig& config, std::chrono::milliseconds budget) {
+  const auto start = Clock::now();
+  const auto deadline = start + budget;
+  auto owned = std::make_unique<Sim>(config);
+  Sim& sim = *owned;
+  bool ok = set_up(sim);
+  if (ok) {
+    sim.phase = "workload";
+    bool done = false;
+    spawn(sim.io.get_executor(), workload(&sim, &done), "sim workload");
+    ok = run_until(sim, done, deadline);
+  }
+  if (ok && sim.crashed) {
+    sim.phase = "reopen";
+    auto r = open_secondary(sim);
+    if (!r) {
+      ADD_FAILURE() << "reopening the secondary: " << r.error().to_string();
+      ok = false;
+    }
+  }
+  if (ok) {
+    sim.phase = "failover";
+    bool done = false;
+    spawn(sim.io.get_executor(), failover_and_check(&sim, &done), "sim failover");
+    ok = run_until(sim, done, deadline);
+  }
+  if (ok) {
+    sim.phase = "teardown";
+    bool done = false;
+    spawn(sim.io.get_executor(), teardown(&sim, &done), "sim teardown");
+    ok = run_until(sim, done, deadline + std::chrono::seconds(10));
+  }
+  if (ok) {
+    // Everything stopped: the loop must run dry (no timer or connection left behind).
+    sim.io.restart();
+    const auto until = Clock::now() + std::chrono::seconds(10);
+    while (!sim.io.stopped() && Clock::now() < until) sim.io.run_for(std::chrono::milliseconds(50));
+    log::info("sim: loop ran dry");
+    if (!sim.io.stopped()) {
+      ADD_FAILURE() << "work was left on the loop after the teardown";
+      ok = false;
+    }
+  }
+  sim.out.ops_done = sim.ops_done;
+  sim.out.finished = ok;
+  sim.out.elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+  SimOutcome out = sim.out;
+  // A run that did not finish has work in flight: its objects are leaked, not destroyed under it.
+  if (!ok) (void)owned.release();
+  return out;
+}
+
+}  // namespace colo::test

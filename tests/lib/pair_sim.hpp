@@ -1,0 +1,79 @@
+#pragma once
+// The pair simulated in one process (STYLE rule 24, docs/simulation.md): the primary's graph
+// (quorum over a memory disk, write gate, replicator) and the secondary's (disk buffer over
+// memory disk and buffer under FaultNodes, replication export, checkpoint channel) as the
+// roles build them (open_primary_replication_graph, open_secondary_graph), on one io_context,
+// talking over unix sockets through in-process proxies (UnixProxy: the network faults).
+//
+// One run per seed: a seeded workload of several writers on the primary's served node
+// (writes, FUA writes, write-zeroes, trims, flushes, reads checked against the model), seeded
+// checkpoints (plain, two-phase, aborted), one seeded fault, then the primary is lost and the
+// secondary fails over. The model tracks which writes each checkpoint's cut holds (the write
+// gate's close count when each write was admitted), so it knows the image of every cut even
+// while writes go on around the checkpoints.
+// Invariants checked (gtest failures, the caller scopes them with the seed):
+// - every write to the primary succeeds, every read equals the model;
+// - the secondary ends at the primary's last acknowledged epoch, or one past it when a
+//   checkpoint failed after its cut reached the secondary (the primary never saw the ack);
+// - after failover the local view (during the background apply) and then the disk itself
+//   equal the image of that epoch byte for byte; the primary's disk equals the model;
+// - nothing hangs: every phase finishes within the run's budget, else the run fails (its
+//   objects are then leaked on purpose rather than destroyed with work in flight).
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace colo::test {
+
+enum class SimFault : std::uint8_t {
+  clean_stop,                 // no fault: the primary's shutdown (last checkpoint, clean)
+  primary_lost,               // both links cut at a seeded moment (the primary host dies)
+  channel_cut_in_checkpoint,  // the checkpoint channel cut at a seeded point of a checkpoint
+  nbd_cut,                    // the replication export's connection cut mid-epoch
+  secondary_disk_error,       // one failed write on the secondary's disk (FaultNode)
+  secondary_buffer_error,     // one failed write on the secondary's buffer (FaultNode)
+  secondary_crash,            // the secondary killed (media as they are), reopened
+  secondary_power_cut,        // the secondary's power cut (unflushed writes lost), reopened
+  link_blackhole,             // both links drop every byte from a seeded moment (heartbeats)
+};
+inline constexpr int kSimFaultCount = 9;
+std::string_view to_string(SimFault f);
+
+// Everything a run does is drawn from `seed` (sim_config_for_seed); a field may be overridden
+// to pin a regression test to one case.
+struct SimConfig {
+  std::uint64_t seed = 0;
+  SimFault fault = SimFault::clean_stop;
+  bool async_mode = false;                       // the primary's write mode
+  std::uint64_t secondary_write_back_bytes = 0;  // 0: no write-back queue on the secondary
+  std::uint32_t block_bytes = 4096;              // the disk buffer's block
+  std::uint32_t save_cycles_max = 1;
+  // Slow I/O (0: none): every few writes and flushes on the secondary's disk and buffer and
+  // on the primary's disk wait this long (FaultNode delay rules), so more requests are in
+  // flight at each cut and each fault.
+  std::uint32_t delay_ms = 0;
+  std::uint32_t writers = 4;
+  std::uint32_t ops_per_writer = 40;
+  std::uint32_t checkpoints = 4;                 // checkpoint attempts
+  std::uint64_t disk_bytes = 1024 * 1024;
+  std::string describe() const;
+};
+SimConfig sim_config_for_seed(std::uint64_t seed);
+
+struct SimOutcome {
+  bool finished = false;  // every phase ended within the budget
+  std::uint64_t primary_epoch = 0;
+  std::uint64_t secondary_epoch = 0;
+  std::uint64_t checkpoints_ok = 0;
+  std::uint64_t checkpoints_failed = 0;
+  std::uint64_t ops_done = 0;
+  std::chrono::milliseconds elapsed{0};
+};
+
+// Runs one seed; failures are reported through gtest (ADD_FAILURE / EXPECT_*).
+SimOutcome run_pair_sim(const SimConfig& config,
+                        std::chrono::milliseconds budget = std::chrono::seconds(30));
+
+}  // namespace colo::test
