@@ -309,7 +309,7 @@ struct Measured {
   std::vector<double> first_ratio, rewrite_ratio;  // per round, against that round's bare
   Counts first_counts;                             // device work of the first writes
   std::uint64_t first_ops = 0;
-  std::uint64_t first_slot_bytes = 0;              // buffer space they took
+  std::uint64_t first_buffer_bytes = 0;            // buffer space they took
   std::uint64_t first_cycles = 0;                  // save cycles they took
 
   double per_first(std::uint64_t v) const {
@@ -336,7 +336,7 @@ Measured measure(Rig& rig, std::uint32_t write_bytes, std::uint32_t queue_depth,
                                              sequential, 1000 + r);
     rig.new_epoch();
     rig.settle();
-    const std::uint64_t slots_before = rig.db->slots_used();
+    const std::uint64_t used_before = rig.db->buffer_used_bytes();
     const std::uint64_t cycles_before = rig.db->save_cycle_count();
     const Counts counts_before = rig.counts();
     Point first{.node = rig.primary.get(), .offsets = &offsets, .limit = offsets.size(),
@@ -344,7 +344,7 @@ Measured measure(Rig& rig, std::uint32_t write_bytes, std::uint32_t queue_depth,
     const PointResult f = run_point(rig.io, first, queue_depth, seconds, buffers);
     m.first_counts = m.first_counts + (rig.counts() - counts_before);
     m.first_ops += f.ops;
-    m.first_slot_bytes += (rig.db->slots_used() - slots_before) * slot_bytes(block_bytes);
+    m.first_buffer_bytes += rig.db->buffer_used_bytes() - used_before;
     m.first_cycles += rig.db->save_cycle_count() - cycles_before;
     const std::size_t written = static_cast<std::size_t>(std::max<std::uint64_t>(f.ops, 1));
     auto again = [&](BlockNode* node) {
@@ -389,8 +389,9 @@ struct Env {
   std::uint32_t save_cycles_max = DiskBufferOptions{}.save_cycles_max;
 };
 
+// Room for every block of the disk in a record of its own (the most a first write can take).
 std::uint64_t buffer_bytes_for(std::uint64_t disk_bytes, std::uint32_t block_bytes) {
-  return kSlotsOffsetBytes + (disk_bytes / block_bytes + 16) * slot_bytes(block_bytes);
+  return kLogOffsetBytes + (disk_bytes / block_bytes + 16) * record_bytes(1, block_bytes);
 }
 
 void section_rows(Env& env, std::uint32_t block_bytes) {
@@ -461,7 +462,7 @@ void section_blocks(Env& env) {
     Measured s1 = measure(rig, kMiB, 32, true, env.seconds, env.rounds, env.buffers);
     // Epoch stream: a fixed amount of work, timed to the end, interleaved with bare.
     std::vector<double> epoch_ratio;
-    std::uint64_t epoch_slots = 0;
+    std::uint64_t epoch_buffer_bytes = 0;
     for (int r = 0; r < env.rounds; ++r) {
       Point p{.node = rig.disk.get(), .offsets = &stream, .limit = stream.size(), .wrap = false,
               .write_bytes = 4096};
@@ -472,14 +473,14 @@ void section_blocks(Env& env) {
       p.node = rig.primary.get();
       const double buffered_ops = run_point(rig.io, p, 32, 1e9, env.buffers).ops_per_s;
       epoch_ratio.push_back(buffered_ops / bare_ops);
-      epoch_slots = rig.db->slots_used();
+      epoch_buffer_bytes = rig.db->buffer_used_bytes();
     }
     std::printf("%-8u | %7.2f %7.2f %6.2f %7.1f %7.1f | %7.2f %7.2f %7.0f %7.0f | %7.2f %8.1f\n",
                 block, median(r4.first_ratio), median(r4.rewrite_ratio), r4.requests_per_first(),
-                r4.kib_per_first(), r4.per_first(r4.first_slot_bytes) / 1024,
+                r4.kib_per_first(), r4.per_first(r4.first_buffer_bytes) / 1024,
                 median(s1.first_ratio), median(s1.rewrite_ratio), s1.kib_per_first(),
-                s1.per_first(s1.first_slot_bytes) / 1024, median(epoch_ratio),
-                static_cast<double>(epoch_slots * slot_bytes(block)) / kMiB);
+                s1.per_first(s1.first_buffer_bytes) / 1024, median(epoch_ratio),
+                static_cast<double>(epoch_buffer_bytes) / kMiB);
     std::fflush(stdout);
   }
 }
