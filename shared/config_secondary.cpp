@@ -30,7 +30,7 @@ void validate_secondary_config(const config::DaemonConfig& cfg,
                                  s.buffer_path()));
   }
   // 0: the default block size (kDiskBufferBlockBytesDefault in secondary/disk_buffer_node.hpp).
-  const std::uint64_t block = s.block_bytes() == 0 ? 16384 : s.block_bytes();
+  const std::uint64_t block = s.block_bytes() == 0 ? 4096 : s.block_bytes();
   if (s.block_bytes() != 0 &&
       (block < kBlockBytesMin || block > kBlockBytesMax || (block & (block - 1)) != 0)) {
     errors.push_back(fmt::format("secondary.block_bytes: {} is not a power of two from 4096 to "

@@ -205,7 +205,7 @@ TEST(DiskBuffer, PatternPerPhaseStartCheckpointFailover) {
 }
 
 TEST(DiskBuffer, FailoverWithoutLocalWritesYieldsTheCheckpointImage) {
-  for (std::uint32_t block : {4096u, 65536u}) {
+  for (std::uint32_t block : {4096u, 16384u, 65536u}) {
     SCOPED_TRACE(block);
     Rig rig(block);
     std::mt19937_64 prng(block);
@@ -309,7 +309,7 @@ TEST(DiskBuffer, LifecycleRefusalsChangeNothing) {
       << r.error().message;
 
   ASSERT_TRUE(rig.call(rig.db->do_checkpoint(5)));
-  ASSERT_TRUE(rig.write(*rig.primary, 0, 8192, 0x22));
+  ASSERT_TRUE(rig.write(*rig.primary, 0, 4096, 0x22));
   const auto generation = rig.db->generation();
   const auto blocks = rig.db->buffered_block_count();
   EXPECT_EQ(blocks, 1u);
