@@ -20,12 +20,15 @@
 //            and sequential 1 MiB writes: first-write cost, buffer bytes per written byte, and
 //            an "epoch" stream (random 4 KiB writes with repeats over a quarter of the disk,
 //            in one epoch) with the buffer space it used
-//   failover 1 GiB buffered, then stop_replication(failover): time until the local view
-//            serves a read, and how long the background apply took
+//   failover 1 GiB buffered (by sequential 8 MiB writes, or with --failover-fill random by
+//            random 4 KiB first writes: data out of disk order), then
+//            stop_replication(failover): time until the local view serves a read, and how long
+//            the background apply took
 //
 // Usage: disk_buffer_bench [--dir D] [--disk-mib N] [--seconds S] [--rounds N]
 //                          [--section all|rows|blocks|failover] [--block-bytes B]
-//                          [--failover-mib N] [--only cache/ordered/wb/qd/write-KiB]
+//                          [--failover-mib N] [--failover-fill sequential|random]
+//                          [--only cache/ordered/wb/qd/write-KiB]
 //                          [--write-back-mib N] [--write-back-inflight N] [--save-cycles N]
 //                          [--verbose 1]
 // Files are created in D (default /var/tmp: a disk file system, for O_DIRECT) and removed.
@@ -485,11 +488,13 @@ void section_blocks(Env& env) {
   }
 }
 
-Task<void> fill_and_fail_over(Rig* rig, std::uint64_t bytes) {
+// Fills the buffer with `bytes` (8 MiB sequential writes, unless `filled` already), then fails
+// over.
+Task<void> fill_and_fail_over(Rig* rig, std::uint64_t bytes, bool filled) {
   auto local = rig->db->local_view();
   auto* data = static_cast<std::byte*>(std::aligned_alloc(4096, 8 * kMiB));
   std::memset(data, 0x22, 8 * kMiB);
-  for (std::uint64_t off = 0; off < bytes; off += 8 * kMiB) {
+  for (std::uint64_t off = 0; off < bytes && !filled; off += 8 * kMiB) {
     IoResult r = co_await rig->primary->write(off, std::span<const std::byte>(data, 8 * kMiB),
                                               WriteFlags::none);
     if (!r) die("filling the buffer failed");
@@ -516,15 +521,27 @@ Task<void> fill_and_fail_over(Rig* rig, std::uint64_t bytes) {
   rig->db.reset();  // stopped already
 }
 
-void section_failover(Env& env, std::uint64_t bytes, std::uint32_t block_bytes) {
-  std::printf("\n== failover (direct, block %u bytes) ==\n", block_bytes);
+// `random_fill`: the buffer is filled by random 4 KiB first writes (QD32) instead of
+// sequential ones, so the buffered data is not in disk order (the apply's worst case).
+void section_failover(Env& env, std::uint64_t bytes, std::uint32_t block_bytes,
+                      bool random_fill) {
+  std::printf("\n== failover (direct, block %u bytes, %s fill) ==\n", block_bytes,
+              random_fill ? "random 4 KiB" : "sequential 8 MiB");
   const std::string disk = env.dir + "/failover-disk.img";
   const std::string buffer = env.dir + "/failover-buffer.img";
   make_file(disk, bytes);
   make_file(buffer, buffer_bytes_for(bytes, block_bytes));
   {
     Rig rig(disk, buffer, true, DiskBufferOptions{block_bytes, true});
-    run(rig.io, fill_and_fail_over(&rig, bytes));
+    if (random_fill) {
+      const auto offsets = first_write_offsets(bytes, block_bytes, 4096, false, 1);
+      Point p{.node = rig.primary.get(), .offsets = &offsets, .limit = offsets.size(),
+              .wrap = false, .write_bytes = 4096};
+      const PointResult f = run_point(rig.io, p, 32, 1e9, env.buffers);
+      std::printf("filled by %llu random 4 KiB first writes at %.0f/s\n",
+                  static_cast<unsigned long long>(f.ops), f.ops_per_s);
+    }
+    run(rig.io, fill_and_fail_over(&rig, bytes, random_fill));
   }
   std::filesystem::remove(disk);
   std::filesystem::remove(buffer);
@@ -535,7 +552,7 @@ void section_failover(Env& env, std::uint64_t bytes, std::uint32_t block_bytes) 
 
 int main(int argc, char** argv) {
   using namespace colo;
-  std::string dir = "/var/tmp", section = "all", only;
+  std::string dir = "/var/tmp", section = "all", only, failover_fill = "sequential";
   std::uint64_t disk_mib = 128, failover_mib = 1024, write_back_mib = 64;
   std::uint32_t write_back_inflight = DiskBufferOptions{}.write_back_inflight;
   std::uint32_t save_cycles_max = DiskBufferOptions{}.save_cycles_max;
@@ -554,6 +571,7 @@ int main(int argc, char** argv) {
     else if (a == "--block-bytes") block_bytes = static_cast<std::uint32_t>(std::stoul(v));
     else if (a == "--failover-mib") failover_mib = std::stoull(v);
     else if (a == "--only") only = v;
+    else if (a == "--failover-fill") failover_fill = v;
     else if (a == "--write-back-mib") write_back_mib = std::stoull(v);
     else if (a == "--write-back-inflight") write_back_inflight = static_cast<std::uint32_t>(std::stoul(v));
     else if (a == "--save-cycles") save_cycles_max = static_cast<std::uint32_t>(std::stoul(v));
@@ -591,7 +609,7 @@ int main(int argc, char** argv) {
   if (section == "all" || section == "rows") section_rows(env, block_bytes);
   if (section == "all" || section == "blocks") section_blocks(env);
   if (section == "all" || section == "failover") {
-    section_failover(env, failover_mib * kMiB, block_bytes);
+    section_failover(env, failover_mib * kMiB, block_bytes, failover_fill == "random");
   }
   for (auto* b : env.buffers) std::free(b);
   std::filesystem::remove_all(env.dir);
