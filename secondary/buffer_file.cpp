@@ -145,7 +145,8 @@ std::optional<BufferHeader> decode_header(std::span<const std::byte> in) {
 
 void encode_record_header(const RecordHeader& h, std::span<std::byte> out) {
   CHECK(out.size() >= kRecordHeaderBytes);
-  CHECK(!h.entries.empty() && h.entries.size() <= kRecordEntriesMax);
+  CHECK(!h.entries.empty());
+  CHECK(h.entries.size() <= kRecordEntriesMax);
   std::memset(out.data(), 0, kRecordHeaderBytes);
   std::byte* p = out.data();
   put32(p, kRecordMagic);

@@ -95,6 +95,18 @@ constexpr std::uint64_t record_bytes(std::uint64_t entries, std::uint32_t block_
   return kRecordHeaderBytes + entries * block_bytes;
 }
 
+// The end of the log of a buffer file of `buffer_bytes`: its size rounded down to 4 KiB.
+constexpr std::uint64_t log_end_max_bytes(std::uint64_t buffer_bytes) {
+  return buffer_bytes < kLogOffsetBytes ? kLogOffsetBytes : buffer_bytes / 4096 * 4096;
+}
+// The reserved mark of an empty log.
+constexpr std::uint64_t initial_reserved_end_bytes(std::uint64_t buffer_bytes,
+                                                   std::uint64_t chunk_bytes) {
+  return log_end_max_bytes(buffer_bytes) < kLogOffsetBytes + chunk_bytes
+             ? log_end_max_bytes(buffer_bytes)
+             : kLogOffsetBytes + chunk_bytes;
+}
+
 // Encodes a record header into `out` (kRecordHeaderBytes).
 void encode_record_header(const RecordHeader& h, std::span<std::byte> out);
 // Empty when `in` is not a valid record header (magic, version, entry count, checksum). The

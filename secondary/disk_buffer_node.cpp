@@ -412,8 +412,8 @@ Task<IoResult> DiskBuffer::local_write_block(std::uint64_t block,
   }
   // A local copy is a record of its own, rewritten in place as a whole (never a record that
   // holds originals: a torn rewrite may lose only this block's local copy).
-  std::uint64_t record = before.local_offset == kNoOffset ? kNoOffset
-                                                          : before.local_offset - kRecordHeaderBytes;
+  std::uint64_t record = kNoOffset;
+  if (before.local_offset != kNoOffset) record = before.local_offset - kRecordHeaderBytes;
   if (record == kNoOffset) {
     const auto allocated = index_.allocate(record_bytes(1, block_bytes));
     if (!allocated) {
