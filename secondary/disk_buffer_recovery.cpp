@@ -263,7 +263,9 @@ Task<Result<void>> DiskBuffer::scan_log() {
       auto bytes = co_await window.get(data, block_bytes);
       if (!bytes) co_return make_error(bytes.error().code.value(),
                                         name_ + ": " + bytes.error().message);
-      if (entry.block >= block_count || crc32c(*bytes) != entry.data_crc) {
+      // A local copy is always a record of its own (it is rewritten in place as one).
+      const bool lone = entry.kind == EntryKind::original || h->entries.size() == 1;
+      if (entry.block >= block_count || !lone || crc32c(*bytes) != entry.data_crc) {
         ++torn;
       } else {
         auto& seen = entry.kind == EntryKind::original ? original_seq : local_seq;
