@@ -5,7 +5,7 @@
 // DirtyBlocks: the blocks a failover has still to apply (a bitmap over the disk's blocks).
 // BlockLocks: per-block shared/exclusive locks for coroutines.
 //
-// Both are rebuilt from the buffer file at start (disk_buffer_recovery.cpp) and used from the
+// They are rebuilt from the buffer file at start (disk_buffer_recovery.cpp) and used from the
 // daemon's io_context thread only.
 
 #include <cstdint>

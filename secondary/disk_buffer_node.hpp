@@ -46,7 +46,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <set>
 #include <vector>
 #include <string>
 
