@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <nmmintrin.h>
+#include <random>
+#include <sys/random.h>
 
 #include "shared/check.hpp"
 
@@ -21,9 +23,13 @@ std::string_view to_string(BufferState s) {
 namespace {
 
 constexpr char kHeaderMagic[8] = {'C', 'O', 'L', 'O', 'B', 'U', 'F', '1'};
-constexpr std::uint32_t kSlotMagic = 0x544c5343;  // "CSLT"
-constexpr std::size_t kHeaderFieldsBytes = 56;    // magic..disk_size
-constexpr std::size_t kSlotFieldsBytes = 32;      // magic..data_crc
+constexpr std::uint32_t kRecordMagic = 0x43455243;  // "CREC"
+constexpr std::size_t kHeaderV1FieldsBytes = 56;    // magic..disk_size
+constexpr std::size_t kHeaderFieldsBytes = 72;      // magic..reserved_end
+constexpr std::size_t kRecordEntriesOffset = 48;
+constexpr std::size_t kRecordEntryBytes = 16;
+constexpr std::size_t kRecordCrcOffset = kRecordHeaderBytes - 4;  // CRC32C of [0, here)
+static_assert(kRecordEntriesOffset + kRecordEntriesMax * kRecordEntryBytes <= kRecordCrcOffset);
 
 void put32(std::byte* p, std::uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
@@ -101,6 +107,8 @@ void encode_header(const BufferHeader& h, std::span<std::byte> out) {
   put64(p + 32, h.epoch);
   put64(p + 40, h.sequence);
   put64(p + 48, h.disk_size_bytes);
+  put64(p + 56, h.nonce);
+  put64(p + 64, h.reserved_end_bytes);
   put32(p + kHeaderFieldsBytes, crc32c(out.subspan(0, kHeaderFieldsBytes)));
 }
 
@@ -108,51 +116,88 @@ std::optional<BufferHeader> decode_header(std::span<const std::byte> in) {
   if (in.size() < kHeaderCopyBytes) return std::nullopt;
   const std::byte* p = in.data();
   if (std::memcmp(p, kHeaderMagic, 8) != 0) return std::nullopt;
-  if (get32(p + kHeaderFieldsBytes) != crc32c(in.subspan(0, kHeaderFieldsBytes))) {
+  const std::uint32_t version = get32(p + 8);
+  std::size_t fields = 0;
+  if (version == 1) {
+    fields = kHeaderV1FieldsBytes;
+  } else if (version == kBufferFormatVersion) {
+    fields = kHeaderFieldsBytes;
+  } else {
     return std::nullopt;
   }
-  if (get32(p + 8) != kBufferFormatVersion) return std::nullopt;
+  if (get32(p + fields) != crc32c(in.subspan(0, fields))) return std::nullopt;
   const std::uint32_t state = get32(p + 16);
   if (state > static_cast<std::uint32_t>(BufferState::failing_over)) return std::nullopt;
   BufferHeader h;
+  h.version = version;
   h.block_bytes = get32(p + 12);
   h.state = static_cast<BufferState>(state);
   h.generation = get64(p + 24);
   h.epoch = get64(p + 32);
   h.sequence = get64(p + 40);
   h.disk_size_bytes = get64(p + 48);
+  if (version == kBufferFormatVersion) {
+    h.nonce = get64(p + 56);
+    h.reserved_end_bytes = get64(p + 64);
+  }
   return h;
 }
 
-void encode_slot_header(const SlotHeader& h, std::span<std::byte> out) {
-  CHECK(out.size() >= kSlotHeaderBytes);
-  std::memset(out.data(), 0, kSlotHeaderBytes);
+void encode_record_header(const RecordHeader& h, std::span<std::byte> out) {
+  CHECK(out.size() >= kRecordHeaderBytes);
+  CHECK(!h.entries.empty());
+  CHECK(h.entries.size() <= kRecordEntriesMax);
+  std::memset(out.data(), 0, kRecordHeaderBytes);
   std::byte* p = out.data();
-  put32(p, kSlotMagic);
-  put32(p + 4, static_cast<std::uint32_t>(h.kind));
+  put32(p, kRecordMagic);
+  put32(p + 4, kBufferFormatVersion);
   put64(p + 8, h.generation);
-  put64(p + 16, h.block);
-  put32(p + 24, h.data_crc);
-  put32(p + 28, 0);
-  put32(p + kSlotFieldsBytes, crc32c(out.subspan(0, kSlotFieldsBytes)));
+  put64(p + 16, h.nonce);
+  put64(p + 24, h.sequence);
+  put32(p + 32, h.block_bytes);
+  put32(p + 36, static_cast<std::uint32_t>(h.entries.size()));
+  std::byte* e = p + kRecordEntriesOffset;
+  for (const RecordEntry& entry : h.entries) {
+    put64(e, entry.block);
+    put32(e + 8, static_cast<std::uint32_t>(entry.kind));
+    put32(e + 12, entry.data_crc);
+    e += kRecordEntryBytes;
+  }
+  put32(p + kRecordCrcOffset, crc32c(out.subspan(0, kRecordCrcOffset)));
 }
 
-std::optional<SlotHeader> decode_slot_header(std::span<const std::byte> in) {
-  if (in.size() < kSlotHeaderBytes) return std::nullopt;
+std::optional<RecordHeader> decode_record_header(std::span<const std::byte> in) {
+  if (in.size() < kRecordHeaderBytes) return std::nullopt;
   const std::byte* p = in.data();
-  if (get32(p) != kSlotMagic) return std::nullopt;
-  if (get32(p + kSlotFieldsBytes) != crc32c(in.subspan(0, kSlotFieldsBytes))) return std::nullopt;
-  const std::uint32_t kind = get32(p + 4);
-  if (kind != static_cast<std::uint32_t>(SlotKind::original) &&
-      kind != static_cast<std::uint32_t>(SlotKind::local)) {
+  if (get32(p) != kRecordMagic || get32(p + 4) != kBufferFormatVersion) return std::nullopt;
+  const std::uint32_t count = get32(p + 36);
+  if (count == 0 || count > kRecordEntriesMax) return std::nullopt;
+  if (get32(p + kRecordCrcOffset) != crc32c(in.subspan(0, kRecordCrcOffset))) {
     return std::nullopt;
   }
-  SlotHeader h;
-  h.kind = static_cast<SlotKind>(kind);
+  RecordHeader h;
   h.generation = get64(p + 8);
-  h.block = get64(p + 16);
-  h.data_crc = get32(p + 24);
+  h.nonce = get64(p + 16);
+  h.sequence = get64(p + 24);
+  h.block_bytes = get32(p + 32);
+  h.entries.reserve(count);
+  const std::byte* e = p + kRecordEntriesOffset;
+  for (std::uint32_t i = 0; i < count; ++i, e += kRecordEntryBytes) {
+    const std::uint32_t kind = get32(e + 8);
+    if (kind != static_cast<std::uint32_t>(EntryKind::original) &&
+        kind != static_cast<std::uint32_t>(EntryKind::local)) {
+      return std::nullopt;
+    }
+    h.entries.push_back(RecordEntry{get64(e), static_cast<EntryKind>(kind), get32(e + 12)});
+  }
   return h;
+}
+
+std::uint64_t random_nonce() {
+  std::uint64_t v = 0;
+  if (::getrandom(&v, sizeof v, 0) == static_cast<ssize_t>(sizeof v)) return v;
+  std::random_device rd;  // the kernel's source too, through another door
+  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
 }
 
 AlignedBuffer::AlignedBuffer(std::size_t length_bytes) : AlignedBuffer(uninitialized(length_bytes)) {

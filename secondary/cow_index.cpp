@@ -1,5 +1,7 @@
 #include "secondary/cow_index.hpp"
 
+#include <algorithm>
+
 #include "shared/check.hpp"
 
 namespace colo {
@@ -12,7 +14,7 @@ const CowEntry* CowIndex::find(std::uint64_t block) const {
 void CowIndex::erase_if_empty(std::uint64_t block) {
   auto it = entries_.find(block);
   if (it == entries_.end()) return;
-  if (it->second.original_slot == kNoSlot && it->second.local_slot == kNoSlot) {
+  if (it->second.original_offset == kNoOffset && it->second.local_offset == kNoOffset) {
     entries_.erase(it);
   }
 }
@@ -25,21 +27,54 @@ bool CowIndex::all_durable(std::uint64_t first, std::uint64_t last) const {
   return true;
 }
 
-std::optional<std::uint64_t> CowIndex::allocate(std::uint64_t count) {
-  if (count > slot_count_max_ - next_slot_) return std::nullopt;
-  const std::uint64_t first = next_slot_;
-  next_slot_ += count;
-  return first;
+std::optional<std::uint64_t> CowIndex::allocate(std::uint64_t length_bytes) {
+  CHECK(length_bytes % 4096 == 0);
+  if (length_bytes > log_end_max_ - next_) return std::nullopt;
+  const std::uint64_t at = next_;
+  next_ += length_bytes;
+  return at;
 }
 
-void CowIndex::reserve_below(std::uint64_t slot_end) {
-  CHECK(slot_end <= slot_count_max_);
-  if (slot_end > next_slot_) next_slot_ = slot_end;
+void CowIndex::reserve_below(std::uint64_t end) {
+  CHECK(end <= log_end_max_);
+  if (end > next_) next_ = end;
 }
 
 void CowIndex::clear() {
   entries_.clear();
-  next_slot_ = 0;
+  next_ = log_begin_;
+}
+
+void DirtyBlocks::reset(std::uint64_t block_count) {
+  words_.assign((block_count + 63) / 64, 0);
+  block_count_ = block_count;
+  count_ = 0;
+  first_word_ = 0;
+}
+
+void DirtyBlocks::insert(std::uint64_t block) {
+  CHECK(block < block_count_);
+  std::uint64_t& w = words_[block / 64];
+  const std::uint64_t bit = std::uint64_t{1} << (block % 64);
+  if ((w & bit) != 0) return;
+  w |= bit;
+  ++count_;
+  first_word_ = std::min(first_word_, block / 64);
+}
+
+void DirtyBlocks::erase(std::uint64_t block) {
+  if (block >= block_count_) return;
+  std::uint64_t& w = words_[block / 64];
+  const std::uint64_t bit = std::uint64_t{1} << (block % 64);
+  if ((w & bit) == 0) return;
+  w &= ~bit;
+  --count_;
+}
+
+std::uint64_t DirtyBlocks::first() const {
+  CHECK(count_ != 0);
+  while (words_[first_word_] == 0) ++first_word_;
+  return first_word_ * 64 + static_cast<std::uint64_t>(__builtin_ctzll(words_[first_word_]));
 }
 
 Task<void> BlockLocks::lock(std::uint64_t first, std::uint64_t last, bool exclusive) {

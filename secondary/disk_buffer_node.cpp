@@ -283,18 +283,23 @@ Task<IoResult> DiskBuffer::disk_change(IoOp op, std::uint64_t offset_bytes,
 
 // ---- local face ------------------------------------------------------------------------
 
-Task<IoResult> DiskBuffer::read_slot_data(std::uint64_t slot, std::uint64_t in_block_offset_bytes,
-                                          std::span<std::byte> out) {
-  co_return co_await buffer_.read(
-      slot_offset_bytes(slot, header_.block_bytes) + kSlotHeaderBytes + in_block_offset_bytes,
-      out);
+Task<IoResult> DiskBuffer::read_buffered(std::uint64_t data_offset,
+                                         std::uint64_t in_block_offset_bytes,
+                                         std::span<std::byte> out) {
+  co_return co_await buffer_.read(data_offset + in_block_offset_bytes, out);
 }
 
-Task<IoResult> DiskBuffer::write_slot(std::uint64_t slot, SlotKind kind, std::uint64_t block,
-                                      std::span<std::byte> image, WriteFlags flags) {
-  SlotHeader h{kind, header_.generation, block, crc32c(image.subspan(kSlotHeaderBytes))};
-  encode_slot_header(h, image);
-  co_return co_await buffer_.write(slot_offset_bytes(slot, header_.block_bytes), image, flags);
+Task<IoResult> DiskBuffer::write_local_record(std::uint64_t record_offset, std::uint64_t block,
+                                              std::span<std::byte> image) {
+  RecordHeader h;
+  h.generation = header_.generation;
+  h.nonce = header_.nonce;
+  h.sequence = ++record_sequence_;
+  h.block_bytes = header_.block_bytes;
+  h.entries.push_back(
+      RecordEntry{block, EntryKind::local, crc32c(image.subspan(kRecordHeaderBytes))});
+  encode_record_header(h, image);
+  co_return co_await buffer_.write(record_offset, image, WriteFlags::none);
 }
 
 Task<IoResult> DiskBuffer::local_read(std::uint64_t offset_bytes, std::span<std::byte> out) {
@@ -304,26 +309,26 @@ Task<IoResult> DiskBuffer::local_read(std::uint64_t offset_bytes, std::span<std:
   const std::uint64_t last = block_of(end - 1);
   co_await locks_.lock(first, last, false);
   BlockRangeGuard guard(locks_, first, last, false);
-  auto slot_of = [&](std::uint64_t b) {
+  auto data_of = [&](std::uint64_t b) {
     const CowEntry* e = index_.find(b);
-    if (e == nullptr) return kNoSlot;
-    return e->local_slot != kNoSlot ? e->local_slot : e->original_slot;
+    if (e == nullptr) return kNoOffset;
+    return e->local_offset != kNoOffset ? e->local_offset : e->original_offset;
   };
   std::uint64_t pos = offset_bytes;
   while (pos < end) {
     const std::uint64_t b = block_of(pos);
-    const std::uint64_t slot = slot_of(b);
-    if (slot != kNoSlot) {
+    const std::uint64_t data = data_of(b);
+    if (data != kNoOffset) {
       const std::uint64_t piece_end = std::min<std::uint64_t>(end, (b + 1) * header_.block_bytes);
-      IoResult r = co_await read_slot_data(slot, pos - b * header_.block_bytes,
-                                           out.subspan(pos - offset_bytes, piece_end - pos));
+      IoResult r = co_await read_buffered(data, pos - b * header_.block_bytes,
+                                          out.subspan(pos - offset_bytes, piece_end - pos));
       if (!r) co_return r;
       pos = piece_end;
       continue;
     }
     // A run of blocks that only the disk holds: one read.
     std::uint64_t run_end_block = b + 1;
-    while (run_end_block <= last && slot_of(run_end_block) == kNoSlot) ++run_end_block;
+    while (run_end_block <= last && data_of(run_end_block) == kNoOffset) ++run_end_block;
     const std::uint64_t piece_end =
         std::min<std::uint64_t>(end, run_end_block * header_.block_bytes);
     IoResult r = co_await disk_.read(pos, out.subspan(pos - offset_bytes, piece_end - pos));
@@ -351,7 +356,7 @@ Task<IoResult> DiskBuffer::local_write(IoOp op, std::uint64_t offset_bytes,
     if (!zeroes) data = in.subspan(pos - offset_bytes, piece_end - pos);
     // During a failover a block the apply has passed (or that was never buffered) is written
     // through to the disk, so the apply never has to come back to it and always ends. A
-    // buffered block keeps its slot up to date too: a restart re-applies the buffer.
+    // buffered block keeps its local copy up to date too: a restart re-applies the buffer.
     const bool failing_over = header_.state == BufferState::failing_over;
     const bool buffered = index_.find(b) != nullptr;
     if (!failing_over || buffered) {
@@ -383,17 +388,17 @@ Task<IoResult> DiskBuffer::local_write_block(std::uint64_t block,
                                              std::span<const std::byte> in,
                                              std::uint64_t length_bytes) {
   const std::uint32_t block_bytes = header_.block_bytes;
-  AlignedBuffer image(slot_bytes(block_bytes));
-  auto data = image.span().subspan(kSlotHeaderBytes);
+  AlignedBuffer image(record_bytes(1, block_bytes));
+  auto data = image.span().subspan(kRecordHeaderBytes);
   const bool whole = in_block_offset_bytes == 0 && length_bytes >= block_length(block);
   CowEntry before;
   if (const CowEntry* e = index_.find(block)) before = *e;
   if (!whole) {
     IoResult r;
-    if (before.local_slot != kNoSlot) {
-      r = co_await read_slot_data(before.local_slot, 0, data);
-    } else if (before.original_slot != kNoSlot) {
-      r = co_await read_slot_data(before.original_slot, 0, data);
+    if (before.local_offset != kNoOffset) {
+      r = co_await read_buffered(before.local_offset, 0, data);
+    } else if (before.original_offset != kNoOffset) {
+      r = co_await read_buffered(before.original_offset, 0, data);
     } else {
       r = co_await disk_.read(block * block_bytes, data.subspan(0, block_length(block)));
     }
@@ -405,21 +410,27 @@ Task<IoResult> DiskBuffer::local_write_block(std::uint64_t block,
   } else {
     std::memcpy(target.data(), in.data(), target.size());
   }
-  std::uint64_t slot = before.local_slot;
-  if (slot == kNoSlot) {
-    const auto allocated = index_.allocate(1);
+  // A local copy is a record of its own, rewritten in place as a whole (never a record that
+  // holds originals: a torn rewrite may lose only this block's local copy).
+  std::uint64_t record = kNoOffset;
+  if (before.local_offset != kNoOffset) record = before.local_offset - kRecordHeaderBytes;
+  if (record == kNoOffset) {
+    const auto allocated = index_.allocate(record_bytes(1, block_bytes));
     if (!allocated) {
       log::event({"disk_buffer_full",
                   {{"node", name_},
-                   {"slots", std::to_string(index_.slot_count_max())},
+                   {"buffer_bytes", std::to_string(index_.bytes_max())},
                    {"block", std::to_string(block)}}});
       co_return io_error(ENOSPC);
     }
-    slot = *allocated;
+    record = *allocated;
+    ++record_count_;
+    IoResult reserved = co_await ensure_reserved(index_.log_end());
+    if (!reserved) co_return reserved;
   }
-  IoResult r = co_await write_slot(slot, SlotKind::local, block, image.span(), WriteFlags::none);
+  IoResult r = co_await write_local_record(record, block, image.span());
   if (!r) co_return r;
-  index_.at(block).local_slot = slot;
+  index_.at(block).local_offset = record + kRecordHeaderBytes;
   co_return IoResult{};
 }
 

@@ -5,8 +5,9 @@
 // - primary_view(): what the replication export writes into. For every block (of
 //   block_bytes) not yet saved in this epoch, the disk's content is saved in the buffer as the
 //   block's "original" (once per epoch), then the request goes to the disk. Saves are group
-//   committed: the slot images of concurrent first writes go to consecutive slots in one
-//   buffer write, which with ordered flushes carries FUA, before any of their disk writes. Trim and write-zeroes follow the same rule. Any I/O
+//   committed: the originals of concurrent first writes are packed into records at the end of
+//   the buffer's log, written in one buffer write, which with ordered flushes carries FUA,
+//   before any of their disk writes. Trim and write-zeroes follow the same rule. Any I/O
 //   while replication is not running fails with EPERM.
 // - local_view(): a local consumer (COLO hot standby). It sees the last checkpoint image plus
 //   its own writes: read = the block's local copy, else its original, else the disk; a write
@@ -45,7 +46,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <set>
 #include <vector>
 #include <string>
 
@@ -59,10 +59,12 @@
 
 namespace colo {
 
-// 16 KiB: measured in docs/disk_buffer.md ("Block size"): against 64 KiB it makes random
-// small first writes about 1.7 times as fast and takes a third of the buffer space for them,
-// for 18% more buffer space on sequential writes (the 4 KiB slot header).
-inline constexpr std::uint32_t kDiskBufferBlockBytesDefault = 16 * 1024;
+// 4 KiB: measured in docs/disk_buffer.md ("Block size", "Session 6"). With format version 2
+// (no header per block) it moves the least per random small first write (12.4 KiB for a
+// 4 KiB write, against 36.4 at 16 KiB), and its random 4 KiB first writes at queue depth 32
+// measured 1.4-2 times the first/bare ratio of 16 KiB blocks, with sequential first writes
+// and the failover apply as fast as at 16 KiB.
+inline constexpr std::uint32_t kDiskBufferBlockBytesDefault = 4 * 1024;
 
 struct DiskBufferOptions {
   std::uint32_t block_bytes = kDiskBufferBlockBytesDefault;  // power of two, 4 KiB..16 MiB
@@ -77,6 +79,14 @@ struct DiskBufferOptions {
   // lets a cycle start while others are in flight (each writer still waits for its own); on
   // the measured virtio disk 2 and 4 gained nothing (docs/disk_buffer.md, "Session 5").
   std::uint32_t save_cycles_max = 1;
+  // How far the header's reserved mark moves past the log's end at a time (a multiple of
+  // 4096; tests make it small).
+  std::uint64_t reserve_chunk_bytes = kReserveChunkBytes;
+  // Failover apply: runs (consecutive blocks whose buffered data is consecutive: one buffer
+  // read, one disk write) applied at a time, and the most one run carries (docs/disk_buffer.md,
+  // "Session 6").
+  std::uint32_t apply_workers = 16;
+  std::uint64_t apply_run_bytes_max = 2 * kMiB;
 };
 
 enum class StopMode { failover, discard };
@@ -110,8 +120,12 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   std::uint64_t generation() const { return header_.generation; }
   std::uint32_t block_bytes() const { return header_.block_bytes; }
   std::size_t buffered_block_count() const { return index_.block_count(); }
-  std::uint64_t slots_used() const { return index_.slots_used(); }
-  // Save cycles run so far (each: one batch of slot writes and at most one buffer flush).
+  // Bytes of the buffer's log in use in this generation (records: header pages and data),
+  // the log's size, and the records written in this generation.
+  std::uint64_t buffer_used_bytes() const { return index_.bytes_used(); }
+  std::uint64_t buffer_capacity_bytes() const { return index_.bytes_max(); }
+  std::uint64_t record_count() const { return record_count_; }
+  // Save cycles run so far (each: one batch of record writes and at most one buffer flush).
   std::uint64_t save_cycle_count() const { return save_cycle_count_; }
   FailoverProgress failover_progress() const { return progress_; }
   // The write-back queue (null when write_back_bytes is 0), and the same while replicating.
@@ -156,8 +170,16 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   Task<Result<void>> stop_with_queue(StopMode mode);
   Task<Result<void>> stop_now(StopMode mode);
   Task<Result<void>> recover();
-  Task<Result<void>> scan_slots();
+  Task<Result<void>> open_version_1(const BufferHeader& v1);
+  Task<Result<void>> scan_log();
   Task<IoResult> write_header(BufferHeader next);
+  // `h` with a new generation, a new nonce and an empty log (reserved mark reset).
+  BufferHeader next_generation(const BufferHeader& h) const;
+  // Moves the header's reserved_end_bytes to at least `end` (written and flushed) before a
+  // record below `end` past the old mark may be written. One move at a time.
+  Task<IoResult> ensure_reserved(std::uint64_t end);
+  // Forgets every entry and record (after a generation bump).
+  void clear_index();
   Task<void> enter_gate();
   Task<void> close_gate();
   void open_gate();
@@ -175,8 +197,9 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   struct SaveRequest {
     std::uint64_t first_block = 0;
     std::uint64_t count = 0;
-    AlignedBuffer image;  // count slot images (header + data), filled before queueing
-    std::uint64_t slot0 = kNoSlot;
+    AlignedBuffer image;  // a record header page, then count blocks of data (read before queueing)
+    std::vector<std::uint32_t> crcs;  // of each block's data
+    std::uint64_t data_offset = kNoOffset;  // where the first block's data lands in the buffer
     SaveWaiter* waiter = nullptr;
     IoResult result;
     bool queued = false;  // in save_queue_, not yet taken by a cycle
@@ -186,8 +209,13 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   Task<IoResult> read_run(SaveRequest& request);
   Task<void> commit_saves(std::vector<SaveRequest*> requests);
   Task<void> run_save_cycle();
+  struct SaveRecord;
   struct SavePiece;
   struct SaveWrites;
+  std::vector<SavePiece> plan_save_cycle(const std::vector<SaveRequest*>& batch,
+                                         std::vector<SaveRequest*>& writing);
+  void encode_save_record(const std::vector<SaveRequest*>& requests, const SaveRecord& record,
+                          std::span<std::byte> out) const;
   Task<void> write_piece(const std::vector<SaveRequest*>* requests, SavePiece* piece,
                          WriteFlags flags, SaveWrites* writes);
   Task<IoResult> local_read(std::uint64_t offset_bytes, std::span<std::byte> out);
@@ -195,14 +223,16 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
                              std::span<const std::byte> in, WriteFlags flags);
   Task<IoResult> local_write_block(std::uint64_t block, std::uint64_t in_block_offset_bytes,
                                    std::span<const std::byte> in, std::uint64_t length_bytes);
-  Task<IoResult> read_slot_data(std::uint64_t slot, std::uint64_t in_block_offset_bytes,
-                                std::span<std::byte> out);
-  Task<IoResult> write_slot(std::uint64_t slot, SlotKind kind, std::uint64_t block,
-                            std::span<std::byte> image, WriteFlags flags);
+  // Reads buffered data of a block whose data starts at `data_offset`.
+  Task<IoResult> read_buffered(std::uint64_t data_offset, std::uint64_t in_block_offset_bytes,
+                               std::span<std::byte> out);
+  // Writes a one-entry local record (header page + block data in `image`) at `record_offset`.
+  Task<IoResult> write_local_record(std::uint64_t record_offset, std::uint64_t block,
+                                    std::span<std::byte> image);
   Task<void> apply_loop(std::shared_ptr<DiskBuffer> self);
   struct ApplyWorkers;
   Task<void> apply_worker(ApplyWorkers* workers);
-  Task<IoResult> apply_block(std::uint64_t block);
+  Task<IoResult> apply_run(std::uint64_t first, std::uint64_t count);
   Task<Result<void>> finish_failover();
   void begin_failover(const asio::any_io_executor& ex);
 
@@ -218,7 +248,11 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   Child buffer_;
   DiskBufferOptions options_;
   BufferHeader header_;
-  CowIndex index_{0};
+  CowIndex index_{kLogOffsetBytes, kLogOffsetBytes};
+  std::uint64_t record_sequence_ = 0;  // the last record sequence used in this generation
+  std::uint64_t record_count_ = 0;     // records written in this generation
+  bool reserving_ = false;             // a header write moving the mark is running
+  AsyncEvent reserved_;
   BlockLocks locks_;
 
   // Gate: while closed, new I/O waits (checkpoint, stop, failover end).
@@ -228,7 +262,7 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   bool control_busy_ = false;
 
   // Group commit of saved originals: requests waiting for the next save cycle, and how many
-  // cycles (slot writes, then with ordered flushes one buffer flush) are running.
+  // cycles (record writes, then with ordered flushes one buffer flush) are running.
   std::vector<SaveRequest*> save_queue_;
   std::uint32_t save_cycles_running_ = 0;
   std::uint64_t save_cycle_count_ = 0;
@@ -241,7 +275,7 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   AsyncEvent checkpoint_idle_;                  // a pending checkpoint finished
 
   // Failover apply.
-  std::set<std::uint64_t> dirty_;  // blocks whose buffered content is not yet on the disk
+  DirtyBlocks dirty_;  // blocks whose buffered content is not yet on the disk
   bool apply_running_ = false;
   AsyncEvent apply_finished_;
   FailoverProgress progress_;

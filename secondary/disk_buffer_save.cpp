@@ -2,23 +2,27 @@
 // copy-on-write rules are in disk_buffer_node.cpp).
 //
 // A primary write to blocks without a saved original in this epoch holds those blocks' locks,
-// reads their content from the disk into slot images (one read per run of consecutive blocks,
-// straight into the slot when the run is one block), and queues one SaveRequest per run.
-// Up to save_cycles_max save cycles run at a time (default one). A cycle takes every queued
-// request and gives them consecutive slots in queue order. A writer whose requests are queued
-// leads a cycle when fewer than save_cycles_max are running; otherwise it waits, and the end of
-// a cycle wakes the writer of the oldest queued request to lead the next one (and each writer
-// of the cycle's requests: nobody else is woken). Small images (under 256 KiB) are copied together into
-// one write (up to the buffer's maximum transfer); a larger image is written from where it
-// is. Usually that makes one write, which with ordered flushes carries FUA; several writes
-// are issued together and followed by one buffer flush. Requests queued while a cycle runs go
-// into the next one: the more concurrent first writes, the more each cycle carries, and a
-// small first write costs the disk read, a share of one buffer write, and the disk write.
+// reads their content from the disk (one read per run of consecutive blocks, straight into the
+// request's image), and queues one SaveRequest per run. Up to save_cycles_max save cycles run
+// at a time (default one). A cycle takes every queued request and lays them out at the log's
+// end in queue order as records: the small images (under 256 KiB) packed into records of up
+// to kRecordEntriesMax entries, each record one header page followed by its entries' data,
+// several records back to back in one write (up to the buffer's maximum transfer); a larger
+// image is its own record, written from where it is (its image keeps a page in front for the
+// record header). Usually that makes one write, which with ordered flushes carries FUA;
+// several writes are issued together and followed by one buffer flush. Before any record past
+// the header's reserved_end_bytes is written, the header moves the mark (ensure_reserved).
+// A writer whose requests are queued leads a cycle when fewer than save_cycles_max are
+// running; otherwise it waits, and the end of a cycle wakes the writer of the oldest queued
+// request to lead the next one (and each writer of the cycle's requests: nobody else is
+// woken). Requests queued while a cycle runs go into the next one: the more concurrent first
+// writes, the more each cycle carries, and a small first write costs the disk read, a share
+// of one buffer write (its block's data and a share of a header page), and the disk write.
 // Only when its cycle has ended are a request's originals marked saved and may its writer
 // write the disk, so a saved original is durable (ordered flushes) or at least written
 // (crash safety) before the disk write that replaces it. Overlapping cycles write disjoint
-// slots and each writer waits for its own cycle only, so that holds whatever order they end
-// in; recovery reads every slot, so a torn earlier cycle does not hide a later one.
+// records and each writer waits for its own cycle only, so that holds whatever order they end
+// in; recovery walks every page of the log, so a torn earlier cycle does not hide a later one.
 
 #include <boost/asio/this_coro.hpp>
 
@@ -36,12 +40,20 @@ namespace {
 constexpr std::uint64_t kJoinBytesMax = 256 * 1024;
 }  // namespace
 
-// Consecutive slot images that one write of a save cycle carries.
-struct DiskBuffer::SavePiece {
-  std::size_t begin = 0;  // [begin, end) into the cycle's requests
+// One record of a save cycle: requests [begin, end) of the cycle's writing list.
+struct DiskBuffer::SaveRecord {
+  std::size_t begin = 0;
   std::size_t end = 0;
+  std::uint64_t entries = 0;
+  std::uint64_t sequence = 0;
+};
+
+// Records that one write of a save cycle carries, back to back.
+struct DiskBuffer::SavePiece {
+  std::vector<SaveRecord> records;
+  std::uint64_t offset_bytes = 0;
   std::uint64_t length_bytes = 0;
-  bool small = false;  // made of images under kJoinBytesMax, copied into one buffer
+  bool joined = false;  // small images copied into one buffer; else one image written in place
   IoResult result;
 };
 
@@ -54,12 +66,15 @@ struct DiskBuffer::SaveWrites {
 Task<IoResult> DiskBuffer::save_originals(std::uint64_t first, std::uint64_t last) {
   co_await locks_.lock(first, last, true);
   BlockRangeGuard guard(locks_, first, last, true);
+  const std::uint32_t block_bytes = header_.block_bytes;
   const std::uint64_t run_max = std::max<std::uint64_t>(
-      1, std::min(buffer_.node().limits().transfer_bytes_max / slot_bytes(header_.block_bytes),
-                  disk_.node().limits().transfer_bytes_max / std::uint64_t{header_.block_bytes}));
+      1, std::min<std::uint64_t>(
+             {kRecordEntriesMax,
+              (buffer_.node().limits().transfer_bytes_max - kRecordHeaderBytes) / block_bytes,
+              disk_.node().limits().transfer_bytes_max / std::uint64_t{block_bytes}}));
   auto needs = [&](std::uint64_t b) {
     const CowEntry* e = index_.find(b);
-    return e == nullptr || e->original_slot == kNoSlot;
+    return e == nullptr || e->original_offset == kNoOffset;
   };
   // Blocks saved by another writer while this one waited for the locks need nothing.
   std::vector<std::unique_ptr<SaveRequest>> requests;
@@ -92,14 +107,14 @@ Task<IoResult> DiskBuffer::save_originals(std::uint64_t first, std::uint64_t las
   for (auto& request : requests) {
     CHECK(request->done);
     if (!request->result) {
-      // Its slots stay allocated (unused) until the next generation.
+      // Its log space stays allocated (unused) until the next generation.
       if (result) result = request->result;
       continue;
     }
     for (std::uint64_t i = 0; i < request->count; ++i) {
       CowEntry& e = index_.at(request->first_block + i);
-      CHECK(e.original_slot == kNoSlot);
-      e.original_slot = request->slot0 + i;
+      CHECK(e.original_offset == kNoOffset);
+      e.original_offset = request->data_offset + i * block_bytes;
       e.original_durable = true;
     }
   }
@@ -108,35 +123,21 @@ Task<IoResult> DiskBuffer::save_originals(std::uint64_t first, std::uint64_t las
 
 Task<IoResult> DiskBuffer::read_run(SaveRequest& request) {
   const std::uint32_t block_bytes = header_.block_bytes;
-  const std::uint64_t one_slot = slot_bytes(block_bytes);
   const std::uint64_t start_bytes = request.first_block * block_bytes;
   const std::uint64_t end_bytes = std::min<std::uint64_t>(
       disk_size_bytes(), (request.first_block + request.count) * block_bytes);
-  // Every byte of the image is written below: slot headers by encode_slot_header(), data by the
-  // read or the copy, and the padding past the end of the disk by the memset.
-  request.image = AlignedBuffer::uninitialized(request.count * one_slot);
-  auto image = request.image.span();
-  if (request.count == 1) {
-    IoResult r = co_await disk_.read(start_bytes,
-                                     image.subspan(kSlotHeaderBytes, end_bytes - start_bytes));
-    if (!r) co_return r;
-  } else {
-    AlignedBuffer original = AlignedBuffer::uninitialized(end_bytes - start_bytes);
-    IoResult r = co_await disk_.read(start_bytes, original.span());
-    if (!r) co_return r;
-    for (std::uint64_t i = 0; i < request.count; ++i) {
-      const std::uint64_t n = block_length(request.first_block + i);
-      std::memcpy(image.data() + i * one_slot + kSlotHeaderBytes,
-                  original.span().data() + i * block_bytes, n);
-    }
-  }
+  // [record header page][count blocks of data]. The page is encoded when the image is
+  // written as its own record; the data is written by the read, and the padding past the end
+  // of the disk by the memset.
+  request.image = AlignedBuffer::uninitialized(record_bytes(request.count, block_bytes));
+  auto data = request.image.span().subspan(kRecordHeaderBytes);
+  IoResult r = co_await disk_.read(start_bytes, data.subspan(0, end_bytes - start_bytes));
+  if (!r) co_return r;
+  std::memset(data.data() + (end_bytes - start_bytes), 0,
+              data.size() - (end_bytes - start_bytes));
+  request.crcs.resize(request.count);
   for (std::uint64_t i = 0; i < request.count; ++i) {
-    auto slot = image.subspan(i * one_slot, one_slot);
-    auto data = slot.subspan(kSlotHeaderBytes);
-    const std::uint64_t n = block_length(request.first_block + i);
-    std::memset(data.data() + n, 0, data.size() - n);
-    SlotHeader h{SlotKind::original, header_.generation, request.first_block + i, crc32c(data)};
-    encode_slot_header(h, slot);
+    request.crcs[i] = crc32c(data.subspan(i * block_bytes, block_bytes));
   }
   co_return IoResult{};
 }
@@ -166,6 +167,79 @@ Task<void> DiskBuffer::commit_saves(std::vector<SaveRequest*> requests) {
   }
 }
 
+std::vector<DiskBuffer::SavePiece> DiskBuffer::plan_save_cycle(
+    const std::vector<SaveRequest*>& batch, std::vector<SaveRequest*>& writing) {
+  const std::uint32_t block_bytes = header_.block_bytes;
+  const std::uint64_t transfer_max = std::max<std::uint64_t>(
+      record_bytes(1, block_bytes), buffer_.node().limits().transfer_bytes_max);
+  std::uint64_t room = index_.bytes_max() - index_.bytes_used();
+  std::vector<SavePiece> pieces;
+  for (SaveRequest* r : batch) {
+    const std::uint64_t data_bytes = r->count * block_bytes;
+    const bool small = r->image.size() < kJoinBytesMax;
+    SavePiece* open = !pieces.empty() && pieces.back().joined ? &pieces.back() : nullptr;
+    // Into the open joined piece's last record, a new record in it, or a new piece.
+    const bool same_record =
+        small && open != nullptr && open->records.back().entries + r->count <= kRecordEntriesMax;
+    const std::uint64_t cost = same_record ? data_bytes : kRecordHeaderBytes + data_bytes;
+    if (cost > room) {
+      log::event({"disk_buffer_full",
+                  {{"node", name_},
+                   {"buffer_bytes", std::to_string(index_.bytes_max())},
+                   {"block", std::to_string(r->first_block)}}});
+      r->result = io_error(ENOSPC);
+      continue;
+    }
+    room -= cost;
+    const std::size_t i = writing.size();
+    writing.push_back(r);
+    if (small && open != nullptr && open->length_bytes + cost <= transfer_max) {
+      if (same_record) {
+        open->records.back().end = i + 1;
+        open->records.back().entries += r->count;
+      } else {
+        open->records.push_back(SaveRecord{i, i + 1, r->count, 0});
+      }
+      open->length_bytes += cost;
+      continue;
+    }
+    if (!same_record || !small) {
+      pieces.push_back(SavePiece{{SaveRecord{i, i + 1, r->count, 0}}, 0,
+                                 kRecordHeaderBytes + data_bytes, small, {}});
+    } else {
+      // It fitted the open record but not the piece: a new piece needs its own header page.
+      if (kRecordHeaderBytes > room) {
+        writing.pop_back();
+        room += cost;
+        r->result = io_error(ENOSPC);
+        continue;
+      }
+      room -= kRecordHeaderBytes;
+      pieces.push_back(SavePiece{{SaveRecord{i, i + 1, r->count, 0}}, 0,
+                                 kRecordHeaderBytes + data_bytes, true, {}});
+    }
+  }
+  // Log space, piece by piece (consecutive: nothing else allocates meanwhile), and where each
+  // request's data lands.
+  for (SavePiece& piece : pieces) {
+    const auto at = index_.allocate(piece.length_bytes);
+    CHECK(at.has_value());
+    piece.offset_bytes = *at;
+    std::uint64_t pos = *at;
+    for (SaveRecord& record : piece.records) {
+      record.sequence = ++record_sequence_;
+      ++record_count_;
+      pos += kRecordHeaderBytes;
+      for (std::size_t k = record.begin; k < record.end; ++k) {
+        writing[k]->data_offset = pos;
+        pos += writing[k]->count * block_bytes;
+      }
+    }
+    CHECK(pos == piece.offset_bytes + piece.length_bytes);
+  }
+  return pieces;
+}
+
 Task<void> DiskBuffer::run_save_cycle() {
   CHECK(save_cycles_running_ < options_.save_cycles_max);
   ++save_cycles_running_;
@@ -173,44 +247,18 @@ Task<void> DiskBuffer::run_save_cycle() {
   std::vector<SaveRequest*> batch;
   batch.swap(save_queue_);
   for (SaveRequest* r : batch) r->queued = false;
-  // Slots in queue order. The allocator hands out slots upwards, so the requests that get
-  // slots get consecutive ones.
   std::vector<SaveRequest*> writing;
-  for (SaveRequest* r : batch) {
-    const auto slot0 = index_.allocate(r->count);
-    if (!slot0) {
-      log::event({"disk_buffer_full",
-                  {{"node", name_},
-                   {"slots", std::to_string(index_.slot_count_max())},
-                   {"block", std::to_string(r->first_block)}}});
-      r->result = io_error(ENOSPC);
-      continue;
-    }
-    CHECK(writing.empty() || *slot0 == writing.back()->slot0 + writing.back()->count);
-    r->slot0 = *slot0;
-    writing.push_back(r);
-  }
-  // Pieces: runs of small images joined (up to the buffer's maximum transfer), large images
-  // alone. Usually one piece: one write, which with ordered flushes carries FUA. Several
-  // pieces are written concurrently (queued in one loop turn), then the buffer is flushed.
-  const std::uint64_t one_slot = slot_bytes(header_.block_bytes);
-  const std::uint64_t transfer_max =
-      std::max<std::uint64_t>(one_slot, buffer_.node().limits().transfer_bytes_max);
-  std::vector<SavePiece> pieces;
-  for (std::size_t i = 0; i < writing.size(); ++i) {
-    const std::uint64_t n = writing[i]->image.size();
-    const bool small = n < kJoinBytesMax;
-    if (small && !pieces.empty() && pieces.back().small &&
-        pieces.back().length_bytes + n <= transfer_max) {
-      pieces.back().end = i + 1;
-      pieces.back().length_bytes += n;
-    } else {
-      pieces.push_back(SavePiece{i, i + 1, n, small, {}});
-    }
-  }
+  std::vector<SavePiece> pieces = plan_save_cycle(batch, writing);
+  // The records must lie below the header's mark before they are written.
+  IoResult reserved;
+  if (!pieces.empty()) reserved = co_await ensure_reserved(index_.log_end());
   const bool ordered = options_.ordered_flushes;
   const WriteFlags flags = ordered && pieces.size() == 1 ? WriteFlags::fua : WriteFlags::none;
-  if (!pieces.empty()) {
+  if (!reserved) {
+    for (SavePiece& piece : pieces) piece.result = reserved;
+  } else if (!pieces.empty()) {
+    // Usually one piece: one write, which with ordered flushes carries FUA. Several pieces
+    // are written concurrently (queued in one loop turn), then the buffer is flushed.
     SaveWrites writes;
     writes.pending = pieces.size();
     if (pieces.size() > 1) {
@@ -224,7 +272,9 @@ Task<void> DiskBuffer::run_save_cycle() {
   }
   bool any_written = false;
   for (const SavePiece& piece : pieces) {
-    for (std::size_t i = piece.begin; i < piece.end; ++i) writing[i]->result = piece.result;
+    for (const SaveRecord& record : piece.records) {
+      for (std::size_t i = record.begin; i < record.end; ++i) writing[i]->result = piece.result;
+    }
     any_written = any_written || bool(piece.result);
   }
   if (ordered && flags != WriteFlags::fua && any_written) {
@@ -244,20 +294,46 @@ Task<void> DiskBuffer::run_save_cycle() {
   if (!save_queue_.empty()) save_queue_.front()->waiter->event.notify_all(true);
 }
 
+// The header page of `record`, from its requests' blocks and data checksums.
+void DiskBuffer::encode_save_record(const std::vector<SaveRequest*>& requests,
+                                    const SaveRecord& record, std::span<std::byte> out) const {
+  RecordHeader h;
+  h.generation = header_.generation;
+  h.nonce = header_.nonce;
+  h.sequence = record.sequence;
+  h.block_bytes = header_.block_bytes;
+  h.entries.reserve(record.entries);
+  for (std::size_t k = record.begin; k < record.end; ++k) {
+    const SaveRequest& r = *requests[k];
+    for (std::uint64_t i = 0; i < r.count; ++i) {
+      h.entries.push_back(RecordEntry{r.first_block + i, EntryKind::original, r.crcs[i]});
+    }
+  }
+  encode_record_header(h, out);
+}
+
 Task<void> DiskBuffer::write_piece(const std::vector<SaveRequest*>* requests, SavePiece* piece,
                                    WriteFlags flags, SaveWrites* writes) {
   const std::vector<SaveRequest*>& r = *requests;
-  const std::uint64_t offset = slot_offset_bytes(r[piece->begin]->slot0, header_.block_bytes);
-  if (piece->end - piece->begin == 1) {
-    piece->result = co_await buffer_.write(offset, r[piece->begin]->image.span(), flags);
+  if (!piece->joined) {
+    CHECK(piece->records.size() == 1);
+    SaveRequest& request = *r[piece->records[0].begin];
+    encode_save_record(r, piece->records[0], request.image.span());
+    piece->result = co_await buffer_.write(piece->offset_bytes, request.image.span(), flags);
   } else {
     AlignedBuffer joined = AlignedBuffer::uninitialized(piece->length_bytes);
-    std::uint64_t at = 0;
-    for (std::size_t i = piece->begin; i < piece->end; ++i) {
-      std::memcpy(joined.span().data() + at, r[i]->image.span().data(), r[i]->image.size());
-      at += r[i]->image.size();
+    std::byte* at = joined.span().data();
+    for (const SaveRecord& record : piece->records) {
+      encode_save_record(r, record, std::span<std::byte>(at, kRecordHeaderBytes));
+      at += kRecordHeaderBytes;
+      for (std::size_t k = record.begin; k < record.end; ++k) {
+        auto data = r[k]->image.span().subspan(kRecordHeaderBytes);
+        std::memcpy(at, data.data(), data.size());
+        at += data.size();
+      }
     }
-    piece->result = co_await buffer_.write(offset, joined.span(), flags);
+    CHECK(at == joined.span().data() + piece->length_bytes);
+    piece->result = co_await buffer_.write(piece->offset_bytes, joined.span(), flags);
   }
   CHECK(writes->pending > 0);
   if (--writes->pending == 0) writes->finished.notify_all();

@@ -62,15 +62,19 @@ Task<control::Reply> cmd_stop(std::shared_ptr<DiskBuffer> db, control::Request r
 Task<control::Reply> cmd_status(std::shared_ptr<DiskBuffer> db, control::Request) {
   const FailoverProgress p = db->failover_progress();
   std::string text = fmt::format(
-      "state: {}\nepoch: {}\nblock_bytes: {}\nbuffered_blocks: {}\nfailover_applied_bytes: {}\n"
+      "state: {}\nepoch: {}\nblock_bytes: {}\nbuffered_blocks: {}\nbuffer_used_bytes: {}\n"
+      "buffer_capacity_bytes: {}\nbuffer_records: {}\nfailover_applied_bytes: {}\n"
       "failover_total_bytes: {}\n",
       to_string(db->state()), db->epoch(), db->block_bytes(), db->buffered_block_count(),
+      db->buffer_used_bytes(), db->buffer_capacity_bytes(), db->record_count(),
       p.applied_bytes, p.total_bytes);
   if (!p.error.empty()) text += fmt::format("failover_error: {}\n", p.error);
   std::string json = fmt::format(
       R"({{"state":"{}","epoch":{},"block_bytes":{},"buffered_blocks":{},)"
+      R"("buffer_used_bytes":{},"buffer_capacity_bytes":{},"buffer_records":{},)"
       R"("failover_running":{},"failover_applied_bytes":{},"failover_total_bytes":{}}})",
       to_string(db->state()), db->epoch(), db->block_bytes(), db->buffered_block_count(),
+      db->buffer_used_bytes(), db->buffer_capacity_bytes(), db->record_count(),
       p.running ? "true" : "false", p.applied_bytes, p.total_bytes);
   co_return ControlReplyBuilder::ok(std::move(text), std::move(json));
 }

@@ -9,7 +9,7 @@ namespace {
 constexpr std::uint64_t kBlockBytesMin = 4096;
 constexpr std::uint64_t kBlockBytesMax = 16u * 1024u * 1024u;
 constexpr std::uint64_t kBufferHeaderBytes = 8192;  // secondary/buffer_file.hpp
-constexpr std::uint64_t kSlotHeaderBytes = 4096;
+constexpr std::uint64_t kRecordHeaderBytes = 4096;  // a record of one block: header page + data
 constexpr std::uint64_t kWriteBackBytesMin = 1u << 20;
 }  // namespace
 
@@ -30,7 +30,7 @@ void validate_secondary_config(const config::DaemonConfig& cfg,
                                  s.buffer_path()));
   }
   // 0: the default block size (kDiskBufferBlockBytesDefault in secondary/disk_buffer_node.hpp).
-  const std::uint64_t block = s.block_bytes() == 0 ? 16384 : s.block_bytes();
+  const std::uint64_t block = s.block_bytes() == 0 ? 4096 : s.block_bytes();
   if (s.block_bytes() != 0 &&
       (block < kBlockBytesMin || block > kBlockBytesMax || (block & (block - 1)) != 0)) {
     errors.push_back(fmt::format("secondary.block_bytes: {} is not a power of two from 4096 to "
@@ -40,10 +40,10 @@ void validate_secondary_config(const config::DaemonConfig& cfg,
     if (s.buffer_size_bytes() % 4096 != 0) {
       errors.push_back(fmt::format("secondary.buffer_size_bytes: {} is not a multiple of 4096",
                                    s.buffer_size_bytes()));
-    } else if (s.buffer_size_bytes() < kBufferHeaderBytes + kSlotHeaderBytes + block) {
+    } else if (s.buffer_size_bytes() < kBufferHeaderBytes + kRecordHeaderBytes + block) {
       errors.push_back(fmt::format("secondary.buffer_size_bytes: {} cannot hold one block of {} "
                                    "bytes (at least {})", s.buffer_size_bytes(), block,
-                                   kBufferHeaderBytes + kSlotHeaderBytes + block));
+                                   kBufferHeaderBytes + kRecordHeaderBytes + block));
     }
   }
   if (s.has_write_back_bytes() && s.write_back_bytes() != 0 &&

@@ -160,6 +160,7 @@ TEST(SecondaryDaemon, KillAtRandomPointsThenFailoverYieldsTheCheckpoint) {
     auto st = s.ctl_cmd({"replication-status"});
     EXPECT_NE(st.output.find("state: replicating"), std::string::npos) << st.output;
     EXPECT_NE(st.output.find("epoch: 5"), std::string::npos) << st.output;
+    EXPECT_NE(st.output.find("buffer_used_bytes: "), std::string::npos) << st.output;
     {
       Nbd local(s.local());
       EXPECT_EQ(test::sha256_hex(local.read(0, kDiskBytes)), test::sha256_hex(image)) << "local view after restart";

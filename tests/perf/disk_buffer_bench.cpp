@@ -20,12 +20,15 @@
 //            and sequential 1 MiB writes: first-write cost, buffer bytes per written byte, and
 //            an "epoch" stream (random 4 KiB writes with repeats over a quarter of the disk,
 //            in one epoch) with the buffer space it used
-//   failover 1 GiB buffered, then stop_replication(failover): time until the local view
-//            serves a read, and how long the background apply took
+//   failover 1 GiB buffered (by sequential 8 MiB writes, or with --failover-fill random by
+//            random 4 KiB first writes: data out of disk order), then
+//            stop_replication(failover): time until the local view serves a read, and how long
+//            the background apply took
 //
 // Usage: disk_buffer_bench [--dir D] [--disk-mib N] [--seconds S] [--rounds N]
 //                          [--section all|rows|blocks|failover] [--block-bytes B]
-//                          [--failover-mib N] [--only cache/ordered/wb/qd/write-KiB]
+//                          [--failover-mib N] [--failover-fill sequential|random]
+//                          [--only cache/ordered/wb/qd/write-KiB]
 //                          [--write-back-mib N] [--write-back-inflight N] [--save-cycles N]
 //                          [--verbose 1]
 // Files are created in D (default /var/tmp: a disk file system, for O_DIRECT) and removed.
@@ -309,7 +312,7 @@ struct Measured {
   std::vector<double> first_ratio, rewrite_ratio;  // per round, against that round's bare
   Counts first_counts;                             // device work of the first writes
   std::uint64_t first_ops = 0;
-  std::uint64_t first_slot_bytes = 0;              // buffer space they took
+  std::uint64_t first_buffer_bytes = 0;            // buffer space they took
   std::uint64_t first_cycles = 0;                  // save cycles they took
 
   double per_first(std::uint64_t v) const {
@@ -336,7 +339,7 @@ Measured measure(Rig& rig, std::uint32_t write_bytes, std::uint32_t queue_depth,
                                              sequential, 1000 + r);
     rig.new_epoch();
     rig.settle();
-    const std::uint64_t slots_before = rig.db->slots_used();
+    const std::uint64_t used_before = rig.db->buffer_used_bytes();
     const std::uint64_t cycles_before = rig.db->save_cycle_count();
     const Counts counts_before = rig.counts();
     Point first{.node = rig.primary.get(), .offsets = &offsets, .limit = offsets.size(),
@@ -344,7 +347,7 @@ Measured measure(Rig& rig, std::uint32_t write_bytes, std::uint32_t queue_depth,
     const PointResult f = run_point(rig.io, first, queue_depth, seconds, buffers);
     m.first_counts = m.first_counts + (rig.counts() - counts_before);
     m.first_ops += f.ops;
-    m.first_slot_bytes += (rig.db->slots_used() - slots_before) * slot_bytes(block_bytes);
+    m.first_buffer_bytes += rig.db->buffer_used_bytes() - used_before;
     m.first_cycles += rig.db->save_cycle_count() - cycles_before;
     const std::size_t written = static_cast<std::size_t>(std::max<std::uint64_t>(f.ops, 1));
     auto again = [&](BlockNode* node) {
@@ -389,8 +392,9 @@ struct Env {
   std::uint32_t save_cycles_max = DiskBufferOptions{}.save_cycles_max;
 };
 
+// Room for every block of the disk in a record of its own (the most a first write can take).
 std::uint64_t buffer_bytes_for(std::uint64_t disk_bytes, std::uint32_t block_bytes) {
-  return kSlotsOffsetBytes + (disk_bytes / block_bytes + 16) * slot_bytes(block_bytes);
+  return kLogOffsetBytes + (disk_bytes / block_bytes + 16) * record_bytes(1, block_bytes);
 }
 
 void section_rows(Env& env, std::uint32_t block_bytes) {
@@ -461,7 +465,7 @@ void section_blocks(Env& env) {
     Measured s1 = measure(rig, kMiB, 32, true, env.seconds, env.rounds, env.buffers);
     // Epoch stream: a fixed amount of work, timed to the end, interleaved with bare.
     std::vector<double> epoch_ratio;
-    std::uint64_t epoch_slots = 0;
+    std::uint64_t epoch_buffer_bytes = 0;
     for (int r = 0; r < env.rounds; ++r) {
       Point p{.node = rig.disk.get(), .offsets = &stream, .limit = stream.size(), .wrap = false,
               .write_bytes = 4096};
@@ -472,23 +476,25 @@ void section_blocks(Env& env) {
       p.node = rig.primary.get();
       const double buffered_ops = run_point(rig.io, p, 32, 1e9, env.buffers).ops_per_s;
       epoch_ratio.push_back(buffered_ops / bare_ops);
-      epoch_slots = rig.db->slots_used();
+      epoch_buffer_bytes = rig.db->buffer_used_bytes();
     }
     std::printf("%-8u | %7.2f %7.2f %6.2f %7.1f %7.1f | %7.2f %7.2f %7.0f %7.0f | %7.2f %8.1f\n",
                 block, median(r4.first_ratio), median(r4.rewrite_ratio), r4.requests_per_first(),
-                r4.kib_per_first(), r4.per_first(r4.first_slot_bytes) / 1024,
+                r4.kib_per_first(), r4.per_first(r4.first_buffer_bytes) / 1024,
                 median(s1.first_ratio), median(s1.rewrite_ratio), s1.kib_per_first(),
-                s1.per_first(s1.first_slot_bytes) / 1024, median(epoch_ratio),
-                static_cast<double>(epoch_slots * slot_bytes(block)) / kMiB);
+                s1.per_first(s1.first_buffer_bytes) / 1024, median(epoch_ratio),
+                static_cast<double>(epoch_buffer_bytes) / kMiB);
     std::fflush(stdout);
   }
 }
 
-Task<void> fill_and_fail_over(Rig* rig, std::uint64_t bytes) {
+// Fills the buffer with `bytes` (8 MiB sequential writes, unless `filled` already), then fails
+// over.
+Task<void> fill_and_fail_over(Rig* rig, std::uint64_t bytes, bool filled) {
   auto local = rig->db->local_view();
   auto* data = static_cast<std::byte*>(std::aligned_alloc(4096, 8 * kMiB));
   std::memset(data, 0x22, 8 * kMiB);
-  for (std::uint64_t off = 0; off < bytes; off += 8 * kMiB) {
+  for (std::uint64_t off = 0; off < bytes && !filled; off += 8 * kMiB) {
     IoResult r = co_await rig->primary->write(off, std::span<const std::byte>(data, 8 * kMiB),
                                               WriteFlags::none);
     if (!r) die("filling the buffer failed");
@@ -515,15 +521,27 @@ Task<void> fill_and_fail_over(Rig* rig, std::uint64_t bytes) {
   rig->db.reset();  // stopped already
 }
 
-void section_failover(Env& env, std::uint64_t bytes, std::uint32_t block_bytes) {
-  std::printf("\n== failover (direct, block %u bytes) ==\n", block_bytes);
+// `random_fill`: the buffer is filled by random 4 KiB first writes (QD32) instead of
+// sequential ones, so the buffered data is not in disk order (the apply's worst case).
+void section_failover(Env& env, std::uint64_t bytes, std::uint32_t block_bytes,
+                      bool random_fill) {
+  std::printf("\n== failover (direct, block %u bytes, %s fill) ==\n", block_bytes,
+              random_fill ? "random 4 KiB" : "sequential 8 MiB");
   const std::string disk = env.dir + "/failover-disk.img";
   const std::string buffer = env.dir + "/failover-buffer.img";
   make_file(disk, bytes);
   make_file(buffer, buffer_bytes_for(bytes, block_bytes));
   {
     Rig rig(disk, buffer, true, DiskBufferOptions{block_bytes, true});
-    run(rig.io, fill_and_fail_over(&rig, bytes));
+    if (random_fill) {
+      const auto offsets = first_write_offsets(bytes, block_bytes, 4096, false, 1);
+      Point p{.node = rig.primary.get(), .offsets = &offsets, .limit = offsets.size(),
+              .wrap = false, .write_bytes = 4096};
+      const PointResult f = run_point(rig.io, p, 32, 1e9, env.buffers);
+      std::printf("filled by %llu random 4 KiB first writes at %.0f/s\n",
+                  static_cast<unsigned long long>(f.ops), f.ops_per_s);
+    }
+    run(rig.io, fill_and_fail_over(&rig, bytes, random_fill));
   }
   std::filesystem::remove(disk);
   std::filesystem::remove(buffer);
@@ -534,7 +552,7 @@ void section_failover(Env& env, std::uint64_t bytes, std::uint32_t block_bytes) 
 
 int main(int argc, char** argv) {
   using namespace colo;
-  std::string dir = "/var/tmp", section = "all", only;
+  std::string dir = "/var/tmp", section = "all", only, failover_fill = "sequential";
   std::uint64_t disk_mib = 128, failover_mib = 1024, write_back_mib = 64;
   std::uint32_t write_back_inflight = DiskBufferOptions{}.write_back_inflight;
   std::uint32_t save_cycles_max = DiskBufferOptions{}.save_cycles_max;
@@ -553,6 +571,7 @@ int main(int argc, char** argv) {
     else if (a == "--block-bytes") block_bytes = static_cast<std::uint32_t>(std::stoul(v));
     else if (a == "--failover-mib") failover_mib = std::stoull(v);
     else if (a == "--only") only = v;
+    else if (a == "--failover-fill") failover_fill = v;
     else if (a == "--write-back-mib") write_back_mib = std::stoull(v);
     else if (a == "--write-back-inflight") write_back_inflight = static_cast<std::uint32_t>(std::stoul(v));
     else if (a == "--save-cycles") save_cycles_max = static_cast<std::uint32_t>(std::stoul(v));
@@ -590,7 +609,7 @@ int main(int argc, char** argv) {
   if (section == "all" || section == "rows") section_rows(env, block_bytes);
   if (section == "all" || section == "blocks") section_blocks(env);
   if (section == "all" || section == "failover") {
-    section_failover(env, failover_mib * kMiB, block_bytes);
+    section_failover(env, failover_mib * kMiB, block_bytes, failover_fill == "random");
   }
   for (auto* b : env.buffers) std::free(b);
   std::filesystem::remove_all(env.dir);

@@ -57,10 +57,10 @@ sec_dir=$work/secondary-files
 [ -n "${SECONDARY_DIR:-}" ] && sec_dir=$(mktemp -d "${SECONDARY_DIR%/}/colo-pair-bench.XXXXXX")
 mkdir -p "$sec_dir"
 size=$((size_mb * 1024 * 1024))
-# The secondary's disk buffer: 8 KiB header + (4 KiB + 64 KiB) per block written in an epoch;
-# size * 9/8 holds an epoch that touches every block.
-# Room for an original of every block of the disk even at block_bytes 4096 (a slot is 4 KiB of
-# header + the block); the file is sparse, so only what an epoch saves takes space.
+# The secondary's disk buffer: an 8 KiB header, then a log of records (a 4 KiB header page per
+# record, then its blocks' data; a save cycle packs up to 252 blocks into a record). At worst
+# (a lone 4 KiB block per record) an epoch that touches every block needs twice the disk; the
+# file is sparse, so only what an epoch saves takes space.
 buffer_size=$((size * 2 + 1048576))
 
 pids=()        # every daemon still running, for the trap
