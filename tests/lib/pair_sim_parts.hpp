@@ -119,10 +119,11 @@ inline void add_delay(FaultNode& node, std::uint32_t ops, std::uint64_t nth,
   node.add_rule(rule);
 }
 
-// Enough for an original and a local copy of every block.
+// Enough for an original and a local copy of every block, each in a record of its own (the
+// most a record log can take per block).
 inline std::uint64_t buffer_bytes_for(std::uint64_t disk_bytes, std::uint32_t block_bytes) {
   const std::uint64_t blocks = (disk_bytes + block_bytes - 1) / block_bytes;
-  return kSlotsOffsetBytes + (2 * blocks + 2) * slot_bytes(block_bytes);
+  return kLogOffsetBytes + (2 * blocks + 2) * record_bytes(1, block_bytes);
 }
 
 // The secondary's media: memory disk and buffer under FaultNodes (errors, power cut).
