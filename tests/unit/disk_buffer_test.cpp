@@ -126,6 +126,14 @@ struct Rig {
                 buffer_mem->size_bytes());
   }
   void fill_disk(std::uint8_t p) { std::memset(disk_mem->data().data(), p, disk_mem->size_bytes()); }
+  // The usual start: the disk filled with `fill`, the buffer opened, replication started for
+  // the whole disk.
+  void start(std::uint8_t fill = 0x11) {
+    fill_disk(fill);
+    ASSERT_NO_FATAL_FAILURE(open());
+    auto r = call(db->start_replication(disk_mem->size_bytes()));
+    ASSERT_TRUE(r) << r.error().to_string();
+  }
   Result<void> call(Task<Result<void>> t) { return run_task(io, std::move(t)); }
   std::vector<std::byte> read_all(BlockNode& node) {
     std::vector<std::byte> out(node.size_bytes());
@@ -161,9 +169,7 @@ bool range_is(std::span<const std::byte> d, std::uint64_t off, std::uint64_t len
 
 TEST(DiskBuffer, PatternPerPhaseStartCheckpointFailover) {
   Rig rig;
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   ASSERT_TRUE(rig.write(*rig.primary, 0, kHalf, 0x22));
   ASSERT_TRUE(rig.write(*rig.local, kHalf, kHalf, 0x33));
 
@@ -241,9 +247,7 @@ TEST(DiskBuffer, FailoverWithoutLocalWritesYieldsTheCheckpointImage) {
 
 TEST(DiskBuffer, PartialBlockLocalWritesMergeWithTheCheckpointImage) {
   Rig rig(65536);
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   ASSERT_TRUE(rig.write(*rig.primary, 0, 65536, 0x22));  // block 0 saved, disk 0x22
   ASSERT_TRUE(rig.write(*rig.local, 4096, 512, 0x33));   // block 0: over its original
   ASSERT_TRUE(rig.write(*rig.local, 65536 + 512, 1024, 0x33));  // block 1: over the disk
@@ -348,9 +352,7 @@ TEST(DiskBuffer, CheckpointFlushesTheDiskBeforeRecordingTheEpoch) {
 
 TEST(DiskBuffer, DiscardKeepsThePrimaryDataAndDropsTheBuffer) {
   Rig rig;
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   ASSERT_TRUE(rig.write(*rig.primary, 0, kHalf, 0x22));
   ASSERT_TRUE(rig.write(*rig.local, kHalf, kHalf, 0x33));
   ASSERT_TRUE(rig.call(rig.db->stop_replication(StopMode::discard)));
@@ -403,9 +405,7 @@ TEST(DiskBuffer, RepeatedCyclesLeaveNoResidue) {
 
 TEST(DiskBuffer, FullBufferFailsThePrimaryWriteWithEnospcAndKeepsTheDisk) {
   Rig rig(65536, kDiskBytes, false, kLogOffsetBytes + 2 * record_bytes(1, 65536));
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   ASSERT_TRUE(rig.write(*rig.primary, 0, 2 * 65536, 0x22));
   EXPECT_EQ(rig.write(*rig.primary, 2 * 65536, 4096, 0x22).error(), make_errc(ENOSPC));
   EXPECT_TRUE(range_is(rig.disk_mem->data(), 2 * 65536, kDiskBytes - 2 * 65536, 0x11));
@@ -443,9 +443,7 @@ TEST(DiskBuffer, OpenRefusesABufferThatIsNotOneAndBadBlockSizes) {
 void concurrent_first_writes(bool ordered) {
   Rig rig(4096, kDiskBytes, true);
   rig.options.ordered_flushes = ordered;
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   const auto cycles_before = rig.db->save_cycle_count();
   const auto buffer_writes_before = rig.buffer_yield->write_count();
   constexpr int kWriters = 32;
@@ -494,9 +492,7 @@ TEST(DiskBuffer, ConcurrentFirstWritesShareSaveCyclesWithoutOrderedFlushes) {
 // the buffer afterwards still fails over to the checkpoint.
 TEST(DiskBuffer, LargeConcurrentFirstWritesAreSavedInPiecesThenFlushed) {
   Rig rig(4096, kDiskBytes, true);
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   const auto flushes_before = rig.buffer_mem->flush_count();
   constexpr int kWriters = 4;
   constexpr std::uint64_t kBytes = kDiskBytes / kWriters;
@@ -592,9 +588,7 @@ void start_with_held_saves(Rig& rig, std::uint32_t save_cycles_max,
   rig.options.save_cycles_max = save_cycles_max;
   hold = std::make_shared<HoldFuaNode>("buffer.hold", rig.buffer);
   rig.buffer = hold;
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
 }
 
 // Save cycles overlap up to save_cycles_max: while a first write's cycle is held on the buffer,
@@ -697,9 +691,7 @@ TEST(DiskBuffer, OpenRefusesZeroSaveCycles) {
 TEST(DiskBuffer, ShortLastBlockIsSavedRecoveredAndRestored) {
   constexpr std::uint64_t kOddDisk = kDiskBytes + 8192;
   Rig rig(65536, kOddDisk);
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kOddDisk)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   ASSERT_TRUE(rig.write(*rig.primary, kOddDisk - 3 * 4096, 3 * 4096, 0x22));
   EXPECT_EQ(rig.db->buffered_block_count(), 2u);
   rig.db.reset();
@@ -727,9 +719,7 @@ INSTANTIATE_TEST_SUITE_P(Runs, FailoverApply,
 TEST_P(FailoverApply, LocalViewIsCorrectAtEveryMomentOfTheFailover) {
   Rig rig(4096, kDiskBytes, true);
   configure(rig);
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   ASSERT_TRUE(rig.write(*rig.primary, 0, kDiskBytes, 0x22));
   ASSERT_TRUE(rig.write(*rig.local, 0, 16 * 4096, 0x33));
   // Slow disk writes so the apply takes many turns of the loop.
@@ -771,9 +761,7 @@ TEST_P(FailoverApply, LocalViewIsCorrectAtEveryMomentOfTheFailover) {
 
 TEST(DiskBuffer, FailoverServesAtOnceAndAppliesInTheBackground) {
   Rig rig(4096);
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   ASSERT_TRUE(rig.write(*rig.primary, 0, kDiskBytes, 0x22));
   auto body = [&]() -> Task<void> {
     Result<void> s = co_await rig.db->stop_replication(StopMode::failover);
@@ -805,9 +793,7 @@ TEST(DiskBuffer, FailoverServesAtOnceAndAppliesInTheBackground) {
 
 TEST(DiskBuffer, ReopenRecoversTheBufferAndFailoverYieldsTheCheckpoint) {
   Rig rig(4096);
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   ASSERT_TRUE(rig.call(rig.db->do_checkpoint(3)));
   ASSERT_TRUE(rig.write(*rig.primary, 0, kHalf, 0x22));
   ASSERT_TRUE(rig.write(*rig.local, kHalf, 4096, 0x33));
@@ -831,9 +817,7 @@ TEST(DiskBuffer, ReopenRecoversTheBufferAndFailoverYieldsTheCheckpoint) {
 TEST_P(FailoverApply, ReopenDuringFailoverResumesTheApply) {
   Rig rig(4096, kDiskBytes, true);
   configure(rig);
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   ASSERT_TRUE(rig.write(*rig.primary, 0, kDiskBytes, 0x22));
   // Crash after a few applied blocks: run the loop only a little, then copy the media.
   auto stop = [&]() -> Task<void> {
@@ -953,9 +937,7 @@ TEST(BufferFormat, RecordHeaderEncodesAndDecodesAndRejectsDamage) {
 // checksum fails is dropped, the other entries of its record kept.
 TEST(DiskBufferFormat, TornRecordFollowedByAValidOneKeepsTheLaterOneAndTornDataIsIgnored) {
   Rig rig(4096);
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   ASSERT_TRUE(rig.write(*rig.primary, 0, 4096, 0x22));  // block 0 saved: record at 8192
   const BufferHeader h = current_header(rig);
   std::uint64_t at = kLogOffsetBytes + rig.db->buffer_used_bytes();
@@ -994,9 +976,7 @@ TEST(DiskBufferFormat, TornRecordFollowedByAValidOneKeepsTheLaterOneAndTornDataI
 // generation; the real records around them are kept.
 TEST(DiskBufferFormat, WrongNonceAndOldGenerationAreIgnored) {
   Rig rig(4096);
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   const std::uint64_t nonce_before = current_header(rig).nonce;
   ASSERT_TRUE(rig.call(rig.db->do_checkpoint(1)));
   const BufferHeader h = current_header(rig);
@@ -1101,9 +1081,7 @@ TEST(DiskBufferFormat, ReservedMarkMovesBeforeRecordsCrossItAndBoundsRecovery) {
   rig.options.reserve_chunk_bytes = 64 * 1024;
   auto check = std::make_shared<MarkCheckNode>(rig.buffer, rig.buffer_mem);
   rig.buffer = check;
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   EXPECT_EQ(current_header(rig).reserved_end_bytes, kLogOffsetBytes + 64 * 1024);
   // Scattered first writes (a record each), local copies, and one large write.
   for (std::uint64_t b = 0; b < 64; b += 2) {
@@ -1176,9 +1154,7 @@ TEST(DiskBufferFormat, SaveCycleWithManyBlocksWritesSeveralRecordsInOneWrite) {
 // even over a stale record of the same block later in the log.
 TEST(DiskBufferFormat, LocalCopyRewrittenInPlaceRecoversTheNewest) {
   Rig rig(4096);
-  rig.fill_disk(0x11);
-  rig.open();
-  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  ASSERT_NO_FATAL_FAILURE(rig.start());
   ASSERT_TRUE(rig.write(*rig.local, 3 * 4096, 4096, 0x33));
   const std::uint64_t used = rig.db->buffer_used_bytes();
   EXPECT_EQ(used, record_bytes(1, 4096));
