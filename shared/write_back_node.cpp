@@ -150,12 +150,35 @@ WriteBackNode::EntryList::iterator WriteBackNode::push(Entry e) {
 }
 
 bool WriteBackNode::overlaps_inflight(const Entry& e) const {
-  for (const Entry* f : inflight_) {
-    if (ranges_overlap(e.offset_bytes, e.length_bytes, f->offset_bytes, f->length_bytes)) {
-      return true;
-    }
+  if (e.length_bytes == 0) return false;
+  // The in-flight range starting last before e's end is the only candidate: the ranges are
+  // disjoint, so their ends ascend with their starts.
+  auto it = inflight_ranges_.lower_bound(e.offset_bytes + e.length_bytes);
+  if (it == inflight_ranges_.begin()) return false;
+  --it;
+  return it->second > e.offset_bytes;
+}
+
+void WriteBackNode::add_inflight(Entry& e) {
+  e.inflight_slot = inflight_.size();
+  inflight_.push_back(&e);
+  if (e.length_bytes != 0) {
+    const bool inserted =
+        inflight_ranges_.emplace(e.offset_bytes, e.offset_bytes + e.length_bytes).second;
+    CHECK(inserted);
   }
-  return false;
+}
+
+void WriteBackNode::remove_inflight(Entry& e) {
+  CHECK(e.inflight_slot < inflight_.size() && inflight_[e.inflight_slot] == &e);
+  Entry* last = inflight_.back();
+  inflight_[e.inflight_slot] = last;
+  last->inflight_slot = e.inflight_slot;
+  inflight_.pop_back();
+  if (e.length_bytes != 0) {
+    const auto erased = inflight_ranges_.erase(e.offset_bytes);
+    CHECK(erased == 1);
+  }
 }
 
 void WriteBackNode::pump() {
@@ -191,7 +214,7 @@ void WriteBackNode::pump_pass() {
     }
     e.state = State::inflight;
     --queued_count_;
-    inflight_.push_back(&e);
+    add_inflight(e);
     auto it = next_;
     ++next_;
     spawn(executor_, send(it), "async peer send");
@@ -232,10 +255,7 @@ Task<void> WriteBackNode::send(EntryList::iterator it) {
 void WriteBackNode::complete(EntryList::iterator it, IoResult r) {
   Entry& e = *it;
   CHECK(e.state == State::inflight);
-  auto pos = std::find(inflight_.begin(), inflight_.end(), &e);
-  CHECK(pos != inflight_.end());
-  *pos = inflight_.back();
-  inflight_.pop_back();
+  remove_inflight(e);
   if (is_barrier(e.kind)) barrier_inflight_ = false;
   CHECK(used_bytes_ >= e.cost_bytes);
   used_bytes_ -= e.cost_bytes;

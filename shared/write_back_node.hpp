@@ -108,6 +108,7 @@
 #include <deque>
 #include <functional>
 #include <list>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -227,6 +228,7 @@ class WriteBackNode final : public BlockNode {
     WriteFlags flags = WriteFlags::none;
     std::uint64_t cost_bytes = 0;
     bool abandoned = false;                   // in flight when discard() ran
+    std::size_t inflight_slot = 0;            // its index in inflight_ while in flight
     PayloadBuffer data;                       // write payload (a copy, 4 KiB aligned)
     std::shared_ptr<Completion> completion;   // flush, hold, FUA with fua_waits
   };
@@ -256,6 +258,9 @@ class WriteBackNode final : public BlockNode {
   void pump();
   void pump_pass();
   bool overlaps_inflight(const Entry& e) const;
+  // Track an entry sent to the peer / completed there (inflight_ and inflight_ranges_).
+  void add_inflight(Entry& e);
+  void remove_inflight(Entry& e);
   Task<void> send(EntryList::iterator it);
   void complete(EntryList::iterator it, IoResult r);
   // Removes a completed or dropped entry, keeping its list node and payload buffer for reuse;
@@ -279,7 +284,10 @@ class WriteBackNode final : public BlockNode {
   EntryList spare_;                      // list nodes of completed entries, for reuse
   BufferPool payloads_;                  // payload copies (aligned: an O_DIRECT peer takes them as they are)
   EntryList::iterator next_;             // next entry to send (queue_.end() when none)
-  std::vector<Entry*> inflight_;         // entries in flight on the peer
+  std::vector<Entry*> inflight_;         // entries in flight on the peer (Entry::inflight_slot)
+  // The byte ranges in flight, offset -> end. They never overlap (an entry overlapping one in
+  // flight waits), so one lookup answers overlaps_inflight() however many are in flight.
+  std::map<std::uint64_t, std::uint64_t> inflight_ranges_;
   bool barrier_inflight_ = false;
   std::uint64_t abandoned_inflight_ = 0;  // in flight when discard() ran, not yet completed
   bool pumping_ = false;

@@ -392,6 +392,46 @@ TEST(WriteBackNode, OverlappingWritesReachThePeerInOrder) {
                                         << (diff.first - peer.begin());
 }
 
+// Hundreds of entries in flight: a new entry is checked against all of them (the ranges in
+// flight are kept sorted), so one that touches any of them waits, however far down the list.
+TEST(WriteBackNode, ManyEntriesInFlightAndAnOverlapAmongThemWaits) {
+  WriteBackOptions o;
+  o.inflight_max = 256;
+  Fixture fx(o);
+  fx.fault->add_rule({.ops = op_bit(IoOp::write), .error = 0, .delay = 100ms});
+  constexpr std::uint64_t kWrites = 200;
+  std::vector<Op> ops(kWrites + 3);
+  // 512 bytes every KiB: gaps between all of them.
+  for (std::uint64_t i = 0; i < kWrites; ++i) {
+    start(fx.io, do_write(fx.node.get(), i * 1024, pattern(512, static_cast<std::uint8_t>(i + 1)),
+                          &ops[i]));
+  }
+  settle(fx.io);
+  EXPECT_EQ(fx.node->inflight_entries(), kWrites);
+  // In a gap: no overlap, sent at once.
+  start(fx.io, do_write(fx.node.get(), 7 * 1024 + 512, pattern(512, 0xa1), &ops[kWrites]));
+  settle(fx.io);
+  EXPECT_EQ(fx.node->inflight_entries(), kWrites + 1);
+  EXPECT_EQ(fx.node->stats().overlap_waits, 0u);
+  // Straddles the gap after write 120 into write 121: waits, and so does the entry behind it
+  // although it touches nothing in flight.
+  start(fx.io, do_write(fx.node.get(), 120 * 1024 + 512, pattern(1024, 0xa2), &ops[kWrites + 1]));
+  start(fx.io, do_write(fx.node.get(), 150 * 1024 + 512, pattern(512, 0xa3), &ops[kWrites + 2]));
+  settle(fx.io);
+  EXPECT_EQ(fx.node->inflight_entries(), kWrites + 1);
+  EXPECT_GE(fx.node->stats().overlap_waits, 1u);
+  EXPECT_EQ(fx.node->queued_entries(), 2u);
+  ASSERT_TRUE(fx.flush_ok());
+  const auto m = fx.mem->data();
+  for (std::uint64_t i = 0; i < kWrites; ++i) {
+    const std::uint8_t want = i == 121 ? 0xa2 : static_cast<std::uint8_t>(i + 1);
+    EXPECT_TRUE(all_bytes(m.subspan(i * 1024, 512), want)) << "write " << i;
+  }
+  EXPECT_TRUE(all_bytes(m.subspan(7 * 1024 + 512, 512), 0xa1));
+  EXPECT_TRUE(all_bytes(m.subspan(120 * 1024 + 512, 512), 0xa2));
+  EXPECT_TRUE(all_bytes(m.subspan(150 * 1024 + 512, 512), 0xa3));
+}
+
 TEST(WriteBackNode, AFlushIsABarrier) {
   Fixture fx;
   fx.fault->add_rule({.ops = op_bit(IoOp::write), .offset_bytes = 0, .length_bytes = 4096,
