@@ -56,6 +56,7 @@ Task<Result<void>> DiskBuffer::start_replication(std::uint64_t disk_size_bytes_e
   if (r) {
     index_ = CowIndex(kLogOffsetBytes, log_end_max_bytes(buffer_.node().size_bytes()));
     clear_index();
+    cache_.reset();
   }
   open_gate();
   if (!r) {
@@ -223,6 +224,8 @@ Task<Result<void>> DiskBuffer::stop_now(StopMode mode) {
     co_return Result<void>{};
   }
   co_await close_gate();
+  // From here the disk changes outside the session's rules (the apply, the idle local view).
+  cache_.reset();
   BufferHeader next = header_;
   IoResult r;
   if (mode == StopMode::discard) {

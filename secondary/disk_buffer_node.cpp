@@ -206,7 +206,7 @@ Task<IoResult> DiskBuffer::view_write(Face face, IoOp op, std::uint64_t offset_b
     // A rewrite of saved blocks (the common case within an epoch) goes straight to the disk.
     if (op == IoOp::write && length_bytes != 0 &&
         index_.all_durable(block_of(offset_bytes), block_of(offset_bytes + length_bytes - 1))) {
-      co_return co_await disk_.write(offset_bytes, in, flags);
+      co_return co_await cached_disk_change(op, offset_bytes, length_bytes, in, flags);
     }
     co_return co_await primary_write(op, offset_bytes, length_bytes, in, flags);
   }
@@ -262,7 +262,34 @@ Task<IoResult> DiskBuffer::primary_write(IoOp op, std::uint64_t offset_bytes,
       if (!saved) co_return saved;
     }
   }
-  co_return co_await disk_change(op, offset_bytes, length_bytes, in, flags);
+  co_return co_await cached_disk_change(op, offset_bytes, length_bytes, in, flags);
+}
+
+Task<IoResult> DiskBuffer::cached_disk_change(IoOp op, std::uint64_t offset_bytes,
+                                              std::uint64_t length_bytes,
+                                              std::span<const std::byte> in, WriteFlags flags) {
+  // A local copy: a reset between sessions never pulls the cache from under a change in
+  // flight.
+  std::shared_ptr<OriginalCache> cache = length_bytes != 0 ? original_cache() : nullptr;
+  if (!cache) co_return co_await disk_change(op, offset_bytes, length_bytes, in, flags);
+  const std::uint64_t first = block_of(offset_bytes);
+  const std::uint64_t last = block_of(offset_bytes + length_bytes - 1);
+  cache->begin_change(first, last);
+  IoResult r = co_await disk_change(op, offset_bytes, length_bytes, in, flags);
+  cache->end_change(first, last, r.has_value(), offset_bytes,
+                    op == IoOp::write ? in : std::span<const std::byte>{});
+  co_return r;
+}
+
+std::shared_ptr<OriginalCache> DiskBuffer::original_cache() {
+  if (options_.original_cache_bytes == 0 || header_.state != BufferState::replicating) {
+    return nullptr;
+  }
+  if (!cache_) {
+    cache_ = std::make_shared<OriginalCache>(header_.block_bytes, disk_size_bytes(),
+                                             options_.original_cache_bytes);
+  }
+  return cache_;
 }
 
 // Not a coroutine: returns the disk child's own request.

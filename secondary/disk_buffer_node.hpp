@@ -51,6 +51,7 @@
 
 #include "secondary/buffer_file.hpp"
 #include "secondary/cow_index.hpp"
+#include "secondary/original_cache.hpp"
 #include "shared/async_event.hpp"
 #include "shared/block_node.hpp"
 #include "shared/child.hpp"
@@ -87,6 +88,10 @@ struct DiskBufferOptions {
   // "Session 6").
   std::uint32_t apply_workers = 16;
   std::uint64_t apply_run_bytes_max = 2 * kMiB;
+  // Memory for the disk's content of recently written blocks (original_cache.hpp): a first
+  // write to a block the primary wrote in an earlier epoch of the session saves its original
+  // from there instead of reading the disk. 0: off. The daemon's default.
+  std::uint64_t original_cache_bytes = 64 * kMiB;
 };
 
 enum class StopMode { failover, discard };
@@ -128,6 +133,8 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   // Save cycles run so far (each: one batch of record writes and at most one buffer flush).
   std::uint64_t save_cycle_count() const { return save_cycle_count_; }
   FailoverProgress failover_progress() const { return progress_; }
+  // The original cache of this session (null when off, idle, or before the first write).
+  const OriginalCache* cache() const { return cache_.get(); }
   // The write-back queue (null when write_back_bytes is 0), and the same while replicating.
   const WriteBackNode* write_back() const { return write_back_.get(); }
   WriteBackNode* active_write_back() const;
@@ -184,6 +191,13 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   Task<void> close_gate();
   void open_gate();
 
+  // The session's original cache, made on first use while replicating; null when off.
+  std::shared_ptr<OriginalCache> original_cache();
+  // disk_change() for the primary face: every change of the disk while replicating goes
+  // through here, so the original cache follows the disk.
+  Task<IoResult> cached_disk_change(IoOp op, std::uint64_t offset_bytes,
+                                    std::uint64_t length_bytes, std::span<const std::byte> in,
+                                    WriteFlags flags);
   Task<IoResult> disk_change(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
                              std::span<const std::byte> in, WriteFlags flags);
   Task<IoResult> primary_write(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
@@ -266,6 +280,9 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   std::vector<SaveRequest*> save_queue_;
   std::uint32_t save_cycles_running_ = 0;
   std::uint64_t save_cycle_count_ = 0;
+
+  // Dropped at every start and stop: it only follows the disk within a session.
+  std::shared_ptr<OriginalCache> cache_;
 
   std::shared_ptr<WriteBackNode> write_back_;
   // While a stop empties the queue, new primary writes skip it (they go to the rules above

@@ -131,10 +131,15 @@ Task<IoResult> DiskBuffer::read_run(SaveRequest& request) {
   // of the disk by the memset.
   request.image = AlignedBuffer::uninitialized(record_bytes(request.count, block_bytes));
   auto data = request.image.span().subspan(kRecordHeaderBytes);
-  IoResult r = co_await disk_.read(start_bytes, data.subspan(0, end_bytes - start_bytes));
-  if (!r) co_return r;
-  std::memset(data.data() + (end_bytes - start_bytes), 0,
-              data.size() - (end_bytes - start_bytes));
+  // Blocks the primary wrote recently are in the cache as they are on the disk: no change to
+  // them is in flight (this epoch's writes wait for this save, the last epoch's ended at its
+  // checkpoint). Only a run found whole there skips the read.
+  if (!cache_ || !cache_->copy_blocks(request.first_block, request.count, data)) {
+    IoResult r = co_await disk_.read(start_bytes, data.subspan(0, end_bytes - start_bytes));
+    if (!r) co_return r;
+    std::memset(data.data() + (end_bytes - start_bytes), 0,
+                data.size() - (end_bytes - start_bytes));
+  }
   request.crcs.resize(request.count);
   for (std::uint64_t i = 0; i < request.count; ++i) {
     request.crcs[i] = crc32c(data.subspan(i * block_bytes, block_bytes));

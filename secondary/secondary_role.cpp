@@ -61,21 +61,27 @@ Task<control::Reply> cmd_stop(std::shared_ptr<DiskBuffer> db, control::Request r
 
 Task<control::Reply> cmd_status(std::shared_ptr<DiskBuffer> db, control::Request) {
   const FailoverProgress p = db->failover_progress();
+  // The original cache of this session (zeroes before the session's first write).
+  const OriginalCache* cache = db->cache();
+  const std::uint64_t cached = cache != nullptr ? cache->size() : 0;
+  const OriginalCacheStats cs = cache != nullptr ? cache->stats() : OriginalCacheStats{};
   std::string text = fmt::format(
       "state: {}\nepoch: {}\nblock_bytes: {}\nbuffered_blocks: {}\nbuffer_used_bytes: {}\n"
-      "buffer_capacity_bytes: {}\nbuffer_records: {}\nfailover_applied_bytes: {}\n"
+      "buffer_capacity_bytes: {}\nbuffer_records: {}\noriginal_cache_blocks: {}\n"
+      "original_cache_hits: {}\noriginal_cache_misses: {}\nfailover_applied_bytes: {}\n"
       "failover_total_bytes: {}\n",
       to_string(db->state()), db->epoch(), db->block_bytes(), db->buffered_block_count(),
-      db->buffer_used_bytes(), db->buffer_capacity_bytes(), db->record_count(),
-      p.applied_bytes, p.total_bytes);
+      db->buffer_used_bytes(), db->buffer_capacity_bytes(), db->record_count(), cached, cs.hits,
+      cs.misses, p.applied_bytes, p.total_bytes);
   if (!p.error.empty()) text += fmt::format("failover_error: {}\n", p.error);
   std::string json = fmt::format(
       R"({{"state":"{}","epoch":{},"block_bytes":{},"buffered_blocks":{},)"
       R"("buffer_used_bytes":{},"buffer_capacity_bytes":{},"buffer_records":{},)"
+      R"("original_cache_blocks":{},"original_cache_hits":{},"original_cache_misses":{},)"
       R"("failover_running":{},"failover_applied_bytes":{},"failover_total_bytes":{}}})",
       to_string(db->state()), db->epoch(), db->block_bytes(), db->buffered_block_count(),
-      db->buffer_used_bytes(), db->buffer_capacity_bytes(), db->record_count(),
-      p.running ? "true" : "false", p.applied_bytes, p.total_bytes);
+      db->buffer_used_bytes(), db->buffer_capacity_bytes(), db->record_count(), cached, cs.hits,
+      cs.misses, p.running ? "true" : "false", p.applied_bytes, p.total_bytes);
   co_return ControlReplyBuilder::ok(std::move(text), std::move(json));
 }
 
@@ -185,6 +191,7 @@ DiskBufferOptions disk_buffer_options_from_config(const config::SecondaryConfig&
   if (s.block_bytes() != 0) options.block_bytes = s.block_bytes();
   options.ordered_flushes = !s.has_ordered_flushes() || s.ordered_flushes();
   options.write_back_bytes = s.has_write_back_bytes() ? s.write_back_bytes() : 64ull << 20;
+  if (s.has_original_cache_bytes()) options.original_cache_bytes = s.original_cache_bytes();
   return options;
 }
 

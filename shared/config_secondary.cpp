@@ -11,6 +11,7 @@ constexpr std::uint64_t kBlockBytesMax = 16u * 1024u * 1024u;
 constexpr std::uint64_t kBufferHeaderBytes = 8192;  // secondary/buffer_file.hpp
 constexpr std::uint64_t kRecordHeaderBytes = 4096;  // a record of one block: header page + data
 constexpr std::uint64_t kWriteBackBytesMin = 1u << 20;
+constexpr std::uint64_t kOriginalCacheBytesMin = 1u << 20;
 }  // namespace
 
 void validate_secondary_config(const config::DaemonConfig& cfg,
@@ -50,6 +51,11 @@ void validate_secondary_config(const config::DaemonConfig& cfg,
       s.write_back_bytes() < kWriteBackBytesMin) {
     errors.push_back(fmt::format("secondary.write_back_bytes: {} is below {} (0 turns the queue "
                                  "off)", s.write_back_bytes(), kWriteBackBytesMin));
+  }
+  if (s.has_original_cache_bytes() && s.original_cache_bytes() != 0 &&
+      s.original_cache_bytes() < kOriginalCacheBytesMin) {
+    errors.push_back(fmt::format("secondary.original_cache_bytes: {} is below {} (0 turns the "
+                                 "cache off)", s.original_cache_bytes(), kOriginalCacheBytesMin));
   }
   if (s.replication_listen().empty()) {
     errors.push_back("secondary.replication_listen: at least one address is needed");

@@ -41,13 +41,14 @@ struct Nbd {
 };
 
 struct Secondary {
-  explicit Secondary(test::TempDir& dir) : dir(dir) {
+  // `secondary_extra`: more fields of the secondary section.
+  explicit Secondary(test::TempDir& dir, const std::string& secondary_extra = "") : dir(dir) {
     test::write_file(dir.file("s.conf"),
                      "resource: \"r0\"\nrole: SECONDARY\ncontrol_socket: \"" + ctl() +
                          "\"\ndisk { path: \"" + disk() + "\" }\nexport { listen: \"unix:" +
                          local() + "\" }\nsecondary { buffer_path: \"" + dir.file("buf.img") +
                          "\" buffer_size_bytes: 33554432 block_bytes: 4096 "
-                         "replication_listen: \"unix:" + repl() + "\" }\n");
+                         "replication_listen: \"unix:" + repl() + "\" " + secondary_extra + " }\n");
   }
   std::string ctl() const { return dir.file("ctl.sock"); }
   std::string disk() const { return dir.file("disk.img"); }
@@ -120,6 +121,46 @@ TEST(SecondaryDaemon, PatternPerPhaseThroughNbdAndColoctl) {
   std::string d = test::read_file(s.disk());
   EXPECT_EQ(d.substr(0, kHalf), std::string(kHalf, 0x22));
   EXPECT_EQ(d.substr(kHalf), std::string(kHalf, 0x33));
+}
+
+// Blocks the primary wrote in epoch 1 and rewrites in epoch 2 are saved from the original
+// cache (counted in replication-status), and failover still yields the checkpoint; with
+// original_cache_bytes: 0 the same run reads every original from the disk.
+TEST(SecondaryDaemon, RewritesInTheNextEpochAreSavedFromTheOriginalCache) {
+  for (bool cache_on : {true, false}) {
+    SCOPED_TRACE(cache_on ? "cache on (default)" : "cache off");
+    test::TempDir dir;
+    Secondary s(dir, cache_on ? "" : "original_cache_bytes: 0");
+    fill(s.disk(), 0x11);
+    s.start();
+    ASSERT_EQ(s.ctl_cmd({"start"}).exit_code, 0);
+    {
+      Nbd primary(s.repl());
+      Nbd local(s.local());
+      for (std::uint64_t b = 0; b < 16; ++b) ASSERT_EQ(primary.write(b * 65536, 4096, 0x22), 0);
+      ASSERT_EQ(s.ctl_cmd({"checkpoint", "1"}).exit_code, 0);
+      for (std::uint64_t b = 0; b < 16; ++b) ASSERT_EQ(primary.write(b * 65536, 4096, 0x33), 0);
+      ASSERT_EQ(nbd_flush(primary.h, 0), 0);  // the write-back queue has applied them all
+      auto st = s.ctl_cmd({"replication-status"});
+      ASSERT_EQ(st.exit_code, 0) << st.output;
+      EXPECT_NE(st.output.find(cache_on ? "original_cache_hits: 16\n" : "original_cache_hits: 0\n"),
+                std::string::npos) << st.output;
+      EXPECT_NE(st.output.find(cache_on ? "original_cache_blocks: 16\n"
+                                        : "original_cache_blocks: 0\n"),
+                std::string::npos) << st.output;
+      for (std::uint64_t b = 0; b < 16; ++b) {
+        EXPECT_EQ(local.read(b * 65536, 4096), std::string(4096, 0x22)) << "block " << b;
+      }
+    }
+    ASSERT_EQ(s.ctl_cmd({"stop", "failover"}).exit_code, 0);
+    s.wait_idle();
+    EXPECT_EQ(s.proc.stop(SIGTERM), 0);
+    const std::string d = test::read_file(s.disk());
+    for (std::uint64_t b = 0; b < kDiskBytes / 4096; ++b) {
+      const char want = b % 16 == 0 && b / 16 < 16 ? 0x22 : 0x11;
+      ASSERT_EQ(d.substr(b * 4096, 4096), std::string(4096, want)) << "block " << b;
+    }
+  }
 }
 
 TEST(SecondaryDaemon, KillAtRandomPointsThenFailoverYieldsTheCheckpoint) {

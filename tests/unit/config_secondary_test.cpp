@@ -75,6 +75,22 @@ TEST(ConfigSecondary, WriteBackQueueIsOffAtZeroAndAtLeastOneMiBOtherwise) {
             std::string::npos) << small.error().message;
 }
 
+TEST(ConfigSecondary, OriginalCacheIsOffAtZeroAndAtLeastOneMiBOtherwise) {
+  auto unset = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1" })");
+  ASSERT_TRUE(unset) << unset.error().to_string();
+  EXPECT_FALSE(unset->secondary().has_original_cache_bytes());  // the daemon's default, 64 MiB
+  for (const char* ok : {"0", "1048576", "268435456"}) {
+    auto cfg = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
+      replication_listen: "tcp:127.0.0.1:1" original_cache_bytes: {} }})", ok));
+    ASSERT_TRUE(cfg) << ok << ": " << cfg.error().to_string();
+  }
+  auto small = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1"
+    original_cache_bytes: 65536 })");
+  ASSERT_FALSE(small);
+  EXPECT_NE(small.error().message.find("secondary.original_cache_bytes: 65536 is below 1048576"),
+            std::string::npos) << small.error().message;
+}
+
 TEST(ConfigSecondary, MissingFieldsAndTooSmallBuffer) {
   auto cfg = parse(R"(secondary { buffer_size_bytes: 8192 })");
   ASSERT_FALSE(cfg);
