@@ -20,13 +20,16 @@
 //            and sequential 1 MiB writes: first-write cost, buffer bytes per written byte, and
 //            an "epoch" stream (random 4 KiB writes with repeats over a quarter of the disk,
 //            in one epoch) with the buffer space it used
+//   warm     the original cache: random 4 KiB first writes to blocks written in the previous
+//            epoch (originals in memory) against the same writes in a new session (read from
+//            the disk) and the bare disk; the other sections run with the cache off
 //   failover 1 GiB buffered (by sequential 8 MiB writes, or with --failover-fill random by
 //            random 4 KiB first writes: data out of disk order), then
 //            stop_replication(failover): time until the local view serves a read, and how long
 //            the background apply took
 //
 // Usage: disk_buffer_bench [--dir D] [--disk-mib N] [--seconds S] [--rounds N]
-//                          [--section all|rows|blocks|failover] [--block-bytes B]
+//                          [--section all|rows|blocks|warm|failover] [--block-bytes B]
 //                          [--failover-mib N] [--failover-fill sequential|random]
 //                          [--only cache/ordered/wb/qd/write-KiB]
 //                          [--write-back-mib N] [--write-back-inflight N] [--save-cycles N]
@@ -178,6 +181,9 @@ struct Point {
   std::uint64_t ops = 0;
   bool failed = false;
   bool flush_at_end = false;  // the point ends when a flush after the last write completed
+  // Each write is preceded by a read of the same range (into the writer's buffer): the least
+  // device work a first write needs, read the original then write (no save).
+  bool read_first = false;
   std::uint32_t writers_left = 0;
 };
 
@@ -188,6 +194,15 @@ Task<void> point_writer(Point* p, std::byte* data) {
       p->next = 0;
     }
     const std::uint64_t offset = (*p->offsets)[p->next++];
+    if (p->read_first) {
+      IoResult rd = co_await p->node->read(offset, std::span<std::byte>(data, p->write_bytes));
+      if (!rd) {
+        std::fprintf(stderr, "read at %llu failed: %s\n",
+                     static_cast<unsigned long long>(offset), rd.error().message().c_str());
+        p->failed = true;
+        break;
+      }
+    }
     IoResult r = co_await p->node->write(
         offset, std::span<const std::byte>(data, p->write_bytes), WriteFlags::none);
     if (!r) {
@@ -276,6 +291,14 @@ struct Rig {
   Counts counts() const { return disk->counts() + buffer->counts(); }
   // A fresh epoch: no block saved.
   void new_epoch() { run(io, checkpoint(this)); }
+  // A fresh session: stop (discard) and start again, which also empties the original cache.
+  static Task<void> restart_session(Rig* self) {
+    co_await stop(self);
+    Result<void> s = co_await self->db->start_replication(self->disk->size_bytes());
+    if (!s) die(s.error().to_string());
+    self->epoch = self->db->epoch();
+  }
+  void restart() { run(io, restart_session(this)); }
   void settle() {
     sync_file(disk_path);
     sync_file(buffer_path);
@@ -392,6 +415,23 @@ struct Env {
   std::uint32_t save_cycles_max = DiskBufferOptions{}.save_cycles_max;
 };
 
+// The buffer's options for a point. The original cache is off unless asked for: the rounds'
+// bare points write the disk behind the buffer's back (the cache would go stale), and the
+// first-write rows measure first writes that must read their originals (cold). The warm
+// section measures the cache.
+DiskBufferOptions bench_options(const Env& env, std::uint32_t block_bytes, bool ordered,
+                                std::uint64_t write_back_bytes,
+                                std::uint64_t original_cache_bytes = 0) {
+  DiskBufferOptions o;
+  o.block_bytes = block_bytes;
+  o.ordered_flushes = ordered;
+  o.write_back_bytes = write_back_bytes;
+  o.write_back_inflight = env.write_back_inflight;
+  o.save_cycles_max = env.save_cycles_max;
+  o.original_cache_bytes = original_cache_bytes;
+  return o;
+}
+
 // Room for every block of the disk in a record of its own (the most a first write can take).
 std::uint64_t buffer_bytes_for(std::uint64_t disk_bytes, std::uint32_t block_bytes) {
   return kLogOffsetBytes + (disk_bytes / block_bytes + 16) * record_bytes(1, block_bytes);
@@ -416,9 +456,8 @@ void section_rows(Env& env, std::uint32_t block_bytes) {
       // ordered flushes on / off without the queue, then on with it
       const bool ordered = variant != 1;
       const bool wb = variant == 2;
-      DiskBufferOptions options{block_bytes, ordered, wb ? env.write_back_bytes : 0,
-                                env.write_back_inflight, env.save_cycles_max};
-      Rig rig(env.disk_path, env.buffer_path, direct, options);
+      Rig rig(env.disk_path, env.buffer_path, direct,
+              bench_options(env, block_bytes, ordered, wb ? env.write_back_bytes : 0));
       for (std::uint32_t qd : {1u, 32u}) {
         for (std::uint32_t write_bytes : {4096u, 65536u}) {
           const std::string id = fmt::format("{}/{}/{}/{}/{}", direct ? "direct" : "buffered",
@@ -459,8 +498,7 @@ void section_blocks(Env& env) {
     stream.push_back((prng() % (env.disk_bytes / 4096)) * 4096);
   }
   for (std::uint32_t block : {4096u, 16384u, 65536u, 262144u, 1048576u}) {
-    Rig rig(env.disk_path, env.buffer_path, true,
-            DiskBufferOptions{block, true, 0, env.write_back_inflight, env.save_cycles_max});
+    Rig rig(env.disk_path, env.buffer_path, true, bench_options(env, block, true, 0));
     Measured r4 = measure(rig, 4096, 32, false, env.seconds, env.rounds, env.buffers);
     Measured s1 = measure(rig, kMiB, 32, true, env.seconds, env.rounds, env.buffers);
     // Epoch stream: a fixed amount of work, timed to the end, interleaved with bare.
@@ -485,6 +523,107 @@ void section_blocks(Env& env) {
                 s1.per_first(s1.first_buffer_bytes) / 1024, median(epoch_ratio),
                 static_cast<double>(epoch_buffer_bytes) / kMiB);
     std::fflush(stdout);
+  }
+}
+
+// The original cache: per round a fresh session; first writes to N random blocks (cold: the
+// cache is empty, every original is read from the disk), a checkpoint, the same N blocks
+// written again (warm: first writes of the new epoch, their originals in the cache), then the
+// bare disk at the same positions. N is every block of the disk (in random order), and the
+// cache holds them all (the daemon's default 64 MiB, or the disk's size if larger).
+void section_warm(Env& env) {
+  const std::uint64_t kCacheBytes = std::max<std::uint64_t>(64 * kMiB, env.disk_bytes);
+  const std::uint64_t n = env.disk_bytes / 4096;
+  std::printf("\n== original cache (direct, ordered flushes, block 4096, cache %llu MiB; medians "
+              "of %d rounds) ==\n%llu random 4 KiB first writes per point: cold = new session "
+              "(originals read from the disk), warm = the same blocks in the next epoch "
+              "(originals from the cache); hit%% = cache hits per warm first write; reads = disk "
+              "reads per first write\n",
+              static_cast<unsigned long long>(kCacheBytes / kMiB), env.rounds,
+              static_cast<unsigned long long>(n));
+  std::printf("device bound: r+w = each of qd writers reads a random 4 KiB block of the bare "
+              "disk, then writes it (what a cold first write needs at the least, without the "
+              "save); deep = the same with as many writers as the write-back queue applies at "
+              "a time (%u); MB/s = bytes the disk and buffer files moved per second (reads and "
+              "writes) in the bare, cold, warm and r+w points\n", env.write_back_inflight);
+  std::printf("%-5s %3s %9s %9s %9s %7s %7s %7s %7s | %5s %5s %5s | %5s %5s %5s %5s\n", "wback",
+              "qd", "bare", "cold", "warm", "cold/x", "warm/x", "r+w/x", "deep/x", "hit%",
+              "reads", "(cold)", "MB/s", "cold", "warm", "r+w");
+  for (bool wb : {false, true}) {
+    Rig rig(env.disk_path, env.buffer_path, true,
+            bench_options(env, 4096, true, wb ? env.write_back_bytes : 0, kCacheBytes));
+    for (std::uint32_t qd : {1u, 32u}) {
+      std::vector<double> bare, cold, warm, cold_ratio, warm_ratio, pair_ratio, deep_ratio;
+      std::vector<double> mbs_bare, mbs_cold, mbs_warm, mbs_pair;
+      std::uint64_t hits = 0, warm_ops = 0, warm_reads = 0, cold_ops = 0, cold_reads = 0;
+      // Runs a point and returns its ops/s, the device MB/s it caused and its disk reads.
+      struct Timed {
+        PointResult r;
+        double mbs = 0;
+        std::uint64_t reads = 0;
+      };
+      auto timed = [&](Point p, std::uint32_t writers) {
+        rig.settle();
+        const Counts before = rig.counts();
+        const std::uint64_t reads_before = rig.disk->counts().reads;
+        Timed t;
+        t.r = run_point(rig.io, p, writers, 1e9, env.buffers);
+        const Counts moved = rig.counts() - before;
+        const double seconds = static_cast<double>(t.r.ops) / t.r.ops_per_s;
+        t.mbs = static_cast<double>(moved.read_bytes + moved.write_bytes) / seconds / 1e6;
+        t.reads = rig.disk->counts().reads - reads_before;
+        return t;
+      };
+      for (int r = 0; r < env.rounds; ++r) {
+        auto offsets = first_write_offsets(rig.disk->size_bytes(), 4096, 4096, false, 2000 + r);
+        offsets.resize(n);
+        rig.restart();
+        const Point through{.node = rig.primary.get(), .offsets = &offsets, .limit = n,
+                            .wrap = false, .write_bytes = 4096, .flush_at_end = wb};
+        const Timed c = timed(through, qd);
+        rig.new_epoch();
+        const std::uint64_t hits_before = rig.db->cache()->stats().hits;
+        const Timed w = timed(through, qd);
+        hits += rig.db->cache()->stats().hits - hits_before;
+        Point direct{.node = rig.disk.get(), .offsets = &offsets, .limit = n, .wrap = false,
+                     .write_bytes = 4096};
+        const Timed x = timed(direct, qd);
+        direct.read_first = true;
+        const Timed rw = timed(direct, qd);
+        const Timed deep = timed(direct, env.write_back_inflight);
+        cold_ops += c.r.ops;
+        cold_reads += c.reads;
+        warm_ops += w.r.ops;
+        warm_reads += w.reads;
+        if (g_verbose) {
+          std::fprintf(stderr, "  round %d: cold %.0f warm %.0f bare %.0f r+w %.0f deep %.0f "
+                       "ops/s\n", r + 1, c.r.ops_per_s, w.r.ops_per_s, x.r.ops_per_s,
+                       rw.r.ops_per_s, deep.r.ops_per_s);
+        }
+        bare.push_back(x.r.ops_per_s);
+        cold.push_back(c.r.ops_per_s);
+        warm.push_back(w.r.ops_per_s);
+        cold_ratio.push_back(c.r.ops_per_s / x.r.ops_per_s);
+        warm_ratio.push_back(w.r.ops_per_s / x.r.ops_per_s);
+        pair_ratio.push_back(rw.r.ops_per_s / x.r.ops_per_s);
+        deep_ratio.push_back(deep.r.ops_per_s / x.r.ops_per_s);
+        mbs_bare.push_back(x.mbs);
+        mbs_cold.push_back(c.mbs);
+        mbs_warm.push_back(w.mbs);
+        mbs_pair.push_back(rw.mbs);
+      }
+      auto per = [](std::uint64_t v, std::uint64_t ops) {
+        return static_cast<double>(v) / static_cast<double>(std::max<std::uint64_t>(ops, 1));
+      };
+      std::printf("%-5s %3u %9.0f %9.0f %9.0f %7.2f %7.2f %7.2f %7.2f | %5.1f %5.2f %5.2f | "
+                  "%5.0f %5.0f %5.0f %5.0f\n",
+                  wb ? "on" : "off", qd, median(bare), median(cold), median(warm),
+                  median(cold_ratio), median(warm_ratio), median(pair_ratio),
+                  median(deep_ratio), 100 * per(hits, warm_ops), per(warm_reads, warm_ops),
+                  per(cold_reads, cold_ops), median(mbs_bare), median(mbs_cold),
+                  median(mbs_warm), median(mbs_pair));
+      std::fflush(stdout);
+    }
   }
 }
 
@@ -532,7 +671,7 @@ void section_failover(Env& env, std::uint64_t bytes, std::uint32_t block_bytes,
   make_file(disk, bytes);
   make_file(buffer, buffer_bytes_for(bytes, block_bytes));
   {
-    Rig rig(disk, buffer, true, DiskBufferOptions{block_bytes, true});
+    Rig rig(disk, buffer, true, bench_options(env, block_bytes, true, 0));
     if (random_fill) {
       const auto offsets = first_write_offsets(bytes, block_bytes, 4096, false, 1);
       Point p{.node = rig.primary.get(), .offsets = &offsets, .limit = offsets.size(),
@@ -595,19 +734,24 @@ int main(int argc, char** argv) {
   env.save_cycles_max = save_cycles_max;
   env.disk_path = env.dir + "/disk.img";
   env.buffer_path = env.dir + "/buffer.img";
-  for (int i = 0; i < 32; ++i) {
-    auto* b = static_cast<std::byte*>(std::aligned_alloc(4096, kMiB));
-    std::memset(b, 0x22, kMiB);
+  // One buffer per writer: 32 of 1 MiB, and 4 KiB ones up to as many writers as the
+  // write-back queue applies at a time (the warm section's deep point writes 4 KiB).
+  const std::uint32_t writers_max = std::max<std::uint32_t>(32, write_back_inflight);
+  for (std::uint32_t i = 0; i < writers_max; ++i) {
+    const std::size_t size = i < 32 ? kMiB : 4096;
+    auto* b = static_cast<std::byte*>(std::aligned_alloc(4096, size));
+    std::memset(b, 0x22, size);
     env.buffers.push_back(b);
   }
   std::printf("disk_buffer_bench: disk %llu MiB in %s, FileNode (io_uring)\n",
               static_cast<unsigned long long>(disk_mib), dir.c_str());
-  if (section == "all" || section == "rows" || section == "blocks") {
+  if (section == "all" || section == "rows" || section == "blocks" || section == "warm") {
     make_file(env.disk_path, env.disk_bytes);
     make_file(env.buffer_path, buffer_bytes_for(env.disk_bytes, 4096));
   }
   if (section == "all" || section == "rows") section_rows(env, block_bytes);
   if (section == "all" || section == "blocks") section_blocks(env);
+  if (section == "all" || section == "warm") section_warm(env);
   if (section == "all" || section == "failover") {
     section_failover(env, failover_mib * kMiB, block_bytes, failover_fill == "random");
   }
