@@ -59,36 +59,27 @@ TEST(ConfigSecondary, ReportsEveryProblemNamingOptionAndValue) {
   EXPECT_NE(m.find("secondary.replication_listen: \"udp:1.2.3.4:5\""), std::string::npos) << m;
 }
 
-TEST(ConfigSecondary, WriteBackQueueIsOffAtZeroAndAtLeastOneMiBOtherwise) {
+// The write-back queue and the original cache: both unset by default (the daemon's default is
+// 64 MiB), 0 turns them off, otherwise at least 1 MiB.
+TEST(ConfigSecondary, MemoryBoundsAreOffAtZeroAndAtLeastOneMiBOtherwise) {
   auto unset = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1" })");
   ASSERT_TRUE(unset) << unset.error().to_string();
-  EXPECT_FALSE(unset->secondary().has_write_back_bytes());  // the daemon's default, 64 MiB
-  for (const char* ok : {"0", "1048576", "67108864"}) {
-    auto cfg = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
-      replication_listen: "tcp:127.0.0.1:1" write_back_bytes: {} }})", ok));
-    ASSERT_TRUE(cfg) << ok << ": " << cfg.error().to_string();
+  EXPECT_FALSE(unset->secondary().has_write_back_bytes());
+  EXPECT_FALSE(unset->secondary().has_original_cache_bytes());
+  for (const char* field : {"write_back_bytes", "original_cache_bytes"}) {
+    SCOPED_TRACE(field);
+    for (const char* ok : {"0", "1048576", "268435456"}) {
+      auto cfg = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
+        replication_listen: "tcp:127.0.0.1:1" {}: {} }})", field, ok));
+      ASSERT_TRUE(cfg) << ok << ": " << cfg.error().to_string();
+    }
+    auto small = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
+      replication_listen: "tcp:127.0.0.1:1" {}: 65536 }})", field));
+    ASSERT_FALSE(small);
+    EXPECT_NE(small.error().message.find(fmt::format("secondary.{}: 65536 is below 1048576",
+                                                     field)),
+              std::string::npos) << small.error().message;
   }
-  auto small = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1"
-    write_back_bytes: 4096 })");
-  ASSERT_FALSE(small);
-  EXPECT_NE(small.error().message.find("secondary.write_back_bytes: 4096 is below 1048576"),
-            std::string::npos) << small.error().message;
-}
-
-TEST(ConfigSecondary, OriginalCacheIsOffAtZeroAndAtLeastOneMiBOtherwise) {
-  auto unset = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1" })");
-  ASSERT_TRUE(unset) << unset.error().to_string();
-  EXPECT_FALSE(unset->secondary().has_original_cache_bytes());  // the daemon's default, 64 MiB
-  for (const char* ok : {"0", "1048576", "268435456"}) {
-    auto cfg = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
-      replication_listen: "tcp:127.0.0.1:1" original_cache_bytes: {} }})", ok));
-    ASSERT_TRUE(cfg) << ok << ": " << cfg.error().to_string();
-  }
-  auto small = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1"
-    original_cache_bytes: 65536 })");
-  ASSERT_FALSE(small);
-  EXPECT_NE(small.error().message.find("secondary.original_cache_bytes: 65536 is below 1048576"),
-            std::string::npos) << small.error().message;
 }
 
 TEST(ConfigSecondary, MissingFieldsAndTooSmallBuffer) {
