@@ -74,10 +74,10 @@ struct DiskBufferOptions {
   // primary write completes when it is on the disk.
   std::uint64_t write_back_bytes = 0;
   // Requests the queue applies at a time: 128 measured 2.5-3x the first-write and 1.5-2x the
-  // rewrite throughput of 32 at QD32 (docs/disk_buffer.md, "Measurements"); 256 another
-  // 10-25% on first writes, cold and warm, once the queue's overlap check stopped scanning
-  // every entry in flight (docs/disk_buffer.md, "Session 7").
-  std::uint32_t write_back_inflight = 256;
+  // rewrite throughput of 32 at QD32 (docs/disk_buffer.md, "Measurements"). 256 adds 5-15% to
+  // first writes with nobody reading, but doubles or triples a local consumer's read latency
+  // under a full write load ("Session 7"): 128 stays the default, the config can raise it.
+  std::uint32_t write_back_inflight = 128;
   // Save cycles in flight at once, >= 1. 1: a cycle starts when the previous one ended. More
   // lets a cycle start while others are in flight (each writer still waits for its own); on
   // the measured virtio disk 2 and 4 gained nothing (docs/disk_buffer.md, "Session 5").

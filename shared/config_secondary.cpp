@@ -12,6 +12,7 @@ constexpr std::uint64_t kBufferHeaderBytes = 8192;  // secondary/buffer_file.hpp
 constexpr std::uint64_t kRecordHeaderBytes = 4096;  // a record of one block: header page + data
 constexpr std::uint64_t kWriteBackBytesMin = 1u << 20;
 constexpr std::uint64_t kOriginalCacheBytesMin = 1u << 20;
+constexpr std::uint32_t kWriteBackInflightMax = 4096;
 }  // namespace
 
 void validate_secondary_config(const config::DaemonConfig& cfg,
@@ -56,6 +57,11 @@ void validate_secondary_config(const config::DaemonConfig& cfg,
       s.original_cache_bytes() < kOriginalCacheBytesMin) {
     errors.push_back(fmt::format("secondary.original_cache_bytes: {} is below {} (0 turns the "
                                  "cache off)", s.original_cache_bytes(), kOriginalCacheBytesMin));
+  }
+  if (s.has_write_back_inflight() &&
+      (s.write_back_inflight() < 1 || s.write_back_inflight() > kWriteBackInflightMax)) {
+    errors.push_back(fmt::format("secondary.write_back_inflight: {} is not in 1..{}",
+                                 s.write_back_inflight(), kWriteBackInflightMax));
   }
   if (s.replication_listen().empty()) {
     errors.push_back("secondary.replication_listen: at least one address is needed");

@@ -23,13 +23,16 @@
 //   warm     the original cache: random 4 KiB first writes to blocks written in the previous
 //            epoch (originals in memory) against the same writes in a new session (read from
 //            the disk) and the bare disk; the other sections run with the cache off
+//   local    a local consumer's random 4 KiB reads (QD1) while first writes run through the
+//            write-back queue (QD32), against the same reads on the idle device: what the
+//            writes applied at a time (--write-back-inflight) cost a hot-standby consumer
 //   failover 1 GiB buffered (by sequential 8 MiB writes, or with --failover-fill random by
 //            random 4 KiB first writes: data out of disk order), then
 //            stop_replication(failover): time until the local view serves a read, and how long
 //            the background apply took
 //
 // Usage: disk_buffer_bench [--dir D] [--disk-mib N] [--seconds S] [--rounds N]
-//                          [--section all|rows|blocks|warm|failover] [--block-bytes B]
+//                          [--section all|rows|blocks|warm|local|failover] [--block-bytes B]
 //                          [--failover-mib N] [--failover-fill sequential|random]
 //                          [--only cache/ordered/wb/qd/write-KiB]
 //                          [--write-back-mib N] [--write-back-inflight N] [--save-cycles N]
@@ -42,6 +45,8 @@
 #include <unistd.h>
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -627,6 +632,88 @@ void section_warm(Env& env) {
   }
 }
 
+// A local consumer's reads while the primary writes: one reader (QD1, random 4 KiB reads of
+// the local view) runs alongside first writes through the write-back queue (QD32), and alone
+// on the idle device for reference. What applying more writes at a time (--write-back-inflight)
+// costs the hot-standby consumer: its reads queue behind the device's writes.
+struct ReadLatency {
+  std::vector<double> us;  // every read's latency
+  bool stop = false;
+};
+
+Task<void> local_reader(BlockNode* local, std::uint64_t disk_bytes, std::byte* data,
+                        ReadLatency* out, std::uint64_t seed) {
+  std::mt19937_64 prng(seed);
+  while (!out->stop) {
+    const std::uint64_t offset = (prng() % (disk_bytes / 4096)) * 4096;
+    const auto t0 = Clock::now();
+    IoResult r = co_await local->read(offset, std::span<std::byte>(data, 4096));
+    if (!r) die("a local read failed: " + r.error().message());
+    out->us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+}
+
+Task<void> stop_after(asio::io_context& io, double seconds, ReadLatency* out) {
+  asio::steady_timer t(io, std::chrono::duration_cast<Clock::duration>(
+                               std::chrono::duration<double>(seconds)));
+  co_await t.async_wait(asio::use_awaitable);
+  out->stop = true;
+}
+
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size())))];
+}
+
+void section_local(Env& env) {
+  std::printf("\n== a local consumer's 4 KiB reads (QD1) during random 4 KiB first writes (QD32, "
+              "write-back queue, %u applied at a time; direct, ordered flushes, cache off; "
+              "medians of %d rounds of %.1f s) ==\n",
+              env.write_back_inflight, env.rounds, env.seconds);
+  std::printf("%9s %9s %9s %9s | %9s %9s %9s\n", "first/s", "reads/s", "read p50", "read p99",
+              "idle r/s", "idle p50", "idle p99");
+  Rig rig(env.disk_path, env.buffer_path, true,
+          bench_options(env, 4096, true, env.write_back_bytes));
+  auto local = rig.db->local_view();
+  auto* rbuf = static_cast<std::byte*>(std::aligned_alloc(4096, 4096));
+  std::vector<double> first, reads, p50, p99, idle_reads, idle_p50, idle_p99;
+  for (int r = 0; r < env.rounds; ++r) {
+    const auto offsets = first_write_offsets(rig.disk->size_bytes(), 4096, 4096, false, 3000 + r);
+    rig.new_epoch();
+    rig.settle();
+    // Alone first: the idle device.
+    ReadLatency idle;
+    spawn(rig.io.get_executor(), local_reader(local.get(), rig.disk->size_bytes(), rbuf, &idle, r),
+          "reader");
+    spawn(rig.io.get_executor(), stop_after(rig.io, env.seconds, &idle), "timer");
+    rig.io.restart();
+    rig.io.run();
+    ReadLatency busy;
+    spawn(rig.io.get_executor(), local_reader(local.get(), rig.disk->size_bytes(), rbuf, &busy,
+                                              100 + r),
+          "reader");
+    Point p{.node = rig.primary.get(), .offsets = &offsets, .limit = offsets.size(),
+            .wrap = false, .write_bytes = 4096, .flush_at_end = true};
+    // The writers run for env.seconds; the reader stops with them (the point's io.run()
+    // returns when every coroutine is done: the timer stops the reader at the same time).
+    spawn(rig.io.get_executor(), stop_after(rig.io, env.seconds, &busy), "timer");
+    const PointResult f = run_point(rig.io, p, 32, env.seconds, env.buffers);
+    first.push_back(f.ops_per_s);
+    reads.push_back(static_cast<double>(busy.us.size()) / env.seconds);
+    p50.push_back(percentile(busy.us, 0.5));
+    p99.push_back(percentile(busy.us, 0.99));
+    idle_reads.push_back(static_cast<double>(idle.us.size()) / env.seconds);
+    idle_p50.push_back(percentile(idle.us, 0.5));
+    idle_p99.push_back(percentile(idle.us, 0.99));
+  }
+  std::free(rbuf);
+  std::printf("%9.0f %9.0f %7.0fus %7.0fus | %9.0f %7.0fus %7.0fus\n", median(first),
+              median(reads), median(p50), median(p99), median(idle_reads), median(idle_p50),
+              median(idle_p99));
+  std::fflush(stdout);
+}
+
 // Fills the buffer with `bytes` (8 MiB sequential writes, unless `filled` already), then fails
 // over.
 Task<void> fill_and_fail_over(Rig* rig, std::uint64_t bytes, bool filled) {
@@ -745,13 +832,15 @@ int main(int argc, char** argv) {
   }
   std::printf("disk_buffer_bench: disk %llu MiB in %s, FileNode (io_uring)\n",
               static_cast<unsigned long long>(disk_mib), dir.c_str());
-  if (section == "all" || section == "rows" || section == "blocks" || section == "warm") {
+  if (section == "all" || section == "rows" || section == "blocks" || section == "warm" ||
+      section == "local") {
     make_file(env.disk_path, env.disk_bytes);
     make_file(env.buffer_path, buffer_bytes_for(env.disk_bytes, 4096));
   }
   if (section == "all" || section == "rows") section_rows(env, block_bytes);
   if (section == "all" || section == "blocks") section_blocks(env);
   if (section == "all" || section == "warm") section_warm(env);
+  if (section == "all" || section == "local") section_local(env);
   if (section == "all" || section == "failover") {
     section_failover(env, failover_mib * kMiB, block_bytes, failover_fill == "random");
   }

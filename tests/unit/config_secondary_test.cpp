@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "secondary/disk_buffer_node.hpp"
+#include "secondary/secondary_role.hpp"
 #include "shared/config.hpp"
 
 namespace colo {
@@ -66,6 +67,13 @@ TEST(ConfigSecondary, MemoryBoundsAreOffAtZeroAndAtLeastOneMiBOtherwise) {
   ASSERT_TRUE(unset) << unset.error().to_string();
   EXPECT_FALSE(unset->secondary().has_write_back_bytes());
   EXPECT_FALSE(unset->secondary().has_original_cache_bytes());
+  EXPECT_EQ(disk_buffer_options_from_config(unset->secondary()).write_back_bytes, 64 * kMiB);
+  EXPECT_EQ(disk_buffer_options_from_config(unset->secondary()).original_cache_bytes, 64 * kMiB);
+  auto off = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1"
+    write_back_bytes: 0 original_cache_bytes: 0 })");
+  ASSERT_TRUE(off) << off.error().to_string();
+  EXPECT_EQ(disk_buffer_options_from_config(off->secondary()).write_back_bytes, 0u);
+  EXPECT_EQ(disk_buffer_options_from_config(off->secondary()).original_cache_bytes, 0u);
   for (const char* field : {"write_back_bytes", "original_cache_bytes"}) {
     SCOPED_TRACE(field);
     for (const char* ok : {"0", "1048576", "268435456"}) {
@@ -79,6 +87,25 @@ TEST(ConfigSecondary, MemoryBoundsAreOffAtZeroAndAtLeastOneMiBOtherwise) {
     EXPECT_NE(small.error().message.find(fmt::format("secondary.{}: 65536 is below 1048576",
                                                      field)),
               std::string::npos) << small.error().message;
+  }
+}
+
+TEST(ConfigSecondary, WriteBackInflightIsOneTo4096) {
+  auto unset = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1" })");
+  ASSERT_TRUE(unset) << unset.error().to_string();
+  EXPECT_FALSE(unset->secondary().has_write_back_inflight());  // the daemon's default, 128
+  EXPECT_EQ(disk_buffer_options_from_config(unset->secondary()).write_back_inflight, 128u);
+  auto set = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1"
+    write_back_inflight: 256 })");
+  ASSERT_TRUE(set) << set.error().to_string();
+  EXPECT_EQ(disk_buffer_options_from_config(set->secondary()).write_back_inflight, 256u);
+  for (const char* bad : {"0", "4097"}) {
+    auto cfg = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
+      replication_listen: "tcp:127.0.0.1:1" write_back_inflight: {} }})", bad));
+    ASSERT_FALSE(cfg) << bad;
+    EXPECT_NE(cfg.error().message.find(fmt::format("secondary.write_back_inflight: {} is not in "
+                                                   "1..4096", bad)),
+              std::string::npos) << cfg.error().message;
   }
 }
 
