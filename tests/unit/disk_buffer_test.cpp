@@ -1530,6 +1530,10 @@ void crash_iteration(std::uint64_t seed, bool power_cut) {
   // Half of them move the header's reserved mark every 64 KiB of log (many header writes
   // between the records).
   if (seed % 2 == 1) rig.options.reserve_chunk_bytes = 64 * 1024;
+  // The original cache: the default (it holds the whole disk), 64 KiB (it evicts all the time,
+  // and runs often find only part of their blocks), or off.
+  if (seed % 4 == 1) rig.options.original_cache_bytes = 64 * 1024;
+  if (seed % 4 == 3) rig.options.original_cache_bytes = 0;
   for (auto& b : rig.disk_mem->data()) b = static_cast<std::byte>(prng());
   // What the primary's acknowledged writes make of the disk (with the write-back queue the
   // disk itself lags behind).
