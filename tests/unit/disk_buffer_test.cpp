@@ -1534,6 +1534,8 @@ void crash_iteration(std::uint64_t seed, bool power_cut) {
   // and runs often find only part of their blocks), or off.
   if (seed % 4 == 1) rig.options.original_cache_bytes = 64 * 1024;
   if (seed % 4 == 3) rig.options.original_cache_bytes = 0;
+  // Half the seeds give the first writer whole-block rewrites of a few hot blocks.
+  const bool whole_blocks = seed % 8 < 4;
   for (auto& b : rig.disk_mem->data()) b = static_cast<std::byte>(prng());
   // What the primary's acknowledged writes make of the disk (with the write-back queue the
   // disk itself lags behind).
@@ -1554,9 +1556,16 @@ void crash_iteration(std::uint64_t seed, bool power_cut) {
     for (int op = 0; op < 60 && !done; ++op) {
       while (hold) co_await changed.wait();
       ++writers_busy;
-      const std::uint64_t off = id * quarter + (wp() % (quarter / 512)) * 512;
-      const std::uint64_t len = std::min<std::uint64_t>(((wp() % 40) + 1) * 512,
-                                                        (id + 1) * quarter - off);
+      std::uint64_t off = id * quarter + (wp() % (quarter / 512)) * 512;
+      std::uint64_t len = std::min<std::uint64_t>(((wp() % 40) + 1) * 512,
+                                                  (id + 1) * quarter - off);
+      if (whole_blocks && id == 0) {
+        // One whole block among the first few of its quarter: the same blocks rewritten
+        // epoch after epoch, so their originals come from the cache (same draws as above).
+        const std::uint64_t hot = std::min<std::uint64_t>(8, quarter / block);
+        off = (off / block % hot) * block;
+        len = block;
+      }
       IoResult r;
       switch (wp() % 8) {
         case 0:
