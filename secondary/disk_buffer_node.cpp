@@ -83,7 +83,7 @@ class DiskBufferView final : public BlockNode {
  private:
   // The write-back queue, when this view feeds it and replication is running; otherwise
   // requests go straight to the buffer's policy (which refuses them while idle).
-  WriteBackNode* queue() const { return queued_ ? core_->active_write_back() : nullptr; }
+  WriteBackNode* queue() { return queued_ ? core_->primary_queue() : nullptr; }
 
   std::shared_ptr<DiskBuffer> owner_;
   DiskBuffer* core_;
@@ -118,6 +118,25 @@ void DiskBuffer::init_write_back(asio::any_io_executor ex) {
   write_back_ = std::make_shared<WriteBackNode>(
       name_ + ".queue", ex, std::make_shared<DiskBufferView>(nullptr, this, Face::primary, false),
       o);
+}
+
+WriteBackNode* DiskBuffer::primary_queue() {
+  WriteBackNode* q = active_write_back();
+  if (q != nullptr && local_limited_ &&
+      std::chrono::steady_clock::now() - last_local_io_ >= options_.local_active_window) {
+    local_limited_ = false;
+    q->set_inflight_max(options_.write_back_inflight);
+  }
+  return q;
+}
+
+void DiskBuffer::note_local_io() {
+  last_local_io_ = std::chrono::steady_clock::now();
+  if (!local_limited_ && write_back_ &&
+      options_.write_back_inflight_local != options_.write_back_inflight) {
+    local_limited_ = true;
+    write_back_->set_inflight_max(options_.write_back_inflight_local);
+  }
 }
 
 WriteBackNode* DiskBuffer::active_write_back() const {
@@ -188,6 +207,7 @@ Task<IoResult> DiskBuffer::view_read(Face face, std::uint64_t offset_bytes,
     }
     co_return co_await disk_.read(offset_bytes, out);
   }
+  note_local_io();
   if (header_.state == BufferState::idle) co_return co_await disk_.read(offset_bytes, out);
   co_return co_await local_read(offset_bytes, out);
 }
@@ -210,6 +230,7 @@ Task<IoResult> DiskBuffer::view_write(Face face, IoOp op, std::uint64_t offset_b
     }
     co_return co_await primary_write(op, offset_bytes, length_bytes, in, flags);
   }
+  note_local_io();
   if (header_.state == BufferState::idle) {
     co_return co_await disk_change(op, offset_bytes, length_bytes, in, flags);
   }
@@ -219,6 +240,7 @@ Task<IoResult> DiskBuffer::view_write(Face face, IoOp op, std::uint64_t offset_b
 Task<IoResult> DiskBuffer::view_flush(Face face) {
   if (gate_closed_) co_await enter_gate();  // no coroutine frame while the gate is open
   InflightGuard guard(inflight_);
+  if (face == Face::local) note_local_io();
   switch (header_.state) {
     case BufferState::idle:
       if (face == Face::primary) {

@@ -44,6 +44,7 @@
 // interrupted failover. Nothing else is kept elsewhere.
 // Threading: everything runs on the daemon's io_context thread.
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -73,11 +74,15 @@ struct DiskBufferOptions {
   // Write-back queue in front of the primary view (see "Write-back" above); 0: none, every
   // primary write completes when it is on the disk.
   std::uint64_t write_back_bytes = 0;
-  // Requests the queue applies at a time: 128 measured 2.5-3x the first-write and 1.5-2x the
-  // rewrite throughput of 32 at QD32 (docs/disk_buffer.md, "Measurements"). 256 adds 5-15% to
-  // first writes with nobody reading, but doubles or triples a local consumer's read latency
-  // under a full write load ("Session 7"): 128 stays the default, the config can raise it.
-  std::uint32_t write_back_inflight = 128;
+  // Requests the queue applies at a time. 128 measured 2.5-3x the first-write and 1.5-2x the
+  // rewrite throughput of 32 at QD32 (docs/disk_buffer.md, "Measurements"); 256 adds 5-15% to
+  // first writes, but doubles or triples a local consumer's read latency under a full write
+  // load ("Session 7"). So the queue applies write_back_inflight at a time, and
+  // write_back_inflight_local while a local consumer is active: the local view served a
+  // request within the last local_active_window.
+  std::uint32_t write_back_inflight = 256;
+  std::uint32_t write_back_inflight_local = 128;
+  std::chrono::milliseconds local_active_window{100};
   // Save cycles in flight at once, >= 1. 1: a cycle starts when the previous one ended. More
   // lets a cycle start while others are in flight (each writer still waits for its own); on
   // the measured virtio disk 2 and 4 gained nothing (docs/disk_buffer.md, "Session 5").
@@ -140,6 +145,9 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   // The write-back queue (null when write_back_bytes is 0), and the same while replicating.
   const WriteBackNode* write_back() const { return write_back_.get(); }
   WriteBackNode* active_write_back() const;
+  // active_write_back() for a primary-view request: also raises the queue's writes at a time
+  // back to write_back_inflight once the local consumer has been quiet for the window.
+  WriteBackNode* primary_queue();
   // Completes when no failover apply is running (tests, shutdown).
   Task<void> wait_failover_idle();
   // Waits for a pending checkpoint, the write-back queue and in-flight I/O.
@@ -282,6 +290,12 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   std::vector<SaveRequest*> save_queue_;
   std::uint32_t save_cycles_running_ = 0;
   std::uint64_t save_cycle_count_ = 0;
+
+  // A local-view request: the queue applies write_back_inflight_local at a time from now until
+  // the local view has been quiet for local_active_window.
+  void note_local_io();
+  std::chrono::steady_clock::time_point last_local_io_{};
+  bool local_limited_ = false;  // the queue's cap is write_back_inflight_local
 
   // Dropped at every start and stop: it only follows the disk within a session.
   std::shared_ptr<OriginalCache> cache_;

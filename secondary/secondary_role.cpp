@@ -193,6 +193,9 @@ DiskBufferOptions disk_buffer_options_from_config(const config::SecondaryConfig&
   options.write_back_bytes = s.has_write_back_bytes() ? s.write_back_bytes() : 64ull << 20;
   if (s.has_original_cache_bytes()) options.original_cache_bytes = s.original_cache_bytes();
   if (s.has_write_back_inflight()) options.write_back_inflight = s.write_back_inflight();
+  if (s.has_write_back_inflight_local()) {
+    options.write_back_inflight_local = s.write_back_inflight_local();
+  }
   return options;
 }
 

@@ -63,6 +63,12 @@ void validate_secondary_config(const config::DaemonConfig& cfg,
     errors.push_back(fmt::format("secondary.write_back_inflight: {} is not in 1..{}",
                                  s.write_back_inflight(), kWriteBackInflightMax));
   }
+  if (s.has_write_back_inflight_local() &&
+      (s.write_back_inflight_local() < 1 ||
+       s.write_back_inflight_local() > kWriteBackInflightMax)) {
+    errors.push_back(fmt::format("secondary.write_back_inflight_local: {} is not in 1..{}",
+                                 s.write_back_inflight_local(), kWriteBackInflightMax));
+  }
   if (s.replication_listen().empty()) {
     errors.push_back("secondary.replication_listen: at least one address is needed");
   }

@@ -66,6 +66,13 @@ void WriteBackNode::check_range(IoOp op, std::uint64_t offset_bytes,
   }
 }
 
+void WriteBackNode::set_inflight_max(std::uint32_t inflight_max) {
+  CHECK(inflight_max >= 1);
+  const bool raised = inflight_max > options_.inflight_max;
+  options_.inflight_max = inflight_max;
+  if (raised) pump();
+}
+
 void WriteBackNode::set_on_failure(std::function<void(int err)> callback) {
   on_failure_ = std::move(callback);
 }

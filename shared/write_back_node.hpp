@@ -197,6 +197,9 @@ class WriteBackNode final : public BlockNode {
   int error() const { return error_; }
 
   const WriteBackOptions& options() const { return options_; }
+  // Changes options().inflight_max (>= 1). A higher cap sends more at once; a lower one takes
+  // effect as entries in flight complete (none is recalled).
+  void set_inflight_max(std::uint32_t inflight_max);
   // Bytes held by the queue: entries not yet sent plus entries in flight.
   std::uint64_t queued_bytes() const { return used_bytes_; }
   // Entries not yet sent (markers and flushes included).

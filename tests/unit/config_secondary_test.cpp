@@ -90,22 +90,26 @@ TEST(ConfigSecondary, MemoryBoundsAreOffAtZeroAndAtLeastOneMiBOtherwise) {
   }
 }
 
-TEST(ConfigSecondary, WriteBackInflightIsOneTo4096) {
+TEST(ConfigSecondary, WritesInFlightAreOneTo4096) {
   auto unset = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1" })");
   ASSERT_TRUE(unset) << unset.error().to_string();
-  EXPECT_FALSE(unset->secondary().has_write_back_inflight());  // the daemon's default, 128
-  EXPECT_EQ(disk_buffer_options_from_config(unset->secondary()).write_back_inflight, 128u);
+  const DiskBufferOptions defaults = disk_buffer_options_from_config(unset->secondary());
+  EXPECT_EQ(defaults.write_back_inflight, 256u);
+  EXPECT_EQ(defaults.write_back_inflight_local, 128u);
   auto set = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1"
-    write_back_inflight: 256 })");
+    write_back_inflight: 64 write_back_inflight_local: 16 })");
   ASSERT_TRUE(set) << set.error().to_string();
-  EXPECT_EQ(disk_buffer_options_from_config(set->secondary()).write_back_inflight, 256u);
-  for (const char* bad : {"0", "4097"}) {
-    auto cfg = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
-      replication_listen: "tcp:127.0.0.1:1" write_back_inflight: {} }})", bad));
-    ASSERT_FALSE(cfg) << bad;
-    EXPECT_NE(cfg.error().message.find(fmt::format("secondary.write_back_inflight: {} is not in "
-                                                   "1..4096", bad)),
-              std::string::npos) << cfg.error().message;
+  EXPECT_EQ(disk_buffer_options_from_config(set->secondary()).write_back_inflight, 64u);
+  EXPECT_EQ(disk_buffer_options_from_config(set->secondary()).write_back_inflight_local, 16u);
+  for (const char* field : {"write_back_inflight", "write_back_inflight_local"}) {
+    for (const char* bad : {"0", "4097"}) {
+      auto cfg = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
+        replication_listen: "tcp:127.0.0.1:1" {}: {} }})", field, bad));
+      ASSERT_FALSE(cfg) << field << " " << bad;
+      EXPECT_NE(cfg.error().message.find(fmt::format("secondary.{}: {} is not in 1..4096", field,
+                                                     bad)),
+                std::string::npos) << cfg.error().message;
+    }
   }
 }
 

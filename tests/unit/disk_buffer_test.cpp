@@ -7,6 +7,7 @@
 
 
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 
 #include <cstdlib>
@@ -1370,6 +1371,58 @@ TEST(DiskBufferWriteBack, WritesAreAcknowledgedBeforeTheDiskHasThemAndReadBack) 
   // The originals were saved as usual: failover rolls every write back.
   ASSERT_TRUE(rig.call(rig.db->stop_replication(StopMode::failover)));
   EXPECT_TRUE(all_bytes(rig.disk_mem->data(), 0x11));
+}
+
+// While a local consumer is active the queue applies fewer writes at a time (its reads wait
+// behind a shallower device queue); once the local view has been quiet for the window, the
+// next primary request raises the cap again. Writes in flight are never recalled.
+TEST(DiskBufferWriteBack, ALocalConsumerLowersTheWritesAppliedAtATime) {
+  Rig rig;
+  rig.options.write_back_inflight = 8;
+  rig.options.write_back_inflight_local = 2;
+  // Far longer than the work between the local read and the last check of the lowered cap
+  // (a few delayed writes), so a loaded machine does not end the window early.
+  rig.options.local_active_window = std::chrono::milliseconds(400);
+  ASSERT_NO_FATAL_FAILURE(open_with_queue(rig));
+  ASSERT_TRUE(rig.call(rig.db->start_replication(kDiskBytes)));
+  const WriteBackNode& queue = *rig.db->write_back();
+  EXPECT_EQ(queue.options().inflight_max, 8u);
+  delay_disk_writes(rig, std::chrono::milliseconds(5));
+  auto body = [&]() -> Task<void> {
+    auto data = pattern(4096, 0x22);
+    // Quiet local view: 8 writes in flight at once.
+    for (std::uint64_t i = 0; i < 12; ++i) {
+      EXPECT_TRUE(co_await rig.primary->write(i * 65536, data, WriteFlags::none));
+    }
+    EXPECT_EQ(queue.inflight_entries(), 8u);
+    // A local read lowers the cap; the 8 in flight finish, then 2 at a time.
+    std::vector<std::byte> out(4096);
+    EXPECT_TRUE(co_await rig.local->read(kHalf, out));
+    EXPECT_EQ(queue.options().inflight_max, 2u);
+    for (std::uint64_t i = 12; i < 16; ++i) {
+      EXPECT_TRUE(co_await rig.primary->write(i * 65536, data, WriteFlags::none));
+    }
+    EXPECT_LE(queue.inflight_entries(), 8u);
+    EXPECT_TRUE(co_await rig.primary->flush());
+    EXPECT_EQ(queue.options().inflight_max, 2u);  // the flush came within the window
+    for (std::uint64_t i = 0; i < 6; ++i) {
+      EXPECT_TRUE(co_await rig.primary->write(i * 65536 + 8192, data, WriteFlags::none));
+    }
+    EXPECT_EQ(queue.inflight_entries(), 2u);
+    EXPECT_TRUE(co_await rig.primary->flush());
+    // Quiet again for longer than the window: the next primary request raises the cap.
+    asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(450));
+    co_await t.async_wait(asio::use_awaitable);
+    for (std::uint64_t i = 0; i < 10; ++i) {
+      EXPECT_TRUE(co_await rig.primary->write(i * 65536 + 16384, data, WriteFlags::none));
+    }
+    EXPECT_EQ(queue.options().inflight_max, 8u);
+    EXPECT_EQ(queue.inflight_entries(), 8u);
+    EXPECT_TRUE(co_await rig.primary->flush());
+  };
+  run_task(rig.io, body());
+  EXPECT_TRUE(range_is(rig.disk_mem->data(), 15 * 65536, 4096, 0x22));
+  EXPECT_TRUE(range_is(rig.disk_mem->data(), 9 * 65536 + 16384, 4096, 0x22));
 }
 
 TEST(DiskBufferWriteBack, TheCutSplitsTheEpochsAndFailoverYieldsTheCheckpoint) {

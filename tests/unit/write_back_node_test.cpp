@@ -432,6 +432,44 @@ TEST(WriteBackNode, ManyEntriesInFlightAndAnOverlapAmongThemWaits) {
   EXPECT_TRUE(all_bytes(m.subspan(150 * 1024 + 512, 512), 0xa3));
 }
 
+// set_inflight_max(): a higher cap sends more of what is queued at once; a lower one lets the
+// entries in flight finish and then holds to it.
+TEST(WriteBackNode, TheCapOnEntriesInFlightCanChange) {
+  WriteBackOptions o;
+  o.inflight_max = 4;
+  Fixture fx(o);
+  fx.fault->add_rule({.ops = op_bit(IoOp::write), .error = 0, .delay = 50ms});
+  std::vector<Op> ops(20);
+  for (std::uint64_t i = 0; i < 10; ++i) {
+    start(fx.io, do_write(fx.node.get(), i * 8192, pattern(4096, 0x22), &ops[i]));
+  }
+  settle(fx.io);
+  EXPECT_EQ(fx.node->inflight_entries(), 4u);
+  fx.node->set_inflight_max(8);
+  settle(fx.io);
+  EXPECT_EQ(fx.node->inflight_entries(), 8u);
+  fx.node->set_inflight_max(2);
+  EXPECT_EQ(fx.node->inflight_entries(), 8u);  // nothing is recalled
+  for (std::uint64_t i = 10; i < 20; ++i) {
+    start(fx.io, do_write(fx.node.get(), i * 8192, pattern(4096, 0x33), &ops[i]));
+  }
+  std::uint64_t most_after = 0;
+  auto ended = [&] {
+    return std::count_if(fx.rec->calls.begin(), fx.rec->calls.end(),
+                         [](const std::string& c) { return c.rfind("end write", 0) == 0; });
+  };
+  ASSERT_TRUE(run_until(fx.io, [&] { return fx.node->queued_entries() == 0; }, [&] {
+    // Once the 8 sent under the old cap are done, never more than 2.
+    if (ended() >= 8) {
+      most_after = std::max<std::uint64_t>(most_after, fx.node->inflight_entries());
+    }
+  }));
+  EXPECT_GE(ended(), 8);
+  EXPECT_EQ(most_after, 2u);
+  ASSERT_TRUE(fx.flush_ok());
+  EXPECT_TRUE(all_bytes(fx.mem->data().subspan(19 * 8192, 4096), 0x33));
+}
+
 TEST(WriteBackNode, AFlushIsABarrier) {
   Fixture fx;
   fx.fault->add_rule({.ops = op_bit(IoOp::write), .offset_bytes = 0, .length_bytes = 4096,
