@@ -60,6 +60,28 @@ TEST(ConfigSecondary, ReportsEveryProblemNamingOptionAndValue) {
   EXPECT_NE(m.find("secondary.replication_listen: \"udp:1.2.3.4:5\""), std::string::npos) << m;
 }
 
+// A minimal secondary section plus `field: value`: accepted, or refused with `message`.
+void expect_accepted(const std::string& field, const std::string& value) {
+  auto cfg = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
+    replication_listen: "tcp:127.0.0.1:1" {}: {} }})", field, value));
+  EXPECT_TRUE(cfg) << field << ": " << value << ": " << (cfg ? "" : cfg.error().to_string());
+}
+void expect_refused(const std::string& field, const std::string& value,
+                    const std::string& message) {
+  auto cfg = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
+    replication_listen: "tcp:127.0.0.1:1" {}: {} }})", field, value));
+  ASSERT_FALSE(cfg) << field << ": " << value;
+  EXPECT_NE(cfg.error().message.find(message), std::string::npos) << cfg.error().message;
+}
+
+// The disk buffer's options the daemon derives from a minimal secondary section plus `fields`.
+DiskBufferOptions options_of(const std::string& fields) {
+  auto cfg = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
+    replication_listen: "tcp:127.0.0.1:1" {} }})", fields));
+  EXPECT_TRUE(cfg) << fields << ": " << (cfg ? "" : cfg.error().to_string());
+  return cfg ? disk_buffer_options_from_config(cfg->secondary()) : DiskBufferOptions{};
+}
+
 // The write-back queue and the original cache: both unset by default (the daemon's default is
 // 64 MiB), 0 turns them off, otherwise at least 1 MiB.
 TEST(ConfigSecondary, MemoryBoundsAreOffAtZeroAndAtLeastOneMiBOtherwise) {
@@ -67,48 +89,27 @@ TEST(ConfigSecondary, MemoryBoundsAreOffAtZeroAndAtLeastOneMiBOtherwise) {
   ASSERT_TRUE(unset) << unset.error().to_string();
   EXPECT_FALSE(unset->secondary().has_write_back_bytes());
   EXPECT_FALSE(unset->secondary().has_original_cache_bytes());
-  EXPECT_EQ(disk_buffer_options_from_config(unset->secondary()).write_back_bytes, 64 * kMiB);
-  EXPECT_EQ(disk_buffer_options_from_config(unset->secondary()).original_cache_bytes, 64 * kMiB);
-  auto off = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1"
-    write_back_bytes: 0 original_cache_bytes: 0 })");
-  ASSERT_TRUE(off) << off.error().to_string();
-  EXPECT_EQ(disk_buffer_options_from_config(off->secondary()).write_back_bytes, 0u);
-  EXPECT_EQ(disk_buffer_options_from_config(off->secondary()).original_cache_bytes, 0u);
+  EXPECT_EQ(options_of("").write_back_bytes, 64 * kMiB);
+  EXPECT_EQ(options_of("").original_cache_bytes, 64 * kMiB);
+  const DiskBufferOptions off = options_of("write_back_bytes: 0 original_cache_bytes: 0");
+  EXPECT_EQ(off.write_back_bytes, 0u);
+  EXPECT_EQ(off.original_cache_bytes, 0u);
   for (const char* field : {"write_back_bytes", "original_cache_bytes"}) {
-    SCOPED_TRACE(field);
-    for (const char* ok : {"0", "1048576", "268435456"}) {
-      auto cfg = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
-        replication_listen: "tcp:127.0.0.1:1" {}: {} }})", field, ok));
-      ASSERT_TRUE(cfg) << ok << ": " << cfg.error().to_string();
-    }
-    auto small = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
-      replication_listen: "tcp:127.0.0.1:1" {}: 65536 }})", field));
-    ASSERT_FALSE(small);
-    EXPECT_NE(small.error().message.find(fmt::format("secondary.{}: 65536 is below 1048576",
-                                                     field)),
-              std::string::npos) << small.error().message;
+    for (const char* ok : {"0", "1048576", "268435456"}) expect_accepted(field, ok);
+    expect_refused(field, "65536", fmt::format("secondary.{}: 65536 is below 1048576", field));
   }
 }
 
 TEST(ConfigSecondary, WritesInFlightAreOneTo4096) {
-  auto unset = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1" })");
-  ASSERT_TRUE(unset) << unset.error().to_string();
-  const DiskBufferOptions defaults = disk_buffer_options_from_config(unset->secondary());
-  EXPECT_EQ(defaults.write_back_inflight, 256u);
-  EXPECT_EQ(defaults.write_back_inflight_local, 128u);
-  auto set = parse(R"(secondary { buffer_path: "/b" replication_listen: "tcp:127.0.0.1:1"
-    write_back_inflight: 64 write_back_inflight_local: 16 })");
-  ASSERT_TRUE(set) << set.error().to_string();
-  EXPECT_EQ(disk_buffer_options_from_config(set->secondary()).write_back_inflight, 64u);
-  EXPECT_EQ(disk_buffer_options_from_config(set->secondary()).write_back_inflight_local, 16u);
+  EXPECT_EQ(options_of("").write_back_inflight, 256u);
+  EXPECT_EQ(options_of("").write_back_inflight_local, 128u);
+  const DiskBufferOptions set = options_of("write_back_inflight: 64 write_back_inflight_local: 16");
+  EXPECT_EQ(set.write_back_inflight, 64u);
+  EXPECT_EQ(set.write_back_inflight_local, 16u);
   for (const char* field : {"write_back_inflight", "write_back_inflight_local"}) {
+    for (const char* ok : {"1", "4096"}) expect_accepted(field, ok);
     for (const char* bad : {"0", "4097"}) {
-      auto cfg = parse(fmt::format(R"(secondary {{ buffer_path: "/b"
-        replication_listen: "tcp:127.0.0.1:1" {}: {} }})", field, bad));
-      ASSERT_FALSE(cfg) << field << " " << bad;
-      EXPECT_NE(cfg.error().message.find(fmt::format("secondary.{}: {} is not in 1..4096", field,
-                                                     bad)),
-                std::string::npos) << cfg.error().message;
+      expect_refused(field, bad, fmt::format("secondary.{}: {} is not in 1..4096", field, bad));
     }
   }
 }
