@@ -126,16 +126,4 @@ bool OriginalCache::copy_blocks(std::uint64_t first, std::uint64_t count,
   return true;
 }
 
-void OriginalCache::clear() {
-  map_.clear();
-  head_ = tail_ = kNone;
-  free_.clear();
-  for (std::uint32_t s = slots_; s-- > 0;) {
-    prev_[s] = next_[s] = kNone;
-    free_.push_back(s);
-  }
-  // Changes in flight end uncached.
-  for (auto& entry : changing_) entry.second.overlapped = true;
-}
-
 }  // namespace colo

@@ -9,8 +9,9 @@
 // The one rule: a cached block equals the block on the disk whenever no change to it is in
 // flight. The disk buffer keeps it by calling begin_change() before every request that changes
 // the disk while replicating and end_change() when it completed; every other change of the
-// disk (failover apply, the local view while idle) happens between sessions, and the cache is
-// cleared at the start and the end of each session.
+// disk (failover apply, the local view while idle) happens between sessions, and the disk
+// buffer drops the cache at the start and the end of each session (a change still in flight
+// ends on the dropped one).
 // - begin_change(first, last): the blocks are forgotten, and counted as changing.
 // - end_change(...): a block is cached again only when the request succeeded, wrote the whole
 //   block (up to the end of the disk for the last one) with data, was not larger than
@@ -53,11 +54,9 @@ class OriginalCache {
   OriginalCache& operator=(const OriginalCache&) = delete;
 
   bool enabled() const { return slots_ != 0; }
-  std::uint32_t block_bytes() const { return block_bytes_; }
   // Blocks cached now, and the most it holds.
   std::size_t size() const { return map_.size(); }
   std::size_t capacity_blocks() const { return slots_; }
-  std::uint64_t capacity_bytes() const { return slots_ * std::uint64_t{block_bytes_}; }
   const OriginalCacheStats& stats() const { return stats_; }
 
   // Blocks [first, last] are about to change on the disk.
@@ -72,9 +71,6 @@ class OriginalCache {
   bool copy_blocks(std::uint64_t first, std::uint64_t count, std::span<std::byte> out);
   // True when the block is cached (does not count as a use).
   bool contains(std::uint64_t block) const { return map_.count(block) != 0; }
-  // Forgets every block. A change in flight still completes through end_change(), which then
-  // caches nothing for it.
-  void clear();
 
  private:
   static constexpr std::uint32_t kNone = UINT32_MAX;

@@ -152,26 +152,23 @@ TEST(PairSim, EveryFaultInEveryMode) {
 // runs it a few times: the sockets and delays run on real time, so one run may interleave
 // differently.
 
+void run_pinned(const SimConfig& c, int times) {
+  QuietLog quiet;
+  for (int i = 0; i < times; ++i) {
+    if (!run_one(c)) return;
+  }
+}
+
 // seed 3: after a two-phase checkpoint the replicator's prepare timer stayed on the loop for
 // the whole prepare_timeout (holding the replicator), so the loop did not run dry after the
 // teardown. Cause: the timer was a local of the timer coroutine, never cancelled by commit or
 // abort. Fix: Replicator::prepare_timer_ is a member, cancelled by commit and abort.
 TEST(PairSimRegression, Seed3TwoPhaseCheckpointLeavesNoTimerBehind) {
-  QuietLog quiet;
-  SimConfig c;
-  c.seed = 3;
-  c.fault = SimFault::nbd_cut;
-  c.async_mode = false;
-  c.secondary_write_back_bytes = 4 * 1024 * 1024;
-  c.block_bytes = 16384;
-  c.save_cycles_max = 1;
-  c.delay_ms = 0;
-  c.writers = 6;
-  c.ops_per_writer = 38;
-  c.checkpoints = 6;
-  for (int i = 0; i < 3; ++i) {
-    if (!run_one(c)) return;
-  }
+  run_pinned({.seed = 3, .fault = SimFault::nbd_cut, .async_mode = false,
+              .secondary_write_back_bytes = 4 * 1024 * 1024, .block_bytes = 16384,
+              .save_cycles_max = 1, .delay_ms = 0, .writers = 6, .ops_per_writer = 38,
+              .checkpoints = 6},
+             3);
 }
 
 // seed 913 (the harness, not the product): the channel went after the secondary registered
@@ -180,21 +177,11 @@ TEST(PairSimRegression, Seed3TwoPhaseCheckpointLeavesNoTimerBehind) {
 // rolls back to 2, the primary's image at that cut. The harness now takes the epoch the
 // failover rolled back to.
 TEST(PairSimRegression, Seed913FailoverFinishesAPendingCutFirst) {
-  QuietLog quiet;
-  SimConfig c;
-  c.seed = 913;
-  c.fault = SimFault::primary_lost;
-  c.async_mode = false;
-  c.secondary_write_back_bytes = 1024 * 1024;
-  c.block_bytes = 4096;
-  c.save_cycles_max = 3;
-  c.delay_ms = 1;
-  c.writers = 1;
-  c.ops_per_writer = 27;
-  c.checkpoints = 5;
-  for (int i = 0; i < 5; ++i) {
-    if (!run_one(c)) return;
-  }
+  run_pinned({.seed = 913, .fault = SimFault::primary_lost, .async_mode = false,
+              .secondary_write_back_bytes = 1024 * 1024, .block_bytes = 4096,
+              .save_cycles_max = 3, .delay_ms = 1, .writers = 1, .ops_per_writer = 27,
+              .checkpoints = 5},
+             5);
 }
 
 }  // namespace

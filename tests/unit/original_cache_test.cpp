@@ -151,20 +151,6 @@ TEST(OriginalCache, WritesLargerThanTheLimitOnlyForget) {
   EXPECT_TRUE(all_bytes(get(c, 0, 4), 0x22));
 }
 
-TEST(OriginalCache, ClearForgetsAllAndAChangeInFlightEndsUncached) {
-  OriginalCache c(kBlock, kDisk, 1 << 20);
-  write(c, 0, 4, 0x22);
-  c.begin_change(9, 9);
-  c.clear();
-  EXPECT_EQ(c.size(), 0u);
-  auto d = pattern(kBlock, 0x33);
-  c.end_change(9, 9, true, 9 * kBlock, d);
-  EXPECT_FALSE(c.contains(9));
-  // Every slot is usable again (64 KiB writes: the largest that are cached).
-  for (std::uint64_t b = 0; b < 256; b += 16) write(c, b, 16, 0x44);
-  EXPECT_EQ(c.size(), 256u);
-}
-
 TEST(OriginalCache, LessThanOneBlockIsOff) {
   OriginalCache c(kBlock, kDisk, kBlock - 1);
   EXPECT_FALSE(c.enabled());
