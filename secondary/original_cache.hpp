@@ -28,8 +28,9 @@
 #include <cstdint>
 #include <memory>
 #include <span>
-#include <unordered_map>
 #include <vector>
+
+#include <boost/unordered/unordered_flat_map.hpp>
 
 namespace colo {
 
@@ -89,13 +90,14 @@ class OriginalCache {
   std::uint64_t write_bytes_max_;
   std::uint32_t slots_ = 0;
   std::unique_ptr<std::byte[]> data_;
-  std::unordered_map<std::uint64_t, std::uint32_t> map_;  // block -> slot
+  // Open addressing: no allocation per put or change (both run for every primary write).
+  boost::unordered_flat_map<std::uint64_t, std::uint32_t> map_;  // block -> slot
   std::vector<std::uint64_t> slot_block_;                 // slot -> block
   // LRU list over slots (head: most recent), and the free slots.
   std::vector<std::uint32_t> prev_, next_;
   std::uint32_t head_ = kNone, tail_ = kNone;
   std::vector<std::uint32_t> free_;
-  std::unordered_map<std::uint64_t, Changing> changing_;
+  boost::unordered_flat_map<std::uint64_t, Changing> changing_;
   OriginalCacheStats stats_;
 };
 
