@@ -179,6 +179,15 @@ std::vector<DiskBuffer::SavePiece> DiskBuffer::plan_save_cycle(
       record_bytes(1, block_bytes), buffer_.node().limits().transfer_bytes_max);
   std::uint64_t room = index_.bytes_max() - index_.bytes_used();
   std::vector<SavePiece> pieces;
+  // No room for this request's record in the log: the write fails with ENOSPC, and the event
+  // names the block.
+  auto refuse = [&](SaveRequest* r) {
+    log::event({"disk_buffer_full",
+                {{"node", name_},
+                 {"buffer_bytes", std::to_string(index_.bytes_max())},
+                 {"block", std::to_string(r->first_block)}}});
+    r->result = io_error(ENOSPC);
+  };
   for (SaveRequest* r : batch) {
     const std::uint64_t data_bytes = r->count * block_bytes;
     const bool small = r->image.size() < kJoinBytesMax;
@@ -188,11 +197,7 @@ std::vector<DiskBuffer::SavePiece> DiskBuffer::plan_save_cycle(
         small && open != nullptr && open->records.back().entries + r->count <= kRecordEntriesMax;
     const std::uint64_t cost = same_record ? data_bytes : kRecordHeaderBytes + data_bytes;
     if (cost > room) {
-      log::event({"disk_buffer_full",
-                  {{"node", name_},
-                   {"buffer_bytes", std::to_string(index_.bytes_max())},
-                   {"block", std::to_string(r->first_block)}}});
-      r->result = io_error(ENOSPC);
+      refuse(r);
       continue;
     }
     room -= cost;
@@ -216,7 +221,7 @@ std::vector<DiskBuffer::SavePiece> DiskBuffer::plan_save_cycle(
       if (kRecordHeaderBytes > room) {
         writing.pop_back();
         room += cost;
-        r->result = io_error(ENOSPC);
+        refuse(r);
         continue;
       }
       room -= kRecordHeaderBytes;
