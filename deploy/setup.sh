@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   # build
   build-essential cmake pkg-config git
-  libboost1.81-dev libboost-program-options1.81-dev
+  libboost1.81-dev libboost-program-options1.81-dev libboost-json1.81-dev
   libnbd-dev liburing-dev libssl-dev libsystemd-dev libfmt-dev
   libprotobuf-dev protobuf-compiler
   libgtest-dev libgmock-dev

@@ -9,14 +9,14 @@
 #include "primary/replication_control.hpp"
 #include "primary/replicator.hpp"
 #include "primary/write_gate.hpp"
-#include "shared/config.hpp"
-#include "shared/epoch_record.hpp"
-#include "shared/node_identity.hpp"
-#include "shared/file_node.hpp"
-#include "shared/log.hpp"
-#include "shared/daemon.hpp"
-#include "shared/listen_address.hpp"
-#include "shared/nbd_server.hpp"
+#include "shared/base/listen_address.hpp"
+#include "shared/base/log.hpp"
+#include "shared/block/file_node.hpp"
+#include "shared/daemon/config.hpp"
+#include "shared/daemon/daemon.hpp"
+#include "shared/nbd/nbd_server.hpp"
+#include "shared/pair/epoch_record.hpp"
+#include "shared/pair/node_identity.hpp"
 
 namespace colo {
 namespace {

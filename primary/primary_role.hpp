@@ -10,9 +10,9 @@
 #include "primary/quorum_node.hpp"
 #include "primary/replicator.hpp"
 #include "primary/write_gate.hpp"
-#include "shared/block_node.hpp"
-#include "shared/daemon.hpp"
-#include "shared/error.hpp"
+#include "shared/base/error.hpp"
+#include "shared/block/block_node.hpp"
+#include "shared/daemon/daemon.hpp"
 
 namespace colo {
 

@@ -3,8 +3,8 @@
 
 #include "primary/quorum_node.hpp"
 #include "primary/quorum_vote.hpp"
-#include "shared/check.hpp"
-#include "shared/log.hpp"
+#include "shared/base/check.hpp"
+#include "shared/base/log.hpp"
 
 namespace colo {
 namespace {

@@ -11,7 +11,7 @@
 #include "config.pb.h"
 #include "primary/quorum_node.hpp"
 #include "primary/quorum_setup.hpp"
-#include "shared/control_server.hpp"
+#include "shared/daemon/control_server.hpp"
 
 namespace colo {
 

@@ -11,8 +11,8 @@
 #include <optional>
 
 #include "primary/quorum_vote.hpp"
-#include "shared/check.hpp"
-#include "shared/log.hpp"
+#include "shared/base/check.hpp"
+#include "shared/base/log.hpp"
 
 namespace colo {
 namespace {

@@ -9,7 +9,7 @@
 
 #include "config.pb.h"
 #include "primary/quorum_node.hpp"
-#include "shared/nbd_client_node.hpp"
+#include "shared/nbd/nbd_client_node.hpp"
 
 namespace colo {
 

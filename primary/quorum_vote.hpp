@@ -19,8 +19,8 @@
 #include <span>
 #include <vector>
 
-#include "shared/block_node.hpp"
-#include "shared/error.hpp"
+#include "shared/base/error.hpp"
+#include "shared/block/block_node.hpp"
 
 namespace colo::quorum {
 

@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include "shared/log.hpp"
+#include "shared/base/log.hpp"
 
 namespace colo {
 

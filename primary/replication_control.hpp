@@ -10,8 +10,8 @@
 #include <memory>
 
 #include "primary/replicator.hpp"
-#include "shared/control_server.hpp"
-#include "shared/nbd_server.hpp"
+#include "shared/daemon/control_server.hpp"
+#include "shared/nbd/nbd_server.hpp"
 
 namespace colo {
 

@@ -6,7 +6,7 @@
 
 #include "primary/quorum_control.hpp"
 #include "primary/quorum_setup.hpp"
-#include "shared/log.hpp"
+#include "shared/base/log.hpp"
 
 namespace colo {
 

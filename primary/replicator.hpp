@@ -32,13 +32,13 @@
 #include <string>
 
 #include "config.pb.h"
-#include "shared/write_back_node.hpp"
 #include "primary/quorum_node.hpp"
 #include "primary/write_gate.hpp"
-#include "shared/epoch_record.hpp"
-#include "shared/nbd_client_node.hpp"
-#include "shared/node_identity.hpp"
-#include "shared/replication_channel.hpp"
+#include "shared/block/write_back_node.hpp"
+#include "shared/nbd/nbd_client_node.hpp"
+#include "shared/pair/epoch_record.hpp"
+#include "shared/pair/node_identity.hpp"
+#include "shared/pair/replication_channel.hpp"
 
 namespace colo {
 

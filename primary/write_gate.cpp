@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include "shared/check.hpp"
-#include "shared/log.hpp"
+#include "shared/base/check.hpp"
+#include "shared/base/log.hpp"
 
 namespace colo {
 

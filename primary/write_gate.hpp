@@ -37,9 +37,9 @@
 #include <string>
 #include <vector>
 
-#include "shared/async_event.hpp"
-#include "shared/block_node.hpp"
-#include "shared/child.hpp"
+#include "shared/base/async_event.hpp"
+#include "shared/block/block_node.hpp"
+#include "shared/block/child.hpp"
 
 namespace colo {
 

@@ -8,7 +8,7 @@
 #include <random>
 #include <sys/random.h>
 
-#include "shared/check.hpp"
+#include "shared/base/check.hpp"
 
 namespace colo {
 

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "shared/check.hpp"
+#include "shared/base/check.hpp"
 
 namespace colo {
 

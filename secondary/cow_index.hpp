@@ -14,8 +14,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "shared/async_event.hpp"
-#include "shared/task.hpp"
+#include "shared/base/async_event.hpp"
+#include "shared/base/task.hpp"
 
 namespace colo {
 

@@ -5,8 +5,8 @@
 #include <boost/asio/this_coro.hpp>
 
 #include "secondary/disk_buffer_node.hpp"
-#include "shared/check.hpp"
-#include "shared/log.hpp"
+#include "shared/base/check.hpp"
+#include "shared/base/log.hpp"
 
 namespace colo {
 namespace {

@@ -11,8 +11,8 @@
 #include <cstring>
 
 #include "secondary/disk_buffer_node.hpp"
-#include "shared/check.hpp"
-#include "shared/log.hpp"
+#include "shared/base/check.hpp"
+#include "shared/base/log.hpp"
 
 namespace colo {
 namespace {

@@ -53,11 +53,11 @@
 #include "secondary/buffer_file.hpp"
 #include "secondary/cow_index.hpp"
 #include "secondary/original_cache.hpp"
-#include "shared/async_event.hpp"
-#include "shared/block_node.hpp"
-#include "shared/child.hpp"
-#include "shared/error.hpp"
-#include "shared/write_back_node.hpp"
+#include "shared/base/async_event.hpp"
+#include "shared/base/error.hpp"
+#include "shared/block/block_node.hpp"
+#include "shared/block/child.hpp"
+#include "shared/block/write_back_node.hpp"
 
 namespace colo {
 

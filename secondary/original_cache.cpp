@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "shared/check.hpp"
+#include "shared/base/check.hpp"
 
 namespace colo {
 

@@ -4,8 +4,8 @@
 
 #include <algorithm>
 
-#include "shared/log.hpp"
-#include "shared/state_file.hpp"
+#include "shared/base/log.hpp"
+#include "shared/pair/state_file.hpp"
 
 namespace colo {
 

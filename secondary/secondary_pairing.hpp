@@ -18,8 +18,8 @@
 
 #include "replication.pb.h"
 #include "secondary/disk_buffer_node.hpp"
-#include "shared/node_identity.hpp"
-#include "shared/replication_channel.hpp"
+#include "shared/pair/node_identity.hpp"
+#include "shared/pair/replication_channel.hpp"
 
 namespace colo {
 

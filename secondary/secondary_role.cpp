@@ -8,11 +8,11 @@
 
 #include "secondary/disk_buffer_node.hpp"
 #include "secondary/secondary_pairing.hpp"
-#include "shared/node_identity.hpp"
-#include "shared/file_node.hpp"
-#include "shared/listen_address.hpp"
-#include "shared/log.hpp"
-#include "shared/nbd_server.hpp"
+#include "shared/base/listen_address.hpp"
+#include "shared/base/log.hpp"
+#include "shared/block/file_node.hpp"
+#include "shared/nbd/nbd_server.hpp"
+#include "shared/pair/node_identity.hpp"
 
 namespace colo {
 namespace {

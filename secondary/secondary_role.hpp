@@ -9,10 +9,10 @@
 #include "config.pb.h"
 #include "secondary/disk_buffer_node.hpp"
 #include "secondary/secondary_pairing.hpp"
-#include "shared/block_node.hpp"
-#include "shared/daemon.hpp"
-#include "shared/error.hpp"
-#include "shared/nbd_server.hpp"
+#include "shared/base/error.hpp"
+#include "shared/block/block_node.hpp"
+#include "shared/daemon/daemon.hpp"
+#include "shared/nbd/nbd_server.hpp"
 
 namespace colo {
 

@@ -11,7 +11,7 @@
 #include <iostream>
 
 #include "colo/version.hpp"
-#include "shared/control_server.hpp"
+#include "shared/daemon/control_server.hpp"
 
 namespace po = boost::program_options;
 

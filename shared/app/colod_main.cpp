@@ -9,10 +9,10 @@
 #include "colo/version.hpp"
 #include "primary/primary_role.hpp"
 #include "secondary/secondary_role.hpp"
-#include "shared/config.hpp"
-#include "shared/daemon.hpp"
-#include "shared/event_loop.hpp"
-#include "shared/log.hpp"
+#include "shared/base/log.hpp"
+#include "shared/daemon/config.hpp"
+#include "shared/daemon/daemon.hpp"
+#include "shared/daemon/event_loop.hpp"
 
 namespace po = boost::program_options;
 

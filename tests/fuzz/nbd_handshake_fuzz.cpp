@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <span>
 
-#include "shared/nbd_negotiation.hpp"
+#include "shared/nbd/nbd_negotiation.hpp"
 
 using namespace colo::nbd;
 

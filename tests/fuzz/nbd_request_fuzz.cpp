@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <span>
 
-#include "shared/nbd_proto.hpp"
+#include "shared/nbd/nbd_proto.hpp"
 
 using namespace colo::nbd;
 

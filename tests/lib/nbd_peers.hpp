@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "process.hpp"
-#include "shared/nbd_client_node.hpp"
-#include "shared/log.hpp"
-#include "shared/task.hpp"
+#include "shared/base/log.hpp"
+#include "shared/base/task.hpp"
+#include "shared/nbd/nbd_client_node.hpp"
 
 namespace colo::test {
 

@@ -6,8 +6,8 @@
 #include <filesystem>
 
 #include "pair_sim_parts.hpp"
-#include "shared/config.hpp"
-#include "shared/log.hpp"
+#include "shared/base/log.hpp"
+#include "shared/daemon/config.hpp"
 
 namespace colo::test {
 

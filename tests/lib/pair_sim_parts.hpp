@@ -23,9 +23,9 @@
 #include "pair_sim.hpp"
 #include "primary/primary_role.hpp"
 #include "secondary/secondary_role.hpp"
-#include "shared/async_event.hpp"
-#include "shared/fault_node.hpp"
-#include "shared/memory_node.hpp"
+#include "shared/base/async_event.hpp"
+#include "shared/block/fault_node.hpp"
+#include "shared/block/memory_node.hpp"
 #include "test_support.hpp"
 #include "unix_proxy.hpp"
 

@@ -12,8 +12,8 @@
 #include <string_view>
 #include <vector>
 
-#include "shared/log.hpp"
-#include "shared/task.hpp"
+#include "shared/base/log.hpp"
+#include "shared/base/task.hpp"
 
 namespace colo::test {
 

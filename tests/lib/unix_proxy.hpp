@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "shared/error.hpp"
-#include "shared/task.hpp"
+#include "shared/base/error.hpp"
+#include "shared/base/task.hpp"
 
 namespace colo::test {
 

@@ -26,10 +26,10 @@
 #include <string>
 #include <vector>
 
-#include "shared/write_back_node.hpp"
 #include "primary/quorum_node.hpp"
 #include "primary/write_gate.hpp"
-#include "shared/memory_node.hpp"
+#include "shared/block/memory_node.hpp"
+#include "shared/block/write_back_node.hpp"
 
 namespace colo {
 namespace {

@@ -59,8 +59,8 @@
 #include <vector>
 
 #include "secondary/disk_buffer_node.hpp"
-#include "shared/file_node.hpp"
-#include "shared/log.hpp"
+#include "shared/base/log.hpp"
+#include "shared/block/file_node.hpp"
 
 namespace colo {
 namespace {

@@ -17,9 +17,9 @@
 #include <iostream>
 #include <memory>
 
-#include "shared/file_node.hpp"
-#include "shared/log.hpp"
-#include "shared/uring.hpp"
+#include "shared/base/log.hpp"
+#include "shared/block/file_node.hpp"
+#include "shared/block/uring.hpp"
 
 namespace {
 

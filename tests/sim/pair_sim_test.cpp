@@ -18,7 +18,7 @@
 #include <string>
 
 #include "pair_sim.hpp"
-#include "shared/log.hpp"
+#include "shared/base/log.hpp"
 
 namespace colo {
 namespace {

@@ -1,0 +1,39 @@
+#pragma once
+// Loading and validating the daemon config (protobuf text format, STYLE rule 20).
+//
+// load_config() parses the whole file, rejecting unknown fields and syntax errors with
+// "path:line:column: message", then validates every value and reports all problems at once.
+// Nothing is opened or created here.
+
+#include <string>
+#include <vector>
+
+#include "config.pb.h"
+#include "shared/base/error.hpp"
+
+namespace colo {
+
+Result<config::DaemonConfig> parse_config_text(const std::string& text,
+                                               const std::string& origin);
+Result<config::DaemonConfig> load_config(const std::string& path);
+
+// Every problem found in a parsed config, each naming the option and the value.
+std::vector<std::string> validate_config(const config::DaemonConfig& cfg);
+
+// Role-specific parts, each in its own file (config_quorum.cpp, config_secondary.cpp); they
+// append "option: problem naming the value" lines to `errors`.
+void validate_quorum_config(const config::DaemonConfig& cfg, std::vector<std::string>& errors);
+void validate_secondary_config(const config::DaemonConfig& cfg,
+                               std::vector<std::string>& errors);
+void validate_replication_config(const config::DaemonConfig& cfg,
+                                 std::vector<std::string>& errors);
+
+// The event loop's poll window (DaemonConfig.poll_us): the default when unset, and the bound.
+inline constexpr unsigned kPollUsDefault = 50;
+inline constexpr unsigned kPollUsMax = 10000;
+unsigned poll_us(const config::DaemonConfig& cfg);
+
+// The quorum child that is the secondary ("peer" unless the config names another).
+std::string replication_peer_child(const config::ReplicationConfig& r);
+
+}  // namespace colo

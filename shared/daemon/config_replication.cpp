@@ -1,0 +1,92 @@
+// Validation of the pair's section (docs/replication.md). Every problem names the option and
+// the value; all are reported at once.
+
+#include <fmt/format.h>
+
+#include "shared/base/listen_address.hpp"
+#include "shared/daemon/config.hpp"
+
+namespace colo {
+
+namespace {
+constexpr std::uint64_t kAsyncQueueBytesMin = 1u << 20;
+}  // namespace
+
+std::string replication_peer_child(const config::ReplicationConfig& r) {
+  return r.peer_child().empty() ? "peer" : r.peer_child();
+}
+
+void validate_replication_config(const config::DaemonConfig& cfg,
+                                 std::vector<std::string>& errors) {
+  if (!cfg.has_replication()) return;
+  const config::ReplicationConfig& r = cfg.replication();
+  const bool primary = cfg.role() == config::PRIMARY;
+  if (cfg.state_dir().empty()) {
+    errors.push_back("state_dir: replication needs a state directory (node id, epochs)");
+  }
+  if (primary) {
+    if (r.peer_address().empty()) {
+      errors.push_back("replication.peer_address: the primary needs the secondary's checkpoint "
+                       "channel address (tcp:HOST:PORT or unix:PATH)");
+    } else if (auto a = parse_listen_address(r.peer_address()); !a) {
+      errors.push_back(fmt::format("replication.peer_address: {}", a.error().message));
+    }
+    if (!r.listen().empty()) errors.push_back("replication.listen: only the secondary listens");
+    const std::string peer = replication_peer_child(r);
+    if (!cfg.has_quorum()) {
+      errors.push_back(fmt::format("replication.peer_child: the primary needs a quorum with the "
+                                   "child \"{}\"", peer));
+    } else {
+      const config::QuorumConfig& q = cfg.quorum();
+      const config::QuorumChildConfig* found = nullptr;
+      for (const auto& c : q.children()) {
+        if (c.name() == peer) found = &c;
+      }
+      if (found == nullptr) {
+        errors.push_back(fmt::format("replication.peer_child: the quorum has no child \"{}\"",
+                                     peer));
+      } else if (found->source_case() != config::QuorumChildConfig::kNbdUri) {
+        errors.push_back(fmt::format("replication.peer_child: child \"{}\" must be an nbd_uri "
+                                     "child (the secondary's replication export)", peer));
+      }
+      if (q.vote_threshold() != 1) {
+        errors.push_back(fmt::format("quorum.vote_threshold: {} with replication; it must be 1 so "
+                                     "the primary can go on alone when the secondary is lost",
+                                     q.vote_threshold()));
+      }
+      if (q.blkverify()) errors.push_back("quorum.blkverify: not combinable with replication");
+    }
+  } else {
+    if (r.listen().empty()) {
+      errors.push_back("replication.listen: the secondary needs a checkpoint channel address");
+    }
+    for (const auto& l : r.listen()) {
+      if (auto a = parse_listen_address(l); !a) {
+        errors.push_back(fmt::format("replication.listen: {}", a.error().message));
+      }
+    }
+    if (!r.peer_address().empty()) {
+      errors.push_back("replication.peer_address: only the primary connects");
+    }
+    if (r.checkpoint_interval_ms() != 0) {
+      errors.push_back("replication.checkpoint_interval_ms: checkpoints are driven by the primary");
+    }
+  }
+  if (r.write_mode() != config::SYNC && r.write_mode() != config::ASYNC) {
+    errors.push_back(fmt::format("replication.write_mode: unknown mode {}",
+                                 static_cast<int>(r.write_mode())));
+  }
+  if (r.async_queue_bytes() != 0 && r.async_queue_bytes() < kAsyncQueueBytesMin) {
+    errors.push_back(fmt::format("replication.async_queue_bytes: {} is below the minimum of {}",
+                                 r.async_queue_bytes(), kAsyncQueueBytesMin));
+  }
+  const std::uint32_t interval = r.heartbeat_interval_ms() ? r.heartbeat_interval_ms() : 500;
+  const std::uint32_t timeout = r.heartbeat_timeout_ms() ? r.heartbeat_timeout_ms() : 3000;
+  if (timeout <= interval) {
+    errors.push_back(fmt::format("replication.heartbeat_timeout_ms: {} must be above "
+                                 "heartbeat_interval_ms {}", timeout, interval));
+  }
+  if (r.node_name().size() > 255) errors.push_back("replication.node_name: longer than 255 bytes");
+}
+
+}  // namespace colo

@@ -1,0 +1,79 @@
+#pragma once
+// The daemon's control socket (coloctl's peer).
+//
+// A unix stream socket created with mode 0600; each connection carries any number of
+// Request/Reply frames (proto/control.proto), answered in order. Commands are registered by
+// name; a handler runs on the daemon's io_context and may suspend. An unknown command gets
+// exit code 2 and the list of known commands. A malformed or oversized frame closes only that
+// connection, with a log line.
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "control.pb.h"
+#include "shared/base/error.hpp"
+#include "shared/base/task.hpp"
+
+namespace colo {
+
+inline constexpr std::uint32_t kControlFrameBytesMax = 1u << 20;
+
+enum ControlExit : int {
+  kExitOk = 0,
+  kExitFailed = 1,
+  kExitUsage = 2,
+  kExitUnreachable = 3,  // coloctl only: the daemon could not be reached
+  kExitRefused = 4,
+};
+
+struct ControlReplyBuilder {
+  static control::Reply ok(std::string text, std::string json = {});
+  static control::Reply fail(int exit_code, std::string text);
+  // A failed control call: EBUSY, EPERM, EALREADY and EINVAL are refusals in the current state
+  // (exit code 4), anything else a failure (1). The text is the error's message.
+  static control::Reply from_error(const Error& e);
+};
+
+using ControlHandler = std::function<Task<control::Reply>(const control::Request&)>;
+
+class ControlServer {
+ public:
+  explicit ControlServer(asio::io_context& io);
+  ~ControlServer();
+  ControlServer(const ControlServer&) = delete;
+  ControlServer& operator=(const ControlServer&) = delete;
+
+  // Registers `name`; `usage` is one line shown by "help". A name registers once.
+  void add_command(std::string name, std::string usage, ControlHandler handler);
+
+  // Binds the socket (replacing a stale socket file), chmod 0600, and starts accepting.
+  Result<void> listen(const std::string& path);
+  // Stops accepting and closes the listener; removes the socket file.
+  void close();
+
+ private:
+  Task<void> accept_loop();
+  Task<void> serve(asio::local::stream_protocol::socket socket);
+  Task<control::Reply> dispatch(const control::Request& request);
+
+  struct Command {
+    std::string usage;
+    ControlHandler handler;
+  };
+  asio::io_context& io_;
+  std::map<std::string, Command, std::less<>> commands_;
+  std::unique_ptr<asio::local::stream_protocol::acceptor> acceptor_;
+  std::string path_;
+};
+
+// Client side (coloctl, tests): one blocking request/reply exchange.
+Result<control::Reply> control_call(const std::string& socket_path,
+                                    const control::Request& request, int timeout_ms);
+
+}  // namespace colo

@@ -1,0 +1,75 @@
+#pragma once
+// DaemonContext: what a role needs from the daemon around it.
+//
+// colod builds it from the validated config, opens the control socket, lets the role start
+// (synchronously, before the event loop runs: opening files and binding listeners), then runs
+// the io_context on one thread. SIGINT/SIGTERM run the shutdown hooks in reverse order of
+// registration (each may suspend, e.g. to drain), then stop the loop. The service manager is
+// told when the daemon is ready (by colod) and when it starts stopping (by shutdown()).
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config.pb.h"
+#include "shared/base/check.hpp"
+#include "shared/base/task.hpp"
+#include "shared/daemon/control_server.hpp"
+#include "shared/daemon/service_notify.hpp"
+
+namespace colo {
+
+class DaemonContext {
+ public:
+  DaemonContext(asio::io_context& io, config::DaemonConfig config);
+
+  asio::io_context& io() { return io_; }
+  asio::any_io_executor executor() { return io_.get_executor(); }
+  const config::DaemonConfig& config() const { return config_; }
+  ControlServer& control() { return control_; }
+  // Messages to the service manager (readiness, status, stopping, watchdog pings).
+  ServiceNotifier& notifier() { return notifier_; }
+
+  void on_shutdown(std::function<Task<void>()> hook);
+  // Installs the signal handlers; call once before io.run().
+  void handle_signals();
+  // Runs the shutdown hooks and stops the loop (also what a signal does).
+  Task<void> shutdown();
+  bool shutting_down() const { return shutting_down_; }
+
+ private:
+  asio::io_context& io_;
+  config::DaemonConfig config_;
+  ControlServer control_;
+  ServiceNotifier notifier_;
+  asio::signal_set signals_;
+  std::vector<std::function<Task<void>()>> shutdown_hooks_;
+  bool shutting_down_ = false;
+};
+
+// Runs `task` to completion on `io` before the daemon's loop runs (opening the graph, pairing),
+// so start-up can use the same coroutines as run time. Only what is already registered on the
+// loop (the control socket) is served meanwhile.
+template <class T>
+T run_before_loop(asio::io_context& io, Task<T> task) {
+  std::optional<T> out;
+  asio::co_spawn(io, std::move(task), [&out](std::exception_ptr e, T r) {
+    if (e) detail::spawn_failed("start-up task", e);
+    out.emplace(std::move(r));
+  });
+  io.restart();
+  while (!out && io.run_one() > 0) {
+  }
+  io.restart();
+  CHECK(out.has_value());
+  return std::move(*out);
+}
+
+// The default control socket path: config.control_socket, else /run/colo/<resource>.ctl.
+std::string control_socket_path(const config::DaemonConfig& config);
+
+}  // namespace colo

@@ -1,0 +1,146 @@
+#pragma once
+// NbdConnection: one client of the NBD server, from greeting to close.
+//
+// Handshake: NbdNegotiation decides, this class moves bytes. A malformed or over-long option
+// closes the connection with a log line naming the peer.
+// Transmission: one reader coroutine parses requests out of a 256 KiB read buffer (so
+// pipelined small requests cost one read system call) and starts one coroutine per request;
+// the request runs inline until its first suspension, so requests run concurrently and replies
+// go out in the order their I/O finishes.
+// Replies: a finished request queues its reply frame (header + payload, the payload never
+// copied) and, when no write is in progress, writes the queue at once with one non-blocking
+// gather write, from its own coroutine: no event-loop round trip between the I/O completion and
+// the reply. When other requests are in flight (they may complete in the same event-loop turn)
+// the write is deferred to the end of the turn, so their replies coalesce into one system call.
+// Whatever the socket does not take at once is written by a flusher coroutine; frames queued
+// meanwhile follow in order, so reply frames never interleave.
+// Bounds: at most kInflightRequestsMax requests and kInflightBytesMax payload bytes are held
+// per connection (counted until the reply is written); beyond that the reader stops reading,
+// so a client can make the server allocate no more than that. A WRITE longer than 32 MiB closes
+// the connection (its payload cannot be skipped).
+// DISC, stop() and a read error: stop reading, finish the requests in flight, send their
+// replies, then close.
+// Single-threaded: runs on the daemon's io_context. The nodes are reached through Child edges
+// owned by the server, which outlive every connection.
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shared/base/async_event.hpp"
+#include "shared/block/buffer_pool.hpp"
+#include "shared/block/child.hpp"
+#include "shared/nbd/nbd_negotiation.hpp"
+#include "shared/nbd/nbd_stream.hpp"
+
+namespace colo {
+
+class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
+ public:
+  static constexpr std::uint32_t kInflightRequestsMax = 256;
+  static constexpr std::uint64_t kInflightBytesMax = 64u * 1024u * 1024u;
+  static constexpr std::size_t kReadBufferBytes = 256u * 1024u;
+  // Payloads at least this long are read straight into their buffer, not through the read
+  // buffer.
+  static constexpr std::size_t kDirectReadBytesMin = 64u * 1024u;
+
+  // `exports` and `children` (same order) must outlive the connection.
+  NbdConnection(std::unique_ptr<ByteStream> stream,
+                std::span<const nbd::ExportDescription> exports,
+                std::span<Child* const> children);
+  ~NbdConnection();
+  NbdConnection(const NbdConnection&) = delete;
+  NbdConnection& operator=(const NbdConnection&) = delete;
+
+  // The whole life of the connection; `self` keeps it alive. Completes after the socket is
+  // closed and every request coroutine has finished.
+  static Task<void> run(std::shared_ptr<NbdConnection> self);
+
+  // Graceful stop: no new request is read; the ones in flight finish and are answered.
+  void stop();
+  // Hard close: the transport is closed at once; pending writes fail (for drain's deadline).
+  void abort();
+  const std::string& peer() const { return stream_->peer(); }
+
+ private:
+  struct OutFrame {
+    std::array<std::byte, 32> header{};
+    std::uint8_t header_bytes = 0;
+    PayloadBuffer payload;
+    std::size_t payload_bytes = 0;
+    std::uint64_t charged_bytes = 0;  // released when written
+  };
+
+  Task<error_code> read_exact(std::span<std::byte> out);
+  // Copies `out.size()` buffered bytes when that many are buffered (no coroutine frame).
+  bool take_buffered(std::span<std::byte> out);
+  Task<error_code> write_bytes(std::span<const std::byte> bytes);
+  // Returns the export index, or -1 when the connection must close.
+  Task<long> handshake();
+  Task<void> transmission(std::size_t export_index);
+  static Task<void> handle(std::shared_ptr<NbdConnection> self, nbd::Request r,
+                           PayloadBuffer buffer, std::uint64_t charged_bytes);
+  Task<IoResult> do_read(const nbd::Request& r, std::byte* out);
+  Task<IoResult> do_write(const nbd::Request& r, const std::byte* in);
+  Task<IoResult> do_other(const nbd::Request& r);
+
+  void reply_simple(std::uint64_t cookie, std::uint32_t nbd_error, std::uint64_t charged_bytes);
+  void reply_read(const nbd::Request& r, PayloadBuffer buffer, std::uint32_t nbd_error,
+                  std::uint64_t charged_bytes);
+  // Queues a reply frame and sees that it gets written (never waits).
+  void send(OutFrame frame);
+  // Writes the queue without waiting; hands what is left to the flusher.
+  void flush_now();
+  static Task<void> flusher(std::shared_ptr<NbdConnection> self);
+  // iov_ = the queued frames from `frames`, skipping `skip_bytes` already written; returns
+  // the bytes it covers. At most `buffers_max` buffers.
+  std::size_t build_iov(const std::vector<OutFrame>& frames, std::size_t skip_bytes,
+                        std::size_t buffers_max);
+  // Drops the first `bytes` written bytes of queue_ (frames fully written are released).
+  void consume(std::size_t bytes);
+  // Marks the write side failed (logs `ec` once, when set) and drops the queued frames.
+  void fail_write(const error_code& ec);
+  void release_frame(OutFrame& f);
+  void release(std::uint64_t charged_bytes);
+
+  std::unique_ptr<ByteStream> stream_;
+  std::span<const nbd::ExportDescription> exports_;
+  std::span<Child* const> children_;
+  nbd::NbdNegotiation negotiation_;
+  nbd::ExportShape shape_;
+  Child* child_ = nullptr;
+  NodeLimits limits_;
+  asio::any_io_executor executor_;
+
+  std::unique_ptr<std::byte[]> read_buffer_;
+  std::size_t read_pos_ = 0;
+  std::size_t read_end_ = 0;
+  // The last read came back short: the next read waits for data without trying first (a hint,
+  // see ByteStream::read_some).
+  bool read_drained_ = false;
+
+  BufferPool pool_;
+  // Reply frames not yet (fully) written, in order; the first `queue_sent_bytes_` bytes of the
+  // front frame are already written.
+  std::vector<OutFrame> queue_;
+  std::size_t queue_sent_bytes_ = 0;
+  std::vector<OutFrame> batch_;  // the frames the flusher is writing
+  std::vector<asio::const_buffer> iov_;
+  bool writing_ = false;         // the flusher owns the socket's write side
+  bool flush_posted_ = false;
+  bool write_failed_ = false;
+
+  // Request coroutines, the flusher and a posted flush: the connection closes only when none
+  // is left (every reply written or dropped).
+  InflightCounter handlers_;
+  AsyncEvent budget_freed_;
+  std::uint32_t inflight_requests_ = 0;
+  std::uint64_t inflight_bytes_ = 0;
+  bool stopping_ = false;
+  bool closed_ = false;
+};
+
+}  // namespace colo

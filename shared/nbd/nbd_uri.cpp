@@ -1,0 +1,76 @@
+#include "shared/nbd/nbd_uri.hpp"
+
+#include <fmt/format.h>
+
+#include <cctype>
+
+namespace colo {
+
+Result<NbdUriParts> parse_nbd_uri(std::string_view uri) {
+  auto bad = [&](std::string_view why) {
+    return make_error(EINVAL, fmt::format("\"{}\" is not a valid NBD URI: {}", uri, why));
+  };
+  NbdUriParts p;
+  const auto sep = uri.find("://");
+  if (sep == std::string_view::npos) return bad("expected scheme://");
+  p.scheme = std::string(uri.substr(0, sep));
+  const bool is_unix = p.scheme == "nbd+unix" || p.scheme == "nbds+unix";
+  const bool is_tcp = p.scheme == "nbd" || p.scheme == "nbds";
+  if (!is_unix && !is_tcp) {
+    return bad(fmt::format("unknown scheme \"{}\" (nbd, nbds, nbd+unix, nbds+unix)", p.scheme));
+  }
+  std::string_view rest = uri.substr(sep + 3);
+  std::string_view query;
+  if (auto q = rest.find('?'); q != std::string_view::npos) {
+    query = rest.substr(q + 1);
+    rest = rest.substr(0, q);
+  }
+  std::string_view authority = rest;
+  std::string_view path;
+  if (auto s = rest.find('/'); s != std::string_view::npos) {
+    authority = rest.substr(0, s);
+    path = rest.substr(s + 1);
+  }
+  p.export_name = std::string(path);
+  if (is_unix) {
+    if (!authority.empty()) return bad("a unix URI has no host (use nbd+unix:///export?socket=)");
+    std::string_view q = query;
+    while (!q.empty()) {
+      auto amp = q.find('&');
+      std::string_view kv = q.substr(0, amp);
+      if (kv.substr(0, 7) == "socket=") p.socket_path = std::string(kv.substr(7));
+      if (amp == std::string_view::npos) break;
+      q = q.substr(amp + 1);
+    }
+    if (p.socket_path.empty()) return bad("socket=/path is missing");
+    return p;
+  }
+  if (authority.empty()) return bad("the host is missing");
+  if (authority.front() == '[') {
+    auto close = authority.find(']');
+    if (close == std::string_view::npos) return bad("unterminated [IPv6 address]");
+    p.host = std::string(authority.substr(1, close - 1));
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty()) {
+      if (after.front() != ':') return bad("junk after the IPv6 address");
+      p.port = std::string(after.substr(1));
+    }
+  } else if (auto colon = authority.rfind(':'); colon != std::string_view::npos) {
+    p.host = std::string(authority.substr(0, colon));
+    p.port = std::string(authority.substr(colon + 1));
+  } else {
+    p.host = std::string(authority);
+  }
+  if (p.host.empty()) return bad("the host is missing");
+  if (!p.port.empty()) {
+    for (char c : p.port) {
+      if (!std::isdigit(static_cast<unsigned char>(c))) return bad("the port is not a number");
+    }
+    if (p.port.size() > 5 || std::stoul(p.port) == 0 || std::stoul(p.port) > 65535) {
+      return bad("the port is outside 1..65535");
+    }
+  }
+  return p;
+}
+
+}  // namespace colo

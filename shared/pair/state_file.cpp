@@ -1,0 +1,64 @@
+#include "shared/pair/state_file.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+namespace colo {
+namespace {
+
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+}  // namespace
+
+Result<void> write_file_atomic(const std::string& path, std::string_view contents) {
+  const std::string tmp = path + ".tmp";
+  Fd f{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)};
+  if (f.fd < 0) return make_error(errno, "cannot create " + tmp);
+  for (std::size_t done = 0; done < contents.size();) {
+    ssize_t n = ::write(f.fd, contents.data() + done, contents.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return make_error(errno, "cannot write " + tmp);
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  if (::fdatasync(f.fd) != 0) return make_error(errno, "cannot sync " + tmp);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    return make_error(errno, "cannot rename " + tmp + " to " + path);
+  }
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  Fd d{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+  if (d.fd < 0) return make_error(errno, "cannot open directory " + dir);
+  if (::fsync(d.fd) != 0) return make_error(errno, "cannot sync directory " + dir);
+  return {};
+}
+
+Result<std::optional<std::string>> read_file_if_exists(const std::string& path) {
+  Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (f.fd < 0) {
+    if (errno == ENOENT) return std::optional<std::string>();
+    return make_error(errno, "cannot open " + path);
+  }
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(f.fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return make_error(errno, "cannot read " + path);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  return std::optional<std::string>(std::move(out));
+}
+
+}  // namespace colo

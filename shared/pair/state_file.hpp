@@ -1,0 +1,21 @@
+#pragma once
+// Small durable files (epochs, generation identifiers): replaced atomically, so a crash at
+// any moment leaves either the old or the new contents, never a mix.
+// Blocking calls: use them on control paths, not per request.
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "shared/base/error.hpp"
+
+namespace colo {
+
+// Writes `contents` to "<path>.tmp", fsyncs it, renames it over `path`, and fsyncs the
+// directory. Errors name the path.
+Result<void> write_file_atomic(const std::string& path, std::string_view contents);
+
+// The file's contents, nullopt when it does not exist; other errors name the path.
+Result<std::optional<std::string>> read_file_if_exists(const std::string& path);
+
+}  // namespace colo

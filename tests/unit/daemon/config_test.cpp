@@ -1,0 +1,149 @@
+// Config parsing and validation.
+
+#include <gtest/gtest.h>
+
+#include "shared/base/listen_address.hpp"
+#include "shared/daemon/config.hpp"
+
+namespace colo {
+namespace {
+
+constexpr const char* kGood = R"(
+resource: "r0"
+role: PRIMARY
+disk { path: "/var/lib/colo/r0.img" cache: CACHE_AUTO }
+export { name: "r0" listen: "unix:/run/colo/r0.sock" listen: "tcp:127.0.0.1:10809" }
+)";
+
+TEST(Config, ParsesAGoodConfig) {
+  auto cfg = parse_config_text(kGood, "good.conf");
+  ASSERT_TRUE(cfg) << cfg.error().to_string();
+  EXPECT_EQ(cfg->resource(), "r0");
+  EXPECT_EQ(cfg->export_().listen_size(), 2);
+}
+
+TEST(Config, UnknownFieldNamesTheLine) {
+  auto cfg = parse_config_text("resource: \"r0\"\nbogus_field: 3\n", "bad.conf");
+  ASSERT_FALSE(cfg);
+  EXPECT_NE(cfg.error().message.find("bad.conf:2:"), std::string::npos) << cfg.error().message;
+  EXPECT_NE(cfg.error().message.find("bogus_field"), std::string::npos) << cfg.error().message;
+}
+
+TEST(Config, ReportsEveryProblemAtOnce) {
+  auto cfg = parse_config_text(
+      "log_level: \"loud\"\ndisk { create: true size_bytes: 1000 }\n"
+      "export { listen: \"udp:1.2.3.4:5\" }\n",
+      "c.conf");
+  ASSERT_FALSE(cfg);
+  const std::string& m = cfg.error().message;
+  EXPECT_NE(m.find("role: must be"), std::string::npos) << m;
+  EXPECT_NE(m.find("log_level: unknown level \"loud\""), std::string::npos) << m;
+  EXPECT_NE(m.find("disk.path: must be set"), std::string::npos) << m;
+  EXPECT_NE(m.find("disk.size_bytes: 1000 is not a multiple of 512"), std::string::npos) << m;
+  EXPECT_NE(m.find("export.listen: \"udp:1.2.3.4:5\""), std::string::npos) << m;
+}
+
+TEST(Config, PollWindowDefaultsOffAndBound) {
+  auto cfg = parse_config_text(kGood, "good.conf");
+  ASSERT_TRUE(cfg) << cfg.error().to_string();
+  EXPECT_EQ(poll_us(*cfg), kPollUsDefault);
+  auto off = parse_config_text(std::string(kGood) + "poll_us: 0\n", "off.conf");
+  ASSERT_TRUE(off) << off.error().to_string();
+  EXPECT_EQ(poll_us(*off), 0u);
+  auto big = parse_config_text(std::string(kGood) + "poll_us: 10001\n", "big.conf");
+  ASSERT_FALSE(big);
+  EXPECT_NE(big.error().message.find("poll_us: 10001 is above 10000"), std::string::npos)
+      << big.error().message;
+}
+
+TEST(Config, MissingFileIsAClearError) {
+  auto cfg = load_config("/nonexistent/colo.conf");
+  ASSERT_FALSE(cfg);
+  EXPECT_NE(cfg.error().to_string().find("/nonexistent/colo.conf"), std::string::npos);
+}
+
+constexpr const char* kPairPrimary = R"(resource: "r0"
+role: PRIMARY
+state_dir: "/var/lib/colo/r0"
+disk { path: "/var/lib/colo/r0.img" }
+export { listen: "unix:/run/colo/r0.sock" }
+quorum {
+  children { name: "local" disk: true }
+  children { name: "peer" nbd_uri: "nbd://10.0.0.2:10810/r0" }
+  vote_threshold: 1
+  read_pattern: "fifo"
+}
+replication {
+  peer_address: "tcp:10.0.0.2:10811"
+  write_mode: ASYNC
+  checkpoint_interval_ms: 100
+}
+)";
+
+TEST(Config, ParsesAPairedPrimary) {
+  auto cfg = parse_config_text(kPairPrimary, "p.conf");
+  ASSERT_TRUE(cfg) << cfg.error().to_string();
+  EXPECT_EQ(cfg->replication().write_mode(), config::ASYNC);
+  EXPECT_EQ(replication_peer_child(cfg->replication()), "peer");
+}
+
+// Bad values name the option, the value and the line where it is written.
+TEST(Config, BadReplicationValuesNameTheLine) {
+  std::string text = kPairPrimary;
+  text.replace(text.find("vote_threshold: 1"), 17, "vote_threshold: 2");
+  text.replace(text.find("peer_address: \"tcp:10.0.0.2:10811\""), 34,
+               "peer_address: \"udp:10.0.0.2:1\"\n  heartbeat_interval_ms: 900\n"
+               "  heartbeat_timeout_ms: 800");
+  auto cfg = parse_config_text(text, "p.conf");
+  ASSERT_FALSE(cfg);
+  const std::string& m = cfg.error().message;
+  EXPECT_NE(m.find("p.conf:9: quorum.vote_threshold: 2 with replication"), std::string::npos) << m;
+  EXPECT_NE(m.find("p.conf:13: replication.peer_address:"), std::string::npos) << m;
+  EXPECT_NE(m.find("udp:10.0.0.2:1"), std::string::npos) << m;
+  EXPECT_NE(m.find("p.conf:15: replication.heartbeat_timeout_ms: 800 must be above "
+                   "heartbeat_interval_ms 900"), std::string::npos) << m;
+}
+
+TEST(Config, ReplicationNeedsItsPieces) {
+  auto cfg = parse_config_text(
+      "resource: \"r0\"\nrole: PRIMARY\ndisk { path: \"/d\" }\nexport { listen: \"unix:/s\" }\n"
+      "quorum { children { name: \"local\" disk: true } vote_threshold: 1 }\n"
+      "replication { peer_address: \"tcp:127.0.0.1:1\" peer_child: \"far\" }\n",
+      "q.conf");
+  ASSERT_FALSE(cfg);
+  const std::string& m = cfg.error().message;
+  EXPECT_NE(m.find("state_dir: replication needs a state directory"), std::string::npos) << m;
+  EXPECT_NE(m.find("q.conf:6: replication.peer_child: the quorum has no child \"far\""),
+            std::string::npos) << m;
+  auto s = parse_config_text(
+      "resource: \"r0\"\nrole: SECONDARY\nstate_dir: \"/s\"\ndisk { path: \"/d\" }\n"
+      "secondary { buffer_path: \"/b\" replication_listen: \"tcp:127.0.0.1:1\" }\n"
+      "replication { checkpoint_interval_ms: 5 }\n",
+      "s.conf");
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find("replication.listen: the secondary needs"), std::string::npos)
+      << s.error().message;
+  EXPECT_NE(s.error().message.find("s.conf:6: replication.checkpoint_interval_ms"),
+            std::string::npos) << s.error().message;
+}
+
+TEST(ListenAddress, ParsesUnixAndTcp) {
+  auto u = parse_listen_address("unix:/run/x.sock");
+  ASSERT_TRUE(u);
+  EXPECT_EQ(u->path, "/run/x.sock");
+  auto t = parse_listen_address("tcp:127.0.0.1:10809");
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->host, "127.0.0.1");
+  EXPECT_EQ(t->port, 10809);
+  auto v6 = parse_listen_address("tcp:[::1]:0");
+  ASSERT_TRUE(v6);
+  EXPECT_EQ(v6->host, "::1");
+  EXPECT_EQ(v6->to_string(), "tcp:[::1]:0");
+  EXPECT_FALSE(parse_listen_address("tcp:127.0.0.1:65536"));
+  EXPECT_FALSE(parse_listen_address("tcp:127.0.0.1"));
+  EXPECT_FALSE(parse_listen_address("unix:"));
+  EXPECT_FALSE(parse_listen_address("tcp::80"));
+}
+
+}  // namespace
+}  // namespace colo

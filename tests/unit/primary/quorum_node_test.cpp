@@ -1,0 +1,588 @@
+// QuorumNode over MemoryNode children, deterministically: voting, rewrite, fifo, blkverify,
+// events, run-time child changes; and the pure voting functions.
+
+#include <gtest/gtest.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+
+#include <chrono>
+#include <map>
+
+#include "primary/quorum_node.hpp"
+#include "primary/quorum_vote.hpp"
+#include "shared/base/log.hpp"
+#include "shared/block/memory_node.hpp"
+#include "test_support.hpp"
+
+namespace colo {
+namespace {
+
+using test::all_bytes;
+using test::pattern;
+using test::run_task;
+
+constexpr std::uint64_t kSize = 1 << 20;
+
+// A MemoryNode whose operations can be made to fail with a chosen errno, or to take a while.
+class TestNode final : public BlockNode {
+ public:
+  TestNode(std::string name, std::uint64_t size_bytes, NodeLimits limits = {})
+      : name_(std::move(name)), mem_(name_, MemoryNodeOptions{size_bytes, limits}) {}
+  std::string_view name() const override { return name_; }
+  NodeLimits limits() const override { return mem_.limits(); }
+  std::uint64_t size_bytes() const override { return mem_.size_bytes(); }
+  Task<IoResult> read(std::uint64_t off, std::span<std::byte> out) override {
+    co_await pause();
+    if (read_error != 0) co_return io_error(read_error);
+    IoResult r = co_await mem_.read(off, out);
+    co_return r;
+  }
+  Task<IoResult> write(std::uint64_t off, std::span<const std::byte> in, WriteFlags f) override {
+    co_await pause();
+    if (write_error != 0) co_return io_error(write_error);
+    ++writes;
+    IoResult r = co_await mem_.write(off, in, f);
+    co_return r;
+  }
+  Task<IoResult> flush() override {
+    co_await pause();
+    if (flush_error != 0) co_return io_error(flush_error);
+    IoResult r = co_await mem_.flush();
+    co_return r;
+  }
+  Task<IoResult> trim(std::uint64_t off, std::uint64_t len, WriteFlags f) override {
+    co_await pause();
+    if (write_error != 0) co_return io_error(write_error);
+    IoResult r = co_await mem_.trim(off, len, f);
+    co_return r;
+  }
+  Task<IoResult> write_zeroes(std::uint64_t off, std::uint64_t len, WriteFlags f) override {
+    co_await pause();
+    if (write_error != 0) co_return io_error(write_error);
+    IoResult r = co_await mem_.write_zeroes(off, len, f);
+    co_return r;
+  }
+  Task<void> drain() override { co_return; }
+
+  std::span<std::byte> data() { return mem_.data(); }
+  int read_error = 0;
+  int write_error = 0;
+  int flush_error = 0;
+  int delay_us = 0;
+  int writes = 0;
+
+ private:
+  Task<void> pause() {
+    if (delay_us == 0) co_return;
+    asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::microseconds(delay_us));
+    co_await t.async_wait(use_task);
+  }
+  std::string name_;
+  MemoryNode mem_;
+};
+
+using EventLog = test::EventRecorder;
+
+struct Fixture {
+  std::vector<std::shared_ptr<TestNode>> nodes;
+  std::unique_ptr<QuorumNode> quorum;
+  Fixture(std::vector<std::string> names, QuorumOptions o) {
+    std::vector<QuorumChildSpec> specs;
+    for (auto& n : names) {
+      nodes.push_back(std::make_shared<TestNode>("mem-" + n, kSize));
+      specs.push_back({n, nodes.back()});
+    }
+    o.report_interval_ms = 0;
+    auto q = QuorumNode::create("quorum", o, std::move(specs));
+    if (!q) ADD_FAILURE() << q.error().to_string();
+    if (q) quorum = std::move(*q);
+  }
+};
+
+QuorumOptions opts(std::uint32_t threshold, ReadPattern p = ReadPattern::quorum,
+                   bool rewrite = false) {
+  QuorumOptions o;
+  o.vote_threshold = threshold;
+  o.read_pattern = p;
+  o.rewrite_corrupted = rewrite;
+  return o;
+}
+
+void corrupt(TestNode& n, std::uint64_t off, std::uint64_t len, std::uint8_t value) {
+  for (std::uint64_t i = off; i < off + len; ++i) n.data()[i] = std::byte{value};
+}
+
+TEST(QuorumNode, MajorityWinsOverACorruptedChildAndTheChildIsReported) {
+  asio::io_context io;
+  EventLog events;
+  Fixture f({"a", "b", "c"}, opts(2));
+  run_task(io, [&]() -> Task<void> {
+    auto a = pattern(8192, 0x11);
+    EXPECT_TRUE(co_await f.quorum->write(4096, a, WriteFlags::none));
+    corrupt(*f.nodes[1], 4096 + 100, 10, 0x99);
+    std::vector<std::byte> back(8192);
+    EXPECT_TRUE(co_await f.quorum->read(4096, back));
+    EXPECT_TRUE(all_bytes(back, 0x11));
+  }());
+  auto bad = events.named("report_bad");
+  ASSERT_EQ(bad.size(), 1u);
+  EXPECT_EQ(EventLog::field(*bad[0], "child"), "b");
+  EXPECT_EQ(EventLog::field(*bad[0], "offset"), "4096");
+  EXPECT_EQ(f.quorum->child_status()[1].mismatches, 1u);
+  // Without rewrite_corrupted the child stays corrupted.
+  EXPECT_TRUE(all_bytes(f.nodes[1]->data().subspan(4196, 10), 0x99));
+}
+
+TEST(QuorumNode, ACorruptedFirstChildIsOutvotedToo) {
+  asio::io_context io;
+  Fixture f({"a", "b", "c"}, opts(2));
+  run_task(io, [&]() -> Task<void> {
+    auto a = pattern(4096, 0x22);
+    EXPECT_TRUE(co_await f.quorum->write(0, a, WriteFlags::none));
+    corrupt(*f.nodes[0], 0, 4096, 0x77);
+    std::vector<std::byte> back(4096);
+    EXPECT_TRUE(co_await f.quorum->read(0, back));
+    EXPECT_TRUE(all_bytes(back, 0x22));
+  }());
+}
+
+TEST(QuorumNode, RewriteCorruptedRepairsTheLosingChild) {
+  asio::io_context io;
+  Fixture f({"a", "b", "c"}, opts(2, ReadPattern::quorum, true));
+  run_task(io, [&]() -> Task<void> {
+    auto a = pattern(4096, 0x11);
+    EXPECT_TRUE(co_await f.quorum->write(0, a, WriteFlags::none));
+    corrupt(*f.nodes[2], 0, 4096, 0x99);
+    std::vector<std::byte> back(4096);
+    EXPECT_TRUE(co_await f.quorum->read(0, back));
+    EXPECT_TRUE(all_bytes(back, 0x11));
+  }());
+  EXPECT_TRUE(all_bytes(f.nodes[2]->data().subspan(0, 4096), 0x11));
+  EXPECT_EQ(f.quorum->child_status()[2].rewrites, 1u);
+}
+
+TEST(QuorumNode, AllChildrenDifferingFailsWithEio) {
+  asio::io_context io;
+  EventLog events;
+  Fixture f({"a", "b", "c"}, opts(2));
+  run_task(io, [&]() -> Task<void> {
+    corrupt(*f.nodes[0], 0, 4096, 0x01);
+    corrupt(*f.nodes[1], 0, 4096, 0x02);
+    corrupt(*f.nodes[2], 0, 4096, 0x03);
+    std::vector<std::byte> back(4096);
+    auto r = co_await f.quorum->read(0, back);
+    EXPECT_EQ(r.error(), make_errc(EIO));
+  }());
+  EXPECT_EQ(events.named("quorum_failure").size(), 1u);
+}
+
+TEST(QuorumNode, TwoOfThreeAgreeingIsNotEnoughForThresholdThree) {
+  asio::io_context io;
+  EventLog events;
+  Fixture f({"a", "b", "c"}, opts(3));
+  run_task(io, [&]() -> Task<void> {
+    auto a = pattern(4096, 0x11);
+    EXPECT_TRUE(co_await f.quorum->write(0, a, WriteFlags::none));
+    corrupt(*f.nodes[1], 0, 1, 0x42);
+    std::vector<std::byte> back(4096);
+    auto r = co_await f.quorum->read(0, back);
+    EXPECT_EQ(r.error(), make_errc(EIO));
+  }());
+  EXPECT_EQ(events.named("quorum_failure").size(), 1u);
+}
+
+TEST(QuorumNode, ReadFailuresBelowThresholdGiveTheVotedError) {
+  asio::io_context io;
+  Fixture f({"a", "b", "c"}, opts(2));
+  f.nodes[0]->read_error = ENOSPC;
+  f.nodes[1]->read_error = EIO;
+  f.nodes[2]->read_error = EIO;
+  run_task(io, [&]() -> Task<void> {
+    std::vector<std::byte> back(4096);
+    auto r = co_await f.quorum->read(0, back);
+    EXPECT_EQ(r.error(), make_errc(EIO));
+  }());
+}
+
+TEST(QuorumNode, FifoFallsBackToTheNextChildWhenTheFirstFails) {
+  asio::io_context io;
+  EventLog events;
+  Fixture f({"local", "peer"}, opts(1, ReadPattern::fifo));
+  run_task(io, [&]() -> Task<void> {
+    auto a = pattern(4096, 0x33);
+    EXPECT_TRUE(co_await f.quorum->write(0, a, WriteFlags::none));
+    f.nodes[0]->read_error = EIO;
+    std::vector<std::byte> back(4096);
+    EXPECT_TRUE(co_await f.quorum->read(0, back));
+    EXPECT_TRUE(all_bytes(back, 0x33));
+    f.nodes[1]->read_error = ENOSPC;
+    auto r = co_await f.quorum->read(0, back);
+    EXPECT_FALSE(r);
+  }());
+  auto bad = events.named("report_bad");
+  ASSERT_GE(bad.size(), 1u);
+  EXPECT_EQ(EventLog::field(*bad[0], "child"), "local");
+  EXPECT_EQ(events.named("quorum_failure").size(), 1u);
+}
+
+TEST(QuorumNode, FifoReadsOnlyTheFirstChildWhenItSucceeds) {
+  asio::io_context io;
+  Fixture f({"local", "peer"}, opts(1, ReadPattern::fifo));
+  run_task(io, [&]() -> Task<void> {
+    corrupt(*f.nodes[1], 0, 4096, 0x55);  // the peer differs, but fifo does not look at it
+    std::vector<std::byte> back(4096);
+    EXPECT_TRUE(co_await f.quorum->read(0, back));
+    EXPECT_TRUE(all_bytes(back, 0x00));
+  }());
+  EXPECT_EQ(f.quorum->child_status()[1].stats.requests, 0u);
+}
+
+TEST(QuorumNode, WritesSucceedWhileThresholdChildrenSucceed) {
+  asio::io_context io;
+  EventLog events;
+  Fixture f({"a", "b", "c"}, opts(2));
+  f.nodes[1]->write_error = EIO;
+  run_task(io, [&]() -> Task<void> {
+    auto a = pattern(4096, 0x44);
+    EXPECT_TRUE(co_await f.quorum->write(0, a, WriteFlags::fua));
+    f.nodes[2]->write_error = ENOSPC;
+    f.nodes[1]->write_error = ENOSPC;
+    auto r = co_await f.quorum->write(0, a, WriteFlags::none);
+    EXPECT_EQ(r.error(), make_errc(ENOSPC));  // the error most children returned
+    EXPECT_TRUE(co_await f.quorum->flush());   // flushes still succeed everywhere
+    f.nodes[0]->flush_error = EIO;
+    f.nodes[1]->flush_error = EIO;
+    auto fl = co_await f.quorum->flush();
+    EXPECT_EQ(fl.error(), make_errc(EIO));
+    auto t = co_await f.quorum->write_zeroes(0, 4096, WriteFlags::none);
+    EXPECT_EQ(t.error(), make_errc(ENOSPC));
+  }());
+  // A failed vote does not roll back the children that succeeded (as in QEMU): "a" took the
+  // write-zeroes, "c" kept the first write.
+  EXPECT_TRUE(all_bytes(f.nodes[0]->data().subspan(0, 4096), 0x00));
+  EXPECT_TRUE(all_bytes(f.nodes[2]->data().subspan(0, 4096), 0x44));
+  auto bad = events.named("report_bad");
+  ASSERT_GE(bad.size(), 1u);
+  EXPECT_EQ(EventLog::field(*bad[0], "child"), "b");
+  EXPECT_EQ(EventLog::field(*bad[0], "op"), "write");
+  EXPECT_GE(events.named("quorum_failure").size(), 1u);
+  // "b" failed: two writes, the second flush and the write-zeroes.
+  EXPECT_EQ(f.quorum->child_status()[1].stats.errors, 4u);
+}
+
+TEST(QuorumNode, ThresholdOneWriteSucceedsWithOneChildLeft) {
+  asio::io_context io;
+  Fixture f({"local", "peer"}, opts(1, ReadPattern::fifo));
+  f.nodes[1]->write_error = ESHUTDOWN;
+  run_task(io, [&]() -> Task<void> {
+    auto a = pattern(4096, 0x66);
+    EXPECT_TRUE(co_await f.quorum->write(0, a, WriteFlags::none));
+    f.nodes[0]->write_error = EIO;
+    auto r = co_await f.quorum->write(0, a, WriteFlags::none);
+    EXPECT_FALSE(r);
+  }());
+}
+
+TEST(QuorumNode, ReportBadIsRateLimitedPerChild) {
+  asio::io_context io;
+  EventLog events;
+  std::vector<std::shared_ptr<TestNode>> nodes = {std::make_shared<TestNode>("x", kSize),
+                                                  std::make_shared<TestNode>("y", kSize)};
+  QuorumOptions o = opts(1, ReadPattern::fifo);
+  o.report_interval_ms = 3'600'000;
+  auto q = QuorumNode::create("q", o, {{"local", nodes[0]}, {"peer", nodes[1]}});
+  ASSERT_TRUE(q);
+  nodes[1]->write_error = ESHUTDOWN;
+  run_task(io, [&]() -> Task<void> {
+    auto a = pattern(4096, 0x66);
+    for (int i = 0; i < 50; ++i) EXPECT_TRUE(co_await (*q)->write(0, a, WriteFlags::none));
+  }());
+  EXPECT_EQ(events.named("report_bad").size(), 1u);
+  EXPECT_EQ((*q)->child_status()[1].reports, 50u);
+  EXPECT_EQ((*q)->child_status()[0].reports, 0u);
+}
+
+TEST(QuorumNode, BlkverifyReportsTheFirstDifferingByteAndStops) {
+  asio::io_context io;
+  EventLog events;
+  QuorumOptions o = opts(2);
+  o.blkverify = true;
+  Fixture f({"a", "b"}, o);
+  run_task(io, [&]() -> Task<void> {
+    auto a = pattern(16384, 0x11);
+    EXPECT_TRUE(co_await f.quorum->write(0, a, WriteFlags::none));
+    std::vector<std::byte> back(8192);
+    EXPECT_TRUE(co_await f.quorum->read(4096, back));
+    corrupt(*f.nodes[1], 4096 + 1234, 3, 0x12);
+    auto r = co_await f.quorum->read(4096, back);
+    EXPECT_EQ(r.error(), make_errc(EIO));
+    EXPECT_TRUE(f.quorum->stopped());
+    auto w = co_await f.quorum->write(0, a, WriteFlags::none);
+    EXPECT_EQ(w.error(), make_errc(EIO));
+    auto r2 = co_await f.quorum->read(0, back);
+    EXPECT_EQ(r2.error(), make_errc(EIO));
+  }());
+  auto m = events.named("blkverify_mismatch");
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_EQ(EventLog::field(*m[0], "offset"), std::to_string(4096 + 1234));
+}
+
+TEST(QuorumNode, CreateRefusesBadSetupsNamingEachProblem) {
+  auto a = std::make_shared<TestNode>("a", kSize);
+  auto b = std::make_shared<TestNode>("b", kSize * 2);
+  auto r = QuorumNode::create("q", opts(1), {{"local", a}, {"peer", b}});
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("\"local\" is 1048576 bytes"), std::string::npos)
+      << r.error().message;
+  EXPECT_NE(r.error().message.find("\"peer\" is 2097152 bytes"), std::string::npos);
+  auto c = std::make_shared<TestNode>("c", kSize);
+  auto t = QuorumNode::create("q", opts(3), {{"local", a}, {"local", c}});
+  ASSERT_FALSE(t);
+  EXPECT_NE(t.error().message.find("vote_threshold 3"), std::string::npos) << t.error().message;
+  EXPECT_NE(t.error().message.find("\"local\" is used twice"), std::string::npos);
+  QuorumOptions bv = opts(2);
+  bv.blkverify = true;
+  bv.rewrite_corrupted = true;
+  auto v = QuorumNode::create("q", bv, {{"a", a}, {"c", c}});
+  ASSERT_FALSE(v);
+  EXPECT_NE(v.error().message.find("rewrite_corrupted"), std::string::npos);
+}
+
+// The fan-out runs the last child on the request's own frame and the others in spawned
+// coroutines; whichever finishes last resumes the request. Every outcome must be recorded,
+// in child order, whoever is slowest, also with several requests interleaved.
+TEST(QuorumNode, FanOutRecordsEveryOutcomeWhicheverChildFinishesLast) {
+  for (int slow = 0; slow < 3; ++slow) {
+    SCOPED_TRACE("slow child " + std::to_string(slow));
+    asio::io_context io;
+    EventLog events;
+    Fixture f({"a", "b", "c"}, opts(2));
+    f.nodes[slow]->delay_us = 3000;
+    f.nodes[1]->write_error = EIO;
+    f.nodes[2]->write_error = ENOSPC;
+    constexpr int kWriters = 4;
+    std::vector<IoResult> results(kWriters);
+    run_task(io, [&]() -> Task<void> {
+      auto ex = co_await asio::this_coro::executor;
+      auto a = pattern(4096, 0x5a);
+      int finished = 0;
+      AsyncEvent done;
+      auto one = [](QuorumNode* q, std::uint64_t off, std::span<const std::byte> b,
+                    IoResult* out, int* finished, AsyncEvent* done) -> Task<void> {
+        *out = co_await q->write(off, b, WriteFlags::none);
+        if (++*finished == kWriters) done->notify_all(true);
+      };
+      for (int i = 0; i < kWriters; ++i) {
+        spawn(ex, one(f.quorum.get(), static_cast<std::uint64_t>(i) * 4096, a, &results[i],
+                      &finished, &done),
+              "writer");
+      }
+      co_await done.wait();
+      // Trim and flush take the same fan-out.
+      f.nodes[1]->flush_error = EIO;
+      auto fl = co_await f.quorum->flush();
+      EXPECT_TRUE(fl);
+      auto t = co_await f.quorum->trim(0, 4096, WriteFlags::none);
+      EXPECT_EQ(t.error(), make_errc(EIO));
+    }());
+    // One child succeeded, two needed; EIO and ENOSPC tie: the first child's error wins.
+    for (const auto& r : results) EXPECT_EQ(r.error(), make_errc(EIO));
+    const auto st = f.quorum->child_status();
+    EXPECT_EQ(st[0].stats.errors, 0u);
+    EXPECT_EQ(st[1].stats.errors, kWriters + 2u);  // writes, flush, trim
+    EXPECT_EQ(st[2].stats.errors, kWriters + 1u);  // writes, trim
+    EXPECT_EQ(f.nodes[0]->writes, kWriters);
+    EXPECT_TRUE(all_bytes(f.nodes[0]->data().subspan(4096, 3 * 4096), 0x5a));
+    EXPECT_EQ(events.named("report_bad").size(), 2u * kWriters + 3u);
+  }
+}
+
+// Quorum reads use pooled scratch buffers for the extra children: buffers of every size are
+// taken and given back, and each read still compares exactly the requested range.
+TEST(QuorumNode, QuorumReadsOfMixedSizesReuseScratchBuffers) {
+  asio::io_context io;
+  Fixture f({"a", "b", "c"}, opts(2));
+  run_task(io, [&]() -> Task<void> {
+    auto a = pattern(256 * 1024, 0x21);
+    EXPECT_TRUE(co_await f.quorum->write(0, a, WriteFlags::none));
+    corrupt(*f.nodes[2], 8192, 4096, 0x99);  // "c" differs in one block only
+    for (std::size_t len : {4096u, 65536u, 4096u, 262144u, 12288u, 4096u}) {
+      std::vector<std::byte> out(len);
+      EXPECT_TRUE(co_await f.quorum->read(0, out)) << len;
+      EXPECT_TRUE(all_bytes(out, 0x21)) << len;
+    }
+    // A read that does not cover the corrupted block is unanimous.
+    std::vector<std::byte> tail(4096);
+    EXPECT_TRUE(co_await f.quorum->read(16384, tail));
+  }());
+  // The reads covering [8192, 12288) outvoted "c" each time.
+  EXPECT_EQ(f.quorum->child_status()[2].mismatches, 3u);
+  EXPECT_EQ(f.quorum->child_status()[0].mismatches, 0u);
+}
+
+TEST(QuorumNode, LimitsCombineTheChildren) {
+  NodeLimits l1;
+  l1.alignment_bytes = 512;
+  l1.transfer_bytes_max = 8 * kMiB;
+  l1.can_fua = false;
+  NodeLimits l2;
+  l2.alignment_bytes = 4096;
+  l2.transfer_bytes_max = 32 * kMiB;
+  l2.can_trim = false;
+  auto a = std::make_shared<TestNode>("a", kSize, l1);
+  auto b = std::make_shared<TestNode>("b", kSize, l2);
+  auto q = QuorumNode::create("q", opts(1), {{"a", a}, {"b", b}});
+  ASSERT_TRUE(q);
+  const NodeLimits l = (*q)->limits();
+  EXPECT_EQ(l.alignment_bytes, 4096u);
+  EXPECT_EQ(l.transfer_bytes_max, 8 * kMiB);
+  EXPECT_FALSE(l.can_fua);
+  EXPECT_FALSE(l.can_trim);
+  EXPECT_TRUE(l.can_flush);
+}
+
+// A writer issues sequential writes, each with its own pattern, while children are added,
+// replaced and removed. Every write must succeed and land on the children present at the time.
+Task<void> writer(QuorumNode* q, int count, int* done_count, AsyncEvent* finished) {
+  for (int i = 0; i < count; ++i) {
+    auto buf = pattern(4096, static_cast<std::uint8_t>(1 + i % 250));
+    IoResult r = co_await q->write(static_cast<std::uint64_t>(i) * 4096, buf, WriteFlags::none);
+    EXPECT_TRUE(r) << "write " << i;
+    if (r) ++*done_count;
+  }
+  finished->notify_all(true);
+}
+
+TEST(QuorumNode, ChildrenChangeUnderARunningWriterWithoutLosingRequests) {
+  asio::io_context io;
+  EventLog events;
+  Fixture f({"a", "b", "c"}, opts(2));
+  for (auto& n : f.nodes) n->delay_us = 200;
+  auto d = std::make_shared<TestNode>("mem-d", kSize);
+  auto b2 = std::make_shared<TestNode>("mem-b2", kSize);
+  constexpr int kWrites = 200;
+  int written = 0;
+  AsyncEvent finished;
+  run_task(io, [&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    spawn(ex, writer(f.quorum.get(), kWrites, &written, &finished), "writer");
+    spawn(ex, writer(f.quorum.get(), kWrites, &written, &finished), "writer2");
+    asio::steady_timer t(ex, std::chrono::milliseconds(5));
+    co_await t.async_wait(use_task);
+    auto add = co_await f.quorum->add_child("d", d);
+    EXPECT_TRUE(add) << (add ? "" : add.error().to_string());
+    co_await t.async_wait(use_task);
+    auto rep = co_await f.quorum->replace_child("b", b2);
+    EXPECT_TRUE(rep) << (rep ? "" : rep.error().to_string());
+    t.expires_after(std::chrono::milliseconds(5));
+    co_await t.async_wait(use_task);
+    auto rem = co_await f.quorum->remove_child("c");
+    EXPECT_TRUE(rem);
+    if (rem) {
+      EXPECT_EQ(rem->get(), f.nodes[2].get());
+    }
+    while (written < 2 * kWrites && !finished.is_set()) co_await finished.wait();
+    co_await f.quorum->drain();
+  }());
+  EXPECT_EQ(written, 2 * kWrites);
+  EXPECT_EQ(f.quorum->child_names(), (std::vector<std::string>{"a", "b", "d"}));
+  // "a" was there throughout: it holds every write.
+  for (int i = 0; i < kWrites; ++i) {
+    ASSERT_TRUE(all_bytes(f.nodes[0]->data().subspan(i * 4096, 4096),
+                          static_cast<std::uint8_t>(1 + i % 250)))
+        << i;
+  }
+  EXPECT_GT(d->writes, 0);
+  EXPECT_GT(b2->writes, 0);
+  EXPECT_EQ(f.nodes[0]->writes, 2 * kWrites);
+  EXPECT_EQ(f.nodes[1]->writes + b2->writes, 2 * kWrites);  // each write hit b or b2, once
+  EXPECT_EQ(events.named("quorum_child_added").size(), 1u);
+  EXPECT_EQ(events.named("quorum_child_replaced").size(), 1u);
+  EXPECT_EQ(events.named("quorum_child_removed").size(), 1u);
+}
+
+TEST(QuorumNode, RefusedChildChangesChangeNothing) {
+  asio::io_context io;
+  Fixture f({"a", "b", "c"}, opts(3));
+  const auto names = f.quorum->child_names();
+  run_task(io, [&]() -> Task<void> {
+    auto r1 = co_await f.quorum->remove_child("b");  // would leave 2 < threshold 3
+    EXPECT_FALSE(r1);
+    if (!r1) {
+      EXPECT_NE(r1.error().message.find("threshold"), std::string::npos);
+    }
+    auto r2 = co_await f.quorum->remove_child("zz");
+    EXPECT_FALSE(r2);
+    if (!r2) {
+      EXPECT_NE(r2.error().message.find("\"zz\": no such child"), std::string::npos);
+    }
+    auto other = std::make_shared<TestNode>("x", kSize);
+    auto r3 = co_await f.quorum->add_child("a", other);
+    EXPECT_FALSE(r3);
+    if (!r3) {
+      EXPECT_NE(r3.error().message.find("already taken"), std::string::npos);
+    }
+    auto big = std::make_shared<TestNode>("big", kSize * 2);
+    auto r4 = co_await f.quorum->add_child("d", big);
+    EXPECT_FALSE(r4);
+    if (!r4) {
+      EXPECT_NE(r4.error().message.find("size 2097152"), std::string::npos);
+    }
+    auto r5 = co_await f.quorum->replace_child("b", big);
+    EXPECT_FALSE(r5);
+    auto r6 = co_await f.quorum->replace_child("nope", other);
+    EXPECT_FALSE(r6);
+    NodeLimits strict;
+    strict.alignment_bytes = 65536;
+    auto aligned_node = std::make_shared<TestNode>("al", kSize, strict);
+    auto r7 = co_await f.quorum->add_child("e", aligned_node);
+    EXPECT_FALSE(r7);
+    // The quorum still serves.
+    auto a = pattern(4096, 0x21);
+    EXPECT_TRUE(co_await f.quorum->write(0, a, WriteFlags::none));
+  }());
+  EXPECT_EQ(f.quorum->child_names(), names);
+  EXPECT_EQ(f.quorum->limits().alignment_bytes, 1u);
+}
+
+TEST(QuorumVote, ErrorVoteTakesTheMostCommonErrorAndTiesTheFirst) {
+  std::vector<IoResult> r = {io_error(ENOSPC), io_error(EIO), io_error(EIO), IoResult{}};
+  EXPECT_EQ(quorum::vote_error(r), EIO);
+  std::vector<IoResult> tie = {io_error(ENOSPC), io_error(EIO), IoResult{}};
+  EXPECT_EQ(quorum::vote_error(tie), ENOSPC);
+  EXPECT_TRUE(quorum::vote_outcomes(r, 1));
+  EXPECT_EQ(quorum::vote_outcomes(r, 2).error(), make_errc(EIO));
+}
+
+TEST(QuorumVote, HashesOnlyWhenVersionsDisagree) {
+  auto x = pattern(4096, 1);
+  auto y = pattern(4096, 1);
+  auto z = pattern(4096, 2);
+  std::vector<std::span<const std::byte>> same = {x, y};
+  auto v = quorum::vote_versions(same);
+  EXPECT_TRUE(v.unanimous);
+  EXPECT_EQ(v.hashes_computed, 0u);
+  EXPECT_EQ(v.votes, 2u);
+  std::vector<std::span<const std::byte>> diff = {z, x, y};
+  auto w = quorum::vote_versions(diff);
+  EXPECT_FALSE(w.unanimous);
+  EXPECT_EQ(w.hashes_computed, 3u);
+  EXPECT_EQ(w.winner, 1u);
+  EXPECT_EQ(w.votes, 2u);
+  EXPECT_EQ(w.agrees, (std::vector<bool>{false, true, true}));
+  EXPECT_EQ(quorum::first_difference(x, z), std::optional<std::size_t>(0));
+  EXPECT_EQ(quorum::first_difference(x, y), std::nullopt);
+}
+
+TEST(QuorumVote, Sha256MatchesTheKnownDigest) {
+  const std::string abc = "abc";
+  auto h = quorum::sha256(std::as_bytes(std::span(abc.data(), abc.size())));
+  EXPECT_EQ(static_cast<unsigned>(h[0]), 0xbau);
+  EXPECT_EQ(static_cast<unsigned>(h[1]), 0x78u);
+  EXPECT_EQ(static_cast<unsigned>(h[31]), 0xadu);
+}
+
+}  // namespace
+}  // namespace colo
