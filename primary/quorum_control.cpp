@@ -44,8 +44,9 @@ Task<control::Reply> change_child(std::shared_ptr<QuorumCommandState> s, std::st
 }
 
 Task<control::Reply> status(std::shared_ptr<QuorumCommandState> s, control::Request request) {
+  if (!request.json()) co_return ControlReplyBuilder::ok(quorum_status_text(*s->quorum));
   co_return ControlReplyBuilder::ok(quorum_status_text(*s->quorum),
-                                    request.json() ? quorum_status_json(*s->quorum) : "");
+                                    quorum_status_json(*s->quorum));
 }
 
 }  // namespace
@@ -72,24 +73,27 @@ std::string quorum_status_text(const QuorumNode& quorum) {
   return out;
 }
 
-std::string quorum_status_json(const QuorumNode& quorum) {
-  std::string out = fmt::format(
-      "{{\"name\":\"{}\",\"size_bytes\":{},\"vote_threshold\":{},\"read_pattern\":\"{}\","
-      "\"stopped\":{},\"children\":[",
-      quorum.name(), quorum.size_bytes(), quorum.options().vote_threshold,
-      to_string(quorum.options().read_pattern), quorum.stopped() ? "true" : "false");
-  bool first = true;
+boost::json::object quorum_status_json(const QuorumNode& quorum) {
+  boost::json::array children;
   for (const auto& c : quorum.child_status()) {
-    out += fmt::format(
-        "{}{{\"name\":\"{}\",\"node\":\"{}\",\"requests\":{},\"errors\":{},\"bytes_read\":{},"
-        "\"bytes_written\":{},\"latency_ns_total\":{},\"latency_ns_max\":{},\"mismatches\":{},"
-        "\"rewrites\":{},\"reports\":{}}}",
-        first ? "" : ",", c.name, c.node_name, c.stats.requests, c.stats.errors,
-        c.stats.bytes_read, c.stats.bytes_written, c.stats.latency_ns_total,
-        c.stats.latency_ns_max, c.mismatches, c.rewrites, c.reports);
-    first = false;
+    children.push_back(boost::json::object{{"name", c.name},
+                                           {"node", c.node_name},
+                                           {"requests", c.stats.requests},
+                                           {"errors", c.stats.errors},
+                                           {"bytes_read", c.stats.bytes_read},
+                                           {"bytes_written", c.stats.bytes_written},
+                                           {"latency_ns_total", c.stats.latency_ns_total},
+                                           {"latency_ns_max", c.stats.latency_ns_max},
+                                           {"mismatches", c.mismatches},
+                                           {"rewrites", c.rewrites},
+                                           {"reports", c.reports}});
   }
-  return out + "]}";
+  return {{"name", quorum.name()},
+          {"size_bytes", quorum.size_bytes()},
+          {"vote_threshold", quorum.options().vote_threshold},
+          {"read_pattern", to_string(quorum.options().read_pattern)},
+          {"stopped", quorum.stopped()},
+          {"children", std::move(children)}};
 }
 
 void register_quorum_commands(ControlServer& control, asio::any_io_executor ex,

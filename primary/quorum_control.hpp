@@ -8,6 +8,8 @@
 
 #include <memory>
 
+#include <boost/json/object.hpp>
+
 #include "config.pb.h"
 #include "primary/quorum_node.hpp"
 #include "primary/quorum_setup.hpp"
@@ -21,6 +23,6 @@ void register_quorum_commands(ControlServer& control, asio::any_io_executor ex,
 
 // The text and JSON forms of quorum-status (exposed for tests).
 std::string quorum_status_text(const QuorumNode& quorum);
-std::string quorum_status_json(const QuorumNode& quorum);
+boost::json::object quorum_status_json(const QuorumNode& quorum);
 
 }  // namespace colo

@@ -24,14 +24,14 @@ Task<control::Reply> cmd_checkpoint(std::shared_ptr<Replicator> r, control::Requ
     co_return ControlReplyBuilder::ok(
         fmt::format("prepared: writes are held (epoch {}); commit or abort within {} ms\n",
                     r->epoch(), r->options().prepare_timeout.count()),
-        fmt::format(R"({{"prepared":true,"epoch":{}}})", r->epoch()));
+        boost::json::object{{"prepared", true}, {"epoch", r->epoch()}});
   }
   if (phase == "abort") {
     Result<void> a = r->abort();
     if (!a) co_return ControlReplyBuilder::from_error(a.error());
     co_return ControlReplyBuilder::ok(fmt::format("aborted: writes resumed (epoch {})\n",
                                                   r->epoch()),
-                                      fmt::format(R"({{"aborted":true,"epoch":{}}})", r->epoch()));
+                                      boost::json::object{{"aborted", true}, {"epoch", r->epoch()}});
   }
   Result<std::uint64_t> e = make_error(EINVAL, "no checkpoint");
   if (phase == "commit") {
@@ -42,7 +42,7 @@ Task<control::Reply> cmd_checkpoint(std::shared_ptr<Replicator> r, control::Requ
   if (!e) co_return ControlReplyBuilder::from_error(e.error());
   const PauseSummary p = r->pauses();
   co_return ControlReplyBuilder::ok(fmt::format("{}\n", *e),
-                                    fmt::format(R"({{"epoch":{},"pause_us":{}}})", *e, p.last_us));
+                                    boost::json::object{{"epoch", *e}, {"pause_us", p.last_us}});
 }
 
 Task<control::Reply> cmd_start(std::shared_ptr<Replicator> r, control::Request req) {

@@ -23,6 +23,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/json/object.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -110,7 +111,7 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   const ReplicatorOptions& options() const { return options_; }
   PauseSummary pauses() const;
   std::string status_text() const;
-  std::string status_json() const;
+  boost::json::object status_json() const;
 
  private:
   Task<Result<std::uint64_t>> checkpoint_locked(bool quiesced);

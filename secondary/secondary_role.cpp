@@ -74,15 +74,20 @@ Task<control::Reply> cmd_status(std::shared_ptr<DiskBuffer> db, control::Request
       db->buffer_used_bytes(), db->buffer_capacity_bytes(), db->record_count(), cached, cs.hits,
       cs.misses, p.applied_bytes, p.total_bytes);
   if (!p.error.empty()) text += fmt::format("failover_error: {}\n", p.error);
-  std::string json = fmt::format(
-      R"({{"state":"{}","epoch":{},"block_bytes":{},"buffered_blocks":{},)"
-      R"("buffer_used_bytes":{},"buffer_capacity_bytes":{},"buffer_records":{},)"
-      R"("original_cache_blocks":{},"original_cache_hits":{},"original_cache_misses":{},)"
-      R"("failover_running":{},"failover_applied_bytes":{},"failover_total_bytes":{}}})",
-      to_string(db->state()), db->epoch(), db->block_bytes(), db->buffered_block_count(),
-      db->buffer_used_bytes(), db->buffer_capacity_bytes(), db->record_count(), cached, cs.hits,
-      cs.misses, p.running ? "true" : "false", p.applied_bytes, p.total_bytes);
-  co_return ControlReplyBuilder::ok(std::move(text), std::move(json));
+  const boost::json::object json{{"state", to_string(db->state())},
+                                 {"epoch", db->epoch()},
+                                 {"block_bytes", db->block_bytes()},
+                                 {"buffered_blocks", db->buffered_block_count()},
+                                 {"buffer_used_bytes", db->buffer_used_bytes()},
+                                 {"buffer_capacity_bytes", db->buffer_capacity_bytes()},
+                                 {"buffer_records", db->record_count()},
+                                 {"original_cache_blocks", cached},
+                                 {"original_cache_hits", cs.hits},
+                                 {"original_cache_misses", cs.misses},
+                                 {"failover_running", p.running},
+                                 {"failover_applied_bytes", p.applied_bytes},
+                                 {"failover_total_bytes", p.total_bytes}};
+  co_return ControlReplyBuilder::ok(std::move(text), json);
 }
 
 // status: the disk buffer and, with a checkpoint channel, the primary's session.
@@ -119,17 +124,29 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
                         p.running ? " (running)" : "");
   }
   if (!p.error.empty()) text += fmt::format("failover_error: {}\n", p.error);
-  std::string json = fmt::format(
-      R"({{"role":"{}","state":"{}","resource":{},"epoch":{},)"
-      R"("peer":{{"name":{},"id":"{}","address":{},"state":"{}","last_frame_ms_ago":{},"reason":{}}},)"
-      R"("checkpoints":{},"last_checkpoint_ms_ago":{},"buffered_blocks":{},"block_bytes":{},)"
-      R"("write_back_queued_bytes":{},"failover":{{"running":{},"applied_bytes":{},"total_bytes":{},"error":{}}}}})",
-      pairing->promoted() ? "primary" : "secondary", state, log::json_quote(resource), db->epoch(),
-      log::json_quote(peer.name), peer.id, log::json_quote(peer.address),
-      peer.connected ? "connected" : "disconnected", frame_age_ms, log::json_quote(peer.lost_reason),
-      pairing->checkpoints(), last_cp_age_ms, db->buffered_block_count(), db->block_bytes(),
-      queued, p.running ? "true" : "false", p.applied_bytes, p.total_bytes, log::json_quote(p.error));
-  co_return ControlReplyBuilder::ok(std::move(text), std::move(json));
+  const boost::json::object json{
+      {"role", pairing->promoted() ? "primary" : "secondary"},
+      {"state", state},
+      {"resource", resource},
+      {"epoch", db->epoch()},
+      {"peer",
+       {{"name", peer.name},
+        {"id", peer.id},
+        {"address", peer.address},
+        {"state", peer.connected ? "connected" : "disconnected"},
+        {"last_frame_ms_ago", frame_age_ms},
+        {"reason", peer.lost_reason}}},
+      {"checkpoints", pairing->checkpoints()},
+      {"last_checkpoint_ms_ago", last_cp_age_ms},
+      {"buffered_blocks", db->buffered_block_count()},
+      {"block_bytes", db->block_bytes()},
+      {"write_back_queued_bytes", queued},
+      {"failover",
+       {{"running", p.running},
+        {"applied_bytes", p.applied_bytes},
+        {"total_bytes", p.total_bytes},
+        {"error", p.error}}}};
+  co_return ControlReplyBuilder::ok(std::move(text), json);
 }
 
 Task<control::Reply> cmd_failover(std::shared_ptr<SecondaryPairing> pairing,

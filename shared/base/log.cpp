@@ -3,6 +3,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <boost/json/object.hpp>
+#include <boost/json/serialize.hpp>
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -46,32 +49,7 @@ const char* level_name(Level l) {
   return "?";
 }
 
-void json_escape(std::string& out, std::string_view s) {
-  for (char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out += fmt::format("\\u{:04x}", static_cast<unsigned>(c));
-        } else {
-          out += c;
-        }
-    }
-  }
-}
-
 }  // namespace
-
-std::string json_quote(std::string_view s) {
-  std::string out = "\"";
-  json_escape(out, s);
-  out += '"';
-  return out;
-}
 
 void set_level(Level level) { g_level.store(level); }
 Level level() { return g_level.load(std::memory_order_relaxed); }
@@ -132,18 +110,10 @@ void write(Level l, std::string_view message) {
 }
 
 std::string Event::to_json() const {
-  std::string out = "{\"event\":\"";
-  json_escape(out, name);
-  out += '"';
-  for (const auto& [k, v] : fields) {
-    out += ",\"";
-    json_escape(out, k);
-    out += "\":\"";
-    json_escape(out, v);
-    out += '"';
-  }
-  out += '}';
-  return out;
+  boost::json::object o;
+  o["event"] = name;
+  for (const auto& [k, v] : fields) o[k] = v;
+  return boost::json::serialize(o);
 }
 
 void set_event_sink(EventSink sink) { g_sink = std::move(sink); }

@@ -65,12 +65,12 @@ void trace(std::string_view node, fmt::format_string<Args...> f, Args&&... args)
 struct Event {
   std::string name;
   std::vector<std::pair<std::string, std::string>> fields;
+  // {"event":name, key:value, ...} built with Boost.JSON: every name and value is escaped.
+  // A field named "event" or named twice keeps its last value.
   std::string to_json() const;
 };
 using EventSink = std::function<void(const Event&)>;
 void set_event_sink(EventSink sink);
-// `s` as a JSON string literal (quoted and escaped), for hand-built JSON replies.
-std::string json_quote(std::string_view s);
 void event(Event e);
 
 }  // namespace colo::log

@@ -8,6 +8,7 @@
 
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/json/serialize.hpp>
 
 #include <array>
 #include <cstring>
@@ -23,11 +24,16 @@ namespace {
 using Local = asio::local::stream_protocol;
 }  // namespace
 
-control::Reply ControlReplyBuilder::ok(std::string text, std::string json) {
+control::Reply ControlReplyBuilder::ok(std::string text) {
   control::Reply r;
   r.set_exit_code(kExitOk);
   r.set_text(std::move(text));
-  r.set_json(std::move(json));
+  return r;
+}
+
+control::Reply ControlReplyBuilder::ok(std::string text, const boost::json::object& json) {
+  control::Reply r = ok(std::move(text));
+  r.set_json(boost::json::serialize(json));
   return r;
 }
 

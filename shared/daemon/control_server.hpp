@@ -9,6 +9,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/json/object.hpp>
 
 #include <functional>
 #include <map>
@@ -33,7 +34,11 @@ enum ControlExit : int {
 };
 
 struct ControlReplyBuilder {
-  static control::Reply ok(std::string text, std::string json = {});
+  // A success with text for people and, with the second form, a JSON object for programs
+  // (`coloctl --json`). JSON is built with Boost.JSON and serialized here, so every string
+  // in it, from a peer or a user, is escaped by construction.
+  static control::Reply ok(std::string text);
+  static control::Reply ok(std::string text, const boost::json::object& json);
   static control::Reply fail(int exit_code, std::string text);
   // A failed control call: EBUSY, EPERM, EALREADY and EINVAL are refusals in the current state
   // (exit code 4), anything else a failure (1). The text is the error's message.

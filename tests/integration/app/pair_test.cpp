@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/json/parse.hpp>
 #include <fmt/format.h>
 #include <libnbd.h>
 #include <netinet/in.h>
@@ -406,6 +407,45 @@ replication::Envelope hello(std::uint32_t version, const std::string& resource) 
   h->set_block_size_bytes(4096);
   h->set_node_id("0123456789abcdef0123456789abcdef");
   return e;
+}
+
+// A primary's identity comes from the network: its node id and name reach `status --json` and
+// the primary_connected event escaped by construction, so quotes, backslashes and control
+// characters neither break the JSON nor forge fields a cluster manager would parse.
+TEST(Pair, APeersIdentityIsEscapedInStatusJsonAndEvents) {
+  PairFixture pair;
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  const std::string id = std::string("id\"q\\b\x01\n\t\x1f") + "\",\"forged\":\"yes";
+  const std::string name = "name\"},\"role\":\"forged\",\"x\":{\"\x7f\r";
+  RawChannel c(pair.channel_port());
+  replication::Envelope e = hello(kReplicationProtocolVersion, "r0");
+  e.mutable_hello()->set_node_id(id);
+  e.mutable_hello()->set_node_name(name);
+  c.send(e);
+  auto r = c.reply();
+  ASSERT_TRUE(r && r->has_hello()) << (r ? r->DebugString() : "closed");
+
+  auto st = pair.ctl(pair.s_ctl(), {"status", "--json"});
+  ASSERT_EQ(st.exit_code, 0) << st.output;
+  boost::system::error_code ec;
+  const boost::json::value v = boost::json::parse(st.output, ec);
+  ASSERT_FALSE(ec) << ec.message() << ": " << st.output;
+  const boost::json::object& o = v.as_object();
+  EXPECT_EQ(o.at("role").as_string(), "secondary");
+  EXPECT_FALSE(o.contains("forged"));
+  EXPECT_EQ(o.at("peer").at("id").as_string(), id);
+  EXPECT_EQ(o.at("peer").at("name").as_string(), name);
+  EXPECT_EQ(o.at("peer").at("state").as_string(), "connected");
+
+  // The event line in the log: "EVENT {...}".
+  const std::string log = test::read_file(pair.file("s.log"));
+  const auto at = log.find("EVENT {\"event\":\"primary_connected\"");
+  ASSERT_NE(at, std::string::npos) << log;
+  const auto begin = log.find('{', at);
+  const boost::json::value ev = boost::json::parse(log.substr(begin, log.find('\n', at) - begin), ec);
+  ASSERT_FALSE(ec) << ec.message() << ": " << log.substr(at, 300);
+  EXPECT_EQ(ev.at("primary_id").as_string(), id);
+  EXPECT_EQ(ev.at("primary").as_string(), name);
 }
 
 TEST(Pair, MalformedFramesAndWrongPeersChangeNothing) {

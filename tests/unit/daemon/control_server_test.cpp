@@ -25,7 +25,8 @@ class ControlServerTest : public testing::Test {
                          [](const control::Request& r) -> Task<control::Reply> {
                            std::string text;
                            for (const auto& a : r.args()) text += a + " ";
-                           co_return ControlReplyBuilder::ok(text, r.json() ? "{\"ok\":true}" : "");
+                           if (!r.json()) co_return ControlReplyBuilder::ok(text);
+                           co_return ControlReplyBuilder::ok(text, {{"ok", true}});
                          });
     ASSERT_TRUE(server_->listen(path_));
     work_.emplace(io_.get_executor());

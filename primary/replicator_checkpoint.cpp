@@ -1,0 +1,192 @@
+#include "primary/replicator.hpp"
+
+#include <fmt/format.h>
+
+#include "shared/base/log.hpp"
+
+namespace colo {
+
+namespace {
+constexpr std::size_t kPausesKept = 4096;
+}  // namespace
+
+// --- checkpoints -----------------------------------------------------------------------
+
+Task<Result<std::uint64_t>> Replicator::checkpoint() {
+  if (prepared_) co_return make_error(EBUSY, "a prepared checkpoint is waiting for commit or abort");
+  co_await lock();
+  Result<std::uint64_t> r = co_await checkpoint_locked(false);
+  unlock();
+  co_return r;
+}
+
+Task<Result<std::uint64_t>> Replicator::checkpoint_locked(bool quiesced) {
+  if (peer_state_ != PeerState::paired) {
+    if (quiesced) gate_->open();
+    co_return make_error(EPERM, fmt::format("checkpoint refused: the secondary is {}{}",
+                                            to_string(peer_state_),
+                                            peer_reason_.empty() ? "" : " (" + peer_reason_ + ")"));
+  }
+  const auto start = quiesced ? prepare_start_ : std::chrono::steady_clock::now();
+  if (!quiesced) co_await gate_->close();
+  bool gate_open = false;
+  auto open_gate = [this, &gate_open, start] {
+    if (gate_open) return;
+    gate_open = true;
+    gate_->open();
+    record_pause(std::chrono::steady_clock::now() - start);
+  };
+  const std::uint64_t next = epoch_ + 1;
+  auto failed = [this, next](Error e) -> Result<std::uint64_t> {
+    ++checkpoint_failures_;
+    last_checkpoint_error_ = e.message;
+    log::warn("primary: checkpoint {} failed: {}", next, e.message);
+    return e;
+  };
+  if (peer_state_ != PeerState::paired) {
+    open_gate();
+    co_return failed(make_error(ESHUTDOWN, fmt::format("the secondary was lost ({}); both sides "
+                                                       "stay at epoch {}", peer_reason_, epoch_)));
+  }
+  if (peer_errors() != peer_errors_at_attach_ || (peer_async_ && peer_async_->failed())) {
+    open_gate();
+    co_await detach(fmt::format("a write to the secondary failed in epoch {}", epoch_));
+    co_return failed(make_error(EIO, fmt::format("a write to the secondary failed in epoch {}; "
+                                                 "the secondary stays at epoch {}", epoch_, epoch_)));
+  }
+  std::shared_ptr<WriteBackNode> async = peer_async_;
+  std::shared_ptr<ReplicationChannel> channel = channel_;
+  if (async) {
+    // The cut is the marker: writes go on into the queue while the secondary catches up.
+    async->begin_hold();
+    open_gate();
+    IoResult held = co_await async->wait_hold();
+    if (!held) {
+      async->release();
+      co_await detach(fmt::format("the secondary failed to take epoch {}'s writes", epoch_));
+      co_return failed(make_error(held.error().value(), fmt::format(
+                                      "the secondary failed to take epoch {}'s writes; it stays "
+                                      "at epoch {}", epoch_, epoch_)));
+    }
+  }
+  // The cut: the secondary registers it (every write it acknowledged belongs to checkpoint
+  // `next`) and answers at once; the write pause ends there.
+  replication::Envelope cut;
+  cut.mutable_checkpoint_cut()->set_epoch(next);
+  auto reply = co_await channel->call(cut, options_.checkpoint_timeout);
+  if (reply && (!reply->has_checkpoint_ack() || reply->checkpoint_ack().epoch() != next)) {
+    reply = make_error(EPROTO, fmt::format("the secondary answered the cut of checkpoint {} with "
+                                           "{}", next, body_name(*reply)));
+  }
+  bool resumed = false;
+  auto resume = [&] {
+    if (resumed) return;
+    resumed = true;
+    open_gate();
+    if (async) async->release();
+  };
+  if (reply) {
+    resume();
+    // Then the checkpoint itself: answered once the secondary recorded it durably.
+    replication::Envelope request;
+    request.mutable_checkpoint()->set_epoch(next);
+    reply = co_await channel->call(request, options_.checkpoint_timeout);
+    if (reply && (!reply->has_checkpoint_ack() || reply->checkpoint_ack().epoch() != next ||
+                  !reply->checkpoint_ack().durable())) {
+      reply = make_error(EPROTO, fmt::format("the secondary answered checkpoint {} with {}", next,
+                                             body_name(*reply)));
+    }
+  }
+  if (!reply) {
+    resume();
+    co_await detach(fmt::format("checkpoint {} failed: {}", next, reply.error().message));
+    co_return failed(make_error(reply.error().code.value(),
+                                fmt::format("{}; the primary stays at epoch {}",
+                                            reply.error().message, epoch_)));
+  }
+  epoch_ = next;
+  ++checkpoints_;
+  last_checkpoint_ = std::chrono::system_clock::now();
+  last_checkpoint_error_.clear();
+  // The secondary has it durably; our own record follows (a crash before it is harmless: the
+  // next pairing takes the larger epoch).
+  Result<void> stored = co_await store_state({epoch_, false, false});
+  if (!stored) co_return stored.error();
+  co_return next;
+}
+
+Task<Result<void>> Replicator::prepare() {
+  if (prepared_) co_return make_error(EALREADY, "a checkpoint is already prepared");
+  if (peer_state_ != PeerState::paired) {
+    co_return make_error(EPERM, fmt::format("prepare refused: the secondary is {}",
+                                            to_string(peer_state_)));
+  }
+  co_await lock();
+  if (peer_state_ != PeerState::paired) {
+    unlock();
+    co_return make_error(EPERM, "prepare refused: the secondary was lost");
+  }
+  prepare_start_ = std::chrono::steady_clock::now();
+  prepared_ = true;
+  const std::uint64_t generation = ++prepare_generation_;
+  co_await gate_->close();
+  spawn(ex_, prepare_timer(shared_from_this(), generation), "checkpoint prepare timer");
+  co_return Result<void>{};
+}
+
+Task<Result<std::uint64_t>> Replicator::commit() {
+  if (!prepared_) co_return make_error(EPERM, "commit refused: no checkpoint is prepared");
+  prepared_ = false;
+  ++prepare_generation_;
+  prepare_timer_.cancel();
+  Result<std::uint64_t> r = co_await checkpoint_locked(true);
+  unlock();
+  co_return r;
+}
+
+Result<void> Replicator::abort() {
+  if (!prepared_) return make_error(EPERM, "abort refused: no checkpoint is prepared");
+  prepared_ = false;
+  ++prepare_generation_;
+  prepare_timer_.cancel();
+  gate_->open();
+  unlock();
+  return {};
+}
+
+Task<void> Replicator::prepare_timer(std::shared_ptr<Replicator> self, std::uint64_t generation) {
+  self->prepare_timer_.expires_after(self->options_.prepare_timeout);
+  co_await self->prepare_timer_.async_wait(use_task);
+  if (!self->prepared_ || self->prepare_generation_ != generation) co_return;
+  (void)self->abort();
+  log::event({"checkpoint_prepare_timeout",
+              {{"resource", self->options_.resource},
+               {"timeout_ms", std::to_string(self->options_.prepare_timeout.count())},
+               {"epoch", std::to_string(self->epoch_)}}});
+}
+
+// Fixed rate: checkpoint k is due at start + k * interval; a tick that comes while the previous
+// checkpoint still runs (or is already late) is skipped rather than queued.
+Task<void> Replicator::periodic_loop(std::shared_ptr<Replicator> self) {
+  const auto interval = self->options_.checkpoint_interval;
+  auto due = std::chrono::steady_clock::now() + interval;
+  while (!self->stopping_ && !self->demoted_) {
+    const auto now = std::chrono::steady_clock::now();
+    while (due <= now) due += interval;
+    self->periodic_timer_.expires_at(due);
+    due += interval;
+    auto [ec] = co_await self->periodic_timer_.async_wait(use_task);
+    if (ec || self->stopping_ || self->demoted_) co_return;
+    if (self->peer_state_ != PeerState::paired || self->prepared_ || self->busy_) continue;
+    co_await self->checkpoint();  // failures are logged and counted
+  }
+}
+
+void Replicator::record_pause(std::chrono::nanoseconds pause) {
+  const auto ns = static_cast<std::uint64_t>(pause.count());
+  pauses_ns_.push_back(ns);
+  if (pauses_ns_.size() > kPausesKept) pauses_ns_.pop_front();
+  pause_max_ns_ = std::max(pause_max_ns_, ns);
+}
+
+}  // namespace colo

@@ -1,0 +1,215 @@
+#include "primary/replicator.hpp"
+
+#include <fmt/format.h>
+
+#include "primary/quorum_setup.hpp"
+#include "shared/base/log.hpp"
+
+namespace colo {
+
+// --- pairing ---------------------------------------------------------------------------
+
+Task<replication::Envelope> Replicator::handle(std::weak_ptr<Replicator> weak,
+                                               replication::Envelope request) {
+  // The secondary sends nothing but heartbeats (answered by the channel) in this version.
+  (void)weak;
+  co_return error_reply(replication::ERROR_PROTOCOL,
+                        fmt::format("the primary does not take {} requests", body_name(request)));
+}
+
+void Replicator::on_channel_lost(const std::string& reason) {
+  spawn(ex_, detach_task(shared_from_this(), "checkpoint channel lost: " + reason),
+        "detach secondary");
+}
+
+Task<Result<void>> Replicator::pair(bool force) {
+  if (demoted_) co_return make_error(EPERM, "this node was demoted; it does not replicate");
+  if (peer_state_ == PeerState::paired) {
+    co_return make_error(EALREADY, fmt::format("already paired with secondary \"{}\"", peer_name_));
+  }
+  if (peer_state_ == PeerState::pairing || detaching_) {
+    co_return make_error(EBUSY, "pairing or detaching is already running");
+  }
+  if (!force && (record_->state().diverged || local_written())) {
+    if (!record_->state().diverged) {
+      EpochState s = record_->state();
+      s.diverged = true;
+      co_await store_state(s);
+    }
+    co_return make_error(EPERM, "the primary wrote while no secondary received its writes (the "
+                                "disks diverged); resync is not implemented yet: make the "
+                                "secondary's disk a copy of this one, then `start --force`");
+  }
+  const PeerState before = peer_state_;
+  peer_state_ = PeerState::pairing;
+  const std::string where = options_.peer_address.to_string();
+  auto fail = [this, before](Error e) -> Result<void> {
+    if (channel_) channel_->close("pairing failed");
+    channel_.reset();
+    peer_state_ = before == PeerState::pairing ? PeerState::unpaired : before;
+    peer_reason_ = e.message;
+    return e;
+  };
+
+  auto transport = co_await connect_transport(ex_, options_.peer_address,
+                                              options_.connect_timeout);
+  if (!transport) {
+    co_return fail(Error{transport.error().code,
+                         "pairing: " + transport.error().message + " (is the secondary up?)"});
+  }
+  channel_ = ReplicationChannel::create(
+      ex_, std::move(*transport),
+      {"secondary " + where, options_.heartbeat_interval, options_.heartbeat_timeout});
+  std::weak_ptr<Replicator> weak = weak_from_this();
+  channel_->start([weak](replication::Envelope r) { return handle(weak, std::move(r)); },
+                  [weak](const std::string& reason) {
+                    if (auto self = weak.lock()) self->on_channel_lost(reason);
+                  });
+
+  replication::Envelope hello;
+  auto* h = hello.mutable_hello();
+  h->set_protocol_version(kReplicationProtocolVersion);
+  h->set_resource(options_.resource);
+  h->set_disk_size_bytes(quorum_->size_bytes());
+  h->set_block_size_bytes(quorum_->limits().alignment_bytes);
+  h->set_node_id(options_.identity.id);
+  h->set_node_name(options_.identity.name);
+  h->set_durable_epoch(epoch_);
+  auto reply = co_await channel_->call(hello, options_.connect_timeout);
+  if (!reply) co_return fail(Error{reply.error().code, "pairing refused: " + reply.error().message});
+  if (!reply->has_hello()) {
+    co_return fail(make_error(EPROTO, fmt::format("pairing: the secondary answered hello with {}",
+                                                  body_name(*reply))));
+  }
+  const replication::Hello& theirs = reply->hello();
+  if (theirs.protocol_version() != kReplicationProtocolVersion) {
+    co_return fail(make_error(EPROTONOSUPPORT,
+                              fmt::format("pairing: the secondary speaks protocol version {}, the "
+                                          "primary {}", theirs.protocol_version(),
+                                          kReplicationProtocolVersion)));
+  }
+  if (theirs.resource() != options_.resource) {
+    co_return fail(make_error(ENOENT, fmt::format("pairing: the secondary's resource \"{}\" "
+                                                  "differs from the primary's \"{}\"",
+                                                  theirs.resource(), options_.resource)));
+  }
+  if (theirs.disk_size_bytes() != quorum_->size_bytes()) {
+    co_return fail(make_error(EMEDIUMTYPE, fmt::format("pairing: the secondary's disk size {} "
+                                                       "bytes differs from the primary's {} bytes",
+                                                       theirs.disk_size_bytes(),
+                                                       quorum_->size_bytes())));
+  }
+  peer_name_ = theirs.node_name().empty() ? theirs.node_id() : theirs.node_name();
+  peer_id_ = theirs.node_id();
+  if (peer_id_ == options_.identity.id) {
+    co_return fail(make_error(EEXIST, fmt::format("pairing: the secondary has this node's own id "
+                                                  "{} (the same state directory?)", peer_id_)));
+  }
+
+  // No write may slip between starting the secondary and attaching the peer child.
+  const bool was_closed = gate_->is_closed();
+  if (!was_closed) co_await gate_->close();
+  auto reopen = [this, was_closed] {
+    if (!was_closed) gate_->open();
+  };
+  replication::Envelope start;
+  start.mutable_start()->set_epoch(std::max(epoch_, theirs.durable_epoch()));
+  start.mutable_start()->set_resume(record_->state().clean && !force &&
+                                    theirs.durable_epoch() == epoch_);
+  auto started = co_await channel_->call(start, options_.checkpoint_timeout);
+  if (!started) {
+    reopen();
+    co_return fail(Error{started.error().code, "pairing: starting replication on the secondary: " +
+                                                   started.error().message});
+  }
+  const std::uint64_t their_epoch = started->has_start() ? started->start().epoch()
+                                                         : theirs.durable_epoch();
+
+  NbdClientOptions nbd = nbd_options_from_config(options_.quorum, options_.peer_uri);
+  nbd.reconnect = false;  // a reconnect would hide missed writes: losing the peer detaches it
+  nbd.connect_timeout_ms = static_cast<std::uint32_t>(options_.connect_timeout.count());
+  auto node = co_await NbdClientNode::open(ex_, options_.peer_child, nbd);
+  if (!node) {
+    reopen();
+    co_return fail(Error{node.error().code, "pairing: connecting to the replication export: " +
+                                                node.error().message});
+  }
+  peer_nbd_ = *node;
+  std::shared_ptr<BlockNode> child = peer_nbd_;
+  if (options_.async_mode) {
+    WriteBackOptions ao;
+    ao.queue_bytes_max = options_.async_queue_bytes;
+    ao.failure_event = "async_peer_failed";  // the operator-visible event name of async mode
+    // The secondary flushes its disk when it records the checkpoint; the marker only has to
+    // follow every write before the cut (acknowledged by the secondary).
+    ao.hold_flushes = false;
+    peer_async_ = std::make_shared<WriteBackNode>("async-" + options_.peer_child, ex_, peer_nbd_,
+                                                  ao);
+    peer_async_->set_on_failure([weak](int err) {
+      if (auto self = weak.lock()) {
+        spawn(self->ex_, detach_task(self, fmt::format("an asynchronous write to the secondary "
+                                                      "failed: {}", std::strerror(err))),
+              "detach secondary");
+      }
+    });
+    child = peer_async_;
+  }
+  Result<void> added = co_await quorum_->add_child(options_.peer_child, child);
+  if (!added) {
+    reopen();
+    peer_nbd_->close();
+    co_await peer_nbd_->drain();
+    peer_nbd_.reset();
+    peer_async_.reset();
+    co_return fail(added.error());
+  }
+  peer_errors_at_attach_ = peer_errors();
+  epoch_ = std::max(epoch_, their_epoch);
+  peer_state_ = PeerState::paired;
+  peer_reason_.clear();
+  reopen();
+  co_await store_state({epoch_, false, false});
+  log::event({"secondary_paired",
+              {{"resource", options_.resource},
+               {"secondary", peer_name_},
+               {"secondary_id", peer_id_},
+               {"address", where},
+               {"epoch", std::to_string(epoch_)},
+               {"write_mode", options_.async_mode ? "async" : "sync"}}});
+  co_return Result<void>{};
+}
+
+// Takes the peer out of the graph: the channel closes, the NBD child is closed (what is in
+// flight to the secondary fails at once, so a hung peer never holds writes) and removed.
+Task<void> Replicator::release_peer(PeerState next, std::string reason) {
+  detaching_ = true;
+  peer_state_ = next;
+  peer_reason_ = reason;
+  if (channel_) channel_->close(reason);
+  if (peer_nbd_) peer_nbd_->close();
+  auto removed = co_await quorum_->remove_child(options_.peer_child);
+  if (!removed) log::error("primary: removing the peer child: {}", removed.error().to_string());
+  peer_async_.reset();
+  peer_nbd_.reset();
+  channel_.reset();
+  detaching_ = false;
+}
+
+Task<void> Replicator::detach_task(std::shared_ptr<Replicator> self, std::string reason) {
+  co_await self->detach(std::move(reason));
+}
+
+Task<void> Replicator::detach(std::string reason) {
+  if (peer_state_ != PeerState::paired || detaching_) co_return;
+  co_await release_peer(PeerState::stale, reason);
+  log::event({"secondary_lost",
+              {{"resource", options_.resource},
+               {"secondary", peer_name_},
+               {"reason", reason},
+               {"epoch", std::to_string(epoch_)},
+               {"state", "stale"}}});
+  // The secondary misses every write from now on.
+  co_await store_state({epoch_, true, false});
+}
+
+}  // namespace colo

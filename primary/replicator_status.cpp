@@ -1,0 +1,91 @@
+#include "primary/replicator.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "primary/quorum_control.hpp"
+
+namespace colo {
+
+namespace {
+
+std::uint64_t unix_ms(std::chrono::system_clock::time_point t) {
+  if (t == std::chrono::system_clock::time_point{}) return 0;
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count());
+}
+
+}  // namespace
+
+PauseSummary Replicator::pauses() const {
+  PauseSummary s;
+  s.count = checkpoints_;
+  if (pauses_ns_.empty()) return s;
+  std::vector<std::uint64_t> v(pauses_ns_.begin(), pauses_ns_.end());
+  s.last_us = v.back() / 1000;
+  std::sort(v.begin(), v.end());
+  s.p50_us = v[(v.size() - 1) / 2] / 1000;
+  s.p99_us = v[(v.size() - 1) * 99 / 100] / 1000;
+  s.max_us = pause_max_ns_ / 1000;
+  return s;
+}
+
+// --------------------------------------------------------------------------
+
+std::string Replicator::status_text() const {
+  const PauseSummary p = pauses();
+  std::string text = fmt::format(
+      "role: primary\nstate: {}\nresource: {}\nnode: {} ({})\nepoch: {}\nwrite_mode: {}\n"
+      "peer: {} {}\npeer_state: {}{}\n",
+      demoted_ ? "demoted" : prepared_ ? "prepared" : "running", options_.resource,
+      options_.identity.name, options_.identity.id, epoch_, options_.async_mode ? "async" : "sync",
+      peer_name_.empty() ? "-" : peer_name_, options_.peer_address.to_string(),
+      to_string(peer_state_), peer_reason_.empty() ? "" : " (" + peer_reason_ + ")");
+  if (record_->state().diverged) text += "diverged: yes (pairing again needs a resync)\n";
+  if (peer_async_) {
+    text += fmt::format("queue: {} bytes, {} entries ({} in flight)\n", peer_async_->queued_bytes(),
+                        peer_async_->queued_entries(), peer_async_->inflight_entries());
+  }
+  text += fmt::format("checkpoints: {} ok, {} failed\n", checkpoints_, checkpoint_failures_);
+  if (last_checkpoint_ != std::chrono::system_clock::time_point{}) {
+    const auto age = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::system_clock::now() - last_checkpoint_);
+    text += fmt::format("last_checkpoint: {} ms ago, pause {} us\n", age.count(), p.last_us);
+    text += fmt::format("pause: p50 {} us, p99 {} us, max {} us\n", p.p50_us, p.p99_us, p.max_us);
+  }
+  if (!last_checkpoint_error_.empty()) text += "last_error: " + last_checkpoint_error_ + "\n";
+  text += quorum_status_text(*quorum_);
+  return text;
+}
+
+boost::json::object Replicator::status_json() const {
+  const PauseSummary p = pauses();
+  return {
+      {"role", "primary"},
+      {"state", demoted_ ? "demoted" : prepared_ ? "prepared" : "running"},
+      {"resource", options_.resource},
+      {"node_name", options_.identity.name},
+      {"node_id", options_.identity.id},
+      {"epoch", epoch_},
+      {"write_mode", options_.async_mode ? "async" : "sync"},
+      {"diverged", record_->state().diverged},
+      {"peer",
+       {{"name", peer_name_},
+        {"id", peer_id_},
+        {"address", options_.peer_address.to_string()},
+        {"state", to_string(peer_state_)},
+        {"reason", peer_reason_}}},
+      {"queue",
+       {{"bytes", peer_async_ ? peer_async_->queued_bytes() : 0},
+        {"entries", peer_async_ ? peer_async_->queued_entries() : 0}}},
+      {"checkpoints", checkpoints_},
+      {"checkpoint_failures", checkpoint_failures_},
+      {"last_checkpoint_unix_ms", unix_ms(last_checkpoint_)},
+      {"pause_us", {{"last", p.last_us}, {"p50", p.p50_us}, {"p99", p.p99_us}, {"max", p.max_us}}},
+      {"last_error", last_checkpoint_error_},
+      {"quorum", quorum_status_json(*quorum_)}};
+}
+
+}  // namespace colo
