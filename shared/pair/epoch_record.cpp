@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "shared/base/log.hpp"
+#include "shared/pair/state_file.hpp"
 
 namespace colo {
 namespace {
@@ -102,10 +103,18 @@ Result<std::unique_ptr<EpochRecord>> EpochRecord::open(asio::io_context& io,
       seq = sb;
     }
   }
+  if (fresh) {
+    // A new record starts as one valid slot (epoch 0), written to "<path>.tmp", synced and
+    // renamed into place with the directory synced: a record that exists is never all
+    // zeroes, so a daemon stopped before its first store opens it again.
+    std::string initial(2 * kSlotBytes, '\0');
+    encode(reinterpret_cast<std::byte*>(initial.data()), state, seq);
+    Result<void> w = write_file_atomic(path, initial);
+    if (!w) return w.error();
+  }
   FileNodeOptions o;
   o.path = path;
   o.cache = FileNodeOptions::Cache::buffered;
-  o.create = true;
   o.size_bytes = 2 * kSlotBytes;
   auto file = FileNode::open(io, "epoch-record", o);
   if (!file) return file.error();

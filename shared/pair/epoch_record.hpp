@@ -30,8 +30,9 @@ struct EpochState {
 
 class EpochRecord {
  public:
-  // Opens (creating when missing) the record at `path`. A file whose slots are both invalid
-  // is an error naming the path (never silently reset).
+  // Opens the record at `path`, creating it when missing (or empty) with one valid slot for
+  // epoch 0, durably (file and directory synced) before it returns. A file whose slots are
+  // both invalid is an error naming the path (never silently reset).
   static Result<std::unique_ptr<EpochRecord>> open(asio::io_context& io, const std::string& path);
 
   const EpochState& state() const { return state_; }

@@ -11,6 +11,7 @@
 #include <libnbd.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -543,6 +544,19 @@ TEST(Pair, PeriodicCheckpointsUnderFioWithVerify) {
   EXPECT_GE(std::stoul(status.output.substr(at + 14)), 5u) << status.output;
   EXPECT_NE(status.output.find("\"checkpoint_failures\":0"), std::string::npos) << status.output;
   EXPECT_NE(status.output.find("\"state\":\"paired\""), std::string::npos) << status.output;
+}
+
+// A primary started while its secondary is down and stopped before any write starts again
+// (its epoch record was created valid, not as zeroes).
+TEST(Pair, APrimaryStoppedBeforeAnyWriteStartsAgain) {
+  PairFixture pair;
+  ASSERT_NO_FATAL_FAILURE(pair.start_primary());
+  EXPECT_EQ(WEXITSTATUS(pair.primary().stop(SIGTERM)), 0);
+  ASSERT_NO_FATAL_FAILURE(pair.start_primary());
+  auto st = pair.ctl(pair.p_ctl(), {"status"});
+  EXPECT_EQ(st.exit_code, 0) << st.output;
+  EXPECT_NE(st.output.find("role: primary"), std::string::npos) << st.output;
+  EXPECT_EQ(test::read_file(pair.file("p.log")).find("no valid slot"), std::string::npos);
 }
 
 // A clean stop of the primary takes a last checkpoint; restarted, it resumes replication

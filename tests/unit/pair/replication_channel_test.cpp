@@ -10,7 +10,6 @@
 
 #include "process.hpp"
 #include "shared/base/frame.hpp"
-#include "shared/pair/epoch_record.hpp"
 #include "shared/pair/replication_channel.hpp"
 #include "test_support.hpp"
 
@@ -147,49 +146,6 @@ TEST(ReplicationChannel, MalformedOrOversizedFramesCloseTheChannel) {
   e.set_is_reply(true);
   e.mutable_ok();
   expect_lost_on_bytes(encode_frame(e), "never sent");
-}
-
-Task<void> store_epochs(EpochRecord& r) {
-  for (std::uint64_t e = 1; e <= 5; ++e) {
-    auto s = co_await r.store({e, e == 5, false});
-    EXPECT_TRUE(s) << s.error().to_string();
-  }
-}
-
-TEST(EpochRecord, SurvivesReopenAndATornSlot) {
-  test::TempDir dir;
-  const std::string path = dir.file("epoch");
-  {
-    asio::io_context io;
-    auto r = EpochRecord::open(io, path);
-    ASSERT_TRUE(r) << r.error().to_string();
-    EXPECT_EQ((*r)->state(), EpochState{});
-    test::run_task(io, store_epochs(**r));
-  }
-  {
-    asio::io_context io;
-    auto r = EpochRecord::open(io, path);
-    ASSERT_TRUE(r);
-    EXPECT_EQ((*r)->state().epoch, 5u);
-    EXPECT_TRUE((*r)->state().diverged);
-  }
-  // Tear the newest slot (epoch 5 went to slot 5 % 2 = 1): the previous record is kept.
-  std::string bytes = test::read_file(path);
-  bytes[4096 + 24] ^= 0x7f;
-  test::write_file(path, bytes);
-  {
-    asio::io_context io;
-    auto r = EpochRecord::open(io, path);
-    ASSERT_TRUE(r);
-    EXPECT_EQ((*r)->state().epoch, 4u);
-    EXPECT_FALSE((*r)->state().diverged);
-  }
-  bytes[24] ^= 0x7f;
-  test::write_file(path, bytes);
-  asio::io_context io;
-  auto r = EpochRecord::open(io, path);
-  ASSERT_FALSE(r);
-  EXPECT_NE(r.error().message.find("no valid slot"), std::string::npos);
 }
 
 }  // namespace
