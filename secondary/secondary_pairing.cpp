@@ -9,11 +9,30 @@
 
 namespace colo {
 
+Result<std::shared_ptr<SecondaryPairing>> SecondaryPairing::open(asio::any_io_executor ex,
+                                                                 std::shared_ptr<DiskBuffer> db,
+                                                                 SecondaryPairingOptions options) {
+  auto marker = read_file_if_exists(options.state_dir + "/promoted");
+  if (!marker) {
+    return make_error(marker.error().code.value(),
+                      marker.error().message + " (the promoted marker): refusing to start "
+                      "without knowing whether this node was promoted");
+  }
+  const bool promoted = marker->has_value();
+  return std::make_shared<SecondaryPairing>(std::move(ex), std::move(db), std::move(options),
+                                            promoted);
+}
+
 SecondaryPairing::SecondaryPairing(asio::any_io_executor ex, std::shared_ptr<DiskBuffer> db,
-                                   SecondaryPairingOptions options)
-    : ex_(ex), db_(std::move(db)), options_(std::move(options)), listener_(ex) {
-  auto marker = read_file_if_exists(promoted_marker());
-  promoted_ = marker && marker->has_value();
+                                   SecondaryPairingOptions options, bool promoted)
+    : ex_(ex), db_(std::move(db)), options_(std::move(options)), listener_(ex),
+      promoted_(promoted) {}
+
+Task<Result<void>> SecondaryPairing::resume_promotion() {
+  if (!promoted_ || db_->state() != BufferState::replicating) co_return Result<void>{};
+  log::event({"promotion_resumed",
+              {{"resource", options_.resource}, {"epoch", std::to_string(db_->epoch())}}});
+  co_return co_await db_->stop_replication(StopMode::failover);
 }
 
 std::string SecondaryPairing::promoted_marker() const {
@@ -39,8 +58,15 @@ void SecondaryPairing::close() {
   active_.reset();
 }
 
-bool SecondaryPairing::primary_connected() const {
-  return active_ != nullptr && active_->channel->is_open();
+bool SecondaryPairing::primary_connected() {
+  if (active_ == nullptr || !active_->channel->is_open()) return false;
+  if (active_->channel->peer_hung_up()) {
+    auto session = active_;
+    session->channel->close("the primary closed its end");
+    on_lost(session, "the primary closed its end of the checkpoint channel");
+    return false;
+  }
+  return true;
 }
 
 PrimaryPeerInfo SecondaryPairing::peer() const {
@@ -131,7 +157,7 @@ replication::Envelope SecondaryPairing::on_hello(const std::shared_ptr<Session>&
                                    "primary; rejoining needs a resync (or remove {} after making "
                                    "its disk a copy of the primary's)", promoted_marker()));
   }
-  if (active_ != nullptr && active_ != session && active_->channel->is_open()) {
+  if (active_ != nullptr && active_ != session && primary_connected()) {
     return error_reply(replication::ERROR_STATE,
                        fmt::format("already paired with primary \"{}\" ({}) from {}",
                                    active_->name, active_->id, active_->channel->peer()));

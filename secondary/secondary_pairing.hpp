@@ -49,8 +49,13 @@ struct PrimaryPeerInfo {
 
 class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
  public:
+  // Reads the durable "promoted" marker. An error reading it (EACCES, EIO...) is returned, so
+  // the daemon refuses to start rather than take a promoted node for a secondary.
+  static Result<std::shared_ptr<SecondaryPairing>> open(asio::any_io_executor ex,
+                                                        std::shared_ptr<DiskBuffer> db,
+                                                        SecondaryPairingOptions options);
   SecondaryPairing(asio::any_io_executor ex, std::shared_ptr<DiskBuffer> db,
-                   SecondaryPairingOptions options);
+                   SecondaryPairingOptions options, bool promoted);
   ~SecondaryPairing();
   SecondaryPairing(const SecondaryPairing&) = delete;
   SecondaryPairing& operator=(const SecondaryPairing&) = delete;
@@ -60,7 +65,16 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   // Stops listening and closes the session.
   void close();
 
-  bool primary_connected() const;
+  // Completes a promotion that a crash interrupted: the marker is durable but the buffer was
+  // still replicating (the crash came before the failover's first header write), so the
+  // rollback is started again, with the event `promotion_resumed`. A no-op otherwise. Call
+  // once, before listening.
+  Task<Result<void>> resume_promotion();
+
+  // A primary session is open. The socket is checked first: a session whose primary closed
+  // or reset its end (kill -9, a crashed host's RST) ends here, even before the channel's
+  // read loop has seen the EOF, so a failover right after fencing is never refused by a race.
+  bool primary_connected();
   PrimaryPeerInfo peer() const;
   bool promoted() const { return promoted_; }
   std::chrono::system_clock::time_point last_checkpoint_time() const { return last_checkpoint_; }

@@ -5,6 +5,9 @@
 #include <charconv>
 #include <chrono>
 #include <memory>
+#include <optional>
+#include <string_view>
+#include <vector>
 
 #include "secondary/disk_buffer_node.hpp"
 #include "secondary/secondary_pairing.hpp"
@@ -27,31 +30,78 @@ bool parse_u64(const std::string& text, std::uint64_t* out) {
   return ec == std::errc() && p == end && !text.empty();
 }
 
-// Control handlers: free coroutines taking their arguments by value (no lambda captures
-// cross a co_await).
-Task<control::Reply> cmd_start(std::shared_ptr<DiskBuffer> db, control::Request req) {
-  std::uint64_t size = db->disk_size_bytes();
-  if (req.args_size() > 1 || (req.args_size() == 1 && !parse_u64(req.args(0), &size))) {
-    co_return ControlReplyBuilder::fail(kExitUsage, "usage: start [DISK_SIZE_BYTES]");
+// The arguments of a lifecycle command with "--force" taken out (it may stand anywhere).
+struct LifecycleArgs {
+  std::vector<std::string> args;
+  bool force = false;
+};
+LifecycleArgs lifecycle_args(const control::Request& req) {
+  LifecycleArgs out;
+  for (const auto& a : req.args()) {
+    if (a == "--force") {
+      out.force = true;
+    } else {
+      out.args.push_back(a);
+    }
   }
+  return out;
+}
+
+// start, checkpoint and stop drive the disk buffer by hand. With a primary's session open
+// they would start over, commit or drop a half-written epoch under the primary's feet (and a
+// checkpoint would record a half-written image as the rollback point): refused unless
+// --force. A promoted node serves as the primary and has no buffer lifecycle: refused.
+std::optional<control::Reply> refused_by_pair(const std::shared_ptr<SecondaryPairing>& pairing,
+                                              std::string_view command, bool force) {
+  if (!pairing) return std::nullopt;
+  if (pairing->promoted()) {
+    return ControlReplyBuilder::fail(
+        kExitRefused, fmt::format("{} refused: this node was promoted and serves as the primary",
+                                  command));
+  }
+  if (force || !pairing->primary_connected()) return std::nullopt;
+  const PrimaryPeerInfo p = pairing->peer();
+  return ControlReplyBuilder::fail(
+      kExitRefused, fmt::format("{} refused: primary \"{}\" ({}) is connected from {} and drives "
+                                "replication; use --force to act anyway",
+                                command, p.name, p.id, p.address));
+}
+
+// Control handlers: free coroutines taking their arguments by value (no lambda captures
+// cross a co_await). `pairing` is null without a checkpoint channel.
+Task<control::Reply> cmd_start(std::shared_ptr<DiskBuffer> db,
+                               std::shared_ptr<SecondaryPairing> pairing, control::Request req) {
+  const LifecycleArgs a = lifecycle_args(req);
+  std::uint64_t size = db->disk_size_bytes();
+  if (a.args.size() > 1 || (a.args.size() == 1 && !parse_u64(a.args[0], &size))) {
+    co_return ControlReplyBuilder::fail(kExitUsage, "usage: start [DISK_SIZE_BYTES] [--force]");
+  }
+  if (auto refused = refused_by_pair(pairing, "start", a.force)) co_return *refused;
   Result<void> r = co_await db->start_replication(size);
   co_return reply_of(r, fmt::format("replication started (epoch {})", db->epoch()));
 }
 
-Task<control::Reply> cmd_checkpoint(std::shared_ptr<DiskBuffer> db, control::Request req) {
+Task<control::Reply> cmd_checkpoint(std::shared_ptr<DiskBuffer> db,
+                                    std::shared_ptr<SecondaryPairing> pairing,
+                                    control::Request req) {
+  const LifecycleArgs a = lifecycle_args(req);
   std::uint64_t epoch = 0;
-  if (req.args_size() != 1 || !parse_u64(req.args(0), &epoch)) {
-    co_return ControlReplyBuilder::fail(kExitUsage, "usage: checkpoint EPOCH");
+  if (a.args.size() != 1 || !parse_u64(a.args[0], &epoch)) {
+    co_return ControlReplyBuilder::fail(kExitUsage, "usage: checkpoint EPOCH [--force]");
   }
+  if (auto refused = refused_by_pair(pairing, "checkpoint", a.force)) co_return *refused;
   Result<void> r = co_await db->do_checkpoint(epoch);
   co_return reply_of(r, fmt::format("checkpoint {} recorded", epoch));
 }
 
-Task<control::Reply> cmd_stop(std::shared_ptr<DiskBuffer> db, control::Request req) {
-  if (req.args_size() != 1 || (req.args(0) != "failover" && req.args(0) != "discard")) {
-    co_return ControlReplyBuilder::fail(kExitUsage, "usage: stop failover|discard");
+Task<control::Reply> cmd_stop(std::shared_ptr<DiskBuffer> db,
+                              std::shared_ptr<SecondaryPairing> pairing, control::Request req) {
+  const LifecycleArgs a = lifecycle_args(req);
+  if (a.args.size() != 1 || (a.args[0] != "failover" && a.args[0] != "discard")) {
+    co_return ControlReplyBuilder::fail(kExitUsage, "usage: stop failover|discard [--force]");
   }
-  const bool failover = req.args(0) == "failover";
+  if (auto refused = refused_by_pair(pairing, "stop", a.force)) co_return *refused;
+  const bool failover = a.args[0] == "failover";
   Result<void> r = co_await db->stop_replication(failover ? StopMode::failover
                                                           : StopMode::discard);
   co_return reply_of(r, failover ? "failover started: the disk buffer is being applied "
@@ -180,10 +230,20 @@ Task<control::Reply> cmd_demote(std::shared_ptr<SecondaryPairing> pairing,
                                     "needs a resync (restart with the secondary config)\n");
 }
 
-Task<void> open_buffer(std::shared_ptr<BlockNode> disk, std::shared_ptr<BlockNode> buffer,
-                       DiskBufferOptions options,
-                       std::shared_ptr<Result<std::shared_ptr<DiskBuffer>>> out) {
-  *out = co_await DiskBuffer::open("buffer", std::move(disk), std::move(buffer), options);
+// Runs `task` on `io` to its end before the daemon's loop starts (recovery reads and writes
+// through the block nodes, which need the loop).
+template <class T>
+T run_to_completion(asio::io_context& io, Task<T> task) {
+  std::optional<T> out;
+  asio::co_spawn(io, std::move(task), [&out](std::exception_ptr e, T value) {
+    if (e) std::rethrow_exception(e);
+    out.emplace(std::move(value));
+  });
+  while (!out) {
+    // Out of work once an earlier task ended: the context stopped; let it run again.
+    if (io.run_one() == 0) io.restart();
+  }
+  return std::move(*out);
 }
 
 Result<std::shared_ptr<NbdServer>> serve(asio::io_context& io, NbdExport e,
@@ -221,20 +281,11 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
                                             std::shared_ptr<BlockNode> buffer,
                                             const DiskBufferOptions& options) {
   const config::SecondaryConfig& s = cfg.secondary();
-  // Recovery reads the buffer through its node: run the loop until it is done (the daemon's
-  // loop has not started yet).
-  auto opened = std::make_shared<Result<std::shared_ptr<DiskBuffer>>>(
-      make_error(EINPROGRESS, "opening the disk buffer"));
-  bool done = false;
-  asio::co_spawn(io, open_buffer(std::move(disk), std::move(buffer), options, opened),
-                 [&done](std::exception_ptr e) {
-                   if (e) std::rethrow_exception(e);
-                   done = true;
-                 });
-  while (!done) io.run_one();
-  if (!*opened) return opened->error();
+  Result<std::shared_ptr<DiskBuffer>> opened = run_to_completion(
+      io, DiskBuffer::open("buffer", std::move(disk), std::move(buffer), options));
+  if (!opened) return opened.error();
   SecondaryGraph g;
-  g.db = **opened;
+  g.db = *opened;
 
   auto replication = serve(io, {s.replication_export_name(), "colo replication export",
                                 g.db->primary_view(), false},
@@ -258,7 +309,11 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
     po.heartbeat_timeout = std::chrono::milliseconds(
         rc.heartbeat_timeout_ms() != 0 ? rc.heartbeat_timeout_ms() : 3000);
     po.alignment_bytes = g.db->primary_view()->limits().alignment_bytes;
-    g.pairing = std::make_shared<SecondaryPairing>(io.get_executor(), g.db, po);
+    auto pairing = SecondaryPairing::open(io.get_executor(), g.db, po);
+    if (!pairing) return fail(pairing.error());
+    g.pairing = *pairing;
+    Result<void> resumed = run_to_completion(io, g.pairing->resume_promotion());
+    if (!resumed) return fail(resumed.error());
     for (const auto& text : rc.listen()) {
       auto address = parse_listen_address(text);
       if (!address) return fail(address.error());
@@ -306,13 +361,15 @@ Result<void> start_secondary(DaemonContext& ctx) {
     local = *served;
   }
 
-  ctx.control().add_command("start", "start [DISK_SIZE_BYTES]: start replication (disk buffer)",
-                            [db](const control::Request& r) { return cmd_start(db, r); });
-  ctx.control().add_command("checkpoint", "checkpoint EPOCH: record a checkpoint",
-                            [db](const control::Request& r) { return cmd_checkpoint(db, r); });
   ctx.control().add_command(
-      "stop", "stop failover|discard: stop replication (failover applies the buffer)",
-      [db](const control::Request& r) { return cmd_stop(db, r); });
+      "start", "start [DISK_SIZE_BYTES] [--force]: start replication (disk buffer)",
+      [db, pairing](const control::Request& r) { return cmd_start(db, pairing, r); });
+  ctx.control().add_command(
+      "checkpoint", "checkpoint EPOCH [--force]: record a checkpoint",
+      [db, pairing](const control::Request& r) { return cmd_checkpoint(db, pairing, r); });
+  ctx.control().add_command(
+      "stop", "stop failover|discard [--force]: stop replication (failover applies the buffer)",
+      [db, pairing](const control::Request& r) { return cmd_stop(db, pairing, r); });
   ctx.control().add_command("replication-status",
                             "replication-status: state, epoch, buffer and failover progress",
                             [db](const control::Request& r) { return cmd_status(db, r); });

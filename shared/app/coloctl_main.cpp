@@ -2,8 +2,9 @@
 //
 //   coloctl [-s SOCKET] [--json] [--timeout MS] COMMAND [ARGS...]
 //
-// The command and its arguments go to the daemon as they are; the daemon knows its commands
-// ("coloctl help" lists them). Exit codes: 0 success, 1 the command failed, 2 bad usage,
+// The command and its arguments go to the daemon as they are, options of the command's own
+// included ("failover --force"); coloctl's options may stand anywhere. The daemon knows its
+// commands ("coloctl help" lists them). Exit codes: 0 success, 1 the command failed, 2 bad usage,
 // 3 the daemon could not be reached, 4 refused in the current state.
 
 #include <boost/program_options.hpp>
@@ -36,15 +37,22 @@ int main(int argc, char** argv) {
   po::positional_options_description pos;
   pos.add("words", -1);
   po::variables_map vm;
+  std::vector<std::string> words;
   try {
-    po::store(po::command_line_parser(argc, argv)
-                  .options(all)
-                  .positional(pos)
-                  .style(po::command_line_style::default_style &
-                         ~po::command_line_style::allow_guessing)
-                  .run(),
-              vm);
+    // Options coloctl does not know are the command's ("--force"): kept in place, in order.
+    po::parsed_options parsed = po::command_line_parser(argc, argv)
+                                    .options(all)
+                                    .positional(pos)
+                                    .style(po::command_line_style::default_style &
+                                           ~po::command_line_style::allow_guessing)
+                                    .allow_unregistered()
+                                    .run();
+    po::store(parsed, vm);
     po::notify(vm);
+    words = po::collect_unrecognized(parsed.options, po::include_positional);
+    if (!words.empty() && words[0].starts_with("-")) {
+      throw po::unknown_option(words[0]);
+    }
   } catch (const std::exception& e) {
     std::cerr << "coloctl: " << e.what() << "\n";
     return colo::kExitUsage;
@@ -57,11 +65,10 @@ int main(int argc, char** argv) {
     std::cout << "coloctl " << colo::kVersion << "\n";
     return 0;
   }
-  if (!vm.count("words")) {
+  if (words.empty()) {
     std::cerr << "coloctl: no command given (see --help)\n";
     return colo::kExitUsage;
   }
-  auto words = vm["words"].as<std::vector<std::string>>();
   colo::control::Request request;
   request.set_command(words[0]);
   for (std::size_t i = 1; i < words.size(); ++i) request.add_args(words[i]);

@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -42,6 +43,13 @@ class SocketTransport final : public FrameTransport {
     error_code ec;
     socket_.shutdown(Generic::socket::shutdown_both, ec);
     socket_.close(ec);
+  }
+  bool hung_up() const override {
+    pollfd p{};
+    p.fd = const_cast<Generic::socket&>(socket_).native_handle();
+    p.events = POLLRDHUP;
+    const int n = ::poll(&p, 1, 0);
+    return n > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
   }
   std::string peer() const override { return peer_; }
 

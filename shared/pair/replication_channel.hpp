@@ -48,6 +48,9 @@ class FrameTransport {
   // Writes a whole frame (header included).
   virtual Task<error_code> write_frame(const std::string& frame) = 0;
   virtual void close() = 0;
+  // True when the peer has closed or reset its end (EOF or an error is waiting on the
+  // stream), without reading anything: the frames already received stay readable.
+  virtual bool hung_up() const = 0;
   // "tcp:127.0.0.1:40000" or "unix:/path", for logs.
   virtual std::string peer() const = 0;
 };
@@ -119,6 +122,9 @@ class ReplicationChannel : public std::enable_shared_from_this<ReplicationChanne
   void close(const std::string& reason);
 
   bool is_open() const { return open_; }
+  // The channel is open but the peer already closed or reset its end (the read loop has not
+  // seen the EOF yet).
+  bool peer_hung_up() const { return open_ && transport_->hung_up(); }
   const std::string& label() const { return options_.label; }
   std::string peer() const { return transport_->peer(); }
   std::chrono::steady_clock::time_point last_received() const { return last_received_; }

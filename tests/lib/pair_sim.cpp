@@ -22,6 +22,7 @@ std::string_view to_string(SimFault f) {
     case SimFault::secondary_crash: return "secondary_crash";
     case SimFault::secondary_power_cut: return "secondary_power_cut";
     case SimFault::link_blackhole: return "link_blackhole";
+    case SimFault::failover_crash: return "failover_crash";
   }
   return "?";
 }
@@ -65,6 +66,8 @@ Task<void> read_all(BlockNode& node, Image& out, IoResult& result) {
   }
 }
 
+Result<void> open_secondary(Sim& sim);
+
 Task<void> failover_and_check(Sim* sim, bool* done) {
   Replicator& rep = *sim->p.replicator;
   sim->kill_links();
@@ -73,16 +76,46 @@ Task<void> failover_and_check(Sim* sim, bool* done) {
     co_await sleep_for(std::chrono::milliseconds(2));
   }
   EXPECT_FALSE(sim->s.pairing->primary_connected()) << "the secondary still sees the primary";
-  DiskBuffer& db = *sim->s.db;
   sim->out.primary_epoch = rep.epoch();
   EXPECT_EQ(rep.epoch(), sim->acked) << "the primary's epoch is not its last acknowledged one";
-  EXPECT_EQ(db.state(), BufferState::replicating);
-  const std::uint64_t epoch_seen = db.epoch();
+  EXPECT_EQ(sim->s.db->state(), BufferState::replicating);
+  const std::uint64_t epoch_seen = sim->s.db->epoch();
   // The fault is over: the failover's own buffer and disk writes must not meet it.
   sim->media->disk->clear_rules();
   sim->media->buffer->clear_rules();
-  Result<void> f = co_await sim->s.pairing->failover(false);
+  Result<void> f = make_error(EIO, "no failover");
+  if (sim->c.fault == SimFault::failover_crash) {
+    // The crash point: the k-th write of the failover to the buffer (its header: k = 1 right
+    // after the promoted marker) or to the disk (the apply) fails, and the failover stops
+    // there; the secondary then dies with its media as they are, and is opened again.
+    std::mt19937_64 fp(sim->c.seed ^ 0xfa170e4u);
+    FaultRule rule;
+    rule.ops = kWriteOps;
+    rule.when = FaultRule::When::every_nth;
+    const bool on_buffer = fp() % 2 == 0;
+    rule.nth = 1 + fp() % (on_buffer ? 2 : 8);
+    (on_buffer ? sim->media->buffer : sim->media->disk)->add_rule(rule);
+    f = co_await sim->s.pairing->failover(false);
+    co_await sim->s.db->wait_failover_idle();
+    log::info("sim: failover stopped at the {} write {} ({}); the secondary crashes", rule.nth,
+              on_buffer ? "buffer" : "disk", f ? "ok" : f.error().to_string());
+    co_await crash_secondary(sim, false);
+    sim->phase = "reopen after a crash in failover";
+    Result<void> reopened = open_secondary(*sim);
+    if (!reopened) {
+      ADD_FAILURE() << "reopening the secondary: " << reopened.error().to_string();
+      *done = true;
+      co_return;
+    }
+    EXPECT_TRUE(sim->s.pairing->promoted()) << "a node with the promoted marker is promoted";
+    EXPECT_NE(sim->s.db->state(), BufferState::replicating)
+        << "the reopened node did not finish its promotion";
+    f = Result<void>{};
+  } else {
+    f = co_await sim->s.pairing->failover(false);
+  }
   EXPECT_TRUE(f) << (f ? "" : f.error().to_string());
+  DiskBuffer& db = *sim->s.db;
   // The epoch rolled back to: a checkpoint whose cut the secondary registered before the link
   // went is recorded first (failover waits for it), so it may be one past what was seen above.
   const std::uint64_t epoch = db.epoch();

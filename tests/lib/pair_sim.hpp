@@ -37,8 +37,10 @@ enum class SimFault : std::uint8_t {
   secondary_crash,            // the secondary killed (media as they are), reopened
   secondary_power_cut,        // the secondary's power cut (unflushed writes lost), reopened
   link_blackhole,             // both links drop every byte from a seeded moment (heartbeats)
+  failover_crash,             // the secondary dies at a seeded point of its failover (after
+                              // the promoted marker), is reopened and must finish the rollback
 };
-inline constexpr int kSimFaultCount = 9;
+inline constexpr int kSimFaultCount = 10;
 std::string_view to_string(SimFault f);
 
 // Everything a run does is drawn from `seed` (sim_config_for_seed); a field may be overridden

@@ -231,5 +231,7 @@ inline Task<void> sleep_for(std::chrono::milliseconds d) {
 // The workload (writers, checkpointer, the fault), then, for a clean stop, the primary's
 // shutdown; sets *done at the end.
 Task<void> workload(Sim* sim, bool* done);
+// Kill -9 (the media as they are) or power cut of the secondary; run_pair_sim reopens it.
+Task<void> crash_secondary(Sim* sim, bool power_cut);
 
 }  // namespace colo::test::sim

@@ -21,6 +21,7 @@
 #include "process.hpp"
 #include "replication.pb.h"
 #include "shared/base/frame.hpp"
+#include "shared/daemon/control_server.hpp"
 #include "shared/pair/replication_channel.hpp"
 #include "tcp_proxy.hpp"
 #include "test_support.hpp"
@@ -544,6 +545,75 @@ TEST(Pair, PeriodicCheckpointsUnderFioWithVerify) {
   EXPECT_GE(std::stoul(status.output.substr(at + 14)), 5u) << status.output;
   EXPECT_NE(status.output.find("\"checkpoint_failures\":0"), std::string::npos) << status.output;
   EXPECT_NE(status.output.find("\"state\":\"paired\""), std::string::npos) << status.output;
+}
+
+// start, checkpoint and stop on the secondary drive its buffer by hand: with the primary's
+// session open they are refused, naming the primary, unless --force; nothing changes.
+TEST(Pair, SecondaryLifecycleCommandsAreRefusedWhileAPrimaryIsConnected) {
+  PairFixture pair;
+  ASSERT_NO_FATAL_FAILURE(pair.start());
+  Nbd p(pair.p_sock());
+  p.write(0, 65536, 0x31);
+  ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "1\n");
+  p.write(65536, 65536, 0x32);
+  for (const std::vector<std::string>& cmd :
+       {std::vector<std::string>{"checkpoint", "5"}, {"stop", "discard"}, {"stop", "failover"},
+        {"start"}}) {
+    auto r = pair.ctl(pair.s_ctl(), cmd);
+    EXPECT_EQ(r.exit_code, 4) << cmd[0] << ": " << r.output;
+    EXPECT_NE(r.output.find("primary \"test-primary\""), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("--force"), std::string::npos) << r.output;
+  }
+  auto st = pair.ctl(pair.s_ctl(), {"replication-status"});
+  EXPECT_NE(st.output.find("state: replicating"), std::string::npos) << st.output;
+  EXPECT_NE(st.output.find("epoch: 1\n"), std::string::npos) << st.output;
+  // The pair goes on: the next checkpoint is 2, and a failover still yields its image.
+  ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "2\n");
+  const std::string image = p.image();
+  // --force reaches the buffer (here: a second start is refused by the buffer itself).
+  auto forced = pair.ctl(pair.s_ctl(), {"start", "--force"});
+  EXPECT_EQ(forced.output.find("test-primary"), std::string::npos) << forced.output;
+  EXPECT_NE(forced.exit_code, 0) << forced.output;
+  pair.primary().stop(SIGKILL);
+  auto f = pair.ctl(pair.s_ctl(), {"failover"});
+  ASSERT_EQ(f.exit_code, 0) << f.output;
+  ASSERT_NO_FATAL_FAILURE(pair.wait_failover_done());
+  EXPECT_EQ(Nbd(pair.s_sock()).image(), image);
+  // A promoted node has no buffer lifecycle: refused, --force or not.
+  auto promoted = pair.ctl(pair.s_ctl(), {"checkpoint", "3", "--force"});
+  EXPECT_EQ(promoted.exit_code, 4) << promoted.output;
+  EXPECT_NE(promoted.output.find("promoted"), std::string::npos) << promoted.output;
+}
+
+// An HA manager fences the primary (kill -9) and promotes the secondary at once: the failover
+// is never refused because the secondary has not yet read the closed connection.
+TEST(Pair, FailoverRightAfterThePrimaryIsKilledIsNeverRefused) {
+  for (int i = 0; i < 50; ++i) {
+    SCOPED_TRACE(fmt::format("try {}", i));
+    PairFixture pair;
+    ASSERT_NO_FATAL_FAILURE(pair.start());
+    ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: paired"));
+    // The fence and the promotion as close together as they can be: SIGKILL and waitpid (the
+    // primary's sockets are closed once it is reaped), then the failover straight over the
+    // control socket (no coloctl process to start in between).
+    control::Request failover;
+    failover.set_command("failover");
+    pair.primary().stop(SIGKILL);
+    auto f = control_call(pair.s_ctl(), failover, 10000);
+    ASSERT_TRUE(f) << f.error().to_string();
+    ASSERT_EQ(f->exit_code(), 0) << f->text();
+    ASSERT_NO_FATAL_FAILURE(pair.wait_failover_done());
+  }
+}
+
+// The promoted marker cannot be read (here: it is a directory, EISDIR): the secondary refuses
+// to start rather than take itself for an unpromoted node.
+TEST(Pair, AnUnreadablePromotedMarkerRefusesToStart) {
+  PairFixture pair;
+  std::filesystem::create_directories(pair.file("s-state/promoted"));
+  auto r = test::run_command({kColod, "--config", pair.file("s.conf")}, 20s);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("promoted marker"), std::string::npos) << r.output;
 }
 
 // A primary started while its secondary is down and stopped before any write starts again
