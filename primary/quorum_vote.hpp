@@ -1,5 +1,5 @@
 #pragma once
-// Quorum voting as pure functions (the policy half of the quorum node; quorum_node.* holds the
+// Quorum voting as pure functions (the policy half of the quorum node; quorum_node* holds the
 // mechanism: fan-out, draining, events). No I/O, no state: unit-testable on plain buffers.
 //
 // - vote_error: the errno most outcomes failed with (ties: the first in child order).

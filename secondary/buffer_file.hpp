@@ -1,6 +1,6 @@
 #pragma once
 // The on-disk format of the secondary's disk buffer file, version 2 (mechanism only; the
-// policy is in disk_buffer_node.*). See docs/disk_buffer.md ("On-disk format").
+// policy is in disk_buffer_node*). See docs/disk_buffer.md ("On-disk format").
 //
 // Layout (all integers little-endian, offsets in bytes):
 //   [0, 4096)       header copy A

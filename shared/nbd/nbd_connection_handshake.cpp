@@ -1,0 +1,65 @@
+// NbdConnection: the fixed-newstyle handshake. NbdNegotiation decides; this moves the bytes
+// until the client picks an export or the connection must close.
+
+#include "shared/nbd/nbd_connection.hpp"
+
+#include <array>
+#include <vector>
+
+#include "shared/base/log.hpp"
+
+namespace colo {
+
+using namespace nbd;
+
+Task<long> NbdConnection::handshake() {
+  const auto greeting = encode_greeting();
+  if (auto ec = co_await write_bytes(greeting); ec) co_return -1;
+  std::array<std::byte, 4> flags_bytes{};
+  if (auto ec = co_await read_exact(flags_bytes); ec) {
+    log::warn("nbd: peer {}: closed during the handshake: {}", peer(), ec.message());
+    co_return -1;
+  }
+  if (auto why = negotiation_.on_client_flags(get_u32(flags_bytes.data())); !why.empty()) {
+    log::warn("nbd: peer {}: malformed handshake: {}", peer(), why);
+    co_return -1;
+  }
+  std::vector<std::byte> data;
+  for (;;) {
+    std::array<std::byte, kOptionHeaderBytes> header_bytes{};
+    if (auto ec = co_await read_exact(header_bytes); ec) {
+      log::warn("nbd: peer {}: closed during the handshake: {}", peer(), ec.message());
+      co_return -1;
+    }
+    auto header = parse_option_header(header_bytes);
+    if (!header) {
+      log::warn("nbd: peer {}: malformed handshake: bad option magic", peer());
+      co_return -1;
+    }
+    if (header->length_bytes > kOptionBytesMax) {
+      log::warn("nbd: peer {}: malformed handshake: option {} length {} exceeds {} bytes", peer(),
+                header->option, header->length_bytes, kOptionBytesMax);
+      co_return -1;
+    }
+    data.resize(header->length_bytes);
+    if (auto ec = co_await read_exact(data); ec) {
+      log::warn("nbd: peer {}: truncated option {}: {}", peer(), header->option, ec.message());
+      co_return -1;
+    }
+    NbdNegotiation::Step step = negotiation_.on_option(header->option, data);
+    if (!step.reply.empty()) {
+      if (auto ec = co_await write_bytes(step.reply); ec) co_return -1;
+    }
+    switch (step.next) {
+      case NbdNegotiation::Step::Next::options:
+        break;
+      case NbdNegotiation::Step::Next::close:
+        if (!step.why.empty()) log::warn("nbd: peer {}: {}", peer(), step.why);
+        co_return -1;
+      case NbdNegotiation::Step::Next::transmission:
+        co_return static_cast<long>(step.export_index);
+    }
+  }
+}
+
+}  // namespace colo
