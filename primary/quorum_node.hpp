@@ -29,6 +29,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,7 +50,16 @@ struct QuorumOptions {
   bool blkverify = false;
   // At most one report_bad event per child per interval (0: no limit).
   std::uint32_t report_interval_ms = 1000;
+  // The child that holds this host's own disk (the config's `disk: true` child; empty: none).
+  // A write, trim, write-zeroes or flush it fails fails the request with its error, whatever
+  // the vote: no write acknowledged to the consumer is missing from the primary's disk
+  // (invariant 4). The other children may have taken it: the range is undefined on them, as
+  // after any failed write, until the consumer writes it again.
+  std::string required_child;
 };
+
+// The divergence guard's recorder: makes "the secondary misses writes" durable.
+using DivergenceRecorder = std::function<Task<Result<void>>()>;
 
 struct QuorumChildSpec {
   std::string name;
@@ -103,6 +113,16 @@ class QuorumNode final : public BlockNode {
   std::vector<QuorumChildStatus> child_status() const;
   // blkverify found a mismatch: every request fails with EIO.
   bool stopped() const { return stopped_; }
+
+  // The divergence guard (the primary's replication, docs/replication.md): `replica` names the
+  // child that carries writes to the secondary. While armed, a write, trim or write-zeroes
+  // that the vote accepts but `replica` did not take (it failed it, or is not a child at all)
+  // is acknowledged only after `record` succeeded; concurrent ones wait for the same call. A
+  // failed `record` fails the request with its error (and the guard stays armed). A successful
+  // one disarms the guard: from then on the disks are known to differ. Flushes pass.
+  void arm_divergence_guard(std::string replica, DivergenceRecorder record);
+  void disarm_divergence_guard();
+  bool divergence_guard_armed() const { return static_cast<bool>(guard_record_); }
 
  private:
   struct Member {
@@ -160,9 +180,13 @@ class QuorumNode final : public BlockNode {
   // every outcome recorded, then decide().
   Task<IoResult> write_all(WriteRequest w);
   static Task<IoResult> start_on(Child& child, const WriteRequest& w);
-  // Votes the outcomes of a write-like fan-out, reporting each failure.
+  // Votes the outcomes of a write-like fan-out, reporting each failure; a failure of the
+  // required child decides alone.
   IoResult decide(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
                   std::span<const IoResult> results);
+  // The guard's side of a write-like request the vote accepted (see arm_divergence_guard).
+  bool replica_missed(std::span<const IoResult> results) const;
+  Task<IoResult> record_divergence();
 
   void report_bad(Member& m, IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
                   const std::string& error);
@@ -185,6 +209,12 @@ class QuorumNode final : public BlockNode {
   std::chrono::steady_clock::time_point last_failure_report_{};
   std::uint64_t failures_suppressed_ = 0;
   bool failure_reported_once_ = false;
+
+  std::string guard_replica_;
+  DivergenceRecorder guard_record_;  // empty: disarmed
+  bool guard_recording_ = false;
+  IoResult guard_result_;            // of the last recording, for the requests that waited
+  AsyncEvent guard_done_;
 };
 
 }  // namespace colo

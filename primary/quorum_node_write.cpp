@@ -20,6 +20,18 @@ IoResult QuorumNode::decide(IoOp op, std::uint64_t offset_bytes, std::uint64_t l
     }
   }
   IoResult r = quorum::vote_outcomes(results, options_.vote_threshold);
+  if (r && !options_.required_child.empty()) {
+    for (std::size_t i = 0; i < results.size(); ++i) {
+      if (!results[i] && members_[i]->edge->name() == options_.required_child) {
+        r = results[i];
+        report_failure(op, offset_bytes, length_bytes,
+                       fmt::format("the required child \"{}\" (this host's disk) failed: {}; "
+                                   "the request fails whatever the other children did",
+                                   options_.required_child, errno_name(r.error())));
+        return r;
+      }
+    }
+  }
   if (!r) {
     std::uint32_t ok = 0;
     for (const auto& x : results) ok += x ? 1 : 0;
@@ -56,9 +68,49 @@ Task<IoResult> QuorumNode::write_all(WriteRequest w) {
   Outcomes results;
   co_await fan_out(ops, results);
   IoResult r = decide(w.op, w.offset_bytes, w.length_bytes, results);
+  if (r && w.op != IoOp::flush && guard_record_ && replica_missed(results)) {
+    r = co_await record_divergence();
+  }
   leave();
   co_return r;
 }
+
+bool QuorumNode::replica_missed(std::span<const IoResult> results) const {
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    if (members_[i]->edge->name() == guard_replica_) return !results[i];
+  }
+  return true;  // not a child: it missed the write
+}
+
+Task<IoResult> QuorumNode::record_divergence() {
+  if (guard_recording_) {
+    while (guard_recording_) co_await guard_done_.wait();
+    co_return guard_result_;
+  }
+  if (!guard_record_) co_return IoResult{};  // recorded meanwhile (rule 18)
+  guard_recording_ = true;
+  DivergenceRecorder record = guard_record_;
+  Result<void> stored = co_await record();
+  guard_result_ = stored ? IoResult{} : IoResult{stored.error().code};
+  if (stored) {
+    guard_record_ = nullptr;
+  } else {
+    report_failure(IoOp::write, 0, 0,
+                   fmt::format("recording that the secondary misses writes failed: {}; the "
+                               "write is not acknowledged", stored.error().to_string()));
+  }
+  guard_recording_ = false;
+  guard_done_.notify_all();
+  co_return guard_result_;
+}
+
+void QuorumNode::arm_divergence_guard(std::string replica, DivergenceRecorder record) {
+  CHECK(record);
+  guard_replica_ = std::move(replica);
+  guard_record_ = std::move(record);
+}
+
+void QuorumNode::disarm_divergence_guard() { guard_record_ = nullptr; }
 
 Task<IoResult> QuorumNode::write(std::uint64_t offset_bytes, std::span<const std::byte> in,
                                  WriteFlags flags) {

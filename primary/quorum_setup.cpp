@@ -11,6 +11,9 @@ QuorumOptions quorum_options_from_config(const config::QuorumConfig& q) {
   o.rewrite_corrupted = q.rewrite_corrupted();
   o.blkverify = q.blkverify();
   if (q.report_interval_ms() != 0) o.report_interval_ms = q.report_interval_ms();
+  for (const auto& c : q.children()) {
+    if (c.source_case() == config::QuorumChildConfig::kDisk) o.required_child = c.name();
+  }
   return o;
 }
 

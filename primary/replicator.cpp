@@ -40,6 +40,7 @@ Replicator::Replicator(asio::io_context& io, ReplicatorOptions options,
 Replicator::~Replicator() = default;
 
 void Replicator::start() {
+  arm_guard();
   auto self = shared_from_this();
   spawn(ex_, watch_loop(self), "replicator watch");
   if (options_.checkpoint_interval.count() > 0) {
@@ -66,6 +67,31 @@ std::uint64_t Replicator::peer_errors() const {
 
 bool Replicator::local_written() const {
   return gate_->stats().writes_passed != local_writes_at_start_;
+}
+
+void Replicator::arm_guard() {
+  if (record_->state().diverged) return;
+  std::weak_ptr<Replicator> weak = weak_from_this();
+  quorum_->arm_divergence_guard(options_.peer_child, [weak]() { return record_diverged(weak); });
+}
+
+Task<Result<void>> Replicator::record_diverged(std::weak_ptr<Replicator> weak) {
+  std::shared_ptr<Replicator> self = weak.lock();
+  if (!self) co_return make_error(ESHUTDOWN, "the primary is stopping");
+  if (self->record_->state().diverged) co_return Result<void>{};
+  EpochState s = self->record_->state();
+  s.diverged = true;
+  s.clean = false;
+  Result<void> stored = co_await self->store_state(s);
+  if (!stored) co_return stored;
+  log::event({"primary_diverged",
+              {{"resource", self->options_.resource},
+               {"epoch", std::to_string(self->epoch_)},
+               {"secondary", std::string(to_string(self->peer_state_))},
+               {"reason", self->peer_state_ == PeerState::paired
+                              ? "a write the secondary failed was acknowledged"
+                              : "written while no secondary was paired"}}});
+  co_return Result<void>{};
 }
 
 Task<Result<void>> Replicator::store_state(EpochState s) {

@@ -20,6 +20,11 @@
 // peer child is closed and removed, the primary goes on with its local disk, the state says
 // the secondary is stale, and the durable record says the disks diverged (pairing again needs a
 // resync, a later feature, unless forced).
+// Divergence is durable before it happens: while the record says the disks are equal, the
+// quorum's divergence guard is armed on the peer child, so the first write, trim or
+// write-zeroes acknowledged without the secondary (the peer failed it, or is detached, or was
+// never paired) waits until the record says "diverged" (event primary_diverged); if that store
+// fails, the write fails.
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -130,6 +135,9 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   static Task<replication::Envelope> handle(std::weak_ptr<Replicator> weak,
                                             replication::Envelope request);
   Task<Result<void>> store_state(EpochState s);
+  // Arms the quorum's divergence guard when the record says the disks are equal.
+  void arm_guard();
+  static Task<Result<void>> record_diverged(std::weak_ptr<Replicator> weak);
 
   asio::io_context& io_;
   asio::any_io_executor ex_;

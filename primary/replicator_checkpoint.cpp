@@ -110,7 +110,7 @@ Task<Result<std::uint64_t>> Replicator::checkpoint_locked(bool quiesced) {
   last_checkpoint_error_.clear();
   // The secondary has it durably; our own record follows (a crash before it is harmless: the
   // next pairing takes the larger epoch).
-  Result<void> stored = co_await store_state({epoch_, false, false});
+  Result<void> stored = co_await store_state({epoch_, record_->state().diverged, false});
   if (!stored) co_return stored.error();
   co_return next;
 }

@@ -112,6 +112,12 @@ Task<Result<void>> Replicator::pair(bool force) {
   auto reopen = [this, was_closed] {
     if (!was_closed) gate_->open();
   };
+  // A write may have passed alone while the hello was under way: checked again, gate closed.
+  if (!force && record_->state().diverged) {
+    reopen();
+    co_return fail(make_error(EPERM, "the primary wrote while pairing was under way (the disks "
+                                     "diverged); resync is not implemented yet"));
+  }
   replication::Envelope start;
   start.mutable_start()->set_epoch(std::max(epoch_, theirs.durable_epoch()));
   start.mutable_start()->set_resume(record_->state().clean && !force &&
@@ -167,8 +173,9 @@ Task<Result<void>> Replicator::pair(bool force) {
   epoch_ = std::max(epoch_, their_epoch);
   peer_state_ = PeerState::paired;
   peer_reason_.clear();
+  Result<void> stored = co_await store_state({epoch_, false, false});
+  if (stored) arm_guard();
   reopen();
-  co_await store_state({epoch_, false, false});
   log::event({"secondary_paired",
               {{"resource", options_.resource},
                {"secondary", peer_name_},

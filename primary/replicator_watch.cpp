@@ -22,19 +22,8 @@ Task<void> Replicator::watch_loop(std::shared_ptr<Replicator> self) {
       }
       continue;
     }
-    const bool alone = self->peer_state_ == PeerState::unpaired ||
-                       self->peer_state_ == PeerState::stale ||
-                       self->peer_state_ == PeerState::stopped;
-    if (alone && !self->record_->state().diverged && self->local_written()) {
-      EpochState s = self->record_->state();
-      s.diverged = true;
-      s.clean = false;
-      co_await self->store_state(s);
-      log::event({"primary_diverged",
-                  {{"resource", self->options_.resource},
-                   {"epoch", std::to_string(self->epoch_)},
-                   {"reason", "written while no secondary was paired"}}});
-    }
+    // Divergence is recorded by the quorum's guard before the first write the secondary
+    // misses is acknowledged (arm_guard), not here.
     // A primary that started before its secondary keeps trying, as long as nothing was written.
     if (self->peer_state_ == PeerState::unpaired && !self->record_->state().diverged &&
         std::chrono::steady_clock::now() - last_try > kRetryPairEvery) {

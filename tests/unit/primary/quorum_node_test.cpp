@@ -11,7 +11,9 @@
 #include <map>
 
 #include "primary/quorum_node.hpp"
+#include "primary/quorum_setup.hpp"
 #include "primary/quorum_vote.hpp"
+#include "shared/block/write_back_node.hpp"
 #include "shared/base/log.hpp"
 #include "shared/block/memory_node.hpp"
 #include "test_support.hpp"
@@ -582,6 +584,183 @@ TEST(QuorumVote, Sha256MatchesTheKnownDigest) {
   EXPECT_EQ(static_cast<unsigned>(h[0]), 0xbau);
   EXPECT_EQ(static_cast<unsigned>(h[1]), 0x78u);
   EXPECT_EQ(static_cast<unsigned>(h[31]), 0xadu);
+}
+
+
+// ---- the primary's own disk comes first (invariant 4) ----------------------------------------
+
+// The primary's quorum: "local" (the required child, this host's disk) and "peer" (the
+// secondary: the NBD child in sync mode, a write-back queue over it in async mode), threshold
+// 1, fifo reads. A write, trim or write-zeroes the local disk fails (EIO, ENOSPC) fails for
+// the consumer even though the peer took it, and a re-read returns what the local disk holds.
+class RequiredChild : public ::testing::TestWithParam<std::tuple<bool, int>> {};
+
+TEST_P(RequiredChild, ALocalFailureFailsTheRequestWhateverThePeerDid) {
+  const auto [async_mode, err] = GetParam();
+  asio::io_context io;
+  EventLog events;
+  auto local = std::make_shared<TestNode>("mem-local", kSize);
+  auto peer_disk = std::make_shared<TestNode>("mem-peer", kSize);
+  std::shared_ptr<BlockNode> peer = peer_disk;
+  std::shared_ptr<WriteBackNode> queue;
+  if (async_mode) {
+    queue = std::make_shared<WriteBackNode>("async-peer", io.get_executor(), peer_disk);
+    peer = queue;
+  }
+  QuorumOptions o = opts(1, ReadPattern::fifo);
+  o.required_child = "local";
+  o.report_interval_ms = 0;
+  auto q = QuorumNode::create("quorum", o, {{"local", local}, {"peer", peer}});
+  ASSERT_TRUE(q) << q.error().to_string();
+  QuorumNode& quorum = **q;
+  run_task(io, [&]() -> Task<void> {
+    auto old_data = pattern(8192, 0x11);
+    EXPECT_TRUE(co_await quorum.write(0, old_data, WriteFlags::none));
+    local->write_error = err;
+    auto new_data = pattern(8192, 0x22);
+    IoResult w = co_await quorum.write(0, new_data, WriteFlags::none);
+    EXPECT_FALSE(w);
+    if (!w) {
+      EXPECT_EQ(w.error(), make_errc(err));
+    }
+    IoResult t = co_await quorum.trim(0, 4096, WriteFlags::none);
+    EXPECT_FALSE(t);
+    if (!t) {
+      EXPECT_EQ(t.error(), make_errc(err));
+    }
+    IoResult z = co_await quorum.write_zeroes(4096, 4096, WriteFlags::fua);
+    EXPECT_FALSE(z);
+    if (!z) {
+      EXPECT_EQ(z.error(), make_errc(err));
+    }
+    local->write_error = 0;
+    std::vector<std::byte> back(8192);
+    EXPECT_TRUE(co_await quorum.read(0, back));
+    EXPECT_TRUE(all_bytes(back, 0x11)) << "the re-read shows the local disk's data";
+    // A write the local disk takes is acknowledged as before, while the peer fails.
+    peer_disk->write_error = EIO;
+    auto third = pattern(4096, 0x33);
+    EXPECT_TRUE(co_await quorum.write(8192, third, WriteFlags::none));
+    if (queue) co_await queue->drain();
+  }());
+  EXPECT_GE(events.named("quorum_failure").size(), 3u);
+  const auto bad = events.named("report_bad");
+  ASSERT_FALSE(bad.empty());
+  EXPECT_EQ(EventLog::field(*bad[0], "child"), "local");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    ModesAndErrors, RequiredChild,
+    ::testing::Combine(::testing::Bool(), ::testing::Values(EIO, ENOSPC)),
+    [](const ::testing::TestParamInfo<RequiredChild::ParamType>& i) {
+      return std::string(std::get<0>(i.param) ? "async" : "sync") + "_" +
+             (std::get<1>(i.param) == EIO ? "eio" : "enospc");
+    });
+
+// The config's `disk: true` child is the required one; a quorum without one has none.
+TEST(QuorumSetup, TheDiskChildIsTheRequiredChild) {
+  config::QuorumConfig q;
+  auto* peer = q.add_children();
+  peer->set_name("peer");
+  peer->set_nbd_uri("nbd://127.0.0.1:10809");
+  EXPECT_EQ(quorum_options_from_config(q).required_child, "");
+  auto* local = q.add_children();
+  local->set_name("mine");
+  local->set_disk(true);
+  EXPECT_EQ(quorum_options_from_config(q).required_child, "mine");
+}
+
+// ---- the divergence guard -----------------------------------------------------------------
+
+struct GuardRig {
+  asio::io_context io;
+  std::shared_ptr<TestNode> local = std::make_shared<TestNode>("mem-local", kSize);
+  std::shared_ptr<TestNode> peer = std::make_shared<TestNode>("mem-peer", kSize);
+  std::unique_ptr<QuorumNode> quorum;
+  int recorded = 0;        // recorder calls
+  int fail_next = 0;       // errno of the next recorder call (0: success)
+  int delay_ms = 0;
+  explicit GuardRig(bool with_peer) {
+    QuorumOptions o = opts(1, ReadPattern::fifo);
+    o.required_child = "local";
+    std::vector<QuorumChildSpec> specs{{"local", local}};
+    if (with_peer) specs.push_back({"peer", peer});
+    auto q = QuorumNode::create("quorum", o, std::move(specs));
+    if (!q) ADD_FAILURE() << q.error().to_string();
+    if (q) quorum = std::move(*q);
+    quorum->arm_divergence_guard("peer", [this]() { return record(this); });
+  }
+  static Task<Result<void>> record(GuardRig* rig) {
+    ++rig->recorded;
+    if (rig->delay_ms != 0) {
+      asio::steady_timer t(co_await asio::this_coro::executor,
+                           std::chrono::milliseconds(rig->delay_ms));
+      co_await t.async_wait(use_task);
+    }
+    if (rig->fail_next != 0) {
+      const int e = rig->fail_next;
+      rig->fail_next = 0;
+      co_return make_error(e, "the record cannot be written");
+    }
+    co_return Result<void>{};
+  }
+};
+
+// While the peer takes every write the guard never runs; the first write the peer fails is
+// acknowledged only after the recorder ran, and only once.
+TEST(QuorumDivergenceGuard, TheFirstWriteThePeerMissesWaitsForTheRecord) {
+  GuardRig rig(true);
+  run_task(rig.io, [&]() -> Task<void> {
+    auto a = pattern(4096, 0x11);
+    EXPECT_TRUE(co_await rig.quorum->write(0, a, WriteFlags::none));
+    EXPECT_TRUE(co_await rig.quorum->flush());
+    EXPECT_EQ(rig.recorded, 0);
+    rig.peer->write_error = EIO;
+    rig.delay_ms = 20;
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_TRUE(co_await rig.quorum->write(4096, a, WriteFlags::none));
+    EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(20));
+    EXPECT_EQ(rig.recorded, 1);
+    EXPECT_FALSE(rig.quorum->divergence_guard_armed());
+    EXPECT_TRUE(co_await rig.quorum->write(8192, a, WriteFlags::none));
+    EXPECT_EQ(rig.recorded, 1);
+  }());
+}
+
+// With no peer child at all (never paired, or detached) every write misses it: concurrent
+// writes share one recording; a flush passes without one; a failed recording fails the
+// writes that waited for it and the next write tries again.
+TEST(QuorumDivergenceGuard, WritesWithoutAPeerShareOneRecordingAndAFailedOneFailsThem) {
+  GuardRig rig(false);
+  run_task(rig.io, [&]() -> Task<void> {
+    EXPECT_TRUE(co_await rig.quorum->flush());
+    EXPECT_EQ(rig.recorded, 0);
+    rig.fail_next = EIO;
+    rig.delay_ms = 10;
+    auto a = pattern(4096, 0x21);
+    int failed = 0;
+    int done = 0;
+    auto one = [&](std::uint64_t off) -> Task<void> {
+      IoResult r = co_await rig.quorum->write(off, a, WriteFlags::none);
+      if (!r) {
+        EXPECT_EQ(r.error(), make_errc(EIO));
+        ++failed;
+      }
+      ++done;
+    };
+    auto ex = co_await asio::this_coro::executor;
+    for (int i = 0; i < 4; ++i) spawn(ex, one(static_cast<std::uint64_t>(i) * 4096), "writer");
+    while (done < 4) {
+      asio::steady_timer t(ex, std::chrono::milliseconds(1));
+      co_await t.async_wait(use_task);
+    }
+    EXPECT_EQ(failed, 4);
+    EXPECT_EQ(rig.recorded, 1);
+    EXPECT_TRUE(rig.quorum->divergence_guard_armed());
+    EXPECT_TRUE(co_await rig.quorum->trim(0, 4096, WriteFlags::none));
+    EXPECT_EQ(rig.recorded, 2);
+    EXPECT_FALSE(rig.quorum->divergence_guard_armed());
+  }());
 }
 
 }  // namespace
