@@ -23,6 +23,7 @@ std::string_view to_string(SimFault f) {
     case SimFault::secondary_power_cut: return "secondary_power_cut";
     case SimFault::link_blackhole: return "link_blackhole";
     case SimFault::failover_crash: return "failover_crash";
+    case SimFault::primary_restart_alone: return "primary_restart_alone";
   }
   return "?";
 }
@@ -152,11 +153,55 @@ Task<void> failover_and_check(Sim* sim, bool* done) {
   // The primary's own disk holds every acknowledged write (invariant 4).
   const auto pd = sim->p_disk->data();
   const Image primary(pd.begin(), pd.end());
-  EXPECT_TRUE(primary == sim->model->current())
-      << "primary disk vs the model: " << first_difference(primary, sim->model->current());
+  const Image& expected = sim->primary_expected ? *sim->primary_expected : sim->model->current();
+  EXPECT_TRUE(primary == expected)
+      << "primary disk vs the model: " << first_difference(primary, expected);
   if (sim->c.fault == SimFault::clean_stop) {
     EXPECT_TRUE(*want == primary) << "after a clean stop the checkpoint is the whole disk";
   }
+  *done = true;
+}
+
+// --- primary_restart_alone ---------------------------------------------------------------------
+
+// The clean-stopped primary starts again while its secondary is unreachable, and goes on alone.
+bool restart_primary(Sim& sim, const std::string& state_dir, std::shared_ptr<MemoryNode> disk) {
+  sim.dead_primaries.push_back(sim.p);
+  sim.dead_primary_disks.push_back(sim.p_disk);
+  config::DaemonConfig cfg = sim.pcfg;
+  cfg.set_state_dir(state_dir);
+  sim.p_disk = std::move(disk);
+  sim.p_local = std::make_shared<FaultNode>("local.fault", sim.p_disk);
+  auto g = open_primary_replication_graph(sim.io, cfg, sim.p_local);
+  if (!g) {
+    ADD_FAILURE() << "restarting the primary: " << g.error().to_string();
+    return false;
+  }
+  sim.p = *g;
+  return true;
+}
+
+// `k` writes acknowledged by the lone primary, then its kill -9: the disk and the state
+// directory as they are at that moment are what the next instance starts from.
+Task<void> write_alone_then_kill(Sim* sim, std::uint64_t k, std::string copy_dir, bool* done) {
+  Image expected = sim->model->current();
+  for (std::uint64_t i = 0; i < k; ++i) {
+    const std::uint64_t off = (sim->prng() % (sim->c.disk_bytes / 4096)) * 4096;
+    Image data(4096, static_cast<std::byte>(0xa0 + i));
+    IoResult r = co_await sim->p.gate->write(off, data, WriteFlags::none);
+    EXPECT_TRUE(r) << "a write of the lone primary";
+    std::memcpy(expected.data() + off, data.data(), data.size());
+  }
+  // The kill: what is on the media now survives (a page cache outlives a process).
+  std::filesystem::copy(sim->pcfg.state_dir(), copy_dir,
+                        std::filesystem::copy_options::recursive);
+  auto disk = make_memory("local", sim->c.disk_bytes);
+  std::memcpy(disk->data().data(), sim->p_disk->data().data(), sim->c.disk_bytes);
+  sim->primary_expected = expected;
+  sim->dead_primary_disks.push_back(disk);  // handed over below, kept alive here
+  // The dead instance runs no more code that matters: it is stopped (it is not paired, so its
+  // shutdown stores nothing) and its media are left behind.
+  co_await sim->p.replicator->shutdown();
   *done = true;
 }
 
@@ -165,6 +210,12 @@ Task<void> teardown(Sim* sim, bool* done) {
   co_await sim->p.replicator->shutdown();
   co_await sim->p.gate->drain();
   co_await sim->p.quorum->drain();
+  for (auto& old : sim->dead_primaries) {
+    co_await old.replicator->shutdown();
+    old.gate->open();
+    co_await old.gate->drain();
+    co_await old.quorum->drain();
+  }
   sim->chan_proxy->close();
   sim->nbd_proxy->close();
   std::vector<SecondaryGraph> all = sim->dead;
@@ -314,6 +365,8 @@ bool set_up(Sim& sim) {
 using sim::Clock;
 using sim::Sim;
 using sim::failover_and_check;
+using sim::restart_primary;
+using sim::write_alone_then_kill;
 using sim::open_secondary;
 using sim::run_until;
 using sim::set_up;
@@ -331,6 +384,42 @@ SimOutcome run_pair_sim(const SimConfig& config, std::chrono::milliseconds budge
     bool done = false;
     spawn(sim.io.get_executor(), workload(&sim, &done), "sim workload");
     ok = run_until(sim, done, deadline);
+  }
+  if (ok && config.fault == SimFault::primary_restart_alone) {
+    sim.phase = "primary restart alone";
+    const std::string d = sim.dir.path().string();
+    sim.kill_links();
+    ok = restart_primary(sim, sim.pcfg.state_dir(), sim.p_disk);
+    EXPECT_NE(sim.p.replicator->peer_state(), PeerState::paired);
+    const std::uint64_t k = std::mt19937_64(config.seed ^ 0x2e57a47u)() % 4;
+    if (ok) {
+      sim.phase = "lone writes, then kill -9";
+      bool done = false;
+      spawn(sim.io.get_executor(), write_alone_then_kill(&sim, k, d + "/p-state-2", &done),
+            "sim lone writes");
+      ok = run_until(sim, done, deadline);
+    }
+    if (ok) {
+      sim.phase = "primary restart after the kill";
+      sim.chan_proxy->refuse(false);
+      sim.nbd_proxy->refuse(false);
+      std::shared_ptr<MemoryNode> disk = sim.dead_primary_disks.back();
+      sim.dead_primary_disks.pop_back();
+      ok = restart_primary(sim, d + "/p-state-2", disk);
+    }
+    if (ok) {
+      // Invariant: never paired again with different disks. A lone write made them differ.
+      const bool paired = sim.p.replicator->peer_state() == PeerState::paired;
+      if (k > 0) {
+        EXPECT_FALSE(paired) << "the primary paired again after " << k
+                             << " writes acknowledged without its secondary";
+        EXPECT_TRUE(sim.p.replicator->diverged());
+      } else {
+        EXPECT_TRUE(paired) << "a primary that wrote nothing alone resumes";
+      }
+      log::info("sim: after {} lone writes and a kill the primary is {}", k,
+                to_string(sim.p.replicator->peer_state()));
+    }
   }
   if (ok && sim.crashed) {
     sim.phase = "reopen";

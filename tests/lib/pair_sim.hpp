@@ -39,8 +39,11 @@ enum class SimFault : std::uint8_t {
   link_blackhole,             // both links drop every byte from a seeded moment (heartbeats)
   failover_crash,             // the secondary dies at a seeded point of its failover (after
                               // the promoted marker), is reopened and must finish the rollback
+  primary_restart_alone,      // clean stop; the primary restarts without its secondary,
+                              // writes a seeded number of times, is killed, restarts: it pairs
+                              // again only if it wrote nothing
 };
-inline constexpr int kSimFaultCount = 10;
+inline constexpr int kSimFaultCount = 11;
 std::string_view to_string(SimFault f);
 
 // Everything a run does is drawn from `seed` (sim_config_for_seed); a field may be overridden

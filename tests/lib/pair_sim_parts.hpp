@@ -16,6 +16,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -191,6 +192,11 @@ struct Sim {
   AsyncEvent progress;  // an op completed, a checkpoint started, a task ended
   bool crashed = false;
   bool primary_killed = false;
+  // Earlier primaries (primary_restart_alone): stopped, drained at the teardown.
+  std::vector<PrimaryReplicationGraph> dead_primaries;
+  std::vector<std::shared_ptr<MemoryNode>> dead_primary_disks;
+  // What the primary's disk must hold at the end when the model does not know every write.
+  std::optional<Image> primary_expected;
   std::string phase = "setup";
   SimOutcome out;
 

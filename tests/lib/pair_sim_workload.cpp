@@ -235,7 +235,7 @@ Task<void> workload(Sim* sim, bool* done) {
   while (sim->writers_running != 0 || sim->checkpointer_running || sim->fault_running) {
     co_await sim->progress.wait();
   }
-  if (sim->c.fault == SimFault::clean_stop) {
+  if (sim->c.fault == SimFault::clean_stop || sim->c.fault == SimFault::primary_restart_alone) {
     // The daemon's shutdown: a last checkpoint, the secondary left replicating at it.
     const std::uint64_t closes_before = sim->p.gate->stats().close_count;
     co_await sim->p.replicator->shutdown();
