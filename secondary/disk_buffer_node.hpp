@@ -61,7 +61,7 @@
 
 namespace colo {
 
-// 4 KiB: measured in docs/disk_buffer.md ("Block size", "Session 6"). With format version 2
+// 4 KiB: measured (docs/benchmarks.md, "--section blocks"). With format version 2
 // (no header per block) it moves the least per random small first write (12.4 KiB for a
 // 4 KiB write, against 36.4 at 16 KiB), and its random 4 KiB first writes at queue depth 32
 // measured 1.4-2 times the first/bare ratio of 16 KiB blocks, with sequential first writes
@@ -75,9 +75,9 @@ struct DiskBufferOptions {
   // primary write completes when it is on the disk.
   std::uint64_t write_back_bytes = 0;
   // Requests the queue applies at a time. 128 measured 2.5-3x the first-write and 1.5-2x the
-  // rewrite throughput of 32 at QD32 (docs/disk_buffer.md, "Measurements"); 256 adds 5-15% to
+  // rewrite throughput of 32 at QD32 (docs/benchmarks.md, disk_buffer_bench); 256 adds 5-15% to
   // first writes, but doubles or triples a local consumer's read latency under a full write
-  // load ("Session 7"). So the queue applies write_back_inflight at a time, and
+  // load ("--section local"). So the queue applies write_back_inflight at a time, and
   // write_back_inflight_local while a local consumer is active: the local view served a
   // request within the last local_active_window.
   std::uint32_t write_back_inflight = 256;
@@ -85,14 +85,15 @@ struct DiskBufferOptions {
   std::chrono::milliseconds local_active_window{100};
   // Save cycles in flight at once, >= 1. 1: a cycle starts when the previous one ended. More
   // lets a cycle start while others are in flight (each writer still waits for its own); on
-  // the measured virtio disk 2 and 4 gained nothing (docs/disk_buffer.md, "Session 5").
+  // the measured virtio disk 2 and 4 gained nothing (docs/benchmarks.md, "Overlapping save
+  // cycles").
   std::uint32_t save_cycles_max = 1;
   // How far the header's reserved mark moves past the log's end at a time (a multiple of
   // 4096; tests make it small).
   std::uint64_t reserve_chunk_bytes = kReserveChunkBytes;
   // Failover apply: runs (consecutive blocks whose buffered data is consecutive: one buffer
-  // read, one disk write) applied at a time, and the most one run carries (docs/disk_buffer.md,
-  // "Session 6").
+  // read, one disk write) applied at a time, and the most one run carries (docs/benchmarks.md,
+  // "--section failover").
   std::uint32_t apply_workers = 16;
   std::uint64_t apply_run_bytes_max = 2 * kMiB;
   // Memory for the disk's content of recently written blocks (original_cache.hpp): a first
