@@ -148,5 +148,30 @@ TEST(ReplicationChannel, MalformedOrOversizedFramesCloseTheChannel) {
   expect_lost_on_bytes(encode_frame(e), "never sent");
 }
 
+// A peer that closed its end is seen at once by peer_hung_up(), before the read loop has run
+// (the secondary's failover relies on it right after the primary was fenced); frames the peer
+// sent before closing do not hide the hang-up.
+TEST(ReplicationChannel, APeerThatClosedItsEndIsSeenBeforeTheReadLoopRuns) {
+  asio::io_context io;
+  Link l(io);
+  l.a->start([](replication::Envelope) -> Task<replication::Envelope> {
+               co_return replication::Envelope{};
+             },
+             [](const std::string&) {});
+  EXPECT_FALSE(l.a->peer_hung_up());
+  replication::Envelope hb;
+  hb.set_seq(1);
+  hb.mutable_heartbeat();
+  const std::string frame = encode_frame(hb);
+  ASSERT_EQ(::write(l.raw_b, frame.data(), frame.size()), static_cast<ssize_t>(frame.size()));
+  EXPECT_FALSE(l.a->peer_hung_up()) << "unread data is not a hang-up";
+  ::shutdown(l.raw_b, SHUT_RDWR);
+  EXPECT_TRUE(l.a->is_open()) << "the loop has not run: the channel does not know yet";
+  EXPECT_TRUE(l.a->peer_hung_up());
+  l.a->close("test");
+  l.b->close("test");
+  io.run_for(100ms);
+}
+
 }  // namespace
 }  // namespace colo
