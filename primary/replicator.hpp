@@ -16,6 +16,9 @@
 // CheckpointCut(E+1) on the channel: the secondary registers the cut and answers at once; the
 // gate opens (sync) or the queue resumes (async): the pause ends. Then Checkpoint(E+1), answered
 // when the secondary recorded it durably, and E+1 is recorded durably here.
+// A stalled secondary: when requests to the replication export are in flight and none has
+// completed for heartbeat_timeout, the watch loop (every heartbeat_interval) detaches it, so no
+// consumer write waits much longer than the heartbeat timeout for the secondary.
 // A lost secondary (channel loss, heartbeat timeout, a failed peer write or checkpoint): the
 // peer child is closed and removed, the primary goes on with its local disk, the state says
 // the secondary is stale, and the durable record says the disks diverged (pairing again needs a

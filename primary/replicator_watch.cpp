@@ -1,5 +1,7 @@
 #include "primary/replicator.hpp"
 
+#include <fmt/format.h>
+
 #include "shared/base/log.hpp"
 
 namespace colo {
@@ -15,10 +17,20 @@ Task<void> Replicator::watch_loop(std::shared_ptr<Replicator> self) {
     auto [ec] = co_await self->watch_timer_.async_wait(use_task);
     if (ec || self->stopping_ || self->demoted_) co_return;
     if (self->peer_state_ == PeerState::paired && !self->detaching_) {
+      const auto stalled = self->peer_nbd_ ? self->peer_nbd_->stalled_for()
+                                           : std::chrono::steady_clock::duration::zero();
       if (self->peer_errors() != self->peer_errors_at_attach_) {
         co_await self->detach("a write to the secondary failed");
       } else if (self->peer_nbd_ && self->peer_nbd_->state() != NbdClientState::connected) {
         co_await self->detach("the replication export connection was lost");
+      } else if (stalled > self->options_.heartbeat_timeout) {
+        // The data path stalled (the secondary's disk hangs, or only the replication link
+        // stopped passing bytes while the checkpoint channel lives on): detaching fails the
+        // requests in flight, so the writes held by them are released.
+        co_await self->detach(fmt::format(
+            "no progress on the replication export for {} ms ({} requests in flight)",
+            std::chrono::duration_cast<std::chrono::milliseconds>(stalled).count(),
+            self->peer_nbd_->inflight_count()));
       }
       continue;
     }

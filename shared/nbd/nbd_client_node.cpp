@@ -98,4 +98,9 @@ Task<void> NbdClientNode::wait_connected() {
   }
 }
 
+std::chrono::steady_clock::duration NbdClientNode::stalled_for() const {
+  if (inflight_ops_.empty()) return std::chrono::steady_clock::duration::zero();
+  return std::chrono::steady_clock::now() - last_progress_;
+}
+
 }  // namespace colo

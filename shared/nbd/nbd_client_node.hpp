@@ -38,6 +38,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -99,6 +100,12 @@ class NbdClientNode final : public BlockNode,
   std::uint64_t connect_count() const { return connect_count_; }
   // Completes when the node is connected (returns at once when it is), or closed.
   Task<void> wait_connected();
+  // How long requests have been in flight without any of them completing: the time since the
+  // last completion, or since the first request of a busy period was issued. Zero when none
+  // is in flight. The owner decides what a stall is (the primary detaches its secondary after
+  // heartbeat_timeout_ms: docs/replication.md).
+  std::chrono::steady_clock::duration stalled_for() const;
+  std::size_t inflight_count() const { return inflight_ops_.size; }
 
  private:
   // One request in flight. Lives in the awaiting coroutine's frame; libnbd's completion
@@ -115,6 +122,7 @@ class NbdClientNode final : public BlockNode,
   struct OpList {
     Op* head = nullptr;
     Op* tail = nullptr;
+    std::size_t size = 0;
     bool empty() const { return head == nullptr; }
     void push_back(Op* op);
     void remove(Op* op);
@@ -176,6 +184,7 @@ class NbdClientNode final : public BlockNode,
   std::string last_error_;  // why the last connection attempt or connection ended
 
   OpList inflight_ops_;
+  std::chrono::steady_clock::time_point last_progress_{};
   OpList completed_ops_;
   bool resume_posted_ = false;
   InflightCounter inflight_;

@@ -128,6 +128,7 @@ void NbdClientNode::OpList::push_back(Op* op) {
     head = op;
   }
   tail = op;
+  ++size;
 }
 
 void NbdClientNode::OpList::remove(Op* op) {
@@ -143,6 +144,7 @@ void NbdClientNode::OpList::remove(Op* op) {
   }
   op->prev = nullptr;
   op->next = nullptr;
+  --size;
 }
 
 NbdClientNode::Op* NbdClientNode::OpList::pop_front() {
@@ -164,6 +166,7 @@ int NbdClientNode::on_complete(void* user_data, int* error) {
 void NbdClientNode::complete(Op* op, int error) {
   CHECK(!op->in_completed);
   inflight_ops_.remove(op);
+  last_progress_ = std::chrono::steady_clock::now();
   op->error = error;
   op->in_completed = true;
   completed_ops_.push_back(op);

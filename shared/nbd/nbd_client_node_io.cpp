@@ -42,6 +42,7 @@ Task<IoResult> NbdClientNode::submit(Issue issue) {
   CHECK(handle_ != nullptr);
   Op op;
   op.node = this;
+  if (inflight_ops_.empty()) last_progress_ = std::chrono::steady_clock::now();
   inflight_ops_.push_back(&op);
   // No free callback: `op` outlives every use libnbd makes of it (the callback runs at most
   // once, and nbd_close, which drops the rest, comes before fail_all_ops).

@@ -24,6 +24,8 @@ std::string_view to_string(SimFault f) {
     case SimFault::link_blackhole: return "link_blackhole";
     case SimFault::failover_crash: return "failover_crash";
     case SimFault::primary_restart_alone: return "primary_restart_alone";
+    case SimFault::nbd_blackhole: return "nbd_blackhole";
+    case SimFault::secondary_disk_stall: return "secondary_disk_stall";
   }
   return "?";
 }
@@ -71,6 +73,12 @@ Result<void> open_secondary(Sim& sim);
 
 Task<void> failover_and_check(Sim* sim, bool* done) {
   Replicator& rep = *sim->p.replicator;
+  if (sim->c.fault == SimFault::nbd_blackhole || sim->c.fault == SimFault::secondary_disk_stall) {
+    // A stalled data path holds no consumer request much longer than the heartbeat timeout
+    // (1 s here) plus the watch interval and a request: asserted loosely.
+    EXPECT_LT(sim->out.op_latency_max, std::chrono::milliseconds(3500))
+        << "a consumer request waited on the stalled secondary";
+  }
   sim->kill_links();
   const auto until = Clock::now() + std::chrono::seconds(5);
   while (sim->s.pairing->primary_connected() && Clock::now() < until) {

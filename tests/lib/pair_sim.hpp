@@ -42,8 +42,11 @@ enum class SimFault : std::uint8_t {
   primary_restart_alone,      // clean stop; the primary restarts without its secondary,
                               // writes a seeded number of times, is killed, restarts: it pairs
                               // again only if it wrote nothing
+  nbd_blackhole,              // only the replication export's link drops every byte (the
+                              // checkpoint channel lives on): the primary sees no progress
+  secondary_disk_stall,       // every write and flush on the secondary's disk hangs for 5 s
 };
-inline constexpr int kSimFaultCount = 11;
+inline constexpr int kSimFaultCount = 13;
 std::string_view to_string(SimFault f);
 
 // Everything a run does is drawn from `seed` (sim_config_for_seed); a field may be overridden
@@ -75,6 +78,7 @@ struct SimOutcome {
   std::uint64_t checkpoints_failed = 0;
   std::uint64_t ops_done = 0;
   std::chrono::milliseconds elapsed{0};
+  std::chrono::milliseconds op_latency_max{0};  // the consumer's slowest request
 };
 
 // Runs one seed; failures are reported through gtest (ADD_FAILURE / EXPECT_*).

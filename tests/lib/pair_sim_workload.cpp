@@ -27,6 +27,7 @@ Task<void> writer(Sim* sim, std::uint32_t id, std::uint64_t wseed) {
       found = !sim->busy_range(r);
     }
     const std::uint64_t pseudo = wp();
+    const auto op_start = Clock::now();
     IoResult result;
     if (kind >= 84 || !found) {
       if (kind >= 92 && found) {
@@ -74,6 +75,9 @@ Task<void> writer(Sim* sim, std::uint32_t id, std::uint64_t wseed) {
                           << r.offset_bytes << " length " << r.length_bytes << ": "
                           << (result ? "" : result.error().message());
     }
+    sim->out.op_latency_max = std::max(
+        sim->out.op_latency_max,
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - op_start));
     ++sim->ops_done;
     sim->progress.notify_all();
     if (wp() % 4 == 0) co_await yield_n(wp() % 8);
@@ -213,6 +217,17 @@ Task<void> fault_task(Sim* sim, std::uint64_t fseed) {
           sim->chan_proxy->set_blackhole(true);
           sim->nbd_proxy->set_blackhole(true);
           break;
+        case SimFault::nbd_blackhole:
+          sim->nbd_proxy->set_blackhole(true);
+          break;
+        case SimFault::secondary_disk_stall: {
+          FaultRule rule;
+          rule.ops = kWriteOps | op_bit(IoOp::flush);
+          rule.error = 0;
+          rule.delay = std::chrono::milliseconds(5000);
+          sim->media->disk->add_rule(rule);
+          break;
+        }
         default:
           break;
       }

@@ -64,6 +64,7 @@ struct PairOptions {
   std::uint32_t checkpoint_interval_ms = 0;
   std::uint32_t prepare_timeout_ms = 10000;
   bool proxy_channel = false;
+  bool proxy_nbd = false;  // the replication export's connection through a TcpProxy
 };
 
 class PairFixture {
@@ -73,6 +74,7 @@ class PairFixture {
     chan_port_ = test::free_tcp_port();
     while (chan_port_ == repl_port_) chan_port_ = test::free_tcp_port();
     if (o_.proxy_channel) proxy_ = std::make_unique<test::TcpProxy>(chan_port_);
+    if (o_.proxy_nbd) nbd_proxy_ = std::make_unique<test::TcpProxy>(repl_port_);
     write_configs();
   }
   ~PairFixture() {
@@ -86,6 +88,7 @@ class PairFixture {
   std::string p_sock() const { return file("p.sock"); }
   std::string s_sock() const { return file("s.sock"); }
   test::TcpProxy* proxy() { return proxy_.get(); }
+  test::TcpProxy* nbd_proxy() { return nbd_proxy_.get(); }
   int channel_port() const { return chan_port_; }
 
   void write_configs() {
@@ -116,7 +119,7 @@ disk {{ path: "{0}/p.img" create: true size_bytes: {1} }}
 export {{ listen: "unix:{0}/p.sock" }}
 quorum {{
   children {{ name: "local" disk: true }}
-  children {{ name: "peer" nbd_uri: "nbd://127.0.0.1:{2}" }}
+  children {{ name: "peer" nbd_uri: "nbd://127.0.0.1:{8}" }}
   vote_threshold: 1
   read_pattern: "fifo"
 }}
@@ -135,7 +138,8 @@ replication {{
                                                  proxy_ ? proxy_->port() : chan_port_,
                                                  o_.primary_resource, o_.write_mode,
                                                  o_.checkpoint_interval_ms,
-                                                 o_.prepare_timeout_ms));
+                                                 o_.prepare_timeout_ms,
+                                                 nbd_proxy_ ? nbd_proxy_->port() : repl_port_));
   }
 
   void start_secondary() {
@@ -187,6 +191,7 @@ replication {{
   int repl_port_ = 0;
   int chan_port_ = 0;
   std::unique_ptr<test::TcpProxy> proxy_;
+  std::unique_ptr<test::TcpProxy> nbd_proxy_;
   test::Process primary_;
   test::Process secondary_;
 };
@@ -615,6 +620,51 @@ TEST(Pair, AnUnreadablePromotedMarkerRefusesToStart) {
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("promoted marker"), std::string::npos) << r.output;
 }
+
+// The replication export's connection stops passing bytes while the checkpoint channel lives
+// on: the primary sees no progress on its data path for the heartbeat timeout (1 s here),
+// detaches the secondary and releases the writes held by it. The consumer's longest write and
+// the checkpoint caught in the stall are bounded by the timeout plus the watch interval and
+// one request (asserted loosely: 5 s), and the pair says why it split.
+class PairStall : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(PairStall, AStalledReplicationLinkIsDetachedAndTheConsumerGoesOn) {
+  PairOptions o;
+  o.write_mode = GetParam();
+  o.proxy_nbd = true;
+  PairFixture pair(o);
+  ASSERT_NO_FATAL_FAILURE(pair.start());
+  Nbd p(pair.p_sock());
+  p.write(0, 65536, 0x41);
+  ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "1\n");
+  pair.nbd_proxy()->set_blackhole(true);
+  const auto t0 = std::chrono::steady_clock::now();
+  p.write(65536, 65536, 0x42);
+  const auto write_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(write_ms, 5000);
+  const auto t1 = std::chrono::steady_clock::now();
+  auto cp = pair.ctl(pair.p_ctl(), {"checkpoint"});
+  const auto checkpoint_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::steady_clock::now() - t1).count();
+  EXPECT_NE(cp.exit_code, 0) << cp.output;
+  EXPECT_LT(checkpoint_ms, 5000);
+  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: stale"));
+  auto st = pair.ctl(pair.p_ctl(), {"status"});
+  EXPECT_NE(st.output.find("no progress on the replication export"), std::string::npos)
+      << st.output;
+  EXPECT_NE(st.output.find("diverged: yes"), std::string::npos) << st.output;
+  const std::string log = test::read_file(pair.file("p.log"));
+  EXPECT_NE(log.find("\"event\":\"secondary_lost\""), std::string::npos);
+  // Alone, the consumer's writes are as fast as the local disk.
+  const auto t2 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 16; ++i) p.write(4096u * i, 4096, 0x43);
+  EXPECT_LT(std::chrono::steady_clock::now() - t2, std::chrono::seconds(2));
+  fmt::print("{} mode: write during the stall {} ms, checkpoint {} ms\n", GetParam(), write_ms,
+             checkpoint_ms);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, PairStall, ::testing::Values("SYNC", "ASYNC"));
 
 // A primary started while its secondary is down and stopped before any write starts again
 // (its epoch record was created valid, not as zeroes).
