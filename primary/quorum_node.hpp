@@ -49,6 +49,12 @@ struct QuorumOptions {
   bool blkverify = false;
   // At most one report_bad event per child per interval (0: no limit).
   std::uint32_t report_interval_ms = 1000;
+  // The smallest alignment the quorum promises (a power of two; the quorum's size must be a
+  // multiple of it): limits().alignment_bytes is the larger of this and every child's. The
+  // primary sets it (replication.export_block_bytes_min) so that its front-end export, whose
+  // minimum block size is fixed when the export opens, can take in a secondary with up to this
+  // alignment at any later time: add_child refuses a child stricter than the quorum's alignment.
+  std::uint32_t alignment_bytes_min = 1;
 };
 
 struct QuorumChildSpec {
@@ -68,7 +74,8 @@ struct QuorumChildStatus {
 class QuorumNode final : public BlockNode {
  public:
   // Checks the options against the children (count, threshold, blkverify, unique non-empty
-  // names, equal sizes) and fails with a message naming each problem.
+  // names, equal sizes, alignment_bytes_min a power of two dividing the size) and fails with a
+  // message naming each problem.
   static Result<std::unique_ptr<QuorumNode>> create(std::string name, QuorumOptions options,
                                                     std::vector<QuorumChildSpec> children);
   ~QuorumNode() override;
