@@ -1,5 +1,7 @@
 #include "primary/primary_role.hpp"
 
+#include <fmt/format.h>
+
 #include <memory>
 #include <chrono>
 #include <optional>
@@ -37,9 +39,10 @@ OpenFileFn file_opener(asio::io_context& io) {
 // loop is driven here until the open finishes (only the control socket is live meanwhile).
 Result<std::shared_ptr<QuorumNode>> open_quorum_now(asio::io_context& io,
                                                     const config::QuorumConfig& q,
-                                                    std::shared_ptr<BlockNode> disk) {
+                                                    std::shared_ptr<BlockNode> disk,
+                                                    std::uint32_t alignment_bytes_min = 1) {
   auto r = run_before_loop(io, open_quorum(io.get_executor(), "quorum", q, std::move(disk),
-                                           file_opener(io)));
+                                           file_opener(io), alignment_bytes_min));
   if (!r) return r.error();
   return std::shared_ptr<QuorumNode>(std::move(*r));
 }
@@ -85,8 +88,21 @@ Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context&
   o.connect_timeout = ms_or(rc.connect_timeout_ms(), 10000);
   o.checkpoint_timeout = ms_or(rc.checkpoint_timeout_ms(), 10000);
 
-  auto q = open_quorum_now(io, local, std::move(disk));
+  // The quorum's alignment, hence the front-end export's minimum block size, is at least
+  // export_block_bytes_min from the start, paired or not: the secondary may join at any time
+  // and must never see a request it cannot serve (docs/replication.md, "Block size").
+  const std::uint32_t block_min = replication_export_block_bytes_min(rc);
+  const std::uint32_t disk_alignment = disk->limits().alignment_bytes;
+  if (!aligned(disk->size_bytes(), block_min)) {
+    return make_error(EINVAL, fmt::format("{}: the disk's size {} bytes is not a multiple of "
+                                          "replication.export_block_bytes_min {}",
+                                          cfg.disk().path(), disk->size_bytes(), block_min));
+  }
+  auto q = open_quorum_now(io, local, std::move(disk), block_min);
   if (!q) return q.error();
+  log::info("primary: the export's minimum block size is {} bytes (disk alignment {}, "
+            "replication.export_block_bytes_min {})", (*q)->limits().alignment_bytes,
+            disk_alignment, block_min);
   PrimaryReplicationGraph g;
   g.quorum = *q;
   g.gate = std::make_shared<WriteGate>("gate", *q);

@@ -48,6 +48,14 @@ Result<std::unique_ptr<QuorumNode>> QuorumNode::create(std::string name, QuorumO
   if (options.blkverify && options.rewrite_corrupted) {
     problems.push_back("blkverify cannot be combined with rewrite_corrupted");
   }
+  const std::uint32_t align_min = options.alignment_bytes_min;
+  if (align_min == 0 || (align_min & (align_min - 1)) != 0) {
+    problems.push_back(fmt::format("alignment_bytes_min {} is not a power of two", align_min));
+  } else if (n > 0 && children[0].node != nullptr &&
+             !aligned(children[0].node->size_bytes(), align_min)) {
+    problems.push_back(fmt::format("the size {} bytes is not a multiple of the minimum block "
+                                   "size {} bytes", children[0].node->size_bytes(), align_min));
+  }
   for (std::size_t i = 0; i < n; ++i) {
     if (children[i].name.empty()) problems.push_back(fmt::format("child {} has no name", i));
     if (children[i].node == nullptr) {
@@ -92,7 +100,7 @@ Result<std::unique_ptr<QuorumNode>> QuorumNode::create(std::string name, QuorumO
 void QuorumNode::recompute_limits() {
   std::vector<NodeLimits> all;
   for (const auto& m : members_) all.push_back(m->edge->node().limits());
-  limits_ = quorum::combine_limits(all);
+  limits_ = quorum::combine_limits(all, options_.alignment_bytes_min);
 }
 
 std::vector<std::string> QuorumNode::child_names() const {

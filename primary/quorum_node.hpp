@@ -56,6 +56,12 @@ struct QuorumOptions {
   // (invariant 4). The other children may have taken it: the range is undefined on them, as
   // after any failed write, until the consumer writes it again.
   std::string required_child;
+  // The smallest alignment the quorum promises (a power of two; the quorum's size must be a
+  // multiple of it): limits().alignment_bytes is the larger of this and every child's. The
+  // primary sets it (replication.export_block_bytes_min) so that its front-end export, whose
+  // minimum block size is fixed when the export opens, can take in a secondary with up to this
+  // alignment at any later time: add_child refuses a child stricter than the quorum's alignment.
+  std::uint32_t alignment_bytes_min = 1;
 };
 
 // The divergence guard's recorder: makes "the secondary misses writes" durable.
@@ -78,7 +84,8 @@ struct QuorumChildStatus {
 class QuorumNode final : public BlockNode {
  public:
   // Checks the options against the children (count, threshold, blkverify, unique non-empty
-  // names, equal sizes) and fails with a message naming each problem.
+  // names, equal sizes, alignment_bytes_min a power of two dividing the size) and fails with a
+  // message naming each problem.
   static Result<std::unique_ptr<QuorumNode>> create(std::string name, QuorumOptions options,
                                                     std::vector<QuorumChildSpec> children);
   ~QuorumNode() override;

@@ -51,7 +51,8 @@ Task<Result<std::shared_ptr<BlockNode>>> open_quorum_child(asio::any_io_executor
 Task<Result<std::unique_ptr<QuorumNode>>> open_quorum(asio::any_io_executor ex, std::string name,
                                                       const config::QuorumConfig& q,
                                                       std::shared_ptr<BlockNode> disk,
-                                                      OpenFileFn open_file) {
+                                                      OpenFileFn open_file,
+                                                      std::uint32_t alignment_bytes_min) {
   std::vector<QuorumChildSpec> specs;
   for (const auto& c : q.children()) {
     std::shared_ptr<BlockNode> node;
@@ -76,8 +77,9 @@ Task<Result<std::unique_ptr<QuorumNode>>> open_quorum(asio::any_io_executor ex, 
     }
     specs.push_back({c.name(), std::move(node)});
   }
-  auto quorum = QuorumNode::create(std::move(name), quorum_options_from_config(q),
-                                   std::move(specs));
+  QuorumOptions options = quorum_options_from_config(q);
+  options.alignment_bytes_min = alignment_bytes_min;
+  auto quorum = QuorumNode::create(std::move(name), options, std::move(specs));
   if (!quorum) co_return quorum.error();
   co_return std::move(*quorum);
 }

@@ -21,10 +21,13 @@ using OpenFileFn = std::function<Result<std::shared_ptr<BlockNode>>(const std::s
 
 // Opens every child of cfg.quorum() (the config is already validated) and creates the quorum
 // named `name`. `disk` is the daemon's own disk node (used by a child with `disk: true`).
+// `alignment_bytes_min`: QuorumOptions::alignment_bytes_min (the primary of a pair passes
+// replication.export_block_bytes_min).
 Task<Result<std::unique_ptr<QuorumNode>>> open_quorum(asio::any_io_executor ex, std::string name,
                                                       const config::QuorumConfig& q,
                                                       std::shared_ptr<BlockNode> disk,
-                                                      OpenFileFn open_file);
+                                                      OpenFileFn open_file,
+                                                      std::uint32_t alignment_bytes_min = 1);
 
 // Opens one child given as a URI or path at run time (coloctl child add/replace): an
 // "nbd..." URI becomes an NbdClientNode, anything else a file through `open_file`.

@@ -92,10 +92,13 @@ std::optional<std::size_t> first_difference(std::span<const std::byte> a,
   return static_cast<std::size_t>(ia - a.begin());
 }
 
-NodeLimits combine_limits(std::span<const NodeLimits> children) {
+NodeLimits combine_limits(std::span<const NodeLimits> children,
+                          std::uint32_t alignment_bytes_min) {
+  CHECK(alignment_bytes_min != 0);
+  CHECK((alignment_bytes_min & (alignment_bytes_min - 1)) == 0);
   NodeLimits out;
+  out.alignment_bytes = alignment_bytes_min;
   if (children.empty()) return out;
-  out.alignment_bytes = 1;
   out.transfer_bytes_max = UINT32_MAX;
   out.read_only = false;
   out.can_flush = out.can_fua = out.can_trim = out.can_write_zeroes = true;

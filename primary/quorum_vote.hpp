@@ -49,8 +49,10 @@ VersionVote vote_versions(std::span<const std::span<const std::byte>> versions);
 std::optional<std::size_t> first_difference(std::span<const std::byte> a,
                                             std::span<const std::byte> b);
 
-// The limits a quorum over these children can promise: the largest alignment, the smallest
-// maximum transfer, read-only if any child is, each can_* only when every child can.
-NodeLimits combine_limits(std::span<const NodeLimits> children);
+// The limits a quorum over these children can promise: the largest alignment (at least
+// `alignment_bytes_min`), the smallest maximum transfer, read-only if any child is, each can_*
+// only when every child can.
+NodeLimits combine_limits(std::span<const NodeLimits> children,
+                          std::uint32_t alignment_bytes_min = 1);
 
 }  // namespace colo::quorum

@@ -6,9 +6,12 @@
 // Graph: front-end export -> WriteGate "gate" -> QuorumNode -> "local" (disk)
 //                                                           -> peer child: NbdClientNode, or in
 //                                                              async mode WriteBackNode over it
-// Pairing: connect, hello both ways (version, resource, disk size, block size checked on both
-// sides; a mismatch names both values), start replication on the secondary, then open the NBD
-// peer and add it to the quorum.
+// Pairing: connect, hello both ways (version, resource, disk size checked on both sides; a
+// mismatch names both values), start replication on the secondary, then open the NBD peer and
+// add it to the quorum. Block size: the primary sends the quorum's alignment, the secondary
+// answers with the alignment its replication export needs, and the primary refuses a secondary
+// that needs more than the quorum's alignment, which is what the front-end export promised its
+// consumers when it opened (at least replication.export_block_bytes_min; docs/replication.md).
 // Checkpoint(E+1): close the gate (new writes wait, in-flight ones finish: in sync mode they
 // are then acknowledged by both children), check that no peer write failed in the epoch; async
 // mode inserts a hold marker in the peer queue, opens the gate at once (the pause ends there)
@@ -89,7 +92,8 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
 
   // Pairs with the secondary (see above). `force` pairs even when the record says the disks
   // diverged. Errors: ECONNREFUSED/ETIMEDOUT (unreachable), the secondary's refusal
-  // (EPROTONOSUPPORT, ENOENT resource, EMEDIUMTYPE size, EPERM state), EALREADY when paired.
+  // (EPROTONOSUPPORT, ENOENT resource, EMEDIUMTYPE size), EMEDIUMTYPE when the secondary needs
+  // a larger alignment than the export promised, EPERM state, EALREADY when paired.
   Task<Result<void>> pair(bool force);
   // Starts the periodic checkpoints and the peer watch; call once after construction.
   void start();

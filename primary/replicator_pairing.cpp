@@ -99,6 +99,26 @@ Task<Result<void>> Replicator::pair(bool force) {
                                                        theirs.disk_size_bytes(),
                                                        quorum_->size_bytes())));
   }
+  // The secondary answers with the alignment its replication export needs. Every request the
+  // quorum sends the peer is aligned to the quorum's alignment, which the front-end export
+  // promised its consumers when it opened (QuorumOptions::alignment_bytes_min): a secondary
+  // that needs more could be sent requests it cannot serve, so it is refused here, before it
+  // starts replicating, and the export keeps what it promised.
+  const std::uint32_t their_block = theirs.block_size_bytes();
+  const std::uint32_t our_block = quorum_->limits().alignment_bytes;
+  if (their_block == 0 || (their_block & (their_block - 1)) != 0) {
+    co_return fail(make_error(EPROTO, fmt::format("pairing: the secondary's block size {} bytes "
+                                                  "is not a power of two", their_block)));
+  }
+  if (our_block % their_block != 0) {
+    co_return fail(make_error(
+        EMEDIUMTYPE,
+        fmt::format("pairing: the secondary's replication export needs requests aligned to {} "
+                    "bytes, but this primary's export promises its consumers a minimum block "
+                    "size of {} bytes; set replication.export_block_bytes_min to {} or more on "
+                    "the primary (its consumers then see that minimum block size)",
+                    their_block, our_block, their_block)));
+  }
   peer_name_ = theirs.node_name().empty() ? theirs.node_id() : theirs.node_name();
   peer_id_ = theirs.node_id();
   if (peer_id_ == options_.identity.id) {

@@ -143,10 +143,13 @@ replication::Envelope SecondaryPairing::on_hello(const std::shared_ptr<Session>&
                        fmt::format("disk size {} bytes differs from the secondary's {} bytes",
                                    hello.disk_size_bytes(), db_->disk_size_bytes()));
   }
-  if (hello.block_size_bytes() == 0 || hello.block_size_bytes() % options_.alignment_bytes != 0) {
-    return error_reply(replication::ERROR_SIZE,
-                       fmt::format("block size {} bytes is not a multiple of the secondary's {} "
-                                   "bytes", hello.block_size_bytes(), options_.alignment_bytes));
+  // Any block size is accepted: the reply carries the alignment this replication export needs,
+  // and the primary, which knows what its own export promised, decides whether it can pair
+  // (Replicator::pair). A misaligned request would still be refused by the export (EINVAL).
+  const std::uint32_t block = hello.block_size_bytes();
+  if (block == 0 || (block & (block - 1)) != 0) {
+    return error_reply(replication::ERROR_PROTOCOL,
+                       fmt::format("block size {} bytes is not a power of two", block));
   }
   if (hello.node_id().empty()) {
     return error_reply(replication::ERROR_PROTOCOL, "hello without a node id");
@@ -174,6 +177,7 @@ replication::Envelope SecondaryPairing::on_hello(const std::shared_ptr<Session>&
                {"primary_id", session->id},
                {"address", session->channel->peer()},
                {"primary_epoch", std::to_string(hello.durable_epoch())},
+               {"primary_block_size", std::to_string(block)},
                {"epoch", std::to_string(db_->epoch())}}});
   replication::Envelope reply;
   auto* h = reply.mutable_hello();

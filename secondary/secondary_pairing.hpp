@@ -1,7 +1,8 @@
 #pragma once
 // The secondary's side of the checkpoint channel (docs/replication.md): it listens, accepts one
-// primary session at a time, checks the primary's hello (protocol version, resource, disk size,
-// block size), and turns the primary's requests into disk-buffer lifecycle calls:
+// primary session at a time, checks the primary's hello (protocol version, resource, disk size;
+// any power-of-two block size, answered with its own), and turns the primary's requests into
+// disk-buffer lifecycle calls:
 //   start -> start_replication, checkpoint(epoch) -> do_checkpoint, stop -> stop_replication.
 // A lost primary (EOF, error, heartbeat timeout) raises the `primary_lost` event; the buffer
 // stays as it is, ready for failover. Failover (`coloctl failover|promote`) is refused while the
@@ -32,7 +33,8 @@ struct SecondaryPairingOptions {
   std::string state_dir;
   std::chrono::milliseconds heartbeat_interval{500};
   std::chrono::milliseconds heartbeat_timeout{3000};
-  // The replication export's block size: a primary with a smaller one is refused.
+  // The replication export's alignment, answered in the hello: the primary refuses to pair
+  // when its own export promised its consumers a smaller minimum block size.
   std::uint32_t alignment_bytes = 512;
 };
 

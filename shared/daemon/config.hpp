@@ -5,6 +5,7 @@
 // "path:line:column: message", then validates every value and reports all problems at once.
 // Nothing is opened or created here.
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -35,5 +36,8 @@ unsigned poll_us(const config::DaemonConfig& cfg);
 
 // The quorum child that is the secondary ("peer" unless the config names another).
 std::string replication_peer_child(const config::ReplicationConfig& r);
+// The primary's front-end export's smallest minimum block size (export_block_bytes_min; 512
+// unless the config sets it). The export advertises the larger of this and its disk's alignment.
+std::uint32_t replication_export_block_bytes_min(const config::ReplicationConfig& r);
 
 }  // namespace colo

@@ -10,10 +10,17 @@ namespace colo {
 
 namespace {
 constexpr std::uint64_t kAsyncQueueBytesMin = 1u << 20;
+constexpr std::uint32_t kExportBlockBytesMinDefault = 512;
+constexpr std::uint32_t kExportBlockBytesMinMax = 65536;  // the NBD server's largest alignment
 }  // namespace
 
 std::string replication_peer_child(const config::ReplicationConfig& r) {
   return r.peer_child().empty() ? "peer" : r.peer_child();
+}
+
+std::uint32_t replication_export_block_bytes_min(const config::ReplicationConfig& r) {
+  return r.has_export_block_bytes_min() ? r.export_block_bytes_min()
+                                        : kExportBlockBytesMinDefault;
 }
 
 void validate_replication_config(const config::DaemonConfig& cfg,
@@ -32,6 +39,13 @@ void validate_replication_config(const config::DaemonConfig& cfg,
       errors.push_back(fmt::format("replication.peer_address: {}", a.error().message));
     }
     if (!r.listen().empty()) errors.push_back("replication.listen: only the secondary listens");
+    if (r.has_export_block_bytes_min()) {
+      const std::uint32_t b = r.export_block_bytes_min();
+      if (b == 0 || (b & (b - 1)) != 0 || b > kExportBlockBytesMinMax) {
+        errors.push_back(fmt::format("replication.export_block_bytes_min: {} is not a power of "
+                                     "two from 1 to {}", b, kExportBlockBytesMinMax));
+      }
+    }
     const std::string peer = replication_peer_child(r);
     if (!cfg.has_quorum()) {
       errors.push_back(fmt::format("replication.peer_child: the primary needs a quorum with the "
@@ -70,6 +84,10 @@ void validate_replication_config(const config::DaemonConfig& cfg,
     }
     if (r.checkpoint_interval_ms() != 0) {
       errors.push_back("replication.checkpoint_interval_ms: checkpoints are driven by the primary");
+    }
+    if (r.has_export_block_bytes_min()) {
+      errors.push_back("replication.export_block_bytes_min: only the primary's export uses it (the "
+                       "secondary answers the primary with its replication export's alignment)");
     }
   }
   if (r.write_mode() != config::SYNC && r.write_mode() != config::ASYNC) {

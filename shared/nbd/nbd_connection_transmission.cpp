@@ -135,6 +135,7 @@ Task<void> NbdConnection::handle(std::shared_ptr<NbdConnection> self, Request r,
   c.handlers_.end();
 }
 
+// FUA on a read is accepted by check_request() and ignored here: a read persists nothing.
 Task<IoResult> NbdConnection::do_read(const Request& r, std::byte* out) {
   // Split into the node's transfer limit (the front-end advertises 32 MiB regardless).
   const std::uint64_t step = std::min<std::uint64_t>(limits_.transfer_bytes_max, kPayloadBytesMax);
@@ -173,6 +174,7 @@ Task<IoResult> NbdConnection::do_other(const Request& r) {
   IoResult res;
   switch (r.type) {
     case kCmdFlush:
+      // FUA on a flush adds nothing: the flush itself makes everything durable.
       co_return co_await child_->flush();
     case kCmdTrim:
       if (r.length_bytes == 0) co_return IoResult{};

@@ -118,31 +118,33 @@ RequestCheck check_request(const Request& r, const ExportShape& shape) {
     return RequestCheck{RequestCheck::Verdict::disconnect, kErrOverflow,
                         "write payload longer than the 32 MiB limit"};
   }
-  std::uint16_t allowed_flags = 0;
+  // FUA, once negotiated, is valid on every command (proto.md, "Command flags": the server
+  // MUST accept it, even by ignoring it). It means something only where the command writes
+  // (write, trim, write-zeroes); a read or a flush ignores it (a flush is durable anyway).
   const std::uint16_t fua = (tx & kTxSendFua) ? kCmdFlagFua : 0;
+  std::uint16_t allowed_flags = fua;
   switch (r.type) {
     case kCmdRead:
-      allowed_flags = (tx & kTxSendDf) ? kCmdFlagDf : 0;
+      if (tx & kTxSendDf) allowed_flags |= kCmdFlagDf;
       break;
     case kCmdWrite:
-      allowed_flags = fua;
       break;
     case kCmdDisc:
       return {};
     case kCmdFlush:
       if (!(tx & kTxSendFlush)) return fail(kErrInval, "flush is not supported");
-      if (r.flags != 0) return fail(kErrInval, "unknown flag");
+      if ((r.flags & ~allowed_flags) != 0) return fail(kErrInval, "unknown or unsupported flag");
       if (r.offset_bytes != 0 || r.length_bytes != 0) {
         return fail(kErrInval, "flush with a nonzero offset or length");
       }
       return {};
     case kCmdTrim:
       if (!(tx & kTxSendTrim)) return fail(kErrInval, "trim is not supported");
-      allowed_flags = fua;
       break;
     case kCmdWriteZeroes:
       if (!(tx & kTxSendWriteZeroes)) return fail(kErrInval, "write-zeroes is not supported");
-      allowed_flags = fua | kCmdFlagNoHole | ((tx & kTxSendFastZero) ? kCmdFlagFastZero : 0);
+      allowed_flags |= kCmdFlagNoHole;
+      if (tx & kTxSendFastZero) allowed_flags |= kCmdFlagFastZero;
       break;
     default:
       return fail(kErrInval, "unknown command");

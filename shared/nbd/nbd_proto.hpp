@@ -177,6 +177,9 @@ struct RequestCheck {
   const char* why = "";         // for the log line
 };
 // Checks type, flags, read-only, range (overflow-safe), alignment and payload length.
+// Flags: FUA is accepted on every command once SEND_FUA is in the transmission flags (the
+// spec's MUST; read and flush ignore it), DF on reads with SEND_DF, NO_HOLE and FAST_ZERO (with
+// SEND_FAST_ZERO) on write-zeroes; any other flag, or FUA without SEND_FUA, is refused.
 // Errors: unknown command or flag, misaligned, over-long read -> EINVAL; read/trim past the
 // end -> EINVAL; write/write-zeroes past the end -> ENOSPC; writing a read-only export -> EPERM.
 // A WRITE longer than kPayloadBytesMax -> disconnect (its payload cannot be skipped safely).

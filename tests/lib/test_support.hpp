@@ -55,7 +55,8 @@ struct EventRecorder {
 // A fresh directory under $TMPDIR, removed by the destructor.
 class TempDir {
  public:
-  TempDir();
+  TempDir();  // under $TMPDIR, else /tmp
+  explicit TempDir(const std::string& base);  // under `base` (e.g. /dev/shm)
   ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;

@@ -2,21 +2,31 @@
 // NBD clients (libnbd, fio): the whole lifecycle with kill -9 and failover in both write modes,
 // two-phase checkpoints and their timeout, a checkpoint while the peer is unreachable (a TCP
 // proxy black-holes the channel), bad peers and malformed frames, crashes right after a
-// checkpoint acknowledgement, periodic checkpoints under fio with verify, a clean restart.
+// checkpoint acknowledgement, periodic checkpoints under fio with verify, a clean restart; block
+// sizes: every combination of page-cache and O_DIRECT disks, a byte-granular export, a
+// secondary that needs larger blocks than the primary's export promised.
 
 #include <gtest/gtest.h>
 
 #include <boost/json/parse.hpp>
 #include <fmt/format.h>
 #include <libnbd.h>
+#include <fcntl.h>
+#include <linux/magic.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <csignal>
 #include <filesystem>
+#include <memory>
+#include <optional>
 #include <thread>
+#include <tuple>
 
 #include "process.hpp"
 #include "replication.pb.h"
@@ -44,6 +54,8 @@ struct Nbd {
     std::string buf(len, p);
     ASSERT_EQ(nbd_pwrite(h, buf.data(), len, off, 0), 0) << nbd_get_error();
   }
+  // The export's advertised minimum block size (NBD_INFO_BLOCK_SIZE).
+  std::int64_t block_min() { return nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM); }
   std::string image() {
     std::string all(kDiskBytes, '\0');
     for (std::uint64_t off = 0; off < kDiskBytes; off += 1u << 20) {
@@ -65,6 +77,13 @@ struct PairOptions {
   std::uint32_t prepare_timeout_ms = 10000;
   bool proxy_channel = false;
   bool proxy_nbd = false;  // the replication export's connection through a TcpProxy
+  // The disks' `cache` (CACHE_DIRECT, CACHE_BUFFERED; empty: the default, CACHE_AUTO) and the
+  // directories of the disk files (the secondary's buffer file too; empty: the test's dir).
+  std::string primary_cache;
+  std::string secondary_cache;
+  std::string primary_data_dir;
+  std::string secondary_data_dir;
+  std::optional<std::uint32_t> export_block_bytes_min;  // replication.export_block_bytes_min
 };
 
 class PairFixture {
@@ -92,14 +111,23 @@ class PairFixture {
   int channel_port() const { return chan_port_; }
 
   void write_configs() {
+    const std::string dir = dir_.path().string();
+    const std::string p_data = o_.primary_data_dir.empty() ? dir : o_.primary_data_dir;
+    const std::string s_data = o_.secondary_data_dir.empty() ? dir : o_.secondary_data_dir;
+    const std::string s_cache = o_.secondary_cache.empty() ? "" : " cache: " + o_.secondary_cache;
+    const std::string p_cache = o_.primary_cache.empty() ? "" : " cache: " + o_.primary_cache;
+    const std::string p_block =
+        o_.export_block_bytes_min
+            ? fmt::format("\n  export_block_bytes_min: {}", *o_.export_block_bytes_min)
+            : "";
     test::write_file(file("s.conf"), fmt::format(R"(resource: "r0"
 role: SECONDARY
 state_dir: "{0}/s-state"
 control_socket: "{0}/s.ctl"
-disk {{ path: "{0}/s.img" create: true size_bytes: {1} }}
+disk {{ path: "{4}/s.img" create: true size_bytes: {1}{5} }}
 export {{ listen: "unix:{0}/s.sock" }}
 secondary {{
-  buffer_path: "{0}/s-buffer.img"
+  buffer_path: "{4}/s-buffer.img"
   buffer_size_bytes: 67108864
   block_bytes: 4096
   replication_listen: "tcp:127.0.0.1:{2}"
@@ -110,16 +138,16 @@ replication {{
   heartbeat_interval_ms: 100
   heartbeat_timeout_ms: 1000
 }}
-)", dir_.path().string(), kDiskBytes, repl_port_, chan_port_));
+)", dir, kDiskBytes, repl_port_, chan_port_, s_data, s_cache));
     test::write_file(file("p.conf"), fmt::format(R"(resource: "{4}"
 role: PRIMARY
 state_dir: "{0}/p-state"
 control_socket: "{0}/p.ctl"
-disk {{ path: "{0}/p.img" create: true size_bytes: {1} }}
+disk {{ path: "{8}/p.img" create: true size_bytes: {1}{9} }}
 export {{ listen: "unix:{0}/p.sock" }}
 quorum {{
   children {{ name: "local" disk: true }}
-  children {{ name: "peer" nbd_uri: "nbd://127.0.0.1:{8}" }}
+  children {{ name: "peer" nbd_uri: "nbd://127.0.0.1:{11}" }}
   vote_threshold: 1
   read_pattern: "fifo"
 }}
@@ -132,13 +160,13 @@ replication {{
   checkpoint_timeout_ms: 3000
   connect_timeout_ms: 3000
   checkpoint_interval_ms: {6}
-  prepare_timeout_ms: {7}
+  prepare_timeout_ms: {7}{10}
 }}
-)", dir_.path().string(), o_.primary_disk_bytes, repl_port_,
+)", dir, o_.primary_disk_bytes, repl_port_,
                                                  proxy_ ? proxy_->port() : chan_port_,
                                                  o_.primary_resource, o_.write_mode,
                                                  o_.checkpoint_interval_ms,
-                                                 o_.prepare_timeout_ms,
+                                                 o_.prepare_timeout_ms, p_data, p_cache, p_block,
                                                  nbd_proxy_ ? nbd_proxy_->port() : repl_port_));
   }
 
@@ -353,6 +381,214 @@ TEST(Pair, MismatchedPrimaryIsRefusedNamingBothValues) {
   }
 }
 
+// --- block sizes and cache modes ------------------------------------------------------------
+
+bool is_tmpfs(const std::string& path) {
+  struct statfs s{};
+  return ::statfs(path.c_str(), &s) == 0 && s.f_type == TMPFS_MAGIC;
+}
+
+// A new directory on a file system that takes O_DIRECT (for a CACHE_DIRECT disk), or null.
+std::unique_ptr<test::TempDir> direct_io_dir() {
+  const char* tmpdir = std::getenv("TMPDIR");
+  for (const std::string& base : {std::string(tmpdir ? tmpdir : "/tmp"), std::string("/var/tmp")}) {
+    std::unique_ptr<test::TempDir> d;
+    try {
+      d = std::make_unique<test::TempDir>(base);
+    } catch (const std::exception&) {
+      continue;
+    }
+    const std::string probe = d->file("probe");
+    const int fd = ::open(probe.c_str(), O_CREAT | O_RDWR | O_DIRECT | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      ::close(fd);
+      ::unlink(probe.c_str());
+      return d;
+    }
+  }
+  return nullptr;
+}
+
+// A new directory on tmpfs (no O_DIRECT: the page cache only), or null when /dev/shm is not
+// tmpfs. A secondary whose disk and buffer file are there has a byte-granular replication
+// export; elsewhere its buffer file (CACHE_AUTO) would still be opened with O_DIRECT.
+std::unique_ptr<test::TempDir> page_cache_dir() {
+  if (!is_tmpfs("/dev/shm")) return nullptr;
+  return std::make_unique<test::TempDir>("/dev/shm");
+}
+
+// The pair with every combination of buffered (page cache) and O_DIRECT disks. A buffered side
+// says CACHE_BUFFERED, and its files are on tmpfs when /dev/shm is one (then the secondary's
+// buffer file is buffered too); a direct side says CACHE_DIRECT on a file system that has
+// O_DIRECT. The primary's export advertises at least export_block_bytes_min (512 unless set)
+// whatever its disk, so every combination pairs; writes of one such block at offsets that are
+// not multiples of 4 KiB replicate, and after kill -9 of the primary a failover yields the
+// checkpoint's image.
+class PairCacheModes : public ::testing::TestWithParam<std::tuple<bool, bool>> {};
+
+TEST_P(PairCacheModes, PairsAndFailsOverToTheCheckpoint) {
+  const auto [primary_direct, secondary_direct] = GetParam();
+  std::unique_ptr<test::TempDir> direct = direct_io_dir();
+  if ((primary_direct || secondary_direct) && direct == nullptr) {
+    GTEST_SKIP() << "no file system with O_DIRECT under $TMPDIR, /tmp or /var/tmp";
+  }
+  std::unique_ptr<test::TempDir> cache = page_cache_dir();
+  auto dir_for = [&](bool d) -> std::string {
+    if (d) return direct->path().string();
+    return cache ? cache->path().string() : std::string();
+  };
+  PairOptions o;
+  o.primary_cache = primary_direct ? "CACHE_DIRECT" : "CACHE_BUFFERED";
+  o.secondary_cache = secondary_direct ? "CACHE_DIRECT" : "CACHE_BUFFERED";
+  o.primary_data_dir = dir_for(primary_direct);
+  o.secondary_data_dir = dir_for(secondary_direct);
+  PairFixture pair(o);
+  ASSERT_NO_FATAL_FAILURE(pair.start());
+  auto status = pair.ctl(pair.p_ctl(), {"status"});
+  ASSERT_NE(status.output.find("peer_state: paired"), std::string::npos)
+      << status.output << test::read_file(pair.file("p.log"));
+  // The disks were opened as asked.
+  const std::string p_log = test::read_file(pair.file("p.log"));
+  const std::string s_log = test::read_file(pair.file("s.log"));
+  EXPECT_NE(p_log.find(primary_direct ? "local: " + o.primary_data_dir + "/p.img opened with O_DIRECT"
+                                      : "p.img opened buffered"),
+            std::string::npos) << p_log;
+  EXPECT_NE(s_log.find(secondary_direct ? "disk: " + o.secondary_data_dir + "/s.img opened with O_DIRECT"
+                                        : "s.img opened buffered"),
+            std::string::npos) << s_log;
+
+  std::string image;
+  {
+    Nbd p(pair.p_sock());
+    const std::int64_t block_min = p.block_min();
+    ASSERT_GT(block_min, 0) << nbd_get_error();
+    if (primary_direct) {
+      EXPECT_GE(block_min, 512);  // the disk's O_DIRECT alignment when it is larger
+    } else {
+      EXPECT_EQ(block_min, 512);  // export_block_bytes_min, not the page cache's 1
+    }
+    const auto b = static_cast<std::uint64_t>(block_min);
+    p.write(0, 1u << 20, 0x22);
+    p.write(3 * b, b, 0x23);  // one block, not 4 KiB-aligned when the block is smaller
+    p.write((5u << 20) + b, 3 * b, 0x24);
+    auto cp = pair.ctl(pair.p_ctl(), {"checkpoint"});
+    ASSERT_EQ(cp.exit_code, 0) << cp.output;
+    EXPECT_EQ(cp.output, "1\n");
+    image = p.image();
+    p.write(b, b, 0x33);  // after the checkpoint: rolled back by the failover
+    p.write(1u << 20, 65536, 0x34);
+  }
+  pair.primary().stop(SIGKILL);
+  ASSERT_TRUE(pair.wait_status(pair.s_ctl(), "peer_state: disconnected"));
+  auto f = pair.ctl(pair.s_ctl(), {"failover"});
+  ASSERT_EQ(f.exit_code, 0) << f.output;
+  ASSERT_NO_FATAL_FAILURE(pair.wait_failover_done());
+  Nbd s(pair.s_sock());
+  EXPECT_EQ(s.image(), image);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    PrimaryAndSecondary, PairCacheModes,
+    ::testing::Combine(::testing::Bool(), ::testing::Bool()), [](const auto& info) {
+      return std::string(std::get<0>(info.param) ? "DirectPrimary" : "BufferedPrimary") +
+             (std::get<1>(info.param) ? "DirectSecondary" : "BufferedSecondary");
+    });
+
+// export_block_bytes_min: 1 on a page-cache primary: its export takes byte-granular requests,
+// and a secondary whose disk and buffer are on tmpfs (byte-granular too) pairs and replicates
+// them; a failover yields the checkpoint's image.
+TEST(Pair, AByteGranularExportReplicatesUnalignedWritesToAPageCacheSecondary) {
+  std::unique_ptr<test::TempDir> cache = page_cache_dir();
+  if (cache == nullptr) GTEST_SKIP() << "/dev/shm is not tmpfs";
+  PairOptions o;
+  o.primary_cache = "CACHE_BUFFERED";
+  o.secondary_cache = "CACHE_BUFFERED";
+  o.primary_data_dir = cache->path().string();
+  o.secondary_data_dir = cache->path().string();
+  o.export_block_bytes_min = 1;
+  PairFixture pair(o);
+  ASSERT_NO_FATAL_FAILURE(pair.start());
+  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: paired"))
+      << test::read_file(pair.file("p.log"));
+  std::string image;
+  {
+    Nbd p(pair.p_sock());
+    EXPECT_EQ(p.block_min(), 1);
+    p.write(1, 1, 0x41);
+    p.write(4097, 511, 0x42);
+    p.write(12345, 7777, 0x43);
+    ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "1\n");
+    image = p.image();
+    p.write(2, 3, 0x51);
+    p.write(20000, 1, 0x52);
+  }
+  pair.primary().stop(SIGKILL);
+  ASSERT_TRUE(pair.wait_status(pair.s_ctl(), "peer_state: disconnected"));
+  ASSERT_EQ(pair.ctl(pair.s_ctl(), {"failover"}).exit_code, 0);
+  ASSERT_NO_FATAL_FAILURE(pair.wait_failover_done());
+  Nbd s(pair.s_sock());
+  EXPECT_EQ(s.image(), image);
+}
+
+// A primary whose export promised smaller blocks (export_block_bytes_min: 1 over a page-cache
+// disk) than the secondary's replication export needs (O_DIRECT: 512 or more) never pairs with
+// it: at start the primary refuses to start, naming both values and the option; started alone
+// first, it goes on serving what it advertised, and pairing later (the automatic retry and
+// `coloctl start`) is refused the same way. The secondary is left idle, and byte-granular
+// writes through the primary's export still succeed.
+TEST(Pair, ASecondaryThatNeedsLargerBlocksThanTheExportPromisedIsRefused) {
+  std::unique_ptr<test::TempDir> direct = direct_io_dir();
+  if (direct == nullptr) GTEST_SKIP() << "no file system with O_DIRECT under $TMPDIR, /tmp or /var/tmp";
+  PairOptions o;
+  o.primary_cache = "CACHE_BUFFERED";
+  o.export_block_bytes_min = 1;
+  o.secondary_cache = "CACHE_DIRECT";
+  o.secondary_data_dir = direct->path().string();
+  PairFixture pair(o);
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  auto r = test::run_command({kColod, "--config", pair.file("p.conf")}, 20s);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("the secondary's replication export needs requests aligned to "),
+            std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("promises its consumers a minimum block size of 1 bytes"),
+            std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("replication.export_block_bytes_min"), std::string::npos) << r.output;
+  auto s = pair.ctl(pair.s_ctl(), {"status"});
+  EXPECT_NE(s.output.find("state: idle"), std::string::npos) << s.output;
+
+  // The primary first, alone; the secondary later.
+  EXPECT_GT(pair.secondary().stop(SIGTERM), -1);
+  ASSERT_NO_FATAL_FAILURE(pair.start_primary());
+  Nbd p(pair.p_sock());
+  EXPECT_EQ(p.block_min(), 1);
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "export_block_bytes_min"))
+      << pair.ctl(pair.p_ctl(), {"status"}).output;
+  test::CommandResult start;
+  for (int i = 0; i < 50; ++i) {  // the automatic retry may be pairing at that moment (EBUSY)
+    start = pair.ctl(pair.p_ctl(), {"start"});
+    if (start.output.find("already running") == std::string::npos) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_NE(start.exit_code, 0) << start.output;
+  EXPECT_NE(start.output.find("promises its consumers a minimum block size of 1 bytes"),
+            std::string::npos) << start.output;
+  auto st = pair.ctl(pair.p_ctl(), {"status"});
+  EXPECT_NE(st.output.find("peer_state: unpaired"), std::string::npos) << st.output;
+  s = pair.ctl(pair.s_ctl(), {"status"});
+  EXPECT_NE(s.output.find("state: idle"), std::string::npos) << s.output;
+  // The export still serves what it advertised.
+  p.write(1, 1, 0x61);
+  p.write(4097, 511, 0x62);
+  std::string back(4608, '\0');
+  ASSERT_EQ(nbd_pread(p.h, back.data(), back.size(), 0, 0), 0) << nbd_get_error();
+  EXPECT_EQ(back[0], '\0');
+  EXPECT_EQ(back[1], '\x61');
+  EXPECT_EQ(back[2], '\0');
+  EXPECT_EQ(back[4096], '\0');
+  EXPECT_EQ(back.substr(4097, 511), std::string(511, '\x62'));
+}
+
 // Raw frames to the secondary's checkpoint channel.
 class RawChannel {
  public:
@@ -453,6 +689,165 @@ TEST(Pair, APeersIdentityIsEscapedInStatusJsonAndEvents) {
   ASSERT_FALSE(ec) << ec.message() << ": " << log.substr(at, 300);
   EXPECT_EQ(ev.at("primary_id").as_string(), id);
   EXPECT_EQ(ev.at("primary").as_string(), name);
+}
+
+// The primary's disk must be a whole number of the export's blocks: an existing page-cache
+// disk of an odd size is refused at start, naming the path, the size and the option; nothing
+// is served and the file is left as it was.
+TEST(Pair, APrimaryDiskThatIsNotAWholeNumberOfExportBlocksIsRefused) {
+  PairOptions o;
+  o.primary_cache = "CACHE_BUFFERED";
+  PairFixture pair(o);
+  // An existing disk file (the config's create/size_bytes would refuse an odd size itself).
+  std::string conf = test::read_file(pair.file("p.conf"));
+  const std::string create = fmt::format(" create: true size_bytes: {}", kDiskBytes);
+  ASSERT_NE(conf.find(create), std::string::npos) << conf;
+  conf.replace(conf.find(create), create.size(), "");
+  test::write_file(pair.file("p.conf"), conf);
+  test::write_file(pair.file("p.img"), std::string(kDiskBytes + 100, '\x5a'));
+  auto r = test::run_command({kColod, "--config", pair.file("p.conf")}, 20s);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find(fmt::format("p.img: the disk's size {} bytes is not a multiple of "
+                                      "replication.export_block_bytes_min 512",
+                                      kDiskBytes + 100)),
+            std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(pair.p_sock()));
+  EXPECT_EQ(test::read_file(pair.file("p.img")), std::string(kDiskBytes + 100, '\x5a'));
+}
+
+// A stand-in secondary on the checkpoint channel: it answers every hello with `block_bytes` as
+// its block size (resource and disk size right), ignores everything else, and accepts again
+// when the primary hangs up.
+class FakeSecondary {
+ public:
+  FakeSecondary(int port, std::uint32_t block_bytes) : block_bytes_(block_bytes) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const int one = 1;
+    ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(static_cast<std::uint16_t>(port));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    EXPECT_EQ(::listen(fd_, 4), 0);
+    thread_ = std::thread([this] { run(); });
+  }
+  ~FakeSecondary() {
+    stop_ = true;
+    ::shutdown(fd_, SHUT_RDWR);
+    thread_.join();
+    ::close(fd_);
+  }
+  int hellos() const { return hellos_; }
+
+ private:
+  void run() {
+    while (!stop_) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) continue;
+      const int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) continue;
+      serve(c);
+      ::close(c);
+    }
+  }
+  void serve(int c) {
+    while (!stop_) {
+      std::uint8_t h[4];
+      if (!read_all(c, h, 4)) return;
+      std::string body(get_be32(h), '\0');
+      if (!read_all(c, body.data(), body.size())) return;
+      replication::Envelope in;
+      if (!in.ParseFromString(body) || in.is_reply() || !in.has_hello()) continue;
+      ++hellos_;
+      replication::Envelope out;
+      out.set_seq(in.seq());
+      out.set_is_reply(true);
+      auto* hello = out.mutable_hello();
+      hello->set_protocol_version(kReplicationProtocolVersion);
+      hello->set_resource("r0");
+      hello->set_disk_size_bytes(kDiskBytes);
+      hello->set_block_size_bytes(block_bytes_);
+      hello->set_node_id("fedcba9876543210fedcba9876543210");
+      const std::string frame = encode_frame(out);
+      if (::send(c, frame.data(), frame.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(frame.size())) {
+        return;
+      }
+    }
+  }
+  bool read_all(int c, void* p, std::size_t n) {
+    auto* b = static_cast<char*>(p);
+    while (n > 0 && !stop_) {
+      pollfd pf{c, POLLIN, 0};
+      if (::poll(&pf, 1, 100) <= 0) continue;
+      const ssize_t r = ::read(c, b, n);
+      if (r <= 0) return false;
+      b += r;
+      n -= static_cast<std::size_t>(r);
+    }
+    return n == 0;
+  }
+  std::uint32_t block_bytes_;
+  int fd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> hellos_{0};
+  std::thread thread_;
+};
+
+// A secondary whose hello answers a block size that is not a power of two is refused (the
+// primary goes on alone, its export unchanged) rather than taken at its word.
+TEST(Pair, ASecondaryAnsweringABlockSizeThatIsNotAPowerOfTwoIsRefused) {
+  PairFixture pair;
+  for (const std::uint32_t bad : {0u, 1536u}) {
+    SCOPED_TRACE(bad);
+    auto fake = std::make_unique<FakeSecondary>(pair.channel_port(), bad);
+    ASSERT_NO_FATAL_FAILURE(pair.start_primary());
+    EXPECT_TRUE(pair.wait_status(pair.p_ctl(), fmt::format("pairing: the secondary's block size "
+                                                           "{} bytes is not a power of two",
+                                                           bad)))
+        << pair.ctl(pair.p_ctl(), {"status"}).output << test::read_file(pair.file("p.log"));
+    EXPECT_GE(fake->hellos(), 1);
+    auto st = pair.ctl(pair.p_ctl(), {"status"});
+    EXPECT_NE(st.output.find("peer_state: unpaired"), std::string::npos) << st.output;
+    {
+      Nbd p(pair.p_sock());
+      EXPECT_EQ(p.block_min(), 512);
+      p.write(512, 512, 0x71);
+    }
+    EXPECT_EQ(WEXITSTATUS(pair.primary().stop(SIGTERM)), 0);
+    fake.reset();
+    std::filesystem::remove_all(pair.file("p-state"));  // it wrote alone: a fresh primary next
+    std::filesystem::remove(pair.file("p.img"));
+  }
+}
+
+// The secondary takes any power-of-two block size in the primary's hello and answers with the
+// alignment its replication export needs (the primary decides); anything else is malformed.
+TEST(Pair, ASecondaryAnswersAnyBlockSizeWithItsOwn) {
+  PairFixture pair;
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  RawChannel c(pair.channel_port());
+  for (const std::uint32_t bad : {0u, 3u, 1536u}) {
+    replication::Envelope e = hello(kReplicationProtocolVersion, "r0");
+    e.mutable_hello()->set_block_size_bytes(bad);
+    c.send(e);
+    auto r = c.reply();
+    ASSERT_TRUE(r && r->has_error()) << bad;
+    EXPECT_EQ(r->error().code(), replication::ERROR_PROTOCOL);
+    EXPECT_NE(r->error().message().find(fmt::format("block size {} bytes is not a power of two",
+                                                    bad)),
+              std::string::npos) << r->error().message();
+  }
+  replication::Envelope e = hello(kReplicationProtocolVersion, "r0");
+  e.mutable_hello()->set_block_size_bytes(1);
+  c.send(e);
+  auto r = c.reply();
+  ASSERT_TRUE(r && r->has_hello()) << (r ? r->DebugString() : "closed");
+  const std::uint32_t theirs = r->hello().block_size_bytes();
+  EXPECT_GE(theirs, 1u);
+  EXPECT_EQ(theirs & (theirs - 1), 0u);
+  auto s = pair.ctl(pair.s_ctl(), {"status"});
+  EXPECT_NE(s.output.find("state: idle"), std::string::npos) << s.output;
 }
 
 TEST(Pair, MalformedFramesAndWrongPeersChangeNothing) {

@@ -54,15 +54,19 @@ class DelayNode final : public BlockNode {
   }
   Task<IoResult> flush() override { co_return co_await mem_->flush(); }
   Task<IoResult> trim(std::uint64_t off, std::uint64_t len, WriteFlags f) override {
+    last_trim_flags.store(static_cast<std::uint32_t>(f));
     co_return co_await mem_->trim(off, len, f);
   }
   Task<IoResult> write_zeroes(std::uint64_t off, std::uint64_t len, WriteFlags f) override {
+    last_zero_flags.store(static_cast<std::uint32_t>(f));
     co_return co_await mem_->write_zeroes(off, len, f);
   }
   Task<void> drain() override { co_return; }
   std::set<std::uint64_t> delayed_offsets;
   std::chrono::milliseconds delay{300};
   std::atomic<std::uint32_t> last_write_flags{0};
+  std::atomic<std::uint32_t> last_trim_flags{0};
+  std::atomic<std::uint32_t> last_zero_flags{0};
 
  private:
   Task<void> maybe_delay(std::uint64_t off) {

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <set>
@@ -48,6 +49,89 @@ TEST_F(ServerFixture, EveryCommandWorks) {
   EXPECT_EQ(c.call(kCmdRead, 0, 0, 0).error, 0u);
   c.request(kCmdDisc, 0, 1, 0, 0);
   EXPECT_TRUE(c.closed_by_server());
+}
+
+// FUA on every command (NBD proto.md, "Command flags": once NBD_FLAG_SEND_FUA is negotiated the
+// server MUST accept NBD_CMD_FLAG_FUA on all commands, even by ignoring it). Every command the
+// export advertises is sent with FUA, with simple and with structured replies: each succeeds
+// and the data is right; where the command writes (write, trim, write-zeroes) the node gets
+// FUA, a read or a flush ignore it. The primary's front-end export, the secondary's replication
+// export and its local export are all this NbdServer (primary/primary_role.cpp,
+// secondary/secondary_role.cpp serve()), checking requests with the same nbd::check_request()
+// and running them through the same NbdConnection, so this covers all three.
+class FuaOnEveryCommand : public ServerFixture, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(FuaOnEveryCommand, EachCommandSucceedsAndTheDataIsRight) {
+  const bool structured = GetParam();
+  Raw c(socket_path_);
+  const std::uint16_t tx = c.go("disk", structured);
+  ASSERT_TRUE(tx & kTxSendFua);
+  ASSERT_TRUE(tx & kTxSendFlush);
+  ASSERT_TRUE(tx & kTxSendTrim);
+  ASSERT_TRUE(tx & kTxSendWriteZeroes);
+  ASSERT_FALSE(tx & kTxReadOnly);
+  const auto fua = static_cast<std::uint32_t>(WriteFlags::fua);
+
+  auto a = pattern(65536, 0x5a);
+  EXPECT_EQ(c.call(kCmdWrite, kCmdFlagFua, 0, 65536, a).error, 0u);
+  EXPECT_TRUE(delay_->last_write_flags.load() & fua);
+
+  auto r = c.call(kCmdRead, kCmdFlagFua, 4096, 8192);
+  ASSERT_EQ(r.error, 0u);
+  ASSERT_EQ(r.data.size(), 8192u);
+  EXPECT_TRUE(all_bytes(r.data, 0x5a));
+  if (structured) {
+    ASSERT_TRUE(tx & kTxSendDf);
+    auto df = c.call(kCmdRead, kCmdFlagFua | kCmdFlagDf, 0, 4096);
+    ASSERT_EQ(df.error, 0u);
+    EXPECT_TRUE(all_bytes(df.data, 0x5a));
+  }
+
+  const std::uint64_t flushes = mem_->flush_count();
+  EXPECT_EQ(c.call(kCmdFlush, kCmdFlagFua, 0, 0).error, 0u);
+  EXPECT_EQ(mem_->flush_count(), flushes + 1);
+
+  EXPECT_EQ(c.call(kCmdTrim, kCmdFlagFua, 0, 4096).error, 0u);
+  EXPECT_TRUE(delay_->last_trim_flags.load() & fua);
+  EXPECT_EQ(c.call(kCmdWriteZeroes, kCmdFlagFua, 8192, 4096).error, 0u);
+  EXPECT_TRUE(delay_->last_zero_flags.load() & fua);
+  EXPECT_EQ(c.call(kCmdWriteZeroes, kCmdFlagFua | kCmdFlagNoHole, 16384, 4096).error, 0u);
+  EXPECT_TRUE(delay_->last_zero_flags.load() & fua);
+  // Zero-length commands with FUA are answered too.
+  EXPECT_EQ(c.call(kCmdRead, kCmdFlagFua, 0, 0).error, 0u);
+  EXPECT_EQ(c.call(kCmdWrite, kCmdFlagFua, 0, 0).error, 0u);
+
+  auto all = c.call(kCmdRead, kCmdFlagFua, 0, 65536);
+  ASSERT_EQ(all.error, 0u);
+  ASSERT_EQ(all.data.size(), 65536u);
+  const auto d = std::span<const std::byte>(all.data);
+  EXPECT_TRUE(all_bytes(d.subspan(0, 4096), 0x00));      // trimmed (MemoryNode zeroes)
+  EXPECT_TRUE(all_bytes(d.subspan(4096, 4096), 0x5a));
+  EXPECT_TRUE(all_bytes(d.subspan(8192, 4096), 0x00));   // write-zeroes
+  EXPECT_TRUE(all_bytes(d.subspan(12288, 4096), 0x5a));
+  EXPECT_TRUE(all_bytes(d.subspan(16384, 4096), 0x00));  // write-zeroes, no hole
+  EXPECT_TRUE(all_bytes(d.subspan(20480), 0x5a));
+  EXPECT_TRUE(std::equal(d.begin(), d.end(), mem_->data().begin()));  // what the node holds
+
+  // DISC with FUA ends the session like a plain DISC.
+  c.request(kCmdDisc, kCmdFlagFua, 1, 0, 0);
+  EXPECT_TRUE(c.closed_by_server());
+}
+
+INSTANTIATE_TEST_SUITE_P(Replies, FuaOnEveryCommand, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "Structured" : "Simple"; });
+
+// An export that did not advertise SEND_FUA (read-only) still refuses the flag: the client
+// broke the negotiation. The same read without FUA succeeds.
+TEST_F(ServerFixture, FuaIsRefusedWhereItWasNotNegotiated) {
+  Raw c(socket_path_);
+  const std::uint16_t tx = c.go("ro");
+  ASSERT_FALSE(tx & kTxSendFua);
+  EXPECT_EQ(c.call(kCmdRead, kCmdFlagFua, 0, 4096).error, kErrInval);
+  EXPECT_EQ(c.call(kCmdFlush, kCmdFlagFua, 0, 0).error, kErrInval);
+  auto r = c.call(kCmdRead, 0, 0, 4096);
+  EXPECT_EQ(r.error, 0u);
+  EXPECT_TRUE(all_bytes(r.data, 0x00));
 }
 
 // A unix socket client has a small window: its writes reach the node with the hint that they
@@ -99,7 +183,7 @@ TEST_F(ServerFixture, StructuredRepliesCarryReadDataAndErrors) {
   EXPECT_EQ(r.data.size(), 8192u);
   auto e = c.call(kCmdRead, 0, kDiskBytes, 4096);
   EXPECT_EQ(e.error, kErrInval);
-  auto bad_flag = c.call(kCmdRead, kCmdFlagFua, 0, 4096);
+  auto bad_flag = c.call(kCmdRead, kCmdFlagNoHole, 0, 4096);  // a write-zeroes flag
   EXPECT_EQ(bad_flag.error, kErrInval);
   EXPECT_EQ(c.call(kCmdRead, 0, 0, 0).error, 0u);
 }

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include "shared/base/listen_address.hpp"
 #include "shared/daemon/config.hpp"
 
@@ -102,6 +104,40 @@ TEST(Config, BadReplicationValuesNameTheLine) {
   EXPECT_NE(m.find("udp:10.0.0.2:1"), std::string::npos) << m;
   EXPECT_NE(m.find("p.conf:15: replication.heartbeat_timeout_ms: 800 must be above "
                    "heartbeat_interval_ms 900"), std::string::npos) << m;
+}
+
+TEST(Config, ExportBlockBytesMinDefaultsTo512AndMustBeAPowerOfTwoOnThePrimary) {
+  auto cfg = parse_config_text(kPairPrimary, "p.conf");
+  ASSERT_TRUE(cfg) << cfg.error().to_string();
+  EXPECT_EQ(replication_export_block_bytes_min(cfg->replication()), 512u);
+  for (const std::uint32_t good : {1u, 512u, 4096u, 65536u}) {
+    std::string text = kPairPrimary;
+    text.replace(text.find("write_mode: ASYNC"), 17,
+                 fmt::format("write_mode: ASYNC export_block_bytes_min: {}", good));
+    auto c = parse_config_text(text, "p.conf");
+    ASSERT_TRUE(c) << c.error().to_string();
+    EXPECT_EQ(replication_export_block_bytes_min(c->replication()), good);
+  }
+  for (const std::uint32_t bad : {0u, 3u, 768u, 131072u}) {
+    std::string text = kPairPrimary;
+    text.replace(text.find("write_mode: ASYNC"), 17,
+                 fmt::format("write_mode: ASYNC\n  export_block_bytes_min: {}", bad));
+    auto c = parse_config_text(text, "p.conf");
+    ASSERT_FALSE(c) << bad;
+    EXPECT_NE(c.error().message.find(fmt::format("p.conf:15: replication.export_block_bytes_min: "
+                                                 "{} is not a power of two from 1 to 65536",
+                                                 bad)),
+              std::string::npos) << c.error().message;
+  }
+  auto s = parse_config_text(
+      "resource: \"r0\"\nrole: SECONDARY\nstate_dir: \"/s\"\ndisk { path: \"/d\" }\n"
+      "secondary { buffer_path: \"/b\" replication_listen: \"tcp:127.0.0.1:1\" }\n"
+      "replication { listen: \"tcp:127.0.0.1:2\" export_block_bytes_min: 4096 }\n",
+      "s.conf");
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find("s.conf:6: replication.export_block_bytes_min: only the "
+                                   "primary's export uses it"),
+            std::string::npos) << s.error().message;
 }
 
 TEST(Config, ReplicationNeedsItsPieces) {

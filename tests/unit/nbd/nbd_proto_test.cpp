@@ -132,6 +132,42 @@ TEST(NbdProto, CheckRequestMapsEveryErrorOfTheIssue) {
   EXPECT_EQ(check({0, kCmdRead, 1, 0, 512}, s).verdict, V::ok);
 }
 
+// Once SEND_FUA is negotiated, the spec says the server MUST accept FUA on every command
+// (and may ignore it where nothing is written): read, write, flush, trim, write-zeroes, DISC.
+TEST(NbdProto, CheckRequestAcceptsFuaOnEveryCommandOnceNegotiated) {
+  using V = RequestCheck::Verdict;
+  const ExportShape s = shape(kTxSendDf);
+  ASSERT_TRUE(s.transmission_flags & kTxSendFua);
+  EXPECT_EQ(check_request({kCmdFlagFua, kCmdRead, 1, 0, 4096}, s).verdict, V::ok);
+  EXPECT_EQ(check_request({kCmdFlagFua | kCmdFlagDf, kCmdRead, 1, 0, 4096}, s).verdict, V::ok);
+  EXPECT_EQ(check_request({kCmdFlagFua, kCmdWrite, 1, 0, 4096}, s).verdict, V::ok);
+  EXPECT_EQ(check_request({kCmdFlagFua, kCmdFlush, 1, 0, 0}, s).verdict, V::ok);
+  EXPECT_EQ(check_request({kCmdFlagFua, kCmdTrim, 1, 0, 4096}, s).verdict, V::ok);
+  EXPECT_EQ(check_request({kCmdFlagFua, kCmdWriteZeroes, 1, 0, 4096}, s).verdict, V::ok);
+  EXPECT_EQ(check_request({kCmdFlagFua, kCmdDisc, 1, 0, 0}, s).verdict, V::ok);
+  // FUA does not make a bad request good, nor a good flag set bad.
+  EXPECT_EQ(check_request({kCmdFlagFua, kCmdFlush, 1, 0, 512}, s).nbd_error, kErrInval);
+  EXPECT_EQ(check_request({kCmdFlagFua | kCmdFlagNoHole, kCmdFlush, 1, 0, 0}, s).nbd_error,
+            kErrInval);
+  EXPECT_EQ(check_request({kCmdFlagFua | kCmdFlagNoHole, kCmdRead, 1, 0, 512}, s).nbd_error,
+            kErrInval);
+  EXPECT_EQ(check_request({kCmdFlagFua, kCmdRead, 1, 1 << 20, 512}, s).nbd_error, kErrInval);
+  EXPECT_EQ(check_request({kCmdFlagFua, kCmdCache, 1, 0, 512}, s).nbd_error, kErrInval);
+  EXPECT_EQ(check_request({kCmdFlagFua, kCmdBlockStatus, 1, 0, 512}, s).nbd_error, kErrInval);
+  EXPECT_EQ(check_request({kCmdFlagFua, kCmdRead, 1, 100, 512}, shape(0, 512)).nbd_error,
+            kErrInval);
+  // Without SEND_FUA (a read-only export does not advertise it) the flag stays refused.
+  Capabilities ro;
+  ro.read_only = true;
+  ExportShape r = shape();
+  r.transmission_flags = transmission_flags(ro, false);
+  ASSERT_FALSE(r.transmission_flags & kTxSendFua);
+  EXPECT_EQ(check_request({kCmdFlagFua, kCmdRead, 1, 0, 512}, r).nbd_error, kErrInval);
+  EXPECT_EQ(check_request({kCmdFlagFua, kCmdFlush, 1, 0, 0}, r).nbd_error, kErrInval);
+  EXPECT_EQ(check_request({0, kCmdRead, 1, 0, 512}, r).verdict, V::ok);
+  EXPECT_EQ(check_request({0, kCmdFlush, 1, 0, 0}, r).verdict, V::ok);
+}
+
 TEST(NbdProto, TransmissionFlagsFollowCapabilities) {
   Capabilities c;
   std::uint16_t f = transmission_flags(c, false);

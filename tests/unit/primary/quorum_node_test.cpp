@@ -445,6 +445,71 @@ TEST(QuorumNode, LimitsCombineTheChildren) {
   EXPECT_TRUE(l.can_flush);
 }
 
+// The primary of a pair sets alignment_bytes_min (replication.export_block_bytes_min): the
+// quorum promises that alignment over byte-granular children, keeps it while a child joins or
+// leaves, takes in a child that needs up to it and refuses, changing nothing, one that needs
+// more (the front-end export advertised the promise when it opened).
+TEST(QuorumNode, AlignmentMinimumIsPromisedWhateverTheChildren) {
+  NodeLimits byte_granular;
+  byte_granular.alignment_bytes = 1;
+  auto local = std::make_shared<TestNode>("local", kSize, byte_granular);
+  QuorumOptions o = opts(1, ReadPattern::fifo);
+  o.alignment_bytes_min = 512;
+  auto created = QuorumNode::create("q", o, {{"local", local}});
+  ASSERT_TRUE(created) << created.error().to_string();
+  std::shared_ptr<QuorumNode> q = std::move(*created);
+  EXPECT_EQ(q->limits().alignment_bytes, 512u);
+  EXPECT_EQ(q->limits().transfer_bytes_max % 512, 0u);
+  asio::io_context io;
+  run_task(io, [&]() -> Task<void> {
+    NodeLimits sector;
+    sector.alignment_bytes = 512;
+    auto peer = std::make_shared<TestNode>("peer", kSize, sector);
+    auto added = co_await q->add_child("peer", peer);
+    EXPECT_TRUE(added) << (added ? "" : added.error().to_string());
+    EXPECT_EQ(q->limits().alignment_bytes, 512u);
+    auto a = pattern(512, 0x5a);
+    EXPECT_TRUE(co_await q->write(1536, a, WriteFlags::none));
+    EXPECT_TRUE(all_bytes(peer->data().subspan(1536, 512), 0x5a));
+    auto removed = co_await q->remove_child("peer");
+    EXPECT_TRUE(removed);
+    EXPECT_EQ(q->limits().alignment_bytes, 512u);  // alone again: still the promise
+    NodeLimits page;
+    page.alignment_bytes = 4096;
+    auto strict = std::make_shared<TestNode>("strict", kSize, page);
+    auto refused = co_await q->add_child("peer", strict);
+    EXPECT_FALSE(refused);
+    if (!refused) {
+      EXPECT_NE(refused.error().message.find("alignment 4096 bytes is stricter than the 512"),
+                std::string::npos) << refused.error().message;
+    }
+    EXPECT_EQ(q->child_names(), std::vector<std::string>{"local"});
+    EXPECT_EQ(q->limits().alignment_bytes, 512u);
+    co_await q->drain();
+  }());
+  // A child stricter than the minimum raises the quorum's alignment to its own.
+  NodeLimits page;
+  page.alignment_bytes = 4096;
+  auto big = QuorumNode::create("q2", o, {{"a", std::make_shared<TestNode>("a", kSize, page)}});
+  ASSERT_TRUE(big);
+  EXPECT_EQ((*big)->limits().alignment_bytes, 4096u);
+}
+
+TEST(QuorumNode, AnAlignmentMinimumThatCannotBeKeptIsRefused) {
+  QuorumOptions o = opts(1);
+  o.alignment_bytes_min = 384;
+  auto odd = QuorumNode::create("q", o, {{"a", std::make_shared<TestNode>("a", kSize)}});
+  ASSERT_FALSE(odd);
+  EXPECT_NE(odd.error().message.find("alignment_bytes_min 384 is not a power of two"),
+            std::string::npos) << odd.error().message;
+  o.alignment_bytes_min = 4096;
+  auto small = QuorumNode::create("q", o, {{"a", std::make_shared<TestNode>("a", 1536)}});
+  ASSERT_FALSE(small);
+  EXPECT_NE(small.error().message.find("size 1536 bytes is not a multiple of the minimum block "
+                                       "size 4096 bytes"), std::string::npos)
+      << small.error().message;
+}
+
 // A writer issues sequential writes, each with its own pattern, while children are added,
 // replaced and removed. Every write must succeed and land on the children present at the time.
 Task<void> writer(QuorumNode* q, int count, int* done_count, AsyncEvent* finished) {
