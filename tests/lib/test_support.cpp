@@ -33,9 +33,10 @@ bool all_bytes(std::span<const std::byte> data, std::uint8_t p) {
   return true;
 }
 
-TempDir::TempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string tmpl = std::string(base ? base : "/tmp") + "/colo-test-XXXXXX";
+TempDir::TempDir() : TempDir(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") {}
+
+TempDir::TempDir(const std::string& base) {
+  std::string tmpl = base + "/colo-test-XXXXXX";
   if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
   path_ = tmpl;
 }

@@ -56,6 +56,8 @@ struct EventRecorder {
 class TempDir {
  public:
   TempDir();
+  // Under `base` (e.g. "/var/tmp" for files that must live on a disk, not on a tmpfs /tmp).
+  explicit TempDir(const std::string& base);
   ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
