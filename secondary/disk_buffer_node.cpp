@@ -228,6 +228,9 @@ Task<IoResult> DiskBuffer::view_write(Face face, IoOp op, std::uint64_t offset_b
         index_.all_durable(block_of(offset_bytes), block_of(offset_bytes + length_bytes - 1))) {
       co_return co_await cached_disk_change(op, offset_bytes, length_bytes, in, flags);
     }
+    if (op != IoOp::write) {
+      co_return co_await primary_zero(op, offset_bytes, length_bytes, flags);
+    }
     co_return co_await primary_write(op, offset_bytes, length_bytes, in, flags);
   }
   note_local_io();

@@ -30,6 +30,12 @@
 // - stop_replication(discard): replicating -> idle, the buffer is dropped and the disk keeps
 //   the primary's writes.
 //
+// Trims and write-zeroes of the primary view are applied piece by piece (trim_piece_bytes):
+// each piece saves the originals it needs, then changes its part of the disk; a failure stops
+// at the piece that failed (the pieces before it are on the disk with their originals saved,
+// so a failover still rolls them back). Blocks whose original is all zeroes are not saved:
+// write-zeroes leaves them as they are, and a trim skips them.
+//
 // Write-back (write_back_bytes > 0): while replicating, the primary view queues writes, trims
 // and write-zeroes in memory (a WriteBackNode, bounded in bytes) and completes them at once;
 // the queue applies them in order through the rules above. A checkpoint is the durability
@@ -100,6 +106,17 @@ struct DiskBufferOptions {
   // write to a block the primary wrote in an earlier epoch of the session saves its original
   // from there instead of reading the disk. 0: off. The daemon's default.
   std::uint64_t original_cache_bytes = 64 * kMiB;
+  // Trims and write-zeroes on the primary view are applied in pieces of at most this many
+  // bytes (rounded down to whole blocks, at least one): a piece's originals are read, saved
+  // and its part of the disk changed before the next piece is read, so a request of any
+  // length (a guest's fstrim or mkfs: up to 4 GiB in one NBD request) holds one piece of
+  // originals in memory at a time. A block whose original is all zeroes is not saved (see
+  // disk_buffer_zero.cpp).
+  std::uint64_t trim_piece_bytes = 4 * kMiB;
+  // Bytes of originals that the pieces of all trims and write-zeroes together may hold in
+  // memory at a time (a piece larger than this runs alone), so many large requests applied at
+  // once by the write-back queue stay bounded too.
+  std::uint64_t trim_originals_bytes_max = 16 * kMiB;
 };
 
 enum class StopMode { failover, discard };
@@ -141,6 +158,9 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   // Save cycles run so far (each: one batch of record writes and at most one buffer flush).
   std::uint64_t save_cycle_count() const { return save_cycle_count_; }
   FailoverProgress failover_progress() const { return progress_; }
+  // The most originals the pieces of trims and write-zeroes held in memory at once (bytes of
+  // whole blocks, reserved before they are read), since open.
+  std::uint64_t trim_originals_bytes_peak() const { return trim_originals_bytes_peak_; }
   // The original cache of this session (null when off, idle, or before the first write).
   const OriginalCache* cache() const { return cache_.get(); }
   // The write-back queue (null when write_back_bytes is 0), and the same while replicating.
@@ -213,6 +233,15 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
                              std::span<const std::byte> in, WriteFlags flags);
   Task<IoResult> primary_write(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
                                std::span<const std::byte> in, WriteFlags flags);
+  // Trim and write-zeroes of the primary view: piece by piece (trim_piece_bytes).
+  Task<IoResult> primary_zero(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
+                              WriteFlags flags);
+  Task<IoResult> primary_zero_piece(IoOp op, std::uint64_t offset_bytes,
+                                    std::uint64_t length_bytes, WriteFlags flags);
+  // The trim originals budget (trim_originals_bytes_max): waits until `bytes` more fit (or
+  // nothing is held), in arrival order.
+  Task<void> acquire_trim_originals(std::uint64_t bytes);
+  void release_trim_originals(std::uint64_t bytes);
   // Saving originals (group commit, see the .cpp): one request per run of blocks. The
   // requests of one writer share its SaveWaiter, woken when one of them is done or when it
   // should lead the next cycle.
@@ -230,8 +259,20 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
     bool queued = false;  // in save_queue_, not yet taken by a cycle
     bool done = false;
   };
-  Task<IoResult> save_originals(std::uint64_t first, std::uint64_t last);
+  // Saves the originals of blocks [first, last] that have none in this epoch. With
+  // `zero_blocks` (trim, write-zeroes), a block whose original is all zeroes is not saved and
+  // is marked there instead (index: block - first; the vector is resized to the range).
+  Task<IoResult> save_originals(std::uint64_t first, std::uint64_t last,
+                                std::vector<bool>* zero_blocks = nullptr);
   Task<IoResult> read_run(SaveRequest& request);
+  // The requests without their all-zero blocks (split into runs of the others), marking
+  // those in `zero_blocks`.
+  std::vector<std::unique_ptr<SaveRequest>> drop_zero_blocks(
+      std::vector<std::unique_ptr<SaveRequest>> requests, std::uint64_t first,
+      std::vector<bool>& zero_blocks) const;
+  // False (and the event disk_buffer_full) when the log has not room left for even the
+  // smallest layout of these requests' records: nothing can be saved.
+  bool room_for(const std::vector<std::unique_ptr<SaveRequest>>& requests);
   Task<void> commit_saves(std::vector<SaveRequest*> requests);
   Task<void> run_save_cycle();
   struct SaveRecord;
@@ -291,6 +332,13 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   std::vector<SaveRequest*> save_queue_;
   std::uint32_t save_cycles_running_ = 0;
   std::uint64_t save_cycle_count_ = 0;
+
+  // Originals held by trim and write-zeroes pieces (trim_originals_bytes_max), and the
+  // pieces waiting for room in that budget.
+  std::uint64_t trim_originals_bytes_ = 0;
+  std::uint64_t trim_originals_waiters_ = 0;
+  std::uint64_t trim_originals_bytes_peak_ = 0;
+  AsyncEvent trim_originals_freed_;
 
   // A local-view request: the queue applies write_back_inflight_local at a time from now until
   // the local view has been quiet for local_active_window.

@@ -63,7 +63,9 @@ struct DiskBuffer::SaveWrites {
   AsyncEvent finished;
 };
 
-Task<IoResult> DiskBuffer::save_originals(std::uint64_t first, std::uint64_t last) {
+Task<IoResult> DiskBuffer::save_originals(std::uint64_t first, std::uint64_t last,
+                                          std::vector<bool>* zero_blocks) {
+  if (zero_blocks != nullptr) zero_blocks->assign(last - first + 1, false);
   co_await locks_.lock(first, last, true);
   BlockRangeGuard guard(locks_, first, last, true);
   const std::uint32_t block_bytes = header_.block_bytes;
@@ -90,9 +92,24 @@ Task<IoResult> DiskBuffer::save_originals(std::uint64_t first, std::uint64_t las
     requests.push_back(std::move(request));
   }
   if (requests.empty()) co_return IoResult{};
+  // Room first: originals the log cannot hold are not read. (With zero_blocks some of them may
+  // need no room at all, so that check waits for their content.)
+  if (zero_blocks == nullptr && !room_for(requests)) co_return io_error(ENOSPC);
   for (auto& request : requests) {
     IoResult r = co_await read_run(*request);
     if (!r) co_return r;
+  }
+  if (zero_blocks != nullptr) {
+    requests = drop_zero_blocks(std::move(requests), first, *zero_blocks);
+    if (requests.empty()) co_return IoResult{};
+    if (!room_for(requests)) co_return io_error(ENOSPC);
+  }
+  for (auto& request : requests) {
+    auto data = request->image.span().subspan(kRecordHeaderBytes);
+    request->crcs.resize(request->count);
+    for (std::uint64_t i = 0; i < request->count; ++i) {
+      request->crcs[i] = crc32c(data.subspan(i * block_bytes, block_bytes));
+    }
   }
   SaveWaiter waiter;
   std::vector<SaveRequest*> queued;
@@ -121,6 +138,20 @@ Task<IoResult> DiskBuffer::save_originals(std::uint64_t first, std::uint64_t las
   co_return result;
 }
 
+bool DiskBuffer::room_for(const std::vector<std::unique_ptr<SaveRequest>>& requests) {
+  // The smallest layout: every block's data, and a header page per kRecordEntriesMax blocks.
+  std::uint64_t blocks = 0;
+  for (const auto& r : requests) blocks += r->count;
+  const std::uint64_t records = (blocks + kRecordEntriesMax - 1) / kRecordEntriesMax;
+  const std::uint64_t cost = blocks * header_.block_bytes + records * kRecordHeaderBytes;
+  if (cost <= index_.bytes_max() - index_.bytes_used()) return true;
+  log::event({"disk_buffer_full",
+              {{"node", name_},
+               {"buffer_bytes", std::to_string(index_.bytes_max())},
+               {"block", std::to_string(requests.front()->first_block)}}});
+  return false;
+}
+
 Task<IoResult> DiskBuffer::read_run(SaveRequest& request) {
   const std::uint32_t block_bytes = header_.block_bytes;
   const std::uint64_t start_bytes = request.first_block * block_bytes;
@@ -128,7 +159,7 @@ Task<IoResult> DiskBuffer::read_run(SaveRequest& request) {
       disk_size_bytes(), (request.first_block + request.count) * block_bytes);
   // [record header page][count blocks of data]. The page is encoded when the image is
   // written as its own record; the data is written by the read, and the padding past the end
-  // of the disk by the memset.
+  // of the disk by the memset. The data checksums are computed by the caller.
   request.image = AlignedBuffer::uninitialized(record_bytes(request.count, block_bytes));
   auto data = request.image.span().subspan(kRecordHeaderBytes);
   // Blocks the primary wrote recently are in the cache as they are on the disk: no change to
@@ -139,10 +170,6 @@ Task<IoResult> DiskBuffer::read_run(SaveRequest& request) {
     if (!r) co_return r;
     std::memset(data.data() + (end_bytes - start_bytes), 0,
                 data.size() - (end_bytes - start_bytes));
-  }
-  request.crcs.resize(request.count);
-  for (std::uint64_t i = 0; i < request.count; ++i) {
-    request.crcs[i] = crc32c(data.subspan(i * block_bytes, block_bytes));
   }
   co_return IoResult{};
 }

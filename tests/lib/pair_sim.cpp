@@ -32,10 +32,11 @@ std::string_view to_string(SimFault f) {
 
 std::string SimConfig::describe() const {
   return fmt::format("seed={} fault={} write_mode={} secondary_write_back={} block={} "
-                     "save_cycles={} delay_ms={} writers={} ops_per_writer={} checkpoints={}",
+                     "save_cycles={} delay_ms={} writers={} ops_per_writer={} checkpoints={} "
+                     "trim_piece={}",
                      seed, to_string(fault), async_mode ? "async" : "sync",
                      secondary_write_back_bytes, block_bytes, save_cycles_max, delay_ms, writers,
-                     ops_per_writer, checkpoints);
+                     ops_per_writer, checkpoints, trim_piece_bytes);
 }
 
 SimConfig sim_config_for_seed(std::uint64_t seed) {
@@ -52,6 +53,9 @@ SimConfig sim_config_for_seed(std::uint64_t seed) {
   c.writers = 1 + static_cast<std::uint32_t>(prng() % 8);
   c.ops_per_writer = 20 + static_cast<std::uint32_t>(prng() % 80);
   c.checkpoints = 1 + static_cast<std::uint32_t>(prng() % 6);
+  // Drawn last, so the draws above stay what they were: 16, 64 or 256 KiB, so the workload's
+  // large trims and write-zeroes (up to half the disk) run in several pieces.
+  c.trim_piece_bytes = std::uint64_t{16 * 1024} << (2 * (prng() % 3));
   return c;
 }
 
@@ -314,6 +318,8 @@ replication {{
   sim.pcfg = *p;
   sim.db_options = disk_buffer_options_from_config(sim.scfg.secondary());
   sim.db_options.save_cycles_max = sim.c.save_cycles_max;
+  sim.db_options.trim_piece_bytes = sim.c.trim_piece_bytes;
+  sim.db_options.trim_originals_bytes_max = 2 * sim.c.trim_piece_bytes;
   return {};
 }
 

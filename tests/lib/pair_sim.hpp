@@ -6,7 +6,8 @@
 // talking over unix sockets through in-process proxies (UnixProxy: the network faults).
 //
 // One run per seed: a seeded workload of several writers on the primary's served node
-// (writes, FUA writes, write-zeroes, trims, flushes, reads checked against the model), seeded
+// (writes, FUA writes, write-zeroes, trims, some of them large, flushes, reads checked against
+// the model), seeded
 // checkpoints (plain, two-phase, aborted), one seeded fault, then the primary is lost and the
 // secondary fails over. The model tracks which writes each checkpoint's cut holds (the write
 // gate's close count when each write was admitted), so it knows the image of every cut even
@@ -66,6 +67,10 @@ struct SimConfig {
   std::uint32_t ops_per_writer = 40;
   std::uint32_t checkpoints = 4;                 // checkpoint attempts
   std::uint64_t disk_bytes = 1024 * 1024;
+  // The disk buffer's trim_piece_bytes (trims and write-zeroes are applied in pieces of this
+  // size, and pieces of concurrent requests hold at most two of them at once); the default is
+  // the daemon's, more than the whole disk.
+  std::uint64_t trim_piece_bytes = 4 * 1024 * 1024;
   std::string describe() const;
 };
 SimConfig sim_config_for_seed(std::uint64_t seed);

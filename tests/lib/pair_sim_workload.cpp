@@ -28,6 +28,14 @@ Task<void> writer(Sim* sim, std::uint32_t id, std::uint64_t wseed) {
     }
     const std::uint64_t pseudo = wp();
     const auto op_start = Clock::now();
+    // A quarter of the trims and write-zeroes are large (up to half the disk: many blocks, in
+    // several of the disk buffer's pieces), where no request in flight is (from `pseudo`, so
+    // the draws stay as they were).
+    if (kind >= 70 && kind < 84 && found && (pseudo >> 4) % 4 == 0) {
+      const std::uint64_t large = align * (1 + (pseudo >> 8) % (disk / 2 / align));
+      const Range big{align * ((pseudo >> 32) % ((disk - large) / align + 1)), large};
+      if (!sim->busy_range(big)) r = big;
+    }
     IoResult result;
     if (kind >= 84 || !found) {
       if (kind >= 92 && found) {

@@ -56,7 +56,8 @@ struct EventRecorder {
 class TempDir {
  public:
   TempDir();  // under $TMPDIR, else /tmp
-  explicit TempDir(const std::string& base);  // under `base` (e.g. /dev/shm)
+  // Under `base` (e.g. /dev/shm for a tmpfs, /var/tmp for files that must live on a disk).
+  explicit TempDir(const std::string& base);
   ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;

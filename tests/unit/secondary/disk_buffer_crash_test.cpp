@@ -35,6 +35,9 @@ void crash_iteration(std::uint64_t seed, bool power_cut) {
   // and runs often find only part of their blocks), or off.
   if (seed % 4 == 1) rig.options.original_cache_bytes = 64 * 1024;
   if (seed % 4 == 3) rig.options.original_cache_bytes = 0;
+  // A fifth of them apply trims and write-zeroes in pieces of one block (so most of them in
+  // several pieces).
+  if (seed % 5 == 2) rig.options.trim_piece_bytes = block;
   // Half the seeds give the first writer whole-block rewrites of a few hot blocks.
   const bool whole_blocks = seed % 8 < 4;
   for (auto& b : rig.disk_mem->data()) b = static_cast<std::byte>(prng());
@@ -70,7 +73,12 @@ void crash_iteration(std::uint64_t seed, bool power_cut) {
       IoResult r;
       switch (wp() % 8) {
         case 0:
-          r = co_await rig.primary->write_zeroes(off, len, WriteFlags::none);
+          // Write-zeroes, or every other op a trim (the memory disk reads it back as zeroes).
+          if (op % 2 == 0) {
+            r = co_await rig.primary->write_zeroes(off, len, WriteFlags::none);
+          } else {
+            r = co_await rig.primary->trim(off, len, WriteFlags::none);
+          }
           if (r) std::memset(model.data() + off, 0, len);
           break;
         case 1: r = co_await rig.primary->flush(); break;
