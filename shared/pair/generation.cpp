@@ -1,0 +1,143 @@
+#include "shared/pair/generation.hpp"
+
+#include <fmt/format.h>
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <charconv>
+
+#include "shared/base/check.hpp"
+#include "shared/pair/state_file.hpp"
+
+namespace colo {
+namespace {
+
+constexpr std::string_view kMagic = "colo-generations 1";
+
+bool holds(const std::vector<std::uint64_t>& ids, std::uint64_t id) {
+  return id != 0 && std::find(ids.begin(), ids.end(), id) != ids.end();
+}
+
+std::string sha256_hex(std::string_view text) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(text.data(), text.size(), md, &n, EVP_sha256(), nullptr);
+  std::string hex;
+  for (unsigned i = 0; i < n; ++i) hex += fmt::format("{:02x}", md[i]);
+  return hex;
+}
+
+// The body: every line but the checksum.
+std::string encode_body(const Generations& g) {
+  std::string history;
+  for (std::uint64_t id : g.history) history += fmt::format("{}{:016x}", history.empty() ? "" : ",", id);
+  return fmt::format("{}\ncurrent {:016x}\nbitmap {:016x}\nhistory {}\n", kMagic, g.current,
+                     g.bitmap, history);
+}
+
+bool parse_hex(std::string_view text, std::uint64_t* out) {
+  if (text.size() != 16) return false;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), *out, 16);
+  return ec == std::errc() && p == text.data() + text.size();
+}
+
+// "key value\n" at the front of `text`; false when the key differs or the line is missing.
+bool take_line(std::string_view& text, std::string_view key, std::string_view* value) {
+  const auto nl = text.find('\n');
+  if (nl == std::string_view::npos) return false;
+  const std::string_view line = text.substr(0, nl);
+  text.remove_prefix(nl + 1);
+  if (line.size() < key.size() + 1 || line.substr(0, key.size()) != key ||
+      line[key.size()] != ' ') {
+    return false;
+  }
+  *value = line.substr(key.size() + 1);
+  return true;
+}
+
+}  // namespace
+
+Generations start_new_generation(const Generations& g, std::uint64_t fresh) {
+  CHECK(fresh != 0);
+  CHECK(fresh != g.current);
+  Generations out;
+  out.bitmap = g.current;
+  out.current = fresh;
+  if (g.current != 0) out.history.push_back(g.current);
+  for (std::uint64_t id : g.history) {
+    if (out.history.size() == kGenerationHistoryMax) break;
+    out.history.push_back(id);
+  }
+  return out;
+}
+
+std::string_view to_string(SyncDecision d) {
+  switch (d) {
+    case SyncDecision::in_sync: return "in_sync";
+    case SyncDecision::resync_from_me: return "resync_from_me";
+    case SyncDecision::resync_from_peer: return "resync_from_peer";
+    case SyncDecision::split_brain: return "split_brain";
+    case SyncDecision::full_resync_from_me: return "full_resync_from_me";
+    case SyncDecision::full_resync_from_peer: return "full_resync_from_peer";
+    case SyncDecision::unrelated: return "unrelated";
+  }
+  return "?";
+}
+
+SyncDecision decide_sync(const Generations& mine, const Generations& peer) {
+  if (mine.current == 0 || peer.current == 0) return SyncDecision::unrelated;
+  if (mine.current == peer.current) return SyncDecision::in_sync;
+  if (mine.bitmap != 0 && mine.bitmap == peer.current) return SyncDecision::resync_from_me;
+  if (peer.bitmap != 0 && peer.bitmap == mine.current) return SyncDecision::resync_from_peer;
+  if (mine.bitmap != 0 && mine.bitmap == peer.bitmap) return SyncDecision::split_brain;
+  if (holds(mine.history, peer.current)) return SyncDecision::full_resync_from_me;
+  if (holds(peer.history, mine.current)) return SyncDecision::full_resync_from_peer;
+  return SyncDecision::unrelated;
+}
+
+Result<void> store_generations(const std::string& path, const Generations& g) {
+  CHECK(g.history.size() <= kGenerationHistoryMax);
+  const std::string body = encode_body(g);
+  return write_file_atomic(path, body + "sha256 " + sha256_hex(body) + "\n");
+}
+
+Result<std::optional<Generations>> load_generations(const std::string& path) {
+  auto text = read_file_if_exists(path);
+  if (!text) return text.error();
+  if (!text->has_value()) return std::optional<Generations>();
+  const std::string& all = **text;
+  auto damaged = [&path](std::string_view why) {
+    return make_error(EIO, fmt::format("generation file {} is damaged ({}); refusing to guess "
+                                       "which data this node holds", path, why));
+  };
+  const auto sum_at = all.rfind("sha256 ");
+  if (sum_at == std::string::npos || all.empty() || all.back() != '\n') return damaged("no checksum");
+  const std::string_view body(all.data(), sum_at);
+  const std::string_view sum(all.data() + sum_at + 7, all.size() - sum_at - 8);
+  if (sum != sha256_hex(body)) return damaged("checksum mismatch");
+  std::string_view rest = body;
+  const auto nl = rest.find('\n');
+  if (nl == std::string_view::npos || rest.substr(0, nl) != kMagic) return damaged("unknown format");
+  rest.remove_prefix(nl + 1);
+  Generations g;
+  std::string_view value;
+  if (!take_line(rest, "current", &value) || !parse_hex(value, &g.current)) {
+    return damaged("current");
+  }
+  if (!take_line(rest, "bitmap", &value) || !parse_hex(value, &g.bitmap)) return damaged("bitmap");
+  if (!take_line(rest, "history", &value)) return damaged("history");
+  while (!value.empty()) {
+    const auto comma = value.find(',');
+    std::uint64_t id = 0;
+    if (!parse_hex(value.substr(0, comma), &id) || g.history.size() == kGenerationHistoryMax) {
+      return damaged("history");
+    }
+    g.history.push_back(id);
+    if (comma == std::string_view::npos) break;
+    value.remove_prefix(comma + 1);
+  }
+  if (!rest.empty()) return damaged("trailing lines");
+  return std::optional<Generations>(std::move(g));
+}
+
+}  // namespace colo

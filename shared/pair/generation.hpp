@@ -1,0 +1,62 @@
+#pragma once
+// Data generations: which node holds the newer data when two nodes of a pair meet
+// (DESIGN.md "Generations and resync"; the building block of the resync issue: not yet used by
+// the pairing, which still refuses after any divergence).
+//
+// Each node keeps `current` (a random 64-bit id of the data it holds), `bitmap` (the generation
+// its dirty bitmap is relative to; 0: it tracks nothing) and a short `history` of older
+// currents, newest first. A node about to acknowledge a write its peer will not get first moves
+// to a new generation (start_new_generation) and stores that durably. At the handshake
+// decide_sync() compares both sides:
+//   current equal                                  -> in_sync
+//   my bitmap == peer current                      -> resync_from_me (send my dirty blocks)
+//   peer bitmap == my current                      -> resync_from_peer
+//   bitmaps equal and non-zero, currents differ    -> split_brain (both wrote since then)
+//   peer current in my history                     -> full_resync_from_me (bitmap lost)
+//   my current in peer history                     -> full_resync_from_peer
+//   otherwise (or a side never initialised)        -> unrelated (refused; initial sync only)
+// Storage: a small text file replaced atomically (state_file.hpp) with a SHA-256 line, so a
+// torn or edited file is an error naming the path, never a silent reset. Control path only.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shared/base/error.hpp"
+
+namespace colo {
+
+inline constexpr std::size_t kGenerationHistoryMax = 4;
+
+struct Generations {
+  std::uint64_t current = 0;
+  std::uint64_t bitmap = 0;
+  std::vector<std::uint64_t> history;  // newest first, at most kGenerationHistoryMax
+  bool operator==(const Generations&) const = default;
+};
+
+// bitmap := current, current := `fresh` (non-zero, different from every id held), and the old
+// current goes to the front of the history (the oldest falls off).
+Generations start_new_generation(const Generations& g, std::uint64_t fresh);
+
+enum class SyncDecision : std::uint8_t {
+  in_sync,
+  resync_from_me,
+  resync_from_peer,
+  split_brain,
+  full_resync_from_me,
+  full_resync_from_peer,
+  unrelated,
+};
+std::string_view to_string(SyncDecision d);
+
+SyncDecision decide_sync(const Generations& mine, const Generations& peer);
+
+// Durable storage at `path` (written through "<path>.tmp", synced, renamed, directory synced).
+Result<void> store_generations(const std::string& path, const Generations& g);
+// nullopt when the file does not exist; an error naming the path when it is damaged.
+Result<std::optional<Generations>> load_generations(const std::string& path);
+
+}  // namespace colo
