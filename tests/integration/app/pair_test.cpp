@@ -203,6 +203,16 @@ replication {{
     }
     return false;
   }
+  // kill -9 of the primary, then the failover once the secondary saw the loss: the secondary's
+  // export must hold `image` (test::sha256_hex of the whole disk, as Nbd::image gives it).
+  void kill_primary_and_fail_over(const std::string& image) {
+    primary_.stop(SIGKILL);
+    ASSERT_TRUE(wait_status(s_ctl(), "peer_state: disconnected"));
+    auto f = ctl(s_ctl(), {"failover"});
+    ASSERT_EQ(f.exit_code, 0) << f.output;
+    ASSERT_NO_FATAL_FAILURE(wait_failover_done());
+    EXPECT_EQ(Nbd(s_sock()).image(), image);
+  }
   // The secondary's failover applies its buffer in the background.
   void wait_failover_done() {
     ASSERT_TRUE(wait_status(s_ctl(), "state: promoted"));
@@ -522,12 +532,7 @@ TEST(Pair, AByteGranularExportReplicatesUnalignedWritesToAPageCacheSecondary) {
     p.write(2, 3, 0x51);
     p.write(20000, 1, 0x52);
   }
-  pair.primary().stop(SIGKILL);
-  ASSERT_TRUE(pair.wait_status(pair.s_ctl(), "peer_state: disconnected"));
-  ASSERT_EQ(pair.ctl(pair.s_ctl(), {"failover"}).exit_code, 0);
-  ASSERT_NO_FATAL_FAILURE(pair.wait_failover_done());
-  Nbd s(pair.s_sock());
-  EXPECT_EQ(s.image(), image);
+  ASSERT_NO_FATAL_FAILURE(pair.kill_primary_and_fail_over(image));
 }
 
 // A primary whose export promised smaller blocks (export_block_bytes_min: 1 over a page-cache
@@ -1095,12 +1100,7 @@ TEST(Pair, CleanPrimaryRestartResumes) {
     EXPECT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).exit_code, 0);
     image = p.image();
   }
-  pair.primary().stop(SIGKILL);
-  ASSERT_TRUE(pair.wait_status(pair.s_ctl(), "peer_state: disconnected"));
-  ASSERT_EQ(pair.ctl(pair.s_ctl(), {"failover"}).exit_code, 0);
-  ASSERT_NO_FATAL_FAILURE(pair.wait_failover_done());
-  Nbd s(pair.s_sock());
-  EXPECT_EQ(s.image(), image);
+  ASSERT_NO_FATAL_FAILURE(pair.kill_primary_and_fail_over(image));
 }
 
 // `stop` leaves the secondary idle with our data and `start` pairs again; `demote` closes the
