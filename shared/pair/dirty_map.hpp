@@ -69,6 +69,11 @@ class DirtyMap {
   DirtyMap(const DirtyMap&) = delete;
   DirtyMap& operator=(const DirtyMap&) = delete;
 
+  // The file: a header of kHeaderBytes, then the areas, each a whole number of pages; a batch
+  // writes whole pages.
+  static constexpr std::uint64_t kHeaderBytes = 4096;
+  static constexpr std::uint64_t kPageBytes = 4096;
+
   std::uint32_t block_bytes() const { return options_.block_bytes; }
   std::uint32_t extent_bytes() const { return options_.extent_bytes; }
   std::uint64_t block_count() const { return block_count_; }
@@ -115,10 +120,15 @@ class DirtyMap {
 
  private:
   enum class Area : std::uint8_t { dirty, zeroed, active };
+  // set_bit and clear_bit keep the counts and touch the bit's page when the bit changes.
   bool set_bit(Area area, std::uint64_t index);    // true when it changed
   bool clear_bit(Area area, std::uint64_t index);  // true when it changed
   bool get_bit(Area area, std::uint64_t index) const;
   void touch(Area area, std::uint64_t index);      // the bit's page joins the next batch
+  // Sets the bits [first, end) of `area`; true when they were all set and durable already.
+  bool mark(Area area, std::uint64_t first, std::uint64_t end);
+  // The first set bit of `area` at or after `from`, or `count` when there is none.
+  std::uint64_t next_set(Area area, std::uint64_t from, std::uint64_t count) const;
   Task<Result<void>> write_batch();
 
   std::shared_ptr<FileNode> file_;
@@ -134,8 +144,10 @@ class DirtyMap {
   std::uint64_t change_seq_ = 0;
   std::uint64_t durable_seq_ = 0;
   bool writing_ = false;
-  AsyncEvent written_;
-  Result<void> last_batch_;
+  AsyncEvent written_;          // notified when a batch ends
+  std::uint64_t batch_id_ = 0;  // batches started; the one running when writing_
+  std::uint64_t failed_batch_id_ = 0;  // the latest batch that failed (0: none)
+  Error failed_error_;                 // and its error
   std::uint64_t dirty_count_ = 0;
   std::uint64_t zeroed_count_ = 0;
   std::uint64_t active_count_ = 0;
