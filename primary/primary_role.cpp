@@ -17,7 +17,9 @@
 #include "shared/daemon/config.hpp"
 #include "shared/daemon/daemon.hpp"
 #include "shared/nbd/nbd_server.hpp"
+#include "shared/pair/dirty_map.hpp"
 #include "shared/pair/epoch_record.hpp"
+#include "shared/pair/generation.hpp"
 #include "shared/pair/node_identity.hpp"
 
 namespace colo {
@@ -61,6 +63,18 @@ Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context&
   if (!identity) return identity.error();
   auto record = EpochRecord::open(io, cfg.state_dir() + "/primary.epoch");
   if (!record) return record.error();
+  const std::string generations_path = cfg.state_dir() + "/generations";
+  auto loaded = load_generations(generations_path);
+  if (!loaded) return loaded.error();
+  Generations gens;
+  if (loaded->has_value()) {
+    gens = **loaded;
+  } else {
+    // A node's first start: its data gets an identity (a secondary that never paired takes
+    // it as a copy; docs/resync.md).
+    gens.current = random_generation_id(gens);
+    if (auto s = store_generations(generations_path, gens); !s) return s.error();
+  }
 
   ReplicatorOptions o;
   o.resource = cfg.resource();
@@ -87,6 +101,9 @@ Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context&
   o.prepare_timeout = ms_or(rc.prepare_timeout_ms(), 10000);
   o.connect_timeout = ms_or(rc.connect_timeout_ms(), 10000);
   o.checkpoint_timeout = ms_or(rc.checkpoint_timeout_ms(), 10000);
+  o.generations_path = generations_path;
+  o.generations = gens;
+  o.resync.rate_bytes_per_s = rc.resync_rate_bytes_per_s();
 
   // The quorum's alignment, hence the front-end export's minimum block size, is at least
   // export_block_bytes_min from the start, paired or not: the secondary may join at any time
@@ -98,6 +115,20 @@ Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context&
                                           "replication.export_block_bytes_min {}",
                                           cfg.disk().path(), disk->size_bytes(), block_min));
   }
+  const std::uint32_t bitmap_block = replication_bitmap_block_bytes(rc);
+  if (bitmap_block < block_min) {
+    return make_error(EINVAL, fmt::format("replication.bitmap_block_bytes {} is smaller than "
+                                          "replication.export_block_bytes_min {}", bitmap_block,
+                                          block_min));
+  }
+  DirtyMapOptions mo;
+  mo.path = cfg.state_dir() + "/primary.bitmap";
+  mo.disk_size_bytes = disk->size_bytes();
+  mo.block_bytes = bitmap_block;
+  mo.extent_bytes = std::max(kActiveExtentBytesDefault, bitmap_block);
+  auto map = DirtyMap::open(io, mo);
+  if (!map) return map.error();
+  std::shared_ptr<BlockNode> local_disk = disk;
   auto q = open_quorum_now(io, local, std::move(disk), block_min);
   if (!q) return q.error();
   log::info("primary: the export's minimum block size is {} bytes (disk alignment {}, "
@@ -105,8 +136,11 @@ Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context&
             disk_alignment, block_min);
   PrimaryReplicationGraph g;
   g.quorum = *q;
-  g.gate = std::make_shared<WriteGate>("gate", *q);
-  g.replicator = std::make_shared<Replicator>(io, o, g.quorum, g.gate, std::move(*record));
+  auto tracker = std::make_shared<DirtyTracker>("tracker", *q, std::shared_ptr<DirtyMap>(std::move(*map)));
+  g.gate = std::make_shared<WriteGate>("gate", tracker);
+  ReplicatorParts parts{g.quorum, g.gate, tracker, local_disk, std::move(*record)};
+  g.replicator = std::make_shared<Replicator>(io, o, std::move(parts));
+  if (Result<void> rec = run_before_loop(io, g.replicator->recover()); !rec) return rec.error();
   Result<void> paired = run_before_loop(io, g.replicator->pair(false));
   if (!paired) {
     const int code = paired.error().code.value();

@@ -6,6 +6,7 @@
 
 #include "primary/quorum_control.hpp"
 #include "primary/quorum_setup.hpp"
+#include "shared/base/check.hpp"
 #include "shared/base/log.hpp"
 
 namespace colo {
@@ -21,20 +22,52 @@ std::string_view to_string(PeerState s) {
   return "?";
 }
 
-Replicator::Replicator(asio::io_context& io, ReplicatorOptions options,
-                       std::shared_ptr<QuorumNode> quorum, std::shared_ptr<WriteGate> gate,
-                       std::unique_ptr<EpochRecord> record)
+Replicator::Replicator(asio::io_context& io, ReplicatorOptions options, ReplicatorParts parts)
     : io_(io),
       ex_(io.get_executor()),
       options_(std::move(options)),
-      quorum_(std::move(quorum)),
-      gate_(std::move(gate)),
-      record_(std::move(record)),
+      quorum_(std::move(parts.quorum)),
+      gate_(std::move(parts.gate)),
+      tracker_(std::move(parts.tracker)),
+      local_disk_(std::move(parts.local_disk)),
+      record_(std::move(parts.record)),
+      gens_(options_.generations),
       periodic_timer_(io),
       watch_timer_(io),
       prepare_timer_(io) {
+  CHECK(tracker_ != nullptr && local_disk_ != nullptr);
   epoch_ = record_->state().epoch;
-  local_writes_at_start_ = gate_->stats().writes_passed;
+}
+
+Task<Result<void>> Replicator::recover() {
+  DirtyMap& map = tracker_->map();
+  if (record_->state().clean || map.active_count() == 0) co_return Result<void>{};
+  const std::uint64_t before = map.dirty_count();
+  Result<void> r = co_await map.fold_active_into_dirty();
+  if (!r) co_return r;
+  log::event({"primary_recovered",
+              {{"resource", options_.resource},
+               {"active_extents", std::to_string(map.active_count())},
+               {"dirty_blocks_before", std::to_string(before)},
+               {"dirty_blocks", std::to_string(map.dirty_count())}}});
+  co_return Result<void>{};
+}
+
+Result<void> Replicator::store_generations_now(const Generations& g) {
+  // A small file replaced atomically; rare (a new generation, a resync's end), so the loop
+  // may block for its fsync.
+  Result<void> r = store_generations(options_.generations_path, g);
+  if (!r) {
+    log::error("primary: {}", r.error().to_string());
+    return r;
+  }
+  gens_ = g;
+  return r;
+}
+
+ResyncProgress Replicator::resync_progress() const {
+  if (resync_) return resync_->progress();
+  return last_resync_;
 }
 
 Replicator::~Replicator() = default;
@@ -65,12 +98,10 @@ std::uint64_t Replicator::peer_errors() const {
   return 0;
 }
 
-bool Replicator::local_written() const {
-  return gate_->stats().writes_passed != local_writes_at_start_;
-}
-
 void Replicator::arm_guard() {
-  if (record_->state().diverged) return;
+  // Only the first write the secondary misses starts a generation: while the bitmap is
+  // relative to an older one (a resync is due), the dirty bitmap covers everything.
+  if (gens_.bitmap != 0) return;
   std::weak_ptr<Replicator> weak = weak_from_this();
   quorum_->arm_divergence_guard(options_.peer_child, [weak]() { return record_diverged(weak); });
 }
@@ -78,6 +109,15 @@ void Replicator::arm_guard() {
 Task<Result<void>> Replicator::record_diverged(std::weak_ptr<Replicator> weak) {
   std::shared_ptr<Replicator> self = weak.lock();
   if (!self) co_return make_error(ESHUTDOWN, "the primary is stopping");
+  if (self->gens_.bitmap == 0) {
+    // Durable before the write is acknowledged: this node's data goes its own way from here.
+    const Generations next = start_new_generation(self->gens_, random_generation_id(self->gens_));
+    if (Result<void> g = self->store_generations_now(next); !g) co_return g;
+    log::event({"generation_started",
+                {{"resource", self->options_.resource},
+                 {"generation", generation_hex(next.current)},
+                 {"bitmap", generation_hex(next.bitmap)}}});
+  }
   if (self->record_->state().diverged) co_return Result<void>{};
   EpochState s = self->record_->state();
   s.diverged = true;
@@ -128,7 +168,6 @@ Task<Result<void>> Replicator::stop() {
     co_return reply.error();
   }
   co_await release_peer(PeerState::stopped, "replication stopped by the operator");
-  local_writes_at_start_ = gate_->stats().writes_passed;
   gate_->open();
   unlock();
   log::event({"replication_stopped",

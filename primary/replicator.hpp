@@ -44,11 +44,14 @@
 #include <string>
 
 #include "config.pb.h"
+#include "primary/dirty_tracker.hpp"
 #include "primary/quorum_node.hpp"
+#include "primary/resync.hpp"
 #include "primary/write_gate.hpp"
 #include "shared/block/write_back_node.hpp"
 #include "shared/nbd/nbd_client_node.hpp"
 #include "shared/pair/epoch_record.hpp"
+#include "shared/pair/generation.hpp"
 #include "shared/pair/node_identity.hpp"
 #include "shared/pair/replication_channel.hpp"
 
@@ -72,6 +75,21 @@ struct ReplicatorOptions {
   std::chrono::milliseconds prepare_timeout{10000};
   std::chrono::milliseconds connect_timeout{10000};
   std::chrono::milliseconds checkpoint_timeout{10000};
+  // Where this node's data generations live (shared/pair/generation.hpp), and their value
+  // when the replicator is created.
+  std::string generations_path;
+  Generations generations;
+  ResyncOptions resync;
+};
+
+// What the replicator drives besides the quorum: the gate above it, the dirty tracker between
+// them, this host's disk (the resync reads it) and the durable epoch record.
+struct ReplicatorParts {
+  std::shared_ptr<QuorumNode> quorum;
+  std::shared_ptr<WriteGate> gate;
+  std::shared_ptr<DirtyTracker> tracker;
+  std::shared_ptr<BlockNode> local_disk;
+  std::unique_ptr<EpochRecord> record;
 };
 
 struct PauseSummary {
@@ -84,14 +102,19 @@ struct PauseSummary {
 
 class Replicator : public std::enable_shared_from_this<Replicator> {
  public:
-  Replicator(asio::io_context& io, ReplicatorOptions options, std::shared_ptr<QuorumNode> quorum,
-             std::shared_ptr<WriteGate> gate, std::unique_ptr<EpochRecord> record);
+  Replicator(asio::io_context& io, ReplicatorOptions options, ReplicatorParts parts);
   ~Replicator();
   Replicator(const Replicator&) = delete;
   Replicator& operator=(const Replicator&) = delete;
 
-  // Pairs with the secondary (see above). `force` pairs even when the record says the disks
-  // diverged. Errors: ECONNREFUSED/ETIMEDOUT (unreachable), the secondary's refusal
+  // After a crash (the record is not clean), the activity log's extents become dirty blocks:
+  // writes that were in flight, or queued to the secondary, may be on one side only. Call once,
+  // before pair().
+  Task<Result<void>> recover();
+  // Pairs with the secondary (see above). The generations decide (docs/resync.md): in sync, or
+  // a resync of this node's dirty blocks; refused (EPERM) when the secondary holds newer data,
+  // on split brain (event split_brain) and for unrelated data. `force` takes the secondary
+  // as a copy of this disk whatever the generations say (the operator made it one). Errors: ECONNREFUSED/ETIMEDOUT (unreachable), the secondary's refusal
   // (EPROTONOSUPPORT, ENOENT resource, EMEDIUMTYPE size), EMEDIUMTYPE when the secondary needs
   // a larger alignment than the export promised, EPERM state, EALREADY when paired.
   Task<Result<void>> pair(bool force);
@@ -120,10 +143,15 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   bool prepared() const { return prepared_; }
   bool demoted() const { return demoted_; }
   bool diverged() const { return record_->state().diverged; }
+  const Generations& generations() const { return gens_; }
+  bool resyncing() const { return resync_ != nullptr && resync_->progress().running; }
+  // The current resync, or the last one (blocks_total 0 when none ran).
+  ResyncProgress resync_progress() const;
   const ReplicatorOptions& options() const { return options_; }
   PauseSummary pauses() const;
   std::string status_text() const;
   boost::json::object status_json() const;
+  boost::json::object resync_json() const;
 
  private:
   Task<Result<std::uint64_t>> checkpoint_locked(bool quiesced);
@@ -134,7 +162,6 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   static Task<void> detach_task(std::shared_ptr<Replicator> self, std::string reason);
   void on_channel_lost(const std::string& reason);
   std::uint64_t peer_errors() const;
-  bool local_written() const;
   void record_pause(std::chrono::nanoseconds pause);
   static Task<void> periodic_loop(std::shared_ptr<Replicator> self);
   static Task<void> watch_loop(std::shared_ptr<Replicator> self);
@@ -145,13 +172,29 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   // Arms the quorum's divergence guard when the record says the disks are equal.
   void arm_guard();
   static Task<Result<void>> record_diverged(std::weak_ptr<Replicator> weak);
+  Result<void> store_generations_now(const Generations& g);
+  // Decides what pairing with a secondary of generations `peer` means; fills need_resync and
+  // adopt, or returns the refusal.
+  Task<Result<void>> decide_pairing(const Generations& peer, bool force, bool* need_resync,
+                                    bool* adopt);
+  void start_resync();
+  static Task<void> resync_task(std::shared_ptr<Replicator> self, std::shared_ptr<Resync> resync);
+  // After a checkpoint carrying our generation is durable on the secondary.
+  Task<void> on_generation_taken();
 
   asio::io_context& io_;
   asio::any_io_executor ex_;
   ReplicatorOptions options_;
   std::shared_ptr<QuorumNode> quorum_;
   std::shared_ptr<WriteGate> gate_;
+  std::shared_ptr<DirtyTracker> tracker_;
+  std::shared_ptr<BlockNode> local_disk_;
   std::unique_ptr<EpochRecord> record_;
+  Generations gens_;
+  std::uint64_t peer_generation_ = 0;  // the paired secondary's current generation
+  std::shared_ptr<BlockNode> peer_top_;  // the peer child in the quorum (async queue or NBD)
+  std::shared_ptr<Resync> resync_;       // running, or done and waiting for its checkpoint
+  ResyncProgress last_resync_;
 
   PeerState peer_state_ = PeerState::unpaired;
   std::string peer_reason_;  // why the peer is not paired
@@ -161,7 +204,6 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   std::string peer_name_;
   std::string peer_id_;
   std::uint64_t peer_errors_at_attach_ = 0;
-  std::uint64_t local_writes_at_start_ = 0;
   bool detaching_ = false;
 
   std::uint64_t epoch_ = 0;

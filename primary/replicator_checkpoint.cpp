@@ -27,8 +27,19 @@ Task<Result<std::uint64_t>> Replicator::checkpoint_locked(bool quiesced) {
                                             to_string(peer_state_),
                                             peer_reason_.empty() ? "" : " (" + peer_reason_ + ")"));
   }
+  if (resyncing()) {
+    if (quiesced) gate_->open();
+    const ResyncProgress& p = resync_->progress();
+    co_return make_error(EBUSY, fmt::format("checkpoint refused: a resync is running ({} of {} "
+                                            "blocks sent); its own checkpoint follows it",
+                                            p.blocks_done, p.blocks_total));
+  }
   const auto start = quiesced ? prepare_start_ : std::chrono::steady_clock::now();
   if (!quiesced) co_await gate_->close();
+  // Every write sent so far completed (or sits in the async queue before the marker): it
+  // belongs to this checkpoint. The activity log retires extents by this count.
+  tracker_->note_cut();
+  const std::uint64_t cut_count = tracker_->cut();
   bool gate_open = false;
   auto open_gate = [this, &gate_open, start] {
     if (gate_open) return;
@@ -90,6 +101,7 @@ Task<Result<std::uint64_t>> Replicator::checkpoint_locked(bool quiesced) {
     // Then the checkpoint itself: answered once the secondary recorded it durably.
     replication::Envelope request;
     request.mutable_checkpoint()->set_epoch(next);
+    if (peer_generation_ != gens_.current) request.mutable_checkpoint()->set_generation(gens_.current);
     reply = co_await channel->call(request, options_.checkpoint_timeout);
     if (reply && (!reply->has_checkpoint_ack() || reply->checkpoint_ack().epoch() != next ||
                   !reply->checkpoint_ack().durable())) {
@@ -106,17 +118,51 @@ Task<Result<std::uint64_t>> Replicator::checkpoint_locked(bool quiesced) {
   }
   epoch_ = next;
   ++checkpoints_;
+  if (tracker_->committed(cut_count) != 0) {
+    // Retired extents leave the activity log on disk too (a crash then resyncs less).
+    Result<void> synced = co_await tracker_->map().sync();
+    if (!synced) log::warn("primary: {}", synced.error().to_string());
+  }
+  if (peer_generation_ != gens_.current) co_await on_generation_taken();
   last_checkpoint_ = std::chrono::system_clock::now();
   last_checkpoint_error_.clear();
   // The secondary has it durably; our own record follows (a crash before it is harmless: the
   // next pairing takes the larger epoch).
-  Result<void> stored = co_await store_state({epoch_, record_->state().diverged, false});
+  Result<void> stored = co_await store_state({epoch_, gens_.bitmap != 0, false});
   if (!stored) co_return stored.error();
   co_return next;
 }
 
+Task<void> Replicator::on_generation_taken() {
+  peer_generation_ = gens_.current;
+  if (resync_ == nullptr || !resync_->progress().done) co_return;
+  // The resync is committed: the secondary's checkpoint holds every block it sent.
+  DirtyMap& map = tracker_->map();
+  last_resync_ = resync_->progress();
+  resync_.reset();
+  for (std::uint64_t b = map.next_dirty(0); b < map.block_count(); b = map.next_dirty(b + 1)) {
+    map.clear_dirty(b);
+  }
+  Result<void> synced = co_await map.sync();
+  if (!synced) log::error("primary: {}", synced.error().to_string());
+  if (store_generations_now(Generations{gens_.current, 0, gens_.history})) arm_guard();
+  co_await store_state({epoch_, false, false});
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(last_resync_.finished -
+                                                                        last_resync_.started);
+  log::event({"resync_done",
+              {{"resource", options_.resource},
+               {"secondary", peer_name_},
+               {"epoch", std::to_string(epoch_)},
+               {"blocks", std::to_string(last_resync_.blocks_done)},
+               {"bytes_sent", std::to_string(last_resync_.bytes_sent)},
+               {"zero_bytes", std::to_string(last_resync_.zero_bytes)},
+               {"ms", std::to_string(ms.count())},
+               {"generation", generation_hex(gens_.current)}}});
+}
+
 Task<Result<void>> Replicator::prepare() {
   if (prepared_) co_return make_error(EALREADY, "a checkpoint is already prepared");
+  if (resyncing()) co_return make_error(EBUSY, "prepare refused: a resync is running");
   if (peer_state_ != PeerState::paired) {
     co_return make_error(EPERM, fmt::format("prepare refused: the secondary is {}",
                                             to_string(peer_state_)));
@@ -177,7 +223,10 @@ Task<void> Replicator::periodic_loop(std::shared_ptr<Replicator> self) {
     due += interval;
     auto [ec] = co_await self->periodic_timer_.async_wait(use_task);
     if (ec || self->stopping_ || self->demoted_) co_return;
-    if (self->peer_state_ != PeerState::paired || self->prepared_ || self->busy_) continue;
+    if (self->peer_state_ != PeerState::paired || self->prepared_ || self->busy_ ||
+        self->resyncing()) {
+      continue;
+    }
     co_await self->checkpoint();  // failures are logged and counted
   }
 }

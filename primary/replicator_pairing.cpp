@@ -22,6 +22,96 @@ void Replicator::on_channel_lost(const std::string& reason) {
         "detach secondary");
 }
 
+namespace {
+
+Generations from_proto(const replication::Generations& p) {
+  Generations g;
+  g.current = p.current();
+  g.bitmap = p.bitmap();
+  for (std::uint64_t id : p.history()) {
+    if (g.history.size() == kGenerationHistoryMax) break;
+    g.history.push_back(id);
+  }
+  return g;
+}
+
+void to_proto(const Generations& g, replication::Generations* p) {
+  p->set_current(g.current);
+  p->set_bitmap(g.bitmap);
+  for (std::uint64_t id : g.history) p->add_history(id);
+}
+
+}  // namespace
+
+Task<Result<void>> Replicator::decide_pairing(const Generations& peer, bool force,
+                                              bool* need_resync, bool* adopt) {
+  DirtyMap& map = tracker_->map();
+  *need_resync = false;
+  *adopt = false;
+  if (force) {
+    // The operator says the secondary's disk is a copy of ours: it takes our generation and
+    // nothing is resynced.
+    *adopt = true;
+    co_return Result<void>{};
+  }
+  const SyncDecision d = decide_sync(gens_, peer);
+  const std::string mine = generation_hex(gens_.current);
+  const std::string theirs = generation_hex(peer.current);
+  switch (d) {
+    case SyncDecision::in_sync:
+      // A crash while paired leaves the activity log's extents dirty (recover()).
+      *need_resync = map.dirty_count() != 0;
+      co_return Result<void>{};
+    case SyncDecision::resync_from_me:
+      *need_resync = true;
+      co_return Result<void>{};
+    case SyncDecision::full_resync_from_me: {
+      // The secondary holds an older generation than the one our bitmap knows: every block.
+      log::warn("primary: the secondary's generation {} is older than this node's bitmap "
+                "generation {}: a full resync", theirs, generation_hex(gens_.bitmap));
+      (void)map.mark_dirty(0, quorum_->size_bytes());
+      Result<void> r = co_await map.durable();
+      if (!r) co_return r;
+      *need_resync = true;
+      co_return Result<void>{};
+    }
+    case SyncDecision::resync_from_peer:
+    case SyncDecision::full_resync_from_peer:
+      co_return make_error(EPERM, fmt::format(
+                                      "pairing refused: the secondary holds newer data than this "
+                                      "node (its generation {} went on from ours {}: it was "
+                                      "promoted); this node cannot be its primary",
+                                      theirs, mine));
+    case SyncDecision::split_brain:
+      log::event({"split_brain",
+                  {{"resource", options_.resource},
+                   {"generation", mine},
+                   {"peer_generation", theirs},
+                   {"common_generation", generation_hex(gens_.bitmap)},
+                   {"dirty_blocks", std::to_string(map.dirty_count())}}});
+      co_return make_error(EPERM, fmt::format(
+                                      "pairing refused: split brain: this node (generation {}) "
+                                      "and the secondary (generation {}) both wrote since their "
+                                      "common generation {}", mine, theirs,
+                                      generation_hex(gens_.bitmap)));
+    case SyncDecision::unrelated:
+      if (peer.current == 0 && gens_.bitmap == 0 && map.dirty_count() == 0 &&
+          !record_->state().diverged) {
+        // A secondary that never paired, and a primary that never wrote alone: the secondary
+        // is taken as the copy its operator made, as before generations existed.
+        *adopt = true;
+        co_return Result<void>{};
+      }
+      co_return make_error(EPERM, fmt::format(
+                                      "pairing refused: the secondary's data (generation {}) is "
+                                      "unrelated to this node's (generation {}, {} dirty blocks "
+                                      "since {}); make its disk a copy of this one, then `start "
+                                      "--force`", theirs, mine, map.dirty_count(),
+                                      generation_hex(gens_.bitmap)));
+  }
+  co_return make_error(EPROTO, "unknown sync decision");
+}
+
 Task<Result<void>> Replicator::pair(bool force) {
   if (demoted_) co_return make_error(EPERM, "this node was demoted; it does not replicate");
   if (peer_state_ == PeerState::paired) {
@@ -29,16 +119,6 @@ Task<Result<void>> Replicator::pair(bool force) {
   }
   if (peer_state_ == PeerState::pairing || detaching_) {
     co_return make_error(EBUSY, "pairing or detaching is already running");
-  }
-  if (!force && (record_->state().diverged || local_written())) {
-    if (!record_->state().diverged) {
-      EpochState s = record_->state();
-      s.diverged = true;
-      co_await store_state(s);
-    }
-    co_return make_error(EPERM, "the primary wrote while no secondary received its writes (the "
-                                "disks diverged); resync is not implemented yet: make the "
-                                "secondary's disk a copy of this one, then `start --force`");
   }
   const PeerState before = peer_state_;
   peer_state_ = PeerState::pairing;
@@ -75,6 +155,7 @@ Task<Result<void>> Replicator::pair(bool force) {
   h->set_node_id(options_.identity.id);
   h->set_node_name(options_.identity.name);
   h->set_durable_epoch(epoch_);
+  to_proto(gens_, h->mutable_generations());
   auto reply = co_await channel_->call(hello, options_.connect_timeout);
   if (!reply) co_return fail(Error{reply.error().code, "pairing refused: " + reply.error().message});
   if (!reply->has_hello()) {
@@ -126,22 +207,40 @@ Task<Result<void>> Replicator::pair(bool force) {
                                                   "{} (the same state directory?)", peer_id_)));
   }
 
-  // No write may slip between starting the secondary and attaching the peer child.
+  // No write may slip between the decision, starting the secondary and attaching the peer
+  // child: the gate is closed from here until the peer child is in the quorum.
   const bool was_closed = gate_->is_closed();
   if (!was_closed) co_await gate_->close();
   auto reopen = [this, was_closed] {
     if (!was_closed) gate_->open();
   };
-  // A write may have passed alone while the hello was under way: checked again, gate closed.
-  if (!force && record_->state().diverged) {
+  const Generations peer_gens = from_proto(theirs.generations());
+  bool need_resync = false;
+  bool adopt = false;
+  Result<void> decided = co_await decide_pairing(peer_gens, force, &need_resync, &adopt);
+  if (!decided) {
     reopen();
-    co_return fail(make_error(EPERM, "the primary wrote while pairing was under way (the disks "
-                                     "diverged); resync is not implemented yet"));
+    co_return fail(decided.error());
+  }
+  const std::uint64_t resync_bytes = tracker_->map().dirty_count() * tracker_->map().block_bytes();
+  if (need_resync && theirs.buffer_free_bytes() != 0 &&
+      resync_bytes > theirs.buffer_free_bytes()) {
+    reopen();
+    co_return fail(make_error(
+        ENOSPC, fmt::format("pairing refused: the resync needs up to {} bytes in the secondary's "
+                            "disk buffer, which has {} bytes free; enlarge the buffer (the "
+                            "resync keeps the last checkpoint recoverable until it ends)",
+                            resync_bytes, theirs.buffer_free_bytes())));
   }
   replication::Envelope start;
   start.mutable_start()->set_epoch(std::max(epoch_, theirs.durable_epoch()));
   start.mutable_start()->set_resume(record_->state().clean && !force &&
                                     theirs.durable_epoch() == epoch_);
+  // The secondary keeps what it buffered since its last checkpoint: every block it may hold
+  // that differs from ours is dirty here (the activity log), and the resync rewrites it.
+  start.mutable_start()->set_resync(!force);
+  start.mutable_start()->set_resync_bytes(need_resync ? resync_bytes : 0);
+  if (adopt) start.mutable_start()->set_generation(gens_.current);
   auto started = co_await channel_->call(start, options_.checkpoint_timeout);
   if (!started) {
     reopen();
@@ -189,11 +288,23 @@ Task<Result<void>> Replicator::pair(bool force) {
     peer_async_.reset();
     co_return fail(added.error());
   }
+  peer_top_ = child;
   peer_errors_at_attach_ = peer_errors();
   epoch_ = std::max(epoch_, their_epoch);
   peer_state_ = PeerState::paired;
   peer_reason_.clear();
-  Result<void> stored = co_await store_state({epoch_, false, false});
+  peer_generation_ = adopt ? gens_.current : peer_gens.current;
+  // From here on every write reaches the secondary too: the activity log covers it.
+  tracker_->set_paired(true);
+  if (adopt && !need_resync) {
+    // Taken as a copy: nothing is dirty relative to it any more.
+    DirtyMap& map = tracker_->map();
+    for (std::uint64_t b = map.next_dirty(0); b < map.block_count(); b = map.next_dirty(b + 1)) {
+      map.clear_dirty(b);
+    }
+    if (gens_.bitmap != 0) (void)store_generations_now(Generations{gens_.current, 0, gens_.history});
+  }
+  Result<void> stored = co_await store_state({epoch_, need_resync, false});
   if (stored) arm_guard();
   reopen();
   log::event({"secondary_paired",
@@ -202,8 +313,48 @@ Task<Result<void>> Replicator::pair(bool force) {
                {"secondary_id", peer_id_},
                {"address", where},
                {"epoch", std::to_string(epoch_)},
+               {"generation", generation_hex(gens_.current)},
+               {"secondary_generation", generation_hex(peer_gens.current)},
+               {"resync_blocks", std::to_string(need_resync ? tracker_->map().dirty_count() : 0)},
                {"write_mode", options_.async_mode ? "async" : "sync"}}});
+  // After the gate opened: the resync may finish at once and take its checkpoint.
+  if (need_resync) start_resync();
   co_return Result<void>{};
+}
+
+void Replicator::start_resync() {
+  auto resync = std::make_shared<Resync>(ex_, tracker_, local_disk_, peer_top_, options_.resync);
+  resync_ = resync;
+  log::event({"resync_started",
+              {{"resource", options_.resource},
+               {"secondary", peer_name_},
+               {"blocks", std::to_string(tracker_->map().dirty_count())},
+               {"block_bytes", std::to_string(tracker_->map().block_bytes())},
+               {"generation", generation_hex(gens_.current)},
+               {"from_generation", generation_hex(peer_generation_)}}});
+  spawn(ex_, resync_task(shared_from_this(), resync), "resync");
+}
+
+Task<void> Replicator::resync_task(std::shared_ptr<Replicator> self,
+                                   std::shared_ptr<Resync> resync) {
+  Result<void> r = co_await resync->run();
+  if (self->resync_ != resync) co_return;  // detached meanwhile
+  const ResyncProgress& p = resync->progress();
+  if (!r) {
+    self->last_resync_ = p;
+    self->resync_.reset();
+    if (r.error().code.value() != ECANCELED) {
+      co_await self->detach(r.error().message);
+    }
+    co_return;
+  }
+  log::info("primary: resync sent {} blocks ({} data bytes, {} as zeroes) in {} ms; the "
+            "checkpoint that commits it follows", p.blocks_done, p.bytes_sent, p.zero_bytes,
+            std::chrono::duration_cast<std::chrono::milliseconds>(p.finished - p.started).count());
+  // The checkpoint that ends the resync: the secondary takes our generation with it.
+  if (self->stopping_ || self->demoted_) co_return;
+  Result<std::uint64_t> c = co_await self->checkpoint();
+  if (!c) log::warn("primary: the checkpoint ending the resync failed: {}", c.error().to_string());
 }
 
 // Takes the peer out of the graph: the channel closes, the NBD child is closed (what is in
@@ -212,13 +363,34 @@ Task<void> Replicator::release_peer(PeerState next, std::string reason) {
   detaching_ = true;
   peer_state_ = next;
   peer_reason_ = reason;
+  // Writes from now on are the secondary's to miss: they go to the dirty bitmap, and the
+  // activity log (every write the secondary may lack) joins it below.
+  tracker_->set_paired(false);
+  if (resync_) {
+    resync_->cancel();
+    last_resync_ = resync_->progress();
+    if (last_resync_.error.empty()) last_resync_.error = reason;
+    resync_.reset();
+  }
   if (channel_) channel_->close(reason);
   if (peer_nbd_) peer_nbd_->close();
   auto removed = co_await quorum_->remove_child(options_.peer_child);
   if (!removed) log::error("primary: removing the peer child: {}", removed.error().to_string());
   peer_async_.reset();
   peer_nbd_.reset();
+  peer_top_.reset();
   channel_.reset();
+  DirtyMap& map = tracker_->map();
+  if (next == PeerState::stopped) {
+    // After the last checkpoint, with writes held: the secondary has every write.
+    for (std::uint64_t e : map.active_extents()) map.clear_active(e);
+    Result<void> synced = co_await map.sync();
+    if (!synced) log::error("primary: {}", synced.error().to_string());
+  } else {
+    // What the secondary may lack: every write since its last durable checkpoint.
+    Result<void> folded = co_await tracker_->fold_uncommitted();
+    if (!folded) log::error("primary: {}", folded.error().to_string());
+  }
   detaching_ = false;
 }
 

@@ -43,7 +43,26 @@ std::string Replicator::status_text() const {
       options_.identity.name, options_.identity.id, epoch_, options_.async_mode ? "async" : "sync",
       peer_name_.empty() ? "-" : peer_name_, options_.peer_address.to_string(),
       to_string(peer_state_), peer_reason_.empty() ? "" : " (" + peer_reason_ + ")");
-  if (record_->state().diverged) text += "diverged: yes (pairing again needs a resync)\n";
+  const DirtyMap& map = tracker_->map();
+  if (record_->state().diverged) {
+    text += fmt::format("diverged: yes (the secondary lacks up to {} blocks; the next pairing "
+                        "resyncs them)\n", map.dirty_count());
+  }
+  text += fmt::format("generation: {} (bitmap {})\ndirty: {} blocks of {} bytes, {} zeroed, {} "
+                      "active extents\n", generation_hex(gens_.current),
+                      gens_.bitmap == 0 ? "-" : generation_hex(gens_.bitmap), map.dirty_count(),
+                      map.block_bytes(), map.zeroed_count(), map.active_count());
+  const ResyncProgress r = resync_progress();
+  if (r.blocks_total != 0 || r.running) {
+    text += fmt::format("resync: {}, {} of {} blocks, {} bytes sent, {} as zeroes, {:.1f} MB/s, "
+                        "eta {:.0f} s{}\n",
+                        r.running ? "running" : r.done ? (resync_ ? "sent, checkpoint due"
+                                                                   : "done")
+                                                       : "stopped",
+                        r.blocks_done, r.blocks_total, r.bytes_sent, r.zero_bytes,
+                        r.rate_bytes_per_s() / 1e6, r.eta_s(),
+                        r.error.empty() ? "" : " (" + r.error + ")");
+  }
   if (peer_async_) {
     text += fmt::format("queue: {} bytes, {} entries ({} in flight)\n", peer_async_->queued_bytes(),
                         peer_async_->queued_entries(), peer_async_->inflight_entries());
@@ -60,6 +79,24 @@ std::string Replicator::status_text() const {
   return text;
 }
 
+boost::json::object Replicator::resync_json() const {
+  const ResyncProgress r = resync_progress();
+  const char* state = r.running                  ? "running"
+                      : r.done && resync_        ? "committing"
+                      : r.done                   ? "done"
+                      : r.blocks_total != 0      ? "stopped"
+                                                 : "none";
+  return {{"state", state},
+          {"blocks_total", r.blocks_total},
+          {"blocks_done", r.blocks_done},
+          {"blocks_left", r.blocks_total - std::min(r.blocks_done, r.blocks_total)},
+          {"bytes_sent", r.bytes_sent},
+          {"zero_bytes", r.zero_bytes},
+          {"rate_bytes_per_s", static_cast<std::uint64_t>(r.rate_bytes_per_s())},
+          {"eta_s", r.eta_s()},
+          {"error", r.error}};
+}
+
 boost::json::object Replicator::status_json() const {
   const PauseSummary p = pauses();
   return {
@@ -71,6 +108,15 @@ boost::json::object Replicator::status_json() const {
       {"epoch", epoch_},
       {"write_mode", options_.async_mode ? "async" : "sync"},
       {"diverged", record_->state().diverged},
+      {"generation",
+       {{"current", generation_hex(gens_.current)},
+        {"bitmap", gens_.bitmap == 0 ? "" : generation_hex(gens_.bitmap)}}},
+      {"dirty",
+       {{"blocks", tracker_->map().dirty_count()},
+        {"block_bytes", tracker_->map().block_bytes()},
+        {"zeroed_blocks", tracker_->map().zeroed_count()},
+        {"active_extents", tracker_->map().active_count()}}},
+      {"resync", resync_json()},
       {"peer",
        {{"name", peer_name_},
         {"id", peer_id_},

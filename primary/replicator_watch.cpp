@@ -36,8 +36,10 @@ Task<void> Replicator::watch_loop(std::shared_ptr<Replicator> self) {
     }
     // Divergence is recorded by the quorum's guard before the first write the secondary
     // misses is acknowledged (arm_guard), not here.
-    // A primary that started before its secondary keeps trying, as long as nothing was written.
-    if (self->peer_state_ == PeerState::unpaired && !self->record_->state().diverged &&
+    // A primary without its secondary (never paired, or lost) keeps trying: the generations
+    // decide at each attempt, and a secondary that comes back is resynced (docs/resync.md).
+    // One stopped by the operator waits for `start`.
+    if ((self->peer_state_ == PeerState::unpaired || self->peer_state_ == PeerState::stale) &&
         std::chrono::steady_clock::now() - last_try > kRetryPairEvery) {
       last_try = std::chrono::steady_clock::now();
       Result<void> r = co_await self->pair(false);

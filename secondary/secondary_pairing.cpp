@@ -19,14 +19,31 @@ Result<std::shared_ptr<SecondaryPairing>> SecondaryPairing::open(asio::any_io_ex
                       "without knowing whether this node was promoted");
   }
   const bool promoted = marker->has_value();
+  auto gens = load_generations(options.state_dir + "/generations");
+  if (!gens) return gens.error();
   return std::make_shared<SecondaryPairing>(std::move(ex), std::move(db), std::move(options),
-                                            promoted);
+                                            promoted, gens->value_or(Generations{}));
 }
 
 SecondaryPairing::SecondaryPairing(asio::any_io_executor ex, std::shared_ptr<DiskBuffer> db,
-                                   SecondaryPairingOptions options, bool promoted)
+                                   SecondaryPairingOptions options, bool promoted,
+                                   Generations generations)
     : ex_(ex), db_(std::move(db)), options_(std::move(options)), listener_(ex),
-      promoted_(promoted) {}
+      promoted_(promoted), gens_(std::move(generations)) {}
+
+Result<void> SecondaryPairing::adopt(std::uint64_t id) {
+  if (gens_.current == id && gens_.bitmap == 0) return {};
+  const Generations next = adopt_generation(gens_, id);
+  Result<void> r = store_generations(generations_path(), next);
+  if (!r) return r;
+  log::event({"generation_taken",
+              {{"resource", options_.resource},
+               {"generation", generation_hex(id)},
+               {"previous", generation_hex(gens_.current)},
+               {"epoch", std::to_string(db_->epoch())}}});
+  gens_ = next;
+  return {};
+}
 
 Task<Result<void>> SecondaryPairing::resume_promotion() {
   if (!promoted_ || db_->state() != BufferState::replicating) co_return Result<void>{};
@@ -188,6 +205,13 @@ replication::Envelope SecondaryPairing::on_hello(const std::shared_ptr<Session>&
   h->set_node_id(options_.identity.id);
   h->set_node_name(options_.identity.name);
   h->set_durable_epoch(db_->epoch());
+  auto* g = h->mutable_generations();
+  g->set_current(gens_.current);
+  g->set_bitmap(gens_.bitmap);
+  for (std::uint64_t id : gens_.history) g->add_history(id);
+  const std::uint64_t used = db_->buffer_used_bytes();
+  const std::uint64_t capacity = db_->buffer_capacity_bytes();
+  h->set_buffer_free_bytes(capacity > used ? capacity - used : 1);
   return reply;
 }
 
@@ -206,25 +230,37 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
   switch (request.body_case()) {
     case replication::Envelope::kStart: {
       const replication::StartReplication& start = request.start();
-      if (db.state() == BufferState::replicating && start.resume() &&
-          start.epoch() == db.epoch() && db.buffered_block_count() == 0) {
-        log::info("secondary: replication resumed by primary {} at epoch {}", session->name,
-                  db.epoch());
-        replication::Envelope reply;
-        reply.mutable_start()->set_epoch(db.epoch());
-        co_return reply;
-      }
-      if (db.state() == BufferState::replicating) {
+      self->resync_bytes_ = start.resync_bytes();
+      if (db.state() == BufferState::replicating &&
+          (start.resync() || (start.resume() && start.epoch() == db.epoch() &&
+                              db.buffered_block_count() == 0))) {
+        // The epoch goes on: what this buffer holds since the last checkpoint stays (the
+        // primary resends every block that may differ), and the last checkpoint stays
+        // recoverable until the next one commits. Writes of an earlier session still in
+        // flight (a stalled disk, the write-back queue) land first: none may land after the
+        // resync's copy of the same block.
+        co_await db.drain();
+        log::info("secondary: replication resumed by primary {} at epoch {} ({} blocks "
+                  "buffered{})", session->name, db.epoch(), db.buffered_block_count(),
+                  start.resync_bytes() != 0
+                      ? fmt::format(", a resync of up to {} bytes follows", start.resync_bytes())
+                      : "");
+      } else if (db.state() == BufferState::replicating) {
         co_return error_reply(
             replication::ERROR_STATE,
             fmt::format("replication is already running at epoch {} from an earlier session; "
-                        "fail over or discard it on the secondary first (delta resync is not "
-                        "implemented yet)", db.epoch()));
+                        "fail over or discard it on the secondary first", db.epoch()));
+      } else {
+        Result<void> r = co_await db.start_replication(db.disk_size_bytes());
+        if (!r) co_return error_reply(error_code_of(r.error().code.value()), r.error().message);
+        log::info("secondary: replication started by primary {} at epoch {}", session->name,
+                  db.epoch());
       }
-      Result<void> r = co_await db.start_replication(db.disk_size_bytes());
-      if (!r) co_return error_reply(error_code_of(r.error().code.value()), r.error().message);
-      log::info("secondary: replication started by primary {} at epoch {}", session->name,
-                db.epoch());
+      if (start.generation() != 0) {
+        if (Result<void> a = self->adopt(start.generation()); !a) {
+          co_return error_reply(replication::ERROR_IO, a.error().message);
+        }
+      }
       replication::Envelope reply;
       reply.mutable_start()->set_epoch(db.epoch());
       co_return reply;
@@ -242,6 +278,14 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
       const std::uint64_t epoch = request.checkpoint().epoch();
       Result<void> r = co_await db.do_checkpoint(epoch);
       if (!r) co_return error_reply(error_code_of(r.error().code.value()), r.error().message);
+      // After a resync, the checkpoint carries the primary's generation: taken only now that
+      // the checkpoint is durable (a crash before leaves the old one, and the resync again).
+      if (request.checkpoint().generation() != 0) {
+        if (Result<void> a = self->adopt(request.checkpoint().generation()); !a) {
+          co_return error_reply(replication::ERROR_IO, a.error().message);
+        }
+        self->resync_bytes_ = 0;
+      }
       self->last_checkpoint_ = std::chrono::system_clock::now();
       ++self->checkpoints_;
       session->epoch = epoch;
@@ -290,7 +334,13 @@ Task<Result<void>> SecondaryPairing::failover(bool force) {
     session->channel->close("failover on the secondary");
     on_lost(session, "failover forced on the secondary");
   }
-  // Durable before the rollback starts: from here on this disk goes its own way.
+  // Durable before the rollback starts: from here on this disk goes its own way, in a new
+  // generation (a returning primary then sees that this node holds newer data).
+  if (!promoted_) {
+    const Generations next = start_new_generation(gens_, random_generation_id(gens_));
+    if (Result<void> g = store_generations(generations_path(), next); !g) co_return g.error();
+    gens_ = next;
+  }
   if (auto m = write_file_atomic(promoted_marker(),
                                  fmt::format("promoted at epoch {}\n", db_->epoch()));
       !m) {

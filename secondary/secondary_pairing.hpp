@@ -19,6 +19,7 @@
 
 #include "replication.pb.h"
 #include "secondary/disk_buffer_node.hpp"
+#include "shared/pair/generation.hpp"
 #include "shared/pair/node_identity.hpp"
 #include "shared/pair/replication_channel.hpp"
 
@@ -53,11 +54,13 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
  public:
   // Reads the durable "promoted" marker. An error reading it (EACCES, EIO...) is returned, so
   // the daemon refuses to start rather than take a promoted node for a secondary.
+  // The data generations are read from <state_dir>/generations (none yet: current 0, a node
+  // that never paired); a damaged file is an error too.
   static Result<std::shared_ptr<SecondaryPairing>> open(asio::any_io_executor ex,
                                                         std::shared_ptr<DiskBuffer> db,
                                                         SecondaryPairingOptions options);
   SecondaryPairing(asio::any_io_executor ex, std::shared_ptr<DiskBuffer> db,
-                   SecondaryPairingOptions options, bool promoted);
+                   SecondaryPairingOptions options, bool promoted, Generations generations);
   ~SecondaryPairing();
   SecondaryPairing(const SecondaryPairing&) = delete;
   SecondaryPairing& operator=(const SecondaryPairing&) = delete;
@@ -79,6 +82,9 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   bool primary_connected();
   PrimaryPeerInfo peer() const;
   bool promoted() const { return promoted_; }
+  const Generations& generations() const { return gens_; }
+  // The resync the primary announced for this session (bytes at most; 0: none).
+  std::uint64_t resync_bytes() const { return resync_bytes_; }
   std::chrono::system_clock::time_point last_checkpoint_time() const { return last_checkpoint_; }
   std::uint64_t checkpoints() const { return checkpoints_; }
   const std::vector<ListenAddress>& bound() const { return listener_.bound(); }
@@ -106,6 +112,9 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
                                  const replication::Hello& hello);
   void on_lost(const std::shared_ptr<Session>& session, const std::string& reason);
   std::string promoted_marker() const;
+  std::string generations_path() const { return options_.state_dir + "/generations"; }
+  // Takes `id` as this node's data generation, durably.
+  Result<void> adopt(std::uint64_t id);
 
   asio::any_io_executor ex_;
   std::shared_ptr<DiskBuffer> db_;
@@ -120,6 +129,8 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   std::uint64_t checkpoints_ = 0;
   bool promoted_ = false;
   bool closed_ = false;
+  Generations gens_;
+  std::uint64_t resync_bytes_ = 0;
 };
 
 }  // namespace colo

@@ -168,6 +168,12 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
       peer.connected ? fmt::format(" (last frame {} ms ago)", frame_age_ms)
                      : (peer.lost_reason.empty() ? "" : " (" + peer.lost_reason + ")"),
       pairing->checkpoints(), db->buffered_block_count(), db->block_bytes(), queued);
+  const Generations& gens = pairing->generations();
+  text += fmt::format("generation: {}{}\n", gens.current == 0 ? "-" : generation_hex(gens.current),
+                      gens.bitmap == 0 ? "" : " (bitmap " + generation_hex(gens.bitmap) + ")");
+  if (pairing->resync_bytes() != 0) {
+    text += fmt::format("resync: receiving, up to {} bytes announced\n", pairing->resync_bytes());
+  }
   if (last_cp_age_ms >= 0) text += fmt::format("last_checkpoint: {} ms ago\n", last_cp_age_ms);
   if (p.running || p.total_bytes != 0) {
     text += fmt::format("failover: {} of {} bytes applied{}\n", p.applied_bytes, p.total_bytes,
@@ -187,6 +193,10 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
         {"last_frame_ms_ago", frame_age_ms},
         {"reason", peer.lost_reason}}},
       {"checkpoints", pairing->checkpoints()},
+      {"generation",
+       {{"current", gens.current == 0 ? "" : generation_hex(gens.current)},
+        {"bitmap", gens.bitmap == 0 ? "" : generation_hex(gens.bitmap)}}},
+      {"resync_bytes_announced", pairing->resync_bytes()},
       {"last_checkpoint_ms_ago", last_cp_age_ms},
       {"buffered_blocks", db->buffered_block_count()},
       {"block_bytes", db->block_bytes()},

@@ -39,5 +39,7 @@ std::string replication_peer_child(const config::ReplicationConfig& r);
 // The primary's front-end export's smallest minimum block size (export_block_bytes_min; 512
 // unless the config sets it). The export advertises the larger of this and its disk's alignment.
 std::uint32_t replication_export_block_bytes_min(const config::ReplicationConfig& r);
+// The primary's dirty bitmap granularity (bitmap_block_bytes; 64 KiB when unset).
+std::uint32_t replication_bitmap_block_bytes(const config::ReplicationConfig& r);
 
 }  // namespace colo

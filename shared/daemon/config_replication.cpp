@@ -18,6 +18,10 @@ std::string replication_peer_child(const config::ReplicationConfig& r) {
   return r.peer_child().empty() ? "peer" : r.peer_child();
 }
 
+std::uint32_t replication_bitmap_block_bytes(const config::ReplicationConfig& r) {
+  return r.has_bitmap_block_bytes() ? r.bitmap_block_bytes() : 64u * 1024u;
+}
+
 std::uint32_t replication_export_block_bytes_min(const config::ReplicationConfig& r) {
   return r.has_export_block_bytes_min() ? r.export_block_bytes_min()
                                         : kExportBlockBytesMinDefault;
@@ -44,6 +48,13 @@ void validate_replication_config(const config::DaemonConfig& cfg,
       if (b == 0 || (b & (b - 1)) != 0 || b > kExportBlockBytesMinMax) {
         errors.push_back(fmt::format("replication.export_block_bytes_min: {} is not a power of "
                                      "two from 1 to {}", b, kExportBlockBytesMinMax));
+      }
+    }
+    if (r.has_bitmap_block_bytes()) {
+      const std::uint32_t b = r.bitmap_block_bytes();
+      if (b < 4096 || (b & (b - 1)) != 0 || b > 16u * 1024u * 1024u) {
+        errors.push_back(fmt::format("replication.bitmap_block_bytes: {} is not a power of two "
+                                     "from 4096 to 16777216", b));
       }
     }
     const std::string peer = replication_peer_child(r);

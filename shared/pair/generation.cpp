@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include <algorithm>
 #include <charconv>
@@ -67,6 +68,29 @@ Generations start_new_generation(const Generations& g, std::uint64_t fresh) {
   for (std::uint64_t id : g.history) {
     if (out.history.size() == kGenerationHistoryMax) break;
     out.history.push_back(id);
+  }
+  return out;
+}
+
+std::uint64_t random_generation_id(const Generations& g) {
+  for (;;) {
+    std::uint64_t id = 0;
+    CHECK(RAND_bytes(reinterpret_cast<unsigned char*>(&id), sizeof id) == 1);
+    if (id != 0 && id != g.current && id != g.bitmap && !holds(g.history, id)) return id;
+  }
+}
+
+std::string generation_hex(std::uint64_t id) { return fmt::format("{:016x}", id); }
+
+Generations adopt_generation(const Generations& g, std::uint64_t id) {
+  CHECK(id != 0);
+  if (g.current == id) return Generations{id, 0, g.history};
+  Generations out;
+  out.current = id;
+  if (g.current != 0) out.history.push_back(g.current);
+  for (std::uint64_t h : g.history) {
+    if (out.history.size() == kGenerationHistoryMax) break;
+    if (h != id) out.history.push_back(h);
   }
   return out;
 }

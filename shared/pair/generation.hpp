@@ -1,7 +1,6 @@
 #pragma once
 // Data generations: which node holds the newer data when two nodes of a pair meet
-// (DESIGN.md "Generations and resync"; the building block of the resync issue: not yet used by
-// the pairing, which still refuses after any divergence).
+// (DESIGN.md "Generations and resync", docs/resync.md).
 //
 // Each node keeps `current` (a random 64-bit id of the data it holds), `bitmap` (the generation
 // its dirty bitmap is relative to; 0: it tracks nothing) and a short `history` of older
@@ -40,6 +39,14 @@ struct Generations {
 // bitmap := current, current := `fresh` (non-zero, different from every id held), and the old
 // current goes to the front of the history (the oldest falls off).
 Generations start_new_generation(const Generations& g, std::uint64_t fresh);
+
+// A fresh random id (OpenSSL's RAND_bytes), non-zero and different from every id `g` holds.
+std::uint64_t random_generation_id(const Generations& g);
+// "0123456789abcdef" (16 hex digits), for events and status.
+std::string generation_hex(std::uint64_t id);
+// The node takes `id` as its data (a checkpoint that ended a resync, or pairing as a copy):
+// current := id, bitmap := 0, the old current goes to the front of the history.
+Generations adopt_generation(const Generations& g, std::uint64_t id);
 
 enum class SyncDecision : std::uint8_t {
   in_sync,

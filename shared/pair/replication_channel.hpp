@@ -36,7 +36,7 @@
 namespace colo {
 
 inline constexpr std::uint32_t kReplicationFrameBytesMax = 64u * 1024u;
-inline constexpr std::uint32_t kReplicationProtocolVersion = 2;
+inline constexpr std::uint32_t kReplicationProtocolVersion = 3;
 
 // One framed, ordered, reliable byte stream to the peer.
 class FrameTransport {

@@ -33,10 +33,10 @@ std::string_view to_string(SimFault f) {
 std::string SimConfig::describe() const {
   return fmt::format("seed={} fault={} write_mode={} secondary_write_back={} block={} "
                      "save_cycles={} delay_ms={} writers={} ops_per_writer={} checkpoints={} "
-                     "trim_piece={}",
+                     "trim_piece={} reconnect={}",
                      seed, to_string(fault), async_mode ? "async" : "sync",
                      secondary_write_back_bytes, block_bytes, save_cycles_max, delay_ms, writers,
-                     ops_per_writer, checkpoints, trim_piece_bytes);
+                     ops_per_writer, checkpoints, trim_piece_bytes, reconnect);
 }
 
 SimConfig sim_config_for_seed(std::uint64_t seed) {
@@ -56,7 +56,16 @@ SimConfig sim_config_for_seed(std::uint64_t seed) {
   // Drawn last, so the draws above stay what they were: 16, 64 or 256 KiB, so the workload's
   // large trims and write-zeroes (up to half the disk) run in several pieces.
   c.trim_piece_bytes = std::uint64_t{16 * 1024} << (2 * (prng() % 3));
+  c.reconnect = c.fault == SimFault::primary_restart_alone ||
+                (sim_fault_heals(c.fault) && prng() % 2 == 0);
   return c;
+}
+
+bool sim_fault_heals(SimFault f) {
+  return f == SimFault::link_blackhole || f == SimFault::nbd_cut ||
+         f == SimFault::nbd_blackhole || f == SimFault::channel_cut_in_checkpoint ||
+         f == SimFault::secondary_crash || f == SimFault::secondary_power_cut ||
+         f == SimFault::secondary_disk_stall;
 }
 
 namespace sim {
@@ -170,6 +179,56 @@ Task<void> failover_and_check(Sim* sim, bool* done) {
       << "primary disk vs the model: " << first_difference(primary, expected);
   if (sim->c.fault == SimFault::clean_stop) {
     EXPECT_TRUE(*want == primary) << "after a clean stop the checkpoint is the whole disk";
+  }
+  *done = true;
+}
+
+// --- reconnect: the fault heals, the pair resyncs ------------------------------------------
+
+// The links and the secondary's media heal; the primary pairs again (as its watch loop would,
+// without waiting for its 2 s retry) and resyncs what the secondary may lack; then a checkpoint
+// must hold the primary's whole disk.
+Task<void> reconnect_and_resync(Sim* sim, bool* done) {
+  sim->media->disk->clear_rules();
+  sim->media->buffer->clear_rules();
+  const bool blackholed =
+      sim->c.fault == SimFault::link_blackhole || sim->c.fault == SimFault::nbd_blackhole;
+  for (auto* proxy : {&sim->chan_proxy, &sim->nbd_proxy}) {
+    (*proxy)->set_blackhole(false);
+    (*proxy)->refuse(false);
+    if (blackholed) (*proxy)->cut();  // connections black-holed so far are dead links
+  }
+  Replicator& rep = *sim->p.replicator;
+  const auto until = Clock::now() + std::chrono::seconds(20);
+  bool healed = false;
+  while (Clock::now() < until) {
+    if (rep.peer_state() == PeerState::paired && !rep.resyncing() &&
+        rep.generations().bitmap == 0 && rep.resync_progress().error.empty()) {
+      healed = true;
+      break;
+    }
+    if (rep.peer_state() == PeerState::stale || rep.peer_state() == PeerState::unpaired) {
+      Result<void> r = co_await rep.pair(false);
+      if (!r) log::info("sim: pairing again: {}", r.error().to_string());
+    }
+    co_await sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(healed) << "the pair did not heal: " << rep.status_text();
+  if (healed) {
+    const ResyncProgress p = rep.resync_progress();
+    sim->out.resynced_blocks = p.blocks_done;
+    log::info("sim: paired again, {} blocks resynced ({} bytes, {} as zeroes)", p.blocks_done,
+              p.bytes_sent, p.zero_bytes);
+    EXPECT_EQ(sim->s.pairing->generations().current, rep.generations().current)
+        << "the secondary did not take the primary's generation";
+    Result<std::uint64_t> c = co_await rep.checkpoint();
+    EXPECT_TRUE(c) << (c ? "" : c.error().to_string());
+    if (c) {
+      sim->acked = *c;
+      sim->images[*c] =
+          sim->primary_expected ? *sim->primary_expected : sim->model->current();
+      sim->tentative.clear();
+    }
   }
   *done = true;
 }
@@ -379,6 +438,7 @@ bool set_up(Sim& sim) {
 using sim::Clock;
 using sim::Sim;
 using sim::failover_and_check;
+using sim::reconnect_and_resync;
 using sim::restart_primary;
 using sim::write_alone_then_kill;
 using sim::open_secondary;
@@ -422,14 +482,12 @@ SimOutcome run_pair_sim(const SimConfig& config, std::chrono::milliseconds budge
       ok = restart_primary(sim, d + "/p-state-2", disk);
     }
     if (ok) {
-      // Invariant: never paired again with different disks. A lone write made them differ.
-      const bool paired = sim.p.replicator->peer_state() == PeerState::paired;
-      if (k > 0) {
-        EXPECT_FALSE(paired) << "the primary paired again after " << k
-                             << " writes acknowledged without its secondary";
-        EXPECT_TRUE(sim.p.replicator->diverged());
-      } else {
-        EXPECT_TRUE(paired) << "a primary that wrote nothing alone resumes";
+      // It pairs again at once: after lone writes with a resync of what it wrote alone (its
+      // bitmap survived the kill), after none without one.
+      EXPECT_EQ(sim.p.replicator->peer_state(), PeerState::paired)
+          << sim.p.replicator->status_text();
+      if (k == 0) {
+        EXPECT_FALSE(sim.p.replicator->resyncing());
       }
       log::info("sim: after {} lone writes and a kill the primary is {}", k,
                 to_string(sim.p.replicator->peer_state()));
@@ -442,6 +500,12 @@ SimOutcome run_pair_sim(const SimConfig& config, std::chrono::milliseconds budge
       ADD_FAILURE() << "reopening the secondary: " << r.error().to_string();
       ok = false;
     }
+  }
+  if (ok && config.reconnect) {
+    sim.phase = "reconnect and resync";
+    bool done = false;
+    spawn(sim.io.get_executor(), reconnect_and_resync(&sim, &done), "sim reconnect");
+    ok = run_until(sim, done, deadline + std::chrono::seconds(20));
   }
   if (ok) {
     sim.phase = "failover";

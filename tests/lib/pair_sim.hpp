@@ -71,9 +71,15 @@ struct SimConfig {
   // size, and pieces of concurrent requests hold at most two of them at once); the default is
   // the daemon's, more than the whole disk.
   std::uint64_t trim_piece_bytes = 4 * 1024 * 1024;
+  // After the fault: the links and media heal, the primary pairs again and resyncs, and the
+  // secondary must then hold the primary's whole disk (checked by a checkpoint and the
+  // failover). Always for primary_restart_alone; drawn for the faults a pair survives.
+  bool reconnect = false;
   std::string describe() const;
 };
 SimConfig sim_config_for_seed(std::uint64_t seed);
+// The faults a pair survives, after which a reconnect phase may run.
+bool sim_fault_heals(SimFault f);
 
 struct SimOutcome {
   bool finished = false;  // every phase ended within the budget
@@ -84,6 +90,7 @@ struct SimOutcome {
   std::uint64_t ops_done = 0;
   std::chrono::milliseconds elapsed{0};
   std::chrono::milliseconds op_latency_max{0};  // the consumer's slowest request
+  std::uint64_t resynced_blocks = 0;            // by the reconnect phase
 };
 
 // Runs one seed; failures are reported through gtest (ADD_FAILURE / EXPECT_*).

@@ -100,6 +100,9 @@ TEST(PairSim, SeedSweep) {
   std::chrono::milliseconds slowest{0};
   std::uint64_t slowest_seed = 0;
   int failures = 0;
+  std::uint64_t reconnects = 0;
+  std::uint64_t resyncs = 0;
+  std::uint64_t resynced_blocks = 0;
   for (std::uint64_t seed = first; seed < first + count; ++seed) {
     const SimConfig c = sim_config_for_seed(seed);
     test::SimOutcome out;
@@ -111,6 +114,9 @@ TEST(PairSim, SeedSweep) {
       ++ahead;
       ++ahead_by_fault[std::string(to_string(c.fault))];
     }
+    if (c.reconnect) ++reconnects;
+    if (out.resynced_blocks != 0) ++resyncs;
+    resynced_blocks += out.resynced_blocks;
     ok_checkpoints += out.checkpoints_ok;
     failed_checkpoints += out.checkpoints_failed;
     total += out.elapsed;
@@ -126,10 +132,12 @@ TEST(PairSim, SeedSweep) {
   for (const auto& [name, n] : ahead_by_fault) ahead_faults += fmt::format(" {}={}", name, n);
   fmt::print("pair sim: seeds {}..{}: {} ms in all, {} ms per seed, slowest {} ms (seed {}); "
              "checkpoints {} ok, {} failed; secondary one epoch ahead after a failed "
-             "checkpoint: {} runs ({}); faults:{}\n",
+             "checkpoint: {} runs ({}); reconnect phases {}, {} with a resync ({} blocks); "
+             "faults:{}\n",
              first, first + count - 1, total.count(),
              count != 0 ? total.count() / static_cast<long long>(count) : 0, slowest.count(),
-             slowest_seed, ok_checkpoints, failed_checkpoints, ahead, ahead_faults, faults);
+             slowest_seed, ok_checkpoints, failed_checkpoints, ahead, ahead_faults, reconnects,
+             resyncs, resynced_blocks, faults);
 }
 
 // Each fault in both write modes with and without the secondary's write-back queue, pinned
@@ -142,6 +150,8 @@ TEST(PairSim, EveryFaultInEveryMode) {
       c.fault = static_cast<SimFault>(f);
       c.async_mode = mode % 2 == 1;
       c.secondary_write_back_bytes = mode / 2 == 1 ? 4 * 1024 * 1024 : 0;
+      c.reconnect = c.fault == SimFault::primary_restart_alone ||
+                    (test::sim_fault_heals(c.fault) && (mode + mode / 2) % 2 == 0);
       if (!run_one(c)) return;
     }
   }

@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include "pair_fixture.hpp"
+
 #include <boost/json/parse.hpp>
 #include <fmt/format.h>
 #include <libnbd.h>
@@ -40,199 +42,7 @@ namespace colo {
 namespace {
 
 using namespace std::chrono_literals;
-
-const std::string kColod = COLO_BINARY_DIR "/colod";
-const std::string kColoctl = COLO_BINARY_DIR "/coloctl";
-constexpr std::uint64_t kDiskBytes = 8u << 20;
-
-struct Nbd {
-  explicit Nbd(const std::string& sock) : h(nbd_create()) {
-    if (nbd_connect_unix(h, sock.c_str()) == -1) ADD_FAILURE() << nbd_get_error();
-  }
-  ~Nbd() { nbd_close(h); }
-  void write(std::uint64_t off, std::uint64_t len, char p) {
-    std::string buf(len, p);
-    ASSERT_EQ(nbd_pwrite(h, buf.data(), len, off, 0), 0) << nbd_get_error();
-  }
-  // The export's advertised minimum block size (NBD_INFO_BLOCK_SIZE).
-  std::int64_t block_min() { return nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM); }
-  std::string image() {
-    std::string all(kDiskBytes, '\0');
-    for (std::uint64_t off = 0; off < kDiskBytes; off += 1u << 20) {
-      if (nbd_pread(h, all.data() + off, 1u << 20, off, 0) == -1) {
-        ADD_FAILURE() << nbd_get_error();
-        break;
-      }
-    }
-    return test::sha256_hex(all);
-  }
-  nbd_handle* h;
-};
-
-struct PairOptions {
-  std::string write_mode = "SYNC";
-  std::string primary_resource = "r0";
-  std::uint64_t primary_disk_bytes = kDiskBytes;
-  std::uint32_t checkpoint_interval_ms = 0;
-  std::uint32_t prepare_timeout_ms = 10000;
-  bool proxy_channel = false;
-  bool proxy_nbd = false;  // the replication export's connection through a TcpProxy
-  // The disks' `cache` (CACHE_DIRECT, CACHE_BUFFERED; empty: the default, CACHE_AUTO) and the
-  // directories of the disk files (the secondary's buffer file too; empty: the test's dir).
-  std::string primary_cache;
-  std::string secondary_cache;
-  std::string primary_data_dir;
-  std::string secondary_data_dir;
-  std::optional<std::uint32_t> export_block_bytes_min;  // replication.export_block_bytes_min
-};
-
-class PairFixture {
- public:
-  explicit PairFixture(PairOptions o = {}) : o_(std::move(o)) {
-    repl_port_ = test::free_tcp_port();
-    chan_port_ = test::free_tcp_port();
-    while (chan_port_ == repl_port_) chan_port_ = test::free_tcp_port();
-    if (o_.proxy_channel) proxy_ = std::make_unique<test::TcpProxy>(chan_port_);
-    if (o_.proxy_nbd) nbd_proxy_ = std::make_unique<test::TcpProxy>(repl_port_);
-    write_configs();
-  }
-  ~PairFixture() {
-    if (primary_.running()) primary_.stop(SIGKILL);
-    if (secondary_.running()) secondary_.stop(SIGKILL);
-  }
-
-  std::string file(const std::string& n) const { return dir_.file(n); }
-  std::string p_ctl() const { return file("p.ctl"); }
-  std::string s_ctl() const { return file("s.ctl"); }
-  std::string p_sock() const { return file("p.sock"); }
-  std::string s_sock() const { return file("s.sock"); }
-  test::TcpProxy* proxy() { return proxy_.get(); }
-  test::TcpProxy* nbd_proxy() { return nbd_proxy_.get(); }
-  int channel_port() const { return chan_port_; }
-
-  void write_configs() {
-    const std::string dir = dir_.path().string();
-    const std::string p_data = o_.primary_data_dir.empty() ? dir : o_.primary_data_dir;
-    const std::string s_data = o_.secondary_data_dir.empty() ? dir : o_.secondary_data_dir;
-    const std::string s_cache = o_.secondary_cache.empty() ? "" : " cache: " + o_.secondary_cache;
-    const std::string p_cache = o_.primary_cache.empty() ? "" : " cache: " + o_.primary_cache;
-    const std::string p_block =
-        o_.export_block_bytes_min
-            ? fmt::format("\n  export_block_bytes_min: {}", *o_.export_block_bytes_min)
-            : "";
-    test::write_file(file("s.conf"), fmt::format(R"(resource: "r0"
-role: SECONDARY
-state_dir: "{0}/s-state"
-control_socket: "{0}/s.ctl"
-disk {{ path: "{4}/s.img" create: true size_bytes: {1}{5} }}
-export {{ listen: "unix:{0}/s.sock" }}
-secondary {{
-  buffer_path: "{4}/s-buffer.img"
-  buffer_size_bytes: 67108864
-  block_bytes: 4096
-  replication_listen: "tcp:127.0.0.1:{2}"
-}}
-replication {{
-  listen: "tcp:127.0.0.1:{3}"
-  node_name: "test-secondary"
-  heartbeat_interval_ms: 100
-  heartbeat_timeout_ms: 1000
-}}
-)", dir, kDiskBytes, repl_port_, chan_port_, s_data, s_cache));
-    test::write_file(file("p.conf"), fmt::format(R"(resource: "{4}"
-role: PRIMARY
-state_dir: "{0}/p-state"
-control_socket: "{0}/p.ctl"
-disk {{ path: "{8}/p.img" create: true size_bytes: {1}{9} }}
-export {{ listen: "unix:{0}/p.sock" }}
-quorum {{
-  children {{ name: "local" disk: true }}
-  children {{ name: "peer" nbd_uri: "nbd://127.0.0.1:{11}" }}
-  vote_threshold: 1
-  read_pattern: "fifo"
-}}
-replication {{
-  peer_address: "tcp:127.0.0.1:{3}"
-  node_name: "test-primary"
-  write_mode: {5}
-  heartbeat_interval_ms: 100
-  heartbeat_timeout_ms: 1000
-  checkpoint_timeout_ms: 3000
-  connect_timeout_ms: 3000
-  checkpoint_interval_ms: {6}
-  prepare_timeout_ms: {7}{10}
-}}
-)", dir, o_.primary_disk_bytes, repl_port_,
-                                                 proxy_ ? proxy_->port() : chan_port_,
-                                                 o_.primary_resource, o_.write_mode,
-                                                 o_.checkpoint_interval_ms,
-                                                 o_.prepare_timeout_ms, p_data, p_cache, p_block,
-                                                 nbd_proxy_ ? nbd_proxy_->port() : repl_port_));
-  }
-
-  void start_secondary() {
-    ::unlink(s_ctl().c_str());
-    secondary_ = test::Process::start({kColod, "--config", file("s.conf")}, file("s.log"));
-    ASSERT_TRUE(test::wait_for_unix_socket(s_sock())) << test::read_file(file("s.log"));
-    ASSERT_TRUE(test::wait_for_tcp_port(chan_port_)) << test::read_file(file("s.log"));
-  }
-  void start_primary() {
-    ::unlink(p_sock().c_str());
-    primary_ = test::Process::start({kColod, "--config", file("p.conf")}, file("p.log"));
-    ASSERT_TRUE(test::wait_for_unix_socket(p_sock())) << test::read_file(file("p.log"));
-  }
-  void start() {
-    start_secondary();
-    start_primary();
-  }
-  test::Process& primary() { return primary_; }
-  test::Process& secondary() { return secondary_; }
-
-  test::CommandResult ctl(const std::string& sock, std::vector<std::string> args) {
-    std::vector<std::string> argv{kColoctl, "--socket", sock};
-    argv.insert(argv.end(), args.begin(), args.end());
-    return test::run_command(argv);
-  }
-  // Waits until `coloctl status` on `sock` contains `text`.
-  bool wait_status(const std::string& sock, const std::string& text,
-                   std::chrono::milliseconds timeout = 10s) {
-    const auto end = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < end) {
-      if (ctl(sock, {"status"}).output.find(text) != std::string::npos) return true;
-      std::this_thread::sleep_for(50ms);
-    }
-    return false;
-  }
-  // kill -9 of the primary, then the failover once the secondary saw the loss: the secondary's
-  // export must hold `image` (test::sha256_hex of the whole disk, as Nbd::image gives it).
-  void kill_primary_and_fail_over(const std::string& image) {
-    primary_.stop(SIGKILL);
-    ASSERT_TRUE(wait_status(s_ctl(), "peer_state: disconnected"));
-    auto f = ctl(s_ctl(), {"failover"});
-    ASSERT_EQ(f.exit_code, 0) << f.output;
-    ASSERT_NO_FATAL_FAILURE(wait_failover_done());
-    EXPECT_EQ(Nbd(s_sock()).image(), image);
-  }
-  // The secondary's failover applies its buffer in the background.
-  void wait_failover_done() {
-    ASSERT_TRUE(wait_status(s_ctl(), "state: promoted"));
-    for (int i = 0; i < 400; ++i) {
-      if (ctl(s_ctl(), {"status"}).output.find("(running)") == std::string::npos) return;
-      std::this_thread::sleep_for(25ms);
-    }
-    FAIL() << "failover did not finish";
-  }
-
- private:
-  PairOptions o_;
-  test::TempDir dir_;
-  int repl_port_ = 0;
-  int chan_port_ = 0;
-  std::unique_ptr<test::TcpProxy> proxy_;
-  std::unique_ptr<test::TcpProxy> nbd_proxy_;
-  test::Process primary_;
-  test::Process secondary_;
-};
+using namespace test_pair;
 
 class PairLifecycle : public ::testing::TestWithParam<std::string> {};
 
@@ -360,10 +170,14 @@ TEST(Pair, CheckpointWithUnreachablePeerFailsAndKeepsTheOldEpoch) {
   EXPECT_NE(s.output.find("epoch: 1\n"), std::string::npos) << s.output;
   EXPECT_NE(test::read_file(pair.file("p.log")).find("\"event\":\"secondary_lost\""),
             std::string::npos);
-  // Pairing again is refused: the primary wrote alone (resync is a later feature).
-  auto again = pair.ctl(pair.p_ctl(), {"start"});
-  EXPECT_EQ(again.exit_code, 4) << again.output;
-  EXPECT_NE(again.output.find("diverged"), std::string::npos) << again.output;
+  // The link comes back: the primary pairs again by itself and resyncs what it wrote alone
+  // (tests/integration/app/resync_test.cpp checks the resync itself).
+  pair.proxy()->set_blackhole(false);
+  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: paired"))
+      << pair.ctl(pair.p_ctl(), {"status"}).output;
+  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "resync: done"))
+      << pair.ctl(pair.p_ctl(), {"status"}).output;
+  EXPECT_TRUE(pair.wait_status(pair.s_ctl(), "epoch: 2\n"));
 }
 
 TEST(Pair, MismatchedPrimaryIsRefusedNamingBothValues) {

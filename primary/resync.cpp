@@ -1,0 +1,156 @@
+#include "primary/resync.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+#include "shared/base/log.hpp"
+
+namespace colo {
+
+namespace {
+
+struct AlignedDelete {
+  void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t{4096}); }
+};
+using AlignedBuffer = std::unique_ptr<std::byte[], AlignedDelete>;
+
+AlignedBuffer aligned_buffer(std::size_t bytes) {
+  return AlignedBuffer(new (std::align_val_t{4096}) std::byte[bytes]);
+}
+
+bool all_zero(std::span<const std::byte> b) {
+  if (b.empty()) return true;
+  return b[0] == std::byte{0} && std::memcmp(b.data(), b.data() + 1, b.size() - 1) == 0;
+}
+
+}  // namespace
+
+double ResyncProgress::rate_bytes_per_s() const {
+  const auto end = running ? std::chrono::steady_clock::now() : finished;
+  const double s = std::chrono::duration<double>(end - started).count();
+  if (s <= 0) return 0;
+  return static_cast<double>(blocks_done * block_bytes) / s;
+}
+
+double ResyncProgress::eta_s() const {
+  const double rate = rate_bytes_per_s();
+  if (!running || rate <= 0 || blocks_done > blocks_total) return 0;
+  return static_cast<double>((blocks_total - blocks_done) * block_bytes) / rate;
+}
+
+Resync::Resync(asio::any_io_executor ex, std::shared_ptr<DirtyTracker> tracker,
+               std::shared_ptr<BlockNode> local, std::shared_ptr<BlockNode> peer,
+               ResyncOptions options)
+    : ex_(ex),
+      tracker_(std::move(tracker)),
+      local_(std::move(local)),
+      peer_(std::move(peer)),
+      options_(options) {
+  options_.parallel = std::max<std::uint32_t>(options_.parallel, 1);
+}
+
+void Resync::cancel() {
+  cancelled_ = true;
+}
+
+Task<Result<void>> Resync::run() {
+  DirtyMap& map = tracker_->map();
+  progress_ = ResyncProgress{};
+  progress_.running = true;
+  progress_.blocks_total = map.dirty_count();
+  progress_.block_bytes = map.block_bytes();
+  progress_.started = std::chrono::steady_clock::now();
+  next_block_ = 0;
+  auto self = shared_from_this();
+  for (std::uint32_t i = 0; i < options_.parallel; ++i) {
+    ++workers_;
+    spawn(ex_, copy_loop(self), "resync copy");
+  }
+  while (workers_ != 0) co_await workers_done_.wait();
+  progress_.running = false;
+  progress_.finished = std::chrono::steady_clock::now();
+  if (cancelled_ && progress_.error.empty()) progress_.error = "cancelled";
+  if (!progress_.error.empty()) {
+    co_return make_error(cancelled_ ? ECANCELED : EIO, "resync: " + progress_.error);
+  }
+  progress_.done = true;
+  co_return Result<void>{};
+}
+
+Task<void> Resync::copy_loop(std::shared_ptr<Resync> self) {
+  DirtyMap& map = self->tracker_->map();
+  const std::uint64_t count = map.block_count();
+  const std::uint64_t block = map.block_bytes();
+  const std::uint64_t disk = self->local_->size_bytes();
+  const std::uint64_t data_run_max =
+      std::max<std::uint64_t>(self->options_.chunk_bytes / block, 1);
+  const std::uint64_t zero_run_max =
+      std::max<std::uint64_t>(self->options_.zero_chunk_bytes / block, 1);
+  while (!self->cancelled_ && self->progress_.error.empty()) {
+    const std::uint64_t first = map.next_dirty(self->next_block_);
+    if (first >= count) break;
+    // A run of dirty blocks of one kind: zeroed (trimmed while alone; larger runs, sent as
+    // write-zeroes once the data confirms it) or not.
+    const bool zeroed = map.zeroed(first);
+    const std::uint64_t run_max = zeroed ? zero_run_max : data_run_max;
+    std::uint64_t last = first;
+    while (last + 1 < count && last + 1 - first < run_max && map.dirty(last + 1) &&
+           map.zeroed(last + 1) == zeroed) {
+      ++last;
+    }
+    self->next_block_ = last + 1;
+    const std::uint64_t offset = first * block;
+    const std::uint64_t length = std::min((last + 1) * block, disk) - offset;
+    Result<void> r = co_await self->copy_chunk(offset, length);
+    if (!r) {
+      if (self->progress_.error.empty()) self->progress_.error = r.error().message;
+      break;
+    }
+    self->progress_.blocks_done += last + 1 - first;
+    co_await self->pace();
+  }
+  if (--self->workers_ == 0) self->workers_done_.notify_all();
+}
+
+Task<Result<void>> Resync::copy_chunk(std::uint64_t offset, std::uint64_t length) {
+  AlignedBuffer buffer = aligned_buffer(length);
+  const std::span<std::byte> data(buffer.get(), length);
+  co_await tracker_->lock(offset, length);
+  Result<void> out;
+  IoResult r = co_await local_->read(offset, data);
+  if (!r) {
+    out = make_error(r.error().value(),
+                     fmt::format("reading {} bytes at {} from the local disk", length, offset));
+  } else if (cancelled_) {
+    out = make_error(ECANCELED, "cancelled");
+  } else if (all_zero(data) && peer_->limits().can_write_zeroes) {
+    r = co_await peer_->write_zeroes(offset, length, WriteFlags::none);
+    if (r) progress_.zero_bytes += length;
+  } else {
+    r = co_await peer_->write(offset, data, WriteFlags::none);
+    if (r) progress_.bytes_sent += length;
+  }
+  if (out && !r) {
+    out = make_error(r.error().value(),
+                     fmt::format("writing {} bytes at {} to the secondary", length, offset));
+  }
+  tracker_->unlock(offset, length);
+  co_return out;
+}
+
+Task<void> Resync::pace() {
+  if (options_.rate_bytes_per_s == 0 || cancelled_) co_return;
+  const double s = static_cast<double>(progress_.bytes_sent + progress_.zero_bytes / 64) /
+                   static_cast<double>(options_.rate_bytes_per_s);
+  const auto due = progress_.started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                           std::chrono::duration<double>(s));
+  if (due <= std::chrono::steady_clock::now()) co_return;
+  asio::steady_timer timer(ex_);  // one per worker: a shared timer's expires_at cancels the other
+  timer.expires_at(due);
+  co_await timer.async_wait(use_task);
+}
+
+}  // namespace colo

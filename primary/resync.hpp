@@ -1,0 +1,84 @@
+#pragma once
+// Resync: the primary sends the blocks of its dirty bitmap to the paired secondary
+// (docs/resync.md). The blocks go through the peer child of the quorum (the NBD client, or
+// the async queue in front of it) as writes of the secondary's current epoch, so its last
+// checkpoint stays recoverable until the checkpoint that ends the resync commits them.
+//
+// Each chunk (a run of dirty blocks of one kind: zeroed, at most zero_chunk_bytes, or not, at
+// most chunk_bytes) is copied under the tracker's lock:
+// consumer writes to the chunk that are in flight finish first, new ones wait until the copy
+// is on the secondary, so a stale copy never lands over a newer write. A chunk that reads as
+// all zeroes goes as write-zeroes (no data on the wire). At most `parallel` chunks are in
+// flight, so the consumer's writes, which pass every unlocked range, keep priority; an
+// optional rate cap spaces the chunks. The dirty bits stay set: they are cleared when the
+// checkpoint that follows the resync is durable on the secondary.
+// Single-threaded: runs on the executor given to the constructor.
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "primary/dirty_tracker.hpp"
+#include "shared/base/error.hpp"
+#include "shared/base/task.hpp"
+#include "shared/block/block_node.hpp"
+
+namespace colo {
+
+struct ResyncOptions {
+  std::uint64_t chunk_bytes = 256u * 1024u;       // a run of data blocks
+  std::uint64_t zero_chunk_bytes = 4u * 1024u * 1024u;  // a run of zeroed blocks
+  std::uint32_t parallel = 2;
+  std::uint64_t rate_bytes_per_s = 0;  // 0: no cap
+};
+
+struct ResyncProgress {
+  bool running = false;
+  bool done = false;               // every dirty block was sent
+  std::uint64_t blocks_total = 0;  // dirty when the resync started
+  std::uint64_t blocks_done = 0;
+  std::uint64_t bytes_sent = 0;    // data bytes written to the secondary
+  std::uint64_t zero_bytes = 0;    // bytes sent as write-zeroes (no data)
+  std::uint64_t block_bytes = 0;
+  std::chrono::steady_clock::time_point started{};
+  std::chrono::steady_clock::time_point finished{};
+  std::string error;
+  // Bytes per second since the start, and seconds left at that rate (0 when unknown).
+  double rate_bytes_per_s() const;
+  double eta_s() const;
+};
+
+class Resync : public std::enable_shared_from_this<Resync> {
+ public:
+  Resync(asio::any_io_executor ex, std::shared_ptr<DirtyTracker> tracker,
+         std::shared_ptr<BlockNode> local, std::shared_ptr<BlockNode> peer,
+         ResyncOptions options);
+
+  // Copies every dirty block once, in order. Errors: the first failed read or write (the
+  // secondary is then detached by the caller), ECANCELED after cancel().
+  Task<Result<void>> run();
+  void cancel();
+  const ResyncProgress& progress() const { return progress_; }
+
+ private:
+  static Task<void> copy_loop(std::shared_ptr<Resync> self);
+  Task<Result<void>> copy_chunk(std::uint64_t offset, std::uint64_t length);
+  Task<void> pace();
+
+  asio::any_io_executor ex_;
+  std::shared_ptr<DirtyTracker> tracker_;
+  std::shared_ptr<BlockNode> local_;
+  std::shared_ptr<BlockNode> peer_;
+  ResyncOptions options_;
+  ResyncProgress progress_;
+  std::uint64_t next_block_ = 0;
+  bool cancelled_ = false;
+  std::uint32_t workers_ = 0;
+  AsyncEvent workers_done_;
+};
+
+}  // namespace colo
