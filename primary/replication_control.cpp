@@ -46,13 +46,59 @@ Task<control::Reply> cmd_checkpoint(std::shared_ptr<Replicator> r, control::Requ
 }
 
 Task<control::Reply> cmd_start(std::shared_ptr<Replicator> r, control::Request req) {
-  const bool force = req.args_size() == 1 && req.args(0) == "--force";
-  if (req.args_size() > 1 || (req.args_size() == 1 && !force)) {
-    co_return ControlReplyBuilder::fail(kExitUsage, "usage: start [--force]");
+  bool force = false;
+  bool initial_sync = false;
+  for (const auto& a : req.args()) {
+    if (a == "--force" && !force) {
+      force = true;
+    } else if (a == "--initial-sync" && !initial_sync) {
+      initial_sync = true;
+    } else {
+      co_return ControlReplyBuilder::fail(kExitUsage, "usage: start [--force | --initial-sync]");
+    }
   }
-  Result<void> p = co_await r->pair(force);
+  if (force && initial_sync) {
+    co_return ControlReplyBuilder::fail(kExitUsage, "usage: start [--force | --initial-sync]");
+  }
+  Result<void> p = co_await r->pair(force, initial_sync);
   if (!p) co_return ControlReplyBuilder::from_error(p.error());
-  co_return ControlReplyBuilder::ok(fmt::format("replication started (epoch {})\n", r->epoch()));
+  const ResyncProgress rp = r->resync_progress();
+  std::string text = fmt::format("replication started (epoch {})\n", r->epoch());
+  if (r->resyncing()) {
+    text += fmt::format("{} of {} blocks follows (see `resync`)\n",
+                        rp.compare ? "an initial sync" : "a resync", rp.blocks_total);
+  }
+  co_return ControlReplyBuilder::ok(std::move(text));
+}
+
+// resync: the current (or last) resync's progress; `coloctl resync --wait` polls it.
+Task<control::Reply> cmd_resync(std::shared_ptr<Replicator> r, control::Request req) {
+  if (req.args_size() == 1 && req.args(0) == "--allow-inconsistent") {
+    Result<void> p = co_await r->allow_inconsistent_resync();
+    if (!p) co_return ControlReplyBuilder::from_error(p.error());
+    co_return ControlReplyBuilder::ok(
+        r->resyncing() ? "the resync runs with the secondary inconsistent until it ends\n"
+                       : "the next resync that does not fit the secondary's buffer proceeds "
+                         "with the secondary inconsistent\n");
+  }
+  if (req.args_size() != 0) {
+    co_return ControlReplyBuilder::fail(kExitUsage, "usage: resync [--allow-inconsistent]");
+  }
+  const ResyncProgress p = r->resync_progress();
+  boost::json::object json = r->resync_json();
+  json["peer_state"] = to_string(r->peer_state());
+  const std::string state(json.at("state").as_string());
+  std::string text = fmt::format("resync: {}", state);
+  if (p.blocks_total != 0) {
+    text += fmt::format(", {}{} of {} blocks ({}%), {} bytes sent, {} as zeroes, {:.1f} MB/s",
+                        p.compare ? "initial sync, " : "", p.blocks_done, p.blocks_total,
+                        p.blocks_done * 100 / p.blocks_total, p.bytes_sent, p.zero_bytes,
+                        p.rate_bytes_per_s() / 1e6);
+    if (p.running) text += fmt::format(", eta {:.0f} s", p.eta_s());
+  }
+  if (!p.error.empty()) text += " (" + p.error + ")";
+  text += fmt::format("\npeer_state: {}\n", to_string(r->peer_state()));
+  co_return ControlReplyBuilder::ok(std::move(text), std::move(json));
 }
 
 Task<control::Reply> cmd_stop(std::shared_ptr<Replicator> r, control::Request req) {
@@ -92,8 +138,15 @@ void register_replication_commands(ControlServer& control, std::shared_ptr<Repli
                       [replicator](const control::Request& r) {
                         return cmd_checkpoint(replicator, r);
                       });
-  control.add_command("start", "start [--force]: pair with the secondary",
+  control.add_command("start",
+                      "start [--force | --initial-sync]: pair with the secondary (--force: take "
+                      "it as a copy; --initial-sync: make it one, sending the blocks that differ)",
                       [replicator](const control::Request& r) { return cmd_start(replicator, r); });
+  control.add_command("resync",
+                      "resync [--allow-inconsistent]: progress of the current or last resync "
+                      "(coloctl resync --wait: until it is done); --allow-inconsistent: a resync "
+                      "the secondary's buffer cannot hold proceeds, the secondary inconsistent",
+                      [replicator](const control::Request& r) { return cmd_resync(replicator, r); });
   control.add_command("stop", "stop: last checkpoint, then leave the secondary idle",
                       [replicator](const control::Request& r) { return cmd_stop(replicator, r); });
   control.add_command("demote", "demote: close the export, last checkpoint, release the secondary",

@@ -80,6 +80,7 @@ struct ReplicatorOptions {
   std::string generations_path;
   Generations generations;
   ResyncOptions resync;
+  bool resync_inconsistent_when_short = false;
 };
 
 // What the replicator drives besides the quorum: the gate above it, the dirty tracker between
@@ -117,7 +118,10 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   // as a copy of this disk whatever the generations say (the operator made it one). Errors: ECONNREFUSED/ETIMEDOUT (unreachable), the secondary's refusal
   // (EPROTONOSUPPORT, ENOENT resource, EMEDIUMTYPE size), EMEDIUMTYPE when the secondary needs
   // a larger alignment than the export promised, EPERM state, EALREADY when paired.
-  Task<Result<void>> pair(bool force);
+  // `initial_sync`: compare every block with the secondary's by digest and send those that
+  // differ, whatever the generations say (the secondary becomes a copy of this disk; it is
+  // inconsistent until the sync's checkpoint). Automatic for a secondary that never paired.
+  Task<Result<void>> pair(bool force, bool initial_sync = false);
   // Starts the periodic checkpoints and the peer watch; call once after construction.
   void start();
 
@@ -149,6 +153,9 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   ResyncProgress resync_progress() const;
   const ReplicatorOptions& options() const { return options_; }
   PauseSummary pauses() const;
+  // The next pairing may resync with the secondary inconsistent when its buffer cannot hold
+  // the delta (`coloctl resync --allow-inconsistent`); pairs now when the secondary is away.
+  Task<Result<void>> allow_inconsistent_resync();
   std::string status_text() const;
   boost::json::object status_json() const;
   boost::json::object resync_json() const;
@@ -175,9 +182,17 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   Result<void> store_generations_now(const Generations& g);
   // Decides what pairing with a secondary of generations `peer` means; fills need_resync and
   // adopt, or returns the refusal.
-  Task<Result<void>> decide_pairing(const Generations& peer, bool force, bool* need_resync,
-                                    bool* adopt);
-  void start_resync();
+  struct PairingPlan {
+    bool resync = false;     // send the dirty blocks
+    bool compare = false;    // an initial sync: compare every block (the secondary inconsistent)
+    bool adopt = false;      // the secondary takes our generation at start
+    bool inconsistent = false;  // the secondary keeps no checkpoint meanwhile
+  };
+  Task<Result<PairingPlan>> decide_pairing(const Generations& peer, bool force, bool initial_sync);
+  void start_resync(bool compare);
+  static Task<Result<std::vector<std::string>>> fetch_digests(std::weak_ptr<Replicator> weak,
+                                                              std::uint64_t offset_bytes,
+                                                              std::uint64_t length_bytes);
   static Task<void> resync_task(std::shared_ptr<Replicator> self, std::shared_ptr<Resync> resync);
   // After a checkpoint carrying our generation is durable on the secondary.
   Task<void> on_generation_taken();
@@ -195,6 +210,9 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   std::shared_ptr<BlockNode> peer_top_;  // the peer child in the quorum (async queue or NBD)
   std::shared_ptr<Resync> resync_;       // running, or done and waiting for its checkpoint
   ResyncProgress last_resync_;
+  std::string last_split_brain_;  // the peer generation of the last split_brain event
+  bool allow_inconsistent_once_ = false;
+  std::string last_short_;        // the last "buffer too small" refusal, for its event
 
   PeerState peer_state_ = PeerState::unpaired;
   std::string peer_reason_;  // why the peer is not paired

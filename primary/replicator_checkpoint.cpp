@@ -40,6 +40,11 @@ Task<Result<std::uint64_t>> Replicator::checkpoint_locked(bool quiesced) {
   // belongs to this checkpoint. The activity log retires extents by this count.
   tracker_->note_cut();
   const std::uint64_t cut_count = tracker_->cut();
+  // This checkpoint hands the secondary our generation when it does not hold it yet, and
+  // whenever it commits a resync (an initial sync of equal disks included: the secondary
+  // learns there that its disk is consistent again).
+  const bool hand_over =
+      peer_generation_ != gens_.current || (resync_ != nullptr && resync_->progress().done);
   bool gate_open = false;
   auto open_gate = [this, &gate_open, start] {
     if (gate_open) return;
@@ -101,7 +106,7 @@ Task<Result<std::uint64_t>> Replicator::checkpoint_locked(bool quiesced) {
     // Then the checkpoint itself: answered once the secondary recorded it durably.
     replication::Envelope request;
     request.mutable_checkpoint()->set_epoch(next);
-    if (peer_generation_ != gens_.current) request.mutable_checkpoint()->set_generation(gens_.current);
+    if (hand_over) request.mutable_checkpoint()->set_generation(gens_.current);
     reply = co_await channel->call(request, options_.checkpoint_timeout);
     if (reply && (!reply->has_checkpoint_ack() || reply->checkpoint_ack().epoch() != next ||
                   !reply->checkpoint_ack().durable())) {
@@ -123,7 +128,7 @@ Task<Result<std::uint64_t>> Replicator::checkpoint_locked(bool quiesced) {
     Result<void> synced = co_await tracker_->map().sync();
     if (!synced) log::warn("primary: {}", synced.error().to_string());
   }
-  if (peer_generation_ != gens_.current) co_await on_generation_taken();
+  if (hand_over) co_await on_generation_taken();
   last_checkpoint_ = std::chrono::system_clock::now();
   last_checkpoint_error_.clear();
   // The secondary has it durably; our own record follows (a crash before it is harmless: the

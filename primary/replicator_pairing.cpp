@@ -43,16 +43,19 @@ void to_proto(const Generations& g, replication::Generations* p) {
 
 }  // namespace
 
-Task<Result<void>> Replicator::decide_pairing(const Generations& peer, bool force,
-                                              bool* need_resync, bool* adopt) {
+Task<Result<Replicator::PairingPlan>> Replicator::decide_pairing(const Generations& peer,
+                                                                bool force, bool initial_sync) {
   DirtyMap& map = tracker_->map();
-  *need_resync = false;
-  *adopt = false;
+  PairingPlan plan;
+  if (initial_sync) {
+    plan.compare = true;
+    co_return plan;
+  }
   if (force) {
     // The operator says the secondary's disk is a copy of ours: it takes our generation and
     // nothing is resynced.
-    *adopt = true;
-    co_return Result<void>{};
+    plan.adopt = true;
+    co_return plan;
   }
   const SyncDecision d = decide_sync(gens_, peer);
   const std::string mine = generation_hex(gens_.current);
@@ -60,21 +63,18 @@ Task<Result<void>> Replicator::decide_pairing(const Generations& peer, bool forc
   switch (d) {
     case SyncDecision::in_sync:
       // A crash while paired leaves the activity log's extents dirty (recover()).
-      *need_resync = map.dirty_count() != 0;
-      co_return Result<void>{};
+      plan.resync = map.dirty_count() != 0;
+      co_return plan;
     case SyncDecision::resync_from_me:
-      *need_resync = true;
-      co_return Result<void>{};
-    case SyncDecision::full_resync_from_me: {
-      // The secondary holds an older generation than the one our bitmap knows: every block.
+      plan.resync = true;
+      co_return plan;
+    case SyncDecision::full_resync_from_me:
+      // The secondary holds an older generation than the one our bitmap knows: every block,
+      // compared by digest (what is still equal is not sent).
       log::warn("primary: the secondary's generation {} is older than this node's bitmap "
-                "generation {}: a full resync", theirs, generation_hex(gens_.bitmap));
-      (void)map.mark_dirty(0, quorum_->size_bytes());
-      Result<void> r = co_await map.durable();
-      if (!r) co_return r;
-      *need_resync = true;
-      co_return Result<void>{};
-    }
+                "generation {}: every block is compared", theirs, generation_hex(gens_.bitmap));
+      plan.compare = true;
+      co_return plan;
     case SyncDecision::resync_from_peer:
     case SyncDecision::full_resync_from_peer:
       co_return make_error(EPERM, fmt::format(
@@ -83,36 +83,69 @@ Task<Result<void>> Replicator::decide_pairing(const Generations& peer, bool forc
                                       "promoted); this node cannot be its primary",
                                       theirs, mine));
     case SyncDecision::split_brain:
-      log::event({"split_brain",
-                  {{"resource", options_.resource},
-                   {"generation", mine},
-                   {"peer_generation", theirs},
-                   {"common_generation", generation_hex(gens_.bitmap)},
-                   {"dirty_blocks", std::to_string(map.dirty_count())}}});
+      if (last_split_brain_ != theirs) {
+        last_split_brain_ = theirs;
+        log::event({"split_brain",
+                    {{"resource", options_.resource},
+                     {"generation", mine},
+                     {"peer_generation", theirs},
+                     {"common_generation", generation_hex(gens_.bitmap)},
+                     {"dirty_blocks", std::to_string(map.dirty_count())}}});
+      }
       co_return make_error(EPERM, fmt::format(
                                       "pairing refused: split brain: this node (generation {}) "
                                       "and the secondary (generation {}) both wrote since their "
                                       "common generation {}", mine, theirs,
                                       generation_hex(gens_.bitmap)));
     case SyncDecision::unrelated:
-      if (peer.current == 0 && gens_.bitmap == 0 && map.dirty_count() == 0 &&
-          !record_->state().diverged) {
-        // A secondary that never paired, and a primary that never wrote alone: the secondary
-        // is taken as the copy its operator made, as before generations existed.
-        *adopt = true;
-        co_return Result<void>{};
+      if (peer.current == 0 && gens_.history.empty() && gens_.bitmap == 0 && epoch_ == 0 &&
+          map.dirty_count() == 0 && map.active_count() == 0 && !record_->state().diverged) {
+        // A new pair: neither disk was ever written through colo (no checkpoint, no write
+        // paired or alone on this node), so both are taken as set up equal (e.g. both blank),
+        // and the secondary takes our generation at once. `start --initial-sync` checks.
+        plan.adopt = true;
+        co_return plan;
+      }
+      if (peer.current == 0) {
+        // A secondary that never paired joins a primary with data (a new host, a replaced
+        // disk): an initial sync.
+        plan.compare = true;
+        co_return plan;
       }
       co_return make_error(EPERM, fmt::format(
                                       "pairing refused: the secondary's data (generation {}) is "
-                                      "unrelated to this node's (generation {}, {} dirty blocks "
-                                      "since {}); make its disk a copy of this one, then `start "
-                                      "--force`", theirs, mine, map.dirty_count(),
-                                      generation_hex(gens_.bitmap)));
+                                      "unrelated to this node's (generation {}); `start "
+                                      "--initial-sync` makes it a copy of this disk",
+                                      theirs, mine));
   }
   co_return make_error(EPROTO, "unknown sync decision");
 }
 
-Task<Result<void>> Replicator::pair(bool force) {
+Task<Result<std::vector<std::string>>> Replicator::fetch_digests(std::weak_ptr<Replicator> weak,
+                                                                 std::uint64_t offset_bytes,
+                                                                 std::uint64_t length_bytes) {
+  std::shared_ptr<Replicator> self = weak.lock();
+  if (!self) co_return make_error(ESHUTDOWN, "the primary is stopping");
+  std::shared_ptr<ReplicationChannel> channel = self->channel_;
+  if (!channel) co_return make_error(ESHUTDOWN, "the secondary is not paired");
+  replication::Envelope request;
+  auto* d = request.mutable_digest_request();
+  d->set_offset(offset_bytes);
+  d->set_length(length_bytes);
+  d->set_block_bytes(self->tracker_->map().block_bytes());
+  Result<replication::Envelope> reply =
+      co_await channel->call(request, self->options_.checkpoint_timeout);
+  if (!reply) co_return reply.error();
+  if (!reply->has_digest_reply()) {
+    co_return make_error(EPROTO, fmt::format("the secondary answered a digest request with {}",
+                                             body_name(*reply)));
+  }
+  std::vector<std::string> out(reply->digest_reply().digests().begin(),
+                               reply->digest_reply().digests().end());
+  co_return out;
+}
+
+Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
   if (demoted_) co_return make_error(EPERM, "this node was demoted; it does not replicate");
   if (peer_state_ == PeerState::paired) {
     co_return make_error(EALREADY, fmt::format("already paired with secondary \"{}\"", peer_name_));
@@ -215,23 +248,46 @@ Task<Result<void>> Replicator::pair(bool force) {
     if (!was_closed) gate_->open();
   };
   const Generations peer_gens = from_proto(theirs.generations());
-  bool need_resync = false;
-  bool adopt = false;
-  Result<void> decided = co_await decide_pairing(peer_gens, force, &need_resync, &adopt);
+  Result<PairingPlan> decided = co_await decide_pairing(peer_gens, force, initial_sync);
   if (!decided) {
     reopen();
     co_return fail(decided.error());
   }
-  const std::uint64_t resync_bytes = tracker_->map().dirty_count() * tracker_->map().block_bytes();
-  if (need_resync && theirs.buffer_free_bytes() != 0 &&
+  PairingPlan plan = *decided;
+  plan.inconsistent = plan.compare;
+  const bool need_resync = plan.resync || plan.compare;
+  const bool adopt = plan.adopt;
+  const std::uint64_t resync_bytes = plan.compare ? quorum_->size_bytes()
+                                                  : tracker_->map().dirty_count() *
+                                                        tracker_->map().block_bytes();
+  // An initial sync saves no originals on the secondary (it has no image to keep); a resync
+  // keeps the secondary's last checkpoint, which needs room in its buffer for every block.
+  if (plan.resync && !plan.compare && theirs.buffer_free_bytes() != 0 &&
       resync_bytes > theirs.buffer_free_bytes()) {
-    reopen();
-    co_return fail(make_error(
-        ENOSPC, fmt::format("pairing refused: the resync needs up to {} bytes in the secondary's "
-                            "disk buffer, which has {} bytes free; enlarge the buffer (the "
-                            "resync keeps the last checkpoint recoverable until it ends)",
-                            resync_bytes, theirs.buffer_free_bytes())));
+    if (allow_inconsistent_once_ || options_.resync_inconsistent_when_short) {
+      plan.inconsistent = true;
+      log::warn("primary: the resync of {} bytes does not fit the secondary's buffer ({} bytes "
+                "free): it proceeds with the secondary inconsistent until it ends",
+                resync_bytes, theirs.buffer_free_bytes());
+    } else {
+      const std::string message = fmt::format(
+          "pairing waits: the resync needs up to {} bytes in the secondary's disk buffer, which "
+          "has {} bytes free (the resync keeps its last checkpoint recoverable until it ends); "
+          "`coloctl resync --allow-inconsistent` proceeds without keeping it (no failover until "
+          "the resync ends), or enlarge the buffer", resync_bytes, theirs.buffer_free_bytes());
+      if (last_short_ != message) {
+        last_short_ = message;
+        log::event({"resync_waiting",
+                    {{"resource", options_.resource},
+                     {"secondary", peer_name_},
+                     {"resync_bytes", std::to_string(resync_bytes)},
+                     {"buffer_free_bytes", std::to_string(theirs.buffer_free_bytes())}}});
+      }
+      reopen();
+      co_return fail(make_error(ENOSPC, message));
+    }
   }
+  allow_inconsistent_once_ = false;
   replication::Envelope start;
   start.mutable_start()->set_epoch(std::max(epoch_, theirs.durable_epoch()));
   start.mutable_start()->set_resume(record_->state().clean && !force &&
@@ -241,6 +297,7 @@ Task<Result<void>> Replicator::pair(bool force) {
   start.mutable_start()->set_resync(!force);
   start.mutable_start()->set_resync_bytes(need_resync ? resync_bytes : 0);
   if (adopt) start.mutable_start()->set_generation(gens_.current);
+  start.mutable_start()->set_inconsistent(plan.inconsistent);
   auto started = co_await channel_->call(start, options_.checkpoint_timeout);
   if (!started) {
     reopen();
@@ -315,20 +372,42 @@ Task<Result<void>> Replicator::pair(bool force) {
                {"epoch", std::to_string(epoch_)},
                {"generation", generation_hex(gens_.current)},
                {"secondary_generation", generation_hex(peer_gens.current)},
-               {"resync_blocks", std::to_string(need_resync ? tracker_->map().dirty_count() : 0)},
+               {"resync_blocks", std::to_string(plan.compare ? tracker_->map().block_count()
+                                                : need_resync ? tracker_->map().dirty_count()
+                                                              : 0)},
                {"write_mode", options_.async_mode ? "async" : "sync"}}});
   // After the gate opened: the resync may finish at once and take its checkpoint.
-  if (need_resync) start_resync();
+  if (need_resync) start_resync(plan.compare);
   co_return Result<void>{};
 }
 
-void Replicator::start_resync() {
-  auto resync = std::make_shared<Resync>(ex_, tracker_, local_disk_, peer_top_, options_.resync);
+Task<Result<void>> Replicator::allow_inconsistent_resync() {
+  allow_inconsistent_once_ = true;
+  if (peer_state_ != PeerState::stale && peer_state_ != PeerState::unpaired) {
+    co_return Result<void>{};
+  }
+  co_return co_await pair(false);
+}
+
+void Replicator::start_resync(bool compare) {
+  ResyncOptions o = options_.resync;
+  o.compare = compare;
+  std::weak_ptr<Replicator> weak = weak_from_this();
+  DigestFetcher fetch;
+  if (compare) {
+    fetch = [weak](std::uint64_t offset, std::uint64_t length) {
+      return fetch_digests(weak, offset, length);
+    };
+  }
+  auto resync = std::make_shared<Resync>(ex_, tracker_, local_disk_, peer_top_, o,
+                                         std::move(fetch));
   resync_ = resync;
   log::event({"resync_started",
               {{"resource", options_.resource},
                {"secondary", peer_name_},
-               {"blocks", std::to_string(tracker_->map().dirty_count())},
+               {"kind", compare ? "initial_sync" : "delta"},
+               {"blocks", std::to_string(compare ? tracker_->map().block_count()
+                                                 : tracker_->map().dirty_count())},
                {"block_bytes", std::to_string(tracker_->map().block_bytes())},
                {"generation", generation_hex(gens_.current)},
                {"from_generation", generation_hex(peer_generation_)}}});

@@ -6,7 +6,9 @@
 #include <cstring>
 #include <new>
 
+#include "shared/base/check.hpp"
 #include "shared/base/log.hpp"
+#include "shared/pair/block_digest.hpp"
 
 namespace colo {
 
@@ -19,11 +21,6 @@ using AlignedBuffer = std::unique_ptr<std::byte[], AlignedDelete>;
 
 AlignedBuffer aligned_buffer(std::size_t bytes) {
   return AlignedBuffer(new (std::align_val_t{4096}) std::byte[bytes]);
-}
-
-bool all_zero(std::span<const std::byte> b) {
-  if (b.empty()) return true;
-  return b[0] == std::byte{0} && std::memcmp(b.data(), b.data() + 1, b.size() - 1) == 0;
 }
 
 }  // namespace
@@ -43,12 +40,14 @@ double ResyncProgress::eta_s() const {
 
 Resync::Resync(asio::any_io_executor ex, std::shared_ptr<DirtyTracker> tracker,
                std::shared_ptr<BlockNode> local, std::shared_ptr<BlockNode> peer,
-               ResyncOptions options)
+               ResyncOptions options, DigestFetcher fetch_digests)
     : ex_(ex),
       tracker_(std::move(tracker)),
       local_(std::move(local)),
       peer_(std::move(peer)),
-      options_(options) {
+      options_(options),
+      fetch_digests_(std::move(fetch_digests)) {
+  CHECK(!options_.compare || fetch_digests_);
   options_.parallel = std::max<std::uint32_t>(options_.parallel, 1);
 }
 
@@ -60,14 +59,19 @@ Task<Result<void>> Resync::run() {
   DirtyMap& map = tracker_->map();
   progress_ = ResyncProgress{};
   progress_.running = true;
-  progress_.blocks_total = map.dirty_count();
+  progress_.compare = options_.compare;
+  progress_.blocks_total = options_.compare ? map.block_count() : map.dirty_count();
   progress_.block_bytes = map.block_bytes();
   progress_.started = std::chrono::steady_clock::now();
   next_block_ = 0;
   auto self = shared_from_this();
   for (std::uint32_t i = 0; i < options_.parallel; ++i) {
     ++workers_;
-    spawn(ex_, copy_loop(self), "resync copy");
+    if (options_.compare) {
+      spawn(ex_, compare_loop(self), "initial sync compare");
+    } else {
+      spawn(ex_, copy_loop(self), "resync copy");
+    }
   }
   while (workers_ != 0) co_await workers_done_.wait();
   progress_.running = false;
@@ -110,6 +114,72 @@ Task<void> Resync::copy_loop(std::shared_ptr<Resync> self) {
       break;
     }
     self->progress_.blocks_done += last + 1 - first;
+    co_await self->pace();
+  }
+  if (--self->workers_ == 0) self->workers_done_.notify_all();
+}
+
+// Initial sync: every block is compared by digest, range by range; runs of blocks that differ
+// are copied as in a resync. No lock is needed for the comparison: a consumer write racing
+// with it reaches both sides (or detaches the secondary), so it can only make digests differ
+// (an extra copy, under the lock), never make different blocks look equal.
+Task<void> Resync::compare_loop(std::shared_ptr<Resync> self) {
+  const std::uint64_t block = self->tracker_->map().block_bytes();
+  const std::uint64_t disk = self->local_->size_bytes();
+  const std::uint64_t range_bytes =
+      std::min<std::uint64_t>({self->options_.compare_range_bytes, kDigestRangeBytesMax,
+                               kDigestsPerReplyMax * block});
+  const std::uint64_t run_max = std::max<std::uint64_t>(self->options_.chunk_bytes / block, 1);
+  while (!self->cancelled_ && self->progress_.error.empty()) {
+    const std::uint64_t offset = self->next_block_ * block;
+    if (offset >= disk) break;
+    const std::uint64_t length = std::min(std::max(range_bytes / block, std::uint64_t{1}) * block,
+                                          disk - offset);
+    const std::uint64_t blocks = (length + block - 1) / block;
+    self->next_block_ += blocks;
+    Result<std::vector<std::string>> theirs = co_await self->fetch_digests_(offset, length);
+    if (!theirs) {
+      if (self->progress_.error.empty()) self->progress_.error = theirs.error().message;
+      break;
+    }
+    AlignedBuffer buffer = aligned_buffer(length);
+    IoResult r = co_await self->local_->read(offset, std::span<std::byte>(buffer.get(), length));
+    if (!r) {
+      if (self->progress_.error.empty()) {
+        self->progress_.error = fmt::format("reading {} bytes at {} from the local disk: {}",
+                                            length, offset, r.error().message());
+      }
+      break;
+    }
+    const std::vector<std::string> mine =
+        block_digests(std::span<const std::byte>(buffer.get(), length), block);
+    if (theirs->size() != mine.size()) {
+      if (self->progress_.error.empty()) {
+        self->progress_.error = fmt::format("the secondary sent {} digests for {} blocks at {}",
+                                            theirs->size(), mine.size(), offset);
+      }
+      break;
+    }
+    bool failed = false;
+    for (std::uint64_t i = 0; i < blocks && !failed && !self->cancelled_;) {
+      if (mine[i] == (*theirs)[i]) {
+        ++self->progress_.blocks_equal;
+        ++i;
+        continue;
+      }
+      std::uint64_t j = i + 1;
+      while (j < blocks && j - i < run_max && mine[j] != (*theirs)[j]) ++j;
+      const std::uint64_t run_offset = offset + i * block;
+      const std::uint64_t run_length = std::min(offset + j * block, disk) - run_offset;
+      Result<void> copied = co_await self->copy_chunk(run_offset, run_length);
+      if (!copied) {
+        if (self->progress_.error.empty()) self->progress_.error = copied.error().message;
+        failed = true;
+      }
+      i = j;
+    }
+    if (failed) break;
+    self->progress_.blocks_done += blocks;
     co_await self->pace();
   }
   if (--self->workers_ == 0) self->workers_done_.notify_all();

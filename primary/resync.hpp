@@ -12,6 +12,9 @@
 // flight, so the consumer's writes, which pass every unlocked range, keep priority; an
 // optional rate cap spaces the chunks. The dirty bits stay set: they are cleared when the
 // checkpoint that follows the resync is durable on the secondary.
+// Initial sync (options.compare): every block instead of the dirty ones; range by range the
+// secondary's digests are fetched and compared with the local data's, and only the blocks
+// that differ are copied.
 // Single-threaded: runs on the executor given to the constructor.
 
 #include <boost/asio/any_io_executor.hpp>
@@ -19,8 +22,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "primary/dirty_tracker.hpp"
 #include "shared/base/error.hpp"
@@ -30,6 +35,9 @@
 namespace colo {
 
 struct ResyncOptions {
+  // Initial sync: compare every block by digest instead of following the dirty bitmap.
+  bool compare = false;
+  std::uint64_t compare_range_bytes = 4u * 1024u * 1024u;
   std::uint64_t chunk_bytes = 256u * 1024u;       // a run of data blocks
   std::uint64_t zero_chunk_bytes = 4u * 1024u * 1024u;  // a run of zeroed blocks
   std::uint32_t parallel = 2;
@@ -43,6 +51,8 @@ struct ResyncProgress {
   std::uint64_t blocks_done = 0;
   std::uint64_t bytes_sent = 0;    // data bytes written to the secondary
   std::uint64_t zero_bytes = 0;    // bytes sent as write-zeroes (no data)
+  bool compare = false;            // an initial sync (every block compared by digest)
+  std::uint64_t blocks_equal = 0;  // compared equal (not sent)
   std::uint64_t block_bytes = 0;
   std::chrono::steady_clock::time_point started{};
   std::chrono::steady_clock::time_point finished{};
@@ -52,11 +62,15 @@ struct ResyncProgress {
   double eta_s() const;
 };
 
+// The secondary's digests of a range (shared/pair/block_digest.hpp), for the initial sync.
+using DigestFetcher = std::function<Task<Result<std::vector<std::string>>>(
+    std::uint64_t offset_bytes, std::uint64_t length_bytes)>;
+
 class Resync : public std::enable_shared_from_this<Resync> {
  public:
   Resync(asio::any_io_executor ex, std::shared_ptr<DirtyTracker> tracker,
          std::shared_ptr<BlockNode> local, std::shared_ptr<BlockNode> peer,
-         ResyncOptions options);
+         ResyncOptions options, DigestFetcher fetch_digests = {});
 
   // Copies every dirty block once, in order. Errors: the first failed read or write (the
   // secondary is then detached by the caller), ECANCELED after cancel().
@@ -66,6 +80,7 @@ class Resync : public std::enable_shared_from_this<Resync> {
 
  private:
   static Task<void> copy_loop(std::shared_ptr<Resync> self);
+  static Task<void> compare_loop(std::shared_ptr<Resync> self);
   Task<Result<void>> copy_chunk(std::uint64_t offset, std::uint64_t length);
   Task<void> pace();
 
@@ -74,6 +89,7 @@ class Resync : public std::enable_shared_from_this<Resync> {
   std::shared_ptr<BlockNode> local_;
   std::shared_ptr<BlockNode> peer_;
   ResyncOptions options_;
+  DigestFetcher fetch_digests_;
   ResyncProgress progress_;
   std::uint64_t next_block_ = 0;
   bool cancelled_ = false;

@@ -146,6 +146,11 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   Task<Result<void>> stop_replication(StopMode mode);
 
   BufferState state() const { return header_.state; }
+  // An initial sync is running into this disk (docs/resync.md): the disk is no image of any
+  // time until its checkpoint, so the primary's first writes save no originals (there is
+  // nothing worth rolling back to). Set by the pairing from its durable marker.
+  void set_inconsistent(bool on) { inconsistent_ = on; }
+  bool inconsistent() const { return inconsistent_; }
   std::uint64_t epoch() const { return header_.epoch; }
   std::uint64_t generation() const { return header_.generation; }
   std::uint32_t block_bytes() const { return header_.block_bytes; }
@@ -361,6 +366,7 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   bool apply_running_ = false;
   AsyncEvent apply_finished_;
   FailoverProgress progress_;
+  bool inconsistent_ = false;
 };
 
 }  // namespace colo

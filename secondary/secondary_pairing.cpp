@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "shared/base/log.hpp"
+#include "shared/pair/block_digest.hpp"
 #include "shared/pair/state_file.hpp"
 
 namespace colo {
@@ -21,15 +22,25 @@ Result<std::shared_ptr<SecondaryPairing>> SecondaryPairing::open(asio::any_io_ex
   const bool promoted = marker->has_value();
   auto gens = load_generations(options.state_dir + "/generations");
   if (!gens) return gens.error();
+  auto inconsistent = read_file_if_exists(options.state_dir + "/inconsistent");
+  if (!inconsistent) return inconsistent.error();
   return std::make_shared<SecondaryPairing>(std::move(ex), std::move(db), std::move(options),
-                                            promoted, gens->value_or(Generations{}));
+                                            promoted, gens->value_or(Generations{}),
+                                            std::move(*inconsistent));
 }
 
 SecondaryPairing::SecondaryPairing(asio::any_io_executor ex, std::shared_ptr<DiskBuffer> db,
                                    SecondaryPairingOptions options, bool promoted,
-                                   Generations generations)
+                                   Generations generations,
+                                   std::optional<std::string> inconsistent)
     : ex_(ex), db_(std::move(db)), options_(std::move(options)), listener_(ex),
-      promoted_(promoted), gens_(std::move(generations)) {}
+      promoted_(promoted), gens_(std::move(generations)) {
+  if (inconsistent) {
+    inconsistent_ = inconsistent->empty() ? "an initial sync did not complete" : *inconsistent;
+    while (!inconsistent_.empty() && inconsistent_.back() == '\n') inconsistent_.pop_back();
+    db_->set_inconsistent(true);
+  }
+}
 
 Result<void> SecondaryPairing::adopt(std::uint64_t id) {
   if (gens_.current == id && gens_.bitmap == 0) return {};
@@ -261,6 +272,23 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
           co_return error_reply(replication::ERROR_IO, a.error().message);
         }
       }
+      if (start.inconsistent()) {
+        // Durable before the first block of the initial sync lands: this disk is no image of
+        // any time until the sync's checkpoint, and a failover must know it.
+        const std::string why =
+            fmt::format("an initial sync from primary {} ({}) started at epoch {} has not "
+                        "completed", session->name, session->id, db.epoch());
+        if (Result<void> m = write_file_atomic(self->inconsistent_marker(), why + "\n"); !m) {
+          co_return error_reply(replication::ERROR_IO, m.error().message);
+        }
+        self->inconsistent_ = why;
+        db.set_inconsistent(true);
+        log::event({"secondary_inconsistent",
+                    {{"resource", self->options_.resource},
+                     {"primary", session->name},
+                     {"epoch", std::to_string(db.epoch())},
+                     {"bytes", std::to_string(start.resync_bytes())}}});
+      }
       replication::Envelope reply;
       reply.mutable_start()->set_epoch(db.epoch());
       co_return reply;
@@ -285,6 +313,18 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
           co_return error_reply(replication::ERROR_IO, a.error().message);
         }
         self->resync_bytes_ = 0;
+        if (!self->inconsistent_.empty()) {
+          // The initial sync is committed: the disk is the primary's at this checkpoint.
+          if (Result<void> m = remove_file_durably(self->inconsistent_marker()); !m) {
+            co_return error_reply(replication::ERROR_IO, m.error().message);
+          }
+          self->inconsistent_.clear();
+          db.set_inconsistent(false);
+          log::event({"secondary_consistent",
+                      {{"resource", self->options_.resource},
+                       {"primary", session->name},
+                       {"epoch", std::to_string(epoch)}}});
+        }
       }
       self->last_checkpoint_ = std::chrono::system_clock::now();
       ++self->checkpoints_;
@@ -311,10 +351,48 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
       reply.mutable_ok();
       co_return reply;
     }
+    case replication::Envelope::kDigestRequest:
+      co_return co_await digests(self, request.digest_request());
     default:
       co_return error_reply(replication::ERROR_PROTOCOL,
                             fmt::format("unexpected {} request", body_name(request)));
   }
+}
+
+// The digests of a range of this disk, for an initial sync (shared/pair/block_digest.hpp).
+// Malformed requests are refused and read nothing.
+Task<replication::Envelope> SecondaryPairing::digests(std::shared_ptr<SecondaryPairing> self,
+                                                      replication::DigestRequest d) {
+  DiskBuffer& db = *self->db_;
+  const std::uint64_t block = d.block_bytes();
+  if (block < 4096 || (block & (block - 1)) != 0) {
+    co_return error_reply(replication::ERROR_PROTOCOL,
+                          fmt::format("digest request: block size {} is not a power of two from "
+                                      "4096", block));
+  }
+  if (d.length() == 0 || d.length() > kDigestRangeBytesMax ||
+      (d.length() + block - 1) / block > kDigestsPerReplyMax || d.offset() % block != 0 ||
+      d.offset() > db.disk_size_bytes() || d.length() > db.disk_size_bytes() - d.offset()) {
+    co_return error_reply(replication::ERROR_PROTOCOL,
+                          fmt::format("digest request: range {} +{} (blocks of {}) is not inside "
+                                      "the disk of {} bytes or is too long", d.offset(),
+                                      d.length(), block, db.disk_size_bytes()));
+  }
+  if (db.state() != BufferState::replicating) {
+    co_return error_reply(replication::ERROR_STATE, "digest request: replication is not running");
+  }
+  std::vector<std::byte> data(d.length());
+  std::shared_ptr<BlockNode> view = db.primary_view();
+  IoResult r = co_await view->read(d.offset(), data);
+  if (!r) {
+    co_return error_reply(error_code_of(r.error().value()),
+                          fmt::format("digest request: reading {} +{}: {}", d.offset(),
+                                      d.length(), r.error().message()));
+  }
+  replication::Envelope reply;
+  auto* out = reply.mutable_digest_reply();
+  for (auto& digest : block_digests(data, block)) out->add_digests(std::move(digest));
+  co_return reply;
 }
 
 Task<Result<void>> SecondaryPairing::failover(bool force) {
@@ -326,6 +404,13 @@ Task<Result<void>> SecondaryPairing::failover(bool force) {
   if (db_->state() != BufferState::replicating) {
     co_return make_error(EPERM, fmt::format("failover refused: replication is not running "
                                             "(state {})", to_string(db_->state())));
+  }
+  if (!inconsistent_.empty()) {
+    co_return make_error(EPERM, fmt::format(
+                                    "failover refused: this node's disk is inconsistent ({}): "
+                                    "it is no image of any time; let the sync complete, or "
+                                    "remove {} to serve it anyway", inconsistent_,
+                                    inconsistent_marker()));
   }
   if (active_ != nullptr) {
     // Fence the old primary: its session ends before the rollback starts, and the replication

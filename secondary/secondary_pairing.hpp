@@ -56,11 +56,13 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   // the daemon refuses to start rather than take a promoted node for a secondary.
   // The data generations are read from <state_dir>/generations (none yet: current 0, a node
   // that never paired); a damaged file is an error too.
+  // So is the "inconsistent" marker of an initial sync that did not complete.
   static Result<std::shared_ptr<SecondaryPairing>> open(asio::any_io_executor ex,
                                                         std::shared_ptr<DiskBuffer> db,
                                                         SecondaryPairingOptions options);
   SecondaryPairing(asio::any_io_executor ex, std::shared_ptr<DiskBuffer> db,
-                   SecondaryPairingOptions options, bool promoted, Generations generations);
+                   SecondaryPairingOptions options, bool promoted, Generations generations,
+                   std::optional<std::string> inconsistent);
   ~SecondaryPairing();
   SecondaryPairing(const SecondaryPairing&) = delete;
   SecondaryPairing& operator=(const SecondaryPairing&) = delete;
@@ -85,6 +87,8 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   const Generations& generations() const { return gens_; }
   // The resync the primary announced for this session (bytes at most; 0: none).
   std::uint64_t resync_bytes() const { return resync_bytes_; }
+  // An initial sync into this disk has not completed: what the marker says (empty: none).
+  const std::string& inconsistent() const { return inconsistent_; }
   std::chrono::system_clock::time_point last_checkpoint_time() const { return last_checkpoint_; }
   std::uint64_t checkpoints() const { return checkpoints_; }
   const std::vector<ListenAddress>& bound() const { return listener_.bound(); }
@@ -113,6 +117,9 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   void on_lost(const std::shared_ptr<Session>& session, const std::string& reason);
   std::string promoted_marker() const;
   std::string generations_path() const { return options_.state_dir + "/generations"; }
+  std::string inconsistent_marker() const { return options_.state_dir + "/inconsistent"; }
+  static Task<replication::Envelope> digests(std::shared_ptr<SecondaryPairing> self,
+                                             replication::DigestRequest d);
   // Takes `id` as this node's data generation, durably.
   Result<void> adopt(std::uint64_t id);
 
@@ -131,6 +138,7 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   bool closed_ = false;
   Generations gens_;
   std::uint64_t resync_bytes_ = 0;
+  std::string inconsistent_;
 };
 
 }  // namespace colo

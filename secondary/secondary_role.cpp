@@ -171,6 +171,10 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
   const Generations& gens = pairing->generations();
   text += fmt::format("generation: {}{}\n", gens.current == 0 ? "-" : generation_hex(gens.current),
                       gens.bitmap == 0 ? "" : " (bitmap " + generation_hex(gens.bitmap) + ")");
+  if (!pairing->inconsistent().empty()) {
+    text += fmt::format("inconsistent: yes ({}); failover is refused until it completes\n",
+                        pairing->inconsistent());
+  }
   if (pairing->resync_bytes() != 0) {
     text += fmt::format("resync: receiving, up to {} bytes announced\n", pairing->resync_bytes());
   }
@@ -197,6 +201,7 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
        {{"current", gens.current == 0 ? "" : generation_hex(gens.current)},
         {"bitmap", gens.bitmap == 0 ? "" : generation_hex(gens.bitmap)}}},
       {"resync_bytes_announced", pairing->resync_bytes()},
+      {"inconsistent", pairing->inconsistent()},
       {"last_checkpoint_ms_ago", last_cp_age_ms},
       {"buffered_blocks", db->buffered_block_count()},
       {"block_bytes", db->block_bytes()},

@@ -7,14 +7,90 @@
 // commands ("coloctl help" lists them). Exit codes: 0 success, 1 the command failed, 2 bad usage,
 // 3 the daemon could not be reached, 4 refused in the current state.
 
+#include <boost/json/parse.hpp>
 #include <boost/program_options.hpp>
+#include <fmt/format.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <iostream>
+#include <thread>
 
 #include "colo/version.hpp"
 #include "shared/daemon/control_server.hpp"
 
 namespace po = boost::program_options;
+
+namespace {
+
+// `coloctl resync --wait`: polls the daemon's `resync` until the resync is done (exit 0) or one
+// that ran meanwhile stopped (the secondary was lost again: exit 1); a secondary not back yet
+// is waited for. On a terminal, a progress bar on stderr.
+int wait_for_resync(const std::string& socket, int timeout_ms) {
+  const bool tty = ::isatty(2) == 1;
+  bool seen_running = false;
+  for (;;) {
+    colo::control::Request request;
+    request.set_command("resync");
+    request.set_json(true);
+    auto reply = colo::control_call(socket, request, timeout_ms);
+    if (!reply) {
+      std::cerr << (tty ? "\n" : "") << "coloctl: " << reply.error().to_string() << "\n";
+      return colo::kExitUnreachable;
+    }
+    if (reply->exit_code() != 0) {
+      std::cerr << (tty ? "\n" : "") << reply->text();
+      return reply->exit_code();
+    }
+    boost::system::error_code ec;
+    const auto value = boost::json::parse(reply->json(), ec);
+    if (ec || !value.is_object()) {
+      std::cerr << "coloctl: the daemon's resync reply is not JSON\n";
+      return 1;
+    }
+    const auto& o = value.as_object();
+    const std::string state(o.at("state").as_string());
+    const std::string peer(o.at("peer_state").as_string());
+    const auto num = [&](const char* key) {
+      const auto& v = o.at(key);
+      return v.is_uint64() ? static_cast<double>(v.as_uint64())
+             : v.is_int64() ? static_cast<double>(v.as_int64())
+                            : v.as_double();
+    };
+    const double total = num("blocks_total");
+    const double done = num("blocks_done");
+    if (state == "running" || state == "committing") seen_running = true;
+    if (tty && total > 0) {
+      constexpr int kWidth = 40;
+      const double f = std::clamp(done / total, 0.0, 1.0);
+      const int filled = static_cast<int>(f * kWidth);
+      std::cerr << fmt::format("\r[{}{}] {:5.1f}% {:.1f} MB/s eta {:.0f} s   ",
+                               std::string(filled, '#'), std::string(kWidth - filled, '.'),
+                               f * 100, num("rate_bytes_per_s") / 1e6, num("eta_s"));
+    }
+    if (state == "done" && (seen_running || total > 0)) {
+      if (tty) std::cerr << "\n";
+      std::cout << fmt::format("resync done: {} blocks, {} bytes sent\n",
+                               static_cast<std::uint64_t>(done),
+                               static_cast<std::uint64_t>(num("bytes_sent")));
+      return 0;
+    }
+    if (seen_running && (state == "stopped" || state == "none")) {
+      if (tty) std::cerr << "\n";
+      std::cerr << "coloctl: the resync stopped: " << std::string(o.at("error").as_string())
+                << " (peer " << peer << ")\n";
+      return 1;
+    }
+    if (state == "none" && peer == "paired" && !seen_running) {
+      std::cout << "no resync: the secondary is in sync\n";
+      return 0;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   po::options_description desc(
@@ -77,6 +153,9 @@ int main(int argc, char** argv) {
   std::string socket = vm["socket"].as<std::string>();
   if (vm["socket"].defaulted()) {
     if (const char* env = std::getenv("COLOCTL_SOCKET")) socket = env;
+  }
+  if (words[0] == "resync" && words.size() == 2 && words[1] == "--wait") {
+    return wait_for_resync(socket, vm["timeout"].as<int>());
   }
   auto reply = colo::control_call(socket, request, vm["timeout"].as<int>());
   if (!reply) {

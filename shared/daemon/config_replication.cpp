@@ -96,6 +96,11 @@ void validate_replication_config(const config::DaemonConfig& cfg,
     if (r.checkpoint_interval_ms() != 0) {
       errors.push_back("replication.checkpoint_interval_ms: checkpoints are driven by the primary");
     }
+    if (r.has_bitmap_block_bytes() || r.resync_rate_bytes_per_s() != 0 ||
+        r.resync_inconsistent_when_short()) {
+      errors.push_back("replication.bitmap_block_bytes, resync_rate_bytes_per_s, "
+                       "resync_inconsistent_when_short: only the primary resyncs");
+    }
     if (r.has_export_block_bytes_min()) {
       errors.push_back("replication.export_block_bytes_min: only the primary's export uses it (the "
                        "secondary answers the primary with its replication export's alignment)");

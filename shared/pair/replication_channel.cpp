@@ -60,6 +60,8 @@ std::string_view body_name(const replication::Envelope& e) {
     case replication::Envelope::kStop: return "stop";
     case replication::Envelope::kOk: return "ok";
     case replication::Envelope::kError: return "error";
+    case replication::Envelope::kDigestRequest: return "digest_request";
+    case replication::Envelope::kDigestReply: return "digest_reply";
     case replication::Envelope::BODY_NOT_SET: return "empty";
   }
   return "?";

@@ -33,12 +33,24 @@ Result<void> write_file_atomic(const std::string& path, std::string_view content
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     return make_error(errno, "cannot rename " + tmp + " to " + path);
   }
+  return sync_parent_directory(path);
+}
+
+Result<void> sync_parent_directory(const std::string& path) {
   std::string dir = std::filesystem::path(path).parent_path().string();
   if (dir.empty()) dir = ".";
   Fd d{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
   if (d.fd < 0) return make_error(errno, "cannot open directory " + dir);
   if (::fsync(d.fd) != 0) return make_error(errno, "cannot sync directory " + dir);
   return {};
+}
+
+Result<void> remove_file_durably(const std::string& path) {
+  if (::unlink(path.c_str()) != 0) {
+    if (errno == ENOENT) return {};
+    return make_error(errno, "cannot remove " + path);
+  }
+  return sync_parent_directory(path);
 }
 
 Result<std::optional<std::string>> read_file_if_exists(const std::string& path) {

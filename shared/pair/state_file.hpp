@@ -17,5 +17,9 @@ Result<void> write_file_atomic(const std::string& path, std::string_view content
 
 // The file's contents, nullopt when it does not exist; other errors name the path.
 Result<std::optional<std::string>> read_file_if_exists(const std::string& path);
+// fsync of the directory holding `path` (a rename or unlink in it is durable after).
+Result<void> sync_parent_directory(const std::string& path);
+// Removes `path` (none is fine) and syncs its directory.
+Result<void> remove_file_durably(const std::string& path);
 
 }  // namespace colo

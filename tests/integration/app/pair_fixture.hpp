@@ -81,6 +81,7 @@ struct PairOptions {
   std::string secondary_data_dir;
   std::optional<std::uint32_t> export_block_bytes_min;  // replication.export_block_bytes_min
   std::string primary_replication_extra;  // more lines for the primary's replication section
+  std::uint64_t secondary_buffer_bytes = 64u << 20;
 };
 
 class PairFixture {
@@ -128,7 +129,7 @@ disk {{ path: "{4}/s.img" create: true size_bytes: {1}{5} }}
 export {{ listen: "unix:{0}/s.sock" }}
 secondary {{
   buffer_path: "{4}/s-buffer.img"
-  buffer_size_bytes: 67108864
+  buffer_size_bytes: {6}
   block_bytes: 4096
   replication_listen: "tcp:127.0.0.1:{2}"
 }}
@@ -138,7 +139,7 @@ replication {{
   heartbeat_interval_ms: 100
   heartbeat_timeout_ms: 1000
 }}
-)", dir, kDiskBytes, repl_port_, chan_port_, s_data, s_cache));
+)", dir, kDiskBytes, repl_port_, chan_port_, s_data, s_cache, o_.secondary_buffer_bytes));
     test::write_file(file("p.conf"), fmt::format(R"(resource: "{4}"
 role: PRIMARY
 state_dir: "{0}/p-state"

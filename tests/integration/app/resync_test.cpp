@@ -245,3 +245,126 @@ TEST(Resync, APrimaryLostMidResyncLeavesTheLastCheckpoint) {
 
 }  // namespace
 }  // namespace colo
+
+namespace colo {
+namespace {
+
+// The secondary's host is replaced: a fresh state directory, a fresh buffer and the given disk
+// image (empty: a blank disk).
+void replace_secondary(PairFixture& pair, const std::string& disk) {
+  pair.secondary().stop(SIGKILL);
+  std::filesystem::remove_all(pair.file("s-state"));
+  std::filesystem::remove(pair.file("s-buffer.img"));
+  std::filesystem::remove(pair.file("s.img"));
+  if (!disk.empty()) test::write_file(pair.file("s.img"), disk);
+}
+
+// A blank secondary joins a primary with data: an initial sync sends the blocks that differ
+// (the data, not the zeroes), the secondary is inconsistent (no failover) until the sync's
+// checkpoint, then both disks are equal and it fails over to the primary's data.
+TEST(InitialSync, ABlankSecondaryGetsThePrimarysData) {
+  PairOptions o;
+  o.primary_replication_extra = "resync_rate_bytes_per_s: 1048576";
+  PairFixture pair(o);
+  ASSERT_NO_FATAL_FAILURE(pair.start());
+  {
+    Nbd p(pair.p_sock());
+    p.write(0, 2u << 20, 0x11);
+  }
+  ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "1\n");
+  replace_secondary(pair, "");
+  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: stale"));
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  ASSERT_TRUE(pair.wait_status(pair.s_ctl(), "inconsistent: yes"))
+      << pair.ctl(pair.s_ctl(), {"status"}).output << test::read_file(pair.file("p.log"));
+  auto f = pair.ctl(pair.s_ctl(), {"failover", "--force"});
+  EXPECT_EQ(f.exit_code, 4) << f.output;
+  EXPECT_NE(f.output.find("inconsistent"), std::string::npos) << f.output;
+  auto w = pair.ctl(pair.p_ctl(), {"resync", "--wait"});
+  EXPECT_EQ(w.exit_code, 0) << w.output;
+  ASSERT_TRUE(wait_resync_done(pair)) << test::read_file(pair.file("p.log"));
+  auto j = status_json(pair, pair.p_ctl());
+  EXPECT_EQ(json_u64(j.at("resync").at("bytes_sent")), 2u << 20) << j;
+  EXPECT_EQ(json_u64(j.at("resync").at("zero_bytes")), 0u) << j;
+  auto s = status_json(pair, pair.s_ctl());
+  EXPECT_EQ(std::string(s.at("inconsistent").as_string()), "") << s;
+  EXPECT_EQ(s.at("generation").at("current"), j.at("generation").at("current")) << s;
+  expect_disks_equal(pair);
+  ASSERT_NO_FATAL_FAILURE(pair.kill_primary_and_fail_over(file_sha(pair.file("p.img"))));
+}
+
+// A secondary whose disk is half equal to the primary's (a stale copy): only the other half
+// moves, and `start --initial-sync` redoes the comparison on request (nothing moves then).
+TEST(InitialSync, AHalfEqualSecondaryGetsOnlyTheOtherHalf) {
+  PairFixture pair;
+  ASSERT_NO_FATAL_FAILURE(pair.start());
+  {
+    Nbd p(pair.p_sock());
+    p.write(0, 8u << 20, 0x21);
+  }
+  ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "1\n");
+  std::string copy = test::read_file(pair.file("p.img"));
+  std::fill(copy.begin() + (4u << 20), copy.end(), '\x5e');
+  replace_secondary(pair, copy);
+  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: stale"));
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  ASSERT_TRUE(wait_resync_done(pair)) << test::read_file(pair.file("p.log"));
+  auto j = status_json(pair, pair.p_ctl());
+  EXPECT_EQ(json_u64(j.at("resync").at("bytes_sent")), 4u << 20) << j;
+  expect_disks_equal(pair);
+  // Asked again while paired: refused (already paired); after `stop`, a comparison of equal
+  // disks sends nothing.
+  EXPECT_EQ(pair.ctl(pair.p_ctl(), {"start", "--initial-sync"}).exit_code, 4);
+  ASSERT_EQ(pair.ctl(pair.p_ctl(), {"stop"}).exit_code, 0);
+  auto again = pair.ctl(pair.p_ctl(), {"start", "--initial-sync"});
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  ASSERT_EQ(pair.ctl(pair.p_ctl(), {"resync", "--wait"}).exit_code, 0);
+  j = status_json(pair, pair.p_ctl());
+  EXPECT_EQ(json_u64(j.at("resync").at("bytes_sent")), 0u) << j;
+  EXPECT_EQ(std::string(j.at("resync").at("state").as_string()), "done") << j;
+  expect_disks_equal(pair);
+}
+
+}  // namespace
+}  // namespace colo
+
+namespace colo {
+namespace {
+
+// A resync larger than the secondary's free buffer waits for the operator (event
+// resync_waiting, the reason in status); `resync --allow-inconsistent` lets it run with the
+// secondary inconsistent (no originals kept), and its checkpoint makes it consistent again.
+TEST(Resync, ADeltaLargerThanTheBufferWaitsForTheOperator) {
+  PairOptions o;
+  o.secondary_buffer_bytes = 2u << 20;
+  PairFixture pair(o);
+  ASSERT_NO_FATAL_FAILURE(pair.start());
+  ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "1\n");
+  pair.secondary().stop(SIGKILL);
+  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: stale"));
+  {
+    Nbd p(pair.p_sock());
+    p.write(0, 4u << 20, 0x44);
+  }
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "pairing waits"))
+      << pair.ctl(pair.p_ctl(), {"status"}).output;
+  EXPECT_NE(test::read_file(pair.file("p.log")).find("\"event\":\"resync_waiting\""),
+            std::string::npos);
+  EXPECT_NE(pair.ctl(pair.p_ctl(), {"status"}).output.find("peer_state: stale"),
+            std::string::npos);
+  auto allow = pair.ctl(pair.p_ctl(), {"resync", "--allow-inconsistent"});
+  ASSERT_EQ(allow.exit_code, 0) << allow.output;
+  ASSERT_EQ(pair.ctl(pair.p_ctl(), {"resync", "--wait"}).exit_code, 0);
+  auto j = status_json(pair, pair.p_ctl());
+  EXPECT_EQ(json_u64(j.at("resync").at("bytes_sent")), 4u << 20) << j;
+  auto s = status_json(pair, pair.s_ctl());
+  EXPECT_EQ(std::string(s.at("inconsistent").as_string()), "") << s;
+  EXPECT_NE(test::read_file(pair.file("s.log")).find("\"event\":\"secondary_inconsistent\""),
+            std::string::npos);
+  expect_disks_equal(pair);
+  ASSERT_NO_FATAL_FAILURE(pair.kill_primary_and_fail_over(file_sha(pair.file("p.img"))));
+}
+
+}  // namespace
+}  // namespace colo
