@@ -156,6 +156,8 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   // The next pairing may resync with the secondary inconsistent when its buffer cannot hold
   // the delta (`coloctl resync --allow-inconsistent`); pairs now when the secondary is away.
   Task<Result<void>> allow_inconsistent_resync();
+  // The rate cap of the resyncs that start from now on (0: none).
+  void set_resync_rate(std::uint64_t bytes_per_s) { options_.resync.rate_bytes_per_s = bytes_per_s; }
   std::string status_text() const;
   boost::json::object status_json() const;
   boost::json::object resync_json() const;

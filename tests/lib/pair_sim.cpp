@@ -199,9 +199,30 @@ Task<void> reconnect_and_resync(Sim* sim, bool* done) {
     if (blackholed) (*proxy)->cut();  // connections black-holed so far are dead links
   }
   Replicator& rep = *sim->p.replicator;
+  // For half the seeds the links are cut once more in the middle of the resync (capped at
+  // 4 MiB/s so that it lasts): the resync fails, the secondary is detached, and the next
+  // pairing must still converge.
+  const bool cut_mid_resync = std::mt19937_64(sim->c.seed ^ 0x7e5c0cu)() % 2 == 0;
+  log::info("sim: reconnect{}", cut_mid_resync ? ", cutting the links mid-resync" : "");
+  bool cut_done = false;
+  if (cut_mid_resync) rep.set_resync_rate(4u << 20);
   const auto until = Clock::now() + std::chrono::seconds(20);
   bool healed = false;
   while (Clock::now() < until) {
+    if (cut_mid_resync && !cut_done && rep.resyncing()) {
+      cut_done = true;
+      sim->out.resync_cuts = 1;
+      log::info("sim: links cut in the middle of the resync ({} of {} blocks)",
+                rep.resync_progress().blocks_done, rep.resync_progress().blocks_total);
+      sim->chan_proxy->cut();
+      sim->nbd_proxy->cut();
+      rep.set_resync_rate(0);
+    }
+    if (cut_mid_resync && !cut_done && rep.peer_state() == PeerState::paired &&
+        !rep.resyncing() && rep.generations().bitmap == 0) {
+      rep.set_resync_rate(0);  // nothing to resync: no cut
+      cut_done = true;
+    }
     if (rep.peer_state() == PeerState::paired && !rep.resyncing() &&
         rep.generations().bitmap == 0 && rep.resync_progress().error.empty()) {
       healed = true;

@@ -91,6 +91,7 @@ struct SimOutcome {
   std::chrono::milliseconds elapsed{0};
   std::chrono::milliseconds op_latency_max{0};  // the consumer's slowest request
   std::uint64_t resynced_blocks = 0;            // by the reconnect phase
+  std::uint64_t resync_cuts = 0;                // links cut in the middle of a resync
 };
 
 // Runs one seed; failures are reported through gtest (ADD_FAILURE / EXPECT_*).

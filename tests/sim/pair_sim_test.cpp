@@ -103,6 +103,7 @@ TEST(PairSim, SeedSweep) {
   std::uint64_t reconnects = 0;
   std::uint64_t resyncs = 0;
   std::uint64_t resynced_blocks = 0;
+  std::uint64_t resync_cuts = 0;
   for (std::uint64_t seed = first; seed < first + count; ++seed) {
     const SimConfig c = sim_config_for_seed(seed);
     test::SimOutcome out;
@@ -117,6 +118,7 @@ TEST(PairSim, SeedSweep) {
     if (c.reconnect) ++reconnects;
     if (out.resynced_blocks != 0) ++resyncs;
     resynced_blocks += out.resynced_blocks;
+    resync_cuts += out.resync_cuts;
     ok_checkpoints += out.checkpoints_ok;
     failed_checkpoints += out.checkpoints_failed;
     total += out.elapsed;
@@ -132,12 +134,13 @@ TEST(PairSim, SeedSweep) {
   for (const auto& [name, n] : ahead_by_fault) ahead_faults += fmt::format(" {}={}", name, n);
   fmt::print("pair sim: seeds {}..{}: {} ms in all, {} ms per seed, slowest {} ms (seed {}); "
              "checkpoints {} ok, {} failed; secondary one epoch ahead after a failed "
-             "checkpoint: {} runs ({}); reconnect phases {}, {} with a resync ({} blocks); "
+             "checkpoint: {} runs ({}); reconnect phases {}, {} with a resync ({} blocks), {} "
+             "cut mid-resync; "
              "faults:{}\n",
              first, first + count - 1, total.count(),
              count != 0 ? total.count() / static_cast<long long>(count) : 0, slowest.count(),
              slowest_seed, ok_checkpoints, failed_checkpoints, ahead, ahead_faults, reconnects,
-             resyncs, resynced_blocks, faults);
+             resyncs, resynced_blocks, resync_cuts, faults);
 }
 
 // Each fault in both write modes with and without the secondary's write-back queue, pinned

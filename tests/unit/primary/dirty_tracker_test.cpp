@@ -6,7 +6,10 @@
 
 #include <gtest/gtest.h>
 
+#include <linux/io_uring.h>
+
 #include "primary/dirty_tracker.hpp"
+#include "shared/block/uring.hpp"
 #include "shared/block/fault_node.hpp"
 #include "shared/block/memory_node.hpp"
 #include "test_support.hpp"
@@ -123,6 +126,24 @@ TEST(DirtyTracker, PairedWritesGoToTheActivityLogAndLoneOnesToTheBitmapDurably) 
   // The same blocks again: already durable, nothing to wait for.
   ASSERT_TRUE(f.write(101 * kBlock, 4096));
   EXPECT_EQ(f.tracker->stats().marks_waited, 2u);
+}
+
+// The bitmap cannot be made durable (its flush fails): the write fails with that error and
+// never reaches the disk; once the device recovers, the next write marks and passes.
+TEST(DirtyTracker, AMarkThatCannotBeStoredFailsTheWriteAndWritesNothing) {
+  Fixture f;
+  Uring::of(f.io).set_completion_hook_for_test([](const UringSqe& sqe, int res) {
+    return sqe.opcode == IORING_OP_FSYNC ? -EIO : res;
+  });
+  IoResult r = f.write(7 * kBlock, 4096);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().value(), EIO);
+  EXPECT_EQ(f.tracker->stats().mark_failures, 1u);
+  EXPECT_EQ(f.mem->data()[7 * kBlock], std::byte{0}) << "the write reached the disk";
+  Uring::of(f.io).set_completion_hook_for_test({});
+  ASSERT_TRUE(f.write(7 * kBlock, 4096));
+  EXPECT_EQ(f.mem->data()[7 * kBlock], std::byte{0x5a});
+  EXPECT_TRUE(f.reopen()->dirty(7));
 }
 
 TEST(DirtyTracker, WholeBlockTrimsLeaveTheZeroedHintAndAWriteClearsIt) {
