@@ -720,6 +720,65 @@ TEST(Pair, MalformedFramesAndWrongPeersChangeNothing) {
   EXPECT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "1\n");
 }
 
+// Digest requests (the initial sync's comparison) out of place or malformed are refused with
+// a message and read nothing; a valid one answers one digest per block (empty for zeroes,
+// SHA-256 otherwise). The secondary's disk is left as it was.
+TEST(Pair, MalformedDigestRequestsAreRefusedAndChangeNothing) {
+  PairFixture pair;
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  std::string disk(kDiskBytes, '\0');
+  std::fill(disk.begin() + 65536, disk.begin() + 2 * 65536, '\x7a');
+  pair.secondary().stop(SIGTERM);
+  test::write_file(pair.file("s.img"), disk);
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  RawChannel c(pair.channel_port());
+  std::uint64_t seq = 1;
+  auto digest = [&](std::uint64_t offset, std::uint64_t length, std::uint32_t block) {
+    replication::Envelope e;
+    e.set_seq(++seq);
+    e.mutable_digest_request()->set_offset(offset);
+    e.mutable_digest_request()->set_length(length);
+    e.mutable_digest_request()->set_block_bytes(block);
+    c.send(e);
+    return c.reply();
+  };
+  auto r = digest(0, 65536, 65536);  // before hello
+  ASSERT_TRUE(r && r->has_error());
+  EXPECT_EQ(r->error().code(), replication::ERROR_PROTOCOL);
+  c.send(hello(kReplicationProtocolVersion, "r0"));
+  r = c.reply();
+  ASSERT_TRUE(r && r->has_hello()) << (r ? r->DebugString() : "closed");
+  r = digest(0, 65536, 65536);  // replication not running
+  ASSERT_TRUE(r && r->has_error());
+  EXPECT_EQ(r->error().code(), replication::ERROR_STATE);
+  replication::Envelope start;
+  start.set_seq(++seq);
+  start.mutable_start()->set_epoch(0);
+  c.send(start);
+  r = c.reply();
+  ASSERT_TRUE(r && r->has_start()) << (r ? r->DebugString() : "closed");
+  struct Bad {
+    std::uint64_t offset, length;
+    std::uint32_t block;
+  };
+  for (const Bad& b : {Bad{0, 65536, 1000}, Bad{0, 65536, 2048}, Bad{0, 0, 65536},
+                       Bad{4096, 65536, 65536}, Bad{kDiskBytes, 65536, 65536},
+                       Bad{kDiskBytes - 65536, 131072, 65536}, Bad{0, 8u << 20, 4096},
+                       Bad{0, 128u << 20, 1u << 20}}) {
+    r = digest(b.offset, b.length, b.block);
+    ASSERT_TRUE(r && r->has_error()) << b.offset << " " << b.length << " " << b.block;
+    EXPECT_EQ(r->error().code(), replication::ERROR_PROTOCOL) << r->error().message();
+    EXPECT_NE(r->error().message().find("digest request"), std::string::npos);
+  }
+  r = digest(0, 4 * 65536, 65536);
+  ASSERT_TRUE(r && r->has_digest_reply()) << (r ? r->DebugString() : "closed");
+  ASSERT_EQ(r->digest_reply().digests_size(), 4);
+  EXPECT_EQ(r->digest_reply().digests(0), "");
+  EXPECT_EQ(r->digest_reply().digests(1).size(), 32u);
+  EXPECT_EQ(r->digest_reply().digests(2), "");
+  EXPECT_EQ(test::sha256_hex(test::read_file(pair.file("s.img"))), test::sha256_hex(disk));
+}
+
 // kill -9 of the secondary right after it acknowledged a checkpoint: after a restart it is
 // still at that epoch and failover yields that checkpoint's image.
 TEST(Pair, SecondaryCrashRightAfterAckLosesNothing) {

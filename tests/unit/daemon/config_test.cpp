@@ -140,6 +140,39 @@ TEST(Config, ExportBlockBytesMinDefaultsTo512AndMustBeAPowerOfTwoOnThePrimary) {
             std::string::npos) << s.error().message;
 }
 
+TEST(Config, BitmapBlockBytesDefaultsTo64KiBAndTheResyncOptionsAreThePrimarys) {
+  auto cfg = parse_config_text(kPairPrimary, "p.conf");
+  ASSERT_TRUE(cfg) << cfg.error().to_string();
+  EXPECT_EQ(replication_bitmap_block_bytes(cfg->replication()), 65536u);
+  for (const std::uint32_t good : {4096u, 65536u, 16u << 20}) {
+    std::string text = kPairPrimary;
+    text.replace(text.find("write_mode: ASYNC"), 17,
+                 fmt::format("write_mode: ASYNC bitmap_block_bytes: {}", good));
+    auto c = parse_config_text(text, "p.conf");
+    ASSERT_TRUE(c) << c.error().to_string();
+    EXPECT_EQ(replication_bitmap_block_bytes(c->replication()), good);
+  }
+  for (const std::uint32_t bad : {0u, 512u, 6144u, 32u << 20}) {
+    std::string text = kPairPrimary;
+    text.replace(text.find("write_mode: ASYNC"), 17,
+                 fmt::format("write_mode: ASYNC\n  bitmap_block_bytes: {}", bad));
+    auto c = parse_config_text(text, "p.conf");
+    ASSERT_FALSE(c) << bad;
+    EXPECT_NE(c.error().message.find(fmt::format("p.conf:15: replication.bitmap_block_bytes: {} "
+                                                 "is not a power of two from 4096 to 16777216",
+                                                 bad)),
+              std::string::npos) << c.error().message;
+  }
+  auto s = parse_config_text(
+      "resource: \"r0\"\nrole: SECONDARY\nstate_dir: \"/s\"\ndisk { path: \"/d\" }\n"
+      "secondary { buffer_path: \"/b\" replication_listen: \"tcp:127.0.0.1:1\" }\n"
+      "replication { listen: \"tcp:127.0.0.1:2\" resync_rate_bytes_per_s: 1000 }\n",
+      "s.conf");
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find("only the primary resyncs"), std::string::npos)
+      << s.error().message;
+}
+
 TEST(Config, ReplicationNeedsItsPieces) {
   auto cfg = parse_config_text(
       "resource: \"r0\"\nrole: PRIMARY\ndisk { path: \"/d\" }\nexport { listen: \"unix:/s\" }\n"
