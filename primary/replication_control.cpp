@@ -114,6 +114,12 @@ Task<control::Reply> cmd_demote(std::shared_ptr<Replicator> r, std::shared_ptr<N
                                 control::Request req) {
   if (req.args_size() != 0) co_return ControlReplyBuilder::fail(kExitUsage, "usage: demote");
   if (r->demoted()) co_return ControlReplyBuilder::fail(kExitRefused, "already demoted");
+  if (r->resyncing()) {
+    // Before the export closes: the consumer keeps being served.
+    co_return ControlReplyBuilder::fail(
+        kExitRefused, "demote refused: a resync is running (the secondary does not hold this "
+                      "node's data yet); `coloctl resync --wait`, then demote");
+  }
   // The consumer goes first: nothing may be written after the last checkpoint.
   co_await server->drain();
   Result<void> d = co_await r->demote();

@@ -180,6 +180,10 @@ Task<Result<void>> Replicator::stop() {
 Task<Result<void>> Replicator::demote() {
   if (demoted_) co_return make_error(EALREADY, "already demoted");
   if (prepared_) co_return make_error(EBUSY, "a prepared checkpoint is waiting");
+  if (resyncing()) {
+    co_return make_error(EPERM, "demote refused: a resync is running (the secondary does not "
+                                "hold this node's data yet); `coloctl resync --wait`, then demote");
+  }
   co_await lock();
   Result<void> out;
   if (peer_state_ == PeerState::paired) {
@@ -205,6 +209,11 @@ Task<void> Replicator::shutdown() {
   if (prepared_) (void)abort();
   if (demoted_) co_return;
   co_await lock();
+  if (resyncing()) {
+    // No last checkpoint can commit a resync half done: the secondary keeps its last one, and
+    // what it lacks stays dirty here for the next pairing.
+    co_await release_peer(PeerState::stale, "the primary stopped during a resync");
+  }
   if (peer_state_ == PeerState::paired) {
     Result<std::uint64_t> last = co_await checkpoint_locked(false);
     if (last && peer_state_ == PeerState::paired) {

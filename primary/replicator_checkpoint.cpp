@@ -30,7 +30,7 @@ Task<Result<std::uint64_t>> Replicator::checkpoint_locked(bool quiesced) {
   if (resyncing()) {
     if (quiesced) gate_->open();
     const ResyncProgress& p = resync_->progress();
-    co_return make_error(EBUSY, fmt::format("checkpoint refused: a resync is running ({} of {} "
+    co_return make_error(EPERM, fmt::format("checkpoint refused: a resync is running ({} of {} "
                                             "blocks sent); its own checkpoint follows it",
                                             p.blocks_done, p.blocks_total));
   }
@@ -167,7 +167,7 @@ Task<void> Replicator::on_generation_taken() {
 
 Task<Result<void>> Replicator::prepare() {
   if (prepared_) co_return make_error(EALREADY, "a checkpoint is already prepared");
-  if (resyncing()) co_return make_error(EBUSY, "prepare refused: a resync is running");
+  if (resyncing()) co_return make_error(EPERM, "prepare refused: a resync is running");
   if (peer_state_ != PeerState::paired) {
     co_return make_error(EPERM, fmt::format("prepare refused: the secondary is {}",
                                             to_string(peer_state_)));

@@ -122,6 +122,14 @@ TEST_P(ResyncModes, ALinkCutIsHealedBySendingOnlyTheBlocksWrittenAlone) {
   EXPECT_NE(log.find("\"event\":\"resync_started\""), std::string::npos);
   EXPECT_NE(log.find("\"event\":\"resync_done\""), std::string::npos);
   ASSERT_NO_FATAL_FAILURE(pair.kill_primary_and_fail_over(image));
+  // Promoted, the secondary went on in a new generation of its own, durably, relative to the
+  // one it shared with the primary (a returning primary sees that it holds newer data).
+  s = status_json(pair, pair.s_ctl());
+  EXPECT_EQ(s.at("generation").at("bitmap"), j.at("generation").at("current")) << s;
+  EXPECT_NE(s.at("generation").at("current"), j.at("generation").at("current")) << s;
+  EXPECT_NE(test::read_file(pair.file("s-state/generations")).find(
+                std::string(s.at("generation").at("current").as_string())),
+            std::string::npos);
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, ResyncModes, ::testing::Values("SYNC", "ASYNC"));
@@ -362,6 +370,43 @@ TEST(Resync, ADeltaLargerThanTheBufferWaitsForTheOperator) {
   EXPECT_EQ(std::string(s.at("inconsistent").as_string()), "") << s;
   EXPECT_NE(test::read_file(pair.file("s.log")).find("\"event\":\"secondary_inconsistent\""),
             std::string::npos);
+  expect_disks_equal(pair);
+  ASSERT_NO_FATAL_FAILURE(pair.kill_primary_and_fail_over(file_sha(pair.file("p.img"))));
+}
+
+}  // namespace
+}  // namespace colo
+
+namespace colo {
+namespace {
+
+// Mid-resync, `demote` is refused (the secondary does not hold this node's data yet), and a
+// clean stop of the primary leaves the rest dirty: restarted, it resumes the resync.
+TEST(Resync, APrimaryStoppedMidResyncResumesItAfterARestart) {
+  PairOptions o;
+  o.primary_replication_extra = "resync_rate_bytes_per_s: 524288";
+  PairFixture pair(o);
+  ASSERT_NO_FATAL_FAILURE(pair.start());
+  ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "1\n");
+  pair.secondary().stop(SIGKILL);
+  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: stale"));
+  {
+    Nbd p(pair.p_sock());
+    write_blocks(p, 24, 'r');
+  }
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "resync: running"));
+  auto d = pair.ctl(pair.p_ctl(), {"demote"});
+  EXPECT_EQ(d.exit_code, 4) << d.output;
+  EXPECT_NE(d.output.find("resync"), std::string::npos) << d.output;
+  {
+    Nbd p(pair.p_sock());  // the export still serves, and the write reaches both
+    p.write(6u << 20, 4096, 's');
+  }
+  EXPECT_EQ(WEXITSTATUS(pair.primary().stop(SIGTERM)), 0);
+  ASSERT_NO_FATAL_FAILURE(pair.start_primary());
+  ASSERT_TRUE(wait_resync_done(pair, 30s)) << pair.ctl(pair.p_ctl(), {"status"}).output
+                                           << test::read_file(pair.file("p.log"));
   expect_disks_equal(pair);
   ASSERT_NO_FATAL_FAILURE(pair.kill_primary_and_fail_over(file_sha(pair.file("p.img"))));
 }
