@@ -68,7 +68,16 @@ Task<IoResult> DirtyTracker::enter(std::uint64_t offset_bytes, std::uint64_t len
         since_cut_[b / 64] |= 1ull << (b % 64);
       }
     } else {
-      durable = map_->mark_dirty(offset_bytes, length_bytes);
+      // Alone, as DRBD does: the block's dirty bit is set lazily (written by the flusher or
+      // the next batch) and only the extent's activity-log bit must be durable first, so a
+      // hot extent costs nothing and a new one one batch; a crash folds the activity log
+      // into the dirty bits (Replicator::recover).
+      (void)map_->mark_dirty(offset_bytes, length_bytes);
+      durable = map_->mark_active(offset_bytes, length_bytes);
+      const std::uint64_t first = offset_bytes / map_->extent_bytes();
+      const std::uint64_t last = (end - 1) / map_->extent_bytes();
+      ++alone_writes_;
+      for (std::uint64_t e = first; e <= last; ++e) extent_alone_[e] = alone_writes_;
     }
   }
   if (!durable) {
@@ -186,6 +195,32 @@ std::uint64_t DirtyTracker::committed(std::uint64_t cut) {
     }
   }
   return retired;
+}
+
+Task<Result<void>> DirtyTracker::flush_alone() {
+  // Writes up to `seen` have their dirty bits in memory; once the sync completes they are
+  // durable, and an extent whose last lone write came before the previous flush (idle for a
+  // whole interval) leaves the activity log.
+  const std::uint64_t seen = alone_writes_;
+  Result<void> r = co_await map_->sync();
+  if (!r) co_return r;
+  std::uint64_t retired = 0;
+  for (auto it = extent_alone_.begin(); it != extent_alone_.end();) {
+    const std::uint64_t e = it->first;
+    if (it->second <= flushed_alone_ && !extent_cut_.contains(e)) {
+      map_->clear_active(e);
+      it = extent_alone_.erase(it);
+      ++retired;
+    } else {
+      ++it;
+    }
+  }
+  flushed_alone_ = seen;
+  if (retired != 0) {
+    r = co_await map_->sync();
+    if (!r) co_return r;
+  }
+  co_return Result<void>{};
 }
 
 Task<Result<void>> DirtyTracker::fold_uncommitted() {

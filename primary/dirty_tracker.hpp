@@ -4,9 +4,11 @@
 // consumer's writes.
 //
 // - Every write, trim and write-zeroes is marked before it is sent on: in the activity log
-//   (extents) while the secondary is paired, in the dirty bitmap (blocks) while it is not, and
-//   issued only once the mark is durable (a crash never loses a block that may differ). A mark
-//   that cannot be made durable fails the request with its error, and nothing is written.
+//   (extents), durably, before it is issued (a crash never loses a block that may differ),
+//   and while the secondary is not paired in the dirty bitmap (blocks) too, lazily: the
+//   flusher (flush_alone) makes those bits durable and then retires idle extents, as DRBD's
+//   activity log and bitmap do. A mark that cannot be made durable fails the request with its
+//   error, and nothing is written.
 // - A trim or write-zeroes that succeeded marks the blocks it covered wholly "zeroed"; a write
 //   clears that hint (both lazily: the resync checks the data before it sends zeroes).
 // - Resync ordering: lock(range) waits until no write overlapping the range is in flight and
@@ -77,8 +79,13 @@ class DirtyTracker final : public BlockNode {
   // The checkpoint of cut `cut` is durable on the secondary; extents retire (see above).
   // Returns how many extents retired (their bits are cleared lazily: sync the map).
   std::uint64_t committed(std::uint64_t cut);
-  // Every block of the extents written since the last committed cut becomes dirty, durably.
+  // Every block written since the last committed cut becomes dirty, durably.
   Task<Result<void>> fold_uncommitted();
+  // Alone: makes the lazily set dirty bits durable, then retires the extents no lone write
+  // touched since the previous flush (call every second or so; the replicator's watch loop
+  // does). An extent written while paired retires by committed() only.
+  Task<Result<void>> flush_alone();
+  bool has_lone_extents() const { return !extent_alone_.empty(); }
 
   DirtyMap& map() { return *map_; }
   const DirtyTrackerStats& stats() const { return stats_; }
@@ -106,6 +113,11 @@ class DirtyTracker final : public BlockNode {
   std::vector<std::uint64_t> since_cut_;
   std::vector<std::uint64_t> uncommitted_;
   std::unordered_map<std::uint64_t, std::uint64_t> extent_cut_;  // extent -> cut of last write
+  // Alone: extent -> number of the last lone write to it; lone writes so far; and how many
+  // had their dirty bits made durable by the previous flush.
+  std::unordered_map<std::uint64_t, std::uint64_t> extent_alone_;
+  std::uint64_t alone_writes_ = 0;
+  std::uint64_t flushed_alone_ = 0;
   std::vector<Range> inflight_;  // write-like requests sent on
   std::vector<Range> locks_;
   AsyncEvent changed_;           // a write left, or a lock was released

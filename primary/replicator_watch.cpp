@@ -8,10 +8,14 @@ namespace colo {
 
 namespace {
 constexpr auto kRetryPairEvery = std::chrono::seconds(2);
+// Alone: how often the lazily set dirty bits are made durable and idle extents leave the
+// activity log (DirtyTracker::flush_alone).
+constexpr auto kFlushAloneEvery = std::chrono::seconds(1);
 }  // namespace
 
 Task<void> Replicator::watch_loop(std::shared_ptr<Replicator> self) {
   auto last_try = std::chrono::steady_clock::now();
+  auto last_flush = last_try;
   while (!self->stopping_ && !self->demoted_) {
     self->watch_timer_.expires_after(self->options_.heartbeat_interval);
     auto [ec] = co_await self->watch_timer_.async_wait(use_task);
@@ -33,6 +37,13 @@ Task<void> Replicator::watch_loop(std::shared_ptr<Replicator> self) {
             self->peer_nbd_->inflight_count()));
       }
       continue;
+    }
+    if (!self->tracker_->paired() && self->tracker_->has_lone_extents() &&
+        std::chrono::steady_clock::now() - last_flush > kFlushAloneEvery) {
+      last_flush = std::chrono::steady_clock::now();
+      Result<void> f = co_await self->tracker_->flush_alone();
+      if (!f) log::warn("primary: {}", f.error().to_string());
+      if (self->stopping_ || self->demoted_) co_return;
     }
     // Divergence is recorded by the quorum's guard before the first write the secondary
     // misses is acknowledged (arm_guard), not here.
