@@ -80,6 +80,23 @@ std::uint64_t random_generation_id(const Generations& g) {
   }
 }
 
+Generations generations_from_proto(const replication::Generations& p) {
+  Generations g;
+  g.current = p.current();
+  g.bitmap = p.bitmap();
+  for (std::uint64_t id : p.history()) {
+    if (g.history.size() == kGenerationHistoryMax) break;
+    g.history.push_back(id);
+  }
+  return g;
+}
+
+void generations_to_proto(const Generations& g, replication::Generations* p) {
+  p->set_current(g.current);
+  p->set_bitmap(g.bitmap);
+  for (std::uint64_t id : g.history) p->add_history(id);
+}
+
 std::string generation_hex(std::uint64_t id) { return fmt::format("{:016x}", id); }
 
 Generations adopt_generation(const Generations& g, std::uint64_t id) {

@@ -23,6 +23,7 @@
 #include <string_view>
 #include <vector>
 
+#include "replication.pb.h"
 #include "shared/base/error.hpp"
 
 namespace colo {
@@ -47,6 +48,10 @@ std::string generation_hex(std::uint64_t id);
 // The node takes `id` as its data (a checkpoint that ended a resync, or pairing as a copy):
 // current := id, bitmap := 0, the old current goes to the front of the history.
 Generations adopt_generation(const Generations& g, std::uint64_t id);
+
+// The hello's form (proto/replication.proto); a longer history than ours is cut.
+Generations generations_from_proto(const replication::Generations& p);
+void generations_to_proto(const Generations& g, replication::Generations* p);
 
 enum class SyncDecision : std::uint8_t {
   in_sync,

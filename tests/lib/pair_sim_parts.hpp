@@ -237,6 +237,10 @@ inline Task<void> sleep_for(std::chrono::milliseconds d) {
 // The workload (writers, checkpointer, the fault), then, for a clean stop, the primary's
 // shutdown; sets *done at the end.
 Task<void> workload(Sim* sim, bool* done);
+// The reconnect phase (pair_sim_reconnect.cpp): links and media heal, the primary pairs again
+// and resyncs (its links cut once more mid-resync for half the seeds), then a checkpoint of
+// the primary's whole disk; sets *done at the end.
+Task<void> reconnect_and_resync(Sim* sim, bool* done);
 // Kill -9 (the media as they are) or power cut of the secondary; run_pair_sim reopens it.
 Task<void> crash_secondary(Sim* sim, bool power_cut);
 
