@@ -98,6 +98,9 @@ class DirtyTracker final : public BlockNode {
   // Marks and waits for locks; false with `r` set when the request must fail.
   Task<IoResult> enter(std::uint64_t offset_bytes, std::uint64_t length_bytes);
   void leave(std::uint64_t offset_bytes, std::uint64_t length_bytes);
+  // Trim and write-zeroes: a success leaves the zeroed hint on the blocks wholly covered.
+  Task<IoResult> zero(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes,
+                      WriteFlags flags);
   bool locked(std::uint64_t offset, std::uint64_t end) const;
   bool in_flight(std::uint64_t offset, std::uint64_t end) const;
 

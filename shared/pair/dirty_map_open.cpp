@@ -15,6 +15,7 @@
 
 #include "shared/base/check.hpp"
 #include "shared/base/log.hpp"
+#include "shared/pair/byte_fields.hpp"
 #include "shared/pair/state_file.hpp"
 
 namespace colo {
@@ -32,24 +33,13 @@ constexpr std::uint32_t kVersion = 1;
 // Areas: bit i of an area is bit (i % 8) of its byte i / 8.
 constexpr std::size_t kHashedBytes = 64;
 
-void put64(std::byte* p, std::uint64_t v) { std::memcpy(p, &v, 8); }
-std::uint64_t get64(const std::byte* p) {
-  std::uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-void put32(std::byte* p, std::uint32_t v) { std::memcpy(p, &v, 4); }
-std::uint32_t get32(const std::byte* p) {
-  std::uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
+using byte_fields::get32;
+using byte_fields::get64;
+using byte_fields::put32;
+using byte_fields::put64;
 
 std::array<unsigned char, 32> digest(const std::byte* p) {
-  std::array<unsigned char, 32> md{};
-  unsigned int n = 0;
-  EVP_Digest(p, kHashedBytes, md.data(), &n, EVP_sha256(), nullptr);
-  return md;
+  return byte_fields::sha256(p, kHashedBytes);
 }
 
 std::uint64_t div_round_up(std::uint64_t a, std::uint64_t b) { return a / b + (a % b != 0); }

@@ -60,6 +60,21 @@ void expect_disks_equal(PairFixture& pair) {
   EXPECT_EQ(Nbd(pair.p_sock()).image(), p);
 }
 
+// kill -9 of the secondary; the primary notices and goes on alone.
+void lose_secondary(PairFixture& pair) {
+  pair.secondary().stop(SIGKILL);
+  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: stale"));
+}
+
+// Waits for the resync to be committed, then checks the data bytes it sent and both disks.
+void expect_resync_done(PairFixture& pair, std::uint64_t bytes_sent) {
+  ASSERT_TRUE(wait_resync_done(pair)) << pair.ctl(pair.p_ctl(), {"status"}).output
+                                      << test::read_file(pair.file("p.log"));
+  auto j = status_json(pair, pair.p_ctl());
+  EXPECT_EQ(json_u64(j.at("resync").at("bytes_sent")), bytes_sent) << j;
+  expect_disks_equal(pair);
+}
+
 // `count` distinct 64 KiB blocks from 4 MiB on, each its own pattern.
 void write_blocks(Nbd& p, int count, char first) {
   for (int i = 0; i < count; ++i) {
@@ -148,11 +163,7 @@ TEST(Resync, ASecondaryKilledAndRestartedIsResynced) {
   }
   ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: stale"));
   ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
-  ASSERT_TRUE(wait_resync_done(pair)) << pair.ctl(pair.p_ctl(), {"status"}).output
-                                      << test::read_file(pair.file("p.log"));
-  auto j = status_json(pair, pair.p_ctl());
-  EXPECT_EQ(json_u64(j.at("resync").at("bytes_sent")), 6 * kBlock) << j;
-  expect_disks_equal(pair);
+  ASSERT_NO_FATAL_FAILURE(expect_resync_done(pair, 6 * kBlock));
   ASSERT_NO_FATAL_FAILURE(pair.kill_primary_and_fail_over(Nbd(pair.p_sock()).image()));
 }
 
@@ -169,8 +180,7 @@ TEST(Resync, APrimaryKilledWhileAloneKeepsItsBitmap) {
   // A second checkpoint retires the extent of that write from the activity log (idle for a
   // whole interval), so the restart below finds only the blocks written alone.
   ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "2\n");
-  pair.secondary().stop(SIGKILL);
-  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: stale"));
+  ASSERT_NO_FATAL_FAILURE(lose_secondary(pair));
   {
     Nbd p(pair.p_sock());
     write_blocks(p, 4, 'p');
@@ -192,11 +202,7 @@ TEST(Resync, APrimaryKilledWhileAloneKeepsItsBitmap) {
     p.write(7u << 20, kBlock, 'q');
   }
   ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
-  ASSERT_TRUE(wait_resync_done(pair)) << pair.ctl(pair.p_ctl(), {"status"}).output
-                                      << test::read_file(pair.file("p.log"));
-  j = status_json(pair, pair.p_ctl());
-  EXPECT_EQ(json_u64(j.at("resync").at("bytes_sent")), 5 * kBlock) << j;
-  expect_disks_equal(pair);
+  ASSERT_NO_FATAL_FAILURE(expect_resync_done(pair, 5 * kBlock));
   ASSERT_NO_FATAL_FAILURE(pair.kill_primary_and_fail_over(Nbd(pair.p_sock()).image()));
 }
 
@@ -208,8 +214,7 @@ TEST(Resync, APrimaryKilledRightAfterALoneWriteResyncsItsExtent) {
   ASSERT_NO_FATAL_FAILURE(pair.start());
   ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "1\n");
   ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "2\n");
-  pair.secondary().stop(SIGKILL);
-  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: stale"));
+  ASSERT_NO_FATAL_FAILURE(lose_secondary(pair));
   {
     Nbd p(pair.p_sock());
     p.write(5u << 20, 4096, 'k');
@@ -235,8 +240,7 @@ TEST(Resync, TrimsWhileAloneSendNoData) {
     p.write(0, 8u << 20, 0x71);
   }
   ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "1\n");
-  pair.secondary().stop(SIGKILL);
-  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: stale"));
+  ASSERT_NO_FATAL_FAILURE(lose_secondary(pair));
   {
     Nbd p(pair.p_sock());
     ASSERT_EQ(nbd_trim(p.h, 4u << 20, 4u << 20, 0), 0) << nbd_get_error();
@@ -382,8 +386,7 @@ TEST(Resync, ADeltaLargerThanTheBufferWaitsForTheOperator) {
   PairFixture pair(o);
   ASSERT_NO_FATAL_FAILURE(pair.start());
   ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "1\n");
-  pair.secondary().stop(SIGKILL);
-  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: stale"));
+  ASSERT_NO_FATAL_FAILURE(lose_secondary(pair));
   {
     Nbd p(pair.p_sock());
     p.write(0, 4u << 20, 0x44);
@@ -422,8 +425,7 @@ TEST(Resync, APrimaryStoppedMidResyncResumesItAfterARestart) {
   PairFixture pair(o);
   ASSERT_NO_FATAL_FAILURE(pair.start());
   ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "1\n");
-  pair.secondary().stop(SIGKILL);
-  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: stale"));
+  ASSERT_NO_FATAL_FAILURE(lose_secondary(pair));
   {
     Nbd p(pair.p_sock());
     write_blocks(p, 24, 'r');
