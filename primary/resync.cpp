@@ -65,7 +65,9 @@ Task<Result<void>> Resync::run() {
   progress_.started = std::chrono::steady_clock::now();
   next_block_ = 0;
   auto self = shared_from_this();
-  for (std::uint32_t i = 0; i < options_.parallel; ++i) {
+  const std::uint32_t workers = options_.compare ? std::max<std::uint32_t>(options_.compare_parallel, 1)
+                                                 : options_.parallel;
+  for (std::uint32_t i = 0; i < workers; ++i) {
     ++workers_;
     if (options_.compare) {
       spawn(ex_, compare_loop(self), "initial sync compare");

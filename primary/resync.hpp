@@ -38,6 +38,9 @@ struct ResyncOptions {
   // Initial sync: compare every block by digest instead of following the dirty bitmap.
   bool compare = false;
   std::uint64_t compare_range_bytes = 4u * 1024u * 1024u;
+  // Ranges compared at once: each worker waits for the secondary's digests, then reads and
+  // digests its own range, so several keep both disks and both CPUs busy.
+  std::uint32_t compare_parallel = 6;
   std::uint64_t chunk_bytes = 256u * 1024u;       // a run of data blocks
   std::uint64_t zero_chunk_bytes = 4u * 1024u * 1024u;  // a run of zeroed blocks
   std::uint32_t parallel = 2;

@@ -10,8 +10,9 @@
 #      writes 4 KiB at the start of every 64 KiB block of the disk exactly once, in a random
 #      order (a fio iolog; a new order each round, the same for every target of the round), so:
 #        "first": a fresh state dir for each job: every write is the first touch of its block
-#                 (the bitmap marks the block durably: a page write and an fdatasync of the
-#                 bitmap file, batched with the marks made meanwhile);
+#                 (the block's bit is set lazily; the first write to each 4 MiB extent waits
+#                 for its activity-log bit: a page write and an fdatasync of the bitmap file,
+#                 batched with the marks made meanwhile);
 #        "warm":  one state dir, made once with a full pass over the disk and reused: every
 #                 block is already marked, a write costs no bitmap I/O.
 #      Ratios alone/local: of the medians, and the median of the per-round ratios ("paired").
@@ -34,11 +35,15 @@
 #      the resync was still running when fio ended), against the same on the idle paired
 #      primary. Interleaved with (b), same pair. In ASYNC mode it also prints the async queue
 #      (bytes not yet on the secondary) when fio ended.
+#  (d) initial sync of equal disks: `coloctl stop` (the secondary idle, its disk equal to the
+#      primary's), then `coloctl start --initial-sync` (every block compared by SHA-256
+#      digests, nothing sent), timed until the resync is done, against the link's full copy of
+#      the disk (the 100 % link measurement of (b)).
 # Targets: (a) alone/local >= 0.9; (b) time proportional to dirty bytes, >= 0.8x the link's
-# rate; (c) p50 during a resync <= 2x idle.
+# rate; (c) p50 during a resync <= 2x idle; (d) >= 5x faster than a full copy.
 #
 # Usage: tests/perf/resync_bench.sh [build-dir]
-# Environment: PARTS (default "a b c"; (b) and (c) share one pair), ROUNDS (part (a), default 7),
+# Environment: PARTS (default "a b c d"; (b), (c) and (d) share one pair), ROUNDS (part (a), default 7),
 #   A_SIZE_MB (part (a) disk, default 1024: 16384 writes per job), RESYNC_ROUNDS (parts (b) and
 #   (c), default 3), SIZE_MB (parts (b) and (c) disk, default 4096), PCTS (default "1 10 100"),
 #   C_RUNTIME (seconds of fio in (c), default 5), C_RATE (replication.resync_rate_bytes_per_s of
@@ -59,7 +64,7 @@ cd "$(dirname "$0")/../.."
 build=${1:-build}
 colod=$(realpath "$build/colod")
 coloctl=$(realpath "$build/coloctl")
-parts=${PARTS:-a b c}
+parts=${PARTS:-a b c d}
 a_rounds=${ROUNDS:-7}
 a_size_mb=${A_SIZE_MB:-1024}
 r_rounds=${RESYNC_ROUNDS:-3}
@@ -570,12 +575,34 @@ c_measure() {
     "$queue" >>"$results"
 }
 
+# (d) an initial sync of two equal disks: `stop` (the secondary idle, its disk equal to ours),
+# then `start --initial-sync` compares every block by digest and sends nothing; timed from the
+# start command to the resync's "done", against a full copy of the disk over the link.
+d_measure() {
+  local round=$1 s0 t0 t1 out
+  out=$("$coloctl" -s "$b_dir/primary.ctl" stop) || die "stop before the initial sync: $out"
+  s0=$(events_count resync_started)
+  t0=$(now_s)
+  out=$("$coloctl" -s "$b_dir/primary.ctl" start --initial-sync) || die "start --initial-sync: $out"
+  b_wait_resync "$s0" "done" $((60 + size_mb / 50))
+  t1=$(now_s)
+  printf 'd\t%s\tinitial\t%s\t%s\t%s\n' "$round" \
+    "$($py -c "print(f'{$t1 - $t0:.3f}')")" "$(jget 's["resync"]["bytes_sent"]')" \
+    "$(jget 's["resync"]["zero_bytes"]')" >>"$results"
+}
+
 part_bc() {
   b_setup
   local snap round i configs=() n pct
   for pct in $pcts; do configs+=("resync $pct" "link $pct"); done
   [[ " $parts " == *" c "* ]] && configs+=("idle" "during")
-  [[ " $parts " == *" b "* ]] || configs=("idle" "during")
+  [[ " $parts " == *" b "* || " $parts " == *" d "* ]] || configs=("idle" "during")
+  if [[ " $parts " == *" d "* ]]; then
+    [[ " $parts " == *" b "* ]] || configs=()
+    [[ " $parts " == *" c "* && " $parts " != *" b "* ]] && configs+=("idle" "during")
+    configs+=("initial 0")
+    [[ " ${configs[*]} " == *" link 100 "* ]] || configs+=("link 100")
+  fi
   n=${#configs[@]}
   snap=$(cpu_snap)
   for round in $(seq "$r_rounds"); do
@@ -586,6 +613,7 @@ part_bc() {
         resync) b_measure_resync "$round" "$x" ;;
         link) b_measure_link "$round" "$x" ;;
         idle | during) c_measure "$round" "$what" ;;
+        initial) d_measure "$round" ;;
       esac
     done
   done
@@ -606,7 +634,7 @@ part_bc() {
 t_all=$(now_s)
 snap_all=$(cpu_snap)
 [[ " $parts " == *" a "* ]] && part_a
-[[ " $parts " == *" b "* || " $parts " == *" c "* ]] && part_bc
+[[ " $parts " == *" b "* || " $parts " == *" c "* || " $parts " == *" d "* ]] && part_bc
 echo
 echo "load after: $(load); steal over the run $(steal_since "$snap_all")% of CPU time;" \
   "$(printf '%.0f' "$($py -c "print($(now_s) - $t_all)")") s in all"
@@ -618,12 +646,15 @@ path, a_rounds, r_rounds, c_runtime, c_rate, write_mode, link_cache, link_opts =
 a = defaultdict(dict)   # (target, qd) -> round -> (iops, mean, p50, p99)
 b = defaultdict(list)   # (kind, pct) -> rows
 c = defaultdict(list)   # kind -> rows
+d = []                  # initial sync rows: seconds, bytes sent, zero bytes
 for line in open(path):
     f = line.rstrip("\n").split("\t")
     if f[0] == "a":
         a[(f[2], int(f[3]))][int(f[1])] = [float(x) for x in f[4:8]]
     elif f[0] == "b":
         b[(f[2], int(f[3]))].append(f[4:])
+    elif f[0] == "d":
+        d.append(f[3:])
     else:
         c[f[2]].append(f[3:])
 med = statistics.median
@@ -732,12 +763,28 @@ def part_c():
                   " ".join(f"{int(r[6]) / 2**20:.1f}" for r in c.get(name, [])))
 
 
+def part_d():
+    print()
+    ls = b.get(("link", 100), [])
+    secs = med(float(r[0]) for r in d)
+    print(f"(d) initial sync of two equal disks (stop, then start --initial-sync; every block "
+          f"compared by SHA-256): medians of {len(d)} rounds")
+    print(f"  {secs:.2f} s, {max(int(r[1]) for r in d)} data bytes sent, "
+          f"{max(int(r[2]) for r in d)} as zeroes; per round: " + "/".join(r[0] for r in d))
+    if ls:
+        link = med(float(r[2]) for r in ls)
+        print(f"  a full copy of the disk over the link: {link:.2f} s; the initial sync is "
+              f"{link / secs:.2f}x faster")
+
+
 if a:
     part_a()
 if b:
     part_b()
 if c:
     part_c()
+if d:
+    part_d()
 print()
 print("targets:")
 for t in ("first", "warm"):
@@ -756,6 +803,10 @@ if c.get("idle") and [r for r in c.get("during", []) if r[0] == "running"]:
     x = (med(float(r[3]) for r in c["during"] if r[0] == "running") /
          med(float(r[3]) for r in c["idle"]))
     print(f"  (c) p50 during a resync <= 2x idle: x{x:.2f}  {'PASS' if x <= 2 else 'FAIL'}")
+if d and b.get(("link", 100)):
+    x = med(float(r[2]) for r in b[("link", 100)]) / med(float(r[0]) for r in d)
+    print(f"  (d) initial sync of equal disks >= 5x faster than a full copy: x{x:.2f}  "
+          f"{'PASS' if x >= 5 else 'FAIL'}")
 EOF
 if [ -e "$work/disks-differ" ]; then
   echo "resync_bench: FAILED: the disks differ after the run" >&2
