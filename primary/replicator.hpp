@@ -196,8 +196,10 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
                                                               std::uint64_t offset_bytes,
                                                               std::uint64_t length_bytes);
   static Task<void> resync_task(std::shared_ptr<Replicator> self, std::shared_ptr<Resync> resync);
-  // After a checkpoint carrying our generation is durable on the secondary.
-  Task<void> on_generation_taken();
+  // After a checkpoint carrying our generation is durable on the secondary: commit_resync()
+  // at once (clears the resync's dirty bits), then on_generation_taken() stores the rest.
+  bool commit_resync();
+  Task<void> on_generation_taken(bool resync_committed);
 
   asio::io_context& io_;
   asio::any_io_executor ex_;

@@ -123,12 +123,15 @@ Task<Result<std::uint64_t>> Replicator::checkpoint_locked(bool quiesced) {
   }
   epoch_ = next;
   ++checkpoints_;
+  // Before the next suspension: a detach that comes while the lines below wait for the disk
+  // marks what the secondary then lacks, and that must not be cleared with the resync's bits.
+  const bool resync_committed = hand_over && commit_resync();
   if (tracker_->committed(cut_count) != 0) {
     // Retired extents leave the activity log on disk too (a crash then resyncs less).
     Result<void> synced = co_await tracker_->map().sync();
     if (!synced) log::warn("primary: {}", synced.error().to_string());
   }
-  if (hand_over) co_await on_generation_taken();
+  if (hand_over) co_await on_generation_taken(resync_committed);
   last_checkpoint_ = std::chrono::system_clock::now();
   last_checkpoint_error_.clear();
   // The secondary has it durably; our own record follows (a crash before it is harmless: the
@@ -138,16 +141,23 @@ Task<Result<std::uint64_t>> Replicator::checkpoint_locked(bool quiesced) {
   co_return next;
 }
 
-Task<void> Replicator::on_generation_taken() {
-  peer_generation_ = gens_.current;
-  if (resync_ == nullptr || !resync_->progress().done) co_return;
-  // The resync is committed: the secondary's checkpoint holds every block it sent.
+bool Replicator::commit_resync() {
+  if (resync_ == nullptr || !resync_->progress().done) return false;
+  // The secondary's checkpoint holds every block the resync sent: every dirty bit (none was
+  // set since, the secondary being paired) is cleared, in memory at once.
   DirtyMap& map = tracker_->map();
   last_resync_ = resync_->progress();
   resync_.reset();
   for (std::uint64_t b = map.next_dirty(0); b < map.block_count(); b = map.next_dirty(b + 1)) {
     map.clear_dirty(b);
   }
+  return true;
+}
+
+Task<void> Replicator::on_generation_taken(bool resync_committed) {
+  peer_generation_ = gens_.current;
+  if (!resync_committed) co_return;
+  DirtyMap& map = tracker_->map();
   Result<void> synced = co_await map.sync();
   if (!synced) log::error("primary: {}", synced.error().to_string());
   if (store_generations_now(Generations{gens_.current, 0, gens_.history})) arm_guard();
