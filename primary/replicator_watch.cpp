@@ -7,7 +7,11 @@
 namespace colo {
 
 namespace {
-constexpr auto kRetryPairEvery = std::chrono::seconds(2);
+// Pairing retries back off from 250 ms to 2 s while they fail (a secondary that comes back is
+// paired, and resynced, within a quarter of a second after a short outage); paired, the
+// interval starts again from the shortest.
+constexpr std::chrono::milliseconds kRetryPairFirst{250};
+constexpr std::chrono::milliseconds kRetryPairMax{2000};
 // Alone: how often the lazily set dirty bits are made durable and idle extents leave the
 // activity log (DirtyTracker::flush_alone).
 constexpr auto kFlushAloneEvery = std::chrono::seconds(1);
@@ -16,11 +20,13 @@ constexpr auto kFlushAloneEvery = std::chrono::seconds(1);
 Task<void> Replicator::watch_loop(std::shared_ptr<Replicator> self) {
   auto last_try = std::chrono::steady_clock::now();
   auto last_flush = last_try;
+  std::chrono::milliseconds retry_every = kRetryPairFirst;
   while (!self->stopping_ && !self->demoted_) {
     self->watch_timer_.expires_after(self->options_.heartbeat_interval);
     auto [ec] = co_await self->watch_timer_.async_wait(use_task);
     if (ec || self->stopping_ || self->demoted_) co_return;
     if (self->peer_state_ == PeerState::paired && !self->detaching_) {
+      retry_every = kRetryPairFirst;
       const auto stalled = self->peer_nbd_ ? self->peer_nbd_->stalled_for()
                                            : std::chrono::steady_clock::duration::zero();
       if (self->peer_errors() != self->peer_errors_at_attach_) {
@@ -51,10 +57,13 @@ Task<void> Replicator::watch_loop(std::shared_ptr<Replicator> self) {
     // decide at each attempt, and a secondary that comes back is resynced (docs/resync.md).
     // One stopped by the operator waits for `start`.
     if ((self->peer_state_ == PeerState::unpaired || self->peer_state_ == PeerState::stale) &&
-        std::chrono::steady_clock::now() - last_try > kRetryPairEvery) {
+        std::chrono::steady_clock::now() - last_try > retry_every) {
       last_try = std::chrono::steady_clock::now();
       Result<void> r = co_await self->pair(false);
-      if (!r) log::debug("primary: pairing retry: {}", r.error().to_string());
+      if (!r) {
+        log::debug("primary: pairing retry: {}", r.error().to_string());
+        retry_every = std::min(retry_every * 2, kRetryPairMax);
+      }
     }
   }
 }

@@ -11,7 +11,7 @@ namespace colo::test::sim {
 // --- reconnect: the fault heals, the pair resyncs ------------------------------------------
 
 // The links and the secondary's media heal; the primary pairs again (as its watch loop would,
-// without waiting for its 2 s retry) and resyncs what the secondary may lack; then a checkpoint
+// without waiting for its next retry) and resyncs what the secondary may lack; then a checkpoint
 // must hold the primary's whole disk.
 Task<void> reconnect_and_resync(Sim* sim, bool* done) {
   sim->media->disk->clear_rules();
