@@ -55,6 +55,20 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
         if (Result<void> a = self->adopt(start.generation()); !a) {
           co_return error_reply(replication::ERROR_IO, a.error().message);
         }
+        if (!start.inconsistent() && !self->inconsistent_.empty()) {
+          // Taken as a copy (`start --force` on the primary): the operator says this disk
+          // holds the primary's data, so an earlier sync's marker goes.
+          if (Result<void> m = remove_file_durably(self->inconsistent_marker()); !m) {
+            co_return error_reply(replication::ERROR_IO, m.error().message);
+          }
+          self->inconsistent_.clear();
+          db.set_inconsistent(false);
+          log::event({"secondary_consistent",
+                      {{"resource", self->options_.resource},
+                       {"primary", session->name},
+                       {"epoch", std::to_string(db.epoch())},
+                       {"reason", "taken as a copy (forced)"}}});
+        }
       }
       if (start.inconsistent()) {
         // Durable before the first block of the initial sync lands: this disk is no image of

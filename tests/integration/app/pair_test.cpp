@@ -783,6 +783,48 @@ TEST(Pair, MalformedDigestRequestsAreRefusedAndChangeNothing) {
   EXPECT_EQ(test::sha256_hex(test::read_file(pair.file("s.img"))), test::sha256_hex(disk));
 }
 
+// A start that marks the secondary inconsistent (an initial sync) leaves a durable marker that
+// refuses failover and survives a restart; a later session that takes the secondary as a copy
+// (the primary's `start --force`: a generation without `inconsistent`) removes it.
+TEST(Pair, AnInconsistentMarkerRefusesFailoverUntilTheSecondaryIsTakenAsACopy) {
+  PairFixture pair;
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  auto start = [&](RawChannel& c, bool inconsistent, std::uint64_t generation) {
+    c.send(hello(kReplicationProtocolVersion, "r0"));
+    auto r = c.reply();
+    ASSERT_TRUE(r && r->has_hello()) << (r ? r->DebugString() : "closed");
+    replication::Envelope e;
+    e.set_seq(2);
+    e.mutable_start()->set_epoch(0);
+    e.mutable_start()->set_resync(true);
+    e.mutable_start()->set_inconsistent(inconsistent);
+    e.mutable_start()->set_generation(generation);
+    c.send(e);
+    r = c.reply();
+    ASSERT_TRUE(r && r->has_start()) << (r ? r->DebugString() : "closed");
+  };
+  {
+    RawChannel c(pair.channel_port());
+    ASSERT_NO_FATAL_FAILURE(start(c, true, 0));
+  }
+  ASSERT_TRUE(std::filesystem::exists(pair.file("s-state/inconsistent")));
+  pair.secondary().stop(SIGKILL);
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  EXPECT_TRUE(pair.wait_status(pair.s_ctl(), "inconsistent: yes"));
+  auto f = pair.ctl(pair.s_ctl(), {"failover", "--force"});
+  EXPECT_EQ(f.exit_code, 4) << f.output;
+  EXPECT_NE(f.output.find("s-state/inconsistent"), std::string::npos) << f.output;
+  {
+    RawChannel c(pair.channel_port());
+    ASSERT_NO_FATAL_FAILURE(start(c, false, 0x1234));
+  }
+  EXPECT_FALSE(std::filesystem::exists(pair.file("s-state/inconsistent")));
+  EXPECT_EQ(pair.ctl(pair.s_ctl(), {"status"}).output.find("inconsistent: yes"),
+            std::string::npos);
+  EXPECT_NE(test::read_file(pair.file("s.log")).find("\"event\":\"secondary_consistent\""),
+            std::string::npos);
+}
+
 // kill -9 of the secondary right after it acknowledged a checkpoint: after a restart it is
 // still at that epoch and failover yields that checkpoint's image.
 TEST(Pair, SecondaryCrashRightAfterAckLosesNothing) {
