@@ -55,7 +55,6 @@ Task<IoResult> DirtyTracker::enter(std::uint64_t offset_bytes, std::uint64_t len
   // durability, and the detach folds what the secondary may lack into the dirty bitmap, so
   // either mark covers the write.
   inflight_.push_back({offset_bytes, end});
-  ++inflight_total_;
   bool durable = true;
   if (length_bytes != 0) {
     if (paired_) {

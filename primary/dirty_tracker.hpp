@@ -124,7 +124,6 @@ class DirtyTracker final : public BlockNode {
   std::vector<Range> inflight_;  // write-like requests sent on
   std::vector<Range> locks_;
   AsyncEvent changed_;           // a write left, or a lock was released
-  std::uint64_t inflight_total_ = 0;
   DirtyTrackerStats stats_;
 };
 

@@ -7,6 +7,8 @@
 #   free_port                prints a free loopback TCP port
 #   wait_unix <path>         waits (10 s) until the unix socket exists
 #   wait_tcp <port>          waits (10 s) until 127.0.0.1:<port> accepts
+#   wait_for <what> [pid..]  waits (15 s) for a unix socket (a path) or a loopback TCP port (a
+#                            number), and fails at once when one of the PIDs exited
 #   fio_summary <json>       prints "IOPS<TAB>MiB/s<TAB>p99 us" of fio's JSON output (first job,
 #                            the side that moved data; p99 of the total latency when fio ran
 #                            with --lat_percentiles=1, else of the completion latency)
@@ -68,6 +70,24 @@ wait_tcp() {
     sleep 0.05
   done
   echo "no port $1" >&2
+  exit 1
+}
+
+wait_for() {
+  local what=$1 pid _
+  shift
+  for _ in $(seq 300); do
+    if [[ $what =~ ^[0-9]+$ ]]; then
+      (exec 3<>"/dev/tcp/127.0.0.1/$what") 2>/dev/null && return 0
+    else
+      [ -S "$what" ] && return 0
+    fi
+    for pid in "$@"; do
+      kill -0 "$pid" 2>/dev/null || { echo "process $pid exited while waiting for $what" >&2; exit 1; }
+    done
+    sleep 0.05
+  done
+  echo "timed out waiting for $what" >&2
   exit 1
 }
 

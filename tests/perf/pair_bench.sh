@@ -44,7 +44,7 @@ b_ckpt_ms=${B_CHECKPOINT_MS:-1000}
 prefill=${PREFILL:-1}
 secondary_opts=${SECONDARY_OPTS:-}
 parts=${PARTS:-a b}
-py=/usr/bin/python3
+. tests/perf/lib.sh  # py, free_port, wait_for
 for p in fio "$colod" "$coloctl" "$py"; do
   command -v "$p" >/dev/null || { echo "missing $p (build: cmake -S . -B build && cmake --build build -j2 --target colod coloctl)" >&2; exit 1; }
 done
@@ -75,7 +75,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { $py -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Fails the run, showing the logs of the current measurement.
 die() {
@@ -85,19 +84,7 @@ die() {
 }
 
 # Waits for $1 (a path: unix socket; a number: loopback TCP port), failing if a daemon died.
-wait_ready() {
-  local what=$1 pid
-  for _ in $(seq 300); do
-    if [[ $what =~ ^[0-9]+$ ]]; then
-      (exec 3<>/dev/tcp/127.0.0.1/"$what") 2>/dev/null && return 0
-    else
-      [ -S "$what" ] && return 0
-    fi
-    for pid in "${cur_pids[@]}"; do kill -0 "$pid" 2>/dev/null || die "colod $pid exited"; done
-    sleep 0.05
-  done
-  die "timed out waiting for $what"
-}
+wait_ready() { wait_for "$1" "${cur_pids[@]}"; }
 
 # PIN=1 (the default with two or more CPUs): the secondary on CPU 1, the primary and fio on
 # CPU 0 (every configuration), as if the secondary had its own host; the disk is still

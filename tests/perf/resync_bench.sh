@@ -78,7 +78,7 @@ link_opts=${LINK_OPTS:-}
 link_cache=${LINK_CACHE:-none}
 verify=${VERIFY:-1}
 secondary_opts=${SECONDARY_OPTS:-}
-py=/usr/bin/python3
+. tests/perf/lib.sh  # py, free_port, wait_for
 for p in fio nbdkit nbdcopy taskset "$colod" "$coloctl" "$py"; do
   command -v "$p" >/dev/null || { echo "missing $p (build: cmake -S . -B build && cmake --build build -j2 --target colod coloctl)" >&2; exit 1; }
 done
@@ -102,7 +102,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { $py -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now_s() { echo "$EPOCHREALTIME"; }
 
 logs=()  # the logs shown when the run fails
@@ -150,23 +149,6 @@ stop_pid() {
   fi
   wait "$pid" 2>/dev/null || true
   forget_pid "$pid"
-}
-
-# wait_ready WHAT [PID...]: WHAT a path (unix socket) or a number (loopback TCP port); fails if
-# one of the PIDs exited meanwhile.
-wait_ready() {
-  local what=$1 pid
-  shift
-  for _ in $(seq 300); do
-    if [[ $what =~ ^[0-9]+$ ]]; then
-      (exec 3<>/dev/tcp/127.0.0.1/"$what") 2>/dev/null && return 0
-    else
-      [ -S "$what" ] && return 0
-    fi
-    for pid in "$@"; do kill -0 "$pid" 2>/dev/null || die "process $pid exited"; done
-    sleep 0.05
-  done
-  die "timed out waiting for $what"
 }
 
 # status_of CTL: the daemon's `status --json` into $status.
@@ -262,7 +244,7 @@ a_start() {
   logs=("$a_dir/$1.log")
   start_bg "$a_dir/$1.log" 0 "$colod" --config "$a_dir/$1.conf"
   a_pid=$started
-  wait_ready "$a_dir/$1.sock" "$a_pid"
+  wait_for "$a_dir/$1.sock" "$a_pid"
 }
 
 # a_dirty NAME: the primary's dirty blocks (- without a replication section: no `status`).
@@ -418,10 +400,10 @@ replication {
 EOF
   logs=("$b_dir/primary.log" "$b_dir/secondary.log")
   b_start_secondary
-  wait_ready "$chan_port" "$s_pid"
+  wait_for "$chan_port" "$s_pid"
   start_bg "$b_dir/primary.log" 0 "$colod" --config "$b_dir/primary.conf"
   p_pid=$started
-  wait_ready "$b_dir/primary.sock" "$p_pid"
+  wait_for "$b_dir/primary.sock" "$p_pid"
   status_of "$b_dir/primary.ctl"
   [ "$(jget 's["peer"]["state"]')" = paired ] || die "the primary is not paired: $status"
   p_uri="nbd+unix:///r0?socket=$b_dir/primary.sock"
@@ -431,7 +413,7 @@ b_start_secondary() {
   rm -f "$b_dir/secondary.ctl"
   start_bg "$b_dir/secondary.log" 1 "$colod" --config "$b_dir/secondary.conf"
   s_pid=$started
-  wait_ready "$b_dir/secondary.ctl" "$s_pid"
+  wait_for "$b_dir/secondary.ctl" "$s_pid"
 }
 
 # Events in the primary's log so far: events_count NAME.
@@ -531,8 +513,8 @@ b_measure_link() {
   src=$started
   start_bg "$b_dir/nbdkit.log" 1 nbdkit -f --exit-with-parent -i 127.0.0.1 -p "$port" file "$sec_dir/link.img" cache="$link_cache"
   dst=$started
-  wait_ready "$b_dir/pattern.sock" "$src"
-  wait_ready "$port" "$dst"
+  wait_for "$b_dir/pattern.sock" "$src"
+  wait_for "$port" "$dst"
   t0=$(now_s)
   # shellcheck disable=SC2046,SC2086
   $(pinned 0) nbdcopy --flush $link_opts "nbd+unix:///?socket=$b_dir/pattern.sock" \
