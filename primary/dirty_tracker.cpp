@@ -46,6 +46,7 @@ bool DirtyTracker::in_flight(std::uint64_t offset, std::uint64_t end) const {
 
 Task<IoResult> DirtyTracker::enter(std::uint64_t offset_bytes, std::uint64_t length_bytes) {
   const std::uint64_t end = offset_bytes + length_bytes;
+  last_request_ = std::chrono::steady_clock::now();
   if (locked(offset_bytes, end)) {
     ++stats_.lock_waits;
     while (locked(offset_bytes, end)) co_await changed_.wait();
@@ -95,6 +96,7 @@ Task<IoResult> DirtyTracker::enter(std::uint64_t offset_bytes, std::uint64_t len
 
 void DirtyTracker::leave(std::uint64_t offset_bytes, std::uint64_t length_bytes) {
   const std::uint64_t end = offset_bytes + length_bytes;
+  last_request_ = std::chrono::steady_clock::now();
   for (std::size_t i = 0; i < inflight_.size(); ++i) {
     if (inflight_[i].offset == offset_bytes && inflight_[i].end == end) {
       inflight_[i] = inflight_.back();
@@ -107,6 +109,7 @@ void DirtyTracker::leave(std::uint64_t offset_bytes, std::uint64_t length_bytes)
 }
 
 Task<IoResult> DirtyTracker::read(std::uint64_t offset_bytes, std::span<std::byte> out) {
+  last_request_ = std::chrono::steady_clock::now();
   return child_.read(offset_bytes, out);
 }
 
@@ -146,7 +149,10 @@ Task<IoResult> DirtyTracker::write_zeroes(std::uint64_t offset_bytes, std::uint6
   return zero(IoOp::write_zeroes, offset_bytes, length_bytes, flags);
 }
 
-Task<IoResult> DirtyTracker::flush() { return child_.flush(); }
+Task<IoResult> DirtyTracker::flush() {
+  last_request_ = std::chrono::steady_clock::now();
+  return child_.flush();
+}
 
 Task<void> DirtyTracker::drain() {
   while (!inflight_.empty()) co_await changed_.wait();

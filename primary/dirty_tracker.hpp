@@ -22,8 +22,11 @@
 //   and the cut not yet committed), so the dirty set after a lost link is what was written,
 //   not whole extents; the extents are for a crash of this node. Extents idle for a whole checkpoint interval retire from the activity
 //   log (lazily), as do the oldest committed ones beyond `active_extents_max`.
-// Flushes and reads pass untouched. Single-threaded: runs on the executor of its callers.
+// Flushes and reads pass untouched, but every request counts as the consumer's activity
+// (consumer_active), which the resync yields to. Single-threaded: runs on the executor of its
+// callers.
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -89,6 +92,11 @@ class DirtyTracker final : public BlockNode {
 
   DirtyMap& map() { return *map_; }
   const DirtyTrackerStats& stats() const { return stats_; }
+  // The consumer has a write in flight, or sent any request less than `window` ago (the resync
+  // takes a smaller share of the disks and the link then: docs/resync.md, "Rate").
+  bool consumer_active(std::chrono::steady_clock::duration window) const {
+    return !inflight_.empty() || std::chrono::steady_clock::now() - last_request_ < window;
+  }
 
  private:
   struct Range {
@@ -124,6 +132,7 @@ class DirtyTracker final : public BlockNode {
   std::vector<Range> inflight_;  // write-like requests sent on
   std::vector<Range> locks_;
   AsyncEvent changed_;           // a write left, or a lock was released
+  std::chrono::steady_clock::time_point last_request_{};  // the consumer's latest request
   DirtyTrackerStats stats_;
 };
 

@@ -104,6 +104,9 @@ Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context&
   o.generations_path = generations_path;
   o.generations = gens;
   o.resync.rate_bytes_per_s = rc.resync_rate_bytes_per_s();
+  if (rc.has_resync_busy_share_percent()) {
+    o.resync.busy_share_percent = rc.resync_busy_share_percent();
+  }
   o.resync_inconsistent_when_short = rc.resync_inconsistent_when_short();
 
   // The quorum's alignment, hence the front-end export's minimum block size, is at least

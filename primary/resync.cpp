@@ -95,13 +95,16 @@ Task<void> Resync::copy_loop(std::shared_ptr<Resync> self) {
       std::max<std::uint64_t>(self->options_.chunk_bytes / block, 1);
   const std::uint64_t zero_run_max =
       std::max<std::uint64_t>(self->options_.zero_chunk_bytes / block, 1);
+  const std::uint64_t busy_run_max =
+      std::max<std::uint64_t>(self->options_.busy_chunk_bytes / block, 1);
   while (!self->cancelled_ && self->progress_.error.empty()) {
     const std::uint64_t first = map.next_dirty(self->next_block_);
     if (first >= count) break;
     // A run of dirty blocks of one kind: zeroed (trimmed while alone; larger runs, sent as
-    // write-zeroes once the data confirms it) or not.
+    // write-zeroes once the data confirms it) or not; shorter while the consumer is active.
     const bool zeroed = map.zeroed(first);
-    const std::uint64_t run_max = zeroed ? zero_run_max : data_run_max;
+    std::uint64_t run_max = zeroed ? zero_run_max : data_run_max;
+    if (self->consumer_active()) run_max = std::min(run_max, busy_run_max);
     std::uint64_t last = first;
     while (last + 1 < count && last + 1 - first < run_max && map.dirty(last + 1) &&
            map.zeroed(last + 1) == zeroed) {
@@ -110,13 +113,14 @@ Task<void> Resync::copy_loop(std::shared_ptr<Resync> self) {
     self->next_block_ = last + 1;
     const std::uint64_t offset = first * block;
     const std::uint64_t length = std::min((last + 1) * block, disk) - offset;
+    const auto t0 = std::chrono::steady_clock::now();
     Result<void> r = co_await self->copy_chunk(offset, length);
     if (!r) {
       if (self->progress_.error.empty()) self->progress_.error = r.error().message;
       break;
     }
     self->progress_.blocks_done += last + 1 - first;
-    co_await self->pace();
+    co_await self->pace(std::chrono::steady_clock::now() - t0);
   }
   if (--self->workers_ == 0) self->workers_done_.notify_all();
 }
@@ -139,6 +143,7 @@ Task<void> Resync::compare_loop(std::shared_ptr<Resync> self) {
                                           disk - offset);
     const std::uint64_t blocks = (length + block - 1) / block;
     self->next_block_ += blocks;
+    const auto t0 = std::chrono::steady_clock::now();
     Result<std::vector<std::string>> theirs = co_await self->fetch_digests_(offset, length);
     if (!theirs) {
       if (self->progress_.error.empty()) self->progress_.error = theirs.error().message;
@@ -182,7 +187,7 @@ Task<void> Resync::compare_loop(std::shared_ptr<Resync> self) {
     }
     if (failed) break;
     self->progress_.blocks_done += blocks;
-    co_await self->pace();
+    co_await self->pace(std::chrono::steady_clock::now() - t0);
   }
   if (--self->workers_ == 0) self->workers_done_.notify_all();
 }
@@ -213,14 +218,34 @@ Task<Result<void>> Resync::copy_chunk(std::uint64_t offset, std::uint64_t length
   co_return out;
 }
 
-Task<void> Resync::pace() {
-  if (options_.rate_bytes_per_s == 0 || cancelled_) co_return;
+bool Resync::consumer_active() const {
+  return options_.busy_share_percent < 100 && tracker_->consumer_active(options_.busy_window);
+}
+
+Task<void> Resync::pace(std::chrono::steady_clock::duration worked) {
+  if (cancelled_) co_return;
+  asio::steady_timer timer(ex_);  // one per worker: a shared timer's expires_at cancels the other
+  if (consumer_active()) {
+    // With W workers each working `worked` and then pausing `worked * (100 W / share - 1)`,
+    // the time any of them works is at most share % of the whole.
+    const std::uint32_t share = std::max<std::uint32_t>(options_.busy_share_percent, 1);
+    const double factor = 100.0 * std::max<std::uint32_t>(workers_, 1) / share - 1.0;
+    const auto pause = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(worked) * factor);
+    if (pause.count() > 0) {
+      ++progress_.yields;
+      progress_.yielded += pause;
+      timer.expires_after(pause);
+      co_await timer.async_wait(use_task);
+      if (cancelled_) co_return;
+    }
+  }
+  if (options_.rate_bytes_per_s == 0) co_return;
   const double s = static_cast<double>(progress_.bytes_sent + progress_.zero_bytes / 64) /
                    static_cast<double>(options_.rate_bytes_per_s);
   const auto due = progress_.started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                            std::chrono::duration<double>(s));
   if (due <= std::chrono::steady_clock::now()) co_return;
-  asio::steady_timer timer(ex_);  // one per worker: a shared timer's expires_at cancels the other
   timer.expires_at(due);
   co_await timer.async_wait(use_task);
 }

@@ -45,6 +45,12 @@ struct ResyncOptions {
   std::uint64_t zero_chunk_bytes = 4u * 1024u * 1024u;  // a run of zeroed blocks
   std::uint32_t parallel = 2;
   std::uint64_t rate_bytes_per_s = 0;  // 0: no cap
+  // The consumer's priority: while it is active (DirtyTracker::consumer_active over
+  // `busy_window`), the resync sends runs of at most `busy_chunk_bytes` and pauses after each
+  // so that its work fills at most `busy_share_percent` of the time (100: never yields).
+  std::uint32_t busy_share_percent = 20;
+  std::chrono::milliseconds busy_window{50};
+  std::uint64_t busy_chunk_bytes = 64u * 1024u;
 };
 
 struct ResyncProgress {
@@ -57,6 +63,8 @@ struct ResyncProgress {
   bool compare = false;            // an initial sync (every block compared by digest)
   std::uint64_t blocks_equal = 0;  // compared equal (not sent)
   std::uint64_t block_bytes = 0;
+  std::uint64_t yields = 0;        // pauses made for the consumer (ResyncOptions::busy_*)
+  std::chrono::steady_clock::duration yielded{};  // their total length
   std::chrono::steady_clock::time_point started{};
   std::chrono::steady_clock::time_point finished{};
   std::string error;
@@ -85,7 +93,9 @@ class Resync : public std::enable_shared_from_this<Resync> {
   static Task<void> copy_loop(std::shared_ptr<Resync> self);
   static Task<void> compare_loop(std::shared_ptr<Resync> self);
   Task<Result<void>> copy_chunk(std::uint64_t offset, std::uint64_t length);
-  Task<void> pace();
+  // After a piece of work that took `worked`: the consumer's priority, then the rate cap.
+  Task<void> pace(std::chrono::steady_clock::duration worked);
+  bool consumer_active() const;
 
   asio::any_io_executor ex_;
   std::shared_ptr<DirtyTracker> tracker_;

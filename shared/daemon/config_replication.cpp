@@ -57,6 +57,11 @@ void validate_replication_config(const config::DaemonConfig& cfg,
                                      "from 4096 to 16777216", b));
       }
     }
+    if (r.has_resync_busy_share_percent() &&
+        (r.resync_busy_share_percent() == 0 || r.resync_busy_share_percent() > 100)) {
+      errors.push_back(fmt::format("replication.resync_busy_share_percent: {} is not from 1 to "
+                                   "100", r.resync_busy_share_percent()));
+    }
     const std::string peer = replication_peer_child(r);
     if (!cfg.has_quorum()) {
       errors.push_back(fmt::format("replication.peer_child: the primary needs a quorum with the "
@@ -97,9 +102,10 @@ void validate_replication_config(const config::DaemonConfig& cfg,
       errors.push_back("replication.checkpoint_interval_ms: checkpoints are driven by the primary");
     }
     if (r.has_bitmap_block_bytes() || r.resync_rate_bytes_per_s() != 0 ||
-        r.resync_inconsistent_when_short()) {
+        r.resync_inconsistent_when_short() || r.has_resync_busy_share_percent()) {
       errors.push_back("replication.bitmap_block_bytes, resync_rate_bytes_per_s, "
-                       "resync_inconsistent_when_short: only the primary resyncs");
+                       "resync_inconsistent_when_short, resync_busy_share_percent: only the "
+                       "primary resyncs");
     }
     if (r.has_export_block_bytes_min()) {
       errors.push_back("replication.export_block_bytes_min: only the primary's export uses it (the "

@@ -49,7 +49,11 @@
 #   C_RUNTIME (seconds of fio in (c), default 5), C_RATE (replication.resync_rate_bytes_per_s of
 #   the pair, default 0: no cap; applies to (b) too), WRITE_MODE (the pair's, default SYNC),
 #   CHECKPOINT_MS (the pair's periodic checkpoints, default 1000), SECONDARY_OPTS (text added to
-#   the secondary's `secondary { }` section, e.g. "ordered_flushes: false"), LINK_OPTS (extra
+#   the secondary's `secondary { }` section, e.g. "ordered_flushes: false"), PRIMARY_OPTS (text
+#   added to the primary's `replication { }` section, e.g. "resync_busy_share_percent: 100"),
+#   BUFFER_MB (the secondary's buffer size, default 2 x SIZE_MB + 1: room for every original;
+#   a small one with PRIMARY_OPTS="resync_inconsistent_when_short: true" makes every resync
+#   inconsistent, saving no originals), LINK_OPTS (extra
 #   nbdcopy options for the link's rate, e.g. "--connections=1 --requests=2"), LINK_CACHE (the nbdkit
 #   file plugin's cache= for the link's destination, default none), SECONDARY_DIR (where the
 #   secondary's disk, buffer and the link's destination file go; default inside the bench dir),
@@ -78,6 +82,7 @@ link_opts=${LINK_OPTS:-}
 link_cache=${LINK_CACHE:-none}
 verify=${VERIFY:-1}
 secondary_opts=${SECONDARY_OPTS:-}
+primary_opts=${PRIMARY_OPTS:-}
 . tests/perf/lib.sh  # py, free_port, wait_for
 for p in fio nbdkit nbdcopy taskset "$colod" "$coloctl" "$py"; do
   command -v "$p" >/dev/null || { echo "missing $p (build: cmake -S . -B build && cmake --build build -j2 --target colod coloctl)" >&2; exit 1; }
@@ -193,6 +198,7 @@ echo "resync_bench: bench dir $work ($(df -T "$work" | awk 'NR==2{print $2 " on 
   "files in $sec_dir ($(df -T "$sec_dir" | awk 'NR==2{print $2 " on " $1}'));" \
   "$([ "$pin" = 1 ] && echo "secondary on CPU 1, primary and fio on CPU 0" || echo "no CPU pinning")"
 [ -n "$secondary_opts" ] && echo "secondary options: $secondary_opts"
+[ -n "$primary_opts" ] && echo "primary options: $primary_opts"
 echo "load before: $(load); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $(date -u +%FT%TZ)"
 results=$work/results.tsv
 : >"$results"
@@ -343,6 +349,7 @@ part_a() {
 b_dir=$work/b
 size=$((size_mb * 1048576))
 buffer_size=$((size * 2 + 1048576))  # sparse; a 100 % resync saves one original per block
+[ -n "${BUFFER_MB:-}" ] && buffer_size=$((BUFFER_MB * 1048576))
 
 b_setup() {
   mkdir -p "$b_dir/primary-state" "$b_dir/secondary-state"
@@ -396,6 +403,7 @@ replication {
   write_mode: $write_mode
   checkpoint_interval_ms: $ckpt_ms
   resync_rate_bytes_per_s: $c_rate
+  $primary_opts
 }
 EOF
   logs=("$b_dir/primary.log" "$b_dir/secondary.log")

@@ -163,14 +163,34 @@ TEST(Config, BitmapBlockBytesDefaultsTo64KiBAndTheResyncOptionsAreThePrimarys) {
                                                  bad)),
               std::string::npos) << c.error().message;
   }
-  auto s = parse_config_text(
-      "resource: \"r0\"\nrole: SECONDARY\nstate_dir: \"/s\"\ndisk { path: \"/d\" }\n"
-      "secondary { buffer_path: \"/b\" replication_listen: \"tcp:127.0.0.1:1\" }\n"
-      "replication { listen: \"tcp:127.0.0.1:2\" resync_rate_bytes_per_s: 1000 }\n",
-      "s.conf");
-  ASSERT_FALSE(s);
-  EXPECT_NE(s.error().message.find("only the primary resyncs"), std::string::npos)
-      << s.error().message;
+  for (const std::uint32_t good : {1u, 20u, 100u}) {
+    std::string text = kPairPrimary;
+    text.replace(text.find("write_mode: ASYNC"), 17,
+                 fmt::format("write_mode: ASYNC resync_busy_share_percent: {}", good));
+    auto c = parse_config_text(text, "p.conf");
+    ASSERT_TRUE(c) << c.error().to_string();
+    EXPECT_EQ(c->replication().resync_busy_share_percent(), good);
+  }
+  for (const std::uint32_t bad : {0u, 101u}) {
+    std::string text = kPairPrimary;
+    text.replace(text.find("write_mode: ASYNC"), 17,
+                 fmt::format("write_mode: ASYNC\n  resync_busy_share_percent: {}", bad));
+    auto c = parse_config_text(text, "p.conf");
+    ASSERT_FALSE(c) << bad;
+    EXPECT_NE(c.error().message.find(fmt::format(
+                  "p.conf:15: replication.resync_busy_share_percent: {} is not from 1 to 100", bad)),
+              std::string::npos) << c.error().message;
+  }
+  for (const char* option : {"resync_rate_bytes_per_s: 1000", "resync_busy_share_percent: 50"}) {
+    auto s = parse_config_text(
+        fmt::format("resource: \"r0\"\nrole: SECONDARY\nstate_dir: \"/s\"\ndisk {{ path: \"/d\" }}\n"
+                    "secondary {{ buffer_path: \"/b\" replication_listen: \"tcp:127.0.0.1:1\" }}\n"
+                    "replication {{ listen: \"tcp:127.0.0.1:2\" {} }}\n", option),
+        "s.conf");
+    ASSERT_FALSE(s) << option;
+    EXPECT_NE(s.error().message.find("only the primary resyncs"), std::string::npos)
+        << s.error().message;
+  }
 }
 
 TEST(Config, ReplicationNeedsItsPieces) {
