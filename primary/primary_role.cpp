@@ -15,7 +15,9 @@
 #include "shared/base/log.hpp"
 #include "shared/block/file_node.hpp"
 #include "shared/daemon/config.hpp"
+#include "shared/daemon/control_server.hpp"
 #include "shared/daemon/daemon.hpp"
+#include "shared/daemon/role_state.hpp"
 #include "shared/nbd/nbd_server.hpp"
 #include "shared/pair/dirty_map.hpp"
 #include "shared/pair/epoch_record.hpp"
@@ -157,6 +159,29 @@ Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context&
   return g;
 }
 
+namespace {
+
+// The resource form's demote: the role's own demote (the export closed, a last checkpoint, the
+// secondary released), then the role stored as secondary and the daemon restarted in it.
+Task<control::Reply> demote_to_secondary(ControlHandler demote, DaemonContext* ctx,
+                                         std::string state_dir,
+                                         std::shared_ptr<Replicator> replicator,
+                                         control::Request req) {
+  control::Reply reply = co_await demote(req);
+  if (!replicator->demoted()) co_return reply;  // refused (a resync running, bad usage)
+  if (Result<void> stored = store_role(state_dir, config::SECONDARY); !stored) {
+    co_return ControlReplyBuilder::fail(
+        kExitFailed, "demoted, but the role could not be stored: " + stored.error().to_string() +
+                         "; the node stays demoted as the primary");
+  }
+  ctx->change_role(config::SECONDARY);
+  reply.set_exit_code(reply.exit_code() == kExitRefused ? 0 : reply.exit_code());
+  reply.set_text(reply.text() + "the node restarts as the secondary\n");
+  co_return reply;
+}
+
+}  // namespace
+
 // The primary: the config's disk (io_uring FileNode), and when the config has a quorum, the
 // quorum over its children (the disk, NBD peers, other files), served on the front-end export.
 Result<void> start_primary(DaemonContext& ctx) {
@@ -207,6 +232,17 @@ Result<void> start_primary(DaemonContext& ctx) {
     register_replication_commands(ctx.control(), replicator, server);
     register_quorum_commands(ctx.control(), ctx.executor(), quorum, cfg.quorum(),
                              file_opener(ctx.io()));
+    if (ctx.resource_form()) {
+      ControlHandler demote = ctx.control().handler("demote");
+      DaemonContext* c = &ctx;
+      const std::string state_dir = cfg.state_dir();
+      ctx.control().replace_command(
+          "demote", "demote: close the export, last checkpoint, release the secondary, and "
+                    "become the secondary",
+          [demote, c, state_dir, replicator](const control::Request& r) {
+            return demote_to_secondary(demote, c, state_dir, replicator, r);
+          });
+    }
   }
   ctx.on_shutdown([server, quorum, replicator]() -> Task<void> {
     log::info("primary: closing the front-end export");

@@ -223,6 +223,12 @@ replication::Envelope SecondaryPairing::on_hello(const std::shared_ptr<Session>&
   return reply;
 }
 
+Result<void> SecondaryPairing::finish_promotion() {
+  if (Result<void> r = remove_file_durably(promoted_marker()); !r) return r;
+  promoted_ = false;
+  return {};
+}
+
 Task<Result<void>> SecondaryPairing::failover(bool force) {
   if (primary_connected() && !force) {
     co_return make_error(EBUSY, fmt::format("failover refused: primary \"{}\" is still connected "

@@ -98,6 +98,9 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   Task<Result<void>> failover(bool force);
   // Marks the promoted node demoted (its export is closed by the caller).
   void set_demoted() { promoted_ = false; }
+  // The resource form: the promotion is complete and the node now runs as the primary (its
+  // role file says so): the "promoted" marker goes, durably.
+  Result<void> finish_promotion();
 
  private:
   struct Session {

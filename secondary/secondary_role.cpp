@@ -14,6 +14,7 @@
 #include "shared/base/listen_address.hpp"
 #include "shared/base/log.hpp"
 #include "shared/block/file_node.hpp"
+#include "shared/daemon/role_state.hpp"
 #include "shared/nbd/nbd_server.hpp"
 #include "shared/pair/node_identity.hpp"
 
@@ -245,6 +246,51 @@ Task<control::Reply> cmd_demote(std::shared_ptr<SecondaryPairing> pairing,
                                     "needs a resync (restart with the secondary config)\n");
 }
 
+// The resource form's promote (and failover): a replicating node fails over (rolls back to its
+// last checkpoint, in a new generation) and waits for the rollback; an idle one (a new resource,
+// or released by its primary's demote or stop) has nothing to roll back. Then the role is stored
+// as primary, the "promoted" marker goes, and the daemon restarts in the primary role.
+Task<control::Reply> promote_to_primary(std::shared_ptr<DiskBuffer> db,
+                                        std::shared_ptr<SecondaryPairing> pairing,
+                                        DaemonContext* ctx, std::string state_dir,
+                                        control::Request req) {
+  const bool force = req.args_size() == 1 && req.args(0) == "--force";
+  if (req.args_size() > 1 || (req.args_size() == 1 && !force)) {
+    co_return ControlReplyBuilder::fail(kExitUsage, "usage: promote [--force]");
+  }
+  std::string how = "nothing to roll back";
+  if (!pairing->promoted() && db->state() == BufferState::replicating) {
+    Result<void> r = co_await pairing->failover(force);
+    if (!r) co_return ControlReplyBuilder::from_error(r.error());
+    how = fmt::format("rolled back to the last checkpoint (epoch {})", db->epoch());
+  } else if (!pairing->promoted()) {
+    if (pairing->primary_connected() && !force) {
+      co_return ControlReplyBuilder::fail(
+          kExitRefused, fmt::format("promote refused: primary \"{}\" is connected (demote it "
+                                    "first, or use --force)", pairing->peer().name));
+    }
+    if (!pairing->inconsistent().empty()) {
+      co_return ControlReplyBuilder::fail(
+          kExitRefused, "promote refused: this node's disk is inconsistent (an initial sync "
+                        "has not completed)");
+    }
+  }
+  co_await db->wait_failover_idle();
+  const FailoverProgress p = db->failover_progress();
+  if (!p.error.empty()) {
+    co_return ControlReplyBuilder::fail(kExitFailed, "promote: the rollback failed: " + p.error);
+  }
+  if (Result<void> stored = store_role(state_dir, config::PRIMARY); !stored) {
+    co_return ControlReplyBuilder::from_error(stored.error());
+  }
+  if (Result<void> done = pairing->finish_promotion(); !done) {
+    co_return ControlReplyBuilder::from_error(done.error());
+  }
+  ctx->change_role(config::PRIMARY);
+  co_return ControlReplyBuilder::ok(
+      fmt::format("promoted: {}; the node restarts as the primary\n", how));
+}
+
 // Runs `task` on `io` to its end before the daemon's loop starts (recovery reads and writes
 // through the block nodes, which need the loop).
 template <class T>
@@ -405,6 +451,34 @@ Result<void> start_secondary(DaemonContext& ctx) {
                               [pairing, local](const control::Request& r) {
                                 return cmd_demote(pairing, local, r);
                               });
+    if (ctx.resource_form()) {
+      DaemonContext* c = &ctx;
+      const std::string state_dir = cfg.state_dir();
+      for (const char* name : {"failover", "promote"}) {
+        ctx.control().replace_command(
+            name, std::string(name) + " [--force]: become the primary (a replicating node rolls "
+                                      "back to its last checkpoint first)",
+            [db, pairing, c, state_dir](const control::Request& r) {
+              return promote_to_primary(db, pairing, c, state_dir, r);
+            });
+      }
+      ctx.control().replace_command(
+          "demote", "demote: (this node is the secondary already)",
+          [](const control::Request&) -> Task<control::Reply> {
+            co_return ControlReplyBuilder::fail(kExitRefused,
+                                                "demote refused: this node is the secondary");
+          });
+      // A promotion cut short (a crash after the rollback began): resume_promotion finished
+      // the rollback at start; the node goes on as the primary.
+      if (pairing->promoted()) {
+        if (Result<void> stored = store_role(state_dir, config::PRIMARY); !stored) {
+          return stored.error();
+        }
+        if (Result<void> done = pairing->finish_promotion(); !done) return done.error();
+        log::info("secondary: a promotion was under way; the node restarts as the primary");
+        ctx.change_role(config::PRIMARY);
+      }
+    }
   }
 
   std::shared_ptr<NbdServer> replication_server = replication;

@@ -1,4 +1,5 @@
-// colod: the replication daemon. One binary; the role comes from the config.
+// colod: the replication daemon. One binary; the role comes from the config, or in the
+// resource form (one file for both hosts) from the node's durable state.
 
 #include <boost/program_options.hpp>
 
@@ -13,13 +14,20 @@
 #include "shared/daemon/config.hpp"
 #include "shared/daemon/daemon.hpp"
 #include "shared/daemon/event_loop.hpp"
+#include "shared/daemon/resource_config.hpp"
+#include "shared/daemon/role_state.hpp"
 
 namespace po = boost::program_options;
 
 namespace {
 
-int run_daemon(colo::config::DaemonConfig cfg) {
+// Runs one role until it stops. In the resource form, returns the role to run next when a
+// command changed it (promote, demote), nullopt when the daemon is to exit; `code` is the
+// exit status.
+std::optional<colo::config::Role> run_daemon(colo::config::DaemonConfig cfg, bool resource_form,
+                                             int* code) {
   using namespace colo;
+  *code = 0;
   if (!cfg.log_level().empty()) {
     log::Level level;
     if (log::parse_level(cfg.log_level(), &level)) log::set_level(level);
@@ -30,27 +38,57 @@ int run_daemon(colo::config::DaemonConfig cfg) {
 
   asio::io_context io(1);
   DaemonContext ctx(io, cfg);
+  ctx.set_resource_form(resource_form);
   const std::string control_path = control_socket_path(cfg);
   if (auto r = ctx.control().listen(control_path); !r) {
     log::error("{}", r.error().to_string());
-    return 1;
+    *code = 1;
+    return std::nullopt;
   }
   Result<void> started = cfg.role() == config::PRIMARY ? start_primary(ctx) : start_secondary(ctx);
   if (!started) {
-    log::error("cannot start the {} role: {}",
-               cfg.role() == config::PRIMARY ? "primary" : "secondary",
-               started.error().to_string());
+    log::error("cannot start the {} role: {}", role_name(cfg.role()), started.error().to_string());
     ctx.control().close();
-    return 1;
+    *code = 1;
+    return std::nullopt;
   }
   ctx.handle_signals();
-  const char* role = cfg.role() == config::PRIMARY ? "primary" : "secondary";
-  log::info("colod {} started: resource \"{}\", role {}", kVersion, cfg.resource(), role);
+  const char* role = role_name(cfg.role());
+  log::info("colod {} started: resource \"{}\", role {}{}", kVersion, cfg.resource(), role,
+            resource_form ? fmt::format(", node \"{}\"", cfg.replication().node_name()) : "");
   ctx.notifier().ready(fmt::format("{} of resource \"{}\": serving", role, cfg.resource()));
   const EventLoopStats loop = run_event_loop(io, std::chrono::microseconds(poll_us(cfg)));
   log::info("colod stopped (event loop: {} blocking waits, {} empty polls, {} events found by "
             "polling)", loop.blocking_waits, loop.polls, loop.poll_hits);
-  return 0;
+  return ctx.next_role();
+}
+
+// The resource form: the node's role from its state, until a run ends without a role change.
+int run_resource(const colo::config::DaemonConfig& cfg, const std::string& node) {
+  using namespace colo;
+  for (;;) {
+    const std::string state_dir = [&] {
+      for (const auto& n : cfg.nodes()) {
+        if (n.name() == node) return n.state_dir();
+      }
+      return std::string();
+    }();
+    auto role = load_role(state_dir);
+    if (!role) {
+      log::error("{}", role.error().to_string());
+      return 1;
+    }
+    auto derived = node_config(cfg, node, *role);
+    if (!derived) {
+      log::error("{}", derived.error().to_string());
+      return 1;
+    }
+    int code = 0;
+    const std::optional<config::Role> next = run_daemon(std::move(*derived), true, &code);
+    if (!next) return code;
+    log::info("node \"{}\": role changed from {} to {}", node, role_name(*role),
+              role_name(*next));
+  }
 }
 
 }  // namespace
@@ -64,7 +102,10 @@ int main(int argc, char** argv) {
       ("help,h", "print this help and exit")
       ("version,V", "print the version and exit")
       ("config,c", po::value<std::string>(), "daemon config file")
-      ("check-config", "validate the config file and exit");
+      ("node,n", po::value<std::string>(),
+       "resource form: this host's node (default: the host name)")
+      ("check-config", "validate the config file and exit (the resource form: both roles of "
+                       "both nodes)");
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -90,9 +131,37 @@ int main(int argc, char** argv) {
     std::cerr << "colod: " << cfg.error().to_string() << "\n";
     return 1;
   }
+  if (colo::is_resource_form(*cfg)) {
+    const std::string wanted = vm.count("node") ? vm["node"].as<std::string>() : "";
+    auto node = colo::pick_node(*cfg, wanted);
+    if (vm.count("check-config")) {
+      std::cout << "colod: config is valid: resource \"" << cfg->resource() << "\", nodes \""
+                << cfg->nodes(0).name() << "\" and \"" << cfg->nodes(1).name()
+                << "\", each as primary and as secondary";
+      if (node) {
+        std::cout << "; this host is \"" << *node << "\"";
+      } else if (!wanted.empty()) {
+        std::cerr << "colod: " << node.error().message << "\n";
+        return 1;
+      }
+      std::cout << "\n";
+      return 0;
+    }
+    if (!node) {
+      std::cerr << "colod: " << node.error().message << "\n";
+      return 1;
+    }
+    return run_resource(*cfg, *node);
+  }
+  if (vm.count("node")) {
+    std::cerr << "colod: --node needs a config in the resource form (with `nodes`)\n";
+    return 2;
+  }
   if (vm.count("check-config")) {
     std::cout << "colod: config is valid\n";
     return 0;
   }
-  return run_daemon(std::move(*cfg));
+  int code = 0;
+  (void)run_daemon(std::move(*cfg), false, &code);
+  return code;
 }

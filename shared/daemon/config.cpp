@@ -11,6 +11,7 @@
 
 #include "shared/base/listen_address.hpp"
 #include "shared/base/log.hpp"
+#include "shared/daemon/resource_config.hpp"
 
 namespace colo {
 namespace {
@@ -101,6 +102,10 @@ int line_of_option(const google::protobuf::TextFormat::ParseInfoTree& root,
 
 std::vector<std::string> validate_config(const config::DaemonConfig& cfg) {
   std::vector<std::string> errors;
+  if (is_resource_form(cfg)) {
+    validate_resource_config(cfg, errors);
+    return errors;
+  }
   if (cfg.role() == config::ROLE_UNSPECIFIED) {
     errors.push_back("role: must be PRIMARY or SECONDARY");
   }

@@ -65,6 +65,20 @@ void ControlServer::add_command(std::string name, std::string usage, ControlHand
   commands_.emplace(std::move(name), Command{std::move(usage), std::move(handler)});
 }
 
+ControlHandler ControlServer::handler(std::string_view name) const {
+  auto it = commands_.find(name);
+  return it == commands_.end() ? ControlHandler{} : it->second.handler;
+}
+
+void ControlServer::replace_command(std::string name, std::string usage, ControlHandler handler) {
+  commands_.erase(name);
+  add_command(std::move(name), std::move(usage), std::move(handler));
+}
+
+Task<void> ControlServer::replies_written() {
+  while (replying_ != 0) co_await replied_.wait();
+}
+
 Result<void> ControlServer::listen(const std::string& path) {
   if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
     return make_error(ENAMETOOLONG, "control socket path " + path + " is too long");
@@ -130,8 +144,10 @@ Task<void> ControlServer::serve(Local::socket socket) {
       }
       co_return;
     }
+    ++replying_;
     control::Reply reply = co_await dispatch(request);
     error_code ec = co_await write_message(socket, reply);
+    if (--replying_ == 0) replied_.notify_all();
     if (ec) co_return;
   }
 }

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "control.pb.h"
+#include "shared/base/async_event.hpp"
 #include "shared/base/error.hpp"
 #include "shared/base/task.hpp"
 
@@ -56,6 +57,13 @@ class ControlServer {
 
   // Registers `name`; `usage` is one line shown by "help". A name registers once.
   void add_command(std::string name, std::string usage, ControlHandler handler);
+  // The handler registered for `name` (empty when none), and its replacement (the resource
+  // form wraps a role's promote and demote with the role change).
+  ControlHandler handler(std::string_view name) const;
+  void replace_command(std::string name, std::string usage, ControlHandler handler);
+  // Completes once every reply being prepared has been written (a role change waits for the
+  // reply of the command that asked for it).
+  Task<void> replies_written();
 
   // Binds the socket (replacing a stale socket file), chmod 0600, and starts accepting.
   Result<void> listen(const std::string& path);
@@ -75,6 +83,8 @@ class ControlServer {
   std::map<std::string, Command, std::less<>> commands_;
   std::unique_ptr<asio::local::stream_protocol::acceptor> acceptor_;
   std::string path_;
+  std::uint32_t replying_ = 0;  // requests dispatched whose reply is not written yet
+  AsyncEvent replied_;
 };
 
 // Client side (coloctl, tests): one blocking request/reply exchange.

@@ -36,6 +36,22 @@ Task<void> DaemonContext::shutdown() {
   io_.stop();
 }
 
+namespace {
+Task<void> role_change(DaemonContext* ctx) {
+  co_await ctx->control().replies_written();
+  co_await ctx->shutdown();
+}
+}  // namespace
+
+void DaemonContext::change_role(config::Role next) {
+  CHECK(resource_form_);
+  if (next_role_ || shutting_down_) return;
+  next_role_ = next;
+  log::info("changing role: this role stops, then the {} role starts",
+            next == config::PRIMARY ? "primary" : "secondary");
+  spawn(executor(), role_change(this), "role change");
+}
+
 std::string control_socket_path(const config::DaemonConfig& config) {
   if (!config.control_socket().empty()) return config.control_socket();
   return "/run/colo/" + (config.resource().empty() ? std::string("colod") : config.resource()) +

@@ -41,6 +41,15 @@ class DaemonContext {
   Task<void> shutdown();
   bool shutting_down() const { return shutting_down_; }
 
+  // The resource form (docs/resource.md): the role is durable state and promote/demote change
+  // it at run time. change_role() is called once the new role is stored: once the replies in
+  // flight are written, this role shuts down (its shutdown hooks, as on SIGTERM) and colod
+  // starts `next` from the same config.
+  void set_resource_form(bool on) { resource_form_ = on; }
+  bool resource_form() const { return resource_form_; }
+  void change_role(config::Role next);
+  std::optional<config::Role> next_role() const { return next_role_; }
+
  private:
   asio::io_context& io_;
   config::DaemonConfig config_;
@@ -49,6 +58,8 @@ class DaemonContext {
   asio::signal_set signals_;
   std::vector<std::function<Task<void>()>> shutdown_hooks_;
   bool shutting_down_ = false;
+  bool resource_form_ = false;
+  std::optional<config::Role> next_role_;
 };
 
 // Runs `task` to completion on `io` before the daemon's loop runs (opening the graph, pairing),

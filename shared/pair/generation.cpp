@@ -19,15 +19,6 @@ bool holds(const std::vector<std::uint64_t>& ids, std::uint64_t id) {
   return id != 0 && std::find(ids.begin(), ids.end(), id) != ids.end();
 }
 
-std::string sha256_hex(std::string_view text) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_Digest(text.data(), text.size(), md, &n, EVP_sha256(), nullptr);
-  std::string hex;
-  for (unsigned i = 0; i < n; ++i) hex += fmt::format("{:02x}", md[i]);
-  return hex;
-}
-
 // The body: every line but the checksum.
 std::string encode_body(const Generations& g) {
   std::string history;
@@ -138,24 +129,21 @@ SyncDecision decide_sync(const Generations& mine, const Generations& peer) {
 
 Result<void> store_generations(const std::string& path, const Generations& g) {
   CHECK(g.history.size() <= kGenerationHistoryMax);
-  const std::string body = encode_body(g);
-  return write_file_atomic(path, body + "sha256 " + sha256_hex(body) + "\n");
+  return write_checksummed_file(path, encode_body(g));
 }
 
 Result<std::optional<Generations>> load_generations(const std::string& path) {
-  auto text = read_file_if_exists(path);
-  if (!text) return text.error();
-  if (!text->has_value()) return std::optional<Generations>();
-  const std::string& all = **text;
   auto damaged = [&path](std::string_view why) {
     return make_error(EIO, fmt::format("generation file {} is damaged ({}); refusing to guess "
                                        "which data this node holds", path, why));
   };
-  const auto sum_at = all.rfind("sha256 ");
-  if (sum_at == std::string::npos || all.empty() || all.back() != '\n') return damaged("no checksum");
-  const std::string_view body(all.data(), sum_at);
-  const std::string_view sum(all.data() + sum_at + 7, all.size() - sum_at - 8);
-  if (sum != sha256_hex(body)) return damaged("checksum mismatch");
+  auto text = read_checksummed_file(path);
+  if (!text) {
+    if (text.error().code.value() == EILSEQ) return damaged(text.error().message);
+    return text.error();
+  }
+  if (!text->has_value()) return std::optional<Generations>();
+  const std::string_view body = **text;
   std::string_view rest = body;
   const auto nl = rest.find('\n');
   if (nl == std::string_view::npos || rest.substr(0, nl) != kMagic) return damaged("unknown format");

@@ -1,7 +1,10 @@
 #include "shared/pair/state_file.hpp"
 
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <unistd.h>
+
+#include <fmt/format.h>
 
 #include <filesystem>
 
@@ -71,6 +74,35 @@ Result<std::optional<std::string>> read_file_if_exists(const std::string& path) 
     out.append(buf, static_cast<std::size_t>(n));
   }
   return std::optional<std::string>(std::move(out));
+}
+
+std::string sha256_hex(std::string_view text) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(text.data(), text.size(), md, &n, EVP_sha256(), nullptr);
+  std::string hex;
+  for (unsigned i = 0; i < n; ++i) hex += fmt::format("{:02x}", md[i]);
+  return hex;
+}
+
+Result<void> write_checksummed_file(const std::string& path, std::string_view body) {
+  return write_file_atomic(path, std::string(body) + "sha256 " + sha256_hex(body) + "\n");
+}
+
+Result<std::optional<std::string>> read_checksummed_file(const std::string& path) {
+  auto text = read_file_if_exists(path);
+  if (!text) return text.error();
+  if (!text->has_value()) return std::optional<std::string>();
+  const std::string& all = **text;
+  const auto sum_at = all.rfind("sha256 ");
+  if (sum_at == std::string::npos || all.empty() || all.back() != '\n') {
+    return make_error(EILSEQ, "no checksum");
+  }
+  const std::string_view sum(all.data() + sum_at + 7, all.size() - sum_at - 8);
+  if (sum != sha256_hex(std::string_view(all.data(), sum_at))) {
+    return make_error(EILSEQ, "checksum mismatch");
+  }
+  return std::optional<std::string>(all.substr(0, sum_at));
 }
 
 }  // namespace colo

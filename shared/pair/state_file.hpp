@@ -17,6 +17,14 @@ Result<void> write_file_atomic(const std::string& path, std::string_view content
 
 // The file's contents, nullopt when it does not exist; other errors name the path.
 Result<std::optional<std::string>> read_file_if_exists(const std::string& path);
+// A checksummed text file: `body` then "sha256 <hex of body>\n", written atomically.
+Result<void> write_checksummed_file(const std::string& path, std::string_view body);
+// The body of such a file, nullopt when it does not exist. A missing or wrong checksum is
+// EILSEQ with the message "no checksum" or "checksum mismatch" (callers name the file).
+Result<std::optional<std::string>> read_checksummed_file(const std::string& path);
+// SHA-256 of `text` in lower-case hex.
+std::string sha256_hex(std::string_view text);
+
 // fsync of the directory holding `path` (a rename or unlink in it is durable after).
 Result<void> sync_parent_directory(const std::string& path);
 // Removes `path` (none is fine) and syncs its directory.
