@@ -175,6 +175,17 @@ Task<Result<void>> Replicator::stop() {
   co_return Result<void>{};
 }
 
+// After a last checkpoint the secondary holds every write (the gate is closed): no extent of
+// the activity log covers a block it may lack, so none is left for a later failback to resync.
+Task<void> Replicator::retire_all_extents() {
+  DirtyMap& map = tracker_->map();
+  for (const std::uint64_t e : map.active_extents()) map.clear_active(e);
+  if (Result<void> r = co_await map.sync(); !r) {
+    log::warn("primary: retiring the activity log after the last checkpoint: {} (its extents "
+              "are resynced at the next pairing)", r.error().to_string());
+  }
+}
+
 // A last checkpoint with the gate closed for good, then the channel is closed: the secondary
 // stays replicating at that epoch with nothing to roll back, and our record says clean.
 Task<Result<void>> Replicator::demote() {
@@ -194,6 +205,7 @@ Task<Result<void>> Replicator::demote() {
   if (out && peer_state_ == PeerState::paired) {
     co_await release_peer(PeerState::stopped, "this node was demoted");
     co_await store_state({epoch_, false, true});
+    co_await retire_all_extents();
   }
   demoted_ = true;
   periodic_timer_.cancel();
@@ -219,6 +231,7 @@ Task<void> Replicator::shutdown() {
     if (last && peer_state_ == PeerState::paired) {
       co_await release_peer(PeerState::stopped, "the primary stopped");
       co_await store_state({epoch_, false, true});
+      co_await retire_all_extents();
       log::info("primary: last checkpoint {} taken; the secondary can resume or fail over", epoch_);
     }
   }

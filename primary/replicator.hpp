@@ -192,6 +192,10 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   };
   Task<Result<PairingPlan>> decide_pairing(const Generations& peer, bool force, bool initial_sync);
   void start_resync(bool compare);
+  // Failback: the secondary's own dirty blocks (its writes as a primary, or its rollback at a
+  // promotion) join this node's dirty bitmap, durably. Returns how many blocks became dirty.
+  Task<Result<std::uint64_t>> take_peer_dirty();
+  Task<void> retire_all_extents();
   static Task<Result<std::vector<std::string>>> fetch_digests(std::weak_ptr<Replicator> weak,
                                                               std::uint64_t offset_bytes,
                                                               std::uint64_t length_bytes);

@@ -131,6 +131,23 @@ Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
     co_return fail(decided.error());
   }
   PairingPlan plan = *decided;
+  if (theirs.own_dirty_bytes() != 0 && !plan.compare && !plan.adopt) {
+    // Failback: the secondary was a primary (or was promoted and rolled back): the blocks it
+    // wrote that we may lack, and those it rolled back, are resynced from here too.
+    Result<std::uint64_t> added = co_await take_peer_dirty();
+    if (!added) {
+      reopen();
+      co_return fail(Error{added.error().code, "pairing: reading the secondary's own dirty "
+                                               "blocks: " + added.error().message});
+    }
+    log::event({"failback_delta",
+                {{"resource", options_.resource},
+                 {"secondary", peer_name_},
+                 {"peer_dirty_bytes", std::to_string(theirs.own_dirty_bytes())},
+                 {"blocks_added", std::to_string(*added)},
+                 {"dirty_blocks", std::to_string(tracker_->map().dirty_count())}}});
+    plan.resync = plan.resync || tracker_->map().dirty_count() != 0;
+  }
   plan.inconsistent = plan.compare;
   const bool need_resync = plan.resync || plan.compare;
   const bool adopt = plan.adopt;

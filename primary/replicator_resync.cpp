@@ -111,6 +111,42 @@ Task<Result<std::vector<std::string>>> Replicator::fetch_digests(std::weak_ptr<R
   co_return out;
 }
 
+Task<Result<std::uint64_t>> Replicator::take_peer_dirty() {
+  DirtyMap& map = tracker_->map();
+  const std::uint64_t block = map.block_bytes();
+  const std::uint64_t disk = quorum_->size_bytes();
+  const std::uint64_t range = kDirtyBitsPerReplyMax * block;
+  const std::uint64_t before = map.dirty_count();
+  bool durable = true;
+  for (std::uint64_t offset = 0; offset < disk; offset += range) {
+    const std::uint64_t length = std::min(range, disk - offset);
+    replication::Envelope request;
+    auto* d = request.mutable_dirty_request();
+    d->set_offset(offset);
+    d->set_length(length);
+    d->set_block_bytes(static_cast<std::uint32_t>(block));
+    Result<replication::Envelope> reply = co_await channel_->call(request,
+                                                                  options_.checkpoint_timeout);
+    if (!reply) co_return reply.error();
+    const std::uint64_t blocks = (length + block - 1) / block;
+    if (!reply->has_dirty_reply() || reply->dirty_reply().bits().size() != (blocks + 7) / 8) {
+      co_return make_error(EPROTO, fmt::format("the secondary answered a dirty request for {} "
+                                               "blocks with {}", blocks, body_name(*reply)));
+    }
+    const std::string& bits = reply->dirty_reply().bits();
+    for (std::uint64_t i = 0; i < blocks; ++i) {
+      if ((static_cast<unsigned char>(bits[i / 8]) >> (i % 8)) & 1u) {
+        const std::uint64_t at = offset + i * block;
+        durable = map.mark_dirty(at, std::min(block, disk - at)) && durable;
+      }
+    }
+  }
+  if (!durable) {
+    if (Result<void> r = co_await map.durable(); !r) co_return r.error();
+  }
+  co_return map.dirty_count() - before;
+}
+
 Task<Result<void>> Replicator::allow_inconsistent_resync() {
   allow_inconsistent_once_ = true;
   if (peer_state_ != PeerState::stale && peer_state_ != PeerState::unpaired) {

@@ -155,6 +155,13 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   std::uint64_t generation() const { return header_.generation; }
   std::uint32_t block_bytes() const { return header_.block_bytes; }
   std::size_t buffered_block_count() const { return index_.block_count(); }
+  // The blocks (of block_bytes()) written since the last checkpoint, in no order.
+  std::vector<std::uint64_t> buffered_blocks() const {
+    std::vector<std::uint64_t> out;
+    out.reserve(index_.block_count());
+    for (const auto& [block, entry] : index_.entries()) out.push_back(block);
+    return out;
+  }
   // Bytes of the buffer's log in use in this generation (records: header pages and data),
   // the log's size, and the records written in this generation.
   std::uint64_t buffer_used_bytes() const { return index_.bytes_used(); }

@@ -43,6 +43,13 @@ SecondaryPairing::SecondaryPairing(asio::any_io_executor ex, std::shared_ptr<Dis
 }
 
 Result<void> SecondaryPairing::adopt(std::uint64_t id) {
+  if (own_dirty_) {
+    // This disk now equals the primary's: what it wrote on its own is overwritten or equal.
+    log::info("secondary: taking generation {}: the own dirty bitmap ({} blocks) is dropped",
+              generation_hex(id), own_dirty_->dirty_count());
+    own_dirty_.reset();
+    if (Result<void> r = remove_file_durably(own_dirty_path()); !r) return r;
+  }
   if (gens_.current == id && gens_.bitmap == 0) return {};
   const Generations next = adopt_generation(gens_, id);
   Result<void> r = store_generations(generations_path(), next);
@@ -220,6 +227,7 @@ replication::Envelope SecondaryPairing::on_hello(const std::shared_ptr<Session>&
   const std::uint64_t used = db_->buffer_used_bytes();
   const std::uint64_t capacity = db_->buffer_capacity_bytes();
   h->set_buffer_free_bytes(capacity > used ? capacity - used : 1);
+  if (own_dirty_) h->set_own_dirty_bytes(own_dirty_->dirty_count() * own_dirty_->block_bytes());
   return reply;
 }
 

@@ -19,6 +19,7 @@
 
 #include "replication.pb.h"
 #include "secondary/disk_buffer_node.hpp"
+#include "shared/pair/dirty_map.hpp"
 #include "shared/pair/generation.hpp"
 #include "shared/pair/node_identity.hpp"
 #include "shared/pair/replication_channel.hpp"
@@ -98,6 +99,14 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   Task<Result<void>> failover(bool force);
   // Marks the promoted node demoted (its export is closed by the caller).
   void set_demoted() { promoted_ = false; }
+  // Failback (docs/resync.md): this node's own dirty bitmap (<state_dir>/primary.bitmap, left
+  // by its time as a primary, or written when it was promoted), opened with its activity log
+  // folded in. Announced in the hello; the primary asks for its bits (DirtyRequest) and
+  // resyncs those blocks too; dropped, file and all, once this node takes a generation (its
+  // disk then equals the primary's).
+  void set_own_dirty(std::unique_ptr<DirtyMap> map) { own_dirty_ = std::move(map); }
+  DirtyMap* own_dirty() const { return own_dirty_.get(); }
+  std::string own_dirty_path() const { return options_.state_dir + "/primary.bitmap"; }
   // The resource form: the promotion is complete and the node now runs as the primary (its
   // role file says so): the "promoted" marker goes, durably.
   Result<void> finish_promotion();
@@ -119,6 +128,7 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
                                  const replication::Hello& hello);
   void on_lost(const std::shared_ptr<Session>& session, const std::string& reason);
   std::string promoted_marker() const;
+  replication::Envelope dirty_bits(const replication::DirtyRequest& d) const;
   std::string generations_path() const { return options_.state_dir + "/generations"; }
   std::string inconsistent_marker() const { return options_.state_dir + "/inconsistent"; }
   static Task<replication::Envelope> digests(std::shared_ptr<SecondaryPairing> self,
@@ -138,6 +148,7 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   std::chrono::system_clock::time_point last_checkpoint_{};
   std::uint64_t checkpoints_ = 0;
   bool promoted_ = false;
+  std::unique_ptr<DirtyMap> own_dirty_;
   bool closed_ = false;
   Generations gens_;
   std::uint64_t resync_bytes_ = 0;

@@ -151,6 +151,8 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
     }
     case replication::Envelope::kDigestRequest:
       co_return co_await digests(self, request.digest_request());
+    case replication::Envelope::kDirtyRequest:
+      co_return self->dirty_bits(request.dirty_request());
     default:
       co_return error_reply(replication::ERROR_PROTOCOL,
                             fmt::format("unexpected {} request", body_name(request)));
@@ -191,6 +193,43 @@ Task<replication::Envelope> SecondaryPairing::digests(std::shared_ptr<SecondaryP
   auto* out = reply.mutable_digest_reply();
   for (auto& digest : block_digests(data, block)) out->add_digests(std::move(digest));
   co_return reply;
+}
+
+// Failback: the blocks of a range this node's own dirty bitmap marks, in the primary's block
+// size (a block is marked when any of ours overlapping it is). Malformed requests are refused.
+replication::Envelope SecondaryPairing::dirty_bits(const replication::DirtyRequest& d) const {
+  const std::uint64_t disk = db_->disk_size_bytes();
+  const std::uint64_t block = d.block_bytes();
+  if (block < 4096 || (block & (block - 1)) != 0) {
+    return error_reply(replication::ERROR_PROTOCOL,
+                       fmt::format("dirty request: block size {} is not a power of two from 4096",
+                                   block));
+  }
+  const std::uint64_t blocks = (d.length() + block - 1) / block;
+  if (d.length() == 0 || blocks > kDirtyBitsPerReplyMax || d.offset() % block != 0 ||
+      d.offset() > disk || d.length() > disk - d.offset()) {
+    return error_reply(replication::ERROR_PROTOCOL,
+                       fmt::format("dirty request: range {} +{} (blocks of {}) is not inside the "
+                                   "disk of {} bytes or is too long", d.offset(), d.length(),
+                                   block, disk));
+  }
+  replication::Envelope reply;
+  std::string bits((blocks + 7) / 8, '\0');
+  if (own_dirty_) {
+    const std::uint64_t own = own_dirty_->block_bytes();
+    for (std::uint64_t i = 0; i < blocks; ++i) {
+      const std::uint64_t offset = d.offset() + i * block;
+      const std::uint64_t end = std::min(offset + block, disk);
+      for (std::uint64_t b = offset / own; b * own < end; ++b) {
+        if (own_dirty_->dirty(b)) {
+          bits[i / 8] = static_cast<char>(bits[i / 8] | (1 << (i % 8)));
+          break;
+        }
+      }
+    }
+  }
+  reply.mutable_dirty_reply()->set_bits(std::move(bits));
+  return reply;
 }
 
 }  // namespace colo

@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <chrono>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string_view>
@@ -14,6 +15,7 @@
 #include "shared/base/listen_address.hpp"
 #include "shared/base/log.hpp"
 #include "shared/block/file_node.hpp"
+#include "shared/daemon/config.hpp"
 #include "shared/daemon/role_state.hpp"
 #include "shared/nbd/nbd_server.hpp"
 #include "shared/pair/node_identity.hpp"
@@ -246,6 +248,49 @@ Task<control::Reply> cmd_demote(std::shared_ptr<SecondaryPairing> pairing,
                                     "needs a resync (restart with the secondary config)\n");
 }
 
+// This node's own dirty bitmap (failback, docs/resync.md), created when missing, with its
+// activity log folded into its dirty blocks.
+Result<std::unique_ptr<DirtyMap>> open_own_dirty(asio::io_context& io,
+                                                const config::DaemonConfig& cfg,
+                                                const std::string& path,
+                                                std::uint64_t disk_bytes) {
+  DirtyMapOptions o;
+  o.path = path;
+  o.disk_size_bytes = disk_bytes;
+  o.block_bytes = replication_bitmap_block_bytes(cfg.replication());
+  auto map = DirtyMap::open(io, o);
+  if (!map) return map.error();
+  if ((*map)->active_count() != 0) {
+    Result<void> folded = run_before_loop(io, (*map)->fold_active_into_dirty());
+    if (!folded) return folded.error();
+  }
+  return std::move(*map);
+}
+
+// Before a promotion rolls the buffer back: its blocks (written by the old primary since the
+// last checkpoint) go into this node's own dirty bitmap, durably, so the failback resyncs them.
+Task<Result<void>> mark_rolled_back(std::shared_ptr<DiskBuffer> db,
+                                    std::shared_ptr<SecondaryPairing> pairing,
+                                    DaemonContext* ctx) {
+  if (pairing->own_dirty() == nullptr) {
+    auto own = open_own_dirty(ctx->io(), ctx->config(), pairing->own_dirty_path(),
+                              db->disk_size_bytes());
+    if (!own) co_return own.error();
+    pairing->set_own_dirty(std::move(*own));
+  }
+  DirtyMap& map = *pairing->own_dirty();
+  const std::uint64_t block = db->block_bytes();
+  const std::uint64_t disk = db->disk_size_bytes();
+  bool durable = true;
+  for (const std::uint64_t b : db->buffered_blocks()) {
+    const std::uint64_t offset = b * block;
+    if (offset >= disk) continue;
+    durable = map.mark_dirty(offset, std::min(block, disk - offset)) && durable;
+  }
+  if (!durable) co_return co_await map.durable();
+  co_return Result<void>{};
+}
+
 // The resource form's promote (and failover): a replicating node fails over (rolls back to its
 // last checkpoint, in a new generation) and waits for the rollback; an idle one (a new resource,
 // or released by its primary's demote or stop) has nothing to roll back. Then the role is stored
@@ -260,6 +305,22 @@ Task<control::Reply> promote_to_primary(std::shared_ptr<DiskBuffer> db,
   }
   std::string how = "nothing to roll back";
   if (!pairing->promoted() && db->state() == BufferState::replicating) {
+    if (pairing->primary_connected() && !force) {
+      co_return ControlReplyBuilder::fail(
+          kExitRefused, fmt::format("promote refused: primary \"{}\" is still connected (demote "
+                                    "it first, or use --force)", pairing->peer().name));
+    }
+    if (!pairing->inconsistent().empty()) {
+      co_return ControlReplyBuilder::fail(
+          kExitRefused, "promote refused: this node's disk is inconsistent (an initial sync "
+                        "has not completed)");
+    }
+    Result<void> marked = co_await mark_rolled_back(db, pairing, ctx);
+    if (!marked) {
+      co_return ControlReplyBuilder::fail(
+          kExitFailed, "promote: recording the blocks to roll back in " +
+                           pairing->own_dirty_path() + ": " + marked.error().to_string());
+    }
     Result<void> r = co_await pairing->failover(force);
     if (!r) co_return ControlReplyBuilder::from_error(r.error());
     how = fmt::format("rolled back to the last checkpoint (epoch {})", db->epoch());
@@ -375,6 +436,16 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
     g.pairing = *pairing;
     Result<void> resumed = run_to_completion(io, g.pairing->resume_promotion());
     if (!resumed) return fail(resumed.error());
+    // Failback: the dirty bitmap of this node's time as a primary (or of its promotion), its
+    // activity log folded in: blocks its next primary may lack.
+    if (std::filesystem::exists(g.pairing->own_dirty_path())) {
+      auto own = open_own_dirty(io, cfg, g.pairing->own_dirty_path(), g.db->disk_size_bytes());
+      if (!own) return fail(own.error());
+      log::info("secondary: own dirty bitmap {}: {} blocks this node wrote as a primary (or "
+                "rolled back) that the primary will resync", g.pairing->own_dirty_path(),
+                (*own)->dirty_count());
+      g.pairing->set_own_dirty(std::move(*own));
+    }
     for (const auto& text : rc.listen()) {
       auto address = parse_listen_address(text);
       if (!address) return fail(address.error());

@@ -50,13 +50,6 @@ void validate_replication_config(const config::DaemonConfig& cfg,
                                      "two from 1 to {}", b, kExportBlockBytesMinMax));
       }
     }
-    if (r.has_bitmap_block_bytes()) {
-      const std::uint32_t b = r.bitmap_block_bytes();
-      if (b < 4096 || (b & (b - 1)) != 0 || b > 16u * 1024u * 1024u) {
-        errors.push_back(fmt::format("replication.bitmap_block_bytes: {} is not a power of two "
-                                     "from 4096 to 16777216", b));
-      }
-    }
     if (r.has_resync_busy_share_percent() &&
         (r.resync_busy_share_percent() == 0 || r.resync_busy_share_percent() > 100)) {
       errors.push_back(fmt::format("replication.resync_busy_share_percent: {} is not from 1 to "
@@ -101,15 +94,22 @@ void validate_replication_config(const config::DaemonConfig& cfg,
     if (r.checkpoint_interval_ms() != 0) {
       errors.push_back("replication.checkpoint_interval_ms: checkpoints are driven by the primary");
     }
-    if (r.has_bitmap_block_bytes() || r.resync_rate_bytes_per_s() != 0 ||
-        r.resync_inconsistent_when_short() || r.has_resync_busy_share_percent()) {
-      errors.push_back("replication.bitmap_block_bytes, resync_rate_bytes_per_s, "
-                       "resync_inconsistent_when_short, resync_busy_share_percent: only the "
-                       "primary resyncs");
+    if (r.resync_rate_bytes_per_s() != 0 || r.resync_inconsistent_when_short() ||
+        r.has_resync_busy_share_percent()) {
+      errors.push_back("replication.resync_rate_bytes_per_s, resync_inconsistent_when_short, "
+                       "resync_busy_share_percent: only the primary resyncs");
     }
     if (r.has_export_block_bytes_min()) {
       errors.push_back("replication.export_block_bytes_min: only the primary's export uses it (the "
                        "secondary answers the primary with its replication export's alignment)");
+    }
+  }
+  // Both roles: a secondary keeps the bitmap of its time as a primary (failback).
+  if (r.has_bitmap_block_bytes()) {
+    const std::uint32_t b = r.bitmap_block_bytes();
+    if (b < 4096 || (b & (b - 1)) != 0 || b > 16u * 1024u * 1024u) {
+      errors.push_back(fmt::format("replication.bitmap_block_bytes: {} is not a power of two "
+                                   "from 4096 to 16777216", b));
     }
   }
   if (r.write_mode() != config::SYNC && r.write_mode() != config::ASYNC) {

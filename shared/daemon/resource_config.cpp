@@ -194,10 +194,10 @@ Result<config::DaemonConfig> node_config(const config::DaemonConfig& cfg, const 
       out.mutable_secondary()->set_replication_export_name(cfg.resource());
     }
     for (const auto& l : me->channel_listen()) r->add_listen(l);
-    // What only the primary uses.
+    // What only the primary uses (bitmap_block_bytes stays: the bitmap of this node's time as
+    // a primary, for the failback).
     r->set_checkpoint_interval_ms(0);
     r->clear_export_block_bytes_min();
-    r->clear_bitmap_block_bytes();
     r->set_resync_rate_bytes_per_s(0);
     r->set_resync_inconsistent_when_short(false);
     r->clear_resync_busy_share_percent();

@@ -45,6 +45,8 @@ namespace colo {
 
 inline constexpr std::uint32_t kDirtyBlockBytesDefault = 64u * 1024u;
 inline constexpr std::uint32_t kActiveExtentBytesDefault = 4u * 1024u * 1024u;
+// Failback (DirtyRequest): the most blocks one request may ask about (their bits fit a frame).
+inline constexpr std::uint64_t kDirtyBitsPerReplyMax = 256u * 1024u;
 
 struct DirtyMapOptions {
   std::string path;

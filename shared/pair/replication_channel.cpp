@@ -62,6 +62,8 @@ std::string_view body_name(const replication::Envelope& e) {
     case replication::Envelope::kError: return "error";
     case replication::Envelope::kDigestRequest: return "digest_request";
     case replication::Envelope::kDigestReply: return "digest_reply";
+    case replication::Envelope::kDirtyRequest: return "dirty_request";
+    case replication::Envelope::kDirtyReply: return "dirty_reply";
     case replication::Envelope::BODY_NOT_SET: return "empty";
   }
   return "?";

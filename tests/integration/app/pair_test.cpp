@@ -783,6 +783,49 @@ TEST(Pair, MalformedDigestRequestsAreRefusedAndChangeNothing) {
   EXPECT_EQ(test::sha256_hex(test::read_file(pair.file("s.img"))), test::sha256_hex(disk));
 }
 
+// Failback's dirty requests (which blocks the secondary's own bitmap marks) malformed are
+// refused with a message; a valid one on a secondary without an own bitmap answers one zero
+// bit per block. Nothing changes on the disk.
+TEST(Pair, MalformedDirtyRequestsAreRefusedAndChangeNothing) {
+  PairFixture pair;
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  const std::string before = test::sha256_hex(test::read_file(pair.file("s.img")));
+  RawChannel c(pair.channel_port());
+  std::uint64_t seq = 1;
+  auto dirty = [&](std::uint64_t offset, std::uint64_t length, std::uint32_t block) {
+    replication::Envelope e;
+    e.set_seq(++seq);
+    e.mutable_dirty_request()->set_offset(offset);
+    e.mutable_dirty_request()->set_length(length);
+    e.mutable_dirty_request()->set_block_bytes(block);
+    c.send(e);
+    return c.reply();
+  };
+  auto r = dirty(0, 65536, 65536);  // before hello
+  ASSERT_TRUE(r && r->has_error());
+  EXPECT_EQ(r->error().code(), replication::ERROR_PROTOCOL);
+  c.send(hello(kReplicationProtocolVersion, "r0"));
+  r = c.reply();
+  ASSERT_TRUE(r && r->has_hello()) << (r ? r->DebugString() : "closed");
+  EXPECT_EQ(r->hello().own_dirty_bytes(), 0u);
+  struct Bad {
+    std::uint64_t offset, length;
+    std::uint32_t block;
+  };
+  for (const Bad& b : {Bad{0, 65536, 1000}, Bad{0, 65536, 2048}, Bad{0, 0, 65536},
+                       Bad{4096, 65536, 65536}, Bad{kDiskBytes, 65536, 65536},
+                       Bad{kDiskBytes - 65536, 131072, 65536}}) {
+    r = dirty(b.offset, b.length, b.block);
+    ASSERT_TRUE(r && r->has_error()) << b.offset << " " << b.length << " " << b.block;
+    EXPECT_EQ(r->error().code(), replication::ERROR_PROTOCOL) << r->error().message();
+    EXPECT_NE(r->error().message().find("dirty request"), std::string::npos);
+  }
+  r = dirty(0, kDiskBytes, 4096);  // 2048 blocks: 256 bytes of bits
+  ASSERT_TRUE(r && r->has_dirty_reply()) << (r ? r->DebugString() : "closed");
+  EXPECT_EQ(r->dirty_reply().bits(), std::string(256, '\0'));
+  EXPECT_EQ(test::sha256_hex(test::read_file(pair.file("s.img"))), before);
+}
+
 // A start that marks the secondary inconsistent (an initial sync) leaves a durable marker that
 // refuses failover and survives a restart; a later session that takes the secondary as a copy
 // (the primary's `start --force`: a generation without `inconsistent`) removes it.

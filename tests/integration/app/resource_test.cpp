@@ -13,6 +13,7 @@
 
 #include "pair_fixture.hpp"
 #include "process.hpp"
+#include "tcp_proxy.hpp"
 #include "test_support.hpp"
 
 namespace colo {
@@ -24,21 +25,32 @@ using test_pair::kColod;
 using test_pair::kDiskBytes;
 using test_pair::Nbd;
 
+struct ResourceOptions {
+  std::string write_mode = "SYNC";
+  std::uint64_t disk_bytes = kDiskBytes;
+  bool proxy_b = false;  // a TcpProxy in front of node b's replication export
+};
+
 class Resource {
  public:
-  Resource() {
+  explicit Resource(ResourceOptions o = {}) : o_(std::move(o)) {
     for (int i = 0; i < 4; ++i) {
       int p = test::free_tcp_port();
       while (std::find(ports_.begin(), ports_.end(), p) != ports_.end()) p = test::free_tcp_port();
       ports_.push_back(p);
     }
+    if (o_.proxy_b) proxy_ = std::make_unique<test::TcpProxy>(ports_[2]);
     std::string nodes;
     for (int i = 0; i < 2; ++i) {
       const std::string n = name(i);
       std::filesystem::create_directories(dir_.file(n));
+      const std::string uri =
+          i == 1 && proxy_ ? fmt::format("  replication_uri: \"nbd://127.0.0.1:{}/r0\"\n",
+                                         proxy_->port())
+                           : "";
       nodes += fmt::format(R"(nodes {{
   name: "{0}"
-  state_dir: "{1}/{0}"
+{5}  state_dir: "{1}/{0}"
   control_socket: "{1}/{0}.ctl"
   disk {{ path: "{1}/{0}.img" create: true size_bytes: {2} }}
   export {{ name: "r0" listen: "unix:{1}/{0}.sock" }}
@@ -50,15 +62,15 @@ class Resource {
   }}
   channel_listen: "tcp:127.0.0.1:{4}"
 }}
-)", n, dir_.path().string(), kDiskBytes, ports_[2 * i], ports_[2 * i + 1]);
+)", n, dir_.path().string(), o_.disk_bytes, ports_[2 * i], ports_[2 * i + 1], uri);
     }
-    test::write_file(config(), R"(resource: "r0"
-replication {
-  write_mode: SYNC
+    test::write_file(config(), fmt::format(R"(resource: "r0"
+replication {{
+  write_mode: {}
   heartbeat_interval_ms: 100
   heartbeat_timeout_ms: 1000
-}
-)" + nodes);
+}}
+)", o_.write_mode) + nodes);
   }
   ~Resource() {
     for (auto& p : procs_) {
@@ -80,6 +92,7 @@ replication {
   void stop(int i) { procs_[i].stop(SIGTERM); }
   test::Process& proc(int i) { return procs_[i]; }
   std::string log(int i) const { return test::read_file(dir_.file(name(i) + ".log")); }
+  test::TcpProxy* proxy() { return proxy_.get(); }
   test::CommandResult cmd(int i, std::vector<std::string> args) {
     std::vector<std::string> argv{kColoctl, "--socket", ctl(i)};
     argv.insert(argv.end(), args.begin(), args.end());
@@ -94,8 +107,13 @@ replication {
     return false;
   }
 
+  // Every byte of node i's disk.
+  std::string image(int i) const { return test::sha256_hex(test::read_file(disk(i))); }
+
  private:
+  ResourceOptions o_;
   test::TempDir dir_;
+  std::unique_ptr<test::TcpProxy> proxy_;
   std::vector<int> ports_;
   test::Process procs_[2];
 };
@@ -176,6 +194,74 @@ TEST(Resource, PromoteDemoteAndPromoteSwitchTheRolesOverKeepingEveryWrite) {
   EXPECT_TRUE(r.wait_status(0, "role: secondary"));
   EXPECT_TRUE(r.wait_status(1, "peer_state: paired")) << r.log(1);
 }
+
+class Failback : public ::testing::TestWithParam<const char*> {};
+
+// a is the primary, b the secondary. After a checkpoint, a writes one more block: in sync mode
+// it reaches b's buffer (b rolls it back when promoted); in async mode the link to b is a black
+// hole and it never reaches b. a is killed; b is promoted and writes a block of its own. a
+// restarts (still a primary by its role file), is demoted, and rejoins as b's secondary: b
+// resyncs exactly its own block, the block it rolled back and a's activity-log extent (a's
+// writes after the checkpoint, which b may lack), and both disks end equal.
+TEST_P(Failback, TheOldPrimaryRejoinsWithTheDeltaOnly) {
+  const std::string mode = GetParam();
+  constexpr std::uint64_t kMiB = 1u << 20;
+  Resource r({.write_mode = mode, .disk_bytes = 64 * kMiB, .proxy_b = true});
+  ASSERT_NO_FATAL_FAILURE(r.start(0));
+  ASSERT_NO_FATAL_FAILURE(r.start(1));
+  ASSERT_EQ(r.cmd(0, {"promote"}).exit_code, 0);
+  ASSERT_TRUE(r.wait_status(0, "peer_state: paired")) << r.log(0);
+  {
+    Nbd nbd(r.sock(0));
+    std::string buf(kMiB, 'p');
+    ASSERT_EQ(nbd_pwrite(nbd.h, buf.data(), buf.size(), 0, 0), 0);
+    auto c = r.cmd(0, {"checkpoint"});
+    ASSERT_EQ(c.exit_code, 0) << c.output;
+    if (mode == "ASYNC") r.proxy()->set_blackhole(true);
+    std::string late(64u << 10, 'q');
+    ASSERT_EQ(nbd_pwrite(nbd.h, late.data(), late.size(), 2 * kMiB, 0), 0);
+  }
+  r.proc(0).stop(SIGKILL);
+  r.proxy()->set_blackhole(false);
+  ASSERT_TRUE(r.wait_status(1, "disconnected")) << r.log(1);
+  auto p = r.cmd(1, {"promote"});
+  ASSERT_EQ(p.exit_code, 0) << p.output;
+  ASSERT_TRUE(r.wait_status(1, "role: primary")) << r.log(1);
+  // The block b rolled back (sync: q reached its buffer) is dirty on b from the start.
+  EXPECT_TRUE(r.wait_status(1, mode == "SYNC" ? "dirty: 1 blocks" : "dirty: 0 blocks"))
+      << r.cmd(1, {"status"}).output;
+  {
+    Nbd nbd(r.sock(1));
+    std::string z(64u << 10, 'z');
+    ASSERT_EQ(nbd_pwrite(nbd.h, z.data(), z.size(), 40 * kMiB, 0), 0);
+  }
+  // a comes back as it was, a primary; the operator demotes it.
+  ASSERT_NO_FATAL_FAILURE(r.start(0));
+  EXPECT_TRUE(r.wait_status(0, "role: primary"));
+  auto d = r.cmd(0, {"demote"});
+  ASSERT_EQ(d.exit_code, 0) << d.output;
+  ASSERT_TRUE(r.wait_status(0, "role: secondary")) << r.log(0);
+  ASSERT_TRUE(r.wait_status(1, "peer_state: paired", 20s)) << r.log(1);
+  ASSERT_TRUE(r.wait_status(1, "dirty: 0 blocks", 20s)) << r.cmd(1, {"status"}).output;
+  auto c = r.cmd(1, {"checkpoint"});
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  EXPECT_EQ(r.image(0), r.image(1));
+  // The delta: a's extent 0 (64 blocks of 64 KiB: its writes since the checkpoint may be
+  // missing on b, and b rolled one of them back) and b's own block at 40 MiB.
+  auto st = r.cmd(1, {"--json", "resync"});
+  EXPECT_NE(st.output.find("\"blocks_total\":65"), std::string::npos) << st.output;
+  EXPECT_NE(r.log(1).find("\"event\":\"failback_delta\""), std::string::npos);
+  // b's data is what both hold: p, nothing at 2 MiB (b never acknowledged q as a checkpoint),
+  // z at 40 MiB.
+  std::string expected(64 * kMiB, '\0');
+  std::fill_n(expected.begin(), kMiB, 'p');
+  std::fill_n(expected.begin() + 40 * kMiB, 64u << 10, 'z');
+  EXPECT_EQ(r.image(1), test::sha256_hex(expected));
+  // a dropped its own dirty bitmap once it took b's generation.
+  EXPECT_FALSE(std::filesystem::exists(r.state(0) + "/primary.bitmap"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, Failback, ::testing::Values("SYNC", "ASYNC"));
 
 TEST(Resource, ADamagedRoleFileRefusesTheStart) {
   Resource r;

@@ -59,7 +59,7 @@ TEST(ResourceConfig, DerivesEachRoleOfEachNode) {
   ASSERT_EQ(s->replication().listen_size(), 1);
   EXPECT_EQ(s->replication().listen(0), "tcp:[fd00::2]:10811");
   EXPECT_FALSE(s->has_export_());
-  EXPECT_FALSE(s->replication().has_bitmap_block_bytes());  // the primary's only
+  EXPECT_EQ(s->replication().bitmap_block_bytes(), 131072u);  // its bitmap from its primary days
   EXPECT_EQ(s->replication().checkpoint_interval_ms(), 0u);
   EXPECT_TRUE(validate_config(*s).empty());
   EXPECT_TRUE(pick_node(*cfg, "beta"));
