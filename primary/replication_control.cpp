@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
+
 #include "shared/base/log.hpp"
 
 namespace colo {
@@ -81,8 +83,33 @@ Task<control::Reply> cmd_resync(std::shared_ptr<Replicator> r, control::Request 
                        : "the next resync that does not fit the secondary's buffer proceeds "
                          "with the secondary inconsistent\n");
   }
+  if (req.args_size() == 1 && (req.args(0) == "pause" || req.args(0) == "resume")) {
+    const bool pause = req.args(0) == "pause";
+    r->pause_resync(pause);
+    co_return ControlReplyBuilder::ok(
+        pause ? (r->resyncing() ? "resync paused (the chunks in flight finish)\n"
+                                : "no resync is running; the next one starts paused\n")
+              : "resync resumed\n",
+        boost::json::object{{"paused", pause}, {"running", r->resyncing()}});
+  }
+  if (req.args_size() == 2 && req.args(0) == "rate") {
+    std::uint64_t rate = 0;
+    const std::string& text = req.args(1);
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), rate);
+    if (ec != std::errc() || end != text.data() + text.size()) {
+      co_return ControlReplyBuilder::fail(
+          kExitUsage, fmt::format("resync rate: \"{}\" is not a number of bytes per second "
+                                  "(0: no cap)", text));
+    }
+    r->set_resync_rate(rate);
+    co_return ControlReplyBuilder::ok(
+        rate == 0 ? std::string("resync rate: no cap\n")
+                  : fmt::format("resync rate: at most {} bytes per second\n", rate),
+        boost::json::object{{"rate_cap_bytes_per_s", rate}});
+  }
   if (req.args_size() != 0) {
-    co_return ControlReplyBuilder::fail(kExitUsage, "usage: resync [--allow-inconsistent]");
+    co_return ControlReplyBuilder::fail(
+        kExitUsage, "usage: resync [--allow-inconsistent | pause | resume | rate BYTES_PER_S]");
   }
   const ResyncProgress p = r->resync_progress();
   boost::json::object json = r->resync_json();
@@ -149,9 +176,11 @@ void register_replication_commands(ControlServer& control, std::shared_ptr<Repli
                       "it as a copy; --initial-sync: make it one, sending the blocks that differ)",
                       [replicator](const control::Request& r) { return cmd_start(replicator, r); });
   control.add_command("resync",
-                      "resync [--allow-inconsistent]: progress of the current or last resync "
-                      "(coloctl resync --wait: until it is done); --allow-inconsistent: a resync "
-                      "the secondary's buffer cannot hold proceeds, the secondary inconsistent",
+                      "resync [--allow-inconsistent | pause | resume | rate BYTES_PER_S]: "
+                      "progress of the current or last resync (coloctl resync --wait: until it "
+                      "is done); --allow-inconsistent: a resync the secondary's buffer cannot "
+                      "hold proceeds, the secondary inconsistent; pause, resume, and the rate cap "
+                      "(0: none) at run time",
                       [replicator](const control::Request& r) { return cmd_resync(replicator, r); });
   control.add_command("stop", "stop: last checkpoint, then leave the secondary idle",
                       [replicator](const control::Request& r) { return cmd_stop(replicator, r); });

@@ -156,8 +156,20 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   // The next pairing may resync with the secondary inconsistent when its buffer cannot hold
   // the delta (`coloctl resync --allow-inconsistent`); pairs now when the secondary is away.
   Task<Result<void>> allow_inconsistent_resync();
-  // The rate cap of the resyncs that start from now on (0: none).
-  void set_resync_rate(std::uint64_t bytes_per_s) { options_.resync.rate_bytes_per_s = bytes_per_s; }
+  // The rate cap (0: none) of the running resync, from now on, and of those that follow.
+  void set_resync_rate(std::uint64_t bytes_per_s) {
+    options_.resync.rate_bytes_per_s = bytes_per_s;
+    if (resync_) resync_->set_rate(bytes_per_s);
+  }
+  std::uint64_t resync_rate() const { return options_.resync.rate_bytes_per_s; }
+  // coloctl resync pause|resume: the running resync, and those that start while paused (until
+  // the daemon restarts), send nothing more until resumed; checkpoints stay refused meanwhile.
+  void pause_resync(bool paused) {
+    resync_paused_ = paused;
+    if (resync_ && paused) resync_->pause();
+    if (resync_ && !paused) resync_->resume();
+  }
+  bool resync_paused() const { return resync_paused_; }
   std::string status_text() const;
   boost::json::object status_json() const;
   boost::json::object resync_json() const;
@@ -217,6 +229,7 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   std::uint64_t peer_generation_ = 0;  // the paired secondary's current generation
   std::shared_ptr<BlockNode> peer_top_;  // the peer child in the quorum (async queue or NBD)
   std::shared_ptr<Resync> resync_;       // running, or done and waiting for its checkpoint
+  bool resync_paused_ = false;
   ResyncProgress last_resync_;
   std::string last_split_brain_;  // the peer generation of the last split_brain event
   bool allow_inconsistent_once_ = false;

@@ -167,6 +167,7 @@ void Replicator::start_resync(bool compare) {
   }
   auto resync = std::make_shared<Resync>(ex_, tracker_, local_disk_, peer_top_, o,
                                          std::move(fetch));
+  if (resync_paused_) resync->pause();
   resync_ = resync;
   log::event({"resync_started",
               {{"resource", options_.resource},

@@ -55,13 +55,14 @@ std::string Replicator::status_text() const {
   const ResyncProgress r = resync_progress();
   if (r.blocks_total != 0 || r.running) {
     text += fmt::format("resync: {}, {} of {} blocks, {} bytes sent, {} as zeroes, {:.1f} MB/s, "
-                        "eta {:.0f} s, yielded {} ms to the consumer{}\n",
+                        "eta {:.0f} s, yielded {} ms to the consumer{}{}\n",
                         r.running ? "running" : r.done ? (resync_ ? "sent, checkpoint due"
                                                                    : "done")
                                                        : "stopped",
                         r.blocks_done, r.blocks_total, r.bytes_sent, r.zero_bytes,
                         r.rate_bytes_per_s() / 1e6, r.eta_s(),
                         std::chrono::duration_cast<std::chrono::milliseconds>(r.yielded).count(),
+                        resync_paused_ ? ", paused" : "",
                         r.error.empty() ? "" : " (" + r.error + ")");
   }
   if (peer_async_) {
@@ -95,6 +96,8 @@ boost::json::object Replicator::resync_json() const {
           {"zero_bytes", r.zero_bytes},
           {"rate_bytes_per_s", static_cast<std::uint64_t>(r.rate_bytes_per_s())},
           {"eta_s", r.eta_s()},
+          {"paused", resync_paused_},
+          {"rate_cap_bytes_per_s", options_.resync.rate_bytes_per_s},
           {"yields", r.yields},
           {"yielded_ms",
            std::chrono::duration_cast<std::chrono::milliseconds>(r.yielded).count()},

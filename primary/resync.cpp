@@ -53,6 +53,20 @@ Resync::Resync(asio::any_io_executor ex, std::shared_ptr<DirtyTracker> tracker,
 
 void Resync::cancel() {
   cancelled_ = true;
+  resumed_.notify_all();
+}
+
+void Resync::pause() { progress_.paused = true; }
+
+void Resync::resume() {
+  progress_.paused = false;
+  resumed_.notify_all();
+}
+
+void Resync::set_rate(std::uint64_t bytes_per_s) {
+  options_.rate_bytes_per_s = bytes_per_s;
+  rate_since_ = std::chrono::steady_clock::now();
+  rate_bytes_base_ = progress_.bytes_sent + progress_.zero_bytes / 64;
 }
 
 Task<Result<void>> Resync::run() {
@@ -63,6 +77,8 @@ Task<Result<void>> Resync::run() {
   progress_.blocks_total = options_.compare ? map.block_count() : map.dirty_count();
   progress_.block_bytes = map.block_bytes();
   progress_.started = std::chrono::steady_clock::now();
+  rate_since_ = progress_.started;
+  rate_bytes_base_ = 0;
   next_block_ = 0;
   auto self = shared_from_this();
   const std::uint32_t workers = options_.compare ? std::max<std::uint32_t>(options_.compare_parallel, 1)
@@ -98,6 +114,8 @@ Task<void> Resync::copy_loop(std::shared_ptr<Resync> self) {
   const std::uint64_t busy_run_max =
       std::max<std::uint64_t>(self->options_.busy_chunk_bytes / block, 1);
   while (!self->cancelled_ && self->progress_.error.empty()) {
+    co_await self->hold();
+    if (self->cancelled_) break;
     const std::uint64_t first = map.next_dirty(self->next_block_);
     if (first >= count) break;
     // A run of dirty blocks of one kind: zeroed (trimmed while alone; larger runs, sent as
@@ -137,6 +155,8 @@ Task<void> Resync::compare_loop(std::shared_ptr<Resync> self) {
                                kDigestsPerReplyMax * block});
   const std::uint64_t run_max = std::max<std::uint64_t>(self->options_.chunk_bytes / block, 1);
   while (!self->cancelled_ && self->progress_.error.empty()) {
+    co_await self->hold();
+    if (self->cancelled_) break;
     const std::uint64_t offset = self->next_block_ * block;
     if (offset >= disk) break;
     const std::uint64_t length = std::min(std::max(range_bytes / block, std::uint64_t{1}) * block,
@@ -222,6 +242,10 @@ bool Resync::consumer_active() const {
   return options_.busy_share_percent < 100 && tracker_->consumer_active(options_.busy_window);
 }
 
+Task<void> Resync::hold() {
+  while (progress_.paused && !cancelled_) co_await resumed_.wait();
+}
+
 Task<void> Resync::pace(std::chrono::steady_clock::duration worked) {
   if (cancelled_) co_return;
   asio::steady_timer timer(ex_);  // one per worker: a shared timer's expires_at cancels the other
@@ -241,10 +265,11 @@ Task<void> Resync::pace(std::chrono::steady_clock::duration worked) {
     }
   }
   if (options_.rate_bytes_per_s == 0) co_return;
-  const double s = static_cast<double>(progress_.bytes_sent + progress_.zero_bytes / 64) /
-                   static_cast<double>(options_.rate_bytes_per_s);
-  const auto due = progress_.started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                           std::chrono::duration<double>(s));
+  const double s =
+      static_cast<double>(progress_.bytes_sent + progress_.zero_bytes / 64 - rate_bytes_base_) /
+      static_cast<double>(options_.rate_bytes_per_s);
+  const auto due = rate_since_ + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                     std::chrono::duration<double>(s));
   if (due <= std::chrono::steady_clock::now()) co_return;
   timer.expires_at(due);
   co_await timer.async_wait(use_task);

@@ -63,6 +63,7 @@ struct ResyncProgress {
   bool compare = false;            // an initial sync (every block compared by digest)
   std::uint64_t blocks_equal = 0;  // compared equal (not sent)
   std::uint64_t block_bytes = 0;
+  bool paused = false;             // by the operator (coloctl resync pause)
   std::uint64_t yields = 0;        // pauses made for the consumer (ResyncOptions::busy_*)
   std::chrono::steady_clock::duration yielded{};  // their total length
   std::chrono::steady_clock::time_point started{};
@@ -87,6 +88,11 @@ class Resync : public std::enable_shared_from_this<Resync> {
   // secondary is then detached by the caller), ECANCELED after cancel().
   Task<Result<void>> run();
   void cancel();
+  // Run time control (coloctl resync pause|resume|rate): a paused resync finishes the chunks
+  // in flight and sends nothing more until resumed; a new rate applies from now on.
+  void pause();
+  void resume();
+  void set_rate(std::uint64_t bytes_per_s);
   const ResyncProgress& progress() const { return progress_; }
 
  private:
@@ -95,6 +101,7 @@ class Resync : public std::enable_shared_from_this<Resync> {
   Task<Result<void>> copy_chunk(std::uint64_t offset, std::uint64_t length);
   // After a piece of work that took `worked`: the consumer's priority, then the rate cap.
   Task<void> pace(std::chrono::steady_clock::duration worked);
+  Task<void> hold();  // while paused
   bool consumer_active() const;
 
   asio::any_io_executor ex_;
@@ -108,6 +115,10 @@ class Resync : public std::enable_shared_from_this<Resync> {
   bool cancelled_ = false;
   std::uint32_t workers_ = 0;
   AsyncEvent workers_done_;
+  AsyncEvent resumed_;
+  // The rate cap counts from here (set_rate restarts it).
+  std::chrono::steady_clock::time_point rate_since_{};
+  std::uint64_t rate_bytes_base_ = 0;
 };
 
 }  // namespace colo

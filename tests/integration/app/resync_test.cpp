@@ -421,6 +421,43 @@ namespace {
 
 // Mid-resync, `demote` is refused (the secondary does not hold this node's data yet), and a
 // clean stop of the primary leaves the rest dirty: restarted, it resumes the resync.
+// coloctl resync pause, resume and rate at run time: a paused resync sends nothing more (its
+// blocks done stay put), checkpoints stay refused, a new rate applies at once, and once resumed
+// it completes with both disks equal.
+TEST(Resync, PauseResumeAndRateChangeARunningResync) {
+  PairOptions o;
+  o.primary_replication_extra = "resync_rate_bytes_per_s: 262144";
+  PairFixture pair(o);
+  ASSERT_NO_FATAL_FAILURE(pair.start());
+  ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).output, "1\n");
+  ASSERT_NO_FATAL_FAILURE(lose_secondary(pair));
+  {
+    Nbd p(pair.p_sock());
+    write_blocks(p, 24, 'u');
+  }
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "resync: running"));
+  auto paused = pair.ctl(pair.p_ctl(), {"resync", "pause"});
+  ASSERT_EQ(paused.exit_code, 0) << paused.output;
+  std::this_thread::sleep_for(300ms);  // the chunks in flight finish
+  auto j = status_json(pair, pair.p_ctl());
+  const std::uint64_t done = json_u64(j.at("resync").at("blocks_done"));
+  EXPECT_TRUE(j.at("resync").at("paused").as_bool());
+  EXPECT_LT(done, 24u);
+  std::this_thread::sleep_for(1s);  // at 256 KiB/s, 4 more blocks if it were running
+  j = status_json(pair, pair.p_ctl());
+  EXPECT_EQ(json_u64(j.at("resync").at("blocks_done")), done);
+  EXPECT_NE(pair.ctl(pair.p_ctl(), {"status"}).output.find(", paused"), std::string::npos);
+  EXPECT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint"}).exit_code, 4);
+  EXPECT_EQ(pair.ctl(pair.p_ctl(), {"resync", "rate", "fast"}).exit_code, 2);
+  auto rate = pair.ctl(pair.p_ctl(), {"resync", "rate", "0"});
+  ASSERT_EQ(rate.exit_code, 0) << rate.output;
+  EXPECT_EQ(json_u64(status_json(pair, pair.p_ctl()).at("resync").at("rate_cap_bytes_per_s")), 0u);
+  ASSERT_EQ(pair.ctl(pair.p_ctl(), {"resync", "resume"}).exit_code, 0);
+  // Uncapped, the rest takes well under the 5 s the cap would still need.
+  ASSERT_NO_FATAL_FAILURE(expect_resync_done(pair, 24 * kBlock));
+}
+
 TEST(Resync, APrimaryStoppedMidResyncResumesItAfterARestart) {
   PairOptions o;
   o.primary_replication_extra = "resync_rate_bytes_per_s: 524288";
