@@ -1,5 +1,6 @@
 #include "primary/primary_role.hpp"
 
+#include <boost/json/serialize.hpp>
 #include <fmt/format.h>
 
 #include <memory>
@@ -177,6 +178,8 @@ Task<control::Reply> demote_to_secondary(ControlHandler demote, DaemonContext* c
   ctx->change_role(config::SECONDARY);
   reply.set_exit_code(reply.exit_code() == kExitRefused ? 0 : reply.exit_code());
   reply.set_text(reply.text() + "the node restarts as the secondary\n");
+  reply.set_json(boost::json::serialize(boost::json::object{
+      {"next_role", "secondary"}, {"epoch", replicator->epoch()}}));
   co_return reply;
 }
 

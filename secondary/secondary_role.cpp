@@ -291,6 +291,29 @@ Task<Result<void>> mark_rolled_back(std::shared_ptr<DiskBuffer> db,
   co_return Result<void>{};
 }
 
+// The end of a promotion: once the rollback is applied, the role is stored as primary, the
+// promoted marker goes and the daemon restarts in the primary role. A failed rollback leaves
+// the node promoted in the secondary role (status shows the error; promote retries).
+Task<void> finish_promotion(std::shared_ptr<DiskBuffer> db,
+                            std::shared_ptr<SecondaryPairing> pairing, DaemonContext* ctx,
+                            std::string state_dir) {
+  co_await db->wait_failover_idle();
+  const FailoverProgress p = db->failover_progress();
+  Result<void> out;
+  if (!p.error.empty()) {
+    out = make_error(EIO, "the rollback failed: " + p.error);
+  } else if (Result<void> stored = store_role(state_dir, config::PRIMARY); !stored) {
+    out = stored;
+  } else {
+    out = pairing->finish_promotion();
+  }
+  if (!out) {
+    log::event({"promote_failed", {{"reason", out.error().to_string()}}});
+    co_return;
+  }
+  ctx->change_role(config::PRIMARY);
+}
+
 // The resource form's promote (and failover): a replicating node fails over (rolls back to its
 // last checkpoint, in a new generation) and waits for the rollback; an idle one (a new resource,
 // or released by its primary's demote or stop) has nothing to roll back. Then the role is stored
@@ -336,20 +359,15 @@ Task<control::Reply> promote_to_primary(std::shared_ptr<DiskBuffer> db,
                         "has not completed)");
     }
   }
-  co_await db->wait_failover_idle();
+  // The rollback runs in the background (a large buffer takes a while): the reply comes now,
+  // the role change once it is done (`coloctl promote --wait` follows it).
   const FailoverProgress p = db->failover_progress();
-  if (!p.error.empty()) {
-    co_return ControlReplyBuilder::fail(kExitFailed, "promote: the rollback failed: " + p.error);
-  }
-  if (Result<void> stored = store_role(state_dir, config::PRIMARY); !stored) {
-    co_return ControlReplyBuilder::from_error(stored.error());
-  }
-  if (Result<void> done = pairing->finish_promotion(); !done) {
-    co_return ControlReplyBuilder::from_error(done.error());
-  }
-  ctx->change_role(config::PRIMARY);
+  spawn(ctx->executor(), finish_promotion(db, pairing, ctx, state_dir), "promotion");
   co_return ControlReplyBuilder::ok(
-      fmt::format("promoted: {}; the node restarts as the primary\n", how));
+      fmt::format("promoting: {}{}; the node restarts as the primary once it is done\n", how,
+                  p.running ? fmt::format(" ({} bytes to apply)", p.total_bytes) : ""),
+      boost::json::object{{"next_role", "primary"},
+                          {"rollback_bytes", p.running ? p.total_bytes : 0}});
 }
 
 // Runs `task` on `io` to its end before the daemon's loop starts (recovery reads and writes

@@ -90,6 +90,76 @@ int wait_for_resync(const std::string& socket, int timeout_ms) {
   }
 }
 
+// `coloctl promote|failover|demote --wait` (the resource form): after the daemon accepted the
+// command, polls `status` until the node answers in its new role (its control socket goes
+// away for a moment while it restarts); a promotion's rollback shows as a progress bar on a
+// terminal. Exit 0 once there, 1 when the rollback failed, 3 when the daemon stays away.
+int wait_for_role(const std::string& socket, const std::string& role, int timeout_ms) {
+  const bool tty = ::isatty(2) == 1;
+  auto away_since = std::chrono::steady_clock::now();
+  bool away = false;
+  for (;;) {
+    colo::control::Request request;
+    request.set_command("status");
+    request.set_json(true);
+    auto reply = colo::control_call(socket, request, timeout_ms);
+    if (!reply || reply->exit_code() != 0) {
+      if (!away) away_since = std::chrono::steady_clock::now();
+      away = true;
+      if (std::chrono::steady_clock::now() - away_since > std::chrono::milliseconds(timeout_ms)) {
+        std::cerr << (tty ? "\n" : "") << "coloctl: the daemon did not come back as the "
+                  << role << ": " << (reply ? reply->text() : reply.error().to_string()) << "\n";
+        return colo::kExitUnreachable;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      continue;
+    }
+    away = false;
+    boost::system::error_code ec;
+    const auto value = boost::json::parse(reply->json(), ec);
+    if (ec || !value.is_object()) {
+      std::cerr << "coloctl: the daemon's status reply is not JSON\n";
+      return 1;
+    }
+    const auto& o = value.as_object();
+    const auto* r = o.if_contains("role");
+    const auto* state = o.if_contains("state");
+    // A node promoted in the secondary role still says "primary" with state "promoted": the
+    // restart into the primary role has not happened yet.
+    if (r && r->is_string() && r->as_string() == role &&
+        !(state && state->is_string() && state->as_string() == "promoted")) {
+      if (tty) std::cerr << "\n";
+      std::cout << "the node is the " << role << "\n";
+      return 0;
+    }
+    if (const auto* f = o.if_contains("failover"); f && f->is_object()) {
+      const auto& fo = f->as_object();
+      const auto* error = fo.if_contains("error");
+      if (error && error->is_string() && !error->as_string().empty()) {
+        std::cerr << (tty ? "\n" : "") << "coloctl: the rollback failed: "
+                  << std::string(error->as_string()) << "\n";
+        return 1;
+      }
+      const auto num = [&](const char* key) {
+        const auto* v = fo.if_contains(key);
+        if (v == nullptr) return 0.0;
+        return v->is_uint64() ? static_cast<double>(v->as_uint64())
+               : v->is_int64() ? static_cast<double>(v->as_int64())
+                               : 0.0;
+      };
+      const double total = num("total_bytes");
+      if (tty && total > 0) {
+        const double frac = std::min(1.0, num("applied_bytes") / total);
+        const int width = 40;
+        const int filled = static_cast<int>(frac * width);
+        std::cerr << fmt::format("\rrolling back [{}{}] {:5.1f}%", std::string(filled, '#'),
+                                 std::string(width - filled, '.'), frac * 100);
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -157,6 +227,16 @@ int main(int argc, char** argv) {
   if (words[0] == "resync" && words.size() == 2 && words[1] == "--wait") {
     return wait_for_resync(socket, vm["timeout"].as<int>());
   }
+  bool wait_role = false;
+  if (words[0] == "promote" || words[0] == "failover" || words[0] == "demote") {
+    auto it = std::find(words.begin() + 1, words.end(), std::string("--wait"));
+    if (it != words.end()) {
+      wait_role = true;
+      words.erase(it);
+      request.clear_args();
+      for (std::size_t i = 1; i < words.size(); ++i) request.add_args(words[i]);
+    }
+  }
   auto reply = colo::control_call(socket, request, vm["timeout"].as<int>());
   if (!reply) {
     std::cerr << "coloctl: " << reply.error().to_string() << "\n";
@@ -167,6 +247,10 @@ int main(int argc, char** argv) {
     std::ostream& os = reply->exit_code() == 0 ? std::cout : std::cerr;
     os << out;
     if (out.back() != '\n') os << "\n";
+  }
+  if (wait_role && reply->exit_code() == 0) {
+    return wait_for_role(socket, words[0] == "demote" ? "secondary" : "primary",
+                         vm["timeout"].as<int>());
   }
   return reply->exit_code();
 }

@@ -149,9 +149,11 @@ TEST(Resource, PromoteDemoteAndPromoteSwitchTheRolesOverKeepingEveryWrite) {
   EXPECT_TRUE(r.wait_status(1, "role: secondary"));
   EXPECT_EQ(r.cmd(0, {"demote"}).exit_code, 4);  // a secondary already
 
-  auto p = r.cmd(0, {"promote"});
+  auto p = r.cmd(0, {"promote", "--wait"});  // returns once the node answers as the primary
   ASSERT_EQ(p.exit_code, 0) << p.output;
   EXPECT_NE(p.output.find("restarts as the primary"), std::string::npos) << p.output;
+  EXPECT_NE(p.output.find("the node is the primary"), std::string::npos) << p.output;
+  EXPECT_NE(r.cmd(0, {"status"}).output.find("role: primary"), std::string::npos);
   ASSERT_TRUE(r.wait_status(0, "peer_state: paired")) << r.log(0);
   EXPECT_TRUE(r.wait_status(1, "state: replicating"));
   {
@@ -159,10 +161,11 @@ TEST(Resource, PromoteDemoteAndPromoteSwitchTheRolesOverKeepingEveryWrite) {
     nbd.write(0, 1u << 20, 'a');
     nbd.write(5u << 20, 64u << 10, 'b');
   }
-  auto d = r.cmd(0, {"demote"});
+  auto d = r.cmd(0, {"--json", "demote", "--wait"});
   ASSERT_EQ(d.exit_code, 0) << d.output;
-  EXPECT_NE(d.output.find("restarts as the secondary"), std::string::npos) << d.output;
-  ASSERT_TRUE(r.wait_status(0, "role: secondary")) << r.log(0);
+  EXPECT_NE(d.output.find("\"next_role\":\"secondary\""), std::string::npos) << d.output;
+  EXPECT_NE(d.output.find("the node is the secondary"), std::string::npos) << d.output;
+  EXPECT_NE(r.cmd(0, {"status"}).output.find("role: secondary"), std::string::npos);
   // b's turn: it rolls back nothing (a's demote took a last checkpoint and released it).
   auto p2 = r.cmd(1, {"promote"});
   ASSERT_EQ(p2.exit_code, 0) << p2.output;
