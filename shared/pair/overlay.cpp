@@ -166,18 +166,37 @@ Task<Result<void>> SplitBrainOverlay::write_batch() {
     }
     ++batches_;
   } else {
-    // Claimed still, with their data: the next batch writes them again (a page copy this one
-    // may have torn is written again too, and its newest valid copy is untouched).
+    // The batch's blocks are not saved: their saves fail (the caller changes nothing), their
+    // claims go, and the data it may have written is punched out again (best effort: it
+    // returns the space a full file system needs, and is never read: the index does not name
+    // it). A later save of these blocks brings their content again. The index pages are
+    // written again with the next batch (the newest valid copy of each is untouched).
     log::warn("{}", result.error().to_string());
-    entries.insert(entries.end(), std::make_move_iterator(queue_.begin()),
-                   std::make_move_iterator(queue_.end()));
-    queue_ = std::move(entries);
+    for (const Pending& e : entries) {
+      bits_[e.block / 8] = static_cast<std::uint8_t>(bits_[e.block / 8] & ~(1u << (e.block % 8)));
+      pending_.erase(e.block);
+    }
+    co_await punch(entries);
     failed_batch_id_ = batch;
     failed_error_ = result.error();
   }
   writing_ = false;
   written_.notify_all();
   co_return result;
+}
+
+Task<void> SplitBrainOverlay::punch(const std::vector<Pending>& entries) {
+  for (std::size_t i = 0; i < entries.size();) {
+    std::size_t j = i + 1;
+    while (j < entries.size() && entries[j].block == entries[j - 1].block + 1) ++j;
+    const std::uint64_t from = entries[i].block * block_bytes_;
+    const std::uint64_t to = std::min(entries[j - 1].block * block_bytes_ + block_length(entries[j - 1].block),
+                                      disk_size_bytes_);
+    IoResult r = co_await file_->write_zeroes(data_offset_ + from, to - from, WriteFlags::none);
+    if (!r) log::warn("split-brain overlay {}: cannot free blocks {}..{} of a failed batch", path_,
+                      entries[i].block, entries[j - 1].block);
+    i = j;
+  }
 }
 
 }  // namespace colo

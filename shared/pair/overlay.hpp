@@ -11,7 +11,9 @@
 //                  4096 further), each page one bit per block for kOverlayPageBlocks blocks
 //   [data_offset, data_offset + disk size)   the data area: block b's saved bytes at
 //                  data_offset + b * block_bytes; never written for an unsaved block (a hole),
-//                  nor for a block saved as zeroes, so the file takes the bytes saved only.
+//                  nor for a block saved as zeroes, so the file takes the bytes saved (and
+//                  its index, allocated at creation so that an index write never finds the
+//                  file system full).
 // Header copy (host byte order, like the other records of shared/pair): 0 "COLOOVL1" |
 //   8 u32 version 1 | 12 u32 block_bytes | 16 u64 disk_size_bytes | 24 u64 victim generation |
 //   32 u64 winner generation | 40 u64 created (unix ms) | 48 u64 sequence | 56 u32 flags
@@ -32,8 +34,9 @@
 // other copy of each), flushes. save() completes when every block of its range is durable,
 // whoever claimed it, so the caller may overwrite the disk after it. Saves made while a batch
 // is written join the next one (one pair of flushes per batch, as dirty_map batches marks). A
-// failed batch fails the saves waiting for it; its blocks stay claimed with their data in
-// memory and the next batch writes them again (a block's saved data never changes).
+// failed batch fails the saves waiting for it (whose callers then change nothing): its blocks
+// are claimed no more, and the data it wrote is punched out again (a full file system gets its
+// space back), so a later save of them starts afresh.
 // Threading: single-threaded, on the io_context given to create()/open(). open() and create()
 // block (control path); save(), mark_complete() and export_image() are asynchronous.
 
@@ -156,6 +159,7 @@ class SplitBrainOverlay {
   Task<Result<void>> durable();
   Task<Result<void>> write_batch();
   Task<Result<void>> write_data(const std::vector<Pending>& entries);
+  Task<void> punch(const std::vector<Pending>& entries);
   void encode_page(std::uint64_t page, std::uint64_t sequence, std::byte* out) const;
 
   asio::io_context& io_;
@@ -178,7 +182,7 @@ class SplitBrainOverlay {
   std::vector<std::uint64_t> page_change_;    // change number of the page's latest claim
   std::vector<Pending> queue_;                // claimed, not in a durable batch
   std::unordered_set<std::uint64_t> pending_; // claimed, not durable
-  std::uint64_t saved_blocks_ = 0;            // claimed (pending included)
+  std::uint64_t saved_blocks_ = 0;            // durable
   std::uint64_t saved_bytes_ = 0;
   std::uint64_t change_seq_ = 0;
   std::uint64_t durable_seq_ = 0;

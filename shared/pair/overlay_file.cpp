@@ -286,6 +286,20 @@ Result<std::shared_ptr<FileNode>> open_node(asio::io_context& io, const std::str
   return *file;
 }
 
+// Allocates [offset, offset + length) of the file (reading as zeroes), synced. A file system
+// without fallocate gets nothing allocated.
+Result<void> allocate(const std::string& path, std::uint64_t offset, std::uint64_t length) {
+  Fd f{::open(path.c_str(), O_WRONLY | O_CLOEXEC)};
+  if (f.fd < 0) return make_error(errno, "cannot open split-brain overlay " + path);
+  if (::fallocate(f.fd, FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                  static_cast<off_t>(length)) != 0) {
+    if (errno == EOPNOTSUPP) return {};
+    return make_error(errno, "cannot allocate the index of split-brain overlay " + path);
+  }
+  if (::fdatasync(f.fd) != 0) return make_error(errno, "cannot sync split-brain overlay " + path);
+  return {};
+}
+
 }  // namespace
 
 Result<std::unique_ptr<SplitBrainOverlay>> SplitBrainOverlay::create(
@@ -316,6 +330,11 @@ Result<std::unique_ptr<SplitBrainOverlay>> SplitBrainOverlay::create(
     Result<void> c = create_file_atomic(path, front, l.file_bytes);
     if (c) break;
     if (c.error().code.value() != EEXIST || attempt == 1000) return c.error();
+  }
+  // The index takes its room now (2 pages per 126 MiB of disk), so a file system that fills
+  // up fails the saves of new data, never an index write (a block saved before stays usable).
+  if (Result<void> a = allocate(path, kIndexOffset, 2 * l.index_pages * kPageBytes); !a) {
+    return a.error();
   }
   auto loaded = load(path);
   if (!loaded) return loaded.error();
