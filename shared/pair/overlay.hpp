@@ -175,7 +175,7 @@ class SplitBrainOverlay {
   std::uint64_t data_offset_ = 0;
   std::uint64_t header_sequence_ = 0;
   bool complete_ = false;
-  std::uint64_t torn_copies_ = 0;
+  OverlayInfo info_;  // as opened (complete and the counts change: see info())
   // The claimed blocks, one bit each, kOverlayPageBlocks / 8 bytes per page.
   std::vector<std::uint8_t> bits_;
   std::vector<std::uint64_t> page_sequence_;  // of the newest valid copy (0: none)

@@ -417,31 +417,21 @@ SplitBrainOverlay::SplitBrainOverlay(asio::io_context& io, std::shared_ptr<FileN
       data_offset_(layout_of(loaded.header.disk_size_bytes, loaded.header.block_bytes).data_offset),
       header_sequence_(loaded.header.sequence),
       complete_(loaded.header.complete),
-      torn_copies_(loaded.torn_copies),
+      info_(info_of(loaded)),
       bits_(std::move(loaded.bits)),
       page_sequence_(std::move(loaded.page_sequence)) {
   page_change_.assign(page_sequence_.size(), 0);
-  for (std::uint64_t b = 0; b < block_count_; ++b) {
-    if (!claimed(b)) continue;
-    ++saved_blocks_;
-    saved_bytes_ += block_length(b);
-  }
+  saved_blocks_ = info_.saved_blocks;
+  saved_bytes_ = info_.saved_bytes;
 }
 
 SplitBrainOverlay::~SplitBrainOverlay() = default;
 
 OverlayInfo SplitBrainOverlay::info() const {
-  OverlayInfo i;
-  i.path = path_;
-  i.disk_size_bytes = disk_size_bytes_;
-  i.block_bytes = block_bytes_;
-  i.victim_generation = victim_generation_;
-  i.winner_generation = winner_generation_;
-  i.created_unix_ms = created_unix_ms_;
+  OverlayInfo i = info_;
   i.complete = complete_;
   i.saved_blocks = saved_blocks_;
   i.saved_bytes = saved_bytes_;
-  i.torn_copies = torn_copies_;
   return i;
 }
 
