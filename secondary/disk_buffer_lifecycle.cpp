@@ -226,6 +226,7 @@ Task<Result<void>> DiskBuffer::stop_now(StopMode mode) {
   co_await close_gate();
   // From here the disk changes outside the session's rules (the apply, the idle local view).
   cache_.reset();
+  overlay_.reset();  // the session it was attached for is over
   BufferHeader next = header_;
   IoResult r;
   if (mode == StopMode::discard) {

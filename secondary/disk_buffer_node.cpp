@@ -223,7 +223,14 @@ Task<IoResult> DiskBuffer::view_write(Face face, IoOp op, std::uint64_t offset_b
                 to_string(op), offset_bytes, length_bytes);
       co_return io_error(EPERM);
     }
-    if (inconsistent_) co_return co_await cached_disk_change(op, offset_bytes, length_bytes, in, flags);
+    if (inconsistent_) {
+      // No originals are kept, but a split-brain overlay keeps the disk's content first.
+      if (overlay_) {
+        IoResult saved = co_await overlay_from_disk(offset_bytes, length_bytes);
+        if (!saved) co_return saved;
+      }
+      co_return co_await cached_disk_change(op, offset_bytes, length_bytes, in, flags);
+    }
     // A rewrite of saved blocks (the common case within an epoch) goes straight to the disk.
     if (op == IoOp::write && length_bytes != 0 &&
         index_.all_durable(block_of(offset_bytes), block_of(offset_bytes + length_bytes - 1))) {

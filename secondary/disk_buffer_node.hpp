@@ -64,6 +64,7 @@
 #include "shared/block/block_node.hpp"
 #include "shared/block/child.hpp"
 #include "shared/block/write_back_node.hpp"
+#include "shared/pair/overlay.hpp"
 
 namespace colo {
 
@@ -151,6 +152,18 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   // nothing worth rolling back to). Set by the pairing from its durable marker.
   void set_inconsistent(bool on) { inconsistent_ = on; }
   bool inconsistent() const { return inconsistent_; }
+  // Split-brain overlay (shared/pair/overlay.hpp, docs/split_brain.md): while one is attached,
+  // every primary write, trim and write-zeroes first saves its blocks' content as it was
+  // before the session into the overlay, durably, before the disk changes (inconsistent or
+  // not): a block with an original in the buffer is saved from there (attach does those at
+  // once), any other when its original is read (disk_buffer_save.cpp) or, in an inconsistent
+  // session, from the disk. A failed save fails the request with EIO (event
+  // `split_brain_overlay_failed`); the disk is unchanged. One extra overlay write per block;
+  // nothing without an overlay. Attach while replicating, with no primary request in flight;
+  // the overlay's block size must divide the buffer's.
+  Task<Result<void>> attach_overlay(std::shared_ptr<SplitBrainOverlay> overlay);
+  void detach_overlay() { overlay_.reset(); }
+  const std::shared_ptr<SplitBrainOverlay>& overlay() const { return overlay_; }
   std::uint64_t epoch() const { return header_.epoch; }
   std::uint64_t generation() const { return header_.generation; }
   std::uint32_t block_bytes() const { return header_.block_bytes; }
@@ -277,6 +290,13 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   Task<IoResult> save_originals(std::uint64_t first, std::uint64_t last,
                                 std::vector<bool>* zero_blocks = nullptr);
   Task<IoResult> read_run(SaveRequest& request);
+  // The overlay hook: the requests' originals (read, not yet saved in the buffer) into the
+  // overlay; EIO when that fails.
+  Task<IoResult> overlay_originals(const std::vector<std::unique_ptr<SaveRequest>>& requests);
+  // The overlay hook of an inconsistent session (no originals): the disk's content of the
+  // range's blocks the overlay lacks, read and saved; EIO when that fails.
+  Task<IoResult> overlay_from_disk(std::uint64_t offset_bytes, std::uint64_t length_bytes);
+  IoResult overlay_failed(const Error& e, std::uint64_t block);
   // The requests without their all-zero blocks (split into runs of the others), marking
   // those in `zero_blocks`.
   std::vector<std::unique_ptr<SaveRequest>> drop_zero_blocks(
@@ -374,6 +394,7 @@ class DiskBuffer : public std::enable_shared_from_this<DiskBuffer> {
   AsyncEvent apply_finished_;
   FailoverProgress progress_;
   bool inconsistent_ = false;
+  std::shared_ptr<SplitBrainOverlay> overlay_;
 };
 
 }  // namespace colo

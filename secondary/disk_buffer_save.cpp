@@ -99,6 +99,12 @@ Task<IoResult> DiskBuffer::save_originals(std::uint64_t first, std::uint64_t las
     IoResult r = co_await read_run(*request);
     if (!r) co_return r;
   }
+  // A split-brain overlay keeps these originals too, durably before anything changes the
+  // disk (zero blocks included: they cost it no data).
+  if (overlay_) {
+    IoResult o = co_await overlay_originals(requests);
+    if (!o) co_return o;
+  }
   if (zero_blocks != nullptr) {
     requests = drop_zero_blocks(std::move(requests), first, *zero_blocks);
     if (requests.empty()) co_return IoResult{};

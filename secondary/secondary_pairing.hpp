@@ -135,6 +135,11 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
                                              replication::DigestRequest d);
   // Takes `id` as this node's data generation, durably.
   Result<void> adopt(std::uint64_t id);
+  // StartReplication.split_brain_overlay: the overlay for this node's generation and the
+  // winner's (reopened when an earlier session made it, else created), attached to the buffer.
+  Task<Result<void>> attach_overlay(std::uint64_t winner_generation);
+  // The Checkpoint that commits the session's resync: the attached overlay is complete.
+  Task<Result<void>> complete_overlay();
 
   asio::any_io_executor ex_;
   std::shared_ptr<DiskBuffer> db_;

@@ -10,6 +10,51 @@
 
 namespace colo {
 
+Task<Result<void>> SecondaryPairing::attach_overlay(std::uint64_t winner_generation) {
+  const std::uint64_t victim = gens_.current;
+  const std::shared_ptr<SplitBrainOverlay>& attached = db_->overlay();
+  if (attached && attached->victim_generation() == victim &&
+      attached->winner_generation() == winner_generation) {
+    co_return Result<void>{};  // a new session of the same resolution: go on with it
+  }
+  db_->detach_overlay();
+  auto& io = static_cast<asio::io_context&>(asio::query(ex_, asio::execution::context));
+  auto found = SplitBrainOverlay::find(options_.state_dir, victim, winner_generation);
+  if (!found) co_return found.error();
+  Result<std::unique_ptr<SplitBrainOverlay>> opened =
+      *found ? SplitBrainOverlay::open(io, **found, false)
+             : SplitBrainOverlay::create(io, {options_.state_dir, db_->disk_size_bytes(),
+                                              db_->block_bytes(), victim, winner_generation});
+  if (!opened) co_return opened.error();
+  std::shared_ptr<SplitBrainOverlay> overlay = std::move(*opened);
+  Result<void> a = co_await db_->attach_overlay(overlay);
+  if (!a) co_return a;
+  log::event({"split_brain_overlay_started",
+              {{"resource", options_.resource},
+               {"overlay", overlay->path()},
+               {"victim_generation", generation_hex(victim)},
+               {"winner_generation", generation_hex(winner_generation)},
+               {"reopened", *found ? "true" : "false"},
+               {"saved_bytes", std::to_string(overlay->saved_bytes())}}});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> SecondaryPairing::complete_overlay() {
+  std::shared_ptr<SplitBrainOverlay> overlay = db_->overlay();
+  if (!overlay) co_return Result<void>{};
+  Result<void> c = co_await overlay->mark_complete();
+  if (!c) co_return c;
+  db_->detach_overlay();
+  log::event({"split_brain_overlay_complete",
+              {{"resource", options_.resource},
+               {"overlay", overlay->path()},
+               {"victim_generation", generation_hex(overlay->victim_generation())},
+               {"winner_generation", generation_hex(overlay->winner_generation())},
+               {"saved_blocks", std::to_string(overlay->saved_blocks())},
+               {"saved_bytes", std::to_string(overlay->saved_bytes())}}});
+  co_return Result<void>{};
+}
+
 Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPairing> self,
                                                      std::shared_ptr<Session> session,
                                                      replication::Envelope request) {
@@ -50,6 +95,13 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
         if (!r) co_return error_reply(error_code_of(r.error().code.value()), r.error().message);
         log::info("secondary: replication started by primary {} at epoch {}", session->name,
                   db.epoch());
+      }
+      // Before a generation is taken: the overlay names this node's own.
+      if (start.split_brain_overlay() != 0) {
+        Result<void> o = co_await self->attach_overlay(start.split_brain_overlay());
+        if (!o) co_return error_reply(replication::ERROR_IO, o.error().message);
+      } else if (db.overlay()) {
+        db.detach_overlay();
       }
       if (start.generation() != 0) {
         if (Result<void> a = self->adopt(start.generation()); !a) {
@@ -107,6 +159,10 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
       // After a resync, the checkpoint carries the primary's generation: taken only now that
       // the checkpoint is durable (a crash before leaves the old one, and the resync again).
       if (request.checkpoint().generation() != 0) {
+        // Complete before the generation is taken: a crash in between resyncs again into the
+        // same overlay (found by the same two generations), which keeps its first originals.
+        Result<void> o = co_await self->complete_overlay();
+        if (!o) co_return error_reply(replication::ERROR_IO, o.error().message);
         if (Result<void> a = self->adopt(request.checkpoint().generation()); !a) {
           co_return error_reply(replication::ERROR_IO, a.error().message);
         }

@@ -12,6 +12,7 @@
 
 #include "secondary/disk_buffer_node.hpp"
 #include "secondary/secondary_pairing.hpp"
+#include "secondary/secondary_split_brain.hpp"
 #include "shared/base/listen_address.hpp"
 #include "shared/base/log.hpp"
 #include "shared/block/file_node.hpp"
@@ -523,6 +524,8 @@ Result<void> start_secondary(DaemonContext& ctx) {
   ctx.control().add_command("replication-status",
                             "replication-status: state, epoch, buffer and failover progress",
                             [db](const control::Request& r) { return cmd_status(db, r); });
+  add_split_brain_command(ctx.control(), {&ctx.io(), db, *disk, cfg.state_dir(),
+                                          {cfg.disk().path(), s.buffer_path()}});
 
   if (pairing) {
     const std::string resource = cfg.resource();

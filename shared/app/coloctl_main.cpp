@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <iostream>
 #include <thread>
 
@@ -214,6 +215,16 @@ int main(int argc, char** argv) {
   if (words.empty()) {
     std::cerr << "coloctl: no command given (see --help)\n";
     return colo::kExitUsage;
+  }
+  if (words.size() > 2 && words[0] == "split-brain" && words[1] == "export") {
+    // The daemon writes FILE and reads --overlay PATH: relative paths are this shell's.
+    for (std::size_t i = 2; i < words.size(); ++i) {
+      const bool overlay_value = words[i - 1] == "--overlay";
+      if ((overlay_value || !words[i].starts_with("-")) && !words[i].empty() &&
+          words[i][0] != '/' && (!overlay_value || words[i].find('/') != std::string::npos)) {
+        words[i] = std::filesystem::absolute(words[i]).string();
+      }
+    }
   }
   colo::control::Request request;
   request.set_command(words[0]);

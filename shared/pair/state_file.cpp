@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -18,10 +19,9 @@ struct Fd {
   }
 };
 
-}  // namespace
-
-Result<void> write_file_atomic(const std::string& path, std::string_view contents) {
-  const std::string tmp = path + ".tmp";
+// "<path>.tmp" holding `contents`, extended to `size_bytes` (a hole), synced.
+Result<void> write_temp(const std::string& tmp, std::string_view contents,
+                        std::uint64_t size_bytes) {
   Fd f{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)};
   if (f.fd < 0) return make_error(errno, "cannot create " + tmp);
   for (std::size_t done = 0; done < contents.size();) {
@@ -32,9 +32,35 @@ Result<void> write_file_atomic(const std::string& path, std::string_view content
     }
     done += static_cast<std::size_t>(n);
   }
+  if (size_bytes > contents.size() && ::ftruncate(f.fd, static_cast<off_t>(size_bytes)) != 0) {
+    return make_error(errno, "cannot extend " + tmp);
+  }
   if (::fdatasync(f.fd) != 0) return make_error(errno, "cannot sync " + tmp);
+  return {};
+}
+
+}  // namespace
+
+Result<void> write_file_atomic(const std::string& path, std::string_view contents) {
+  const std::string tmp = path + ".tmp";
+  if (Result<void> w = write_temp(tmp, contents, 0); !w) return w;
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     return make_error(errno, "cannot rename " + tmp + " to " + path);
+  }
+  return sync_parent_directory(path);
+}
+
+Result<void> create_file_atomic(const std::string& path, std::string_view contents,
+                                std::uint64_t size_bytes) {
+  const std::string tmp = path + ".tmp";
+  if (Result<void> w = write_temp(tmp, contents, size_bytes); !w) {
+    ::unlink(tmp.c_str());
+    return w;
+  }
+  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    return make_error(err, "cannot rename " + tmp + " to " + path);
   }
   return sync_parent_directory(path);
 }

@@ -3,6 +3,7 @@
 // any moment leaves either the old or the new contents, never a mix.
 // Blocking calls: use them on control paths, not per request.
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -14,6 +15,12 @@ namespace colo {
 // Writes `contents` to "<path>.tmp", fsyncs it, renames it over `path`, and fsyncs the
 // directory. Errors name the path.
 Result<void> write_file_atomic(const std::string& path, std::string_view contents);
+
+// The same for a new file that must not replace anything: `contents` at the front of a file of
+// `size_bytes` (>= contents.size(); the rest is a hole, reading as zeroes), renamed into place
+// only if `path` does not exist (EEXIST otherwise, "<path>.tmp" removed).
+Result<void> create_file_atomic(const std::string& path, std::string_view contents,
+                                std::uint64_t size_bytes);
 
 // The file's contents, nullopt when it does not exist; other errors name the path.
 Result<std::optional<std::string>> read_file_if_exists(const std::string& path);

@@ -82,7 +82,71 @@ struct PairOptions {
   std::optional<std::uint32_t> export_block_bytes_min;  // replication.export_block_bytes_min
   std::string primary_replication_extra;  // more lines for the primary's replication section
   std::uint64_t secondary_buffer_bytes = 64u << 20;
+  std::string secondary_extra;  // more lines for the secondary's `secondary` section
 };
+
+// Raw frames to the secondary's checkpoint channel.
+class RawChannel {
+ public:
+  explicit RawChannel(int port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(static_cast<std::uint16_t>(port));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    timeval tv{3, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  }
+  ~RawChannel() { ::close(fd_); }
+  void send_bytes(const std::string& b) { ASSERT_EQ(::write(fd_, b.data(), b.size()), static_cast<ssize_t>(b.size())); }
+  void send(const replication::Envelope& e) { send_bytes(encode_frame(e)); }
+  // The next reply (heartbeats skipped); nullopt on EOF.
+  std::optional<replication::Envelope> reply() {
+    for (;;) {
+      std::uint8_t h[4];
+      if (!read_all(h, 4)) return std::nullopt;
+      std::string body(get_be32(h), '\0');
+      if (!read_all(body.data(), body.size())) return std::nullopt;
+      replication::Envelope e;
+      EXPECT_TRUE(e.ParseFromString(body));
+      if (e.is_reply()) return e;
+    }
+  }
+  bool closed_by_peer() {
+    char c;
+    for (;;) {
+      const ssize_t n = ::read(fd_, &c, 1);
+      if (n == 0) return true;
+      if (n < 0) return false;
+    }
+  }
+
+ private:
+  bool read_all(void* p, std::size_t n) {
+    auto* b = static_cast<char*>(p);
+    while (n > 0) {
+      const ssize_t r = ::read(fd_, b, n);
+      if (r <= 0) return false;
+      b += r;
+      n -= static_cast<std::size_t>(r);
+    }
+    return true;
+  }
+  int fd_ = -1;
+};
+
+inline replication::Envelope hello(std::uint32_t version, const std::string& resource) {
+  replication::Envelope e;
+  e.set_seq(1);
+  auto* h = e.mutable_hello();
+  h->set_protocol_version(version);
+  h->set_resource(resource);
+  h->set_disk_size_bytes(kDiskBytes);
+  h->set_block_size_bytes(4096);
+  h->set_node_id("0123456789abcdef0123456789abcdef");
+  return e;
+}
 
 class PairFixture {
  public:
@@ -107,6 +171,7 @@ class PairFixture {
   test::TcpProxy* proxy() { return proxy_.get(); }
   test::TcpProxy* nbd_proxy() { return nbd_proxy_.get(); }
   int channel_port() const { return chan_port_; }
+  int replication_port() const { return repl_port_; }
 
   void write_configs() {
     const std::string dir = dir_.path().string();
@@ -131,7 +196,7 @@ secondary {{
   buffer_path: "{4}/s-buffer.img"
   buffer_size_bytes: {6}
   block_bytes: 4096
-  replication_listen: "tcp:127.0.0.1:{2}"
+  replication_listen: "tcp:127.0.0.1:{2}"{7}
 }}
 replication {{
   listen: "tcp:127.0.0.1:{3}"
@@ -139,7 +204,10 @@ replication {{
   heartbeat_interval_ms: 100
   heartbeat_timeout_ms: 1000
 }}
-)", dir, kDiskBytes, repl_port_, chan_port_, s_data, s_cache, o_.secondary_buffer_bytes));
+)", dir, kDiskBytes, repl_port_, chan_port_, s_data, s_cache, o_.secondary_buffer_bytes,
+                                                 o_.secondary_extra.empty()
+                                                     ? ""
+                                                     : "\n  " + o_.secondary_extra));
     test::write_file(file("p.conf"), fmt::format(R"(resource: "{4}"
 role: PRIMARY
 state_dir: "{0}/p-state"

@@ -412,69 +412,6 @@ TEST(Pair, ASecondaryThatNeedsLargerBlocksThanTheExportPromisedIsRefused) {
   EXPECT_EQ(back.substr(4097, 511), std::string(511, '\x62'));
 }
 
-// Raw frames to the secondary's checkpoint channel.
-class RawChannel {
- public:
-  explicit RawChannel(int port) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(static_cast<std::uint16_t>(port));
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-    timeval tv{3, 0};
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  }
-  ~RawChannel() { ::close(fd_); }
-  void send_bytes(const std::string& b) { ASSERT_EQ(::write(fd_, b.data(), b.size()), static_cast<ssize_t>(b.size())); }
-  void send(const replication::Envelope& e) { send_bytes(encode_frame(e)); }
-  // The next reply (heartbeats skipped); nullopt on EOF.
-  std::optional<replication::Envelope> reply() {
-    for (;;) {
-      std::uint8_t h[4];
-      if (!read_all(h, 4)) return std::nullopt;
-      std::string body(get_be32(h), '\0');
-      if (!read_all(body.data(), body.size())) return std::nullopt;
-      replication::Envelope e;
-      EXPECT_TRUE(e.ParseFromString(body));
-      if (e.is_reply()) return e;
-    }
-  }
-  bool closed_by_peer() {
-    char c;
-    for (;;) {
-      const ssize_t n = ::read(fd_, &c, 1);
-      if (n == 0) return true;
-      if (n < 0) return false;
-    }
-  }
-
- private:
-  bool read_all(void* p, std::size_t n) {
-    auto* b = static_cast<char*>(p);
-    while (n > 0) {
-      const ssize_t r = ::read(fd_, b, n);
-      if (r <= 0) return false;
-      b += r;
-      n -= static_cast<std::size_t>(r);
-    }
-    return true;
-  }
-  int fd_ = -1;
-};
-
-replication::Envelope hello(std::uint32_t version, const std::string& resource) {
-  replication::Envelope e;
-  e.set_seq(1);
-  auto* h = e.mutable_hello();
-  h->set_protocol_version(version);
-  h->set_resource(resource);
-  h->set_disk_size_bytes(kDiskBytes);
-  h->set_block_size_bytes(4096);
-  h->set_node_id("0123456789abcdef0123456789abcdef");
-  return e;
-}
-
 // A primary's identity comes from the network: its node id and name reach `status --json` and
 // the primary_connected event escaped by construction, so quotes, backslashes and control
 // characters neither break the JSON nor forge fields a cluster manager would parse.
