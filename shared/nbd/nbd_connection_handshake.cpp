@@ -47,6 +47,7 @@ Task<long> NbdConnection::handshake() {
       co_return -1;
     }
     NbdNegotiation::Step step = negotiation_.on_option(header->option, data);
+    if (!step.refused.empty()) log::warn("nbd: peer {}: refused: {}", peer(), step.refused);
     if (!step.reply.empty()) {
       if (auto ec = co_await write_bytes(step.reply); ec) co_return -1;
     }
@@ -57,6 +58,8 @@ Task<long> NbdConnection::handshake() {
         if (!step.why.empty()) log::warn("nbd: peer {}: {}", peer(), step.why);
         co_return -1;
       case NbdNegotiation::Step::Next::transmission:
+        admission_ = exports_[step.export_index].admission.get();
+        session_ = step.session;
         co_return static_cast<long>(step.export_index);
     }
   }
