@@ -67,6 +67,14 @@ Task<void> reconnect_and_resync(Sim* sim, bool* done) {
               p.bytes_sent, p.zero_bytes);
     EXPECT_EQ(sim->s.pairing->generations().current, rep.generations().current)
         << "the secondary did not take the primary's generation";
+    if (sim->stale) {
+      // A new session began: the old one's connection and token still write nothing.
+      EXPECT_NE(sim->s.guard->token(), sim->stale_token) << "the new session has the old token";
+      co_await replay_stale(sim, "after a new session began");
+      sim->stale->close();
+      co_await sim->stale->drain();
+      sim->stale.reset();
+    }
     Result<std::uint64_t> c = co_await rep.checkpoint();
     EXPECT_TRUE(c) << (c ? "" : c.error().to_string());
     if (c) {

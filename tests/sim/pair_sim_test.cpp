@@ -154,6 +154,7 @@ TEST(PairSim, EveryFaultInEveryMode) {
       c.async_mode = mode % 2 == 1;
       c.secondary_write_back_bytes = mode / 2 == 1 ? 4 * 1024 * 1024 : 0;
       c.reconnect = c.fault == SimFault::primary_restart_alone ||
+                    c.fault == SimFault::stale_session_replay ||
                     (test::sim_fault_heals(c.fault) && (mode + mode / 2) % 2 == 0);
       if (!run_one(c)) return;
     }
