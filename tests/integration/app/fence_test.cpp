@@ -153,8 +153,8 @@ TEST(Fencing, APlainConnectionIsTakenOnlyWithoutASession) {
 // checkpoint channel is black-holed; when the link comes back, the primary's pairing retry is
 // refused as promoted and the primary fences itself at once: its export closes (an open
 // connection fails, a new one is refused), event `fenced` with the reason and the generations,
-// the marker; it stays fenced across a restart (no export, status `fenced`, `start` refused)
-// until `coloctl demote` removes the marker.
+// the marker; it stays fenced across a restart with the secondary down (no export, status
+// `fenced`, `start` refused) until `coloctl demote` removes the marker.
 TEST(Fencing, ADeposedPrimaryFencesItselfAtRunTimeAndStaysFenced) {
   PairOptions o;
   o.proxy_channel = true;
@@ -207,8 +207,10 @@ TEST(Fencing, ADeposedPrimaryFencesItselfAtRunTimeAndStaysFenced) {
   EXPECT_NE(std::string(v.at("fenced").at("reason").as_string()).find("promoted"),
             std::string::npos);
 
-  // A restart stays fenced: no export, status says so, pairing is refused.
+  // A restart stays fenced, by the marker alone (the secondary is down now, so nothing else
+  // would tell): no export, status says so, pairing is refused.
   EXPECT_EQ(WEXITSTATUS(pair.primary().stop(SIGTERM)), 0);
+  EXPECT_EQ(WEXITSTATUS(pair.secondary().stop(SIGTERM)), 0);
   ::unlink(pair.p_ctl().c_str());
   pair.primary() = test::Process::start({kColod, "--config", pair.file("p.conf")},
                                         pair.file("p2.log"));
