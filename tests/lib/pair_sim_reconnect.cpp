@@ -24,6 +24,14 @@ Task<void> reconnect_and_resync(Sim* sim, bool* done) {
     if (blackholed) (*proxy)->cut();  // connections black-holed so far are dead links
   }
   Replicator& rep = *sim->p.replicator;
+  if (blackholed) {
+    // A primary that had not noticed the blackhole yet is still `paired` on connections the
+    // cut just closed: let it see the EOF (it detaches) before anything counts as healed.
+    const auto noticed = Clock::now() + std::chrono::seconds(5);
+    while (rep.peer_state() == PeerState::paired && Clock::now() < noticed) {
+      co_await sleep_for(std::chrono::milliseconds(2));
+    }
+  }
   // For half the seeds the links are cut once more in the middle of the resync (capped at
   // 4 MiB/s so that it lasts): the resync fails, the secondary is detached, and the next
   // pairing must still converge.
