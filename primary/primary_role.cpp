@@ -7,6 +7,7 @@
 #include <chrono>
 #include <optional>
 
+#include "primary/fence.hpp"
 #include "primary/quorum_control.hpp"
 #include "primary/quorum_setup.hpp"
 #include "primary/replication_control.hpp"
@@ -111,6 +112,11 @@ Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context&
     o.resync.busy_share_percent = rc.resync_busy_share_percent();
   }
   o.resync_inconsistent_when_short = rc.resync_inconsistent_when_short();
+  o.state_dir = cfg.state_dir();
+  // A node fenced earlier stays fenced: it neither pairs nor serves until `coloctl demote`.
+  auto fenced = read_fence_marker(cfg.state_dir());
+  if (!fenced) return fenced.error();
+  o.fenced = *fenced;
 
   // The quorum's alignment, hence the front-end export's minimum block size, is at least
   // export_block_bytes_min from the start, paired or not: the secondary may join at any time
@@ -148,7 +154,20 @@ Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context&
   ReplicatorParts parts{g.quorum, g.gate, tracker, local_disk, std::move(*record)};
   g.replicator = std::make_shared<Replicator>(io, o, std::move(parts));
   if (Result<void> rec = run_before_loop(io, g.replicator->recover()); !rec) return rec.error();
+  if (g.replicator->fenced()) {
+    log::warn("primary: this node is fenced ({}; {}): the export is not opened and it does not "
+              "pair; `coloctl demote` accepts that it was deposed", g.replicator->fenced_reason(),
+              fence_marker_path(cfg.state_dir()));
+    g.replicator->start();
+    return g;
+  }
   Result<void> paired = run_before_loop(io, g.replicator->pair(false));
+  if (!paired && g.replicator->fenced()) {
+    // Deposed (the secondary was promoted, or holds newer data): fenced, durably; the daemon
+    // stays up to say so, without its export.
+    g.replicator->start();
+    return g;
+  }
   if (!paired) {
     const int code = paired.error().code.value();
     if (code == EPROTONOSUPPORT || code == ENOENT || code == EMEDIUMTYPE || code == EEXIST) {
@@ -221,13 +240,28 @@ Result<void> start_primary(DaemonContext& ctx) {
   if (auto r = server->add_export({e.name(), e.description(), served, e.read_only()}); !r) {
     return r.error();
   }
+  // A fenced primary does not open its export (status says why).
+  const bool serve_export = !replicator || !replicator->fenced();
   for (const auto& text : e.listen()) {
+    if (!serve_export) break;
     auto address = parse_listen_address(text);
     if (!address) return address.error();
     if (auto r = server->listen(*address); !r) {
       server->close();
       return r.error();
     }
+  }
+  if (!serve_export) server->close();
+  if (replicator) {
+    // Fenced at run time: the export closes at once; connections are closed without waiting
+    // for replies (their requests in flight fail for the client).
+    std::weak_ptr<NbdServer> weak = server;
+    replicator->set_on_fenced([weak] {
+      if (auto s = weak.lock()) {
+        log::warn("primary: closing the front-end export: this node is fenced");
+        s->abort_all();
+      }
+    });
   }
   // Shutdown: stop listening, answer what is in flight, drain the graph. The hook owns the
   // server and the quorum, so they live until the loop stops.

@@ -147,9 +147,20 @@ Task<control::Reply> cmd_demote(std::shared_ptr<Replicator> r, std::shared_ptr<N
         kExitRefused, "demote refused: a resync is running (the secondary does not hold this "
                       "node's data yet); `coloctl resync --wait`, then demote");
   }
+  const bool was_fenced = r->fenced();
   // The consumer goes first: nothing may be written after the last checkpoint.
   co_await server->drain();
   Result<void> d = co_await r->demote();
+  if (was_fenced) {
+    if (!d) {
+      co_return ControlReplyBuilder::fail(
+          kExitFailed, "demote: the fenced marker could not be removed: " + d.error().message +
+                           " (the node stays fenced)");
+    }
+    co_return ControlReplyBuilder::ok(
+        "demoted: this fenced node accepts that it was deposed; the fenced marker is removed and "
+        "the export stays closed (rejoin as a secondary with the secondary config)\n");
+  }
   if (!d) {
     co_return ControlReplyBuilder::fail(
         kExitFailed, "demoted, but the last checkpoint failed: " + d.error().message +

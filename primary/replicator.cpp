@@ -37,6 +37,38 @@ Replicator::Replicator(asio::io_context& io, ReplicatorOptions options, Replicat
       prepare_timer_(io) {
   CHECK(tracker_ != nullptr && local_disk_ != nullptr);
   epoch_ = record_->state().epoch;
+  fenced_ = options_.fenced;
+}
+
+void Replicator::fence(std::string reason, std::uint64_t peer_generation) {
+  if (fenced_) return;
+  FenceRecord r;
+  r.reason = std::move(reason);
+  r.generation = generation_hex(gens_.current);
+  r.peer_generation = peer_generation == 0 ? std::string() : generation_hex(peer_generation);
+  r.unix_ms = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                             std::chrono::system_clock::now().time_since_epoch())
+                                             .count());
+  fenced_ = r;
+  // Durable first, so a restart stays fenced; a marker that cannot be stored still fences this
+  // run (and says so: the operator must not restart the node as a primary).
+  Result<void> stored = write_fence_marker(options_.state_dir, r);
+  if (!stored) {
+    log::error("primary: fenced, but the marker could not be stored: {}; do not restart this "
+               "node as a primary", stored.error().to_string());
+  }
+  log::event({"fenced",
+              {{"resource", options_.resource},
+               {"reason", r.reason},
+               {"generation", r.generation},
+               {"peer_generation", r.peer_generation.empty() ? "unknown" : r.peer_generation},
+               {"secondary", peer_name_},
+               {"marker", stored ? fence_marker_path(options_.state_dir) : ""}}});
+  log::warn("primary: fenced: {}; the export is closed and stays closed (also across restarts) "
+            "until `coloctl demote`", r.reason);
+  periodic_timer_.cancel();
+  watch_timer_.cancel();
+  if (on_fenced_) on_fenced_();
 }
 
 Task<Result<void>> Replicator::recover() {
@@ -210,6 +242,19 @@ Task<Result<void>> Replicator::demote() {
   demoted_ = true;
   periodic_timer_.cancel();
   watch_timer_.cancel();
+  if (fenced_) {
+    // The operator accepts that this node was deposed: it stays demoted (export closed), and
+    // the marker goes, durably. A failure leaves it fenced.
+    if (Result<void> cleared = clear_fence_marker(options_.state_dir); !cleared) {
+      out = cleared.error();
+    } else {
+      log::event({"unfenced",
+                  {{"resource", options_.resource},
+                   {"reason", "demoted by the operator"},
+                   {"was", fenced_->reason}}});
+      fenced_.reset();
+    }
+  }
   unlock();
   co_return out;
 }

@@ -31,6 +31,11 @@
 // write-zeroes acknowledged without the secondary (the peer failed it, or is detached, or was
 // never paired) waits until the record says "diverged" (event primary_diverged); if that store
 // fails, the write fails.
+// Fencing: when pairing learns that this node was deposed (the secondary refuses it as
+// promoted, or the generations say it holds newer data, or split brain), fence() stores
+// <state_dir>/fenced, raises the `fenced` event and calls the on_fenced hook (the role closes
+// the front-end export at once); a fenced replicator never pairs again, its watch loop ends,
+// and only demote() (which removes the marker) leaves that state.
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -39,12 +44,14 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "config.pb.h"
 #include "primary/dirty_tracker.hpp"
+#include "primary/fence.hpp"
 #include "primary/quorum_node.hpp"
 #include "primary/resync.hpp"
 #include "primary/write_gate.hpp"
@@ -81,6 +88,10 @@ struct ReplicatorOptions {
   Generations generations;
   ResyncOptions resync;
   bool resync_inconsistent_when_short = false;
+  // Where the fenced marker lives (primary/fence.hpp), and the marker read at start, if any:
+  // a fenced replicator never pairs.
+  std::string state_dir;
+  std::optional<FenceRecord> fenced;
 };
 
 // What the replicator drives besides the quorum: the gate above it, the dirty tracker between
@@ -142,6 +153,12 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   // promoting it yields exactly our data. Writes stay held (the caller closes the export).
   Task<Result<void>> demote();
 
+  // Called once when this node fences itself (the role closes its export there).
+  void set_on_fenced(std::function<void()> on_fenced) { on_fenced_ = std::move(on_fenced); }
+  bool fenced() const { return fenced_.has_value(); }
+  // Why (empty when not fenced).
+  std::string fenced_reason() const { return fenced_ ? fenced_->reason : std::string(); }
+
   PeerState peer_state() const { return peer_state_; }
   std::uint64_t epoch() const { return epoch_; }
   bool prepared() const { return prepared_; }
@@ -170,6 +187,8 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
     if (resync_ && !paused) resync_->resume();
   }
   bool resync_paused() const { return resync_paused_; }
+  // "fenced", "demoted", "prepared" or "running".
+  std::string_view state_name() const;
   std::string status_text() const;
   boost::json::object status_json() const;
   boost::json::object resync_json() const;
@@ -203,6 +222,8 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
     bool inconsistent = false;  // the secondary keeps no checkpoint meanwhile
   };
   Task<Result<PairingPlan>> decide_pairing(const Generations& peer, bool force, bool initial_sync);
+  // This node was deposed: stop serving for good (see above). `peer_generation` 0: unknown.
+  void fence(std::string reason, std::uint64_t peer_generation);
   void start_resync(bool compare);
   // Failback: the secondary's own dirty blocks (its writes as a primary, or its rollback at a
   // promotion) join this node's dirty bitmap, durably. Returns how many blocks became dirty.
@@ -253,6 +274,8 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   std::chrono::steady_clock::time_point prepare_start_{};
   bool demoted_ = false;
   bool stopping_ = false;
+  std::optional<FenceRecord> fenced_;
+  std::function<void()> on_fenced_;
 
   std::uint64_t checkpoints_ = 0;
   std::uint64_t checkpoint_failures_ = 0;

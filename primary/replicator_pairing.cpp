@@ -4,6 +4,8 @@
 
 #include "primary/quorum_setup.hpp"
 #include "shared/base/log.hpp"
+#include "shared/nbd/nbd_session_guard.hpp"
+#include "shared/nbd/nbd_uri.hpp"
 
 namespace colo {
 
@@ -24,6 +26,10 @@ void Replicator::on_channel_lost(const std::string& reason) {
 
 Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
   if (demoted_) co_return make_error(EPERM, "this node was demoted; it does not replicate");
+  if (fenced_) {
+    co_return make_error(EPERM, fmt::format("this node is fenced ({}); it does not pair or "
+                                            "serve until `coloctl demote`", fenced_->reason));
+  }
   if (peer_state_ == PeerState::paired) {
     co_return make_error(EALREADY, fmt::format("already paired with secondary \"{}\"", peer_name_));
   }
@@ -67,6 +73,13 @@ Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
   h->set_durable_epoch(epoch_);
   generations_to_proto(gens_, h->mutable_generations());
   auto reply = co_await channel_->call(hello, options_.connect_timeout);
+  if (!reply && reply.error().code.value() == EEXIST) {
+    // ERROR_SPLIT_BRAIN: the secondary was promoted and went on without us: this node was
+    // deposed. It stops serving now, not only at its next start.
+    Error e{reply.error().code, "pairing refused: " + reply.error().message};
+    fence("the secondary refused this primary: " + reply.error().message, 0);
+    co_return fail(std::move(e));
+  }
   if (!reply) co_return fail(Error{reply.error().code, "pairing refused: " + reply.error().message});
   if (!reply->has_hello()) {
     co_return fail(make_error(EPROTO, fmt::format("pairing: the secondary answered hello with {}",
@@ -200,8 +213,27 @@ Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
   }
   const std::uint64_t their_epoch = started->has_start() ? started->start().epoch()
                                                          : theirs.durable_epoch();
+  // The session token: presented as the replication export's name "<export>#session=<token>",
+  // so the secondary takes this connection for this session only (docs/replication.md).
+  std::string peer_uri = options_.peer_uri;
+  std::string token;
+  if (started->has_start()) token = started->start().session_token();
+  if (!token.empty()) {
+    if (!nbd::well_formed_session_token(token)) {
+      reopen();
+      co_return fail(make_error(EPROTO, fmt::format("pairing: the secondary's session token is "
+                                                    "malformed ({} bytes)", token.size())));
+    }
+    Result<std::string> with_token =
+        nbd_uri_append_to_export_name(peer_uri, std::string(nbd::kSessionSeparator) + token);
+    if (!with_token) {
+      reopen();
+      co_return fail(with_token.error());
+    }
+    peer_uri = std::move(*with_token);
+  }
 
-  NbdClientOptions nbd = nbd_options_from_config(options_.quorum, options_.peer_uri);
+  NbdClientOptions nbd = nbd_options_from_config(options_.quorum, peer_uri);
   nbd.reconnect = false;  // a reconnect would hide missed writes: losing the peer detaches it
   nbd.connect_timeout_ms = static_cast<std::uint32_t>(options_.connect_timeout.count());
   auto node = co_await NbdClientNode::open(ex_, options_.peer_child, nbd);

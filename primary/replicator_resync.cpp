@@ -42,12 +42,13 @@ Task<Result<Replicator::PairingPlan>> Replicator::decide_pairing(const Generatio
       plan.compare = true;
       co_return plan;
     case SyncDecision::resync_from_peer:
-    case SyncDecision::full_resync_from_peer:
-      co_return make_error(EPERM, fmt::format(
-                                      "pairing refused: the secondary holds newer data than this "
-                                      "node (its generation {} went on from ours {}: it was "
-                                      "promoted); this node cannot be its primary",
-                                      theirs, mine));
+    case SyncDecision::full_resync_from_peer: {
+      std::string why = fmt::format("the secondary holds newer data than this node (its "
+                                    "generation {} went on from ours {}: it was promoted); this "
+                                    "node cannot be its primary", theirs, mine);
+      fence(why, peer.current);
+      co_return make_error(EPERM, "pairing refused: " + why);
+    }
     case SyncDecision::split_brain:
       if (last_split_brain_ != theirs) {
         last_split_brain_ = theirs;
@@ -58,11 +59,13 @@ Task<Result<Replicator::PairingPlan>> Replicator::decide_pairing(const Generatio
                      {"common_generation", generation_hex(gens_.bitmap)},
                      {"dirty_blocks", std::to_string(map.dirty_count())}}});
       }
-      co_return make_error(EPERM, fmt::format(
-                                      "pairing refused: split brain: this node (generation {}) "
-                                      "and the secondary (generation {}) both wrote since their "
-                                      "common generation {}", mine, theirs,
-                                      generation_hex(gens_.bitmap)));
+      {
+        std::string why = fmt::format("split brain: this node (generation {}) and the secondary "
+                                      "(generation {}) both wrote since their common generation "
+                                      "{}", mine, theirs, generation_hex(gens_.bitmap));
+        fence(why, peer.current);
+        co_return make_error(EPERM, "pairing refused: " + why);
+      }
     case SyncDecision::unrelated:
       if (peer.current == 0 && gens_.history.empty() && gens_.bitmap == 0 && epoch_ == 0 &&
           map.dirty_count() == 0 && map.active_count() == 0 && !record_->state().diverged) {

@@ -34,15 +34,25 @@ PauseSummary Replicator::pauses() const {
 
 // --------------------------------------------------------------------------
 
+std::string_view Replicator::state_name() const {
+  if (fenced_) return "fenced";
+  if (demoted_) return "demoted";
+  return prepared_ ? "prepared" : "running";
+}
+
 std::string Replicator::status_text() const {
   const PauseSummary p = pauses();
   std::string text = fmt::format(
       "role: primary\nstate: {}\nresource: {}\nnode: {} ({})\nepoch: {}\nwrite_mode: {}\n"
       "peer: {} {}\npeer_state: {}{}\n",
-      demoted_ ? "demoted" : prepared_ ? "prepared" : "running", options_.resource,
+      state_name(), options_.resource,
       options_.identity.name, options_.identity.id, epoch_, options_.async_mode ? "async" : "sync",
       peer_name_.empty() ? "-" : peer_name_, options_.peer_address.to_string(),
       to_string(peer_state_), peer_reason_.empty() ? "" : " (" + peer_reason_ + ")");
+  if (fenced_) {
+    text += fmt::format("fenced: {} (the export is closed; `coloctl demote` accepts it)\n",
+                        fenced_->reason);
+  }
   const DirtyMap& map = tracker_->map();
   if (record_->state().diverged) {
     text += fmt::format("diverged: yes (the secondary lacks up to {} blocks; the next pairing "
@@ -108,7 +118,12 @@ boost::json::object Replicator::status_json() const {
   const PauseSummary p = pauses();
   return {
       {"role", "primary"},
-      {"state", demoted_ ? "demoted" : prepared_ ? "prepared" : "running"},
+      {"state", state_name()},
+      {"fenced",
+       {{"fenced", fenced_.has_value()},
+        {"reason", fenced_ ? fenced_->reason : ""},
+        {"generation", fenced_ ? fenced_->generation : ""},
+        {"peer_generation", fenced_ ? fenced_->peer_generation : ""}}},
       {"resource", options_.resource},
       {"node_name", options_.identity.name},
       {"node_id", options_.identity.id},

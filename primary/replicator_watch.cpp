@@ -21,10 +21,10 @@ Task<void> Replicator::watch_loop(std::shared_ptr<Replicator> self) {
   auto last_try = std::chrono::steady_clock::now();
   auto last_flush = last_try;
   std::chrono::milliseconds retry_every = kRetryPairFirst;
-  while (!self->stopping_ && !self->demoted_) {
+  while (!self->stopping_ && !self->demoted_ && !self->fenced()) {
     self->watch_timer_.expires_after(self->options_.heartbeat_interval);
     auto [ec] = co_await self->watch_timer_.async_wait(use_task);
-    if (ec || self->stopping_ || self->demoted_) co_return;
+    if (ec || self->stopping_ || self->demoted_ || self->fenced()) co_return;
     if (self->peer_state_ == PeerState::paired && !self->detaching_) {
       retry_every = kRetryPairFirst;
       const auto stalled = self->peer_nbd_ ? self->peer_nbd_->stalled_for()
@@ -60,6 +60,8 @@ Task<void> Replicator::watch_loop(std::shared_ptr<Replicator> self) {
         std::chrono::steady_clock::now() - last_try > retry_every) {
       last_try = std::chrono::steady_clock::now();
       Result<void> r = co_await self->pair(false);
+      // A retry that learns this node was deposed fenced it (pair() -> fence()).
+      if (self->fenced()) co_return;
       if (!r) {
         log::debug("primary: pairing retry: {}", r.error().to_string());
         retry_every = std::min(retry_every * 2, kRetryPairMax);

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <openssl/rand.h>
+
 #include <algorithm>
 
 #include "shared/base/log.hpp"
@@ -9,6 +11,14 @@
 #include "shared/pair/state_file.hpp"
 
 namespace colo {
+
+std::string random_session_token() {
+  unsigned char raw[nbd::kSessionTokenChars / 2];
+  if (RAND_bytes(raw, sizeof(raw)) != 1) return {};
+  std::string out;
+  for (unsigned char b : raw) out += fmt::format("{:02x}", b);
+  return out;
+}
 
 Result<std::shared_ptr<SecondaryPairing>> SecondaryPairing::open(asio::any_io_executor ex,
                                                                  std::shared_ptr<DiskBuffer> db,
@@ -39,6 +49,16 @@ SecondaryPairing::SecondaryPairing(asio::any_io_executor ex, std::shared_ptr<Dis
     inconsistent_ = inconsistent->empty() ? "an initial sync did not complete" : *inconsistent;
     while (!inconsistent_.empty() && inconsistent_.back() == '\n') inconsistent_.pop_back();
     db_->set_inconsistent(true);
+  }
+  if (promoted_ && options_.guard) options_.guard->close("this node was promoted (failover)");
+}
+
+void SecondaryPairing::guard_without_session() {
+  if (!options_.guard) return;
+  if (promoted_) {
+    options_.guard->close("this node was promoted (failover)");
+  } else {
+    options_.guard->open();
   }
 }
 
@@ -91,6 +111,7 @@ void SecondaryPairing::close() {
   for (auto& s : sessions) s->channel->close("the secondary is stopping");
   sessions_.clear();
   active_.reset();
+  if (options_.guard) options_.guard->close("the secondary is stopping");
 }
 
 bool SecondaryPairing::primary_connected() {
@@ -153,6 +174,8 @@ void SecondaryPairing::on_lost(const std::shared_ptr<Session>& session, const st
   last_peer_name_ = session->name;
   last_peer_id_ = session->id;
   active_.reset();
+  // Every replication connection of this session is closed, and its requests refused.
+  guard_without_session();
   log::event({"primary_lost",
               {{"resource", options_.resource},
                {"primary", session->name},
@@ -192,8 +215,9 @@ replication::Envelope SecondaryPairing::on_hello(const std::shared_ptr<Session>&
   if (promoted_) {
     return error_reply(replication::ERROR_SPLIT_BRAIN,
                        fmt::format("this node was promoted (failover) and went on without the "
-                                   "primary; rejoining needs a resync (or remove {} after making "
-                                   "its disk a copy of the primary's)", promoted_marker()));
+                                   "primary (its generation is now {}); rejoining needs a resync "
+                                   "(or remove {} after making its disk a copy of the primary's)",
+                                   generation_hex(gens_.current), promoted_marker()));
   }
   if (active_ != nullptr && active_ != session && primary_connected()) {
     return error_reply(replication::ERROR_STATE,
@@ -206,6 +230,9 @@ replication::Envelope SecondaryPairing::on_hello(const std::shared_ptr<Session>&
   session->epoch = hello.durable_epoch();
   session->since = std::chrono::system_clock::now();
   active_ = session;
+  // A new session: the connections of an earlier one are closed, and none is admitted until
+  // this one's StartReplication hands out its token.
+  if (options_.guard) options_.guard->begin_session();
   log::event({"primary_connected",
               {{"resource", options_.resource},
                {"primary", session->name},
@@ -261,16 +288,23 @@ Task<Result<void>> SecondaryPairing::failover(bool force) {
     session->channel->close("failover on the secondary");
     on_lost(session, "failover forced on the secondary");
   }
+  // No replication connection is taken any more (the ones left are closed): nothing reaches
+  // the buffer from here on but the rollback.
+  if (options_.guard) options_.guard->close("this node was promoted (failover)");
   // Durable before the rollback starts: from here on this disk goes its own way, in a new
   // generation (a returning primary then sees that this node holds newer data).
   if (!promoted_) {
     const Generations next = start_new_generation(gens_, random_generation_id(gens_));
-    if (Result<void> g = store_generations(generations_path(), next); !g) co_return g.error();
+    if (Result<void> g = store_generations(generations_path(), next); !g) {
+      guard_without_session();
+      co_return g.error();
+    }
     gens_ = next;
   }
   if (auto m = write_file_atomic(promoted_marker(),
                                  fmt::format("promoted at epoch {}\n", db_->epoch()));
       !m) {
+    guard_without_session();
     co_return m.error();
   }
   Result<void> r = co_await db_->stop_replication(StopMode::failover);

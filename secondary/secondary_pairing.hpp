@@ -8,6 +8,12 @@
 // stays as it is, ready for failover. Failover (`coloctl failover|promote`) is refused while the
 // primary is connected, unless forced; it closes the session, rolls back to the last checkpoint
 // and leaves the secondary-side export serving the disk as the new primary.
+// Fencing (docs/replication.md, "Session token"): the replication export's SessionGuard follows
+// the sessions: a helloed session admits nothing until its StartReplication is accepted, which
+// draws a random token returned in the reply; only connections presenting it are admitted
+// then. When the session ends (lost, closed, replaced, failover) every connection admitted in
+// it is closed and its requests refused; with no session the plain export name is taken (the
+// lifecycle by hand); a promoted or stopping node admits nothing.
 
 #include <boost/asio/any_io_executor.hpp>
 
@@ -20,6 +26,7 @@
 #include "replication.pb.h"
 #include "secondary/disk_buffer_node.hpp"
 #include "shared/pair/dirty_map.hpp"
+#include "shared/nbd/nbd_session_guard.hpp"
 #include "shared/pair/generation.hpp"
 #include "shared/pair/node_identity.hpp"
 #include "shared/pair/replication_channel.hpp"
@@ -38,7 +45,14 @@ struct SecondaryPairingOptions {
   // The replication export's alignment, answered in the hello: the primary refuses to pair
   // when its own export promised its consumers a smaller minimum block size.
   std::uint32_t alignment_bytes = 512;
+  // The replication export's admission by session (null: no fencing, for tests of the channel
+  // alone).
+  std::shared_ptr<nbd::SessionGuard> guard;
 };
+
+// A new session token: 128 random bits as 32 lowercase hex digits (OpenSSL's RAND_bytes);
+// empty when no random bytes could be had.
+std::string random_session_token();
 
 struct PrimaryPeerInfo {
   bool connected = false;
@@ -127,6 +141,9 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   replication::Envelope on_hello(const std::shared_ptr<Session>& session,
                                  const replication::Hello& hello);
   void on_lost(const std::shared_ptr<Session>& session, const std::string& reason);
+  // No primary session any more: the guard takes the plain name again (a promoted node's
+  // admits nothing).
+  void guard_without_session();
   std::string promoted_marker() const;
   replication::Envelope dirty_bits(const replication::DirtyRequest& d) const;
   std::string generations_path() const { return options_.state_dir + "/generations"; }

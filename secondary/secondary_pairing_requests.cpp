@@ -141,6 +141,20 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
       }
       replication::Envelope reply;
       reply.mutable_start()->set_epoch(db.epoch());
+      if (self->options_.guard) {
+        // Recheck after the awaits above: the session may have ended meanwhile.
+        if (self->active_ != session || !session->channel->is_open()) {
+          co_return error_reply(replication::ERROR_STATE, "the session ended while starting");
+        }
+        std::string token = random_session_token();
+        if (token.empty()) {
+          co_return error_reply(replication::ERROR_IO, "no random bytes for a session token");
+        }
+        self->options_.guard->set_token(token);
+        reply.mutable_start()->set_session_token(std::move(token));
+        log::info("secondary: replication session of primary {} started; its replication "
+                  "connections present the session token", session->name);
+      }
       co_return reply;
     }
     case replication::Envelope::kCheckpointCut: {

@@ -428,11 +428,20 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
   SecondaryGraph g;
   g.db = *opened;
 
+  // With a checkpoint channel the replication export admits only the current session's
+  // connections (docs/replication.md, "Session token").
+  if (cfg.has_replication()) g.guard = std::make_shared<nbd::SessionGuard>();
   auto replication = serve(io, {s.replication_export_name(), "colo replication export",
-                                g.db->primary_view(), false},
+                                g.db->primary_view(), false, g.guard},
                            s.replication_listen());
   if (!replication) return replication.error();
   g.replication = *replication;
+  if (g.guard) {
+    std::weak_ptr<NbdServer> weak = g.replication;
+    g.guard->set_on_change([weak] {
+      if (auto server = weak.lock()) server->close_stale_connections();
+    });
+  }
   if (cfg.has_replication()) {
     const config::ReplicationConfig& rc = cfg.replication();
     auto fail = [&g](Error e) -> Result<SecondaryGraph> {
@@ -450,6 +459,7 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
     po.heartbeat_timeout = std::chrono::milliseconds(
         rc.heartbeat_timeout_ms() != 0 ? rc.heartbeat_timeout_ms() : 3000);
     po.alignment_bytes = g.db->primary_view()->limits().alignment_bytes;
+    po.guard = g.guard;
     auto pairing = SecondaryPairing::open(io.get_executor(), g.db, po);
     if (!pairing) return fail(pairing.error());
     g.pairing = *pairing;

@@ -30,6 +30,8 @@ struct SecondaryGraph {
   std::shared_ptr<DiskBuffer> db;
   std::shared_ptr<NbdServer> replication;
   std::shared_ptr<SecondaryPairing> pairing;  // null without a replication section
+  // The replication export's admission by session (null without a replication section).
+  std::shared_ptr<nbd::SessionGuard> guard;
 };
 // `cfg` is validated. On failure nothing listens any more.
 Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::DaemonConfig& cfg,

@@ -43,6 +43,10 @@ void NbdConnection::abort() {
   stream_->close();
 }
 
+bool NbdConnection::session_stale() const {
+  return admission_ != nullptr && !admission_->current(session_);
+}
+
 bool NbdConnection::take_buffered(std::span<std::byte> out) {
   if (read_end_ - read_pos_ < out.size()) return false;
   std::memcpy(out.data(), read_buffer_.get() + read_pos_, out.size());

@@ -64,6 +64,9 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   // Hard close: the transport is closed at once; pending writes fail (for drain's deadline).
   void abort();
   const std::string& peer() const { return stream_->peer(); }
+  // The connection was admitted by its export's admission in a session that has ended (false
+  // before the handshake chose an export, and for exports without an admission).
+  bool session_stale() const;
 
  private:
   struct OutFrame {
@@ -86,6 +89,10 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   Task<IoResult> do_read(const nbd::Request& r, std::byte* out);
   Task<IoResult> do_write(const nbd::Request& r, const std::byte* in);
   Task<IoResult> do_other(const nbd::Request& r);
+  // Checked right before every request reaches the node (nothing is awaited in between), so
+  // no request of an ended session is ever applied, even one read before the session ended.
+  // The first refusal logs and stops the connection.
+  bool refuse_stale(const nbd::Request& r);
 
   void reply_simple(std::uint64_t cookie, std::uint32_t nbd_error, std::uint64_t charged_bytes);
   void reply_read(const nbd::Request& r, PayloadBuffer buffer, std::uint32_t nbd_error,
@@ -112,6 +119,9 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   nbd::NbdNegotiation negotiation_;
   nbd::ExportShape shape_;
   Child* child_ = nullptr;
+  const nbd::ExportAdmission* admission_ = nullptr;  // the chosen export's, if any
+  std::uint64_t session_ = 0;                         // the session it admitted us in
+  bool stale_logged_ = false;
   NodeLimits limits_;
   asio::any_io_executor executor_;
 

@@ -47,6 +47,13 @@ Task<long> NbdConnection::handshake() {
       co_return -1;
     }
     NbdNegotiation::Step step = negotiation_.on_option(header->option, data);
+    if (!step.refused.empty()) log::warn("nbd: peer {}: refused: {}", peer(), step.refused);
+    if (step.next == NbdNegotiation::Step::Next::transmission) {
+      // Before the reply is written: the client may start sending requests as soon as it has
+      // it, and a session that ends meanwhile must find this connection to close it.
+      admission_ = exports_[step.export_index].admission.get();
+      session_ = step.session;
+    }
     if (!step.reply.empty()) {
       if (auto ec = co_await write_bytes(step.reply); ec) co_return -1;
     }

@@ -106,6 +106,18 @@ void NbdConnection::release(std::uint64_t charged_bytes) {
   if (budget_freed_.waiter_count() > 0) budget_freed_.notify_all();
 }
 
+bool NbdConnection::refuse_stale(const Request& r) {
+  if (!session_stale()) return false;
+  if (!stale_logged_) {
+    stale_logged_ = true;
+    log::warn("nbd: peer {}: {} offset={} count={} refused: the session this connection was "
+              "admitted in has ended; closing", peer(), command_name(r.type), r.offset_bytes,
+              r.length_bytes);
+  }
+  stop();
+  return true;
+}
+
 Task<void> NbdConnection::handle(std::shared_ptr<NbdConnection> self, Request r,
                                  PayloadBuffer buffer, std::uint64_t charged_bytes) {
   NbdConnection& c = *self;
@@ -141,6 +153,7 @@ Task<IoResult> NbdConnection::do_read(const Request& r, std::byte* out) {
   const std::uint64_t step = std::min<std::uint64_t>(limits_.transfer_bytes_max, kPayloadBytesMax);
   for (std::uint64_t done = 0; done < r.length_bytes;) {
     const std::uint64_t n = std::min<std::uint64_t>(step, r.length_bytes - done);
+    if (refuse_stale(r)) co_return io_error(EPERM);
     IoResult res = co_await child_->read(r.offset_bytes + done, std::span(out + done, n));
     if (!res) co_return res;
     done += n;
@@ -159,11 +172,15 @@ Task<IoResult> NbdConnection::do_write(const Request& r, const std::byte* in) {
   const std::uint64_t step = std::min<std::uint64_t>(limits_.transfer_bytes_max, kPayloadBytesMax);
   for (std::uint64_t done = 0; done < r.length_bytes;) {
     const std::uint64_t n = std::min<std::uint64_t>(step, r.length_bytes - done);
+    if (refuse_stale(r)) co_return io_error(EPERM);
     IoResult res = co_await child_->write(r.offset_bytes + done, std::span(in + done, n), flags);
     if (!res) co_return res;
     done += n;
   }
-  if (fua && !native_fua) co_return co_await child_->flush();
+  if (fua && !native_fua) {
+    if (refuse_stale(r)) co_return io_error(EPERM);
+    co_return co_await child_->flush();
+  }
   co_return IoResult{};
 }
 
@@ -171,6 +188,7 @@ Task<IoResult> NbdConnection::do_other(const Request& r) {
   const bool fua = (r.flags & kCmdFlagFua) != 0;
   const bool native_fua = fua && limits_.can_fua;
   WriteFlags flags = native_fua ? WriteFlags::fua : WriteFlags::none;
+  if (refuse_stale(r)) co_return io_error(EPERM);
   IoResult res;
   switch (r.type) {
     case kCmdFlush:
@@ -190,7 +208,10 @@ Task<IoResult> NbdConnection::do_other(const Request& r) {
       // check_request() lets only known commands through.
       CHECK(false);
   }
-  if (res && fua && !native_fua) co_return co_await child_->flush();
+  if (res && fua && !native_fua) {
+    if (refuse_stale(r)) co_return io_error(EPERM);
+    co_return co_await child_->flush();
+  }
   co_return res;
 }
 

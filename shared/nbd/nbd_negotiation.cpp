@@ -41,6 +41,19 @@ const ExportDescription* NbdNegotiation::find(const std::string& name,
   return nullptr;
 }
 
+const ExportDescription* NbdNegotiation::resolve(const std::string& requested,
+                                                 std::size_t* index,
+                                                 std::optional<std::string>* token) const {
+  token->reset();
+  if (const ExportDescription* e = find(requested, index); e != nullptr) return e;
+  const auto sep = requested.rfind(kSessionSeparator);
+  if (sep == std::string::npos) return nullptr;
+  const ExportDescription* e = find(requested.substr(0, sep), index);
+  if (e == nullptr || e->admission == nullptr) return nullptr;
+  *token = requested.substr(sep + kSessionSeparator.size());
+  return e;
+}
+
 ExportShape NbdNegotiation::shape(std::size_t export_index) const {
   const ExportDescription& e = exports_[export_index];
   ExportShape s;
@@ -96,11 +109,22 @@ NbdNegotiation::Step NbdNegotiation::on_info_or_go(std::uint32_t option,
     return step;
   }
   std::size_t index = 0;
-  const ExportDescription* e = find(req->name, &index);
+  std::optional<std::string> token;
+  const ExportDescription* e = resolve(req->name, &index, &token);
   if (e == nullptr) {
     append_option_reply(step.reply, option, kRepErrUnknown,
                         fmt::format("no export named \"{}\"", req->name));
     return step;
+  }
+  ExportAdmission::Verdict verdict;
+  if (e->admission != nullptr) {
+    verdict = e->admission->admit(token);
+    if (!verdict.admitted) {
+      const std::string why = fmt::format("export \"{}\": {}", e->name, verdict.why);
+      append_option_reply(step.reply, option, kRepErrPolicy, why);
+      step.refused = why;
+      return step;
+    }
   }
   // INFO_EXPORT always, INFO_BLOCK_SIZE always (our constraints are the truth the client
   // should know), name and description when asked for.
@@ -117,6 +141,7 @@ NbdNegotiation::Step NbdNegotiation::on_info_or_go(std::uint32_t option,
   if (option == kOptGo) {
     step.next = Next::transmission;
     step.export_index = index;
+    step.session = verdict.session;
   }
   return step;
 }
@@ -128,12 +153,22 @@ NbdNegotiation::Step NbdNegotiation::on_option(std::uint32_t option,
     case kOptExportName: {
       std::string name(reinterpret_cast<const char*>(data.data()), data.size());
       std::size_t index = 0;
-      const ExportDescription* e = find(name, &index);
+      std::optional<std::string> token;
+      const ExportDescription* e = resolve(name, &index, &token);
       if (e == nullptr) {
         // The protocol has no error reply for EXPORT_NAME: the server just closes.
         step.next = Next::close;
         step.why = fmt::format("EXPORT_NAME for unknown export \"{}\"", name);
         return step;
+      }
+      if (e->admission != nullptr) {
+        const ExportAdmission::Verdict verdict = e->admission->admit(token);
+        if (!verdict.admitted) {
+          step.next = Next::close;
+          step.why = fmt::format("EXPORT_NAME refused: export \"{}\": {}", e->name, verdict.why);
+          return step;
+        }
+        step.session = verdict.session;
       }
       step.reply.resize(10 + (no_zeroes_ ? 0 : kExportNameZeroes));
       put_u64(step.reply.data(), e->size_bytes);

@@ -10,8 +10,16 @@
 // INFO_BLOCK_SIZE), STRUCTURED_REPLY. STARTTLS is refused with ERR_POLICY (no TLS yet); every
 // other option gets ERR_UNSUP and the handshake goes on.
 // The empty export name selects the export named "" if there is one, else the first export.
+// Sessions: an export with an ExportAdmission (the secondary's replication export) is asked,
+// at EXPORT_NAME, INFO and GO, whether the client may have it. The client names the export
+// either plainly or as "<name>#session=<token>" (kSessionSeparator); a refusal is
+// ERR_POLICY with the admission's reason (EXPORT_NAME: the connection closes), and the
+// admitted session is handed to the transmission phase, which asks again before every request
+// (docs/replication.md, "Session token").
 
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -19,6 +27,25 @@
 #include "shared/nbd/nbd_proto.hpp"
 
 namespace colo::nbd {
+
+// What separates an export's name from a session token in the name a client asks for.
+inline constexpr std::string_view kSessionSeparator = "#session=";
+
+// Admission of clients to an export by session (implemented by SessionGuard,
+// shared/nbd/nbd_session_guard.hpp). Single-threaded, like the server.
+class ExportAdmission {
+ public:
+  virtual ~ExportAdmission() = default;
+  struct Verdict {
+    bool admitted = false;
+    std::uint64_t session = 0;  // admitted: the session the connection belongs to
+    std::string why;            // refused: the reason, for the client and the log
+  };
+  // `token`: what followed kSessionSeparator in the requested name; nullopt for the plain name.
+  virtual Verdict admit(const std::optional<std::string>& token) const = 0;
+  // False once `session` ended: the connection's requests are refused from then on.
+  virtual bool current(std::uint64_t session) const = 0;
+};
 
 struct ExportDescription {
   std::string name;
@@ -28,6 +55,7 @@ struct ExportDescription {
   std::uint32_t block_bytes_min = 1;
   std::uint32_t block_bytes_preferred = 4096;
   std::uint32_t payload_bytes_max = kPayloadBytesMax;
+  std::shared_ptr<const ExportAdmission> admission;  // null: every client is admitted
 };
 
 class NbdNegotiation {
@@ -39,7 +67,9 @@ class NbdNegotiation {
     Next next = Next::options;
     std::vector<std::byte> reply;  // bytes to send before acting on `next`
     std::size_t export_index = 0;  // with Next::transmission
+    std::uint64_t session = 0;     // with Next::transmission: the admitted session
     std::string why;               // with Next::close: what went wrong (empty: clean abort)
+    std::string refused;           // an export's admission refused the client: why (for the log)
   };
 
   // Returns an empty string when accepted, else why the connection must close.
@@ -53,6 +83,10 @@ class NbdNegotiation {
 
  private:
   const ExportDescription* find(const std::string& name, std::size_t* index) const;
+  // find(), or, for "<name>#session=<token>", the export <name> when it has an admission
+  // (`token` set). Null when there is no such export.
+  const ExportDescription* resolve(const std::string& requested, std::size_t* index,
+                                   std::optional<std::string>* token) const;
   void append_info(std::vector<std::byte>& out, std::uint32_t option, std::uint16_t type,
                    const ExportDescription& e) const;
   Step on_info_or_go(std::uint32_t option, std::span<const std::byte> data);

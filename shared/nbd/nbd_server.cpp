@@ -60,6 +60,7 @@ Result<void> NbdServer::add_export(NbdExport e) {
   d.block_bytes_min = lim.alignment_bytes;
   d.block_bytes_preferred = std::max<std::uint32_t>(4096, lim.alignment_bytes);
   d.payload_bytes_max = nbd::kPayloadBytesMax;
+  d.admission = std::move(e.admission);
   descriptions_.push_back(std::move(d));
   children_.push_back(std::make_unique<Child>("export:" + e.name, std::move(e.node)));
   child_ptrs_.push_back(children_.back().get());
@@ -212,6 +213,20 @@ Task<void> NbdServer::watchdog(NbdServer* self, std::shared_ptr<asio::steady_tim
   (void)ec;
   if (*finished) co_return;
   for (auto& c : self->connections_) c->abort();
+}
+
+void NbdServer::close_stale_connections() {
+  for (auto& c : connections_) {
+    if (c->session_stale()) {
+      log::warn("nbd: peer {}: closing: the session it was admitted in has ended", c->peer());
+      c->abort();
+    }
+  }
+}
+
+void NbdServer::abort_all() {
+  close();
+  for (auto& c : connections_) c->abort();
 }
 
 void NbdServer::close() {

@@ -39,6 +39,9 @@ struct NbdExport {
   std::string description;
   std::shared_ptr<BlockNode> node;
   bool read_only = false;   // also read-only when the node's limits say so
+  // Null: every client is admitted. Otherwise asked at the handshake and before every request
+  // (nbd_negotiation.hpp; the secondary's replication export: a SessionGuard).
+  std::shared_ptr<const nbd::ExportAdmission> admission;
 };
 
 class NbdServer {
@@ -64,6 +67,14 @@ class NbdServer {
   Task<void> drain(std::chrono::milliseconds force_after = std::chrono::seconds(10));
 
   std::size_t connection_count() const { return connections_.size(); }
+
+  // Closes at once (no reply waited for) every connection whose export's admission says its
+  // session ended (NbdConnection::session_stale); their requests not yet issued are refused.
+  // The secondary calls it on every change of its SessionGuard.
+  void close_stale_connections();
+  // Stops serving at once: close(), then every connection is closed without waiting for
+  // replies (requests in flight fail for their clients). drain() still waits for them.
+  void abort_all();
 
  private:
   using Tcp = asio::ip::tcp;

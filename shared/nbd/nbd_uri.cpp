@@ -73,4 +73,27 @@ Result<NbdUriParts> parse_nbd_uri(std::string_view uri) {
   return p;
 }
 
+Result<std::string> nbd_uri_append_to_export_name(std::string_view uri,
+                                                  std::string_view suffix) {
+  if (auto parts = parse_nbd_uri(uri); !parts) return parts.error();
+  std::string encoded;
+  for (char ch : suffix) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      encoded += ch;
+    } else {
+      encoded += fmt::format("%{:02X}", c);
+    }
+  }
+  const std::size_t start = uri.find("://") + 3;
+  std::size_t end = uri.find_first_of("?#", start);
+  if (end == std::string_view::npos) end = uri.size();
+  const std::size_t slash = uri.find('/', start);
+  std::string out(uri.substr(0, end));
+  if (slash == std::string_view::npos || slash >= end) out += '/';
+  out += encoded;
+  out += uri.substr(end);
+  return out;
+}
+
 }  // namespace colo

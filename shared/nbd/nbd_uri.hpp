@@ -21,4 +21,9 @@ struct NbdUriParts {
 // Parses `uri`; the error message quotes the URI and says what is wrong.
 Result<NbdUriParts> parse_nbd_uri(std::string_view uri);
 
+// `uri` (a valid NBD URI) with `suffix` appended to its export name, percent-encoded (every
+// byte but the URI's unreserved characters), e.g. nbd://h:1/r0 + "#session=ab" ->
+// nbd://h:1/r0%23session%3Dab. The primary presents its session token this way.
+Result<std::string> nbd_uri_append_to_export_name(std::string_view uri, std::string_view suffix);
+
 }  // namespace colo

@@ -36,7 +36,9 @@
 namespace colo {
 
 inline constexpr std::uint32_t kReplicationFrameBytesMax = 64u * 1024u;
-inline constexpr std::uint32_t kReplicationProtocolVersion = 3;
+// 4: StartReplication's reply carries the session token (the replication export refuses a
+// primary that does not present it).
+inline constexpr std::uint32_t kReplicationProtocolVersion = 4;
 
 // One framed, ordered, reliable byte stream to the peer.
 class FrameTransport {

@@ -26,6 +26,7 @@ std::string_view to_string(SimFault f) {
     case SimFault::primary_restart_alone: return "primary_restart_alone";
     case SimFault::nbd_blackhole: return "nbd_blackhole";
     case SimFault::secondary_disk_stall: return "secondary_disk_stall";
+    case SimFault::stale_session_replay: return "stale_session_replay";
   }
   return "?";
 }
@@ -57,6 +58,7 @@ SimConfig sim_config_for_seed(std::uint64_t seed) {
   // large trims and write-zeroes (up to half the disk) run in several pieces.
   c.trim_piece_bytes = std::uint64_t{16 * 1024} << (2 * (prng() % 3));
   c.reconnect = c.fault == SimFault::primary_restart_alone ||
+                c.fault == SimFault::stale_session_replay ||
                 (sim_fault_heals(c.fault) && prng() % 2 == 0);
   return c;
 }
@@ -236,6 +238,11 @@ Task<void> teardown(Sim* sim, bool* done) {
     old.gate->open();
     co_await old.gate->drain();
     co_await old.quorum->drain();
+  }
+  if (sim->stale) {
+    sim->stale->close();
+    co_await sim->stale->drain();
+    sim->stale.reset();
   }
   sim->chan_proxy->close();
   sim->nbd_proxy->close();

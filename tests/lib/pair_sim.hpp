@@ -46,8 +46,13 @@ enum class SimFault : std::uint8_t {
   nbd_blackhole,              // only the replication export's link drops every byte (the
                               // checkpoint channel lives on): the primary sees no progress
   secondary_disk_stall,       // every write and flush on the secondary's disk hangs for 5 s
+  stale_session_replay,       // a replication connection of the current session is kept
+                              // aside, the checkpoint channel is cut (the session ends), and
+                              // the connection replays writes, then again after the primary
+                              // paired anew (reconnect phase); a new connection with its token
+                              // is tried too: nothing of it may land
 };
-inline constexpr int kSimFaultCount = 13;
+inline constexpr int kSimFaultCount = 14;
 std::string_view to_string(SimFault f);
 
 // Everything a run does is drawn from `seed` (sim_config_for_seed); a field may be overridden

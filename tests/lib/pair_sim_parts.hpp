@@ -27,6 +27,7 @@
 #include "shared/base/async_event.hpp"
 #include "shared/block/fault_node.hpp"
 #include "shared/block/memory_node.hpp"
+#include "shared/nbd/nbd_client_node.hpp"
 #include "test_support.hpp"
 #include "unix_proxy.hpp"
 
@@ -199,6 +200,11 @@ struct Sim {
   std::optional<Image> primary_expected;
   std::string phase = "setup";
   SimOutcome out;
+  // stale_session_replay: a replication connection admitted in a session that ended, and the
+  // URI (with that session's token) it was opened with.
+  std::shared_ptr<NbdClientNode> stale;
+  std::string stale_uri;
+  std::string stale_token;
 
   std::uint64_t period() const {
     const WriteGate& g = *p.gate;
@@ -241,6 +247,9 @@ Task<void> workload(Sim* sim, bool* done);
 // and resyncs (its links cut once more mid-resync for half the seeds), then a checkpoint of
 // the primary's whole disk; sets *done at the end.
 Task<void> reconnect_and_resync(Sim* sim, bool* done);
+// stale_session_replay: writes through the kept connection (and a new connection with its
+// token) must all fail; `when` names the moment for the failure messages.
+Task<void> replay_stale(Sim* sim, std::string when);
 // Kill -9 (the media as they are) or power cut of the secondary; run_pair_sim reopens it.
 Task<void> crash_secondary(Sim* sim, bool power_cut);
 

@@ -24,6 +24,14 @@ Task<void> reconnect_and_resync(Sim* sim, bool* done) {
     if (blackholed) (*proxy)->cut();  // connections black-holed so far are dead links
   }
   Replicator& rep = *sim->p.replicator;
+  if (blackholed) {
+    // A primary that had not noticed the blackhole yet is still `paired` on connections the
+    // cut just closed: let it see the EOF (it detaches) before anything counts as healed.
+    const auto noticed = Clock::now() + std::chrono::seconds(5);
+    while (rep.peer_state() == PeerState::paired && Clock::now() < noticed) {
+      co_await sleep_for(std::chrono::milliseconds(2));
+    }
+  }
   // For half the seeds the links are cut once more in the middle of the resync (capped at
   // 4 MiB/s so that it lasts): the resync fails, the secondary is detached, and the next
   // pairing must still converge.
@@ -67,6 +75,14 @@ Task<void> reconnect_and_resync(Sim* sim, bool* done) {
               p.bytes_sent, p.zero_bytes);
     EXPECT_EQ(sim->s.pairing->generations().current, rep.generations().current)
         << "the secondary did not take the primary's generation";
+    if (sim->stale) {
+      // A new session began: the old one's connection and token still write nothing.
+      EXPECT_NE(sim->s.guard->token(), sim->stale_token) << "the new session has the old token";
+      co_await replay_stale(sim, "after a new session began");
+      sim->stale->close();
+      co_await sim->stale->drain();
+      sim->stale.reset();
+    }
     Result<std::uint64_t> c = co_await rep.checkpoint();
     EXPECT_TRUE(c) << (c ? "" : c.error().to_string());
     if (c) {

@@ -4,6 +4,9 @@
 #include <fmt/format.h>
 
 #include "pair_sim_parts.hpp"
+#include "shared/base/log.hpp"
+#include "shared/nbd/nbd_session_guard.hpp"
+#include "shared/nbd/nbd_uri.hpp"
 
 namespace colo::test::sim {
 
@@ -174,6 +177,78 @@ Task<void> crash_secondary(Sim* sim, bool power_cut) {
   sim->crashed = true;
 }
 
+// The session's token as the secondary's guard holds it, a connection presenting it opened
+// straight to the secondary's replication socket (the old primary's connection, left behind),
+// then the checkpoint channel cut and refused: the session ends (the primary goes on alone
+// until the reconnect phase pairs it anew), and the connection replays writes.
+Task<void> stale_session(Sim* sim) {
+  nbd::SessionGuard* guard = sim->s.guard.get();
+  if (guard == nullptr || guard->mode() != nbd::SessionGuard::Mode::session ||
+      guard->token().empty()) {
+    log::info("sim: stale_session_replay: no session to take a token from (guard {})",
+              guard != nullptr ? to_string(guard->mode()) : "none");
+    co_return;
+  }
+  sim->stale_token = guard->token();
+  const std::string listen = sim->scfg.secondary().replication_listen(0);  // "unix:PATH"
+  const std::string base = fmt::format("nbd+unix:///{}?socket={}",
+                                       sim->scfg.secondary().replication_export_name(),
+                                       listen.substr(5));
+  Result<std::string> uri = nbd_uri_append_to_export_name(
+      base, nbd::session_export_name("", sim->stale_token));
+  EXPECT_TRUE(uri) << (uri ? "" : uri.error().to_string());
+  if (!uri) co_return;
+  sim->stale_uri = *uri;
+  NbdClientOptions o;
+  o.uri = sim->stale_uri;
+  o.reconnect = false;
+  o.connect_timeout_ms = 2000;
+  auto ex = co_await asio::this_coro::executor;
+  Result<std::shared_ptr<NbdClientNode>> node = co_await NbdClientNode::open(ex, "stale", o);
+  EXPECT_TRUE(node) << "a connection with the current session's token is admitted: "
+                    << (node ? "" : node.error().to_string());
+  if (!node) co_return;
+  sim->stale = *node;
+  const std::uint64_t serial = guard->serial();
+  sim->chan_proxy->refuse(true);
+  sim->chan_proxy->cut();
+  const auto until = Clock::now() + std::chrono::seconds(5);
+  while (sim->s.guard->serial() == serial && Clock::now() < until) {
+    co_await sleep_for(std::chrono::milliseconds(2));
+  }
+  EXPECT_NE(sim->s.guard->serial(), serial) << "the secondary did not end the session";
+  co_await replay_stale(sim, "after its session ended");
+}
+
+Task<void> replay_stale(Sim* sim, std::string when) {
+  if (!sim->stale) co_return;
+  std::mt19937_64 rp(sim->c.seed ^ 0x57a1eu ^ std::hash<std::string>{}(when));
+  const std::uint32_t align = sim->s.db->primary_view()->limits().alignment_bytes;
+  Image junk;
+  for (int i = 0; i < 4; ++i) {
+    const std::uint64_t length = align * (1 + rp() % (16 * 1024 / align));
+    const std::uint64_t offset = align * (rp() % ((sim->c.disk_bytes - length) / align + 1));
+    junk.assign(length, std::byte{0xee});
+    IoResult r = co_await sim->stale->write(offset, junk, WriteFlags::none);
+    EXPECT_FALSE(r) << "a write of an ended session's connection " << when << " succeeded ("
+                    << offset << " +" << length << ")";
+  }
+  // A new connection with the ended session's token is refused at the handshake.
+  NbdClientOptions o;
+  o.uri = sim->stale_uri;
+  o.reconnect = false;
+  o.connect_timeout_ms = 2000;
+  auto ex = co_await asio::this_coro::executor;
+  Result<std::shared_ptr<NbdClientNode>> again = co_await NbdClientNode::open(ex, "stale-2", o);
+  EXPECT_FALSE(again) << "a new connection with an ended session's token was admitted " << when;
+  if (again) {
+    IoResult r = co_await (*again)->write(0, junk, WriteFlags::none);
+    EXPECT_FALSE(r) << "and it wrote";
+    (*again)->close();
+    co_await (*again)->drain();
+  }
+}
+
 Task<void> fault_task(Sim* sim, std::uint64_t fseed) {
   std::mt19937_64 fp(fseed);
   const std::uint64_t total = std::uint64_t{sim->c.writers} * sim->c.ops_per_writer;
@@ -227,6 +302,9 @@ Task<void> fault_task(Sim* sim, std::uint64_t fseed) {
           break;
         case SimFault::nbd_blackhole:
           sim->nbd_proxy->set_blackhole(true);
+          break;
+        case SimFault::stale_session_replay:
+          co_await stale_session(sim);
           break;
         case SimFault::secondary_disk_stall: {
           FaultRule rule;

@@ -171,6 +171,7 @@ class PairFixture {
   test::TcpProxy* proxy() { return proxy_.get(); }
   test::TcpProxy* nbd_proxy() { return nbd_proxy_.get(); }
   int channel_port() const { return chan_port_; }
+  // The secondary's replication export (TCP on loopback).
   int replication_port() const { return repl_port_; }
 
   void write_configs() {

@@ -26,8 +26,11 @@ std::string known_disk() {
   return d;
 }
 
+// The replication export of the session whose token the Start reply gave (the secondary takes
+// no other connection while a primary's session lasts: docs/replication.md, "Session token").
+std::string g_token;
 std::string uri(const PairFixture& pair) {
-  return fmt::format("nbd://127.0.0.1:{}/", pair.replication_port());
+  return fmt::format("nbd://127.0.0.1:{}/%23session%3D{}", pair.replication_port(), g_token);
 }
 
 // hello, then Start with the overlay flag (and resync, as a resolution's session is).
@@ -44,6 +47,7 @@ void start_resolution(RawChannel& c) {
   c.send(e);
   r = c.reply();
   ASSERT_TRUE(r && r->has_start()) << (r ? r->DebugString() : "closed");
+  g_token = r->start().session_token();
 }
 
 boost::json::object list_json(PairFixture& pair) {
