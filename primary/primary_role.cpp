@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "primary/fence.hpp"
+#include "primary/primary_channel.hpp"
 #include "primary/quorum_control.hpp"
 #include "primary/quorum_setup.hpp"
 #include "primary/replication_control.hpp"
@@ -270,6 +271,22 @@ Result<void> start_primary(DaemonContext& ctx) {
     register_quorum_commands(ctx.control(), ctx.executor(), quorum, cfg.quorum(),
                              file_opener(ctx.io()));
     if (ctx.resource_form()) {
+      // A node that still takes itself for the primary learns here that it is not.
+      auto channel = std::make_shared<PrimaryChannel>(ctx.executor(), replicator, cfg.resource(),
+                                                      cfg.replication().node_name());
+      for (const auto& text : ctx.node().channel_listen()) {
+        auto address = parse_listen_address(text);
+        if (!address) return address.error();
+        if (auto r = channel->listen(*address); !r) {
+          channel->close();
+          server->close();
+          return r.error();
+        }
+      }
+      ctx.on_shutdown([channel]() -> Task<void> {
+        channel->close();
+        co_return;
+      });
       ControlHandler demote = ctx.control().handler("demote");
       DaemonContext* c = &ctx;
       const std::string state_dir = cfg.state_dir();

@@ -156,6 +156,9 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   // Called once when this node fences itself (the role closes its export there).
   void set_on_fenced(std::function<void()> on_fenced) { on_fenced_ = std::move(on_fenced); }
   bool fenced() const { return fenced_.has_value(); }
+  // This node was deposed: stop serving for good (see above). `peer_generation` 0: unknown.
+  // Also called by the resource form's PrimaryChannel (primary/primary_channel.hpp).
+  void fence(std::string reason, std::uint64_t peer_generation);
   // Why (empty when not fenced).
   std::string fenced_reason() const { return fenced_ ? fenced_->reason : std::string(); }
 
@@ -222,8 +225,6 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
     bool inconsistent = false;  // the secondary keeps no checkpoint meanwhile
   };
   Task<Result<PairingPlan>> decide_pairing(const Generations& peer, bool force, bool initial_sync);
-  // This node was deposed: stop serving for good (see above). `peer_generation` 0: unknown.
-  void fence(std::string reason, std::uint64_t peer_generation);
   void start_resync(bool compare);
   // Failback: the secondary's own dirty blocks (its writes as a primary, or its rollback at a
   // promotion) join this node's dirty bitmap, durably. Returns how many blocks became dirty.

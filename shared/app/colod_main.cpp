@@ -24,8 +24,9 @@ namespace {
 // Runs one role until it stops. In the resource form, returns the role to run next when a
 // command changed it (promote, demote), nullopt when the daemon is to exit; `code` is the
 // exit status.
-std::optional<colo::config::Role> run_daemon(colo::config::DaemonConfig cfg, bool resource_form,
-                                             int* code) {
+std::optional<colo::config::Role> run_daemon(colo::config::DaemonConfig cfg,
+                                             const colo::config::NodeConfig* node, int* code) {
+  const bool resource_form = node != nullptr;
   using namespace colo;
   *code = 0;
   if (!cfg.log_level().empty()) {
@@ -39,6 +40,7 @@ std::optional<colo::config::Role> run_daemon(colo::config::DaemonConfig cfg, boo
   asio::io_context io(1);
   DaemonContext ctx(io, cfg);
   ctx.set_resource_form(resource_form);
+  if (node != nullptr) ctx.set_node(*node);
   const std::string control_path = control_socket_path(cfg);
   if (auto r = ctx.control().listen(control_path); !r) {
     log::error("{}", r.error().to_string());
@@ -67,13 +69,12 @@ std::optional<colo::config::Role> run_daemon(colo::config::DaemonConfig cfg, boo
 int run_resource(const colo::config::DaemonConfig& cfg, const std::string& node) {
   using namespace colo;
   for (;;) {
-    const std::string state_dir = [&] {
-      for (const auto& n : cfg.nodes()) {
-        if (n.name() == node) return n.state_dir();
-      }
-      return std::string();
-    }();
-    auto role = load_role(state_dir);
+    const config::NodeConfig* me = nullptr;
+    for (const auto& n : cfg.nodes()) {
+      if (n.name() == node) me = &n;
+    }
+    if (me == nullptr) return 1;  // pick_node chose it: cannot happen
+    auto role = load_role(me->state_dir());
     if (!role) {
       log::error("{}", role.error().to_string());
       return 1;
@@ -84,7 +85,7 @@ int run_resource(const colo::config::DaemonConfig& cfg, const std::string& node)
       return 1;
     }
     int code = 0;
-    const std::optional<config::Role> next = run_daemon(std::move(*derived), true, &code);
+    const std::optional<config::Role> next = run_daemon(std::move(*derived), me, &code);
     if (!next) return code;
     log::info("node \"{}\": role changed from {} to {}", node, role_name(*role),
               role_name(*next));
@@ -162,6 +163,6 @@ int main(int argc, char** argv) {
     return 0;
   }
   int code = 0;
-  (void)run_daemon(std::move(*cfg), false, &code);
+  (void)run_daemon(std::move(*cfg), nullptr, &code);
   return code;
 }

@@ -47,6 +47,9 @@ class DaemonContext {
   // starts `next` from the same config.
   void set_resource_form(bool on) { resource_form_ = on; }
   bool resource_form() const { return resource_form_; }
+  // The resource form: this node's entry (its listen addresses whatever the role).
+  void set_node(config::NodeConfig node) { node_ = std::move(node); }
+  const config::NodeConfig& node() const { return node_; }
   void change_role(config::Role next);
   std::optional<config::Role> next_role() const { return next_role_; }
 
@@ -59,6 +62,7 @@ class DaemonContext {
   std::vector<std::function<Task<void>()>> shutdown_hooks_;
   bool shutting_down_ = false;
   bool resource_form_ = false;
+  config::NodeConfig node_;
   std::optional<config::Role> next_role_;
 };
 

@@ -238,9 +238,18 @@ TEST_P(Failback, TheOldPrimaryRejoinsWithTheDeltaOnly) {
     std::string z(64u << 10, 'z');
     ASSERT_EQ(nbd_pwrite(nbd.h, z.data(), z.size(), 40 * kMiB, 0), 0);
   }
-  // a comes back as it was, a primary; the operator demotes it.
+  // a comes back as it was, a primary; it reaches b's channel address, where b (the primary
+  // now, with newer data) tells it it was deposed: a fences itself and stops serving. The
+  // operator demotes it.
   ASSERT_NO_FATAL_FAILURE(r.start(0));
   EXPECT_TRUE(r.wait_status(0, "role: primary"));
+  EXPECT_TRUE(r.wait_status(0, "state: fenced")) << r.cmd(0, {"status"}).output << r.log(0);
+  {
+    nbd_handle* h = nbd_create();
+    EXPECT_EQ(nbd_connect_unix(h, r.sock(0).c_str()), -1) << "a fenced node serves no export";
+    nbd_close(h);
+  }
+  EXPECT_NE(r.log(0).find("\"event\":\"fenced\""), std::string::npos);
   auto d = r.cmd(0, {"demote"});
   ASSERT_EQ(d.exit_code, 0) << d.output;
   ASSERT_TRUE(r.wait_status(0, "role: secondary")) << r.log(0);

@@ -1,0 +1,50 @@
+#pragma once
+// The resource form's primary answers on its own checkpoint-channel address (docs/resource.md,
+// "Two primaries"): a node that still takes itself for the primary (a deposed primary that
+// restarted, or one cut off while the other was promoted) connects there to pair with what it
+// thinks is its secondary. The hello's generations decide who was deposed:
+// - this node holds newer data than the caller (the caller's current generation is our bitmap
+//   generation, or older): the caller was deposed; answered ERROR_SPLIT_BRAIN, on which the
+//   caller fences itself (Replicator::pair);
+// - split brain (both wrote since a common generation): both fence (the caller by the same
+//   answer, this node now); an operator resolves it;
+// - the caller holds newer data: this node was deposed and fences itself; answered
+//   ERROR_STATE;
+// - anything else (equal generations, unrelated data): ERROR_STATE, nobody fences.
+// Every other request is refused (ERROR_STATE); the channel is then left to close.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "primary/replicator.hpp"
+#include "shared/base/listen_address.hpp"
+#include "shared/pair/replication_channel.hpp"
+
+namespace colo {
+
+class PrimaryChannel : public std::enable_shared_from_this<PrimaryChannel> {
+ public:
+  PrimaryChannel(asio::any_io_executor ex, std::shared_ptr<Replicator> replicator,
+                 std::string resource, std::string node_name);
+  ~PrimaryChannel();
+  PrimaryChannel(const PrimaryChannel&) = delete;
+  PrimaryChannel& operator=(const PrimaryChannel&) = delete;
+
+  Result<void> listen(const ListenAddress& address);
+  void close();
+
+ private:
+  void on_accept(std::unique_ptr<FrameTransport> transport);
+  replication::Envelope answer(const replication::Envelope& request);
+
+  asio::any_io_executor ex_;
+  std::weak_ptr<Replicator> replicator_;
+  std::string resource_;
+  std::string node_name_;
+  TransportListener listener_;
+  std::vector<std::shared_ptr<ReplicationChannel>> channels_;
+  bool closed_ = false;
+};
+
+}  // namespace colo
