@@ -203,6 +203,32 @@ Task<control::Reply> demote_to_secondary(ControlHandler demote, DaemonContext* c
   co_return reply;
 }
 
+// resolve --discard-mine on a primary (the resource form): the discard-mine marker, durably,
+// then the demote to the secondary; its hello then says it is the victim.
+Task<control::Reply> resolve_as_victim(ControlHandler demote, DaemonContext* ctx,
+                                       std::string state_dir,
+                                       std::shared_ptr<Replicator> replicator,
+                                       control::Request req) {
+  if (req.args_size() != 1 || req.args(0) != "--discard-mine") {
+    co_return ControlReplyBuilder::fail(kExitUsage, "usage: resolve --discard-mine");
+  }
+  if (replicator->peer_state() == PeerState::paired) {
+    co_return ControlReplyBuilder::fail(
+        kExitRefused, "resolve refused: this primary is paired with its secondary (there is no "
+                      "split brain to resolve)");
+  }
+  if (Result<void> w = write_discard_mine(state_dir, replicator->generations()); !w) {
+    co_return ControlReplyBuilder::from_error(w.error());
+  }
+  control::Request d;
+  d.set_command("demote");
+  control::Reply reply = co_await demote_to_secondary(demote, ctx, state_dir, replicator, d);
+  if (reply.exit_code() == 0) {
+    reply.set_text("this node is the split-brain victim: " + reply.text());
+  }
+  co_return reply;
+}
+
 }  // namespace
 
 // The primary: the config's disk (io_uring FileNode), and when the config has a quorum, the
@@ -271,6 +297,10 @@ Result<void> start_primary(DaemonContext& ctx) {
     register_quorum_commands(ctx.control(), ctx.executor(), quorum, cfg.quorum(),
                              file_opener(ctx.io()));
     if (ctx.resource_form()) {
+      // A fenced node whose peer becomes the split-brain victim restarts its role: the export
+      // opens and pairing resyncs both sides' blocks into the victim.
+      DaemonContext* restart = &ctx;
+      replicator->set_on_unfenced([restart] { restart->change_role(config::PRIMARY); });
       // A node that still takes itself for the primary learns here that it is not.
       auto channel = std::make_shared<PrimaryChannel>(ctx.executor(), replicator, cfg.resource(),
                                                       cfg.replication().node_name());
@@ -295,6 +325,13 @@ Result<void> start_primary(DaemonContext& ctx) {
                     "become the secondary",
           [demote, c, state_dir, replicator](const control::Request& r) {
             return demote_to_secondary(demote, c, state_dir, replicator, r);
+          });
+      ctx.control().add_command(
+          "resolve", "resolve --discard-mine: this node is the split-brain victim: it becomes "
+                     "the secondary, and its data since the common generation is overwritten "
+                     "(kept in an overlay)",
+          [demote, c, state_dir, replicator](const control::Request& r) {
+            return resolve_as_victim(demote, c, state_dir, replicator, r);
           });
     }
   }

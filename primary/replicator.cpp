@@ -67,7 +67,7 @@ void Replicator::fence(std::string reason, std::uint64_t peer_generation) {
   log::warn("primary: fenced: {}; the export is closed and stays closed (also across restarts) "
             "until `coloctl demote`", r.reason);
   periodic_timer_.cancel();
-  watch_timer_.cancel();
+  // The watch loop goes on: fenced, it only looks whether the peer takes the victim's part.
   if (on_fenced_) on_fenced_();
 }
 

@@ -155,6 +155,10 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
 
   // Called once when this node fences itself (the role closes its export there).
   void set_on_fenced(std::function<void()> on_fenced) { on_fenced_ = std::move(on_fenced); }
+  // Called when a fenced node lifts its fence because its peer took the victim's part (the
+  // role restarts: export opened, pairing with the union resync). Without a hook the fence
+  // stays (the node must be restarted by hand).
+  void set_on_unfenced(std::function<void()> on_unfenced) { on_unfenced_ = std::move(on_unfenced); }
   bool fenced() const { return fenced_.has_value(); }
   // This node was deposed: stop serving for good (see above). `peer_generation` 0: unknown.
   // Also called by the resource form's PrimaryChannel (primary/primary_channel.hpp).
@@ -223,8 +227,16 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
     bool compare = false;    // an initial sync: compare every block (the secondary inconsistent)
     bool adopt = false;      // the secondary takes our generation at start
     bool inconsistent = false;  // the secondary keeps no checkpoint meanwhile
+    bool overlay = false;       // a split-brain resolution: the secondary keeps an overlay
   };
-  Task<Result<PairingPlan>> decide_pairing(const Generations& peer, bool force, bool initial_sync);
+  // `peer_discards`: the secondary is a split-brain victim by the operator's word
+  // (Hello.discard_mine): where the generations would refuse, this node's data wins.
+  Task<Result<PairingPlan>> decide_pairing(const Generations& peer, bool force, bool initial_sync,
+                                           bool peer_discards = false);
+  // Fenced: whether the peer now says it discards its data (resolve --discard-mine on it).
+  Task<bool> peer_discards();
+  replication::Envelope make_hello() const;
+  std::uint64_t peer_dirty_bytes_ = 0;  // the last secondary hello's own_dirty_bytes
   void start_resync(bool compare);
   // Failback: the secondary's own dirty blocks (its writes as a primary, or its rollback at a
   // promotion) join this node's dirty bitmap, durably. Returns how many blocks became dirty.
@@ -277,6 +289,7 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   bool stopping_ = false;
   std::optional<FenceRecord> fenced_;
   std::function<void()> on_fenced_;
+  std::function<void()> on_unfenced_;
 
   std::uint64_t checkpoints_ = 0;
   std::uint64_t checkpoint_failures_ = 0;

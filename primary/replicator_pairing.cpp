@@ -24,6 +24,42 @@ void Replicator::on_channel_lost(const std::string& reason) {
         "detach secondary");
 }
 
+replication::Envelope Replicator::make_hello() const {
+  replication::Envelope hello;
+  auto* h = hello.mutable_hello();
+  h->set_protocol_version(kReplicationProtocolVersion);
+  h->set_resource(options_.resource);
+  h->set_disk_size_bytes(quorum_->size_bytes());
+  h->set_block_size_bytes(quorum_->limits().alignment_bytes);
+  h->set_node_id(options_.identity.id);
+  h->set_node_name(options_.identity.name);
+  h->set_durable_epoch(epoch_);
+  generations_to_proto(gens_, h->mutable_generations());
+  return hello;
+}
+
+// A fenced node asks its peer, without pairing, whether the operator made the peer the
+// split-brain victim (Hello.discard_mine): then this node's data wins and its fence goes.
+Task<bool> Replicator::peer_discards() {
+  auto transport = co_await connect_transport(ex_, options_.peer_address,
+                                              options_.connect_timeout);
+  if (!transport) co_return false;
+  auto channel = ReplicationChannel::create(
+      ex_, std::move(*transport),
+      {"peer " + options_.peer_address.to_string(), options_.heartbeat_interval,
+       options_.heartbeat_timeout});
+  channel->start(
+      [](replication::Envelope) -> Task<replication::Envelope> {
+        co_return error_reply(replication::ERROR_STATE, "this primary is fenced");
+      },
+      [](const std::string&) {});
+  auto reply = co_await channel->call(make_hello(), options_.connect_timeout);
+  channel->close("fenced: only asked whether the peer discards its data");
+  co_return reply && reply->has_hello() && reply->hello().discard_mine() &&
+      reply->hello().resource() == options_.resource &&
+      reply->hello().node_id() != options_.identity.id;
+}
+
 Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
   if (demoted_) co_return make_error(EPERM, "this node was demoted; it does not replicate");
   if (fenced_) {
@@ -62,17 +98,7 @@ Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
                     if (auto self = weak.lock()) self->on_channel_lost(reason);
                   });
 
-  replication::Envelope hello;
-  auto* h = hello.mutable_hello();
-  h->set_protocol_version(kReplicationProtocolVersion);
-  h->set_resource(options_.resource);
-  h->set_disk_size_bytes(quorum_->size_bytes());
-  h->set_block_size_bytes(quorum_->limits().alignment_bytes);
-  h->set_node_id(options_.identity.id);
-  h->set_node_name(options_.identity.name);
-  h->set_durable_epoch(epoch_);
-  generations_to_proto(gens_, h->mutable_generations());
-  auto reply = co_await channel_->call(hello, options_.connect_timeout);
+  auto reply = co_await channel_->call(make_hello(), options_.connect_timeout);
   if (!reply && reply.error().code.value() == EEXIST) {
     // ERROR_SPLIT_BRAIN: the secondary was promoted and went on without us: this node was
     // deposed. It stops serving now, not only at its next start.
@@ -138,7 +164,9 @@ Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
     if (!was_closed) gate_->open();
   };
   const Generations peer_gens = generations_from_proto(theirs.generations());
-  Result<PairingPlan> decided = co_await decide_pairing(peer_gens, force, initial_sync);
+  peer_dirty_bytes_ = theirs.own_dirty_bytes();
+  Result<PairingPlan> decided =
+      co_await decide_pairing(peer_gens, force, initial_sync, theirs.discard_mine());
   if (!decided) {
     reopen();
     co_return fail(decided.error());
@@ -205,6 +233,7 @@ Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
   start.mutable_start()->set_resync_bytes(need_resync ? resync_bytes : 0);
   if (adopt) start.mutable_start()->set_generation(gens_.current);
   start.mutable_start()->set_inconsistent(plan.inconsistent);
+  if (plan.overlay) start.mutable_start()->set_split_brain_overlay(gens_.current);
   auto started = co_await channel_->call(start, options_.checkpoint_timeout);
   if (!started) {
     reopen();

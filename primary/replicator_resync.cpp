@@ -10,7 +10,8 @@
 namespace colo {
 
 Task<Result<Replicator::PairingPlan>> Replicator::decide_pairing(const Generations& peer,
-                                                                bool force, bool initial_sync) {
+                                                                bool force, bool initial_sync,
+                                                                bool peer_discards) {
   DirtyMap& map = tracker_->map();
   PairingPlan plan;
   if (initial_sync) {
@@ -26,6 +27,26 @@ Task<Result<Replicator::PairingPlan>> Replicator::decide_pairing(const Generatio
   const SyncDecision d = decide_sync(gens_, peer);
   const std::string mine = generation_hex(gens_.current);
   const std::string theirs = generation_hex(peer.current);
+  if (peer_discards && (d == SyncDecision::resync_from_peer ||
+                        d == SyncDecision::full_resync_from_peer ||
+                        d == SyncDecision::split_brain)) {
+    // The operator named the secondary the victim (resolve --discard-mine): its blocks since
+    // the common generation and ours are all resynced from here (its own dirty blocks join
+    // ours: take_peer_dirty), each kept in its split-brain overlay first. Without our bitmap
+    // relative to its generation, every block is compared.
+    log::event({"split_brain_resolving",
+                {{"resource", options_.resource},
+                 {"generation", mine},
+                 {"peer_generation", theirs},
+                 {"decision", std::string(to_string(d))}}});
+    plan.overlay = true;
+    if (d == SyncDecision::full_resync_from_peer) {
+      plan.compare = true;
+    } else {
+      plan.resync = true;
+    }
+    co_return plan;
+  }
   switch (d) {
     case SyncDecision::in_sync:
       // A crash while paired leaves the activity log's extents dirty (recover()).
@@ -57,7 +78,8 @@ Task<Result<Replicator::PairingPlan>> Replicator::decide_pairing(const Generatio
                      {"generation", mine},
                      {"peer_generation", theirs},
                      {"common_generation", generation_hex(gens_.bitmap)},
-                     {"dirty_blocks", std::to_string(map.dirty_count())}}});
+                     {"dirty_blocks", std::to_string(map.dirty_count())},
+                     {"peer_dirty_blocks", std::to_string(peer_dirty_bytes_ / map.block_bytes())}}});
       }
       {
         std::string why = fmt::format("split brain: this node (generation {}) and the secondary "

@@ -21,10 +21,33 @@ Task<void> Replicator::watch_loop(std::shared_ptr<Replicator> self) {
   auto last_try = std::chrono::steady_clock::now();
   auto last_flush = last_try;
   std::chrono::milliseconds retry_every = kRetryPairFirst;
-  while (!self->stopping_ && !self->demoted_ && !self->fenced()) {
+  while (!self->stopping_ && !self->demoted_) {
     self->watch_timer_.expires_after(self->options_.heartbeat_interval);
     auto [ec] = co_await self->watch_timer_.async_wait(use_task);
-    if (ec || self->stopping_ || self->demoted_ || self->fenced()) co_return;
+    if (ec || self->stopping_ || self->demoted_) co_return;
+    if (self->fenced()) {
+      // Fenced: no serving, no pairing; only a look every few seconds whether the operator
+      // made the peer the split-brain victim, which lifts the fence (the role restarts).
+      if (!self->on_unfenced_ ||
+          std::chrono::steady_clock::now() - last_try < kRetryPairMax) {
+        continue;
+      }
+      last_try = std::chrono::steady_clock::now();
+      const bool discards = co_await self->peer_discards();
+      if (!discards || !self->fenced() || self->stopping_ || self->demoted_) continue;
+      if (Result<void> cleared = clear_fence_marker(self->options_.state_dir); !cleared) {
+        log::error("primary: the peer discards its data, but the fence marker could not be "
+                   "removed: {}", cleared.error().to_string());
+        continue;
+      }
+      log::event({"unfenced",
+                  {{"resource", self->options_.resource},
+                   {"reason", "the peer is the split-brain victim (resolve --discard-mine)"},
+                   {"was", self->fenced_->reason}}});
+      self->fenced_.reset();
+      self->on_unfenced_();
+      co_return;
+    }
     if (self->peer_state_ == PeerState::paired && !self->detaching_) {
       retry_every = kRetryPairFirst;
       const auto stalled = self->peer_nbd_ ? self->peer_nbd_->stalled_for()
@@ -60,8 +83,9 @@ Task<void> Replicator::watch_loop(std::shared_ptr<Replicator> self) {
         std::chrono::steady_clock::now() - last_try > retry_every) {
       last_try = std::chrono::steady_clock::now();
       Result<void> r = co_await self->pair(false);
-      // A retry that learns this node was deposed fenced it (pair() -> fence()).
-      if (self->fenced()) co_return;
+      // A retry that learns this node was deposed fenced it (pair() -> fence()): from the
+      // next turn on, the loop only looks whether the peer takes the victim's part.
+      if (self->fenced()) continue;
       if (!r) {
         log::debug("primary: pairing retry: {}", r.error().to_string());
         retry_every = std::min(retry_every * 2, kRetryPairMax);

@@ -34,9 +34,14 @@ Result<std::shared_ptr<SecondaryPairing>> SecondaryPairing::open(asio::any_io_ex
   if (!gens) return gens.error();
   auto inconsistent = read_file_if_exists(options.state_dir + "/inconsistent");
   if (!inconsistent) return inconsistent.error();
-  return std::make_shared<SecondaryPairing>(std::move(ex), std::move(db), std::move(options),
-                                            promoted, gens->value_or(Generations{}),
-                                            std::move(*inconsistent));
+  auto discard = read_file_if_exists(discard_mine_path(options.state_dir));
+  if (!discard) return discard.error();
+  auto pairing = std::make_shared<SecondaryPairing>(std::move(ex), std::move(db),
+                                                    std::move(options), promoted,
+                                                    gens->value_or(Generations{}),
+                                                    std::move(*inconsistent));
+  pairing->discard_mine_ = discard->has_value();
+  return pairing;
 }
 
 SecondaryPairing::SecondaryPairing(asio::any_io_executor ex, std::shared_ptr<DiskBuffer> db,
@@ -62,7 +67,28 @@ void SecondaryPairing::guard_without_session() {
   }
 }
 
+Result<void> SecondaryPairing::discard_mine() {
+  if (primary_connected() && active_ != nullptr && !active_->name.empty() &&
+      db_->state() == BufferState::replicating && !discard_mine_) {
+    // A primary replicating here is no split brain.
+    return make_error(EBUSY, fmt::format("resolve refused: primary \"{}\" is replicating to "
+                                         "this node (there is no split brain to resolve)",
+                                         active_->name));
+  }
+  if (Result<void> w = write_discard_mine(options_.state_dir, gens_); !w) return w;
+  discard_mine_ = true;
+  log::event({"discard_mine",
+              {{"resource", options_.resource},
+               {"generation", generation_hex(gens_.current)},
+               {"own_dirty_blocks", std::to_string(own_dirty_ ? own_dirty_->dirty_count() : 0)}}});
+  return {};
+}
+
 Result<void> SecondaryPairing::adopt(std::uint64_t id) {
+  if (discard_mine_) {
+    if (Result<void> r = remove_file_durably(discard_mine_path(options_.state_dir)); !r) return r;
+    discard_mine_ = false;
+  }
   if (own_dirty_) {
     // This disk now equals the primary's: what it wrote on its own is overwritten or equal.
     log::info("secondary: taking generation {}: the own dirty bitmap ({} blocks) is dropped",
@@ -255,6 +281,7 @@ replication::Envelope SecondaryPairing::on_hello(const std::shared_ptr<Session>&
   const std::uint64_t capacity = db_->buffer_capacity_bytes();
   h->set_buffer_free_bytes(capacity > used ? capacity - used : 1);
   if (own_dirty_) h->set_own_dirty_bytes(own_dirty_->dirty_count() * own_dirty_->block_bytes());
+  h->set_discard_mine(discard_mine_);
   return reply;
 }
 

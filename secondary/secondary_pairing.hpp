@@ -121,6 +121,11 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   void set_own_dirty(std::unique_ptr<DirtyMap> map) { own_dirty_ = std::move(map); }
   DirtyMap* own_dirty() const { return own_dirty_.get(); }
   std::string own_dirty_path() const { return options_.state_dir + "/primary.bitmap"; }
+  // `coloctl resolve --discard-mine`: this node is the split-brain victim until it takes a
+  // primary's generation (the marker is durable; its hello says so). Refused (EBUSY) while a
+  // primary's session is open.
+  Result<void> discard_mine();
+  bool discarding() const { return discard_mine_; }
   // The resource form: the promotion is complete and the node now runs as the primary (its
   // role file says so): the "promoted" marker goes, durably.
   Result<void> finish_promotion();
@@ -171,6 +176,7 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   std::uint64_t checkpoints_ = 0;
   bool promoted_ = false;
   std::unique_ptr<DirtyMap> own_dirty_;
+  bool discard_mine_ = false;
   bool closed_ = false;
   Generations gens_;
   std::uint64_t resync_bytes_ = 0;

@@ -292,6 +292,21 @@ Task<Result<void>> mark_rolled_back(std::shared_ptr<DiskBuffer> db,
   co_return Result<void>{};
 }
 
+// resolve --discard-mine: this node is the split-brain victim (docs/split_brain.md).
+Task<control::Reply> cmd_resolve(std::shared_ptr<SecondaryPairing> pairing, control::Request req) {
+  if (req.args_size() != 1 || req.args(0) != "--discard-mine") {
+    co_return ControlReplyBuilder::fail(kExitUsage, "usage: resolve --discard-mine");
+  }
+  if (Result<void> r = pairing->discard_mine(); !r) {
+    co_return ControlReplyBuilder::from_error(r.error());
+  }
+  co_return ControlReplyBuilder::ok(
+      "this node is the split-brain victim: the primary's next pairing overwrites what it wrote "
+      "since the common generation (and what the primary wrote), keeping every overwritten "
+      "block in a split-brain overlay (coloctl split-brain list|export)\n",
+      boost::json::object{{"discard_mine", true}});
+}
+
 // The end of a promotion: once the rollback is applied, the role is stored as primary, the
 // promoted marker goes and the daemon restarts in the primary role. A failed rollback leaves
 // the node promoted in the secondary role (status shows the error; promote retries).
@@ -549,6 +564,10 @@ Result<void> start_secondary(DaemonContext& ctx) {
           name, std::string(name) + " [--force]: roll back to the last checkpoint and serve as primary",
           [pairing, local](const control::Request& r) { return cmd_failover(pairing, local, r); });
     }
+    ctx.control().add_command(
+        "resolve", "resolve --discard-mine: this node is the split-brain victim (its data since "
+                   "the common generation is overwritten, kept in an overlay)",
+        [pairing](const control::Request& r) { return cmd_resolve(pairing, r); });
     ctx.control().add_command("demote", "demote: a promoted node closes its export",
                               [pairing, local](const control::Request& r) {
                                 return cmd_demote(pairing, local, r);

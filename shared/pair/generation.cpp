@@ -169,4 +169,15 @@ Result<std::optional<Generations>> load_generations(const std::string& path) {
   return std::optional<Generations>(std::move(g));
 }
 
+std::string discard_mine_path(const std::string& state_dir) {
+  return state_dir + "/discard-mine";
+}
+
+Result<void> write_discard_mine(const std::string& state_dir, const Generations& g) {
+  return write_file_atomic(discard_mine_path(state_dir),
+                           fmt::format("this node's data since generation {} (current {}) is "
+                                       "discarded at the next pairing\n",
+                                       generation_hex(g.bitmap), generation_hex(g.current)));
+}
+
 }  // namespace colo

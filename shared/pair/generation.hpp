@@ -68,6 +68,12 @@ SyncDecision decide_sync(const Generations& mine, const Generations& peer);
 
 // Durable storage at `path` (written through "<path>.tmp", synced, renamed, directory synced).
 Result<void> store_generations(const std::string& path, const Generations& g);
+
+// `coloctl resolve --discard-mine` (docs/split_brain.md): the durable marker that makes this
+// node the split-brain victim (its hello says discard_mine) until it takes a primary's
+// generation. Written by either role, read by the secondary's.
+std::string discard_mine_path(const std::string& state_dir);
+Result<void> write_discard_mine(const std::string& state_dir, const Generations& g);
 // nullopt when the file does not exist; an error naming the path when it is damaged.
 Result<std::optional<Generations>> load_generations(const std::string& path);
 

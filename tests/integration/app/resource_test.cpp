@@ -275,6 +275,76 @@ TEST_P(Failback, TheOldPrimaryRejoinsWithTheDeltaOnly) {
 
 INSTANTIATE_TEST_SUITE_P(Modes, Failback, ::testing::Values("SYNC", "ASYNC"));
 
+// Split brain: a loses its secondary and writes alone; b is promoted and writes too. When a
+// comes back both fence (neither serves) and report the split brain. One command names the
+// victim (`resolve --discard-mine` on a): a becomes the secondary, b lifts its fence, and b's
+// data overwrites exactly the blocks either side wrote; a's earlier disk comes back byte for
+// byte from its split-brain overlay.
+TEST(Resource, SplitBrainIsResolvedByOneCommandAndTheVictimsBlocksAreKept) {
+  constexpr std::uint64_t kMiB = 1u << 20;
+  Resource r({.disk_bytes = 64 * kMiB, .proxy_b = true});
+  ASSERT_NO_FATAL_FAILURE(r.start(0));
+  ASSERT_NO_FATAL_FAILURE(r.start(1));
+  ASSERT_EQ(r.cmd(0, {"promote", "--wait"}).exit_code, 0);
+  ASSERT_TRUE(r.wait_status(0, "peer_state: paired")) << r.log(0);
+  {
+    Nbd nbd(r.sock(0));
+    nbd.write(0, kMiB, 'p');
+    ASSERT_EQ(r.cmd(0, {"checkpoint"}).exit_code, 0);
+    // The replication link stops: a detaches b (no progress) and writes alone.
+    r.proxy()->set_blackhole(true);
+    nbd.write(8 * kMiB, 64u << 10, 'x');
+  }
+  ASSERT_TRUE(r.wait_status(0, "dirty: 1 blocks")) << r.cmd(0, {"status"}).output;
+  r.stop(0);
+  r.proxy()->set_blackhole(false);
+  ASSERT_TRUE(r.wait_status(1, "disconnected")) << r.cmd(1, {"status"}).output;
+  ASSERT_EQ(r.cmd(1, {"promote", "--force", "--wait"}).exit_code, 0) << r.log(1);
+  {
+    Nbd nbd(r.sock(1));
+    nbd.write(20 * kMiB, 64u << 10, 'y');
+  }
+  // a comes back: it meets b, a primary too, and both wrote since their common generation.
+  ASSERT_NO_FATAL_FAILURE(r.start(0));
+  EXPECT_TRUE(r.wait_status(0, "state: fenced")) << r.log(0);
+  EXPECT_TRUE(r.wait_status(1, "state: fenced")) << r.log(1);
+  EXPECT_NE(r.log(0).find("split brain"), std::string::npos);
+  for (int i : {0, 1}) {
+    nbd_handle* h = nbd_create();
+    EXPECT_EQ(nbd_connect_unix(h, r.sock(i).c_str()), -1) << "node " << i << " still serves";
+    nbd_close(h);
+  }
+  const std::string a_before = r.image(0);
+
+  auto res = r.cmd(0, {"resolve", "--discard-mine"});
+  ASSERT_EQ(res.exit_code, 0) << res.output;
+  ASSERT_TRUE(r.wait_status(0, "role: secondary")) << r.log(0);
+  // b sees the victim, lifts its fence, restarts as the primary and resyncs both sides' blocks.
+  ASSERT_TRUE(r.wait_status(1, "peer_state: paired", 20s)) << r.log(1) << "\n--- a:\n"
+                                                           << r.log(0);
+  ASSERT_TRUE(r.wait_status(1, "dirty: 0 blocks", 20s)) << r.cmd(1, {"status"}).output;
+  ASSERT_EQ(r.cmd(1, {"checkpoint"}).exit_code, 0);
+  EXPECT_NE(r.log(1).find("\"event\":\"unfenced\""), std::string::npos);
+  EXPECT_NE(r.log(1).find("\"event\":\"split_brain_resolving\""), std::string::npos);
+  EXPECT_EQ(r.image(0), r.image(1));
+  std::string expected(64 * kMiB, '\0');
+  std::fill_n(expected.begin(), kMiB, 'p');
+  std::fill_n(expected.begin() + 20 * kMiB, 64u << 10, 'y');
+  EXPECT_EQ(r.image(1), test::sha256_hex(expected));
+  // a's disk before the resolution, from its overlay (before b writes again: a later write
+  // reaches a's disk outside the overlay).
+  const std::string file = r.state(0) + "/../a-before.img";
+  auto e = r.cmd(0, {"split-brain", "export", file});
+  ASSERT_EQ(e.exit_code, 0) << e.output;
+  EXPECT_EQ(test::sha256_hex(test::read_file(file)), a_before);
+  {
+    Nbd nbd(r.sock(1));  // b serves again, and a replicates it
+    nbd.write(30 * kMiB, 4096, 'z');
+  }
+  ASSERT_EQ(r.cmd(1, {"checkpoint"}).exit_code, 0);
+  EXPECT_EQ(r.image(0), r.image(1));
+}
+
 TEST(Resource, ADamagedRoleFileRefusesTheStart) {
   Resource r;
   test::write_file(r.state(0) + "/role", "colo-role 1\nrole primary\nsha256 00\n");
