@@ -26,6 +26,7 @@
 #include "shared/pair/epoch_record.hpp"
 #include "shared/pair/generation.hpp"
 #include "shared/pair/node_identity.hpp"
+#include "shared/pair/state_file.hpp"
 
 namespace colo {
 namespace {
@@ -223,9 +224,12 @@ Task<control::Reply> resolve_as_victim(ControlHandler demote, DaemonContext* ctx
   control::Request d;
   d.set_command("demote");
   control::Reply reply = co_await demote_to_secondary(demote, ctx, state_dir, replicator, d);
-  if (reply.exit_code() == 0) {
-    reply.set_text("this node is the split-brain victim: " + reply.text());
+  if (!replicator->demoted()) {
+    // The demote was refused (a resync running): this node stays the primary, not a victim.
+    (void)remove_file_durably(discard_mine_path(state_dir));
+    co_return reply;
   }
+  reply.set_text("this node is the split-brain victim: " + reply.text());
   co_return reply;
 }
 

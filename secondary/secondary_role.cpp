@@ -343,17 +343,17 @@ Task<control::Reply> promote_to_primary(std::shared_ptr<DiskBuffer> db,
     co_return ControlReplyBuilder::fail(kExitUsage, "usage: promote [--force]");
   }
   std::string how = "nothing to roll back";
+  if (!pairing->promoted() && pairing->primary_connected() && !force) {
+    co_return ControlReplyBuilder::fail(
+        kExitRefused, fmt::format("promote refused: primary \"{}\" is still connected (demote "
+                                  "it first, or use --force)", pairing->peer().name));
+  }
+  if (!pairing->promoted() && !pairing->inconsistent().empty()) {
+    co_return ControlReplyBuilder::fail(
+        kExitRefused, "promote refused: this node's disk is inconsistent (an initial sync has "
+                      "not completed)");
+  }
   if (!pairing->promoted() && db->state() == BufferState::replicating) {
-    if (pairing->primary_connected() && !force) {
-      co_return ControlReplyBuilder::fail(
-          kExitRefused, fmt::format("promote refused: primary \"{}\" is still connected (demote "
-                                    "it first, or use --force)", pairing->peer().name));
-    }
-    if (!pairing->inconsistent().empty()) {
-      co_return ControlReplyBuilder::fail(
-          kExitRefused, "promote refused: this node's disk is inconsistent (an initial sync "
-                        "has not completed)");
-    }
     Result<void> marked = co_await mark_rolled_back(db, pairing, ctx);
     if (!marked) {
       co_return ControlReplyBuilder::fail(
@@ -363,17 +363,6 @@ Task<control::Reply> promote_to_primary(std::shared_ptr<DiskBuffer> db,
     Result<void> r = co_await pairing->failover(force);
     if (!r) co_return ControlReplyBuilder::from_error(r.error());
     how = fmt::format("rolled back to the last checkpoint (epoch {})", db->epoch());
-  } else if (!pairing->promoted()) {
-    if (pairing->primary_connected() && !force) {
-      co_return ControlReplyBuilder::fail(
-          kExitRefused, fmt::format("promote refused: primary \"{}\" is connected (demote it "
-                                    "first, or use --force)", pairing->peer().name));
-    }
-    if (!pairing->inconsistent().empty()) {
-      co_return ControlReplyBuilder::fail(
-          kExitRefused, "promote refused: this node's disk is inconsistent (an initial sync "
-                        "has not completed)");
-    }
   }
   // The rollback runs in the background (a large buffer takes a while): the reply comes now,
   // the role change once it is done (`coloctl promote --wait` follows it).

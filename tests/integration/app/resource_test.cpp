@@ -156,6 +156,12 @@ TEST(Resource, PromoteDemoteAndPromoteSwitchTheRolesOverKeepingEveryWrite) {
   EXPECT_NE(r.cmd(0, {"status"}).output.find("role: primary"), std::string::npos);
   ASSERT_TRUE(r.wait_status(0, "peer_state: paired")) << r.log(0);
   EXPECT_TRUE(r.wait_status(1, "state: replicating"));
+  // b may not take over while a replicates to it (unless forced), nor resolve a split brain.
+  auto refused = r.cmd(1, {"promote"});
+  EXPECT_EQ(refused.exit_code, 4) << refused.output;
+  EXPECT_NE(refused.output.find("still connected"), std::string::npos) << refused.output;
+  EXPECT_EQ(r.cmd(1, {"resolve", "--discard-mine"}).exit_code, 4);
+  EXPECT_EQ(r.cmd(0, {"resolve", "--discard-mine"}).exit_code, 4);
   {
     Nbd nbd(r.sock(0));
     nbd.write(0, 1u << 20, 'a');
