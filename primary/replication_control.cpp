@@ -159,7 +159,7 @@ Task<control::Reply> cmd_demote(std::shared_ptr<Replicator> r, std::shared_ptr<N
     }
     co_return ControlReplyBuilder::ok(
         "demoted: this fenced node accepts that it was deposed; the fenced marker is removed and "
-        "the export stays closed (rejoin as a secondary with the secondary config)\n");
+        "the export stays closed\n");
   }
   if (!d) {
     co_return ControlReplyBuilder::fail(
