@@ -36,7 +36,7 @@ bool DirtyMap::get_bit(Area area, std::uint64_t index) const {
 
 void DirtyMap::touch(Area area, std::uint64_t index) {
   const std::uint64_t byte = area_offset_[static_cast<int>(area)] + index / 8;
-  page_seq_[byte / kPageBytes] = ++change_seq_;
+  page_seq_[byte / kPageBytes] = commit_.change();
 }
 
 bool DirtyMap::set_bit(Area area, std::uint64_t index) {
@@ -75,7 +75,7 @@ bool DirtyMap::mark(Area area, std::uint64_t first, std::uint64_t end) {
     // Set already; durable when its page was written since its latest change (a lazy
     // change to another bit of the page makes this conservative: one more wait).
     const std::uint64_t byte = area_offset_[static_cast<int>(area)] + i / 8;
-    if (page_seq_[byte / kPageBytes] > durable_seq_) durable_already = false;
+    if (page_seq_[byte / kPageBytes] > commit_.durable_seq()) durable_already = false;
   }
   return durable_already;
 }
@@ -175,23 +175,13 @@ std::vector<std::uint64_t> DirtyMap::active_extents() const {
 // --- durability ---------------------------------------------------------------------------
 
 Task<Result<void>> DirtyMap::durable() {
-  const std::uint64_t target = change_seq_;
-  for (;;) {
-    if (durable_seq_ >= target) co_return Result<void>{};
-    if (writing_) {
-      const std::uint64_t batch = batch_id_;
-      co_await written_.wait();
-      if (durable_seq_ >= target) co_return Result<void>{};
-      if (failed_batch_id_ == batch) co_return Result<void>(failed_error_);
-      continue;  // that batch began before our marks: the next one takes them
-    }
-    Result<void> r = co_await write_batch();
-    if (!r) co_return r;
-  }
+  auto write = [this] { return write_batch(); };
+  Result<void> r = co_await commit_.durable(write);
+  co_return r;
 }
 
 Task<Result<void>> DirtyMap::sync() {
-  // Lazy changes advance change_seq_ like marks do, so durable() takes them too.
+  // Lazy changes are numbered changes like marks are, so durable() takes them too.
   Result<void> r = co_await durable();
   co_return r;
 }
@@ -208,11 +198,8 @@ Task<Result<void>> DirtyMap::fold_active_into_dirty() {
 }
 
 Task<Result<void>> DirtyMap::write_batch() {
-  CHECK(!writing_);
-  writing_ = true;
-  const std::uint64_t batch = ++batch_id_;
-  const std::uint64_t snapshot = change_seq_;
-  const std::uint64_t since = durable_seq_;
+  const GroupCommit::Batch batch = commit_.begin();
+  const std::uint64_t since = batch.since;
   // Copy every changed page now, in runs of consecutive pages: the batch writes the bits as
   // they are at `snapshot`, whatever changes while it is being written.
   struct Run {
@@ -253,16 +240,12 @@ Task<Result<void>> DirtyMap::write_batch() {
     if (!f) result = make_error(f.error().value(), "cannot flush dirty map " + options_.path);
   }
   if (result) {
-    durable_seq_ = std::max(durable_seq_, snapshot);
     ++stats_.batches;
     stats_.pages_written += pages;
   } else {
     log::warn("{}", result.error().to_string());
-    failed_batch_id_ = batch;
-    failed_error_ = result.error();
   }
-  writing_ = false;
-  written_.notify_all();
+  commit_.end(batch, result);
   co_return result;
 }
 

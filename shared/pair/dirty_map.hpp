@@ -40,6 +40,7 @@
 #include "shared/base/error.hpp"
 #include "shared/base/task.hpp"
 #include "shared/block/file_node.hpp"
+#include "shared/pair/group_commit.hpp"
 
 namespace colo {
 
@@ -140,16 +141,10 @@ class DirtyMap {
   // The file image of the three areas (header excluded), 4 KiB pages, in memory.
   std::vector<std::uint8_t> bits_;
   std::uint64_t area_offset_[3] = {0, 0, 0};  // in bits_
-  // Per page: the sequence number of its latest change; a page is durable when its sequence
-  // is at most durable_seq_.
+  // Per page: the number of its latest change; a page is durable when its number is at most
+  // commit_.durable_seq().
   std::vector<std::uint64_t> page_seq_;
-  std::uint64_t change_seq_ = 0;
-  std::uint64_t durable_seq_ = 0;
-  bool writing_ = false;
-  AsyncEvent written_;          // notified when a batch ends
-  std::uint64_t batch_id_ = 0;  // batches started; the one running when writing_
-  std::uint64_t failed_batch_id_ = 0;  // the latest batch that failed (0: none)
-  Error failed_error_;                 // and its error
+  GroupCommit commit_;
   std::uint64_t dirty_count_ = 0;
   std::uint64_t zeroed_count_ = 0;
   std::uint64_t active_count_ = 0;

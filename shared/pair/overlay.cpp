@@ -49,7 +49,7 @@ Task<Result<void>> SplitBrainOverlay::save(std::uint64_t offset_bytes,
   for (std::uint64_t b = first; b < end; ++b) {
     if (claimed(b)) continue;  // the first original wins
     bits_[b / 8] = static_cast<std::uint8_t>(bits_[b / 8] | (1u << (b % 8)));
-    page_change_[b / kOverlayPageBlocks] = ++change_seq_;
+    page_change_[b / kOverlayPageBlocks] = commit_.change();
     const auto block = data.subspan((b - first) * block_bytes_, block_length(b));
     Pending p{b, {}};
     if (!all_zero(block)) p.data.assign(block.begin(), block.end());
@@ -62,19 +62,9 @@ Task<Result<void>> SplitBrainOverlay::save(std::uint64_t offset_bytes,
 }
 
 Task<Result<void>> SplitBrainOverlay::durable() {
-  const std::uint64_t target = change_seq_;
-  for (;;) {
-    if (durable_seq_ >= target) co_return Result<void>{};
-    if (writing_) {
-      const std::uint64_t batch = batch_id_;
-      co_await written_.wait();
-      if (durable_seq_ >= target) co_return Result<void>{};
-      if (failed_batch_id_ == batch) co_return Result<void>(failed_error_);
-      continue;  // that batch began before our claims: the next one takes them
-    }
-    Result<void> r = co_await write_batch();
-    if (!r) co_return r;
-  }
+  auto write = [this] { return write_batch(); };
+  Result<void> r = co_await commit_.durable(write);
+  co_return r;
 }
 
 Task<Result<void>> SplitBrainOverlay::write_data(const std::vector<Pending>& entries) {
@@ -113,11 +103,8 @@ Task<Result<void>> SplitBrainOverlay::write_data(const std::vector<Pending>& ent
 }
 
 Task<Result<void>> SplitBrainOverlay::write_batch() {
-  CHECK(!writing_);
-  writing_ = true;
-  const std::uint64_t batch = ++batch_id_;
-  const std::uint64_t snapshot = change_seq_;
-  const std::uint64_t since = durable_seq_;
+  const GroupCommit::Batch batch = commit_.begin();
+  const std::uint64_t since = batch.since;
   // Everything claimed so far, and the index pages as they are now: each page written holds
   // only bits whose data this batch (or an earlier durable one) writes.
   std::vector<Pending> entries = std::move(queue_);
@@ -157,7 +144,6 @@ Task<Result<void>> SplitBrainOverlay::write_batch() {
     if (!f) result = make_error(f.error().value(), "cannot flush split-brain overlay " + path_);
   }
   if (result) {
-    durable_seq_ = std::max(durable_seq_, snapshot);
     for (const PageWrite& w : pages) page_sequence_[w.page] = w.sequence;
     for (const Pending& e : entries) {
       pending_.erase(e.block);
@@ -177,11 +163,8 @@ Task<Result<void>> SplitBrainOverlay::write_batch() {
       pending_.erase(e.block);
     }
     co_await punch(entries);
-    failed_batch_id_ = batch;
-    failed_error_ = result.error();
   }
-  writing_ = false;
-  written_.notify_all();
+  commit_.end(batch, result);
   co_return result;
 }
 

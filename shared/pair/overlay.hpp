@@ -55,6 +55,7 @@
 #include "shared/base/task.hpp"
 #include "shared/block/block_node.hpp"
 #include "shared/block/file_node.hpp"
+#include "shared/pair/group_commit.hpp"
 
 namespace colo {
 
@@ -184,13 +185,7 @@ class SplitBrainOverlay {
   std::unordered_set<std::uint64_t> pending_; // claimed, not durable
   std::uint64_t saved_blocks_ = 0;            // durable
   std::uint64_t saved_bytes_ = 0;
-  std::uint64_t change_seq_ = 0;
-  std::uint64_t durable_seq_ = 0;
-  bool writing_ = false;
-  AsyncEvent written_;
-  std::uint64_t batch_id_ = 0;
-  std::uint64_t failed_batch_id_ = 0;
-  Error failed_error_;
+  GroupCommit commit_;
   std::uint64_t batches_ = 0;
 };
 
