@@ -67,6 +67,19 @@ void SecondaryPairing::guard_without_session() {
   }
 }
 
+Result<void> SecondaryPairing::clear_inconsistent(const std::string& primary,
+                                                  std::uint64_t epoch, std::string_view reason) {
+  if (Result<void> m = remove_file_durably(inconsistent_marker()); !m) return m;
+  inconsistent_.clear();
+  db_->set_inconsistent(false);
+  log::event({"secondary_consistent",
+              {{"resource", options_.resource},
+               {"primary", primary},
+               {"epoch", std::to_string(epoch)},
+               {"reason", std::string(reason)}}});
+  return {};
+}
+
 Result<void> SecondaryPairing::discard_mine() {
   if (primary_connected() && active_ != nullptr && !active_->name.empty() &&
       db_->state() == BufferState::replicating && !discard_mine_) {

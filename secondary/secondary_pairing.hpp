@@ -151,6 +151,10 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   void guard_without_session();
   std::string promoted_marker() const;
   replication::Envelope dirty_bits(const replication::DirtyRequest& d) const;
+  // The disk holds the primary's data again: the inconsistent marker goes, durably (event
+  // secondary_consistent with `reason`).
+  Result<void> clear_inconsistent(const std::string& primary, std::uint64_t epoch,
+                                  std::string_view reason);
   std::string generations_path() const { return options_.state_dir + "/generations"; }
   std::string inconsistent_marker() const { return options_.state_dir + "/inconsistent"; }
   static Task<replication::Envelope> digests(std::shared_ptr<SecondaryPairing> self,

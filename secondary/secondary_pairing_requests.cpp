@@ -110,16 +110,11 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
         if (!start.inconsistent() && !self->inconsistent_.empty()) {
           // Taken as a copy (`start --force` on the primary): the operator says this disk
           // holds the primary's data, so an earlier sync's marker goes.
-          if (Result<void> m = remove_file_durably(self->inconsistent_marker()); !m) {
+          if (Result<void> m = self->clear_inconsistent(session->name, db.epoch(),
+                                                        "taken as a copy (forced)");
+              !m) {
             co_return error_reply(replication::ERROR_IO, m.error().message);
           }
-          self->inconsistent_.clear();
-          db.set_inconsistent(false);
-          log::event({"secondary_consistent",
-                      {{"resource", self->options_.resource},
-                       {"primary", session->name},
-                       {"epoch", std::to_string(db.epoch())},
-                       {"reason", "taken as a copy (forced)"}}});
         }
       }
       if (start.inconsistent()) {
@@ -183,15 +178,11 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
         self->resync_bytes_ = 0;
         if (!self->inconsistent_.empty()) {
           // The initial sync is committed: the disk is the primary's at this checkpoint.
-          if (Result<void> m = remove_file_durably(self->inconsistent_marker()); !m) {
+          if (Result<void> m = self->clear_inconsistent(session->name, epoch,
+                                                        "the initial sync is committed");
+              !m) {
             co_return error_reply(replication::ERROR_IO, m.error().message);
           }
-          self->inconsistent_.clear();
-          db.set_inconsistent(false);
-          log::event({"secondary_consistent",
-                      {{"resource", self->options_.resource},
-                       {"primary", session->name},
-                       {"epoch", std::to_string(epoch)}}});
         }
       }
       self->last_checkpoint_ = std::chrono::system_clock::now();

@@ -28,13 +28,12 @@ std::string known_disk() {
 
 // The replication export of the session whose token the Start reply gave (the secondary takes
 // no other connection while a primary's session lasts: docs/replication.md, "Session token").
-std::string g_token;
-std::string uri(const PairFixture& pair) {
-  return fmt::format("nbd://127.0.0.1:{}/%23session%3D{}", pair.replication_port(), g_token);
+std::string uri(const PairFixture& pair, const std::string& token) {
+  return fmt::format("nbd://127.0.0.1:{}/%23session%3D{}", pair.replication_port(), token);
 }
 
 // hello, then Start with the overlay flag (and resync, as a resolution's session is).
-void start_resolution(RawChannel& c) {
+void start_resolution(RawChannel& c, std::string* token) {
   c.send(hello(kReplicationProtocolVersion, "r0"));
   auto r = c.reply();
   ASSERT_TRUE(r && r->has_hello()) << (r ? r->DebugString() : "closed");
@@ -47,7 +46,7 @@ void start_resolution(RawChannel& c) {
   c.send(e);
   r = c.reply();
   ASSERT_TRUE(r && r->has_start()) << (r ? r->DebugString() : "closed");
-  g_token = r->start().session_token();
+  *token = r->start().session_token();
 }
 
 boost::json::object list_json(PairFixture& pair) {
@@ -62,7 +61,8 @@ TEST(SplitBrain, TheVictimsDiskBeforeTheResolutionIsExportedByteForByte) {
   test::write_file(pair.file("s.img"), before);
   ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
   RawChannel c(pair.channel_port());
-  ASSERT_NO_FATAL_FAILURE(start_resolution(c));
+  std::string token;
+  ASSERT_NO_FATAL_FAILURE(start_resolution(c, &token));
   auto listed = list_json(pair);
   ASSERT_EQ(listed["overlays"].as_array().size(), 1u);
   EXPECT_EQ(listed["overlays"].as_array()[0].as_object()["active"].as_bool(), true);
@@ -71,10 +71,10 @@ TEST(SplitBrain, TheVictimsDiskBeforeTheResolutionIsExportedByteForByte) {
 
   // The resync's writes: qemu-io and libnbd through the replication export.
   auto q = test::run_command({"qemu-io", "-f", "raw", "-c", "write -P 0x22 1M 2M", "-c",
-                              "write -P 0x33 2M 64k", uri(pair)});
+                              "write -P 0x33 2M 64k", uri(pair, token)});
   ASSERT_EQ(q.exit_code, 0) << q.output;
   nbd_handle* h = nbd_create();
-  ASSERT_NE(nbd_connect_uri(h, uri(pair).c_str()), -1) << nbd_get_error();
+  ASSERT_NE(nbd_connect_uri(h, uri(pair, token).c_str()), -1) << nbd_get_error();
   ASSERT_EQ(nbd_trim(h, 64 * 1024, 4u << 20, 0), 0) << nbd_get_error();
   ASSERT_EQ(nbd_zero(h, 64 * 1024, (6u << 20) + 4096, 0), 0) << nbd_get_error();
   ASSERT_EQ(nbd_flush(h, 0), 0) << nbd_get_error();
@@ -166,9 +166,10 @@ TEST(SplitBrain, AWriteWhoseSaveFailsFailsAndLeavesTheDisk) {
   test::write_file(pair.file("s.img"), before);
   ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
   RawChannel c(pair.channel_port());
-  ASSERT_NO_FATAL_FAILURE(start_resolution(c));
+  std::string token;
+  ASSERT_NO_FATAL_FAILURE(start_resolution(c, &token));
   nbd_handle* h = nbd_create();
-  ASSERT_NE(nbd_connect_uri(h, uri(pair).c_str()), -1) << nbd_get_error();
+  ASSERT_NE(nbd_connect_uri(h, uri(pair, token).c_str()), -1) << nbd_get_error();
   std::string big(2u << 20, '\x44');
   EXPECT_EQ(nbd_pwrite(h, big.data(), big.size(), 1u << 20, 0), -1);
   EXPECT_EQ(nbd_get_errno(), EIO) << nbd_get_error();
