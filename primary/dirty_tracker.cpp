@@ -234,6 +234,17 @@ Task<Result<void>> DirtyTracker::flush_alone() {
   co_return Result<void>{};
 }
 
+Task<Result<void>> DirtyTracker::settle_alone() {
+  if (paired_ || !inflight_.empty()) co_return Result<void>{};
+  if (Result<void> r = co_await map_->sync(); !r) co_return r;
+  const std::vector<std::uint64_t> active = map_->active_extents();
+  if (active.empty()) co_return Result<void>{};
+  for (const std::uint64_t e : active) map_->clear_active(e);
+  extent_alone_.clear();
+  extent_cut_.clear();
+  co_return co_await map_->sync();
+}
+
 Task<Result<void>> DirtyTracker::fold_uncommitted() {
   const std::uint64_t block = map_->block_bytes();
   const std::uint64_t size = size_bytes();

@@ -89,6 +89,13 @@ class DirtyTracker final : public BlockNode {
   // does). An extent written while paired retires by committed() only.
   Task<Result<void>> flush_alone();
   bool has_lone_extents() const { return !extent_alone_.empty(); }
+  // A clean stop (or demote) alone, with no request in flight (the front end drained, or the
+  // gate closed): the lazily set dirty bits are made durable, then every extent leaves the
+  // activity log, as the bits now cover every block the secondary may lack (a detach folded
+  // the paired writes' blocks in: fold_uncommitted). The next start, or the failback, then
+  // resyncs exactly the dirty blocks, not whole extents. Does nothing while paired or with a
+  // request in flight.
+  Task<Result<void>> settle_alone();
 
   DirtyMap& map() { return *map_; }
   const DirtyTrackerStats& stats() const { return stats_; }

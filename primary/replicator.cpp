@@ -218,6 +218,15 @@ Task<void> Replicator::retire_all_extents() {
   }
 }
 
+// Stopping alone (the front end drained, or the gate closed): the dirty bitmap alone covers
+// what the peer lacks, so its activity log empties (DirtyTracker::settle_alone).
+Task<void> Replicator::settle_alone() {
+  if (Result<void> r = co_await tracker_->settle_alone(); !r) {
+    log::warn("primary: making the dirty bitmap exact at the stop: {} (its activity log's "
+              "extents are resynced whole at the next pairing)", r.error().to_string());
+  }
+}
+
 // A last checkpoint with the gate closed for good, then the channel is closed: the secondary
 // stays replicating at that epoch with nothing to roll back, and our record says clean.
 Task<Result<void>> Replicator::demote() {
@@ -238,6 +247,8 @@ Task<Result<void>> Replicator::demote() {
     co_await release_peer(PeerState::stopped, "this node was demoted");
     co_await store_state({epoch_, false, true});
     co_await retire_all_extents();
+  } else if (peer_state_ != PeerState::paired) {
+    co_await settle_alone();
   }
   demoted_ = true;
   periodic_timer_.cancel();
@@ -280,6 +291,7 @@ Task<void> Replicator::shutdown() {
       log::info("primary: last checkpoint {} taken; the secondary can resume or fail over", epoch_);
     }
   }
+  if (peer_state_ != PeerState::paired) co_await settle_alone();
   unlock();
 }
 

@@ -241,6 +241,7 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   // Failback: the secondary's own dirty blocks (its writes as a primary, or its rollback at a
   // promotion) join this node's dirty bitmap, durably. Returns how many blocks became dirty.
   Task<Result<std::uint64_t>> take_peer_dirty();
+  Task<void> settle_alone();
   Task<void> retire_all_extents();
   static Task<Result<std::vector<std::string>>> fetch_digests(std::weak_ptr<Replicator> weak,
                                                               std::uint64_t offset_bytes,

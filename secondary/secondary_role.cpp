@@ -268,14 +268,13 @@ Result<std::unique_ptr<DirtyMap>> open_own_dirty(asio::io_context& io,
   return std::move(*map);
 }
 
-// Before a promotion rolls the buffer back: its blocks (written by the old primary since the
-// last checkpoint) go into this node's own dirty bitmap, durably, so the failback resyncs them.
-Task<Result<void>> mark_rolled_back(std::shared_ptr<DiskBuffer> db,
-                                    std::shared_ptr<SecondaryPairing> pairing,
-                                    DaemonContext* ctx) {
+}  // namespace
+
+Task<Result<void>> mark_rolled_back(asio::io_context& io, const config::DaemonConfig& cfg,
+                                    std::shared_ptr<DiskBuffer> db,
+                                    std::shared_ptr<SecondaryPairing> pairing) {
   if (pairing->own_dirty() == nullptr) {
-    auto own = open_own_dirty(ctx->io(), ctx->config(), pairing->own_dirty_path(),
-                              db->disk_size_bytes());
+    auto own = open_own_dirty(io, cfg, pairing->own_dirty_path(), db->disk_size_bytes());
     if (!own) co_return own.error();
     pairing->set_own_dirty(std::move(*own));
   }
@@ -291,6 +290,8 @@ Task<Result<void>> mark_rolled_back(std::shared_ptr<DiskBuffer> db,
   if (!durable) co_return co_await map.durable();
   co_return Result<void>{};
 }
+
+namespace {
 
 // resolve --discard-mine: this node is the split-brain victim (docs/split_brain.md).
 Task<control::Reply> cmd_resolve(std::shared_ptr<SecondaryPairing> pairing, control::Request req) {
@@ -354,7 +355,7 @@ Task<control::Reply> promote_to_primary(std::shared_ptr<DiskBuffer> db,
                       "not completed)");
   }
   if (!pairing->promoted() && db->state() == BufferState::replicating) {
-    Result<void> marked = co_await mark_rolled_back(db, pairing, ctx);
+    Result<void> marked = co_await mark_rolled_back(ctx->io(), ctx->config(), db, pairing);
     if (!marked) {
       co_return ControlReplyBuilder::fail(
           kExitFailed, "promote: recording the blocks to roll back in " +

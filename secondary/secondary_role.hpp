@@ -39,4 +39,12 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
                                             std::shared_ptr<BlockNode> buffer,
                                             const DiskBufferOptions& options);
 
+// Before a promotion rolls the buffer back (the resource form's promote, and the simulation's):
+// the buffer's blocks, written by the old primary since the last checkpoint, go into this node's
+// own dirty bitmap (`<state_dir>/primary.bitmap`, opened and handed to `pairing` when it has
+// none yet), durably, so that the failback resyncs them (docs/resync.md, "Failback").
+Task<Result<void>> mark_rolled_back(asio::io_context& io, const config::DaemonConfig& cfg,
+                                    std::shared_ptr<DiskBuffer> db,
+                                    std::shared_ptr<SecondaryPairing> pairing);
+
 }  // namespace colo

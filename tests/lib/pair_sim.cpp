@@ -31,13 +31,23 @@ std::string_view to_string(SimFault f) {
   return "?";
 }
 
+std::string_view to_string(SimAfter a) {
+  switch (a) {
+    case SimAfter::none: return "none";
+    case SimAfter::failback: return "failback";
+    case SimAfter::split_brain: return "split_brain";
+  }
+  return "?";
+}
+
 std::string SimConfig::describe() const {
   return fmt::format("seed={} fault={} write_mode={} secondary_write_back={} block={} "
                      "save_cycles={} delay_ms={} writers={} ops_per_writer={} checkpoints={} "
-                     "trim_piece={} reconnect={}",
+                     "trim_piece={} reconnect={} after={} bitmap_block={}",
                      seed, to_string(fault), async_mode ? "async" : "sync",
                      secondary_write_back_bytes, block_bytes, save_cycles_max, delay_ms, writers,
-                     ops_per_writer, checkpoints, trim_piece_bytes, reconnect);
+                     ops_per_writer, checkpoints, trim_piece_bytes, reconnect, to_string(after),
+                     bitmap_block_bytes);
 }
 
 SimConfig sim_config_for_seed(std::uint64_t seed) {
@@ -60,6 +70,12 @@ SimConfig sim_config_for_seed(std::uint64_t seed) {
   c.reconnect = c.fault == SimFault::primary_restart_alone ||
                 c.fault == SimFault::stale_session_replay ||
                 (sim_fault_heals(c.fault) && prng() % 2 == 0);
+  // Drawn after everything above, so that those draws stay what they were: a failback or a
+  // split brain after the failover for half the seeds, and the dirty bitmap's block.
+  const std::uint64_t after = prng() % 4;
+  c.after = after == 0 ? SimAfter::failback
+                       : (after == 1 ? SimAfter::split_brain : SimAfter::none);
+  c.bitmap_block_bytes = std::uint32_t{4096} << (2 * (prng() % 3));
   return c;
 }
 
@@ -71,9 +87,6 @@ bool sim_fault_heals(SimFault f) {
 }
 
 namespace sim {
-namespace {
-
-// --- after the workload: the primary is lost, the secondary fails over --------------------
 
 Task<void> read_all(BlockNode& node, Image& out, IoResult& result) {
   out.assign(node.size_bytes(), std::byte{0});
@@ -83,6 +96,27 @@ Task<void> read_all(BlockNode& node, Image& out, IoResult& result) {
     if (!result) co_return;
   }
 }
+
+bool run_until(Sim& sim, const bool& done, Clock::time_point deadline) {
+  sim.io.restart();
+  while (!done) {
+    const auto now = Clock::now();
+    if (now >= deadline) break;
+    if (sim.io.run_one_for(deadline - now) == 0 && sim.io.stopped()) break;
+  }
+  if (!done) {
+    ADD_FAILURE() << "phase \"" << sim.phase << "\" did not finish within the run's budget ("
+                  << (sim.io.stopped() ? "nothing left to run: a lost wake-up" : "timed out")
+                  << "); ops done " << sim.ops_done << ", writers running "
+                  << sim.writers_running << ", checkpoints started " << sim.checkpoints_started
+                  << ", gate closed " << sim.p.gate->is_closed();
+  }
+  return done;
+}
+
+namespace {
+
+// --- after the workload: the primary is lost, the secondary fails over --------------------
 
 Result<void> open_secondary(Sim& sim);
 
@@ -108,6 +142,13 @@ Task<void> failover_and_check(Sim* sim, bool* done) {
   sim->media->disk->clear_rules();
   sim->media->buffer->clear_rules();
   Result<void> f = make_error(EIO, "no failover");
+  if (sim->c.after != SimAfter::none) {
+    // The node becomes the primary (the resource form's promote): the blocks it rolls back
+    // go into its own dirty bitmap first, for the failback.
+    Result<void> marked =
+        co_await mark_rolled_back(sim->io, sim->scfg, sim->s.db, sim->s.pairing);
+    EXPECT_TRUE(marked) << (marked ? "" : marked.error().to_string());
+  }
   if (sim->c.fault == SimFault::failover_crash) {
     // The crash point: the k-th write of the failover to the buffer (its header: k = 1 right
     // after the promoted marker) or to the disk (the apply) fails, and the failover stops
@@ -173,6 +214,7 @@ Task<void> failover_and_check(Sim* sim, bool* done) {
     EXPECT_TRUE(on_disk == *want) << "secondary disk after the apply vs the image of epoch "
                                   << epoch << ": " << first_difference(on_disk, *want);
   }
+  sim->rolled_back_to = *want;
   // The primary's own disk holds every acknowledged write (invariant 4).
   const auto pd = sim->p_disk->data();
   const Image primary(pd.begin(), pd.end());
@@ -193,6 +235,7 @@ bool restart_primary(Sim& sim, const std::string& state_dir, std::shared_ptr<Mem
   sim.dead_primary_disks.push_back(sim.p_disk);
   config::DaemonConfig cfg = sim.pcfg;
   cfg.set_state_dir(state_dir);
+  sim.p_state_dir = state_dir;
   sim.p_disk = std::move(disk);
   sim.p_local = std::make_shared<FaultNode>("local.fault", sim.p_disk);
   auto g = open_primary_replication_graph(sim.io, cfg, sim.p_local);
@@ -213,6 +256,7 @@ Task<void> write_alone_then_kill(Sim* sim, std::uint64_t k, std::string copy_dir
     Image data(4096, static_cast<std::byte>(0xa0 + i));
     IoResult r = co_await sim->p.gate->write(off, data, WriteFlags::none);
     EXPECT_TRUE(r) << "a write of the lone primary";
+    if (r) sim->note_ack("a", sim->p.replicator->generations().current);
     std::memcpy(expected.data() + off, data.data(), data.size());
   }
   // The kill: what is on the media now survives (a page cache outlives a process).
@@ -246,6 +290,7 @@ Task<void> teardown(Sim* sim, bool* done) {
   }
   sim->chan_proxy->close();
   sim->nbd_proxy->close();
+  for (auto& proxy : sim->retired_proxies) proxy->close();
   std::vector<SecondaryGraph> all = sim->dead;
   if (sim->s.db) all.push_back(sim->s);
   for (auto& g : all) {
@@ -258,24 +303,6 @@ Task<void> teardown(Sim* sim, bool* done) {
   }
   log::info("sim: teardown done");
   *done = true;
-}
-
-// Runs the loop until `*done` or the deadline; false (with a failure) when it did not finish.
-bool run_until(Sim& sim, const bool& done, Clock::time_point deadline) {
-  sim.io.restart();
-  while (!done) {
-    const auto now = Clock::now();
-    if (now >= deadline) break;
-    if (sim.io.run_one_for(deadline - now) == 0 && sim.io.stopped()) break;
-  }
-  if (!done) {
-    ADD_FAILURE() << "phase \"" << sim.phase << "\" did not finish within the run's budget ("
-                  << (sim.io.stopped() ? "nothing left to run: a lost wake-up" : "timed out")
-                  << "); ops done " << sim.ops_done << ", writers running "
-                  << sim.writers_running << ", checkpoints started " << sim.checkpoints_started
-                  << ", gate closed " << sim.p.gate->is_closed();
-  }
-  return done;
 }
 
 std::string configs_dir(const TempDir& d) { return d.path().string(); }
@@ -296,11 +323,13 @@ secondary {{
 }}
 replication {{
   listen: "unix:{0}/s-chan.sock"
-  node_name: "sim-secondary"
+  node_name: "sim-b"
+  bitmap_block_bytes: {3}
   heartbeat_interval_ms: 100
   heartbeat_timeout_ms: 1000
 }}
-)", d, sim.c.block_bytes, sim.c.secondary_write_back_bytes), "sim-secondary.conf");
+)", d, sim.c.block_bytes, sim.c.secondary_write_back_bytes, sim.c.bitmap_block_bytes),
+                             "sim-secondary.conf");
   if (!s) return s.error();
   auto p = parse_config_text(fmt::format(R"(resource: "sim"
 role: PRIMARY
@@ -315,7 +344,8 @@ quorum {{
 }}
 replication {{
   peer_address: "unix:{0}/p-chan.sock"
-  node_name: "sim-primary"
+  node_name: "sim-a"
+  bitmap_block_bytes: {3}
   write_mode: {1}
   async_queue_bytes: {2}
   heartbeat_interval_ms: 100
@@ -324,7 +354,8 @@ replication {{
   connect_timeout_ms: 5000
   prepare_timeout_ms: 11000
 }}
-)", d, sim.c.async_mode ? "ASYNC" : "SYNC", 1 * kMiB), "sim-primary.conf");
+)", d, sim.c.async_mode ? "ASYNC" : "SYNC", 1 * kMiB, sim.c.bitmap_block_bytes),
+                             "sim-primary.conf");
   if (!p) return p.error();
   for (const auto* cfg : {&*s, &*p}) {
     auto errors = validate_config(*cfg);
@@ -358,6 +389,8 @@ bool set_up(Sim& sim) {
   for (auto& b : initial) b = static_cast<std::byte>(sim.prng());
   sim.model = std::make_unique<Model>(initial);
   sim.images[0] = initial;
+  sim.close_of_epoch[0] = 0;
+  sim.p_state_dir = sim.pcfg.state_dir();
   sim.p_disk = make_memory("local", sim.c.disk_bytes);
   std::memcpy(sim.p_disk->data().data(), initial.data(), initial.size());
   sim.p_local = std::make_shared<FaultNode>("local.fault", sim.p_disk);
@@ -469,6 +502,9 @@ SimOutcome run_pair_sim(const SimConfig& config, std::chrono::milliseconds budge
     bool done = false;
     spawn(sim.io.get_executor(), failover_and_check(&sim, &done), "sim failover");
     ok = run_until(sim, done, deadline);
+  }
+  if (ok && config.after != SimAfter::none) {
+    ok = sim::run_after_failover(sim, deadline + std::chrono::seconds(30));
   }
   if (ok) {
     sim.phase = "teardown";

@@ -18,6 +18,12 @@
 //   checkpoint failed after its cut reached the secondary (the primary never saw the ack);
 // - after failover the local view (during the background apply) and then the disk itself
 //   equal the image of that epoch byte for byte; the primary's disk equals the model;
+// - after a failback or a split brain's resolution both disks equal the new primary's data;
+//   the resync sent no fewer blocks than differed and no more than either side changed; a
+//   split brain fences the new primary before it pairs, and the victim's overlay gives its disk
+//   from before byte for byte;
+// - never two nodes acknowledging writes for the same generation (every acknowledged write is
+//   noted with the node and its current generation);
 // - nothing hangs: every phase finishes within the run's budget, else the run fails (its
 //   objects are then leaked on purpose rather than destroyed with work in flight).
 
@@ -55,6 +61,21 @@ enum class SimFault : std::uint8_t {
 inline constexpr int kSimFaultCount = 14;
 std::string_view to_string(SimFault f);
 
+// What happens after the failover (pair_sim_failback.cpp), whatever the fault was:
+enum class SimAfter : std::uint8_t {
+  none,
+  // The old primary (a) is gone (killed, or stopped cleanly); the promoted node (b) becomes the
+  // primary and writes; a comes back as b's secondary and is brought to b's data by a delta
+  // resync (b's writes, the blocks b rolled back, the blocks a wrote that b never held).
+  failback,
+  // The same, but a wrote alone after it lost b: both wrote since the common generation.
+  // b refuses to pair and fences itself; a says `resolve --discard-mine`; b lifts its fence,
+  // restarts and resyncs both sides' blocks into a's split-brain overlay, whose export must
+  // give a's disk from before, byte for byte.
+  split_brain,
+};
+std::string_view to_string(SimAfter a);
+
 // Everything a run does is drawn from `seed` (sim_config_for_seed); a field may be overridden
 // to pin a regression test to one case.
 struct SimConfig {
@@ -80,6 +101,8 @@ struct SimConfig {
   // secondary must then hold the primary's whole disk (checked by a checkpoint and the
   // failover). Always for primary_restart_alone; drawn for the faults a pair survives.
   bool reconnect = false;
+  SimAfter after = SimAfter::none;
+  std::uint32_t bitmap_block_bytes = 64 * 1024;  // replication.bitmap_block_bytes
   std::string describe() const;
 };
 SimConfig sim_config_for_seed(std::uint64_t seed);
@@ -97,6 +120,15 @@ struct SimOutcome {
   std::chrono::milliseconds op_latency_max{0};  // the consumer's slowest request
   std::uint64_t resynced_blocks = 0;            // by the reconnect phase
   std::uint64_t resync_cuts = 0;                // links cut in the middle of a resync
+  // The after-failover phase (SimAfter): blocks its resync sent, and the bounds they must lie
+  // in (the blocks that differed; the blocks either side may have changed).
+  std::uint64_t failback_blocks = 0;
+  std::uint64_t failback_blocks_min = 0;
+  std::uint64_t failback_blocks_max = 0;
+  bool failed_back = false;          // a became b's secondary by a delta resync
+  bool split_brain_resolved = false;  // ... after a split brain, by a's resolve --discard-mine
+  bool fenced_on_split_brain = false;
+  std::uint64_t overlay_blocks = 0;  // saved in the victim's split-brain overlay
 };
 
 // Runs one seed; failures are reported through gtest (ADD_FAILURE / EXPECT_*).

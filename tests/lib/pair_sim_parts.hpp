@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -199,6 +200,27 @@ struct Sim {
   // What the primary's disk must hold at the end when the model does not know every write.
   std::optional<Image> primary_expected;
   std::string phase = "setup";
+  // Every write the consumer saw acknowledged, with the period the gate admitted it in (for
+  // the blocks a failback may resync), and the gate's close number of each epoch's cut.
+  struct Written {
+    std::uint64_t period;
+    std::uint64_t offset_bytes;
+    std::uint64_t length_bytes;
+  };
+  std::vector<Written> written;
+  std::map<std::uint64_t, std::uint64_t> close_of_epoch;
+  // The invariant "never two nodes acknowledging writes for the same generation": the nodes
+  // ("a": the first primary, "b": the promoted one) that acknowledged a write in each.
+  std::map<std::uint64_t, std::set<std::string>> acks_by_generation;
+  void note_ack(const std::string& node, std::uint64_t generation) {
+    acks_by_generation[generation].insert(node);
+  }
+  // The image the secondary rolled back to at its failover.
+  Image rolled_back_to;
+  // Where the primary's state lives now (a restart alone moves it to a copy).
+  std::string p_state_dir;
+  // Proxies of links no longer used (closed at the teardown).
+  std::vector<std::shared_ptr<UnixProxy>> retired_proxies;
   SimOutcome out;
   // stale_session_replay: a replication connection admitted in a session that ended, and the
   // URI (with that session's token) it was opened with.
@@ -252,5 +274,12 @@ Task<void> reconnect_and_resync(Sim* sim, bool* done);
 Task<void> replay_stale(Sim* sim, std::string when);
 // Kill -9 (the media as they are) or power cut of the secondary; run_pair_sim reopens it.
 Task<void> crash_secondary(Sim* sim, bool power_cut);
+// Reads the whole of `node` into `out` (result: the first failure).
+Task<void> read_all(BlockNode& node, Image& out, IoResult& result);
+// Runs the loop until `*done` or the deadline; false (with a failure) when it did not finish.
+bool run_until(Sim& sim, const bool& done, Clock::time_point deadline);
+// The phase after the failover (SimAfter, pair_sim_failback.cpp); false when it did not
+// finish.
+bool run_after_failover(Sim& sim, Clock::time_point deadline);
 
 }  // namespace colo::test::sim

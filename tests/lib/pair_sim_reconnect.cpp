@@ -89,6 +89,7 @@ Task<void> reconnect_and_resync(Sim* sim, bool* done) {
       sim->acked = *c;
       sim->images[*c] =
           sim->primary_expected ? *sim->primary_expected : sim->model->current();
+      sim->close_of_epoch[*c] = sim->p.gate->stats().close_count;
       sim->tentative.clear();
     }
   }

@@ -82,6 +82,10 @@ Task<void> writer(Sim* sim, std::uint32_t id, std::uint64_t wseed) {
         if (result) sim->model->completed(period, r.offset_bytes, {}, r.length_bytes);
       }
       sim->release(r);
+      if (result) {
+        sim->written.push_back({period, r.offset_bytes, r.length_bytes});
+        sim->note_ack("a", sim->p.replicator->generations().current);
+      }
       EXPECT_TRUE(result) << "writer " << id << " op " << op << " kind " << kind << " offset "
                           << r.offset_bytes << " length " << r.length_bytes << ": "
                           << (result ? "" : result.error().message());
@@ -141,6 +145,7 @@ Task<void> checkpointer(Sim* sim, std::uint64_t cseed) {
       EXPECT_EQ(*r, epoch_before + 1);
       EXPECT_EQ(closes_after, closes_before + 1);
       sim->images[*r] = sim->model->image_at_close(closes_before + 1);
+      sim->close_of_epoch[*r] = closes_before + 1;
       sim->acked = *r;
       ++sim->out.checkpoints_ok;
     } else {
@@ -344,6 +349,7 @@ Task<void> workload(Sim* sim, bool* done) {
     if (sim->p.replicator->epoch() == sim->acked + 1) {
       sim->acked = sim->p.replicator->epoch();
       sim->images[sim->acked] = sim->model->image_at_close(closes_before + 1);
+      sim->close_of_epoch[sim->acked] = closes_before + 1;
       ++sim->out.checkpoints_ok;
     }
   }
