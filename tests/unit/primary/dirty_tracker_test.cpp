@@ -45,6 +45,11 @@ Task<void> do_flush_alone(DirtyTracker* t, Op* op) {
   EXPECT_TRUE(r) << (r ? "" : r.error().to_string());
   op->done = true;
 }
+Task<void> do_settle_alone(DirtyTracker* t, Op* op) {
+  Result<void> r = co_await t->settle_alone();
+  EXPECT_TRUE(r) << (r ? "" : r.error().to_string());
+  op->done = true;
+}
 Task<void> do_fold(DirtyTracker* t, Op* op) {
   Result<void> r = co_await t->fold_uncommitted();
   EXPECT_TRUE(r) << (r ? "" : r.error().to_string());
@@ -102,6 +107,11 @@ struct Fixture {
     spawn(io.get_executor(), do_flush_alone(tracker.get(), &op), "flush");
     EXPECT_TRUE(run_until(io, [&] { return op.done; }));
   }
+  void settle_alone() {
+    Op op;
+    spawn(io.get_executor(), do_settle_alone(tracker.get(), &op), "settle");
+    EXPECT_TRUE(run_until(io, [&] { return op.done; }));
+  }
   void fold() {
     Op op;
     spawn(io.get_executor(), do_fold(tracker.get(), &op), "fold");
@@ -141,6 +151,28 @@ TEST(DirtyTracker, AloneTheExtentIsDurableFirstAndTheBlockBitsFollowWithTheFlush
   EXPECT_FALSE(after->active(1));
   EXPECT_TRUE(after->dirty(100) && after->dirty(101));
   EXPECT_EQ(after->dirty_count(), 2u);
+}
+
+// A clean stop alone (Replicator::shutdown, demote): the lazy bits become durable and the
+// activity log empties at once, so the next start (or a failback) resyncs exactly the dirty
+// blocks: also the extents written while paired, whose blocks the detach folded in. While
+// paired it does nothing (the extents retire by checkpoints there).
+TEST(DirtyTracker, SettlingAloneLeavesExactBitsAndAnEmptyActivityLog) {
+  Fixture f;
+  f.tracker->set_paired(true);
+  ASSERT_TRUE(f.write(3 * kBlock, 4096));  // extent 0, paired
+  f.settle_alone();
+  EXPECT_TRUE(f.reopen()->active(0)) << "paired: the activity log stays";
+  f.fold();  // the detach
+  f.tracker->set_paired(false);
+  ASSERT_TRUE(f.write(100 * kBlock, 4096));  // extent 1, alone (a new extent: one batch)
+  ASSERT_TRUE(f.write(101 * kBlock, 4096));  // the same extent: its bit lazily set
+  EXPECT_FALSE(f.reopen()->dirty(101)) << "expected lazy before the stop";
+  f.settle_alone();
+  auto after = f.reopen();
+  EXPECT_EQ(after->active_count(), 0u);
+  EXPECT_TRUE(after->dirty(3) && after->dirty(100) && after->dirty(101));
+  EXPECT_EQ(after->dirty_count(), 3u);
 }
 
 TEST(DirtyTracker, PairedWritesGoToTheActivityLogAndLoneOnesToTheBitmapDurably) {
