@@ -1,5 +1,7 @@
 #include "primary/replicator.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "shared/base/log.hpp"
@@ -9,9 +11,13 @@ namespace colo {
 namespace {
 // Pairing retries back off from 250 ms to 2 s while they fail (a secondary that comes back is
 // paired, and resynced, within a quarter of a second after a short outage); paired, the
-// interval starts again from the shortest.
+// interval starts again from the shortest. The longest wait is 4 heartbeat intervals within
+// those bounds (2 s at the default 500 ms); a fenced node looks at its peer that often too.
 constexpr std::chrono::milliseconds kRetryPairFirst{250};
 constexpr std::chrono::milliseconds kRetryPairMax{2000};
+std::chrono::milliseconds retry_pair_max(std::chrono::milliseconds heartbeat_interval) {
+  return std::clamp(4 * heartbeat_interval, kRetryPairFirst, kRetryPairMax);
+}
 // Alone: how often the lazily set dirty bits are made durable and idle extents leave the
 // activity log (DirtyTracker::flush_alone).
 constexpr auto kFlushAloneEvery = std::chrono::seconds(1);
@@ -21,6 +27,7 @@ Task<void> Replicator::watch_loop(std::shared_ptr<Replicator> self) {
   auto last_try = std::chrono::steady_clock::now();
   auto last_flush = last_try;
   std::chrono::milliseconds retry_every = kRetryPairFirst;
+  const std::chrono::milliseconds retry_max = retry_pair_max(self->options_.heartbeat_interval);
   while (!self->stopping_ && !self->demoted_) {
     self->watch_timer_.expires_after(self->options_.heartbeat_interval);
     auto [ec] = co_await self->watch_timer_.async_wait(use_task);
@@ -29,7 +36,7 @@ Task<void> Replicator::watch_loop(std::shared_ptr<Replicator> self) {
       // Fenced: no serving, no pairing; only a look every few seconds whether the operator
       // made the peer the split-brain victim, which lifts the fence (the role restarts).
       if (!self->on_unfenced_ ||
-          std::chrono::steady_clock::now() - last_try < kRetryPairMax) {
+          std::chrono::steady_clock::now() - last_try < retry_max) {
         continue;
       }
       last_try = std::chrono::steady_clock::now();
@@ -88,7 +95,7 @@ Task<void> Replicator::watch_loop(std::shared_ptr<Replicator> self) {
       if (self->fenced()) continue;
       if (!r) {
         log::debug("primary: pairing retry: {}", r.error().to_string());
-        retry_every = std::min(retry_every * 2, kRetryPairMax);
+        retry_every = std::min(retry_every * 2, retry_max);
       }
     }
   }
