@@ -86,15 +86,26 @@ replication::Envelope PrimaryChannel::answer(const replication::Envelope& reques
                          fmt::format("node \"{}\" is the primary now and holds newer data ({}): "
                                      "this node was deposed; demote it to rejoin as the "
                                      "secondary", node_name_, gens));
-    case SyncDecision::split_brain:
+    case SyncDecision::split_brain: {
       rep->fence(fmt::format("split brain: {} also serves as the primary and both wrote since "
                              "generation {}", who, generation_hex(mine.bitmap)),
                  theirs.current);
-      return error_reply(replication::ERROR_SPLIT_BRAIN,
-                         fmt::format("split brain: node \"{}\" is a primary too and both wrote "
-                                     "since generation {} ({}); both are fenced until an "
-                                     "operator resolves it", node_name_,
-                                     generation_hex(mine.bitmap), gens));
+      // The automatic policy judges the caller's facts here, and the caller judges ours (the
+      // hello attached to the answer): both reach the same verdict, and only the victim acts.
+      const SplitBrainVerdict v = rep->judge_split_brain(split_brain_facts_from_hello(hello), who);
+      replication::Envelope reply = error_reply(
+          replication::ERROR_SPLIT_BRAIN,
+          fmt::format("split brain: node \"{}\" is a primary too and both wrote since generation "
+                      "{} ({}); both are fenced until {}", node_name_,
+                      generation_hex(mine.bitmap), gens,
+                      v.victim == SplitBrainVictim::none
+                          ? std::string("an operator resolves it")
+                          : fmt::format("the victim ({}) discards its data (policy {})",
+                                        v.victim == SplitBrainVictim::me ? node_name_ : who,
+                                        to_string(rep->options().after_split_brain))));
+      *reply.mutable_error()->mutable_hello() = rep->make_hello().hello();
+      return reply;
+    }
     case SyncDecision::resync_from_peer:
     case SyncDecision::full_resync_from_peer:
       rep->fence(fmt::format("{} is the primary and holds newer data ({})", who, gens),

@@ -63,7 +63,8 @@ std::chrono::milliseconds ms_or(std::uint32_t value, std::uint32_t fallback) {
 
 Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context& io,
                                                                const config::DaemonConfig& cfg,
-                                                               std::shared_ptr<BlockNode> disk) {
+                                                               std::shared_ptr<BlockNode> disk,
+                                                               bool resource_form) {
   const config::ReplicationConfig& rc = cfg.replication();
   auto identity = load_node_identity(cfg.state_dir(), rc.node_name());
   if (!identity) return identity.error();
@@ -119,6 +120,12 @@ Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context&
   auto fenced = read_fence_marker(cfg.state_dir());
   if (!fenced) return fenced.error();
   o.fenced = *fenced;
+  o.after_split_brain = after_split_brain_from_config(rc.after_split_brain());
+  o.can_become_secondary = resource_form;
+  // When this node became the primary: its role file (the resource form; none otherwise).
+  auto role = load_role_state(cfg.state_dir());
+  if (!role) return role.error();
+  o.became_primary_unix_ms = role->became_primary_unix_ms;
 
   // The quorum's alignment, hence the front-end export's minimum block size, is at least
   // export_block_bytes_min from the start, paired or not: the secondary may join at any time
@@ -233,6 +240,23 @@ Task<control::Reply> resolve_as_victim(ControlHandler demote, DaemonContext* ctx
   co_return reply;
 }
 
+// The automatic split-brain policy named this node the victim (Replicator::
+// judge_split_brain): resolve_as_victim, as the operator's command would, with its answer
+// logged.
+Task<void> resolve_automatically(ControlHandler demote, DaemonContext* ctx, std::string state_dir,
+                                 std::shared_ptr<Replicator> replicator) {
+  control::Request req;
+  req.set_command("resolve");
+  req.add_args("--discard-mine");
+  control::Reply reply = co_await resolve_as_victim(demote, ctx, state_dir, replicator, req);
+  if (reply.exit_code() != 0) {
+    log::event({"split_brain_auto_resolve_failed",
+                {{"resource", replicator->options().resource}, {"reason", reply.text()}}});
+    co_return;
+  }
+  log::info("primary: split brain resolved automatically: {}", reply.text());
+}
+
 }  // namespace
 
 // The primary: the config's disk (io_uring FileNode), and when the config has a quorum, the
@@ -248,7 +272,7 @@ Result<void> start_primary(DaemonContext& ctx) {
   std::shared_ptr<QuorumNode> quorum;
   std::shared_ptr<Replicator> replicator;
   if (cfg.has_replication()) {
-    auto r = open_primary_replication_graph(ctx.io(), cfg, *disk);
+    auto r = open_primary_replication_graph(ctx.io(), cfg, *disk, ctx.resource_form());
     if (!r) return r.error();
     quorum = r->quorum;
     replicator = r->replicator;
@@ -330,6 +354,15 @@ Result<void> start_primary(DaemonContext& ctx) {
           [demote, c, state_dir, replicator](const control::Request& r) {
             return demote_to_secondary(demote, c, state_dir, replicator, r);
           });
+      // The automatic split-brain policy named this node the victim: the same as the
+      // operator's `resolve --discard-mine`, from the loop.
+      std::weak_ptr<Replicator> weak_rep = replicator;
+      replicator->set_on_split_brain_victim([demote, c, state_dir, weak_rep] {
+        std::shared_ptr<Replicator> rep = weak_rep.lock();
+        if (!rep || rep->demoted()) return;  // gone, or resolved by hand meanwhile
+        spawn(c->executor(), resolve_automatically(demote, c, state_dir, rep),
+              "split-brain victim");
+      });
       ctx.control().add_command(
           "resolve", "resolve --discard-mine: this node is the split-brain victim: it becomes "
                      "the secondary, and its data since the common generation is overwritten "

@@ -31,9 +31,11 @@ struct PrimaryReplicationGraph {
 // state_dir. Pairing is tried now, running `io` until it ends (call before the loop serves;
 // the secondary may live on the same io_context); a secondary that is not up yet is retried
 // in the background, one that does not match (version, resource, sizes, own node id) fails
-// the call with its message. The replicator is started.
+// the call with its message. The replicator is started. `resource_form`: the node can make
+// itself the secondary (a split-brain victim by the automatic policy does).
 Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context& io,
                                                                const config::DaemonConfig& cfg,
-                                                               std::shared_ptr<BlockNode> disk);
+                                                               std::shared_ptr<BlockNode> disk,
+                                                               bool resource_form = false);
 
 }  // namespace colo

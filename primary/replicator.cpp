@@ -132,8 +132,10 @@ std::uint64_t Replicator::peer_errors() const {
 
 void Replicator::arm_guard() {
   // Only the first write the secondary misses starts a generation: while the bitmap is
-  // relative to an older one (a resync is due), the dirty bitmap covers everything.
-  if (gens_.bitmap != 0) return;
+  // relative to an older one (a resync is due), the dirty bitmap covers everything. The guard
+  // is armed then only when this generation has no such write on record yet (a promotion's):
+  // the first one stores `wrote` (the split-brain policy discard-zero-changes reads it).
+  if (gens_.bitmap != 0 && gens_.wrote) return;
   std::weak_ptr<Replicator> weak = weak_from_this();
   quorum_->arm_divergence_guard(options_.peer_child, [weak]() { return record_diverged(weak); });
 }
@@ -142,13 +144,22 @@ Task<Result<void>> Replicator::record_diverged(std::weak_ptr<Replicator> weak) {
   std::shared_ptr<Replicator> self = weak.lock();
   if (!self) co_return make_error(ESHUTDOWN, "the primary is stopping");
   if (self->gens_.bitmap == 0) {
-    // Durable before the write is acknowledged: this node's data goes its own way from here.
-    const Generations next = start_new_generation(self->gens_, random_generation_id(self->gens_));
+    // Durable before the write is acknowledged: this node's data goes its own way from here,
+    // and this generation has a write of this node's (one store for both).
+    Generations next = start_new_generation(self->gens_, random_generation_id(self->gens_));
+    next.wrote = true;
     if (Result<void> g = self->store_generations_now(next); !g) co_return g;
     log::event({"generation_started",
                 {{"resource", self->options_.resource},
                  {"generation", generation_hex(next.current)},
                  {"bitmap", generation_hex(next.bitmap)}}});
+  } else if (!self->gens_.wrote) {
+    // A generation started without a write (a promotion): its first write of this node's.
+    Generations next = self->gens_;
+    next.wrote = true;
+    if (Result<void> g = self->store_generations_now(next); !g) co_return g;
+    log::info("primary: the first write of generation {} on this node is on record",
+              generation_hex(next.current));
   }
   if (self->record_->state().diverged) co_return Result<void>{};
   EpochState s = self->record_->state();

@@ -61,6 +61,7 @@
 #include "shared/pair/generation.hpp"
 #include "shared/pair/node_identity.hpp"
 #include "shared/pair/replication_channel.hpp"
+#include "shared/pair/split_brain_policy.hpp"
 
 namespace colo {
 
@@ -92,6 +93,12 @@ struct ReplicatorOptions {
   // a fenced replicator never pairs.
   std::string state_dir;
   std::optional<FenceRecord> fenced;
+  // The automatic split-brain policy (replication.after_split_brain; docs/split_brain.md), when
+  // this node last became the primary (its role file; 0 unknown), and whether it can take the
+  // victim's part as a primary (the resource form: it demotes itself to the secondary).
+  AfterSplitBrain after_split_brain = AfterSplitBrain::disconnect;
+  std::uint64_t became_primary_unix_ms = 0;
+  bool can_become_secondary = false;
 };
 
 // What the replicator drives besides the quorum: the gate above it, the dirty tracker between
@@ -160,6 +167,20 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   // stays (the node must be restarted by hand).
   void set_on_unfenced(std::function<void()> on_unfenced) { on_unfenced_ = std::move(on_unfenced); }
   bool fenced() const { return fenced_.has_value(); }
+  // Called once when the automatic split-brain policy names this node the victim (the role
+  // resolves as `coloctl resolve --discard-mine` does: marker, demote, restart as the
+  // secondary), a second after the verdict (the answer carrying this node's facts goes out
+  // first). Set after a verdict came: called the same way.
+  void set_on_split_brain_victim(std::function<void()> f);
+  // A split brain was found with the peer whose facts are `peer` (its hello): judges it by the
+  // policy (shared/pair/split_brain_policy.hpp), raises `split_brain_auto_resolved` (a victim)
+  // or `split_brain_not_auto_resolved` (none, and why) once per peer generation, and when this
+  // node is the victim calls the hook above. Nothing with the policy disconnect. Also called
+  // by PrimaryChannel.
+  SplitBrainVerdict judge_split_brain(const SplitBrainFacts& peer, const std::string& peer_name);
+  SplitBrainFacts split_brain_facts() const;
+  // This node's hello (generations and split-brain facts included).
+  replication::Envelope make_hello() const;
   // This node was deposed: stop serving for good (see above). `peer_generation` 0: unknown.
   // Also called by the resource form's PrimaryChannel (primary/primary_channel.hpp).
   void fence(std::string reason, std::uint64_t peer_generation);
@@ -235,7 +256,6 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
                                            bool peer_discards = false);
   // Fenced: whether the peer now says it discards its data (resolve --discard-mine on it).
   Task<bool> peer_discards();
-  replication::Envelope make_hello() const;
   std::uint64_t peer_dirty_bytes_ = 0;  // the last secondary hello's own_dirty_bytes
   void start_resync(bool compare);
   // Failback: the secondary's own dirty blocks (its writes as a primary, or its rollback at a
@@ -291,6 +311,11 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   std::optional<FenceRecord> fenced_;
   std::function<void()> on_fenced_;
   std::function<void()> on_unfenced_;
+  std::function<void()> on_victim_;
+  bool victim_pending_ = false;   // the policy named this node; the hook not called yet
+  bool victim_called_ = false;
+  std::string last_verdict_;      // the peer generation of the last verdict event
+  std::optional<SplitBrainFacts> peer_facts_;  // the last secondary hello's, for decide_pairing
 
   std::uint64_t checkpoints_ = 0;
   std::uint64_t checkpoint_failures_ = 0;

@@ -160,7 +160,9 @@ Task<void> Replicator::on_generation_taken(bool resync_committed) {
   DirtyMap& map = tracker_->map();
   Result<void> synced = co_await map.sync();
   if (!synced) log::error("primary: {}", synced.error().to_string());
-  if (store_generations_now(Generations{gens_.current, 0, gens_.history})) arm_guard();
+  Generations taken = gens_;
+  taken.bitmap = 0;
+  if (store_generations_now(taken)) arm_guard();
   co_await store_state({epoch_, false, false});
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(last_resync_.finished -
                                                                         last_resync_.started);

@@ -35,6 +35,7 @@ replication::Envelope Replicator::make_hello() const {
   h->set_node_name(options_.identity.name);
   h->set_durable_epoch(epoch_);
   generations_to_proto(gens_, h->mutable_generations());
+  split_brain_facts_to_hello(split_brain_facts(), h);
   return hello;
 }
 
@@ -98,12 +99,21 @@ Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
                     if (auto self = weak.lock()) self->on_channel_lost(reason);
                   });
 
-  auto reply = co_await channel_->call(make_hello(), options_.connect_timeout);
+  replication::ErrorReply refusal;
+  auto reply = co_await channel_->call(make_hello(), options_.connect_timeout, &refusal);
   if (!reply && reply.error().code.value() == EEXIST) {
     // ERROR_SPLIT_BRAIN: the secondary was promoted and went on without us: this node was
     // deposed. It stops serving now, not only at its next start.
     Error e{reply.error().code, "pairing refused: " + reply.error().message};
     fence("the secondary refused this primary: " + reply.error().message, 0);
+    if (refusal.has_hello() && refusal.hello().resource() == options_.resource &&
+        refusal.hello().node_id() != options_.identity.id) {
+      // A primary answering on its channel address found a split brain and sent its facts:
+      // this node judges them by the same policy (it may be the victim).
+      const replication::Hello& h = refusal.hello();
+      (void)judge_split_brain(split_brain_facts_from_hello(h),
+                              h.node_name().empty() ? h.node_id() : h.node_name());
+    }
     co_return fail(std::move(e));
   }
   if (!reply) co_return fail(Error{reply.error().code, "pairing refused: " + reply.error().message});
@@ -165,6 +175,7 @@ Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
   };
   const Generations peer_gens = generations_from_proto(theirs.generations());
   peer_dirty_bytes_ = theirs.own_dirty_bytes();
+  peer_facts_ = split_brain_facts_from_hello(theirs);
   Result<PairingPlan> decided =
       co_await decide_pairing(peer_gens, force, initial_sync, theirs.discard_mine());
   if (!decided) {
@@ -314,7 +325,11 @@ Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
     for (std::uint64_t b = map.next_dirty(0); b < map.block_count(); b = map.next_dirty(b + 1)) {
       map.clear_dirty(b);
     }
-    if (gens_.bitmap != 0) (void)store_generations_now(Generations{gens_.current, 0, gens_.history});
+    if (gens_.bitmap != 0) {
+      Generations taken = gens_;
+      taken.bitmap = 0;
+      (void)store_generations_now(taken);
+    }
   }
   Result<void> stored = co_await store_state({epoch_, need_resync, false});
   if (stored) arm_guard();

@@ -86,6 +86,10 @@ Task<Result<Replicator::PairingPlan>> Replicator::decide_pairing(const Generatio
                                       "(generation {}) both wrote since their common generation "
                                       "{}", mine, theirs, generation_hex(gens_.bitmap));
         fence(why, peer.current);
+        // The automatic policy: when it names this node, the role resolves as `resolve
+        // --discard-mine` does; when it names the secondary, the secondary marked itself
+        // already (its hello said discard_mine, handled above) or does at the next hello.
+        if (peer_facts_) (void)judge_split_brain(*peer_facts_, peer_name_);
         co_return make_error(EPERM, "pairing refused: " + why);
       }
     case SyncDecision::unrelated:

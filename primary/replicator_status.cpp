@@ -62,6 +62,12 @@ std::string Replicator::status_text() const {
                       "active extents\n", generation_hex(gens_.current),
                       gens_.bitmap == 0 ? "-" : generation_hex(gens_.bitmap), map.dirty_count(),
                       map.block_bytes(), map.zeroed_count(), map.active_count());
+  text += fmt::format("after_split_brain: {} (this generation written here: {}{})\n",
+                      to_string(options_.after_split_brain), gens_.wrote ? "yes" : "no",
+                      options_.became_primary_unix_ms == 0
+                          ? std::string()
+                          : fmt::format(", primary since unix ms {}",
+                                        options_.became_primary_unix_ms));
   const ResyncProgress r = resync_progress();
   if (r.blocks_total != 0 || r.running) {
     text += fmt::format("resync: {}, {} of {} blocks, {} bytes sent, {} as zeroes, {:.1f} MB/s, "
@@ -132,7 +138,11 @@ boost::json::object Replicator::status_json() const {
       {"diverged", record_->state().diverged},
       {"generation",
        {{"current", generation_hex(gens_.current)},
-        {"bitmap", gens_.bitmap == 0 ? "" : generation_hex(gens_.bitmap)}}},
+        {"bitmap", gens_.bitmap == 0 ? "" : generation_hex(gens_.bitmap)},
+        {"wrote", gens_.wrote}}},
+      {"split_brain",
+       {{"after_split_brain", to_string(options_.after_split_brain)},
+        {"became_primary_unix_ms", options_.became_primary_unix_ms}}},
       {"dirty",
        {{"blocks", tracker_->map().dirty_count()},
         {"block_bytes", tracker_->map().block_bytes()},

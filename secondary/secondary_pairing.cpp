@@ -263,6 +263,8 @@ replication::Envelope SecondaryPairing::on_hello(const std::shared_ptr<Session>&
                        fmt::format("already paired with primary \"{}\" ({}) from {}",
                                    active_->name, active_->id, active_->channel->peer()));
   }
+  const std::string who = hello.node_name().empty() ? hello.node_id() : hello.node_name();
+  judge_split_brain(hello, who);
   session->helloed = true;
   session->id = hello.node_id();
   session->name = hello.node_name().empty() ? hello.node_id() : hello.node_name();
@@ -295,7 +297,53 @@ replication::Envelope SecondaryPairing::on_hello(const std::shared_ptr<Session>&
   h->set_buffer_free_bytes(capacity > used ? capacity - used : 1);
   if (own_dirty_) h->set_own_dirty_bytes(own_dirty_->dirty_count() * own_dirty_->block_bytes());
   h->set_discard_mine(discard_mine_);
+  split_brain_facts_to_hello(split_brain_facts(), h);
   return reply;
+}
+
+SplitBrainFacts SecondaryPairing::split_brain_facts() const {
+  SplitBrainFacts f;
+  f.policy = options_.after_split_brain;
+  f.generations = gens_;
+  f.became_primary_unix_ms = options_.became_primary_unix_ms;
+  return f;
+}
+
+void SecondaryPairing::judge_split_brain(const replication::Hello& hello, const std::string& who) {
+  if (options_.after_split_brain == AfterSplitBrain::disconnect || discard_mine_) return;
+  const SplitBrainFacts mine = split_brain_facts();
+  const SplitBrainFacts peer = split_brain_facts_from_hello(hello);
+  if (decide_sync(mine.generations, peer.generations) != SyncDecision::split_brain) return;
+  const SplitBrainVerdict v = decide_split_brain(mine, peer);
+  const std::string key = generation_hex(peer.generations.current);
+  if (last_verdict_ != key) {
+    last_verdict_ = key;
+    log::event({v.victim == SplitBrainVictim::none ? "split_brain_not_auto_resolved"
+                                                   : "split_brain_auto_resolved",
+                {{"resource", options_.resource},
+                 {"policy", std::string(to_string(options_.after_split_brain))},
+                 {"victim", v.victim == SplitBrainVictim::me     ? options_.identity.name
+                            : v.victim == SplitBrainVictim::peer ? who
+                                                                 : ""},
+                 {"victim_is", std::string(to_string(v.victim))},
+                 {"reason", v.reason},
+                 {"peer", who},
+                 {"generation", generation_hex(mine.generations.current)},
+                 {"peer_generation", key},
+                 {"common_generation", generation_hex(mine.generations.bitmap)},
+                 {"wrote", mine.generations.wrote ? "true" : "false"},
+                 {"peer_wrote", peer.generations.wrote ? "true" : "false"},
+                 {"dirty_blocks", std::to_string(own_dirty_ ? own_dirty_->dirty_count() : 0)},
+                 {"became_primary_unix_ms", std::to_string(mine.became_primary_unix_ms)},
+                 {"peer_became_primary_unix_ms", std::to_string(peer.became_primary_unix_ms)}}});
+  }
+  if (v.victim != SplitBrainVictim::me) return;
+  // What `coloctl resolve --discard-mine` does on a secondary: the durable marker. The answer
+  // to this hello then says discard_mine, and the primary resyncs into this node's overlay.
+  if (Result<void> r = discard_mine(); !r) {
+    log::error("secondary: the split-brain policy names this node the victim, but {}",
+               r.error().to_string());
+  }
 }
 
 Result<void> SecondaryPairing::finish_promotion() {

@@ -30,6 +30,7 @@
 #include "shared/pair/generation.hpp"
 #include "shared/pair/node_identity.hpp"
 #include "shared/pair/replication_channel.hpp"
+#include "shared/pair/split_brain_policy.hpp"
 
 namespace colo {
 
@@ -48,6 +49,11 @@ struct SecondaryPairingOptions {
   // The replication export's admission by session (null: no fencing, for tests of the channel
   // alone).
   std::shared_ptr<nbd::SessionGuard> guard;
+  // The automatic split-brain policy (replication.after_split_brain) and when this node last
+  // became the primary (its role file; 0 unknown): told in the hello, and judged at a
+  // primary's hello (docs/split_brain.md, "Automatic policies").
+  AfterSplitBrain after_split_brain = AfterSplitBrain::disconnect;
+  std::uint64_t became_primary_unix_ms = 0;
 };
 
 // A new session token: 128 random bits as 32 lowercase hex digits (OpenSSL's RAND_bytes);
@@ -126,6 +132,7 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   // primary's session is open.
   Result<void> discard_mine();
   bool discarding() const { return discard_mine_; }
+  const SecondaryPairingOptions& options() const { return options_; }
   // The resource form: the promotion is complete and the node now runs as the primary (its
   // role file says so): the "promoted" marker goes, durably.
   Result<void> finish_promotion();
@@ -146,6 +153,11 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   replication::Envelope on_hello(const std::shared_ptr<Session>& session,
                                  const replication::Hello& hello);
   void on_lost(const std::shared_ptr<Session>& session, const std::string& reason);
+  // A primary's hello whose generations say split brain: the automatic policy's verdict
+  // (event once per primary generation); named the victim, this node marks itself as
+  // `resolve --discard-mine` does, so this very hello's answer says discard_mine.
+  void judge_split_brain(const replication::Hello& hello, const std::string& who);
+  SplitBrainFacts split_brain_facts() const;
   // No primary session any more: the guard takes the plain name again (a promoted node's
   // admits nothing).
   void guard_without_session();
@@ -181,6 +193,7 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   bool promoted_ = false;
   std::unique_ptr<DirtyMap> own_dirty_;
   bool discard_mine_ = false;
+  std::string last_verdict_;  // the primary generation of the last verdict event
   bool closed_ = false;
   Generations gens_;
   std::uint64_t resync_bytes_ = 0;

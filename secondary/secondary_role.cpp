@@ -175,6 +175,9 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
   const Generations& gens = pairing->generations();
   text += fmt::format("generation: {}{}\n", gens.current == 0 ? "-" : generation_hex(gens.current),
                       gens.bitmap == 0 ? "" : " (bitmap " + generation_hex(gens.bitmap) + ")");
+  text += fmt::format("after_split_brain: {}{}\n", to_string(pairing->options().after_split_brain),
+                      pairing->discarding() ? " (this node is the split-brain victim: discard_mine)"
+                                            : "");
   if (!pairing->inconsistent().empty()) {
     text += fmt::format("inconsistent: yes ({}); failover is refused until it completes\n",
                         pairing->inconsistent());
@@ -203,7 +206,12 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
       {"checkpoints", pairing->checkpoints()},
       {"generation",
        {{"current", gens.current == 0 ? "" : generation_hex(gens.current)},
-        {"bitmap", gens.bitmap == 0 ? "" : generation_hex(gens.bitmap)}}},
+        {"bitmap", gens.bitmap == 0 ? "" : generation_hex(gens.bitmap)},
+        {"wrote", gens.wrote}}},
+      {"split_brain",
+       {{"after_split_brain", to_string(pairing->options().after_split_brain)},
+        {"became_primary_unix_ms", pairing->options().became_primary_unix_ms},
+        {"discard_mine", pairing->discarding()}}},
       {"resync_bytes_announced", pairing->resync_bytes()},
       {"inconsistent", pairing->inconsistent()},
       {"last_checkpoint_ms_ago", last_cp_age_ms},
@@ -465,6 +473,11 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
         rc.heartbeat_timeout_ms() != 0 ? rc.heartbeat_timeout_ms() : 3000);
     po.alignment_bytes = g.db->primary_view()->limits().alignment_bytes;
     po.guard = g.guard;
+    po.after_split_brain = after_split_brain_from_config(rc.after_split_brain());
+    // When this node last became the primary: its role file (the resource form; none otherwise).
+    auto role = load_role_state(cfg.state_dir());
+    if (!role) return fail(role.error());
+    po.became_primary_unix_ms = role->became_primary_unix_ms;
     auto pairing = SecondaryPairing::open(io.get_executor(), g.db, po);
     if (!pairing) return fail(pairing.error());
     g.pairing = *pairing;

@@ -11,6 +11,7 @@
 
 #include "config.pb.h"
 #include "shared/base/error.hpp"
+#include "shared/pair/split_brain_policy.hpp"
 
 namespace colo {
 
@@ -36,6 +37,8 @@ unsigned poll_us(const config::DaemonConfig& cfg);
 
 // The quorum child that is the secondary ("peer" unless the config names another).
 std::string replication_peer_child(const config::ReplicationConfig& r);
+// replication.after_split_brain (validated) as the policy the pair's code judges by.
+AfterSplitBrain after_split_brain_from_config(config::AfterSplitBrain p);
 // The primary's front-end export's smallest minimum block size (export_block_bytes_min; 512
 // unless the config sets it). The export advertises the larger of this and its disk's alignment.
 std::uint32_t replication_export_block_bytes_min(const config::ReplicationConfig& r);

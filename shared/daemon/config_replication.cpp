@@ -18,6 +18,14 @@ std::string replication_peer_child(const config::ReplicationConfig& r) {
   return r.peer_child().empty() ? "peer" : r.peer_child();
 }
 
+AfterSplitBrain after_split_brain_from_config(config::AfterSplitBrain p) {
+  switch (p) {
+    case config::DISCARD_ZERO_CHANGES: return AfterSplitBrain::discard_zero_changes;
+    case config::DISCARD_YOUNGER_PRIMARY: return AfterSplitBrain::discard_younger_primary;
+    default: return AfterSplitBrain::disconnect;
+  }
+}
+
 std::uint32_t replication_bitmap_block_bytes(const config::ReplicationConfig& r) {
   return r.has_bitmap_block_bytes() ? r.bitmap_block_bytes() : 64u * 1024u;
 }
@@ -111,6 +119,11 @@ void validate_replication_config(const config::DaemonConfig& cfg,
       errors.push_back(fmt::format("replication.bitmap_block_bytes: {} is not a power of two "
                                    "from 4096 to 16777216", b));
     }
+  }
+  if (!config::AfterSplitBrain_IsValid(r.after_split_brain())) {
+    errors.push_back(fmt::format("replication.after_split_brain: unknown policy {} (DISCONNECT, "
+                                 "DISCARD_ZERO_CHANGES or DISCARD_YOUNGER_PRIMARY)",
+                                 static_cast<int>(r.after_split_brain())));
   }
   if (r.write_mode() != config::SYNC && r.write_mode() != config::ASYNC) {
     errors.push_back(fmt::format("replication.write_mode: unknown mode {}",

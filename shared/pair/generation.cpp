@@ -13,7 +13,8 @@
 namespace colo {
 namespace {
 
-constexpr std::string_view kMagic = "colo-generations 1";
+constexpr std::string_view kMagic = "colo-generations 2";
+constexpr std::string_view kMagicV1 = "colo-generations 1";
 
 bool holds(const std::vector<std::uint64_t>& ids, std::uint64_t id) {
   return id != 0 && std::find(ids.begin(), ids.end(), id) != ids.end();
@@ -23,8 +24,8 @@ bool holds(const std::vector<std::uint64_t>& ids, std::uint64_t id) {
 std::string encode_body(const Generations& g) {
   std::string history;
   for (std::uint64_t id : g.history) history += fmt::format("{}{:016x}", history.empty() ? "" : ",", id);
-  return fmt::format("{}\ncurrent {:016x}\nbitmap {:016x}\nhistory {}\n", kMagic, g.current,
-                     g.bitmap, history);
+  return fmt::format("{}\ncurrent {:016x}\nbitmap {:016x}\nhistory {}\nwrote {}\n", kMagic,
+                     g.current, g.bitmap, history, g.wrote ? 1 : 0);
 }
 
 bool parse_hex(std::string_view text, std::uint64_t* out) {
@@ -92,7 +93,7 @@ std::string generation_hex(std::uint64_t id) { return fmt::format("{:016x}", id)
 
 Generations adopt_generation(const Generations& g, std::uint64_t id) {
   CHECK(id != 0);
-  if (g.current == id) return Generations{id, 0, g.history};
+  if (g.current == id) return Generations{id, 0, g.history, g.wrote};
   Generations out;
   out.current = id;
   if (g.current != 0) out.history.push_back(g.current);
@@ -146,7 +147,9 @@ Result<std::optional<Generations>> load_generations(const std::string& path) {
   const std::string_view body = **text;
   std::string_view rest = body;
   const auto nl = rest.find('\n');
-  if (nl == std::string_view::npos || rest.substr(0, nl) != kMagic) return damaged("unknown format");
+  if (nl == std::string_view::npos) return damaged("unknown format");
+  const bool v1 = rest.substr(0, nl) == kMagicV1;
+  if (!v1 && rest.substr(0, nl) != kMagic) return damaged("unknown format");
   rest.remove_prefix(nl + 1);
   Generations g;
   std::string_view value;
@@ -164,6 +167,14 @@ Result<std::optional<Generations>> load_generations(const std::string& path) {
     g.history.push_back(id);
     if (comma == std::string_view::npos) break;
     value.remove_prefix(comma + 1);
+  }
+  if (v1) {
+    g.wrote = g.bitmap != 0;
+  } else {
+    if (!take_line(rest, "wrote", &value) || (value != "0" && value != "1")) {
+      return damaged("wrote");
+    }
+    g.wrote = value == "1";
   }
   if (!rest.empty()) return damaged("trailing lines");
   return std::optional<Generations>(std::move(g));

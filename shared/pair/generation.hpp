@@ -34,11 +34,18 @@ struct Generations {
   std::uint64_t current = 0;
   std::uint64_t bitmap = 0;
   std::vector<std::uint64_t> history;  // newest first, at most kGenerationHistoryMax
+  // This node acknowledged a write (trim, write-zeroes) in `current` that its peer did not get:
+  // set durably, with the rest of this record, before the first such write is acknowledged
+  // (the primary's divergence guard), so it costs one store per generation. A generation that
+  // starts without a write (a promotion; taking a primary's generation) starts it false: the
+  // blocks a promotion rolls back are not changes (the rollback returns to the common
+  // checkpoint). The split-brain policy discard-zero-changes reads it.
+  bool wrote = false;
   bool operator==(const Generations&) const = default;
 };
 
 // bitmap := current, current := `fresh` (non-zero, different from every id held), and the old
-// current goes to the front of the history (the oldest falls off).
+// current goes to the front of the history (the oldest falls off); `wrote` starts false.
 Generations start_new_generation(const Generations& g, std::uint64_t fresh);
 
 // A fresh random id (OpenSSL's RAND_bytes), non-zero and different from every id `g` holds.
@@ -67,6 +74,9 @@ std::string_view to_string(SyncDecision d);
 SyncDecision decide_sync(const Generations& mine, const Generations& peer);
 
 // Durable storage at `path` (written through "<path>.tmp", synced, renamed, directory synced).
+// Format "colo-generations 2" (a `wrote 0|1` line after the history); a file of format 1 (no
+// such line) is read with `wrote` = (bitmap != 0): a node that may have written is taken for
+// one that did.
 Result<void> store_generations(const std::string& path, const Generations& g);
 
 // `coloctl resolve --discard-mine` (docs/split_brain.md): the durable marker that makes this

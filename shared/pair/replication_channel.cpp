@@ -105,7 +105,8 @@ void ReplicationChannel::enqueue(const replication::Envelope& message) {
 }
 
 Task<Result<replication::Envelope>> ReplicationChannel::call(replication::Envelope request,
-                                                             std::chrono::milliseconds timeout) {
+                                                             std::chrono::milliseconds timeout,
+                                                             replication::ErrorReply* refusal) {
   if (!open_) co_return make_error(ESHUTDOWN, options_.label + ": the channel is closed");
   const std::uint64_t seq = next_seq_++;
   request.set_seq(seq);
@@ -120,6 +121,7 @@ Task<Result<replication::Envelope>> ReplicationChannel::call(replication::Envelo
   if (pending.reply) {
     replication::Envelope reply = std::move(*pending.reply);
     if (reply.has_error()) {
+      if (refusal != nullptr) *refusal = reply.error();
       co_return make_error(errno_of(reply.error().code()),
                            fmt::format("{}: {}", options_.label, reply.error().message()));
     }

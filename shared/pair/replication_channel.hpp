@@ -115,9 +115,12 @@ class ReplicationChannel : public std::enable_shared_from_this<ReplicationChanne
 
   // Sends a request and waits for its reply. Errors: ETIMEDOUT (no reply within `timeout`),
   // ESHUTDOWN (the channel closed), or the peer's ErrorReply as an Error whose code is
-  // errno_of(code) and whose message is the peer's (prefixed by the label).
+  // errno_of(code) and whose message is the peer's (prefixed by the label). With `refusal`,
+  // the peer's ErrorReply is also copied there (its attached hello, proto/replication.proto);
+  // the pointee must outlive the call.
   Task<Result<replication::Envelope>> call(replication::Envelope request,
-                                           std::chrono::milliseconds timeout);
+                                           std::chrono::milliseconds timeout,
+                                           replication::ErrorReply* refusal = nullptr);
 
   // Closes the stream and fails pending calls with ESHUTDOWN. Idempotent; does not run
   // on_lost.

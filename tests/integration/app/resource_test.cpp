@@ -29,6 +29,7 @@ struct ResourceOptions {
   std::string write_mode = "SYNC";
   std::uint64_t disk_bytes = kDiskBytes;
   bool proxy_b = false;  // a TcpProxy in front of node b's replication export
+  std::string after_split_brain;  // replication.after_split_brain; empty: not set (DISCONNECT)
 };
 
 class Resource {
@@ -69,8 +70,9 @@ replication {{
   write_mode: {}
   heartbeat_interval_ms: 100
   heartbeat_timeout_ms: 1000
-}}
-)", o_.write_mode) + nodes);
+{}}}
+)", o_.write_mode, o_.after_split_brain.empty() ? ""
+                  : "  after_split_brain: " + o_.after_split_brain + "\n") + nodes);
   }
   ~Resource() {
     for (auto& p : procs_) {
@@ -349,6 +351,157 @@ TEST(Resource, SplitBrainIsResolvedByOneCommandAndTheVictimsBlocksAreKept) {
   }
   ASSERT_EQ(r.cmd(1, {"checkpoint"}).exit_code, 0);
   EXPECT_EQ(r.image(0), r.image(1));
+}
+
+// Automatic split-brain policies (docs/split_brain.md, "Automatic policies"). a is the
+// primary, b its secondary; after a checkpoint a writes w (it reaches b's buffer), then the
+// replication link stops and a writes x alone; a stops and b is promoted (rolling w back,
+// which leaves one block dirty on b that is no write of b's). `b_writes`: b then writes y.
+// a comes back: a split brain, which the policy resolves with no operator: b is the victim,
+// becomes the secondary on its own, a lifts its fence when b says it discards its data, and
+// the resync makes both disks a's; b's split-brain overlay gives back b's disk as it was.
+struct AutoSplitBrain {
+  static constexpr std::uint64_t kMiB = 1u << 20;
+  Resource r;
+  std::string expected_a;  // a's data: what both disks hold at the end
+  std::string b_before;    // b's disk before the resolution
+
+  AutoSplitBrain(const std::string& policy, bool b_writes)
+      : r({.disk_bytes = 64 * kMiB, .proxy_b = true, .after_split_brain = policy}) {
+    std::string a(64 * kMiB, '\0');
+    std::fill_n(a.begin(), kMiB, 'p');
+    std::string b = a;  // b's disk after its rollback: the checkpoint
+    std::fill_n(a.begin() + 4 * kMiB, 64u << 10, 'w');
+    std::fill_n(a.begin() + 8 * kMiB, 64u << 10, 'x');
+    if (b_writes) std::fill_n(b.begin() + 20 * kMiB, 64u << 10, 'y');
+    expected_a = test::sha256_hex(a);
+    b_before = test::sha256_hex(b);
+  }
+
+  void split() {
+    ASSERT_NO_FATAL_FAILURE(r.start(0));
+    ASSERT_NO_FATAL_FAILURE(r.start(1));
+    ASSERT_EQ(r.cmd(0, {"promote", "--wait"}).exit_code, 0);
+    ASSERT_TRUE(r.wait_status(0, "peer_state: paired")) << r.log(0);
+    {
+      Nbd nbd(r.sock(0));
+      nbd.write(0, kMiB, 'p');
+      ASSERT_EQ(r.cmd(0, {"checkpoint"}).exit_code, 0);
+      nbd.write(4 * kMiB, 64u << 10, 'w');  // reaches b: b rolls it back when promoted
+      r.proxy()->set_blackhole(true);
+      nbd.write(8 * kMiB, 64u << 10, 'x');  // a alone, after it detached b
+    }
+    ASSERT_TRUE(r.wait_status(0, "dirty: 2 blocks")) << r.cmd(0, {"status"}).output;
+    EXPECT_TRUE(r.wait_status(0, "this generation written here: yes"))
+        << r.cmd(0, {"status"}).output;
+    r.stop(0);
+    r.proxy()->set_blackhole(false);
+    ASSERT_TRUE(r.wait_status(1, "disconnected")) << r.cmd(1, {"status"}).output;
+    // A second apart, so the younger primary is b on any clock resolution.
+    std::this_thread::sleep_for(1s);
+    ASSERT_EQ(r.cmd(1, {"promote", "--force", "--wait"}).exit_code, 0) << r.log(1);
+    // The block b rolled back is dirty on b, but it is no change of b's.
+    EXPECT_TRUE(r.wait_status(1, "dirty: 1 blocks")) << r.cmd(1, {"status"}).output;
+    EXPECT_TRUE(r.wait_status(1, "this generation written here: no"))
+        << r.cmd(1, {"status"}).output;
+  }
+
+  void b_writes() {
+    Nbd nbd(r.sock(1));
+    nbd.write(20 * kMiB, 64u << 10, 'y');
+    EXPECT_TRUE(r.wait_status(1, "this generation written here: yes"))
+        << r.cmd(1, {"status"}).output;
+  }
+
+  // a comes back; no operator command from here on.
+  void meet_and_expect_b_discarded(const std::string& policy_name) {
+    ASSERT_NO_FATAL_FAILURE(r.start(0));
+    ASSERT_TRUE(r.wait_status(1, "role: secondary", 20s)) << r.log(1);
+    ASSERT_TRUE(r.wait_status(0, "peer_state: paired", 20s)) << r.log(0) << "\n--- b:\n"
+                                                             << r.log(1);
+    ASSERT_TRUE(r.wait_status(0, "dirty: 0 blocks", 20s)) << r.cmd(0, {"status"}).output;
+    ASSERT_EQ(r.cmd(0, {"checkpoint"}).exit_code, 0);
+    const std::string la = r.log(0);
+    const std::string lb = r.log(1);
+    // Both judged, each on its own, and named the same victim: b.
+    for (const std::string* l : {&la, &lb}) {
+      EXPECT_NE(l->find("\"event\":\"split_brain_auto_resolved\""), std::string::npos) << *l;
+      EXPECT_NE(l->find("\"policy\":\"" + policy_name + "\""), std::string::npos) << *l;
+      EXPECT_NE(l->find("\"victim\":\"b\""), std::string::npos) << *l;
+      EXPECT_EQ(l->find("\"victim\":\"a\""), std::string::npos) << *l;
+    }
+    // b resolved as `resolve --discard-mine` does: marker, demote (its fence went), secondary.
+    EXPECT_NE(lb.find("split brain resolved automatically"), std::string::npos) << lb;
+    EXPECT_NE(lb.find("\"event\":\"unfenced\""), std::string::npos) << lb;
+    EXPECT_NE(la.find("\"event\":\"unfenced\""), std::string::npos) << la;
+    EXPECT_NE(la.find("\"event\":\"split_brain_resolving\""), std::string::npos) << la;
+    EXPECT_TRUE(r.wait_status(0, "role: primary"));
+    EXPECT_EQ(r.image(0), r.image(1));
+    EXPECT_EQ(r.image(0), expected_a);
+    // b's disk before the resolution, from its overlay.
+    const std::string file = r.state(1) + "/../b-before.img";
+    auto e = r.cmd(1, {"split-brain", "export", file});
+    ASSERT_EQ(e.exit_code, 0) << e.output;
+    EXPECT_EQ(test::sha256_hex(test::read_file(file)), b_before);
+    // a serves, and b replicates it.
+    {
+      Nbd nbd(r.sock(0));
+      nbd.write(30 * kMiB, 4096, 'z');
+    }
+    ASSERT_EQ(r.cmd(0, {"checkpoint"}).exit_code, 0);
+    EXPECT_EQ(r.image(0), r.image(1));
+  }
+};
+
+// discard-zero-changes: b was promoted but never wrote (its rolled-back block is no write of
+// its own); a wrote alone: b is the victim.
+TEST(Resource, DiscardZeroChangesDiscardsThePromotedNodeThatNeverWrote) {
+  AutoSplitBrain t("DISCARD_ZERO_CHANGES", false);
+  ASSERT_NO_FATAL_FAILURE(t.split());
+  EXPECT_TRUE(t.r.wait_status(1, "after_split_brain: discard-zero-changes"));
+  auto js = t.r.cmd(1, {"--json", "status"});
+  EXPECT_NE(js.output.find("\"after_split_brain\":\"discard-zero-changes\""), std::string::npos)
+      << js.output;
+  ASSERT_NO_FATAL_FAILURE(t.meet_and_expect_b_discarded("discard-zero-changes"));
+  // On the secondary too.
+  EXPECT_TRUE(t.r.wait_status(1, "after_split_brain: discard-zero-changes"));
+}
+
+// discard-younger-primary: both wrote; b became the primary later: b is the victim.
+TEST(Resource, DiscardYoungerPrimaryDiscardsTheLaterPrimaryWhenBothWrote) {
+  AutoSplitBrain t("DISCARD_YOUNGER_PRIMARY", true);
+  ASSERT_NO_FATAL_FAILURE(t.split());
+  ASSERT_NO_FATAL_FAILURE(t.b_writes());
+  ASSERT_NO_FATAL_FAILURE(t.meet_and_expect_b_discarded("discard-younger-primary"));
+}
+
+// discard-zero-changes when both wrote: nobody is named; both stay fenced, and the event says
+// why; the operator's command still resolves it.
+TEST(Resource, DiscardZeroChangesLeavesItToTheOperatorWhenBothWrote) {
+  AutoSplitBrain t("DISCARD_ZERO_CHANGES", true);
+  ASSERT_NO_FATAL_FAILURE(t.split());
+  ASSERT_NO_FATAL_FAILURE(t.b_writes());
+  ASSERT_NO_FATAL_FAILURE(t.r.start(0));
+  EXPECT_TRUE(t.r.wait_status(0, "state: fenced")) << t.r.log(0);
+  EXPECT_TRUE(t.r.wait_status(1, "state: fenced")) << t.r.log(1);
+  std::this_thread::sleep_for(3s);  // more than a fenced node's look at its peer
+  EXPECT_TRUE(t.r.wait_status(0, "state: fenced"));
+  EXPECT_TRUE(t.r.wait_status(1, "role: primary"));
+  EXPECT_TRUE(t.r.wait_status(1, "state: fenced"));
+  for (int i : {0, 1}) {
+    const std::string l = t.r.log(i);
+    EXPECT_NE(l.find("\"event\":\"split_brain_not_auto_resolved\""), std::string::npos) << l;
+    EXPECT_NE(l.find("both sides wrote since the common generation"), std::string::npos) << l;
+    EXPECT_EQ(l.find("\"event\":\"split_brain_auto_resolved\""), std::string::npos) << l;
+    EXPECT_EQ(l.find("\"event\":\"discard_mine\""), std::string::npos) << l;
+  }
+  auto res = t.r.cmd(1, {"resolve", "--discard-mine"});
+  ASSERT_EQ(res.exit_code, 0) << res.output;
+  ASSERT_TRUE(t.r.wait_status(0, "peer_state: paired", 20s)) << t.r.log(0);
+  ASSERT_TRUE(t.r.wait_status(0, "dirty: 0 blocks", 20s)) << t.r.cmd(0, {"status"}).output;
+  ASSERT_EQ(t.r.cmd(0, {"checkpoint"}).exit_code, 0);
+  EXPECT_EQ(t.r.image(0), t.expected_a);
+  EXPECT_EQ(t.r.image(1), t.expected_a);
 }
 
 TEST(Resource, ADamagedRoleFileRefusesTheStart) {

@@ -6,6 +6,9 @@
 #include "shared/daemon/config.hpp"
 #include "shared/daemon/resource_config.hpp"
 #include "shared/daemon/role_state.hpp"
+#include "shared/pair/state_file.hpp"
+
+#include <chrono>
 #include "test_support.hpp"
 #include "process.hpp"
 
@@ -116,6 +119,87 @@ TEST(RoleState, ANewNodeIsASecondaryAndTheRoleSurvivesAndDamageIsAnError) {
   ASSERT_FALSE(bad);
   EXPECT_NE(bad.error().message.find("is damaged (checksum mismatch)"), std::string::npos);
   EXPECT_FALSE(store_role(dir.path().string(), config::ROLE_UNSPECIFIED));
+}
+
+// The role file records when the node became the primary (the split-brain policy
+// discard-younger-primary compares it); a demote keeps it; a file of format 1 has none.
+TEST(RoleState, BecomingThePrimaryIsTimedAndTheTimeSurvivesADemote) {
+  test::TempDir dir;
+  const std::string d = dir.path().string();
+  const auto now_ms = [] {
+    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count());
+  };
+  const std::uint64_t before = now_ms();
+  ASSERT_TRUE(store_role(d, config::PRIMARY));
+  auto p = load_role_state(d);
+  ASSERT_TRUE(p) << p.error().to_string();
+  EXPECT_EQ(p->role, config::PRIMARY);
+  EXPECT_GE(p->became_primary_unix_ms, before);
+  EXPECT_LE(p->became_primary_unix_ms, now_ms());
+  ASSERT_TRUE(store_role(d, config::SECONDARY));
+  auto s = load_role_state(d);
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->role, config::SECONDARY);
+  EXPECT_EQ(s->became_primary_unix_ms, p->became_primary_unix_ms);
+  ASSERT_TRUE(write_checksummed_file(dir.file("role"), "colo-role 1\nrole primary\n"));
+  auto v1 = load_role_state(d);
+  ASSERT_TRUE(v1) << v1.error().to_string();
+  EXPECT_EQ(v1->role, config::PRIMARY);
+  EXPECT_EQ(v1->became_primary_unix_ms, 0u);
+  ASSERT_TRUE(write_checksummed_file(dir.file("role"),
+                                     "colo-role 2\nrole primary\nbecame_primary_unix_ms x\n"));
+  auto bad = load_role_state(d);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("is damaged (became_primary_unix_ms)"), std::string::npos)
+      << bad.error().message;
+}
+
+// replication.after_split_brain is in the shared section: both nodes, in both roles, judge a
+// split brain by the same policy.
+TEST(ResourceConfig, TheSplitBrainPolicyReachesEveryView) {
+  std::string t = kResource;
+  t.replace(t.find("write_mode: ASYNC"), 17, "write_mode: ASYNC after_split_brain: DISCARD_ZERO_CHANGES");
+  auto cfg = parse_config_text(t, "r.conf");
+  ASSERT_TRUE(cfg) << cfg.error().to_string();
+  for (const char* node : {"alpha", "beta"}) {
+    for (config::Role role : {config::PRIMARY, config::SECONDARY}) {
+      auto v = node_config(*cfg, node, role);
+      ASSERT_TRUE(v);
+      EXPECT_EQ(v->replication().after_split_brain(), config::DISCARD_ZERO_CHANGES) << node;
+      EXPECT_TRUE(validate_config(*v).empty());
+      EXPECT_EQ(after_split_brain_from_config(v->replication().after_split_brain()),
+                AfterSplitBrain::discard_zero_changes);
+    }
+  }
+  // The default: the operator decides.
+  auto plain = parse_config_text(kResource, "r.conf");
+  ASSERT_TRUE(plain);
+  EXPECT_EQ(node_config(*plain, "alpha", config::SECONDARY)->replication().after_split_brain(),
+            config::DISCONNECT);
+  EXPECT_EQ(after_split_brain_from_config(config::DISCONNECT), AfterSplitBrain::disconnect);
+}
+
+// A policy that does not exist is refused with the option named, by name or by number.
+TEST(ResourceConfig, AnUnknownSplitBrainPolicyIsAClearError) {
+  std::string t = kResource;
+  t.replace(t.find("write_mode: ASYNC"), 17, "write_mode: ASYNC after_split_brain: DISCARD_OLDER");
+  auto byname = parse_config_text(t, "r.conf");
+  ASSERT_FALSE(byname);
+  EXPECT_NE(byname.error().message.find("r.conf:2"), std::string::npos) << byname.error().message;
+  EXPECT_NE(byname.error().message.find("DISCARD_OLDER"), std::string::npos)
+      << byname.error().message;
+  EXPECT_NE(byname.error().message.find("after_split_brain"), std::string::npos)
+      << byname.error().message;
+  t = kResource;
+  t.replace(t.find("write_mode: ASYNC"), 17, "write_mode: ASYNC after_split_brain: 7");
+  auto bynumber = parse_config_text(t, "r.conf");
+  ASSERT_FALSE(bynumber);
+  EXPECT_NE(bynumber.error().message.find("replication.after_split_brain: unknown policy 7 "
+                                          "(DISCONNECT, DISCARD_ZERO_CHANGES or "
+                                          "DISCARD_YOUNGER_PRIMARY)"),
+            std::string::npos) << bynumber.error().message;
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include "process.hpp"
 #include "shared/pair/generation.hpp"
+#include "shared/pair/state_file.hpp"
 #include "test_support.hpp"
 
 namespace colo {
@@ -69,6 +70,43 @@ TEST(Generations, StoreAndLoadRoundTripAndAMissingFileIsNone) {
     ASSERT_TRUE(back->has_value());
     EXPECT_EQ(**back, g);
   }
+}
+
+// `wrote` (the split-brain policy's record of a write in the current generation) is stored
+// with the rest; a new generation starts without one; a file of format 1 (before the record
+// existed) is read as "wrote" whenever its bitmap says the node went its own way.
+TEST(Generations, TheWriteRecordIsStoredAndAFormat1FileIsReadConservatively) {
+  test::TempDir dir;
+  const std::string path = dir.file("generations");
+  Generations g = gen(0xb, 0xa, {0xa});
+  g.wrote = true;
+  ASSERT_TRUE(store_generations(path, g));
+  EXPECT_NE(test::read_file(path).find("colo-generations 2\n"), std::string::npos);
+  EXPECT_NE(test::read_file(path).find("\nwrote 1\n"), std::string::npos);
+  auto back = load_generations(path);
+  ASSERT_TRUE(back) << back.error().to_string();
+  EXPECT_TRUE((*back)->wrote);
+  EXPECT_EQ(**back, g);
+  EXPECT_FALSE(start_new_generation(g, 0xc).wrote);
+  EXPECT_FALSE(adopt_generation(g, 0xd).wrote);
+
+  // Format 1, written by hand with a valid checksum.
+  for (const auto& [bitmap, wrote] : {std::pair<const char*, bool>{"00000000000000aa", true},
+                                      std::pair<const char*, bool>{"0000000000000000", false}}) {
+    const std::string body = std::string("colo-generations 1\ncurrent 00000000000000bb\nbitmap ") +
+                             bitmap + "\nhistory 00000000000000aa\n";
+    ASSERT_TRUE(write_checksummed_file(path, body));
+    auto v1 = load_generations(path);
+    ASSERT_TRUE(v1) << v1.error().to_string();
+    EXPECT_EQ((*v1)->current, 0xbbu);
+    EXPECT_EQ((*v1)->wrote, wrote) << bitmap;
+  }
+  // A format-2 file without the line is damaged.
+  ASSERT_TRUE(write_checksummed_file(path, "colo-generations 2\ncurrent 00000000000000bb\nbitmap "
+                                           "0000000000000000\nhistory \n"));
+  auto bad = load_generations(path);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("(wrote)"), std::string::npos) << bad.error().message;
 }
 
 // A damaged file is an error naming the path, never taken for "no generation".
