@@ -283,13 +283,19 @@ TEST_P(Failback, TheOldPrimaryRejoinsWithTheDeltaOnly) {
 
 INSTANTIATE_TEST_SUITE_P(Modes, Failback, ::testing::Values("SYNC", "ASYNC"));
 
-// Split brain: a loses its secondary and writes alone; b is promoted and writes too. When a
-// comes back both fence (neither serves) and report the split brain. One command names the
-// victim (`resolve --discard-mine` on a): a becomes the secondary, b lifts its fence, and b's
-// data overwrites exactly the blocks either side wrote; a's earlier disk comes back byte for
+// Split brain, resolved each way: a loses its secondary and writes alone, is stopped; b is
+// promoted and writes too, and is stopped; a restarts while b is down (unreachable) and serves
+// a write alone. When b comes back both fence (neither serves) and report the split brain. One
+// command names the victim (`resolve --discard-mine`): the victim becomes the secondary, the
+// other lifts its fence, and its data overwrites exactly the blocks either side wrote; the
+// victim's earlier disk (a's: with the write it served after its restart) comes back byte for
 // byte from its split-brain overlay.
-TEST(Resource, SplitBrainIsResolvedByOneCommandAndTheVictimsBlocksAreKept) {
+class SplitBrain : public ::testing::TestWithParam<int> {};
+
+TEST_P(SplitBrain, ResolvedByOneCommandOnTheVictimWhoseBlocksAreKept) {
   constexpr std::uint64_t kMiB = 1u << 20;
+  const int victim = GetParam();
+  const int winner = 1 - victim;
   Resource r({.disk_bytes = 64 * kMiB, .proxy_b = true});
   ASSERT_NO_FATAL_FAILURE(r.start(0));
   ASSERT_NO_FATAL_FAILURE(r.start(1));
@@ -312,8 +318,17 @@ TEST(Resource, SplitBrainIsResolvedByOneCommandAndTheVictimsBlocksAreKept) {
     Nbd nbd(r.sock(1));
     nbd.write(20 * kMiB, 64u << 10, 'y');
   }
-  // a comes back: it meets b, a primary too, and both wrote since their common generation.
+  // b goes down; a restarts meanwhile, finds nobody and serves alone: a write it acknowledges
+  // must never vanish silently.
+  r.stop(1);
   ASSERT_NO_FATAL_FAILURE(r.start(0));
+  ASSERT_TRUE(r.wait_status(0, "role: primary")) << r.log(0);
+  {
+    Nbd nbd(r.sock(0));
+    nbd.write(12 * kMiB, 4096, 'w');
+  }
+  // b comes back: two primaries, both wrote since their common generation.
+  ASSERT_NO_FATAL_FAILURE(r.start(1));
   EXPECT_TRUE(r.wait_status(0, "state: fenced")) << r.log(0);
   EXPECT_TRUE(r.wait_status(1, "state: fenced")) << r.log(1);
   EXPECT_NE(r.log(0).find("split brain"), std::string::npos);
@@ -322,36 +337,48 @@ TEST(Resource, SplitBrainIsResolvedByOneCommandAndTheVictimsBlocksAreKept) {
     EXPECT_EQ(nbd_connect_unix(h, r.sock(i).c_str()), -1) << "node " << i << " still serves";
     nbd_close(h);
   }
-  const std::string a_before = r.image(0);
+  const std::string victim_before = r.image(victim);
 
-  auto res = r.cmd(0, {"resolve", "--discard-mine"});
+  auto res = r.cmd(victim, {"resolve", "--discard-mine"});
   ASSERT_EQ(res.exit_code, 0) << res.output;
-  ASSERT_TRUE(r.wait_status(0, "role: secondary")) << r.log(0);
-  // b sees the victim, lifts its fence, restarts as the primary and resyncs both sides' blocks.
-  ASSERT_TRUE(r.wait_status(1, "peer_state: paired", 20s)) << r.log(1) << "\n--- a:\n"
-                                                           << r.log(0);
-  ASSERT_TRUE(r.wait_status(1, "dirty: 0 blocks", 20s)) << r.cmd(1, {"status"}).output;
-  ASSERT_EQ(r.cmd(1, {"checkpoint"}).exit_code, 0);
-  EXPECT_NE(r.log(1).find("\"event\":\"unfenced\""), std::string::npos);
-  EXPECT_NE(r.log(1).find("\"event\":\"split_brain_resolving\""), std::string::npos);
+  ASSERT_TRUE(r.wait_status(victim, "role: secondary")) << r.log(victim);
+  // The winner sees the victim, lifts its fence, restarts as the primary and resyncs both
+  // sides' blocks.
+  ASSERT_TRUE(r.wait_status(winner, "peer_state: paired", 20s))
+      << r.log(winner) << "\n--- victim:\n" << r.log(victim);
+  ASSERT_TRUE(r.wait_status(winner, "dirty: 0 blocks", 20s)) << r.cmd(winner, {"status"}).output;
+  ASSERT_EQ(r.cmd(winner, {"checkpoint"}).exit_code, 0);
+  EXPECT_NE(r.log(winner).find("\"event\":\"unfenced\""), std::string::npos);
+  EXPECT_NE(r.log(winner).find("\"event\":\"split_brain_resolving\""), std::string::npos);
   EXPECT_EQ(r.image(0), r.image(1));
   std::string expected(64 * kMiB, '\0');
   std::fill_n(expected.begin(), kMiB, 'p');
-  std::fill_n(expected.begin() + 20 * kMiB, 64u << 10, 'y');
-  EXPECT_EQ(r.image(1), test::sha256_hex(expected));
-  // a's disk before the resolution, from its overlay (before b writes again: a later write
-  // reaches a's disk outside the overlay).
-  const std::string file = r.state(0) + "/../a-before.img";
-  auto e = r.cmd(0, {"split-brain", "export", file});
+  if (winner == 1) {
+    std::fill_n(expected.begin() + 20 * kMiB, 64u << 10, 'y');
+  } else {
+    std::fill_n(expected.begin() + 8 * kMiB, 64u << 10, 'x');
+    std::fill_n(expected.begin() + 12 * kMiB, 4096, 'w');
+  }
+  EXPECT_EQ(r.image(winner), test::sha256_hex(expected));
+  // The victim's disk before the resolution, from its overlay (before the winner writes
+  // again: a later write reaches the victim's disk outside the overlay).
+  const std::string file = r.state(victim) + "/../victim-before.img";
+  auto e = r.cmd(victim, {"split-brain", "export", file});
   ASSERT_EQ(e.exit_code, 0) << e.output;
-  EXPECT_EQ(test::sha256_hex(test::read_file(file)), a_before);
+  EXPECT_EQ(test::sha256_hex(test::read_file(file)), victim_before);
   {
-    Nbd nbd(r.sock(1));  // b serves again, and a replicates it
+    Nbd nbd(r.sock(winner));  // the winner serves again, and the victim replicates it
     nbd.write(30 * kMiB, 4096, 'z');
   }
-  ASSERT_EQ(r.cmd(1, {"checkpoint"}).exit_code, 0);
+  ASSERT_EQ(r.cmd(winner, {"checkpoint"}).exit_code, 0);
   EXPECT_EQ(r.image(0), r.image(1));
 }
+
+INSTANTIATE_TEST_SUITE_P(Victim, SplitBrain, ::testing::Values(0, 1),
+                         [](const ::testing::TestParamInfo<int>& i) {
+                           return i.param == 0 ? std::string("OldPrimary")
+                                               : std::string("PromotedNode");
+                         });
 
 // Automatic split-brain policies (docs/split_brain.md, "Automatic policies"). a is the
 // primary, b its secondary; after a checkpoint a writes w (it reaches b's buffer), then the
