@@ -62,25 +62,9 @@ SplitBrainVerdict Replicator::judge_split_brain(const SplitBrainFacts& peer,
   const std::string key = generation_hex(peer.generations.current);
   if (last_verdict_ != key) {
     last_verdict_ = key;
-    const std::string victim = v.victim == SplitBrainVictim::me     ? options_.identity.name
-                               : v.victim == SplitBrainVictim::peer ? peer_name
-                                                                    : "";
-    log::event({v.victim == SplitBrainVictim::none ? "split_brain_not_auto_resolved"
-                                                   : "split_brain_auto_resolved",
-                {{"resource", options_.resource},
-                 {"policy", std::string(to_string(options_.after_split_brain))},
-                 {"victim", victim},
-                 {"victim_is", std::string(to_string(v.victim))},
-                 {"reason", v.reason},
-                 {"peer", peer_name},
-                 {"generation", generation_hex(mine.generations.current)},
-                 {"peer_generation", key},
-                 {"common_generation", generation_hex(mine.generations.bitmap)},
-                 {"wrote", mine.generations.wrote ? "true" : "false"},
-                 {"peer_wrote", peer.generations.wrote ? "true" : "false"},
-                 {"dirty_blocks", std::to_string(tracker_->map().dirty_count())},
-                 {"became_primary_unix_ms", std::to_string(mine.became_primary_unix_ms)},
-                 {"peer_became_primary_unix_ms", std::to_string(peer.became_primary_unix_ms)}}});
+    log_split_brain_verdict({options_.resource, options_.identity.name, peer_name,
+                             tracker_->map().dirty_count()},
+                            mine, peer, v);
   }
   if (v.victim == SplitBrainVictim::me) {
     victim_pending_ = true;

@@ -318,24 +318,9 @@ void SecondaryPairing::judge_split_brain(const replication::Hello& hello, const 
   const std::string key = generation_hex(peer.generations.current);
   if (last_verdict_ != key) {
     last_verdict_ = key;
-    log::event({v.victim == SplitBrainVictim::none ? "split_brain_not_auto_resolved"
-                                                   : "split_brain_auto_resolved",
-                {{"resource", options_.resource},
-                 {"policy", std::string(to_string(options_.after_split_brain))},
-                 {"victim", v.victim == SplitBrainVictim::me     ? options_.identity.name
-                            : v.victim == SplitBrainVictim::peer ? who
-                                                                 : ""},
-                 {"victim_is", std::string(to_string(v.victim))},
-                 {"reason", v.reason},
-                 {"peer", who},
-                 {"generation", generation_hex(mine.generations.current)},
-                 {"peer_generation", key},
-                 {"common_generation", generation_hex(mine.generations.bitmap)},
-                 {"wrote", mine.generations.wrote ? "true" : "false"},
-                 {"peer_wrote", peer.generations.wrote ? "true" : "false"},
-                 {"dirty_blocks", std::to_string(own_dirty_ ? own_dirty_->dirty_count() : 0)},
-                 {"became_primary_unix_ms", std::to_string(mine.became_primary_unix_ms)},
-                 {"peer_became_primary_unix_ms", std::to_string(peer.became_primary_unix_ms)}}});
+    log_split_brain_verdict({options_.resource, options_.identity.name, who,
+                             own_dirty_ ? own_dirty_->dirty_count() : 0},
+                            mine, peer, v);
   }
   if (v.victim != SplitBrainVictim::me) return;
   // What `coloctl resolve --discard-mine` does on a secondary: the durable marker. The answer

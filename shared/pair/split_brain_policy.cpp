@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "shared/base/log.hpp"
+
 namespace colo {
 
 std::string_view to_string(AfterSplitBrain p) {
@@ -103,6 +105,29 @@ SplitBrainFacts split_brain_facts_from_hello(const replication::Hello& h) {
       break;
   }
   return f;
+}
+
+void log_split_brain_verdict(const SplitBrainEventContext& c, const SplitBrainFacts& mine,
+                             const SplitBrainFacts& peer, const SplitBrainVerdict& v) {
+  const std::string victim = v.victim == SplitBrainVictim::me     ? c.node_name
+                             : v.victim == SplitBrainVictim::peer ? c.peer_name
+                                                                  : "";
+  log::event({v.victim == SplitBrainVictim::none ? "split_brain_not_auto_resolved"
+                                                 : "split_brain_auto_resolved",
+              {{"resource", c.resource},
+               {"policy", std::string(to_string(mine.policy))},
+               {"victim", victim},
+               {"victim_is", std::string(to_string(v.victim))},
+               {"reason", v.reason},
+               {"peer", c.peer_name},
+               {"generation", generation_hex(mine.generations.current)},
+               {"peer_generation", generation_hex(peer.generations.current)},
+               {"common_generation", generation_hex(mine.generations.bitmap)},
+               {"wrote", mine.generations.wrote ? "true" : "false"},
+               {"peer_wrote", peer.generations.wrote ? "true" : "false"},
+               {"dirty_blocks", std::to_string(c.dirty_blocks)},
+               {"became_primary_unix_ms", std::to_string(mine.became_primary_unix_ms)},
+               {"peer_became_primary_unix_ms", std::to_string(peer.became_primary_unix_ms)}}});
 }
 
 }  // namespace colo

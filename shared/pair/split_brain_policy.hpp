@@ -58,6 +58,17 @@ struct SplitBrainVerdict {
 // unless the generations say split brain.
 SplitBrainVerdict decide_split_brain(const SplitBrainFacts& mine, const SplitBrainFacts& peer);
 
+// The event of a verdict (`split_brain_auto_resolved`, or `split_brain_not_auto_resolved` when
+// nobody was named), the same on either role: both sides' facts, the victim by name.
+struct SplitBrainEventContext {
+  std::string resource;
+  std::string node_name;  // this node
+  std::string peer_name;
+  std::uint64_t dirty_blocks = 0;  // this node's dirty bitmap
+};
+void log_split_brain_verdict(const SplitBrainEventContext& c, const SplitBrainFacts& mine,
+                             const SplitBrainFacts& peer, const SplitBrainVerdict& v);
+
 // The hello's form.
 replication::SplitBrainPolicy split_brain_policy_to_proto(AfterSplitBrain p);
 void split_brain_facts_to_hello(const SplitBrainFacts& f, replication::Hello* h);
