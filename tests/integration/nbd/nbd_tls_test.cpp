@@ -99,9 +99,9 @@ class NbdTls : public ::testing::Test {
   std::string nbds_x509(const std::string& dir) const {
     return "nbds://127.0.0.1:" + port() + "/r0?tls-certificates=" + dir;
   }
+  // libnbd takes the PSK identity from the URI's user part.
   std::string nbds_psk(const std::string& file) const {
-    return "nbds://127.0.0.1:" + port() + "/r0?tls-psk-file=" + file +
-           "&tls-username=" + pki_->psk_identity;
+    return "nbds://" + pki_->psk_identity + "@127.0.0.1:" + port() + "/r0?tls-psk-file=" + file;
   }
   void expect_ok(const CommandResult& r) {
     EXPECT_EQ(r.exit_code, 0) << r.output << "\ncolod log:\n" << log();
@@ -210,8 +210,13 @@ TEST_F(NbdTls, X509RefusalsChangeNothing) {
                  "no certificate");
   expect_refused(run_command({"nbdcopy", junk, nbds_x509(pki_->no_cert_dir)}),
                  "no certificate, nbdcopy");
+  // QEMU checks its own certificate against its CA first, so libnbd shows the server's side
+  // (GnuTLS sends no certificate the server's CA list does not name, OpenSSL clients send it:
+  // the server refuses both, tests/unit/tls has the second).
   expect_refused(qemu_io(x509_object(pki_->other_ca_dir), {"write -P 0x99 0 64k"}),
                  "another CA");
+  expect_refused(run_command({"nbdcopy", junk, nbds_x509(pki_->other_ca_dir)}),
+                 "another CA, nbdcopy");
   expect_refused(run_command({"nbdcopy", junk, nbds_x509(pki_->expired_dir)}), "expired");
   expect_refused(qemu_io(x509_object(pki_->stranger_dir), {"write -P 0x99 0 64k"}),
                  "not on the allow-list");
@@ -221,11 +226,8 @@ TEST_F(NbdTls, X509RefusalsChangeNothing) {
 
   const std::string l = log();
   EXPECT_TRUE(contains(l, "peer did not return a certificate")) << l;
-  EXPECT_TRUE(contains(l, "unable to get local issuer certificate")) << l;
   EXPECT_TRUE(contains(l, "certificate has expired")) << l;
-  EXPECT_TRUE(contains(l, "listener 127.0.0.1:" + port() + ": refused: TLS peer") ||
-              contains(l, "listener tcp:127.0.0.1:" + port() + ": refused: TLS peer"))
-      << l;
+  EXPECT_TRUE(contains(l, "listener tcp:127.0.0.1:" + port() + ": refused: TLS peer")) << l;
   EXPECT_TRUE(contains(l, "CN=\"stranger\"")) << l;
   EXPECT_TRUE(contains(l, "is not in allowed_identities")) << l;
   auto good = qemu_io(x509_object(pki_->client_dir), {"read -P 0x77 0 1M"});
@@ -274,7 +276,7 @@ TEST_F(NbdTls, GarbageAfterTheHandshakeChangesNothing) {
   expect_ok(qemu_io(x509_object(pki_->client_dir), {"write -P 0x42 0 1M"}));
   const std::string before = disk_sha();
   const std::string script = dir_.file("garbage.py");
-  test::write_file(script, R"(import os, socket, ssl, struct, sys
+  test::write_file(script, R"py(import os, select, socket, ssl, struct, sys
 port, pki, how = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 s = socket.create_connection(("127.0.0.1", port))
 def recv_exact(n):
@@ -300,13 +302,21 @@ if how == "nbd":
     t.sendall(os.urandom(4096))      # inside TLS, not an NBD option
 else:
     os.write(raw, os.urandom(4096))  # under TLS, not a record
-try:
-    t.settimeout(10)
-    data = t.recv(4096)
-    print("closed by the server" if not data else "got %d bytes" % len(data))
-except (ssl.SSLError, OSError) as e:
-    print("closed by the server:", e)
-)");
+# The server may answer with a TLS alert; what matters is that it then closes the socket.
+deadline = 10.0
+while True:
+    ready, _, _ = select.select([raw], [], [], deadline)
+    if not ready:
+        print("the server kept the connection open")
+        break
+    try:
+        if not os.read(raw, 65536):
+            print("closed by the server")
+            break
+    except ConnectionResetError:
+        print("closed by the server (reset)")
+        break
+)py");
   for (const std::string how : {"nbd", "tls"}) {
     auto r = run_command({kPython, script, port(), pki_->client_dir, how});
     EXPECT_EQ(r.exit_code, 0) << how << ": " << r.output << log();
