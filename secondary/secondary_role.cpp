@@ -440,6 +440,10 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
   // With a checkpoint channel the replication export admits only the current session's
   // connections (docs/replication.md, "Session token").
   if (cfg.has_replication()) g.guard = std::make_shared<nbd::SessionGuard>();
+  if (cfg.has_replication() && s.replication_tls().mode() == config::TlsConfig::REQUIRE) {
+    log::warn("secondary: replication_tls requires TLS, but the primary's NBD client does not "
+              "speak it yet (docs/tls.md): the primary cannot connect");
+  }
   auto replication = serve(io, {s.replication_export_name(), "colo replication export",
                                 g.db->primary_view(), false, g.guard},
                            s.replication_listen(), s.replication_tls(), "secondary.replication_tls");

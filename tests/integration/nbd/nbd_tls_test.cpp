@@ -61,6 +61,7 @@ class NbdTls : public ::testing::Test {
              "disk { path: \"" + disk_ + "\" create: true size_bytes: " +
              std::to_string(kDiskBytes) + " }\n"
              "export { name: \"r0\" listen: \"tcp:127.0.0.1:" + std::to_string(port_) + "\"" +
+             " listen: \"unix:" + dir_.file("nbd.sock") + "\"" +
              (tls_body.empty() ? "" : " tls { " + tls_body + " }") + " }\n");
     log_ = dir_.file("colod.log");
     colod_ = test::Process::start({COLO_BINARY_DIR "/colod", "--config", cfg}, log_);
@@ -165,6 +166,25 @@ TEST_F(NbdTls, X509ClientsQemuAndLibnbd) {
   EXPECT_TRUE(contains(l, "TLS required, x509 from " + pki_->server_dir)) << l;
   EXPECT_TRUE(contains(l, "TLS with x509 CN=\"client1\"")) << l;
   EXPECT_TRUE(contains(l, "TLSv1.3")) << l;
+}
+
+// The same TLS on the export's unix socket (QEMU needs the name to check, libnbd checks only
+// the chain).
+TEST_F(NbdTls, X509OverAUnixSocket) {
+  need("qemu-io");
+  need("nbdinfo");
+  start(x509_server());
+  const std::string sock = dir_.file("nbd.sock");
+  auto w = run_command({"qemu-io", "--object", x509_object(pki_->client_dir), "--image-opts",
+                        "driver=nbd,server.type=unix,server.path=" + sock +
+                            ",export=r0,tls-creds=tls0,tls-hostname=localhost",
+                        "-c", "write -P 0x21 0 64k", "-c", "read -P 0x21 0 64k"});
+  expect_ok(w);
+  EXPECT_FALSE(contains(w.output, "Pattern verification failed")) << w.output;
+  expect_ok(run_command({"nbdinfo", "nbds+unix:///r0?socket=" + sock +
+                                        "&tls-certificates=" + pki_->client_dir}));
+  expect_refused(run_command({"nbdinfo", "nbd+unix:///r0?socket=" + sock}), "plaintext, unix");
+  EXPECT_TRUE(contains(log(), "listener unix:" + sock + ": peer unix: TLS with x509")) << log();
 }
 
 TEST_F(NbdTls, PskClientsQemuAndLibnbd) {
