@@ -393,9 +393,10 @@ T run_to_completion(asio::io_context& io, Task<T> task) {
 }
 
 // `tls_where` names the TlsConfig in errors ("export.tls").
-Result<std::shared_ptr<NbdServer>> serve(asio::io_context& io, NbdExport e,
-                                         const google::protobuf::RepeatedPtrField<std::string>& listen,
-                                         const config::TlsConfig& tls, const std::string& tls_where) {
+Result<std::shared_ptr<NbdServer>> serve(
+    asio::io_context& io, NbdExport e,
+    const google::protobuf::RepeatedPtrField<std::string>& listen, const config::TlsConfig& tls,
+    const std::string& tls_where) {
   auto listener_tls = make_listener_tls(tls, tls_where);
   if (!listener_tls) return listener_tls.error();
   auto server = std::make_shared<NbdServer>(io);
@@ -446,7 +447,8 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
   }
   auto replication = serve(io, {s.replication_export_name(), "colo replication export",
                                 g.db->primary_view(), false, g.guard},
-                           s.replication_listen(), s.replication_tls(), "secondary.replication_tls");
+                           s.replication_listen(), s.replication_tls(),
+                           "secondary.replication_tls");
   if (!replication) return replication.error();
   g.replication = *replication;
   if (g.guard) {

@@ -9,7 +9,7 @@
 // ca-crl.pem, when present, is checked too.
 // PSK: the keys file; a server takes any identity the file has a key for, a client presents
 // psk_identity. The same callbacks serve TLS 1.2 (PSK cipher suites) and TLS 1.3 (an external
-// PSK with TLS_AES_128_GCM_SHA256, which GnuTLS, hence QEMU, libnbd and nbdkit, also use).
+// PSK with a SHA-256 cipher suite, as GnuTLS, hence QEMU, libnbd and nbdkit, offer it).
 // After the handshake, allowed() checks the peer against allowed_identities.
 // Built on the control path (create() reads the files); used single-threaded afterwards.
 

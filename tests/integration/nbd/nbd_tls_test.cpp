@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 
 #include <filesystem>
+#include <sstream>
 
 #include "process.hpp"
 #include "test_support.hpp"
@@ -75,6 +76,13 @@ class NbdTls : public ::testing::Test {
   }
 
   std::string log() const { return test::read_file(log_); }
+  // The log's "TLS with ..." lines (one per connection: version, cipher, kTLS), for the record.
+  void print_tls_lines() const {
+    std::istringstream in(log());
+    for (std::string line; std::getline(in, line);) {
+      if (contains(line, "TLS with")) std::printf("%s\n", line.c_str());
+    }
+  }
   std::string disk_sha() const { return test::sha256_hex(test::read_file(disk_)); }
   std::string port() const { return std::to_string(port_); }
 
@@ -161,7 +169,9 @@ TEST_F(NbdTls, X509ClientsQemuAndLibnbd) {
   need("qemu-io");
   need("nbdcopy");
   start(x509_server("allowed_identities: \"client1\""));
+  // In order: qemu-io, qemu-img, nbdinfo, nbdcopy twice, qemu-io.
   every_client_works(x509_object(pki_->client_dir), nbds_x509(pki_->client_dir));
+  print_tls_lines();
   const std::string l = log();
   EXPECT_TRUE(contains(l, "TLS required, x509 from " + pki_->server_dir)) << l;
   EXPECT_TRUE(contains(l, "TLS with x509 CN=\"client1\"")) << l;
@@ -192,6 +202,7 @@ TEST_F(NbdTls, PskClientsQemuAndLibnbd) {
   need("nbdcopy");
   start(psk_server());
   every_client_works(psk_object(pki_->psk_dir), nbds_psk(pki_->psk_file));
+  print_tls_lines();
   const std::string l = log();
   EXPECT_TRUE(contains(l, "TLS with PSK identity \"client1\"")) << l;
 }

@@ -10,8 +10,12 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include <openssl/ssl.h>
+
+#include <cstring>
 #include <memory>
 #include <optional>
+#include <thread>
 
 #include "process.hpp"
 #include "shared/tls/tls_stream.hpp"
@@ -261,6 +265,84 @@ TEST_F(TlsStreamTest, OverLoopbackTcpReportsKtls) {
   io_.run();
   EXPECT_FALSE(w || r);
   EXPECT_TRUE(test::all_bytes(got, 0x33));
+}
+
+// A TLS 1.2 client (plain blocking OpenSSL in a thread): x509, and PSK with a TLS 1.2 PSK
+// cipher suite, are served too, and data flows.
+TEST_F(TlsStreamTest, Tls12ClientsAreServed) {
+  for (const bool use_psk : {false, true}) {
+    int fds[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+    auto server_cfg = use_psk ? psk(pki_->psk_file) : x509(pki_->server_dir);
+    auto s = TlsStream::create(io_.get_executor(), fds[0], "server-end",
+                               context(server_cfg, Side::server));
+    ASSERT_TRUE(s);
+    std::string client_error;
+    std::string client_version;
+    std::string echoed;
+    std::thread client([&, fd = fds[1]] {
+      SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+      SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
+      if (use_psk) {
+        SSL_CTX_set_psk_client_callback(
+            ctx, [](SSL*, const char*, char* identity, unsigned int, unsigned char* key,
+                    unsigned int) -> unsigned int {
+              std::strcpy(identity, "client1");
+              const std::vector<unsigned char> bytes =
+                  load_psk_file(pki_->psk_file)->at("client1");
+              std::memcpy(key, bytes.data(), bytes.size());
+              return static_cast<unsigned int>(bytes.size());
+            });
+      } else {
+        SSL_CTX_load_verify_locations(ctx, (pki_->client_dir + "/ca-cert.pem").c_str(), nullptr);
+        SSL_CTX_use_certificate_file(ctx, (pki_->client_dir + "/client-cert.pem").c_str(),
+                                     SSL_FILETYPE_PEM);
+        SSL_CTX_use_PrivateKey_file(ctx, (pki_->client_dir + "/client-key.pem").c_str(),
+                                    SSL_FILETYPE_PEM);
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+      }
+      SSL* ssl = SSL_new(ctx);
+      SSL_set_fd(ssl, fd);
+      if (SSL_connect(ssl) != 1) {
+        client_error = take_openssl_errors();
+      } else {
+        client_version = SSL_get_version(ssl);
+        SSL_write(ssl, "ping", 4);
+        char buf[4];
+        int got = 0;
+        while (got < 4) {
+          const int n = SSL_read(ssl, buf + got, 4 - got);
+          if (n <= 0) break;
+          got += n;
+        }
+        echoed.assign(buf, static_cast<std::size_t>(got));
+        SSL_shutdown(ssl);
+      }
+      SSL_free(ssl);
+      SSL_CTX_free(ctx);
+      ::close(fd);
+    });
+    Result<PeerIdentity> who = make_error(EINVAL, "not run");
+    auto serve = [](TlsStream* st, Result<PeerIdentity>* out) -> Task<void> {
+      *out = co_await st->handshake(5s);
+      if (!*out) co_return;
+      std::array<std::byte, 4> b{};
+      if (co_await read_exact(st, b)) co_return;
+      const asio::const_buffer reply(b.data(), b.size());
+      (void)co_await st->write_all(std::span(&reply, 1));
+    };
+    asio::co_spawn(io_, serve(s->get(), &who), kRethrow);
+    io_.restart();
+    io_.run();
+    client.join();
+    ASSERT_TRUE(who) << who.error().message << " / client: " << client_error;
+    EXPECT_EQ(who->version, "TLSv1.2");
+    EXPECT_EQ(client_version, "TLSv1.2");
+    EXPECT_EQ(echoed, "ping");
+    EXPECT_EQ(who->psk, use_psk);
+    EXPECT_EQ(who->identity, "client1");
+    std::printf("TLS 1.2 client: server saw %s\n", who->describe().c_str());
+  }
 }
 
 TEST_F(TlsStreamTest, ClientWithoutCertificateIsRefused) {
