@@ -267,10 +267,22 @@ TEST_F(TlsStreamTest, OverLoopbackTcpReportsKtls) {
   EXPECT_TRUE(test::all_bytes(got, 0x33));
 }
 
-// A TLS 1.2 client (plain blocking OpenSSL in a thread): x509, and PSK with a TLS 1.2 PSK
-// cipher suite, are served too, and data flows.
-TEST_F(TlsStreamTest, Tls12ClientsAreServed) {
-  for (const bool use_psk : {false, true}) {
+// Another implementation as the client (plain blocking OpenSSL in a thread): TLS 1.2 with x509
+// and with a TLS 1.2 PSK cipher suite; TLS 1.3 with a key update the client requests before
+// each message (a post-handshake message our reads must take, answered by our next write).
+TEST_F(TlsStreamTest, OtherClientsTls12AndKeyUpdates) {
+  struct Case {
+    int max_version;
+    bool use_psk;
+    const char* version;
+  };
+  const Case cases[] = {{TLS1_2_VERSION, false, "TLSv1.2"},
+                       {TLS1_2_VERSION, true, "TLSv1.2"},
+                       {TLS1_3_VERSION, false, "TLSv1.3"},
+                       {TLS1_3_VERSION, true, "TLSv1.3"}};
+  for (const Case& k : cases) {
+    const bool use_psk = k.use_psk;
+    const bool key_updates = k.max_version == TLS1_3_VERSION;
     int fds[2];
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
     auto server_cfg = use_psk ? psk(pki_->psk_file) : x509(pki_->server_dir);
@@ -282,7 +294,7 @@ TEST_F(TlsStreamTest, Tls12ClientsAreServed) {
     std::string echoed;
     std::thread client([&, fd = fds[1]] {
       SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
-      SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
+      SSL_CTX_set_max_proto_version(ctx, k.max_version);
       if (use_psk) {
         SSL_CTX_set_psk_client_callback(
             ctx, [](SSL*, const char*, char* identity, unsigned int, unsigned char* key,
@@ -307,15 +319,18 @@ TEST_F(TlsStreamTest, Tls12ClientsAreServed) {
         client_error = take_openssl_errors();
       } else {
         client_version = SSL_get_version(ssl);
-        SSL_write(ssl, "ping", 4);
-        char buf[4];
-        int got = 0;
-        while (got < 4) {
-          const int n = SSL_read(ssl, buf + got, 4 - got);
-          if (n <= 0) break;
-          got += n;
+        for (const char* message : {"ping", "pong"}) {
+          if (key_updates) SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED);
+          SSL_write(ssl, message, 4);
+          char buf[4];
+          int got = 0;
+          while (got < 4) {
+            const int n = SSL_read(ssl, buf + got, 4 - got);
+            if (n <= 0) break;
+            got += n;
+          }
+          echoed.append(buf, static_cast<std::size_t>(got));
         }
-        echoed.assign(buf, static_cast<std::size_t>(got));
         SSL_shutdown(ssl);
       }
       SSL_free(ssl);
@@ -326,22 +341,24 @@ TEST_F(TlsStreamTest, Tls12ClientsAreServed) {
     auto serve = [](TlsStream* st, Result<PeerIdentity>* out) -> Task<void> {
       *out = co_await st->handshake(5s);
       if (!*out) co_return;
-      std::array<std::byte, 4> b{};
-      if (co_await read_exact(st, b)) co_return;
-      const asio::const_buffer reply(b.data(), b.size());
-      (void)co_await st->write_all(std::span(&reply, 1));
+      for (int i = 0; i < 2; ++i) {
+        std::array<std::byte, 4> b{};
+        if (co_await read_exact(st, b)) co_return;
+        const asio::const_buffer reply(b.data(), b.size());
+        if (co_await st->write_all(std::span(&reply, 1))) co_return;
+      }
     };
     asio::co_spawn(io_, serve(s->get(), &who), kRethrow);
     io_.restart();
     io_.run();
     client.join();
     ASSERT_TRUE(who) << who.error().message << " / client: " << client_error;
-    EXPECT_EQ(who->version, "TLSv1.2");
-    EXPECT_EQ(client_version, "TLSv1.2");
-    EXPECT_EQ(echoed, "ping");
+    EXPECT_EQ(who->version, k.version);
+    EXPECT_EQ(client_version, k.version);
+    EXPECT_EQ(echoed, "pingpong");
     EXPECT_EQ(who->psk, use_psk);
     EXPECT_EQ(who->identity, "client1");
-    std::printf("TLS 1.2 client: server saw %s\n", who->describe().c_str());
+    std::printf("OpenSSL client: server saw %s\n", who->describe().c_str());
   }
 }
 
