@@ -263,6 +263,9 @@ Task<void> resolve_automatically(ControlHandler demote, DaemonContext* ctx, std:
 // quorum over its children (the disk, NBD peers, other files), served on the front-end export.
 Result<void> start_primary(DaemonContext& ctx) {
   const config::DaemonConfig& cfg = ctx.config();
+  // The export's TLS credentials are read before anything is opened.
+  auto export_tls = make_listener_tls(cfg.export_().tls(), "export.tls");
+  if (!export_tls) return export_tls.error();
   auto disk = FileNode::open(ctx.io(), "local", file_node_options(cfg.disk()));
   if (!disk) return disk.error();
   log::info("primary: disk {} opened ({} bytes, {})", cfg.disk().path(), (*disk)->size_bytes(),
@@ -301,7 +304,7 @@ Result<void> start_primary(DaemonContext& ctx) {
     if (!serve_export) break;
     auto address = parse_listen_address(text);
     if (!address) return address.error();
-    if (auto r = server->listen(*address); !r) {
+    if (auto r = server->listen(*address, *export_tls); !r) {
       server->close();
       return r.error();
     }

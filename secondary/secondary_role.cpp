@@ -400,14 +400,19 @@ T run_to_completion(asio::io_context& io, Task<T> task) {
   return std::move(*out);
 }
 
-Result<std::shared_ptr<NbdServer>> serve(asio::io_context& io, NbdExport e,
-                                         const google::protobuf::RepeatedPtrField<std::string>& listen) {
+// `tls_where` names the TlsConfig in errors ("export.tls").
+Result<std::shared_ptr<NbdServer>> serve(
+    asio::io_context& io, NbdExport e,
+    const google::protobuf::RepeatedPtrField<std::string>& listen, const config::TlsConfig& tls,
+    const std::string& tls_where) {
+  auto listener_tls = make_listener_tls(tls, tls_where);
+  if (!listener_tls) return listener_tls.error();
   auto server = std::make_shared<NbdServer>(io);
   if (auto r = server->add_export(std::move(e)); !r) return r.error();
   for (const auto& text : listen) {
     auto address = parse_listen_address(text);
     if (!address) return address.error();
-    if (auto r = server->listen(*address); !r) {
+    if (auto r = server->listen(*address, *listener_tls); !r) {
       server->close();
       return r.error();
     }
@@ -444,9 +449,14 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
   // With a checkpoint channel the replication export admits only the current session's
   // connections (docs/replication.md, "Session token").
   if (cfg.has_replication()) g.guard = std::make_shared<nbd::SessionGuard>();
+  if (cfg.has_replication() && s.replication_tls().mode() == config::TlsConfig::REQUIRE) {
+    log::warn("secondary: replication_tls requires TLS, but the primary's NBD client does not "
+              "speak it yet (docs/tls.md): the primary cannot connect");
+  }
   auto replication = serve(io, {s.replication_export_name(), "colo replication export",
                                 g.db->primary_view(), false, g.guard},
-                           s.replication_listen());
+                           s.replication_listen(), s.replication_tls(),
+                           "secondary.replication_tls");
   if (!replication) return replication.error();
   g.replication = *replication;
   if (g.guard) {
@@ -531,7 +541,7 @@ Result<void> start_secondary(DaemonContext& ctx) {
   if (cfg.has_export_()) {
     const config::ExportConfig& e = cfg.export_();
     auto served = serve(ctx.io(), {e.name(), e.description(), db->local_view(), e.read_only()},
-                        e.listen());
+                        e.listen(), e.tls(), "export.tls");
     if (!served) {
       replication->close();
       if (pairing) pairing->close();

@@ -12,6 +12,7 @@
 #include "shared/base/listen_address.hpp"
 #include "shared/base/log.hpp"
 #include "shared/daemon/resource_config.hpp"
+#include "shared/tls/tls_config.hpp"
 
 namespace colo {
 namespace {
@@ -64,6 +65,8 @@ void validate_export(const config::ExportConfig& e, const std::string& where,
   if (e.description().size() > 4096) {
     errors.push_back(where + ".description: longer than 4096 bytes");
   }
+  tls::validate_tls_config(e.tls(), where + ".tls", tls::Side::server, /*nbd_listener=*/true,
+                           errors);
 }
 
 // The 1-based line where the option named by a validation message ("secondary.block_bytes:

@@ -2,6 +2,7 @@
 
 #include "shared/base/listen_address.hpp"
 #include "shared/daemon/config.hpp"
+#include "shared/tls/tls_config.hpp"
 
 namespace colo {
 
@@ -81,6 +82,8 @@ void validate_secondary_config(const config::DaemonConfig& cfg,
   if (s.replication_export_name().size() > 4096) {
     errors.push_back("secondary.replication_export_name: longer than 4096 bytes");
   }
+  tls::validate_tls_config(s.replication_tls(), "secondary.replication_tls", tls::Side::server,
+                           /*nbd_listener=*/true, errors);
 }
 
 }  // namespace colo

@@ -17,13 +17,15 @@ using namespace nbd;
 
 NbdConnection::NbdConnection(std::unique_ptr<ByteStream> stream,
                              std::span<const ExportDescription> exports,
-                             std::span<Child* const> children)
+                             std::span<Child* const> children, NbdConnectionTls tls)
     : stream_(std::move(stream)),
+      tls_(std::move(tls)),
       exports_(exports),
       children_(children),
-      negotiation_(exports),
+      negotiation_(exports, tls_.policy),
       read_buffer_(new std::byte[kReadBufferBytes]) {
   CHECK(exports_.size() == children_.size());
+  CHECK((tls_.policy == TlsPolicy::off) == (tls_.context == nullptr));
 }
 
 NbdConnection::~NbdConnection() = default;

@@ -2,7 +2,10 @@
 // NbdConnection: one client of the NBD server, from greeting to close.
 //
 // Handshake: NbdNegotiation decides, this class moves bytes. A malformed or over-long option
-// closes the connection with a log line naming the peer.
+// closes the connection with a log line naming the peer. STARTTLS (a listener with TLS): the
+// socket is handed from the plaintext stream to a TlsStream, whose handshake and allow-list
+// check must pass (else the connection closes with a log line naming the listener, the peer and
+// why); the peer's identity is logged, and options are read again, inside TLS.
 // Transmission: one reader coroutine parses requests out of a 256 KiB read buffer (so
 // pipelined small requests cost one read system call) and starts one coroutine per request;
 // the request runs inline until its first suspension, so requests run concurrently and replies
@@ -35,8 +38,16 @@
 #include "shared/block/child.hpp"
 #include "shared/nbd/nbd_negotiation.hpp"
 #include "shared/nbd/nbd_stream.hpp"
+#include "shared/tls/tls_context.hpp"
 
 namespace colo {
+
+// What the listener that accepted a connection does with TLS.
+struct NbdConnectionTls {
+  nbd::TlsPolicy policy = nbd::TlsPolicy::off;
+  std::shared_ptr<const tls::TlsContext> context;  // set unless policy is off
+  std::string listener;                            // "tcp:0.0.0.0:10809", for log lines
+};
 
 class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
  public:
@@ -50,7 +61,7 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   // `exports` and `children` (same order) must outlive the connection.
   NbdConnection(std::unique_ptr<ByteStream> stream,
                 std::span<const nbd::ExportDescription> exports,
-                std::span<Child* const> children);
+                std::span<Child* const> children, NbdConnectionTls tls = {});
   ~NbdConnection();
   NbdConnection(const NbdConnection&) = delete;
   NbdConnection& operator=(const NbdConnection&) = delete;
@@ -83,6 +94,9 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   Task<error_code> write_bytes(std::span<const std::byte> bytes);
   // Returns the export index, or -1 when the connection must close.
   Task<long> handshake();
+  // After STARTTLS was acknowledged: the TLS handshake on the same socket. False when the
+  // connection must close (logged).
+  Task<bool> start_tls();
   Task<void> transmission(std::size_t export_index);
   static Task<void> handle(std::shared_ptr<NbdConnection> self, nbd::Request r,
                            PayloadBuffer buffer, std::uint64_t charged_bytes);
@@ -114,6 +128,7 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   void release(std::uint64_t charged_bytes);
 
   std::unique_ptr<ByteStream> stream_;
+  NbdConnectionTls tls_;
   std::span<const nbd::ExportDescription> exports_;
   std::span<Child* const> children_;
   nbd::NbdNegotiation negotiation_;

@@ -1,5 +1,6 @@
 // NbdConnection: the fixed-newstyle handshake. NbdNegotiation decides; this moves the bytes
-// until the client picks an export or the connection must close.
+// until the client picks an export or the connection must close, and upgrades the connection
+// to TLS at STARTTLS.
 
 #include "shared/nbd/nbd_connection.hpp"
 
@@ -7,10 +8,44 @@
 #include <vector>
 
 #include "shared/base/log.hpp"
+#include "shared/tls/tls_stream.hpp"
 
 namespace colo {
 
 using namespace nbd;
+
+Task<bool> NbdConnection::start_tls() {
+  // The client must wait for the ACK before it starts TLS: bytes already here are not TLS.
+  if (read_pos_ != read_end_) {
+    log::warn("nbd: listener {}: peer {}: sent data before the TLS handshake after STARTTLS",
+              tls_.listener, peer());
+    co_return false;
+  }
+  const std::string who = peer();
+  const bool small = stream_->small_window();
+  const int fd = stream_->release_fd();
+  if (fd < 0) {
+    log::warn("nbd: listener {}: peer {}: this transport cannot start TLS", tls_.listener, who);
+    co_return false;
+  }
+  auto ex = co_await asio::this_coro::executor;
+  auto created = tls::TlsStream::create(ex, fd, who, tls_.context, small);
+  if (!created) {
+    log::warn("nbd: listener {}: peer {}: {}", tls_.listener, who, created.error().to_string());
+    co_return false;
+  }
+  tls::TlsStream* tls = created->get();
+  stream_ = std::move(*created);
+  read_drained_ = false;
+  auto identity = co_await tls->handshake();
+  if (!identity) {
+    log::warn("nbd: listener {}: refused: {}", tls_.listener, identity.error().message);
+    co_return false;
+  }
+  log::info("nbd: listener {}: peer {}: TLS with {}", tls_.listener, who, identity->describe());
+  negotiation_.on_tls_started();
+  co_return true;
+}
 
 Task<long> NbdConnection::handshake() {
   const auto greeting = encode_greeting();
@@ -59,6 +94,9 @@ Task<long> NbdConnection::handshake() {
     }
     switch (step.next) {
       case NbdNegotiation::Step::Next::options:
+        break;
+      case NbdNegotiation::Step::Next::starttls:
+        if (!co_await start_tls()) co_return -1;
         break;
       case NbdNegotiation::Step::Next::close:
         if (!step.why.empty()) log::warn("nbd: peer {}: {}", peer(), step.why);

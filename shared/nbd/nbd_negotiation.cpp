@@ -146,9 +146,45 @@ NbdNegotiation::Step NbdNegotiation::on_info_or_go(std::uint32_t option,
   return step;
 }
 
+void NbdNegotiation::on_tls_started() {
+  tls_active_ = true;
+  // The spec: a client that wants structured replies under TLS asks again.
+  structured_ = false;
+}
+
+NbdNegotiation::Step NbdNegotiation::on_starttls(std::span<const std::byte> data) {
+  Step step;
+  if (tls_ == TlsPolicy::off) {
+    append_option_reply(step.reply, kOptStartTls, kRepErrPolicy, "TLS is not available");
+    return step;
+  }
+  if (tls_active_) {
+    append_option_reply(step.reply, kOptStartTls, kRepErrInvalid, "TLS is already active");
+    return step;
+  }
+  if (!data.empty()) {
+    append_option_reply(step.reply, kOptStartTls, kRepErrInvalid, "STARTTLS takes no data");
+    return step;
+  }
+  append_option_reply(step.reply, kOptStartTls, kRepAck);
+  step.next = Next::starttls;
+  return step;
+}
+
 NbdNegotiation::Step NbdNegotiation::on_option(std::uint32_t option,
                                                std::span<const std::byte> data) {
   Step step;
+  if (tls_ == TlsPolicy::require && !tls_active_ && option != kOptStartTls &&
+      option != kOptAbort) {
+    // FORCEDTLS: nothing is negotiated, and no export is named to a client, in plaintext.
+    if (option == kOptExportName) {
+      step.next = Next::close;
+      step.why = "EXPORT_NAME without TLS on a listener that requires TLS";
+      return step;
+    }
+    append_option_reply(step.reply, option, kRepErrTlsReqd, "TLS is required: send STARTTLS");
+    return step;
+  }
   switch (option) {
     case kOptExportName: {
       std::string name(reinterpret_cast<const char*>(data.data()), data.size());
@@ -198,8 +234,7 @@ NbdNegotiation::Step NbdNegotiation::on_option(std::uint32_t option,
       append_option_reply(step.reply, option, kRepAck);
       return step;
     case kOptStartTls:
-      append_option_reply(step.reply, option, kRepErrPolicy, "TLS is not available");
-      return step;
+      return on_starttls(data);
     case kOptInfo:
     case kOptGo:
       return on_info_or_go(option, data);

@@ -7,8 +7,15 @@
 // to enter transmission with an export, or to close (a reason is given for the log line).
 //
 // Supported: EXPORT_NAME, ABORT, LIST, INFO and GO (INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION,
-// INFO_BLOCK_SIZE), STRUCTURED_REPLY. STARTTLS is refused with ERR_POLICY (no TLS yet); every
-// other option gets ERR_UNSUP and the handshake goes on.
+// INFO_BLOCK_SIZE), STRUCTURED_REPLY, STARTTLS; every other option gets ERR_UNSUP and the
+// handshake goes on.
+// TLS (doc/proto.md, "TLS support"), by the listener's TlsPolicy: `off` (NOTLS) refuses
+// STARTTLS with ERR_POLICY. `allow` (SELECTIVETLS with no TLS-only export) acknowledges
+// STARTTLS and serves plaintext too. `require` (FORCEDTLS) answers every option but STARTTLS
+// and ABORT with ERR_TLS_REQD until TLS is up, and closes on EXPORT_NAME. An acknowledged
+// STARTTLS is Next::starttls: the caller runs the TLS handshake and calls on_tls_started(),
+// which forgets what was negotiated in plaintext (structured replies); a second STARTTLS is
+// ERR_INVALID.
 // The empty export name selects the export named "" if there is one, else the first export.
 // Sessions: an export with an ExportAdmission (the secondary's replication export) is asked,
 // at EXPORT_NAME, INFO and GO, whether the client may have it. The client names the export
@@ -58,12 +65,18 @@ struct ExportDescription {
   std::shared_ptr<const ExportAdmission> admission;  // null: every client is admitted
 };
 
+// What a listener does with TLS.
+enum class TlsPolicy { off, allow, require };
+
 class NbdNegotiation {
  public:
-  explicit NbdNegotiation(std::span<const ExportDescription> exports) : exports_(exports) {}
+  explicit NbdNegotiation(std::span<const ExportDescription> exports,
+                          TlsPolicy tls = TlsPolicy::off)
+      : exports_(exports), tls_(tls) {}
 
   struct Step {
-    enum class Next { options, transmission, close };
+    // starttls: send the reply (the ACK), then run the TLS handshake, then read options again.
+    enum class Next { options, transmission, close, starttls };
     Next next = Next::options;
     std::vector<std::byte> reply;  // bytes to send before acting on `next`
     std::size_t export_index = 0;  // with Next::transmission
@@ -75,6 +88,10 @@ class NbdNegotiation {
   // Returns an empty string when accepted, else why the connection must close.
   std::string on_client_flags(std::uint32_t flags);
   Step on_option(std::uint32_t option, std::span<const std::byte> data);
+
+  // The TLS handshake after Next::starttls succeeded: option haggling starts over inside TLS.
+  void on_tls_started();
+  bool tls_active() const { return tls_active_; }
 
   bool structured_replies() const { return structured_; }
   bool no_zeroes() const { return no_zeroes_; }
@@ -91,7 +108,11 @@ class NbdNegotiation {
                    const ExportDescription& e) const;
   Step on_info_or_go(std::uint32_t option, std::span<const std::byte> data);
 
+  Step on_starttls(std::span<const std::byte> data);
+
   std::span<const ExportDescription> exports_;
+  TlsPolicy tls_ = TlsPolicy::off;
+  bool tls_active_ = false;
   bool structured_ = false;
   bool no_zeroes_ = false;
 };

@@ -48,6 +48,7 @@ inline constexpr std::uint32_t kRepErrBit = 1u << 31;
 inline constexpr std::uint32_t kRepErrUnsup = kRepErrBit + 1;
 inline constexpr std::uint32_t kRepErrPolicy = kRepErrBit + 2;
 inline constexpr std::uint32_t kRepErrInvalid = kRepErrBit + 3;
+inline constexpr std::uint32_t kRepErrTlsReqd = kRepErrBit + 5;
 inline constexpr std::uint32_t kRepErrUnknown = kRepErrBit + 6;
 inline constexpr std::uint32_t kRepErrTooBig = kRepErrBit + 9;
 

@@ -11,11 +11,24 @@
 
 #include <algorithm>
 
+#include "shared/base/check.hpp"
 #include "shared/base/log.hpp"
 #include "shared/nbd/nbd_connection.hpp"
 #include "shared/nbd/nbd_stream.hpp"
+#include "shared/tls/tls_config.hpp"
 
 namespace colo {
+
+Result<NbdListenerTls> make_listener_tls(const config::TlsConfig& c, const std::string& where) {
+  NbdListenerTls out;
+  if (c.mode() == config::TlsConfig::OFF) return out;
+  out.policy = c.mode() == config::TlsConfig::ALLOW ? nbd::TlsPolicy::allow
+                                                    : nbd::TlsPolicy::require;
+  auto context = tls::TlsContext::create(c, tls::Side::server);
+  if (!context) return make_error(EINVAL, where + ": " + context.error().message);
+  out.context = std::move(*context);
+  return out;
+}
 
 NbdServer::NbdServer(asio::io_context& io) : io_(io) {}
 
@@ -67,11 +80,12 @@ Result<void> NbdServer::add_export(NbdExport e) {
   return {};
 }
 
-Result<void> NbdServer::listen(const ListenAddress& address) {
+Result<void> NbdServer::listen(const ListenAddress& address, NbdListenerTls tls) {
   if (closed_) return make_error(ESHUTDOWN, "NBD server is closed");
+  CHECK((tls.policy == nbd::TlsPolicy::off) == (tls.context == nullptr));
   switch (address.kind) {
-    case ListenAddress::Kind::unix_socket: return listen_unix(address);
-    case ListenAddress::Kind::tcp: return listen_tcp(address);
+    case ListenAddress::Kind::unix_socket: return listen_unix(address, std::move(tls));
+    case ListenAddress::Kind::tcp: return listen_tcp(address, std::move(tls));
   }
   return make_error(EINVAL, "bad listen address kind");
 }
@@ -90,9 +104,19 @@ bool unix_socket_alive(const std::string& path) {
   return alive;
 }
 
+// " (TLS required, x509 from /etc/pki/colo)" for the listening line; "" without TLS.
+std::string describe_tls(const NbdListenerTls& tls) {
+  switch (tls.policy) {
+    case nbd::TlsPolicy::off: return {};
+    case nbd::TlsPolicy::allow: return " (TLS allowed, " + tls.context->describe() + ")";
+    case nbd::TlsPolicy::require: return " (TLS required, " + tls.context->describe() + ")";
+  }
+  return {};
+}
+
 }  // namespace
 
-Result<void> NbdServer::listen_unix(const ListenAddress& address) {
+Result<void> NbdServer::listen_unix(const ListenAddress& address, NbdListenerTls tls) {
   const std::string& path = address.path;
   if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
     return make_error(ENAMETOOLONG, "NBD socket path " + path + " is too long");
@@ -123,12 +147,13 @@ Result<void> NbdServer::listen_unix(const ListenAddress& address) {
   Local::acceptor* raw = acceptor.get();
   unix_acceptors_.push_back(std::move(acceptor));
   accept_loops_.begin();
-  spawn(io_.get_executor(), accept_unix(raw), "nbd accept unix");
-  log::info("nbd: listening on unix:{}", path);
+  NbdConnectionTls connection_tls{tls.policy, tls.context, "unix:" + path};
+  spawn(io_.get_executor(), accept_unix(raw, std::move(connection_tls)), "nbd accept unix");
+  log::info("nbd: listening on unix:{}{}", path, describe_tls(tls));
   return {};
 }
 
-Result<void> NbdServer::listen_tcp(const ListenAddress& address) {
+Result<void> NbdServer::listen_tcp(const ListenAddress& address, NbdListenerTls tls) {
   Tcp::resolver resolver(io_);
   error_code ec;
   auto results = resolver.resolve(address.host, std::to_string(address.port),
@@ -150,12 +175,13 @@ Result<void> NbdServer::listen_tcp(const ListenAddress& address) {
   Tcp::acceptor* raw = acceptor.get();
   tcp_acceptors_.push_back(std::move(acceptor));
   accept_loops_.begin();
-  spawn(io_.get_executor(), accept_tcp(raw), "nbd accept tcp");
-  log::info("nbd: listening on {}", bound.to_string());
+  NbdConnectionTls connection_tls{tls.policy, tls.context, bound.to_string()};
+  spawn(io_.get_executor(), accept_tcp(raw, std::move(connection_tls)), "nbd accept tcp");
+  log::info("nbd: listening on {}{}", bound.to_string(), describe_tls(tls));
   return {};
 }
 
-Task<void> NbdServer::accept_unix(Local::acceptor* acceptor) {
+Task<void> NbdServer::accept_unix(Local::acceptor* acceptor, NbdConnectionTls tls) {
   for (;;) {
     auto [ec, socket] = co_await acceptor->async_accept(use_task);
     if (closed_) break;
@@ -166,13 +192,13 @@ Task<void> NbdServer::accept_unix(Local::acceptor* acceptor) {
     }
     auto stream =
         std::make_unique<SocketStream<Local::socket>>(std::move(socket), std::string("unix"));
-    start_connection(std::make_shared<NbdConnection>(std::move(stream), descriptions_,
-                                                     std::span<Child* const>(child_ptrs_)));
+    start_connection(std::make_shared<NbdConnection>(
+        std::move(stream), descriptions_, std::span<Child* const>(child_ptrs_), tls));
   }
   accept_loops_.end();
 }
 
-Task<void> NbdServer::accept_tcp(Tcp::acceptor* acceptor) {
+Task<void> NbdServer::accept_tcp(Tcp::acceptor* acceptor, NbdConnectionTls tls) {
   for (;;) {
     auto [ec, socket] = co_await acceptor->async_accept(use_task);
     if (closed_) break;
@@ -188,8 +214,8 @@ Task<void> NbdServer::accept_tcp(Tcp::acceptor* acceptor) {
                               : fmt::format("tcp:{}:{}", remote.address().to_string(),
                                             remote.port());
     auto stream = std::make_unique<SocketStream<Tcp::socket>>(std::move(socket), std::move(peer));
-    start_connection(std::make_shared<NbdConnection>(std::move(stream), descriptions_,
-                                                     std::span<Child* const>(child_ptrs_)));
+    start_connection(std::make_shared<NbdConnection>(
+        std::move(stream), descriptions_, std::span<Child* const>(child_ptrs_), tls));
   }
   accept_loops_.end();
 }

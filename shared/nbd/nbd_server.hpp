@@ -3,7 +3,7 @@
 // pipelined out-of-order transmission). See docs/nbd_server.md.
 //
 // Setup (before or after the event loop starts): add_export() for each export, then listen()
-// on each address. Unix sockets are created with mode 0600 (a stale socket file is replaced, a
+// on each address, each with its own TLS (off, allow or require; docs/tls.md). Unix sockets are created with mode 0600 (a stale socket file is replaced, a
 // live one is refused); TCP listeners set SO_REUSEADDR, accept port 0 (bound_addresses()
 // reports the real port), and every accepted TCP socket gets TCP_NODELAY.
 // Each export reaches its node only through a Child edge owned by the server; client input is
@@ -29,10 +29,13 @@
 #include "shared/block/block_node.hpp"
 #include "shared/block/child.hpp"
 #include "shared/nbd/nbd_negotiation.hpp"
+#include "shared/tls/tls_context.hpp"
+#include "tls_config.pb.h"
 
 namespace colo {
 
 class NbdConnection;
+struct NbdConnectionTls;
 
 struct NbdExport {
   std::string name;         // "" is the default export
@@ -43,6 +46,14 @@ struct NbdExport {
   // (nbd_negotiation.hpp; the secondary's replication export: a SessionGuard).
   std::shared_ptr<const nbd::ExportAdmission> admission;
 };
+
+// TLS on one listener: the policy and, unless it is off, the server's credentials.
+struct NbdListenerTls {
+  nbd::TlsPolicy policy = nbd::TlsPolicy::off;
+  std::shared_ptr<const tls::TlsContext> context;
+};
+// From a listener's TlsConfig (the files are read here; errors name them and `where`).
+Result<NbdListenerTls> make_listener_tls(const config::TlsConfig& c, const std::string& where);
 
 class NbdServer {
  public:
@@ -55,7 +66,7 @@ class NbdServer {
   // alignment not a power of two <= 64 KiB, or a size that is not a multiple of it.
   Result<void> add_export(NbdExport e);
 
-  Result<void> listen(const ListenAddress& address);
+  Result<void> listen(const ListenAddress& address, NbdListenerTls tls = {});
   // Addresses actually bound, in listen() order (TCP ports filled in when 0 was asked).
   const std::vector<ListenAddress>& bound_addresses() const { return bound_; }
 
@@ -80,10 +91,10 @@ class NbdServer {
   using Tcp = asio::ip::tcp;
   using Local = asio::local::stream_protocol;
 
-  Result<void> listen_unix(const ListenAddress& address);
-  Result<void> listen_tcp(const ListenAddress& address);
-  Task<void> accept_unix(Local::acceptor* acceptor);
-  Task<void> accept_tcp(Tcp::acceptor* acceptor);
+  Result<void> listen_unix(const ListenAddress& address, NbdListenerTls tls);
+  Result<void> listen_tcp(const ListenAddress& address, NbdListenerTls tls);
+  Task<void> accept_unix(Local::acceptor* acceptor, NbdConnectionTls tls);
+  Task<void> accept_tcp(Tcp::acceptor* acceptor, NbdConnectionTls tls);
   void start_connection(std::shared_ptr<NbdConnection> c);
   Task<void> run_connection(std::shared_ptr<NbdConnection> c);
   static Task<void> watchdog(NbdServer* self, std::shared_ptr<asio::steady_timer> timer,

@@ -1,10 +1,7 @@
 #pragma once
-// ByteStream: the transport under an NBD connection, so TLS can slide in later (a TLS stream
-// is one more implementation). SocketStream wraps a connected Asio stream socket (TCP or unix).
-//
-// Single-threaded, on the daemon's io_context. At most one read and one write are pending at a
-// time, and try_write() is never called while write_all() is pending. Buffers belong to the
-// caller until the operation completes.
+// SocketStream: the plaintext ByteStream (shared/base/byte_stream.hpp) under an NBD
+// connection, over a connected Asio stream socket (TCP or unix). TLS is the other one
+// (shared/tls/tls_stream.hpp), which STARTTLS swaps in on the same socket (release_fd()).
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/buffer.hpp>
@@ -19,40 +16,11 @@
 #include <tuple>
 #include <type_traits>
 
+#include "shared/base/byte_stream.hpp"
 #include "shared/base/error.hpp"
 #include "shared/base/task.hpp"
 
 namespace colo {
-
-class ByteStream {
- public:
-  virtual ~ByteStream() = default;
-  // Reads at least one byte (or fails; EOF is asio::error::eof). Data already there is read
-  // without an event-loop round trip. `wait_first`: the caller's last read came back short, so
-  // the transport is probably empty; the stream then goes straight to its asynchronous read
-  // instead of first trying a non-blocking one that would fail (a hint: correct either way).
-  virtual Task<std::tuple<error_code, std::size_t>> read_some(std::span<std::byte> out,
-                                                              bool wait_first) = 0;
-  // Writes every byte of every buffer, in order (one gather write where the OS allows).
-  virtual Task<error_code> write_all(std::span<const asio::const_buffer> buffers) = 0;
-  // Writes what the transport takes now, without waiting (one gather write of at most
-  // kTryWriteBuffersMax buffers): returns the bytes written, 0 when it would block. Lets a
-  // reply go out without an event-loop round trip; a transport that cannot do this returns 0
-  // and the caller falls back to write_all().
-  static constexpr std::size_t kTryWriteBuffersMax = 64;
-  virtual std::tuple<error_code, std::size_t> try_write(
-      std::span<const asio::const_buffer> buffers) = 0;
-  // Makes a pending read_some() complete with operation_aborted; writes go on.
-  virtual void cancel_read() = 0;
-  // Closes the transport; pending operations complete with errors.
-  virtual void close() = 0;
-  // "unix" or "tcp:1.2.3.4:5678", for log lines.
-  virtual const std::string& peer() const = 0;
-  // Whether the client can have only a small window of data in flight towards us (a unix
-  // socket: the sender's buffer, ~208 KiB, is all there is), so that time the loop spends on
-  // one request soon stalls the client's next ones.
-  virtual bool small_window() const { return false; }
-};
 
 template <class Socket>
 class SocketStream final : public ByteStream {
@@ -126,6 +94,12 @@ class SocketStream final : public ByteStream {
   }
 
   const std::string& peer() const override { return peer_; }
+
+  int release_fd() override {
+    error_code ec;
+    const int fd = socket_.release(ec);
+    return ec ? -1 : fd;
+  }
 
  private:
   Socket socket_;

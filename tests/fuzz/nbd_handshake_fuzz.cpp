@@ -44,8 +44,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   exports[1].name = "";
   exports[1].size_bytes = 4096;
   exports[1].caps.read_only = true;
-  NbdNegotiation n(exports);
-  if (in.size() < 4) return 0;
+  // The last byte picks the listener's TLS policy (so the corpus's option streams keep their
+  // meaning); an acknowledged STARTTLS is taken as a handshake that succeeded.
+  if (in.size() < 5) return 0;
+  NbdNegotiation n(exports, static_cast<TlsPolicy>(std::to_integer<unsigned>(in.back()) % 3));
+  in = in.first(in.size() - 1);
   if (!n.on_client_flags(get_u32(in.data())).empty()) return 0;
   in = in.subspan(4);
   while (in.size() >= kOptionHeaderBytes) {
@@ -58,6 +61,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     in = in.subspan(len);
     check_replies(step.reply, header->option == kOptExportName &&
                                   step.next == NbdNegotiation::Step::Next::transmission);
+    if (step.next == NbdNegotiation::Step::Next::starttls) {
+      n.on_tls_started();
+      continue;
+    }
     if (step.next != NbdNegotiation::Step::Next::options) {
       if (step.next == NbdNegotiation::Step::Next::transmission) {
         ExportShape s = n.shape(step.export_index);

@@ -1,0 +1,93 @@
+#pragma once
+// TlsContext: the credentials and policy of one TLS listener or client, as an OpenSSL SSL_CTX
+// built from a TlsConfig (proto/tls_config.proto), shared by every connection it makes.
+//
+// TLS 1.2 and 1.3 (1.3 preferred), no renegotiation, no session tickets (nothing is resumed),
+// kTLS asked for (SSL_OP_ENABLE_KTLS; used when the kernel and the cipher allow it).
+// x509: the QEMU/libnbd/nbdkit directory layout (tls_config.hpp); with verify_peer a server
+// requires a client certificate signed by ca-cert.pem, a client checks the server's; a
+// ca-crl.pem, when present, is checked too.
+// PSK: the keys file; a server takes any identity the file has a key for, a client presents
+// psk_identity. The same callbacks serve TLS 1.2 (PSK cipher suites) and TLS 1.3 (an external
+// PSK with a SHA-256 cipher suite, as GnuTLS, hence QEMU, libnbd and nbdkit, offer it).
+// After the handshake, allowed() checks the peer against allowed_identities.
+// Built on the control path (create() reads the files); used single-threaded afterwards.
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shared/base/error.hpp"
+#include "shared/tls/tls_config.hpp"
+
+typedef struct ssl_ctx_st SSL_CTX;
+typedef struct ssl_st SSL;
+
+namespace colo::tls {
+
+// Who is at the other end, once the handshake is done.
+struct PeerIdentity {
+  bool psk = false;
+  // PSK: the identity. x509: the certificate's common name (empty when it has none).
+  std::string identity;
+  // Everything allowed_identities is matched against: the PSK identity, or the certificate's
+  // common name and DNS subject alternative names.
+  std::vector<std::string> names;
+  std::string version;  // "TLSv1.3"
+  std::string cipher;   // "TLS_AES_256_GCM_SHA384"
+  bool ktls_send = false;
+  bool ktls_recv = false;
+  // "x509 CN=client1 (TLSv1.3, TLS_AES_256_GCM_SHA384, kTLS off)", for log lines.
+  std::string describe() const;
+};
+
+class TlsContext {
+ public:
+  // Checks `c` (validate_tls_config) and loads its files. `c.mode` must not be OFF.
+  static Result<std::shared_ptr<const TlsContext>> create(const config::TlsConfig& c, Side side);
+  ~TlsContext();
+  TlsContext(const TlsContext&) = delete;
+  TlsContext& operator=(const TlsContext&) = delete;
+
+  Side side() const { return side_; }
+  bool psk() const { return psk_; }
+  // A new connection object (owned by the caller, SSL_free), or an error naming OpenSSL's.
+  Result<SSL*> new_ssl() const;
+  // What a finished handshake on `ssl` says about the peer.
+  static PeerIdentity peer_identity(SSL* ssl);
+  // True when allowed_identities is empty or names one of `peer.names`.
+  bool allowed(const PeerIdentity& peer) const;
+  // x509: when our own certificate expires (for status).
+  std::optional<std::chrono::system_clock::time_point> certificate_not_after() const {
+    return not_after_;
+  }
+  // "x509 from /etc/pki/colo" or "PSK from /etc/colo/keys.psk", for log lines.
+  const std::string& describe() const { return description_; }
+
+ private:
+  TlsContext() = default;
+  Result<void> load_x509(const config::TlsConfig& c);
+  Result<void> load_psk(const config::TlsConfig& c);
+  static unsigned int psk_server_cb(SSL* ssl, const char* identity, unsigned char* psk,
+                                    unsigned int psk_bytes_max);
+  static unsigned int psk_client_cb(SSL* ssl, const char* hint, char* identity,
+                                    unsigned int identity_bytes_max, unsigned char* psk,
+                                    unsigned int psk_bytes_max);
+
+  SSL_CTX* ctx_ = nullptr;
+  Side side_ = Side::server;
+  bool psk_ = false;
+  PskKeys keys_;
+  std::string psk_identity_;
+  std::vector<std::string> allowed_;
+  std::optional<std::chrono::system_clock::time_point> not_after_;
+  std::string description_;
+};
+
+// OpenSSL's error queue as one line ("a: b; c"), emptied; `fallback` when it is empty.
+std::string take_openssl_errors(std::string_view fallback = "no OpenSSL error recorded");
+
+}  // namespace colo::tls

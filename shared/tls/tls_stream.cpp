@@ -1,0 +1,242 @@
+#include "shared/tls/tls_stream.hpp"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <cstring>
+
+#include "shared/base/log.hpp"
+
+namespace colo::tls {
+namespace {
+
+using Wait = asio::posix::stream_descriptor::wait_type;
+
+bool wants_io(int ssl_error) {
+  return ssl_error == SSL_ERROR_WANT_READ || ssl_error == SSL_ERROR_WANT_WRITE;
+}
+
+Wait wait_for(int ssl_error) {
+  return ssl_error == SSL_ERROR_WANT_READ ? Wait::wait_read : Wait::wait_write;
+}
+
+// The handshake's deadline: the timer's handler outlives neither it nor the coroutine's waits
+// (it holds this by shared_ptr and only emits the signal).
+struct Deadline {
+  asio::cancellation_signal signal;
+  bool expired = false;
+};
+
+}  // namespace
+
+TlsStream::TlsStream(const asio::any_io_executor& ex, std::string peer,
+                     std::shared_ptr<const TlsContext> context, bool small_window)
+    : socket_(ex), context_(std::move(context)), peer_(std::move(peer)),
+      small_window_(small_window) {}
+
+TlsStream::~TlsStream() { SSL_free(ssl_); }
+
+Result<std::unique_ptr<TlsStream>> TlsStream::create(const asio::any_io_executor& ex, int fd,
+                                                     std::string peer,
+                                                     std::shared_ptr<const TlsContext> context,
+                                                     bool small_window) {
+  std::unique_ptr<TlsStream> s(
+      new TlsStream(ex, std::move(peer), std::move(context), small_window));
+  error_code ec;
+  s->socket_.assign(fd, ec);
+  if (ec) {
+    ::close(fd);
+    return Error{ec, "TLS on " + s->peer_};
+  }
+  s->socket_.non_blocking(true, ec);
+  if (ec) return Error{ec, "TLS on " + s->peer_};
+  auto ssl = s->context_->new_ssl();
+  if (!ssl) return ssl.error();
+  s->ssl_ = *ssl;
+  if (SSL_set_fd(s->ssl_, fd) != 1) {
+    return make_error(ENOMEM, "TLS on " + s->peer_ + ": SSL_set_fd: " + take_openssl_errors());
+  }
+  return s;
+}
+
+std::string TlsStream::handshake_failure(int ssl_error) {
+  std::string why;
+  if (ssl_error == SSL_ERROR_SYSCALL) {
+    why = errno != 0 ? std::strerror(errno) : "the peer closed the connection";
+    ERR_clear_error();
+  } else if (ssl_error == SSL_ERROR_ZERO_RETURN) {
+    why = "the peer closed the connection";
+  } else {
+    why = take_openssl_errors();
+  }
+  // What our own verification of the peer's certificate said, when it said no.
+  if (const long v = SSL_get_verify_result(ssl_); v != X509_V_OK) {
+    why += fmt::format(" ({})", X509_verify_cert_error_string(v));
+  }
+  return why;
+}
+
+Task<Result<PeerIdentity>> TlsStream::handshake(std::chrono::milliseconds timeout) {
+  const bool server = context_->side() == Side::server;
+  auto deadline = std::make_shared<Deadline>();
+  asio::steady_timer timer(socket_.get_executor(), timeout);
+  timer.async_wait([deadline](const error_code& ec) {
+    if (ec) return;
+    deadline->expired = true;
+    deadline->signal.emit(asio::cancellation_type::terminal);
+  });
+  for (;;) {
+    if (closed_) co_return make_error(ECANCELED, "TLS handshake with " + peer_ + ": closed");
+    ERR_clear_error();
+    errno = 0;
+    const int r = server ? SSL_accept(ssl_) : SSL_connect(ssl_);
+    if (r == 1) break;
+    const int e = SSL_get_error(ssl_, r);
+    if (!wants_io(e)) {
+      failed_ = true;
+      co_return make_error(EPROTO, fmt::format("TLS handshake with {} failed: {}", peer_,
+                                               handshake_failure(e)));
+    }
+    auto [ec] = co_await socket_.async_wait(
+        wait_for(e), asio::bind_cancellation_slot(deadline->signal.slot(), use_task));
+    if (deadline->expired) {
+      failed_ = true;
+      co_return make_error(ETIMEDOUT, fmt::format("TLS handshake with {}: not done within {} ms",
+                                                  peer_, timeout.count()));
+    }
+    if (ec) {
+      failed_ = true;
+      co_return Error{ec, "TLS handshake with " + peer_};
+    }
+  }
+  timer.cancel();
+  established_ = true;
+  PeerIdentity who = TlsContext::peer_identity(ssl_);
+  if (!context_->allowed(who)) {
+    co_return make_error(EACCES, fmt::format("TLS peer {}: {} is not in allowed_identities",
+                                             peer_, who.describe()));
+  }
+  co_return who;
+}
+
+error_code TlsStream::fail(const char* op, int ssl_error) {
+  std::string why;
+  error_code ec = make_errc(EPROTO);
+  if (ssl_error == SSL_ERROR_SYSCALL) {
+    ec = make_errc(errno != 0 ? errno : ECONNRESET);
+    why = errno != 0 ? std::strerror(errno) : "the peer closed the connection mid-record";
+    ERR_clear_error();
+  } else {
+    why = take_openssl_errors();
+    if (why.find("unexpected eof") != std::string::npos) ec = make_errc(ECONNRESET);
+  }
+  if (!failed_) log::warn("tls: peer {}: {} failed: {}", peer_, op, why);
+  failed_ = true;
+  return ec;
+}
+
+Task<std::tuple<error_code, std::size_t>> TlsStream::read_some(std::span<std::byte> out,
+                                                               bool wait_first) {
+  // OpenSSL may already hold decrypted bytes; only when it holds none is the hint taken.
+  bool wait_now = wait_first && SSL_has_pending(ssl_) == 0;
+  Wait wait = Wait::wait_read;
+  for (;;) {
+    if (closed_) co_return std::tuple{make_error_code(asio::error::operation_aborted), 0};
+    if (failed_) co_return std::tuple{make_errc(EPROTO), 0};
+    if (wait_now) {
+      auto [ec] = co_await socket_.async_wait(
+          wait, asio::bind_cancellation_slot(read_cancel_.slot(), use_task));
+      if (ec) co_return std::tuple{ec, 0};
+    }
+    ERR_clear_error();
+    errno = 0;
+    std::size_t n = 0;
+    const int r = SSL_read_ex(ssl_, out.data(), out.size(), &n);
+    if (r == 1) co_return std::tuple{error_code{}, n};
+    const int e = SSL_get_error(ssl_, r);
+    if (e == SSL_ERROR_ZERO_RETURN) {
+      co_return std::tuple{make_error_code(asio::error::eof), 0};
+    }
+    if (!wants_io(e)) co_return std::tuple{fail("read", e), 0};
+    wait = wait_for(e);
+    wait_now = true;
+  }
+}
+
+Task<error_code> TlsStream::write_raw(const std::byte* data, std::size_t bytes) {
+  while (bytes > 0) {
+    if (closed_) co_return make_error_code(asio::error::operation_aborted);
+    if (failed_) co_return make_errc(EPIPE);
+    ERR_clear_error();
+    errno = 0;
+    std::size_t written = 0;
+    const int r = SSL_write_ex(ssl_, data, bytes, &written);
+    if (r == 1) {
+      data += written;
+      bytes -= written;
+      continue;
+    }
+    const int e = SSL_get_error(ssl_, r);
+    if (!wants_io(e)) co_return fail("write", e);
+    // The retry passes the same bytes, as OpenSSL requires.
+    auto [ec] = co_await socket_.async_wait(wait_for(e), use_task);
+    if (ec) co_return ec;
+  }
+  co_return error_code{};
+}
+
+Task<error_code> TlsStream::write_all(std::span<const asio::const_buffer> buffers) {
+  staging_.clear();
+  for (const asio::const_buffer& b : buffers) {
+    const auto* p = static_cast<const std::byte*>(b.data());
+    if (b.size() >= kRecordBytes) {
+      if (!staging_.empty()) {
+        if (auto ec = co_await write_raw(staging_.data(), staging_.size()); ec) co_return ec;
+        staging_.clear();
+      }
+      if (auto ec = co_await write_raw(p, b.size()); ec) co_return ec;
+      continue;
+    }
+    staging_.insert(staging_.end(), p, p + b.size());
+    if (staging_.size() >= kRecordBytes) {
+      if (auto ec = co_await write_raw(staging_.data(), staging_.size()); ec) co_return ec;
+      staging_.clear();
+    }
+  }
+  if (!staging_.empty()) {
+    if (auto ec = co_await write_raw(staging_.data(), staging_.size()); ec) co_return ec;
+    staging_.clear();
+  }
+  co_return error_code{};
+}
+
+std::tuple<error_code, std::size_t> TlsStream::try_write(
+    std::span<const asio::const_buffer> /*buffers*/) {
+  return {error_code{}, 0};
+}
+
+void TlsStream::cancel_read() { read_cancel_.emit(asio::cancellation_type::terminal); }
+
+void TlsStream::close() {
+  if (closed_) return;
+  closed_ = true;
+  if (established_ && !failed_) {
+    // One attempt at close_notify; a peer that does not take it gets the shutdown anyway.
+    ERR_clear_error();
+    SSL_shutdown(ssl_);
+    ERR_clear_error();
+  }
+  error_code ignored;
+  if (socket_.is_open()) ::shutdown(socket_.native_handle(), SHUT_RDWR);
+  socket_.close(ignored);
+}
+
+}  // namespace colo::tls
