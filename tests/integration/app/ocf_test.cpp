@@ -48,7 +48,7 @@ bool have_resource_agents() {
 // recording crm_attribute in the test's directory.
 class OcfResource {
  public:
-  OcfResource() {
+  explicit OcfResource(int heartbeat_timeout_ms = 1000) {
     // colod outlives the agent's call that started it: it becomes this process's child, so
     // the test can reap it by its PID.
     ::prctl(PR_SET_CHILD_SUBREAPER, 1);
@@ -83,7 +83,7 @@ class OcfResource {
 replication {
   write_mode: SYNC
   heartbeat_interval_ms: 100
-  heartbeat_timeout_ms: 1000
+  heartbeat_timeout_ms: )" + std::to_string(heartbeat_timeout_ms) + R"(
 }
 )" + nodes);
     std::filesystem::create_directories(dir_.file("bin"));
@@ -130,10 +130,13 @@ replication {
             "pidfile=" + pidfile(i),     "logfile=" + dir_.file(name(i) + ".log")};
   }
   // Calls the agent for node i with `action`, as Pacemaker's executor does.
-  test::CommandResult agent(int i, const std::string& action) {
+  // `extra`: more parameters (name=value).
+  test::CommandResult agent(int i, const std::string& action,
+                            const std::vector<std::string>& extra = {}) {
     std::vector<std::string> argv{"env", "OCF_ROOT=" + kOcfRoot, "OCF_RESOURCE_INSTANCE=colo",
                                   "OCF_RESKEY_CRM_meta_timeout=60000", path_env()};
     for (const auto& p : params(i)) argv.push_back("OCF_RESKEY_" + p);
+    for (const auto& p : extra) argv.push_back("OCF_RESKEY_" + p);
     argv.push_back(kAgent);
     argv.push_back(action);
     return test::run_command(argv, 120s);
@@ -347,6 +350,42 @@ TEST(Ocf, FailoverThroughTheAgentServesTheLastCheckpoint) {
     EXPECT_EQ(r.agent(i, "monitor").exit_code, kOcfNotRunning);
     EXPECT_EQ(r.last_score(i), "--promotion -D");
   }
+}
+
+// A primary's host is cut off without closing its connections (as when the cluster powers it
+// off): the secondary still holds its session until the heartbeats time out, and refuses a
+// plain promote. Pacemaker promotes only once the other instance is fenced, so the agent
+// retries with --force (promote_force, default true); with promote_force=false it fails.
+TEST(Ocf, PromoteForcesOverAStalePrimarySession) {
+  if (!have_resource_agents()) GTEST_SKIP() << "resource-agents (ocf-shellfuncs) missing";
+  OcfResource r(/*heartbeat_timeout_ms=*/30000);
+  for (int i : {0, 1}) ASSERT_EQ(r.agent(i, "start").exit_code, kOcfSuccess) << r.log(i);
+  ASSERT_EQ(r.agent(0, "promote").exit_code, kOcfSuccess) << r.log(0);
+  ASSERT_TRUE(r.wait_score(1, "--promotion -v 100")) << r.ctl_cmd(1, {"status"}).output;
+  {
+    Nbd nbd(r.sock(0));
+    nbd.write(0, 1u << 20, 'p');
+  }
+  ASSERT_EQ(r.ctl_cmd(0, {"checkpoint"}).exit_code, 0);
+  ASSERT_EQ(::kill(r.pid(0), SIGSTOP), 0);  // frozen: its sockets stay open
+
+  auto refused = r.agent(1, "promote", {"promote_force=false"});
+  EXPECT_EQ(refused.exit_code, kOcfErrGeneric) << refused.output;
+  EXPECT_NE(refused.output.find("still connected"), std::string::npos) << refused.output;
+  EXPECT_EQ(r.agent(1, "monitor").exit_code, kOcfSuccess);
+
+  auto p = r.agent(1, "promote");
+  EXPECT_EQ(p.exit_code, kOcfSuccess) << p.output << r.log(1);
+  EXPECT_NE(p.output.find("forcing"), std::string::npos) << p.output;
+  EXPECT_EQ(r.agent(1, "monitor").exit_code, kOcfRunningPromoted);
+  std::string expected(kDiskBytes, '\0');
+  std::fill_n(expected.begin(), 1u << 20, 'p');
+  {
+    Nbd nbd(r.sock(1));
+    EXPECT_EQ(nbd.image(), test::sha256_hex(expected));
+  }
+  ASSERT_NO_FATAL_FAILURE(r.kill9(0));  // the fence completes
+  EXPECT_EQ(r.agent(0, "monitor").exit_code, kOcfNotRunning);
 }
 
 // The score rules on each state colod reports (`coloctl status --json`, as the daemons print
