@@ -15,6 +15,7 @@ packages=(
   # real peers for tests and benchmarks
   qemu-utils nbdkit libnbd-bin python3-libnbd fio
   resource-agents iproute2 procps psmisc systemd
+  libxml2-utils   # xmllint: the OCF agent's meta-data against ra-api-1.dtd (ocf-tester too)
   # run
   openssl
 )

@@ -106,7 +106,9 @@ int main(int argc, char** argv) {
       ("node,n", po::value<std::string>(),
        "resource form: this host's node (default: the host name)")
       ("check-config", "validate the config file and exit (the resource form: both roles of "
-                       "both nodes)");
+                       "both nodes)")
+      ("print-control-socket", "print the path of the control socket the daemon listens on "
+                               "(the resource form: this host's node's) and exit");
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -152,6 +154,16 @@ int main(int argc, char** argv) {
       std::cerr << "colod: " << node.error().message << "\n";
       return 1;
     }
+    if (vm.count("print-control-socket")) {
+      // Either role gives the node's socket: the role file is not read.
+      auto derived = colo::node_config(*cfg, *node, colo::config::SECONDARY);
+      if (!derived) {
+        std::cerr << "colod: " << derived.error().to_string() << "\n";
+        return 1;
+      }
+      std::cout << colo::control_socket_path(*derived) << "\n";
+      return 0;
+    }
     return run_resource(*cfg, *node);
   }
   if (vm.count("node")) {
@@ -160,6 +172,10 @@ int main(int argc, char** argv) {
   }
   if (vm.count("check-config")) {
     std::cout << "colod: config is valid\n";
+    return 0;
+  }
+  if (vm.count("print-control-socket")) {
+    std::cout << colo::control_socket_path(*cfg) << "\n";
     return 0;
   }
   int code = 0;
