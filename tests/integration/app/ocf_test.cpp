@@ -59,33 +59,7 @@ class OcfResource {
       const int p = test::free_tcp_port();
       if (std::find(ports.begin(), ports.end(), p) == ports.end()) ports.push_back(p);
     }
-    std::string nodes;
-    for (int i = 0; i < 2; ++i) {
-      const std::string n = name(i);
-      std::filesystem::create_directories(dir_.file(n));
-      nodes += fmt::format(R"(nodes {{
-  name: "{0}"
-  state_dir: "{1}/{0}"
-  control_socket: "{1}/{0}.ctl"
-  disk {{ path: "{1}/{0}.img" create: true size_bytes: {2} }}
-  export {{ name: "r0" listen: "unix:{1}/{0}.sock" }}
-  secondary {{
-    buffer_path: "{1}/{0}-buffer.img"
-    buffer_size_bytes: 67108864
-    block_bytes: 4096
-    replication_listen: "tcp:127.0.0.1:{3}"
-  }}
-  channel_listen: "tcp:127.0.0.1:{4}"
-}}
-)", n, dir_.path().string(), kDiskBytes, ports[2 * i], ports[2 * i + 1]);
-    }
-    test::write_file(config(), R"(resource: "r0"
-replication {
-  write_mode: SYNC
-  heartbeat_interval_ms: 100
-  heartbeat_timeout_ms: )" + std::to_string(heartbeat_timeout_ms) + R"(
-}
-)" + nodes);
+    test_pair::write_resource_file(dir_, ports, {.heartbeat_timeout_ms = heartbeat_timeout_ms});
     std::filesystem::create_directories(dir_.file("bin"));
     write_script(dir_.file("bin/crm_attribute"),
                  "#!/bin/sh\necho \"${OCF_RESKEY_node:-?} $*\" >> " + scores_file() + "\n");

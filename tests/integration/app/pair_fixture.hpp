@@ -304,5 +304,55 @@ replication {{
   test::Process secondary_;
 };
 
+// The resource form's file for two nodes "a" and "b" of resource r0 in `dir` (state
+// directories <dir>/a and <dir>/b, created): exports on unix sockets, each node's replication
+// export and channel on the given loopback ports (ports[2 * i], ports[2 * i + 1]).
+struct ResourceFileOptions {
+  std::string write_mode = "SYNC";
+  std::uint64_t disk_bytes = kDiskBytes;
+  int heartbeat_timeout_ms = 1000;
+  std::string after_split_brain;     // empty: not set (DISCONNECT)
+  std::string b_replication_uri;     // node b's replication_uri (a proxy in front of it)
+};
+inline std::string write_resource_file(const test::TempDir& dir, const std::vector<int>& ports,
+                                       const ResourceFileOptions& o = {}) {
+  std::string nodes;
+  for (int i = 0; i < 2; ++i) {
+    const std::string n = i == 0 ? "a" : "b";
+    std::filesystem::create_directories(dir.file(n));
+    const std::string uri = i == 1 && !o.b_replication_uri.empty()
+                                ? fmt::format("  replication_uri: \"{}\"\n", o.b_replication_uri)
+                                : "";
+    nodes += fmt::format(R"(nodes {{
+  name: "{0}"
+{5}  state_dir: "{1}/{0}"
+  control_socket: "{1}/{0}.ctl"
+  disk {{ path: "{1}/{0}.img" create: true size_bytes: {2} }}
+  export {{ name: "r0" listen: "unix:{1}/{0}.sock" }}
+  secondary {{
+    buffer_path: "{1}/{0}-buffer.img"
+    buffer_size_bytes: 67108864
+    block_bytes: 4096
+    replication_listen: "tcp:127.0.0.1:{3}"
+  }}
+  channel_listen: "tcp:127.0.0.1:{4}"
+}}
+)", n, dir.path().string(), o.disk_bytes, ports[2 * i], ports[2 * i + 1], uri);
+  }
+  const std::string path = dir.file("r0.conf");
+  test::write_file(path, fmt::format(R"(resource: "r0"
+replication {{
+  write_mode: {}
+  heartbeat_interval_ms: 100
+  heartbeat_timeout_ms: {}
+{}}}
+)", o.write_mode, o.heartbeat_timeout_ms,
+                                     o.after_split_brain.empty()
+                                         ? ""
+                                         : "  after_split_brain: " + o.after_split_brain + "\n") +
+                             nodes);
+  return path;
+}
+
 }  // namespace test_pair
 }  // namespace colo

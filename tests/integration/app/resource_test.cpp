@@ -41,38 +41,13 @@ class Resource {
       ports_.push_back(p);
     }
     if (o_.proxy_b) proxy_ = std::make_unique<test::TcpProxy>(ports_[2]);
-    std::string nodes;
-    for (int i = 0; i < 2; ++i) {
-      const std::string n = name(i);
-      std::filesystem::create_directories(dir_.file(n));
-      const std::string uri =
-          i == 1 && proxy_ ? fmt::format("  replication_uri: \"nbd://127.0.0.1:{}/r0\"\n",
-                                         proxy_->port())
-                           : "";
-      nodes += fmt::format(R"(nodes {{
-  name: "{0}"
-{5}  state_dir: "{1}/{0}"
-  control_socket: "{1}/{0}.ctl"
-  disk {{ path: "{1}/{0}.img" create: true size_bytes: {2} }}
-  export {{ name: "r0" listen: "unix:{1}/{0}.sock" }}
-  secondary {{
-    buffer_path: "{1}/{0}-buffer.img"
-    buffer_size_bytes: 67108864
-    block_bytes: 4096
-    replication_listen: "tcp:127.0.0.1:{3}"
-  }}
-  channel_listen: "tcp:127.0.0.1:{4}"
-}}
-)", n, dir_.path().string(), o_.disk_bytes, ports_[2 * i], ports_[2 * i + 1], uri);
-    }
-    test::write_file(config(), fmt::format(R"(resource: "r0"
-replication {{
-  write_mode: {}
-  heartbeat_interval_ms: 100
-  heartbeat_timeout_ms: 1000
-{}}}
-)", o_.write_mode, o_.after_split_brain.empty() ? ""
-                  : "  after_split_brain: " + o_.after_split_brain + "\n") + nodes);
+    test_pair::write_resource_file(
+        dir_, ports_,
+        {.write_mode = o_.write_mode,
+         .disk_bytes = o_.disk_bytes,
+         .after_split_brain = o_.after_split_brain,
+         .b_replication_uri =
+             proxy_ ? fmt::format("nbd://127.0.0.1:{}/r0", proxy_->port()) : std::string()});
   }
   ~Resource() {
     for (auto& p : procs_) {
