@@ -47,6 +47,32 @@ void NbdClientNode::read_limits() {
   limits_ = lim;
 }
 
+std::string NbdClientTls::describe() const {
+  if (!enabled) return "off";
+  if (!pki_dir.empty()) {
+    return fmt::format("x509 from {}{}", pki_dir, verify_peer ? "" : " (peer not verified)");
+  }
+  return fmt::format("PSK identity \"{}\" from {}", psk_identity, psk_file);
+}
+
+Result<void> NbdClientNode::apply_tls(nbd_handle* h) const {
+  const NbdClientTls& t = options_.tls;
+  if (!t.enabled) return {};
+  bool ok = nbd_set_tls(h, LIBNBD_TLS_REQUIRE) == 0;
+  if (ok && !t.pki_dir.empty()) {
+    ok = nbd_set_tls_certificates(h, t.pki_dir.c_str()) == 0 &&
+         nbd_set_tls_verify_peer(h, t.verify_peer) == 0;
+  } else if (ok) {
+    ok = nbd_set_tls_psk_file(h, t.psk_file.c_str()) == 0 &&
+         nbd_set_tls_username(h, t.psk_identity.c_str()) == 0;
+  }
+  if (!ok) {
+    return make_error(libnbd_errno_or(EINVAL), fmt::format("{}: TLS ({}): {}", options_.uri,
+                                                           t.describe(), libnbd_error()));
+  }
+  return {};
+}
+
 Task<Result<void>> NbdClientNode::connect_once() {
   CHECK(handle_ == nullptr);
   const std::uint64_t epoch = epoch_;
@@ -59,6 +85,11 @@ Task<Result<void>> NbdClientNode::connect_once() {
   }
   nbd_set_request_structured_replies(h, true);
   nbd_set_pread_initialize(h, false);
+  if (auto tls = apply_tls(h); !tls) {
+    nbd_close(h);
+    set_state(NbdClientState::disconnected);
+    co_return tls.error();
+  }
   if (nbd_aio_connect_uri(h, options_.uri.c_str()) == -1) {
     const int err = libnbd_errno_or(ECONNREFUSED);
     std::string why = libnbd_error();
@@ -116,8 +147,11 @@ bool NbdClientNode::settle(int rc) {
     tune_socket(nbd_aio_get_fd(handle_));
     ++connect_count_;
     set_state(NbdClientState::connected);
+    const bool tls = nbd_get_tls_negotiated(handle_) == 1;
+    if (tls) log::info("{}: connected to {} with TLS ({})", name_, options_.uri, options_.tls.describe());
     event("nbd_client_connected",
           {{"size_bytes", std::to_string(size_bytes_)},
+           {"tls", !tls ? "off" : options_.tls.pki_dir.empty() ? "psk" : "x509"},
            {"can_fua", limits_.can_fua ? "true" : "false"},
            {"can_trim", limits_.can_trim ? "true" : "false"},
            {"can_zero", nbd_can_zero(handle_) == 1 ? "true" : "false"},
