@@ -6,9 +6,11 @@
 // PSK callbacks, the allow-list, the peer's identity), the same log lines and kTLS.
 
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
 
 #include <fmt/format.h>
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <array>
 
@@ -89,11 +91,49 @@ std::string quoted_list(const std::vector<std::string>& names) {
   return out;
 }
 
+
+// A server's first look at a new connection: a TLS client starts with a handshake record
+// (0x16); a plaintext peer's first frame starts with its length's high byte (0). Such a peer
+// is answered, in plaintext, an ErrorReply to its first request (the hello, seq 1), so it
+// learns why instead of seeing the connection close. Returns false when it was a plaintext
+// peer (then answered and closed), or nothing came within `timeout`.
+Task<bool> first_byte_is_tls(asio::any_io_executor ex, Generic::socket& s, const std::string& peer,
+                             std::chrono::milliseconds timeout) {
+  asio::steady_timer timer(ex, timeout);
+  timer.async_wait([&s](error_code ec) {
+    if (!ec) s.cancel();
+  });
+  auto [ec] = co_await s.async_wait(Generic::socket::wait_read, use_task);
+  timer.cancel();
+  std::uint8_t first = 0;
+  if (ec || ::recv(s.native_handle(), &first, 1, MSG_PEEK) != 1) co_return true;  // TLS fails
+  if (first == 0x16) co_return true;
+  const std::string why = fmt::format("checkpoint channel: plaintext peer {} refused: this node "
+                                      "requires TLS (replication.tls)", peer);
+  log::warn("{}", why);
+  refused_event(peer, why, "", "plaintext");
+  replication::Envelope reply = error_reply(
+      replication::ERROR_PROTOCOL,
+      "this checkpoint channel requires TLS (replication.tls); the connection was plaintext");
+  reply.set_seq(1);
+  reply.set_is_reply(true);
+  const std::string frame = encode_frame(reply);
+  error_code wec;
+  asio::write(s, asio::buffer(frame), wec);  // small: fits the socket buffer, no wait
+  s.shutdown(Generic::socket::shutdown_both, wec);
+  s.close(wec);
+  co_return false;
+}
+
 }  // namespace
 
 Task<Result<std::unique_ptr<FrameTransport>>> secure_transport(
     asio::any_io_executor ex, Generic::socket s, std::string peer,
     std::shared_ptr<const tls::TlsContext> context, std::chrono::milliseconds timeout) {
+  if (context->side() == tls::Side::server &&
+      !co_await first_byte_is_tls(ex, s, peer, timeout)) {
+    co_return make_error(EPROTO, fmt::format("plaintext peer {} refused (TLS is required)", peer));
+  }
   const int fd = s.release();
   auto created = tls::TlsStream::create(ex, fd, peer, context);
   if (!created) co_return created.error();
@@ -129,7 +169,9 @@ Task<Result<std::unique_ptr<FrameTransport>>> secure_transport(
   mine.set_accepted(true);
   if (error_code ec = co_await transport->write_frame(encode_frame(mine)); ec) {
     transport->close();
-    co_return Error{ec, fmt::format("TLS with {}: sending the verdict", peer)};
+    Error e{ec, fmt::format("TLS with {}: sending the verdict", peer)};
+    log::warn("checkpoint channel: {}", e.to_string());
+    co_return e;
   }
   const auto left = timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
                                   std::chrono::steady_clock::now() - started);
@@ -146,16 +188,18 @@ Task<Result<std::unique_ptr<FrameTransport>>> secure_transport(
   replication::TlsVerdict theirs;
   if (!frame || !theirs.ParseFromString(*frame)) {
     transport->close();
-    if (expired) {
-      co_return make_error(ETIMEDOUT, fmt::format("TLS with {}: no verdict from the peer within "
-                                                  "{} ms", peer, timeout.count()));
-    }
-    // A peer that refused our certificate at the end of a TLS 1.3 handshake sends its alert
-    // now (TlsStream logged OpenSSL's reason).
-    co_return make_error(EACCES, fmt::format(
-        "TLS with {}: the peer closed the connection after the handshake ({}): it refused this "
-        "node's credentials (see the line above and the peer's log)", peer,
-        frame ? std::string("malformed verdict") : frame.error().to_string()));
+    Error e = expired
+                  ? make_error(ETIMEDOUT, fmt::format("TLS with {}: no verdict from the peer "
+                                                      "within {} ms", peer, timeout.count()))
+                  // A peer that refused our certificate at the end of a TLS 1.3 handshake sends
+                  // its alert now (TlsStream logged OpenSSL's reason).
+                  : make_error(EACCES, fmt::format(
+                        "TLS with {}: the peer closed the connection after the handshake ({}): "
+                        "it refused this node's credentials (see the line above and the peer's "
+                        "log)", peer,
+                        frame ? std::string("malformed verdict") : frame.error().to_string()));
+    log::warn("checkpoint channel: {}", e.message);
+    co_return e;
   }
   if (!theirs.accepted()) {
     transport->close();

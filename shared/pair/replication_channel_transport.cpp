@@ -35,7 +35,23 @@ class SocketTransport final : public FrameTransport {
   SocketTransport(Generic::socket s, std::string peer) : socket_(std::move(s)), peer_(std::move(peer)) {}
 
   Task<Result<std::string>> read_frame(std::uint32_t frame_bytes_max) override {
-    co_return co_await colo::read_frame(socket_, frame_bytes_max);
+    std::array<std::uint8_t, 4> header{};
+    auto [ec, n] = co_await asio::async_read(socket_, asio::buffer(header), use_task);
+    if (ec) co_return Error{ec, "reading frame header"};
+    const std::uint32_t length = get_be32(header.data());
+    if (length > frame_bytes_max) {
+      // A TLS record (an alert: 0x15, version 3.x): the peer requires TLS, we do not speak it.
+      if (header[0] == 0x15 && header[1] == 0x03) {
+        co_return make_error(EPROTO, "the peer answered with a TLS alert: it requires TLS "
+                                     "(replication.tls), this node speaks plaintext");
+      }
+      co_return make_error(EMSGSIZE, fmt::format("frame of {} bytes exceeds the maximum of {}",
+                                                 length, frame_bytes_max));
+    }
+    std::string body(length, '\0');
+    auto [ec2, n2] = co_await asio::async_read(socket_, asio::buffer(body), use_task);
+    if (ec2) co_return Error{ec2, "reading frame body (truncated frame)"};
+    co_return body;
   }
   Task<error_code> write_frame(const std::string& frame) override {
     auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(frame), use_task);
@@ -178,10 +194,7 @@ Task<void> TransportListener::secure_and_hand_over(asio::any_io_executor ex, Gen
                                                    std::string peer, std::shared_ptr<Acceptor> a,
                                                    TlsSettings tls, OnAccept on_accept) {
   auto t = co_await secure_transport(ex, std::move(s), peer, tls.context, tls.handshake_timeout);
-  if (!t) {
-    log::warn("checkpoint channel: {}: {}", a->address.to_string(), t.error().message);
-    co_return;
-  }
+  if (!t) co_return;  // secure_transport() logged why
   if (a->closed) {
     (*t)->close();
     co_return;
