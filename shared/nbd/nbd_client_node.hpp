@@ -14,6 +14,9 @@
 //   readiness handler serves every reply already buffered in the socket (libnbd reads one
 //   reply per notify) before it waits again. Completions delivered outside a readiness
 //   handler (connection lost, close()) are resumed from one posted task.
+// - With TLS the connection is made on a helper thread (libnbd 1.14's TLS handshake busy-waits
+//   inside one call until the server answers; the loop must not), then its ready handle is
+//   driven from the loop like any other.
 // - Structured replies are requested; TCP_NODELAY is set on TCP sockets (socket buffers are
 //   left to the kernel's autotuning: fixed 4 MiB buffers measured no better for 1 MiB writes
 //   at depth 16). FUA, flush, trim, write-zeroes and fast-zero are sent only when the server
@@ -152,6 +155,9 @@ class NbdClientNode final : public BlockNode,
 
   // Gives a new handle the TLS settings of options_.tls (none when it is off).
   Result<void> apply_tls(nbd_handle* h) const;
+  // TLS: the whole connection of `h` (connect, NBD and TLS handshakes) on a helper thread,
+  // within connect_timeout_ms; on success `h` is ready, else it was closed.
+  Task<Result<void>> connect_in_thread(nbd_handle* h);
   // One connection attempt; on success the handle is ready and state_ is connected.
   Task<Result<void>> connect_once();
   // Arms readiness waits for the directions libnbd wants on the current handle.

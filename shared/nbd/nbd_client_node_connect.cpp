@@ -8,9 +8,13 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <boost/asio/post.hpp>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "shared/base/check.hpp"
 #include "shared/base/log.hpp"
@@ -73,6 +77,60 @@ Result<void> NbdClientNode::apply_tls(nbd_handle* h) const {
   return {};
 }
 
+Task<Result<void>> NbdClientNode::connect_in_thread(nbd_handle* h) {
+  // What the helper thread and this coroutine share; the thread owns `h` until it posts.
+  struct Shared {
+    std::atomic<bool> abandoned{false};
+    bool done = false;
+    int err = 0;
+    std::string why;
+    AsyncEvent finished;
+  };
+  auto shared = std::make_shared<Shared>();
+  const std::string uri = options_.uri;
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.connect_timeout_ms);
+  asio::any_io_executor ex = ex_;
+  std::thread([shared, h, uri, deadline, ex] {
+    int err = 0;
+    std::string why;
+    if (nbd_aio_connect_uri(h, uri.c_str()) == -1) {
+      err = libnbd_errno_or(ECONNREFUSED);
+      why = libnbd_error();
+    }
+    while (err == 0 && nbd_aio_is_ready(h) != 1) {
+      if (nbd_aio_is_dead(h) == 1 || nbd_aio_is_closed(h) == 1) {
+        err = libnbd_errno_or(ECONNREFUSED);
+        why = libnbd_error();
+        break;
+      }
+      if (shared->abandoned.load() || std::chrono::steady_clock::now() >= deadline) {
+        err = ETIMEDOUT;
+        why = "timed out";
+        break;
+      }
+      if (nbd_poll(h, 100) == -1) {
+        err = libnbd_errno_or(ECONNREFUSED);
+        why = libnbd_error();
+      }
+    }
+    if (err != 0 && why.empty()) why = "the server closed the connection";
+    // Handed back on the loop; a handle nobody waits for any more is closed there.
+    asio::post(ex, [shared, h, err, why = std::move(why)]() mutable {
+      shared->err = err;
+      shared->why = std::move(why);
+      shared->done = true;
+      if (err != 0 || shared->abandoned.load()) nbd_close(h);
+      shared->finished.notify_all();
+    });
+  }).detach();
+  while (!shared->done) co_await shared->finished.wait();
+  if (shared->err != 0) {
+    co_return make_error(shared->err, fmt::format("connecting to {} failed: {}", uri, shared->why));
+  }
+  co_return Result<void>{};
+}
+
 Task<Result<void>> NbdClientNode::connect_once() {
   CHECK(handle_ == nullptr);
   const std::uint64_t epoch = epoch_;
@@ -89,6 +147,30 @@ Task<Result<void>> NbdClientNode::connect_once() {
     nbd_close(h);
     set_state(NbdClientState::disconnected);
     co_return tls.error();
+  }
+  if (options_.tls.enabled) {
+    // libnbd 1.14's TLS handshake spins inside one notify call (GnuTLS retries its reads until
+    // the server answers), which would stall this loop, and deadlock a server on the same loop:
+    // the connection and its handshakes run on a helper thread; the ready handle comes back.
+    Result<void> connected = co_await connect_in_thread(h);
+    if (!connected) {
+      set_state(NbdClientState::disconnected);
+      log::warn("{}: connecting to {} failed: {}", name_, options_.uri, connected.error().message);
+      co_return connected.error();
+    }
+    if (epoch_ != epoch || state_ != NbdClientState::connecting) {
+      nbd_close(h);
+      co_return make_error(ECONNREFUSED, fmt::format("connecting to {} failed: closed",
+                                                     options_.uri));
+    }
+    handle_ = h;
+    last_error_.clear();
+    if (!settle(0)) {
+      co_return make_error(ECONNREFUSED, fmt::format("connecting to {} failed: {}", options_.uri,
+                                                     last_error_));
+    }
+    rearm();
+    co_return Result<void>{};
   }
   if (nbd_aio_connect_uri(h, options_.uri.c_str()) == -1) {
     const int err = libnbd_errno_or(ECONNREFUSED);
