@@ -44,13 +44,14 @@ struct Creds {
 };
 
 enum class Kind { x509, psk };
-enum class Bad { none, other_name, other_ca, wrong_psk, plaintext };
+enum class Bad { none, other_name, other_ca, wrong_psk, plaintext, b_other_name };
 
-// Node b is always good; node a (which becomes the primary) has the `bad` credentials.
+// Node a (which becomes the primary) has the `bad` credentials; node b is good but for
+// b_other_name (b's certificates name "c").
 Creds make_creds(test::NodePki& pki, Kind kind, Bad bad) {
   Creds c;
   if (kind == Kind::x509) {
-    const std::string b = pki.node_dir("b", "b");
+    const std::string b = pki.node_dir("b", bad == Bad::b_other_name ? "c" : "b");
     const std::string a = bad == Bad::other_name ? pki.node_dir("a", "c")
                           : bad == Bad::other_ca ? pki.node_dir("a", "a", true)
                                                  : pki.node_dir("a", "a");
@@ -234,6 +235,7 @@ struct BadCase {
   // What b's log says of a on the checkpoint channel, and what a's log says.
   const char* b_says;
   const char* a_says;
+  int refuser = 1;  // the node whose log has the tls_peer_refused event
 };
 
 class PairTlsRefused : public ::testing::TestWithParam<BadCase> {};
@@ -253,8 +255,8 @@ TEST_P(PairTlsRefused, ANodeWithBadCredentialsIsRefusedAndNothingChanges) {
   auto p = r.cmd(0, {"promote", "--wait"});
   ASSERT_EQ(p.exit_code, 0) << p.output;
   ASSERT_TRUE(r.wait_status(0, "role: primary")) << r.log(0);
-  ASSERT_TRUE(r.wait_log(1, "\"event\":\"tls_peer_refused\"")) << r.log(1);
-  ASSERT_TRUE(r.wait_log(1, "\"channel\":\"checkpoint\"")) << r.log(1);
+  ASSERT_TRUE(r.wait_log(bc.refuser, "\"event\":\"tls_peer_refused\"")) << r.log(bc.refuser);
+  ASSERT_TRUE(r.wait_log(bc.refuser, "\"channel\":\"checkpoint\"")) << r.log(bc.refuser);
   EXPECT_TRUE(r.wait_log(1, bc.b_says)) << r.log(1);
   EXPECT_TRUE(r.wait_log(0, bc.a_says)) << r.log(0);
   // What each side says (for the reader of the test's output).
@@ -277,7 +279,7 @@ TEST_P(PairTlsRefused, ANodeWithBadCredentialsIsRefusedAndNothingChanges) {
   EXPECT_EQ(r.file_sha(1), b_before);
 
   // b's replication export refuses a's credentials as well (the event names the NBD listener).
-  if (bc.bad != Bad::plaintext) {
+  if (bc.bad != Bad::plaintext && bc.bad != Bad::b_other_name) {
     auto info = r.nbdinfo_as_a(1);
     EXPECT_NE(info.exit_code, 0) << info.output;
     EXPECT_TRUE(r.wait_log(1, "\"channel\":\"nbd\"")) << r.log(1);
@@ -300,6 +302,10 @@ INSTANTIATE_TEST_SUITE_P(
         // a refuses b's certificate first (another CA for a), then b sees a's alert.
         BadCase{"OtherCa", Kind::x509, Bad::other_ca, "alert unknown ca",
                 "certificate verify failed"},
+        // b presents a certificate for "c": a (its client) expects "b".
+        BadCase{"SecondaryOtherName", Kind::x509, Bad::b_other_name,
+                "refused this node: expected \"b\", this node presented x509 CN=\"c\"",
+                "this node expects \"b\", the peer presented x509 CN=\"c\"", 0},
         // a's key for "a" is not b's.
         BadCase{"WrongPsk", Kind::psk, Bad::wrong_psk, "binder does not verify",
                 "alert illegal parameter"},
