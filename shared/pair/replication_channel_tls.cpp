@@ -130,18 +130,26 @@ Task<bool> first_byte_is_tls(asio::any_io_executor ex, Generic::socket& s, const
 Task<Result<std::unique_ptr<FrameTransport>>> secure_transport(
     asio::any_io_executor ex, Generic::socket s, std::string peer,
     std::shared_ptr<const tls::TlsContext> context, std::chrono::milliseconds timeout) {
-  if (context->side() == tls::Side::server &&
-      !co_await first_byte_is_tls(ex, s, peer, timeout)) {
-    co_return make_error(EPROTO, fmt::format("plaintext peer {} refused (TLS is required)", peer));
+  const auto started = std::chrono::steady_clock::now();
+  auto left = [&] {
+    const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - started);
+    return std::max(timeout - spent, std::chrono::milliseconds(1));
+  };
+  if (context->side() == tls::Side::server) {
+    const bool tls_peer = co_await first_byte_is_tls(ex, s, peer, timeout);
+    if (!tls_peer) {
+      co_return make_error(EPROTO, fmt::format("plaintext peer {} refused (TLS is required)",
+                                               peer));
+    }
   }
   const int fd = s.release();
   auto created = tls::TlsStream::create(ex, fd, peer, context);
   if (!created) co_return created.error();
   auto transport = std::make_unique<TlsTransport>(std::move(*created), fd);
   tls::TlsStream& stream = transport->stream();
-  const auto started = std::chrono::steady_clock::now();
 
-  Result<tls::PeerIdentity> who = co_await stream.handshake(timeout);
+  Result<tls::PeerIdentity> who = co_await stream.handshake(left());
   if (!who) {
     const bool refused_identity = who.error().code.value() == EACCES;
     const std::string expected = quoted_list(context->allowed_identities());
@@ -173,9 +181,7 @@ Task<Result<std::unique_ptr<FrameTransport>>> secure_transport(
     log::warn("checkpoint channel: {}", e.to_string());
     co_return e;
   }
-  const auto left = timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
-                                  std::chrono::steady_clock::now() - started);
-  asio::steady_timer deadline(ex, std::max(left, std::chrono::milliseconds(1)));
+  asio::steady_timer deadline(ex, left());
   bool expired = false;
   TlsTransport* raw = transport.get();
   deadline.async_wait([raw, &expired](error_code ec) {
