@@ -8,10 +8,12 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
-#include <boost/asio/post.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
+#include <mutex>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -78,20 +80,44 @@ Result<void> NbdClientNode::apply_tls(nbd_handle* h) const {
 }
 
 Task<Result<void>> NbdClientNode::connect_in_thread(nbd_handle* h) {
-  // What the helper thread and this coroutine share; the thread owns `h` until it posts.
+  // Shared by the helper thread and this coroutine. The thread never touches the event loop:
+  // it reports through an eventfd, so a loop (or a coroutine) gone meanwhile is no hazard; a
+  // handle nobody waits for any more is closed by whoever sees that last.
   struct Shared {
-    std::atomic<bool> abandoned{false};
-    bool done = false;
+    std::mutex m;
+    bool done = false;       // the thread finished: err and why are set
+    bool abandoned = false;  // the waiting coroutine is gone
+    bool taken = false;      // the coroutine took the ready handle
     int err = 0;
     std::string why;
-    AsyncEvent finished;
+    int efd = -1;
+    ~Shared() {
+      if (efd >= 0) ::close(efd);
+    }
   };
   auto shared = std::make_shared<Shared>();
+  shared->efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (shared->efd < 0) co_return make_error(errno, "eventfd");
+  const int wait_fd = ::dup(shared->efd);
+  if (wait_fd < 0) co_return make_error(errno, "dup");
+  asio::posix::stream_descriptor wakeup(ex_, wait_fd);
+  struct Guard {
+    std::shared_ptr<Shared> s;
+    nbd_handle* h;
+    ~Guard() {
+      std::lock_guard lock(s->m);
+      if (!s->done) {
+        s->abandoned = true;
+      } else if (s->err == 0 && !s->taken) {
+        nbd_close(h);
+      }
+    }
+  } guard{shared, h};
+
   const std::string uri = options_.uri;
   const auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.connect_timeout_ms);
-  asio::any_io_executor ex = ex_;
-  std::thread([shared, h, uri, deadline, ex] {
+  std::thread([shared, h, uri, deadline] {
     int err = 0;
     std::string why;
     if (nbd_aio_connect_uri(h, uri.c_str()) == -1) {
@@ -100,13 +126,18 @@ Task<Result<void>> NbdClientNode::connect_in_thread(nbd_handle* h) {
     }
     while (err == 0 && nbd_aio_is_ready(h) != 1) {
       if (nbd_aio_is_dead(h) == 1 || nbd_aio_is_closed(h) == 1) {
-        err = libnbd_errno_or(ECONNREFUSED);
-        why = libnbd_error();
+        err = ECONNREFUSED;
+        why = "the server closed the connection";
         break;
       }
-      if (shared->abandoned.load() || std::chrono::steady_clock::now() >= deadline) {
+      bool abandoned = false;
+      {
+        std::lock_guard lock(shared->m);
+        abandoned = shared->abandoned;
+      }
+      if (abandoned || std::chrono::steady_clock::now() >= deadline) {
         err = ETIMEDOUT;
-        why = "timed out";
+        why = fmt::format("timed out");
         break;
       }
       if (nbd_poll(h, 100) == -1) {
@@ -114,21 +145,37 @@ Task<Result<void>> NbdClientNode::connect_in_thread(nbd_handle* h) {
         why = libnbd_error();
       }
     }
-    if (err != 0 && why.empty()) why = "the server closed the connection";
-    // Handed back on the loop; a handle nobody waits for any more is closed there.
-    asio::post(ex, [shared, h, err, why = std::move(why)]() mutable {
-      shared->err = err;
-      shared->why = std::move(why);
+    bool close_it = err != 0;
+    {
+      std::lock_guard lock(shared->m);
       shared->done = true;
-      if (err != 0 || shared->abandoned.load()) nbd_close(h);
-      shared->finished.notify_all();
-    });
+      shared->err = err;
+      shared->why = why;
+      if (shared->abandoned) close_it = true;
+      const std::uint64_t one = 1;
+      if (!shared->abandoned) (void)!::write(shared->efd, &one, sizeof one);
+    }
+    if (close_it) nbd_close(h);
   }).detach();
-  while (!shared->done) co_await shared->finished.wait();
-  if (shared->err != 0) {
-    co_return make_error(shared->err, fmt::format("connecting to {} failed: {}", uri, shared->why));
+
+  for (;;) {
+    {
+      std::lock_guard lock(shared->m);
+      if (shared->done) {
+        if (shared->err != 0) {
+          co_return make_error(shared->err, fmt::format("connecting to {} failed: {}", uri,
+                                                        shared->why));
+        }
+        shared->taken = true;
+        co_return Result<void>{};
+      }
+    }
+    auto [ec] = co_await wakeup.async_wait(asio::posix::stream_descriptor::wait_read, use_task);
+    if (ec && ec != asio::error::interrupted) {
+      co_return make_error(ec.value(), fmt::format("connecting to {}: waiting: {}", uri,
+                                                   ec.message()));
+    }
   }
-  co_return Result<void>{};
 }
 
 Task<Result<void>> NbdClientNode::connect_once() {
