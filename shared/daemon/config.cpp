@@ -1,5 +1,7 @@
 #include "shared/daemon/config.hpp"
 
+#include "shared/daemon/event_hooks.hpp"
+
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
@@ -135,6 +137,7 @@ std::vector<std::string> validate_config(const config::DaemonConfig& cfg) {
   validate_quorum_config(cfg, errors);
   validate_secondary_config(cfg, errors);
   validate_replication_config(cfg, errors);
+  validate_hooks(cfg, errors);
   return errors;
 }
 

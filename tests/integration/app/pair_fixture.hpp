@@ -313,6 +313,7 @@ struct ResourceFileOptions {
   int heartbeat_timeout_ms = 1000;
   std::string after_split_brain;     // empty: not set (DISCONNECT)
   std::string b_replication_uri;     // node b's replication_uri (a proxy in front of it)
+  std::string extra;                 // more top-level config text (hooks { ... })
 };
 inline std::string write_resource_file(const test::TempDir& dir, const std::vector<int>& ports,
                                        const ResourceFileOptions& o = {}) {
@@ -350,7 +351,7 @@ replication {{
                                      o.after_split_brain.empty()
                                          ? ""
                                          : "  after_split_brain: " + o.after_split_brain + "\n") +
-                             nodes);
+                             o.extra + nodes);
   return path;
 }
 
