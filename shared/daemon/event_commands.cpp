@@ -6,7 +6,6 @@
 #include <boost/json/serialize.hpp>
 
 #include <charconv>
-#include <memory>
 
 namespace colo {
 
@@ -57,16 +56,22 @@ std::string lines_after(const EventHub& hub, std::uint64_t after) {
 }
 
 Task<control::Reply> follow(EventHub& hub, std::uint64_t after, ControlStream& stream) {
-  auto wake = std::make_shared<AsyncEvent>();
-  const std::uint64_t reader = hub.add_reader([wake] { wake->notify_all(true); });
+  // The wait is a timer that an event cancels: its pending wait belongs to the io_context, so a
+  // stream left waiting when the daemon's loop ends is destroyed with it, and the guard below
+  // then removes the reader (nothing in the hub points at a dead loop).
+  asio::steady_timer tick(co_await asio::this_coro::executor);
+  bool woken = false;
+  const std::uint64_t reader = hub.add_reader([&tick, &woken] {
+    woken = true;
+    tick.cancel();
+  });
   struct Guard {
     EventHub& hub;
     std::uint64_t id;
     ~Guard() { hub.remove_reader(id); }
   } guard{hub, reader};
-  asio::steady_timer tick(co_await asio::this_coro::executor);
   for (;;) {
-    wake->reset();
+    woken = false;
     const HubRead r = hub.read_after(after, kBatch);
     if (r.lost > 0) {
       control::Reply line = ControlReplyBuilder::ok(lost_line(after, r.lost) + "\n");
@@ -83,14 +88,11 @@ Task<control::Reply> follow(EventHub& hub, std::uint64_t after, ControlStream& s
                                           "the daemon is stopping or changing its role\n");
     }
     if (stream.hung_up()) co_return control::Reply{};
+    if (woken) continue;  // events came while the lines were being written
     // Wait for an event, or a tick (to see a client that left or a daemon that stops).
     tick.expires_after(kTick);
-    std::weak_ptr<AsyncEvent> weak = wake;
-    tick.async_wait([weak](const error_code& ec) {
-      if (auto w = weak.lock(); w && !ec) w->notify_all(true);
-    });
-    co_await wake->wait();
-    tick.cancel();
+    auto [ec] = co_await tick.async_wait(use_task);
+    (void)ec;
   }
 }
 
