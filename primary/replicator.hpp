@@ -236,6 +236,7 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   void on_channel_lost(const std::string& reason);
   std::uint64_t peer_errors() const;
   void record_pause(std::chrono::nanoseconds pause);
+  void note_checkpoint_late(const std::string& reason);
   static Task<void> periodic_loop(std::shared_ptr<Replicator> self);
   static Task<void> watch_loop(std::shared_ptr<Replicator> self);
   static Task<void> prepare_timer(std::shared_ptr<Replicator> self, std::uint64_t generation);
@@ -324,6 +325,8 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
 
   std::uint64_t checkpoints_ = 0;
   std::uint64_t checkpoint_failures_ = 0;
+  std::uint64_t checkpoints_late_ = 0;  // periodic checkpoints skipped or longer than the interval
+  bool checkpoint_late_ = false;        // the checkpoint_late event was raised for this run
   std::string last_checkpoint_error_;
   std::chrono::system_clock::time_point last_checkpoint_{};
   std::deque<std::uint64_t> pauses_ns_;  // the latest pauses

@@ -240,12 +240,35 @@ Task<void> Replicator::periodic_loop(std::shared_ptr<Replicator> self) {
     due += interval;
     auto [ec] = co_await self->periodic_timer_.async_wait(use_task);
     if (ec || self->stopping_ || self->demoted_) co_return;
-    if (self->peer_state_ != PeerState::paired || self->prepared_ || self->busy_ ||
-        self->resyncing()) {
+    if (self->peer_state_ != PeerState::paired || self->resyncing()) continue;
+    if (self->prepared_ || self->busy_) {
+      self->note_checkpoint_late("the previous checkpoint or a prepared one still holds the "
+                                 "pair at the periodic checkpoint's time");
       continue;
     }
-    co_await self->checkpoint();  // failures are logged and counted
+    const auto started = std::chrono::steady_clock::now();
+    auto done = co_await self->checkpoint();  // failures are logged and counted
+    const auto took = std::chrono::steady_clock::now() - started;
+    if (done && took > interval) {
+      self->note_checkpoint_late(fmt::format(
+          "checkpoint {} took {} ms, longer than the interval", *done,
+          std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
+    } else if (done) {
+      self->checkpoint_late_ = false;
+    }
   }
+}
+
+// Once per run of late periodic checkpoints: the event says the interval is not being met
+// (a slow secondary, a large async queue, a checkpoint held by an operator's prepare).
+void Replicator::note_checkpoint_late(const std::string& reason) {
+  ++checkpoints_late_;
+  if (checkpoint_late_) return;
+  checkpoint_late_ = true;
+  log::event({"checkpoint_late",
+              {{"epoch", std::to_string(epoch_)},
+               {"interval_ms", std::to_string(options_.checkpoint_interval.count())},
+               {"reason", reason}}});
 }
 
 void Replicator::record_pause(std::chrono::nanoseconds pause) {

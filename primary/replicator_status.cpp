@@ -85,7 +85,8 @@ std::string Replicator::status_text() const {
     text += fmt::format("queue: {} bytes, {} entries ({} in flight)\n", peer_async_->queued_bytes(),
                         peer_async_->queued_entries(), peer_async_->inflight_entries());
   }
-  text += fmt::format("checkpoints: {} ok, {} failed\n", checkpoints_, checkpoint_failures_);
+  text += fmt::format("checkpoints: {} ok, {} failed, {} periodic late\n", checkpoints_,
+                      checkpoint_failures_, checkpoints_late_);
   if (last_checkpoint_ != std::chrono::system_clock::time_point{}) {
     const auto age = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::system_clock::now() - last_checkpoint_);
@@ -160,6 +161,7 @@ boost::json::object Replicator::status_json() const {
         {"entries", peer_async_ ? peer_async_->queued_entries() : 0}}},
       {"checkpoints", checkpoints_},
       {"checkpoint_failures", checkpoint_failures_},
+      {"checkpoints_late", checkpoints_late_},
       {"last_checkpoint_unix_ms", unix_ms(last_checkpoint_)},
       {"pause_us", {{"last", p.last_us}, {"p50", p.p50_us}, {"p99", p.p99_us}, {"max", p.max_us}}},
       {"last_error", last_checkpoint_error_},

@@ -161,6 +161,77 @@ int wait_for_role(const std::string& socket, const std::string& role, int timeou
   }
 }
 
+// `coloctl events --follow [--after SEQ]`: the daemon's events as JSON lines on stdout, as they
+// happen, until interrupted. When the daemon closes the stream (a role change restarts it; a
+// stop), coloctl reconnects and asks for the events after the last one it printed, so a role
+// change loses nothing; it gives up when the daemon stays away for the timeout (exit 3).
+int follow_events(const std::string& socket, const std::vector<std::string>& words,
+                  int timeout_ms) {
+  std::uint64_t after = 0;
+  for (std::size_t i = 1; i < words.size(); ++i) {
+    if (words[i] == "--after" && i + 1 < words.size()) {
+      try {
+        after = std::stoull(words[i + 1]);
+      } catch (const std::exception&) {
+        std::cerr << "coloctl: events: --after takes a sequence number\n";
+        return colo::kExitUsage;
+      }
+      ++i;
+    } else if (words[i] != "--follow") {
+      std::cerr << "coloctl: usage: events [--follow] [--after SEQ]\n";
+      return colo::kExitUsage;
+    }
+  }
+  bool connected_once = false;
+  auto away_since = std::chrono::steady_clock::now();
+  for (;;) {
+    colo::control::Request request;
+    request.set_command("events");
+    request.add_args("--follow");
+    request.add_args("--after");
+    request.add_args(std::to_string(after));
+    auto last = colo::control_stream(
+        socket, request, -1, [&](const colo::control::Reply& reply) {
+          std::cout << reply.text() << std::flush;
+          // The last line's sequence number is where a reconnect resumes.
+          std::string_view text = reply.text();
+          while (!text.empty() && text.back() == '\n') text.remove_suffix(1);
+          const auto nl = text.rfind('\n');
+          boost::system::error_code ec;
+          const auto v = boost::json::parse(
+              nl == std::string_view::npos ? text : text.substr(nl + 1), ec);
+          if (!ec && v.is_object()) {
+            if (const auto* seq = v.as_object().if_contains("seq"); seq && seq->is_uint64()) {
+              after = seq->as_uint64();
+            } else if (seq && seq->is_int64()) {
+              after = static_cast<std::uint64_t>(seq->as_int64());
+            }
+          }
+          return static_cast<bool>(std::cout);
+        });
+    if (!std::cout) return 0;
+    if (last && last->exit_code() == colo::kExitUsage) {
+      std::cerr << last->text();
+      return colo::kExitUsage;
+    }
+    // The stream was up (it ended with a reply, or the daemon closed it): the time away counts
+    // from now. A connection that failed at once: the daemon is not there (yet).
+    const bool was_up = last || last.error().code.value() == ECONNRESET;
+    if (was_up) {
+      connected_once = true;
+      away_since = std::chrono::steady_clock::now();
+    } else if (!connected_once) {
+      std::cerr << "coloctl: " << last.error().to_string() << "\n";
+      return colo::kExitUnreachable;
+    }
+    if (std::chrono::steady_clock::now() - away_since > std::chrono::milliseconds(timeout_ms)) {
+      std::cerr << "coloctl: the daemon stayed away for " << timeout_ms << " ms\n";
+      return colo::kExitUnreachable;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -234,6 +305,10 @@ int main(int argc, char** argv) {
   std::string socket = vm["socket"].as<std::string>();
   if (vm["socket"].defaulted()) {
     if (const char* env = std::getenv("COLOCTL_SOCKET")) socket = env;
+  }
+  if (words[0] == "events" &&
+      std::find(words.begin() + 1, words.end(), std::string("--follow")) != words.end()) {
+    return follow_events(socket, words, vm["timeout"].as<int>());
   }
   if (words[0] == "resync" && words.size() == 2 && words[1] == "--wait") {
     return wait_for_resync(socket, vm["timeout"].as<int>());

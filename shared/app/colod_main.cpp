@@ -13,6 +13,7 @@
 #include "shared/base/log.hpp"
 #include "shared/daemon/config.hpp"
 #include "shared/daemon/daemon.hpp"
+#include "shared/daemon/event_hub.hpp"
 #include "shared/daemon/event_loop.hpp"
 #include "shared/daemon/resource_config.hpp"
 #include "shared/daemon/role_state.hpp"
@@ -47,6 +48,8 @@ std::optional<colo::config::Role> run_daemon(colo::config::DaemonConfig cfg,
     *code = 1;
     return std::nullopt;
   }
+  // Before the role: its first events reach the hooks, and the hooks drain after it stops.
+  ctx.start_hooks();
   Result<void> started = cfg.role() == config::PRIMARY ? start_primary(ctx) : start_secondary(ctx);
   if (!started) {
     log::error("cannot start the {} role: {}", role_name(cfg.role()), started.error().to_string());
@@ -129,6 +132,8 @@ int main(int argc, char** argv) {
     std::cerr << "colod: --config is required (see --help)\n";
     return 2;
   }
+  // Every event is numbered and kept for `coloctl events` and the hooks, across role changes.
+  colo::log::set_event_sink([](const colo::log::Event& e) { colo::EventHub::process().publish(e); });
   auto cfg = colo::load_config(vm["config"].as<std::string>());
   if (!cfg) {
     std::cerr << "colod: " << cfg.error().to_string() << "\n";

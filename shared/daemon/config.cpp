@@ -1,5 +1,7 @@
 #include "shared/daemon/config.hpp"
 
+#include "shared/daemon/event_hooks.hpp"
+
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
@@ -136,6 +138,7 @@ std::vector<std::string> validate_config(const config::DaemonConfig& cfg) {
   validate_secondary_config(cfg, errors);
   validate_replication_config(cfg, errors);
   validate_pair_tls_config(cfg, errors);
+  validate_hooks(cfg, errors);
   return errors;
 }
 

@@ -65,6 +65,32 @@ void ControlServer::add_command(std::string name, std::string usage, ControlHand
   commands_.emplace(std::move(name), Command{std::move(usage), std::move(handler)});
 }
 
+void ControlServer::add_stream_command(std::string name, std::string usage,
+                                       ControlStreamHandler handler) {
+  CHECK(commands_.find(name) == commands_.end());
+  commands_.emplace(std::move(name), Command{std::move(usage), {}, std::move(handler)});
+}
+
+class ControlServer::Stream final : public ControlStream {
+ public:
+  Stream(ControlServer& server, Local::socket& socket) : server_(server), socket_(socket) {}
+  Task<error_code> send(control::Reply reply) override {
+    reply.set_more(true);
+    co_return co_await write_message(socket_, reply);
+  }
+  bool hung_up() const override {
+    char byte = 0;
+    const ssize_t n =
+        ::recv(const_cast<Local::socket&>(socket_).native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+  }
+  bool closing() const override { return server_.closing_; }
+
+ private:
+  ControlServer& server_;
+  Local::socket& socket_;
+};
+
 ControlHandler ControlServer::handler(std::string_view name) const {
   auto it = commands_.find(name);
   return it == commands_.end() ? ControlHandler{} : it->second.handler;
@@ -115,6 +141,7 @@ Result<void> ControlServer::listen(const std::string& path) {
 }
 
 void ControlServer::close() {
+  closing_ = true;
   if (!acceptor_) return;
   error_code ec;
   acceptor_->close(ec);
@@ -144,6 +171,17 @@ Task<void> ControlServer::serve(Local::socket socket) {
       }
       co_return;
     }
+    auto it = commands_.find(request.command());
+    if (it != commands_.end() && it->second.stream) {
+      // Copy the handler: a handler may (de)register commands while it runs.
+      ControlStreamHandler handler = it->second.stream;
+      Stream stream(*this, socket);
+      control::Reply last = co_await handler(request, stream);
+      last.set_more(false);
+      error_code ec = co_await write_message(socket, last);
+      if (ec) co_return;
+      continue;
+    }
     ++replying_;
     control::Reply reply = co_await dispatch(request);
     error_code ec = co_await write_message(socket, reply);
@@ -166,54 +204,99 @@ Task<control::Reply> ControlServer::dispatch(const control::Request& request) {
   co_return co_await handler(request);
 }
 
-Result<control::Reply> control_call(const std::string& socket_path,
-                                    const control::Request& request, int timeout_ms) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket_path.size() >= sizeof addr.sun_path) {
-    return make_error(ENAMETOOLONG, "control socket path " + socket_path + " is too long");
+namespace {
+
+// One blocking client connection to a control socket.
+class ControlClient {
+ public:
+  explicit ControlClient(std::string path) : path_(std::move(path)) {}
+  ~ControlClient() {
+    if (fd_ >= 0) ::close(fd_);
   }
-  std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return make_error(errno, "socket");
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    return make_error(errno, "cannot connect to control socket " + socket_path);
+  ControlClient(const ControlClient&) = delete;
+  ControlClient& operator=(const ControlClient&) = delete;
+
+  Result<void> connect() {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path_.size() >= sizeof addr.sun_path) {
+      return make_error(ENAMETOOLONG, "control socket path " + path_ + " is too long");
+    }
+    std::memcpy(addr.sun_path, path_.c_str(), path_.size() + 1);
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0) return make_error(errno, "socket");
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      return make_error(errno, "cannot connect to control socket " + path_);
+    }
+    return {};
   }
-  std::string frame = encode_frame(request);
-  auto io_all = [&](char* p, std::size_t len, bool writing) -> Result<void> {
+  Result<void> send(const control::Request& request, int timeout_ms) {
+    std::string frame = encode_frame(request);
+    return io_all(frame.data(), frame.size(), true, timeout_ms);
+  }
+  Result<control::Reply> receive(int timeout_ms) {
+    std::array<std::uint8_t, 4> header{};
+    if (auto r = io_all(reinterpret_cast<char*>(header.data()), 4, false, timeout_ms); !r) {
+      return r.error();
+    }
+    const std::uint32_t length = get_be32(header.data());
+    if (length > kControlFrameBytesMax) return make_error(EPROTO, "reply frame too large");
+    std::string reply_body(length, '\0');
+    if (auto r = io_all(reply_body.data(), length, false, timeout_ms); !r) return r.error();
+    control::Reply reply;
+    if (auto d = decode_frame_body(reply_body, reply); !d) return d.error();
+    return reply;
+  }
+
+ private:
+  Result<void> io_all(char* p, std::size_t len, bool writing, int timeout_ms) {
     while (len > 0) {
-      pollfd pfd{fd, static_cast<short>(writing ? POLLOUT : POLLIN), 0};
+      pollfd pfd{fd_, static_cast<short>(writing ? POLLOUT : POLLIN), 0};
       int pr = ::poll(&pfd, 1, timeout_ms);
-      if (pr == 0) return make_error(ETIMEDOUT, "control socket " + socket_path + " timed out");
+      if (pr == 0) return make_error(ETIMEDOUT, "control socket " + path_ + " timed out");
       if (pr < 0) {
         if (errno == EINTR) continue;
         return make_error(errno, "poll");
       }
-      ssize_t n = writing ? ::send(fd, p, len, MSG_NOSIGNAL) : ::recv(fd, p, len, 0);
+      ssize_t n = writing ? ::send(fd_, p, len, MSG_NOSIGNAL) : ::recv(fd_, p, len, 0);
       if (n < 0) {
         if (errno == EINTR || errno == EAGAIN) continue;
-        return make_error(errno, "control socket " + socket_path);
+        return make_error(errno, "control socket " + path_);
       }
-      if (n == 0) return make_error(ECONNRESET, "daemon closed control socket " + socket_path);
+      if (n == 0) return make_error(ECONNRESET, "daemon closed control socket " + path_);
       p += n;
       len -= static_cast<std::size_t>(n);
     }
     return {};
-  };
-  if (auto r = io_all(frame.data(), frame.size(), true); !r) return r.error();
-  std::array<std::uint8_t, 4> header{};
-  if (auto r = io_all(reinterpret_cast<char*>(header.data()), 4, false); !r) return r.error();
-  const std::uint32_t length = get_be32(header.data());
-  if (length > kControlFrameBytesMax) return make_error(EPROTO, "reply frame too large");
-  std::string reply_body(length, '\0');
-  if (auto r = io_all(reply_body.data(), length, false); !r) return r.error();
-  control::Reply reply;
-  if (auto d = decode_frame_body(reply_body, reply); !d) return d.error();
-  return reply;
+  }
+
+  std::string path_;
+  int fd_ = -1;
+};
+
+}  // namespace
+
+Result<control::Reply> control_call(const std::string& socket_path,
+                                    const control::Request& request, int timeout_ms) {
+  ControlClient client(socket_path);
+  if (auto r = client.connect(); !r) return r.error();
+  if (auto r = client.send(request, timeout_ms); !r) return r.error();
+  return client.receive(timeout_ms);
+}
+
+Result<control::Reply> control_stream(const std::string& socket_path,
+                                      const control::Request& request, int idle_timeout_ms,
+                                      const std::function<bool(const control::Reply&)>& on_reply) {
+  ControlClient client(socket_path);
+  if (auto r = client.connect(); !r) return r.error();
+  if (auto r = client.send(request, idle_timeout_ms < 0 ? 30000 : idle_timeout_ms); !r) {
+    return r.error();
+  }
+  for (;;) {
+    auto reply = client.receive(idle_timeout_ms);
+    if (!reply) return reply.error();
+    if (!reply->more() || !on_reply(*reply)) return reply;
+  }
 }
 
 }  // namespace colo

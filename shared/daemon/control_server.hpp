@@ -48,6 +48,21 @@ struct ControlReplyBuilder {
 
 using ControlHandler = std::function<Task<control::Reply>(const control::Request&)>;
 
+// A streaming command's side of its connection (`events --follow`).
+class ControlStream {
+ public:
+  virtual ~ControlStream() = default;
+  // Writes one reply with `more` set; an error once the client has gone.
+  virtual Task<error_code> send(control::Reply reply) = 0;
+  // True when the client closed its end (checked without reading).
+  virtual bool hung_up() const = 0;
+  // True once the server closed (shutdown, role change): the stream should end.
+  virtual bool closing() const = 0;
+};
+// Returns the last reply (`more` false) when the stream ends by itself.
+using ControlStreamHandler =
+    std::function<Task<control::Reply>(const control::Request&, ControlStream&)>;
+
 class ControlServer {
  public:
   explicit ControlServer(asio::io_context& io);
@@ -57,6 +72,9 @@ class ControlServer {
 
   // Registers `name`; `usage` is one line shown by "help". A name registers once.
   void add_command(std::string name, std::string usage, ControlHandler handler);
+  // A command whose handler streams replies. Streams do not hold replies_written() back (a
+  // follower never finishes); they end when closing() says so.
+  void add_stream_command(std::string name, std::string usage, ControlStreamHandler handler);
   // The handler registered for `name` (empty when none), and its replacement (the resource
   // form wraps a role's promote and demote with the role change).
   ControlHandler handler(std::string_view name) const;
@@ -78,17 +96,28 @@ class ControlServer {
   struct Command {
     std::string usage;
     ControlHandler handler;
+    ControlStreamHandler stream;
   };
+  class Stream;
   asio::io_context& io_;
   std::map<std::string, Command, std::less<>> commands_;
   std::unique_ptr<asio::local::stream_protocol::acceptor> acceptor_;
   std::string path_;
   std::uint32_t replying_ = 0;  // requests dispatched whose reply is not written yet
   AsyncEvent replied_;
+  bool closing_ = false;
 };
 
 // Client side (coloctl, tests): one blocking request/reply exchange.
 Result<control::Reply> control_call(const std::string& socket_path,
                                     const control::Request& request, int timeout_ms);
+
+// Client side of a streaming command: sends `request`, then reads replies until one has `more`
+// false (returned) or the connection ends (an error: ECONNRESET when the daemon closed it).
+// `on_reply` sees every reply with `more` set; returning false stops reading (the result is then
+// that reply). `idle_timeout_ms` < 0: wait for each reply as long as it takes.
+Result<control::Reply> control_stream(const std::string& socket_path,
+                                      const control::Request& request, int idle_timeout_ms,
+                                      const std::function<bool(const control::Reply&)>& on_reply);
 
 }  // namespace colo

@@ -1,13 +1,32 @@
 #include "shared/daemon/daemon.hpp"
 
+#include <unistd.h>
+
 #include <csignal>
 
 #include "shared/base/log.hpp"
+#include "shared/daemon/event_commands.hpp"
+#include "shared/daemon/event_hub.hpp"
 
 namespace colo {
 
 DaemonContext::DaemonContext(asio::io_context& io, config::DaemonConfig config)
-    : io_(io), config_(std::move(config)), control_(io), notifier_(io), signals_(io) {}
+    : io_(io), config_(std::move(config)), control_(io), notifier_(io), signals_(io) {
+  add_event_commands(control_, EventHub::process());
+}
+
+void DaemonContext::start_hooks() {
+  if (hooks_ || config_.hooks().empty()) return;
+  std::string node = config_.replication().node_name();
+  if (node.empty()) {
+    char host[256] = {};
+    if (::gethostname(host, sizeof host - 1) == 0) node = host;
+  }
+  hooks_ = std::make_unique<EventHooks>(executor(), config_, std::move(node),
+                                        EventHub::process());
+  EventHooks* hooks = hooks_.get();
+  on_shutdown([hooks]() -> Task<void> { co_await hooks->drain(); });
+}
 
 void DaemonContext::on_shutdown(std::function<Task<void>()> hook) {
   shutdown_hooks_.push_back(std::move(hook));
@@ -47,6 +66,10 @@ void DaemonContext::change_role(config::Role next) {
   CHECK(resource_form_);
   if (next_role_ || shutting_down_) return;
   next_role_ = next;
+  const char* from = config_.role() == config::PRIMARY ? "primary" : "secondary";
+  const char* to = next == config::PRIMARY ? "primary" : "secondary";
+  log::event({"role_changed",
+              {{"node", node_.name()}, {"resource", config_.resource()}, {"from", from}, {"to", to}}});
   log::info("changing role: this role stops, then the {} role starts",
             next == config::PRIMARY ? "primary" : "secondary");
   spawn(executor(), role_change(this), "role change");

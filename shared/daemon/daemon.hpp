@@ -19,6 +19,7 @@
 #include "shared/base/check.hpp"
 #include "shared/base/task.hpp"
 #include "shared/daemon/control_server.hpp"
+#include "shared/daemon/event_hooks.hpp"
 #include "shared/daemon/service_notify.hpp"
 
 namespace colo {
@@ -49,6 +50,9 @@ class DaemonContext {
   bool resource_form() const { return resource_form_; }
   // The resource form: this node's entry (its listen addresses whatever the role).
   void set_node(config::NodeConfig node) { node_ = std::move(node); }
+  // Starts the event hooks (config `hooks`); colod calls it before the role starts.
+  void start_hooks();
+  const EventHooks* hooks() const { return hooks_.get(); }
   const config::NodeConfig& node() const { return node_; }
   void change_role(config::Role next);
   std::optional<config::Role> next_role() const { return next_role_; }
@@ -64,6 +68,9 @@ class DaemonContext {
   bool resource_form_ = false;
   config::NodeConfig node_;
   std::optional<config::Role> next_role_;
+  // Declared last: built when the role's config is known, drained by the first shutdown hook
+  // registered (so it runs last, after the role's own last events).
+  std::unique_ptr<EventHooks> hooks_;
 };
 
 // Runs `task` to completion on `io` before the daemon's loop runs (opening the graph, pairing),

@@ -1,5 +1,7 @@
 #include "shared/daemon/resource_config.hpp"
 
+#include "shared/daemon/event_hooks.hpp"
+
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -144,6 +146,8 @@ void validate_resource_config(const config::DaemonConfig& cfg, std::vector<std::
                                    "and bitmaps live there)", i));
     }
   }
+  // The hooks are the same in every view: checked once, here.
+  validate_hooks(cfg, errors);
   if (!errors.empty() || cfg.nodes_size() != 2) return;
   // Both roles of both nodes, each validated as a role-specific config.
   for (int i = 0; i < cfg.nodes_size(); ++i) {
@@ -156,6 +160,7 @@ void validate_resource_config(const config::DaemonConfig& cfg, std::vector<std::
         continue;
       }
       for (const auto& p : validate_config(*derived_cfg)) {
+        if (p.starts_with("hooks[")) continue;  // checked above
         errors.push_back(fmt::format("{}: {}", view, p));
       }
     }
@@ -189,6 +194,7 @@ Result<config::DaemonConfig> node_config(const config::DaemonConfig& cfg, const 
   out.set_role(role);
   out.set_log_level(cfg.log_level());
   out.set_trace(cfg.trace());
+  *out.mutable_hooks() = cfg.hooks();
   out.set_state_dir(me->state_dir());
   out.set_control_socket(me->control_socket());
   if (me->has_disk()) *out.mutable_disk() = me->disk();

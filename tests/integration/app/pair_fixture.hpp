@@ -313,6 +313,7 @@ struct ResourceFileOptions {
   int heartbeat_timeout_ms = 1000;
   std::string after_split_brain;     // empty: not set (DISCONNECT)
   std::string b_replication_uri;     // node b's replication_uri (a proxy in front of it)
+  std::string extra;                 // more top-level config text (hooks { ... })
   std::string replication_extra;     // more lines for the replication section (tls { ... })
   std::string node_extra[2];         // more lines for node a's and node b's sections
 };
@@ -356,7 +357,7 @@ replication {{
                                      o.replication_extra.empty()
                                          ? ""
                                          : "  " + o.replication_extra + "\n") +
-                             nodes);
+                             o.extra + nodes);
   return path;
 }
 

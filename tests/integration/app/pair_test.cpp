@@ -155,6 +155,33 @@ TEST(Pair, TwoPhaseCheckpointHoldsWritesUntilCommit) {
   EXPECT_NE(sj.output.find("\"write_back_queued_bytes\":"), std::string::npos) << sj.output;
 }
 
+// A periodic checkpoint that cannot be taken on time (an operator's prepare holds the pair)
+// raises checkpoint_late once for the run of late ones, seen by `coloctl events`, and counts
+// every late one in status.
+TEST(Pair, ALatePeriodicCheckpointRaisesOneEvent) {
+  PairOptions o;
+  o.checkpoint_interval_ms = 100;
+  o.prepare_timeout_ms = 5000;
+  PairFixture pair(o);
+  ASSERT_NO_FATAL_FAILURE(pair.start());
+  ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint", "prepare"}).exit_code, 0);
+  std::this_thread::sleep_for(600ms);
+  ASSERT_EQ(pair.ctl(pair.p_ctl(), {"checkpoint", "abort"}).exit_code, 0);
+  auto events = pair.ctl(pair.p_ctl(), {"events"});
+  ASSERT_EQ(events.exit_code, 0) << events.output;
+  std::size_t late = 0;
+  for (std::size_t at = 0; (at = events.output.find("\"event\":\"checkpoint_late\"", at)) !=
+                           std::string::npos; ++at) {
+    ++late;
+  }
+  EXPECT_EQ(late, 1u) << events.output;
+  EXPECT_NE(events.output.find("a prepared one still holds the pair"), std::string::npos)
+      << events.output;
+  auto status = pair.ctl(pair.p_ctl(), {"--json", "status"});
+  const auto v = boost::json::parse(status.output);
+  EXPECT_GE(v.at("checkpoints_late").to_number<std::uint64_t>(), 3u) << status.output;
+}
+
 TEST(Pair, CheckpointWithUnreachablePeerFailsAndKeepsTheOldEpoch) {
   PairOptions o;
   o.proxy_channel = true;

@@ -6,9 +6,14 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/json/parse.hpp>
 #include <fmt/format.h>
 
+#include <sys/stat.h>
+
 #include <csignal>
+#include <filesystem>
+#include <sstream>
 #include <thread>
 
 #include "pair_fixture.hpp"
@@ -30,6 +35,7 @@ struct ResourceOptions {
   std::uint64_t disk_bytes = kDiskBytes;
   bool proxy_b = false;  // a TcpProxy in front of node b's replication export
   std::string after_split_brain;  // replication.after_split_brain; empty: not set (DISCONNECT)
+  std::string extra;              // more top-level config (hooks)
 };
 
 class Resource {
@@ -47,7 +53,8 @@ class Resource {
          .disk_bytes = o_.disk_bytes,
          .after_split_brain = o_.after_split_brain,
          .b_replication_uri =
-             proxy_ ? fmt::format("nbd://127.0.0.1:{}/r0", proxy_->port()) : std::string()});
+             proxy_ ? fmt::format("nbd://127.0.0.1:{}/r0", proxy_->port()) : std::string(),
+         .extra = o_.extra});
   }
   ~Resource() {
     for (auto& p : procs_) {
@@ -113,6 +120,122 @@ TEST(Resource, CheckConfigValidatesBothNodesInBothRoles) {
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.output.find("nodes[1] (\"b\") as secondary: secondary.block_bytes"),
             std::string::npos) << bad.output;
+}
+
+// `coloctl events --follow` on node a while a is promoted and then demoted: the in-process role
+// changes restart a's control socket twice, coloctl reconnects each time, and the lines it prints
+// are every event a raised, numbered 1, 2, 3... with none lost or repeated: the role changes,
+// the pairing of the new primary, the secondary's session.
+TEST(Resource, EventsFollowSeesEveryEventAcrossRoleChanges) {
+  Resource r;
+  ASSERT_NO_FATAL_FAILURE(r.start(0));
+  ASSERT_NO_FATAL_FAILURE(r.start(1));
+  test::TempDir out;
+  const std::string lines_path = out.file("events.jsonl");
+  test::Process follower = test::Process::start(
+      {kColoctl, "--socket", r.ctl(0), "--timeout", "20000", "events", "--follow"}, lines_path);
+  ASSERT_EQ(r.cmd(0, {"promote", "--wait"}).exit_code, 0);
+  ASSERT_TRUE(r.wait_status(0, "peer_state: paired")) << r.log(0);
+  ASSERT_EQ(r.cmd(0, {"demote", "--wait"}).exit_code, 0);
+  ASSERT_TRUE(r.wait_status(0, "role: secondary")) << r.log(0);
+  ASSERT_TRUE(r.wait_status(1, "role: secondary")) << r.log(1);
+  auto kept = r.cmd(0, {"events"});
+  ASSERT_EQ(kept.exit_code, 0) << kept.output;
+  const auto expected_lines = std::count(kept.output.begin(), kept.output.end(), '\n');
+  // The follower prints what the daemon kept (nothing was lost: fewer than 1024 events).
+  const auto end = std::chrono::steady_clock::now() + 10s;
+  std::string text;
+  while (std::chrono::steady_clock::now() < end) {
+    text = test::read_file(lines_path);
+    if (std::count(text.begin(), text.end(), '\n') >= expected_lines) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_TRUE(follower.running()) << text;
+  follower.stop(SIGTERM);
+  std::vector<std::string> names;
+  std::uint64_t seq = 0;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    boost::system::error_code ec;
+    const auto v = boost::json::parse(line, ec);
+    ASSERT_FALSE(ec) << "not a JSON line: " << line << "\n" << text;
+    const auto& o = v.as_object();
+    ASSERT_TRUE(o.contains("seq")) << line;
+    EXPECT_EQ(o.at("seq").to_number<std::uint64_t>(), seq + 1) << "a gap or a repeat:\n" << text;
+    seq = o.at("seq").to_number<std::uint64_t>();
+    names.emplace_back(o.at("event").as_string());
+  }
+  EXPECT_EQ(static_cast<long>(names.size()), expected_lines) << text << "\nkept:\n" << kept.output;
+  const auto count = [&](const std::string& n) { return std::count(names.begin(), names.end(), n); };
+  EXPECT_EQ(count("role_changed"), 2) << text;
+  EXPECT_GE(count("secondary_paired"), 1) << text;
+  EXPECT_NE(text.find("\"from\":\"secondary\",\"to\":\"primary\""), std::string::npos) << text;
+  EXPECT_NE(text.find("\"from\":\"primary\",\"to\":\"secondary\""), std::string::npos) << text;
+}
+
+// Event hooks with real daemons (docs/operator-guide.md, "Hooks"): a recording hook for three
+// events on both nodes sees a's role change (raised by the secondary role, run before the primary
+// role starts), a's pairing as the primary and b's primary session, each with its JSON line on
+// stdin and its fields in the environment; a second hook that hangs for every event is killed at
+// its timeout, and meanwhile the consumer's writes are served.
+TEST(Resource, HooksRunForTheirEventsBoundedInTime) {
+  test::TempDir hook_dir;
+  const std::string out = hook_dir.file("out");
+  std::filesystem::create_directories(out);
+  const std::string recorder = hook_dir.file("record.sh");
+  test::write_file(recorder, "#!/bin/sh\nf=" + out + "/$COLO_NODE-$COLO_SEQ-$1\ncat > $f.json\n"
+                             "env | grep ^COLO_ | sort > $f.env\n");
+  const std::string hang = hook_dir.file("hang.sh");
+  test::write_file(hang, "#!/bin/sh\nexec sleep 30\n");
+  ::chmod(recorder.c_str(), 0755);
+  ::chmod(hang.c_str(), 0755);
+  Resource r({.extra = fmt::format(
+                  "hooks {{ exec: \"{}\" events: \"role_changed\" events: \"secondary_paired\" "
+                  "events: \"primary_connected\" }}\nhooks {{ exec: \"{}\" timeout_ms: 300 }}\n",
+                  recorder, hang)});
+  ASSERT_NO_FATAL_FAILURE(r.start(0));
+  ASSERT_NO_FATAL_FAILURE(r.start(1));
+  ASSERT_EQ(r.cmd(0, {"promote", "--wait"}).exit_code, 0);
+  ASSERT_TRUE(r.wait_status(0, "peer_state: paired")) << r.log(0);
+  {
+    Nbd nbd(r.sock(0));
+    nbd.write(0, 64u << 10, 'h');
+  }
+  // The records appear as the hooks finish (off the data path: poll for them).
+  const auto find = [&](const std::string& node, const std::string& event) {
+    for (const auto& e : std::filesystem::directory_iterator(out)) {
+      const std::string name = e.path().filename().string();
+      if (name.starts_with(node + "-") && name.ends_with("-" + event + ".env")) {
+        return e.path().string();
+      }
+    }
+    return std::string();
+  };
+  const auto end = std::chrono::steady_clock::now() + 10s;
+  while ((find("a", "secondary_paired").empty() || find("b", "primary_connected").empty()) &&
+         std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(50ms);
+  }
+  const std::string changed = find("a", "role_changed");
+  ASSERT_FALSE(changed.empty()) << r.log(0);
+  const std::string env = test::read_file(changed);
+  for (const char* line : {"COLO_EVENT=role_changed\n", "COLO_FROM=secondary\n",
+                           "COLO_TO=primary\n", "COLO_ROLE=secondary\n", "COLO_NODE=a\n",
+                           "COLO_RESOURCE=r0\n"}) {
+    EXPECT_NE(env.find(line), std::string::npos) << line << " in\n" << env;
+  }
+  const std::string json_path = changed.substr(0, changed.size() - 4) + ".json";
+  EXPECT_NE(test::read_file(json_path).find("\"event\":\"role_changed\""), std::string::npos);
+  const std::string paired = find("a", "secondary_paired");
+  ASSERT_FALSE(paired.empty()) << r.log(0);
+  EXPECT_NE(test::read_file(paired).find("COLO_ROLE=primary\n"), std::string::npos);
+  const std::string connected = find("b", "primary_connected");
+  ASSERT_FALSE(connected.empty()) << r.log(1);
+  EXPECT_NE(test::read_file(connected).find("COLO_NODE=b\n"), std::string::npos);
+  // The hanging hook: killed at its timeout, logged, and the pair went on meanwhile.
+  EXPECT_NE(r.log(0).find("hook " + hang + " for event"), std::string::npos) << r.log(0);
+  EXPECT_NE(r.log(0).find("(timed out)"), std::string::npos) << r.log(0);
+  EXPECT_TRUE(find("a", "secondary_lost").empty());  // not asked for
 }
 
 // Both nodes start as secondaries; promote a: it pairs with b; writes reach both disks;
