@@ -113,6 +113,12 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   std::chrono::system_clock::time_point last_checkpoint_time() const { return last_checkpoint_; }
   std::uint64_t checkpoints() const { return checkpoints_; }
   const std::vector<ListenAddress>& bound() const { return listener_.bound(); }
+  // TLS on the checkpoint channel's connections accepted from now on (a server context whose
+  // allowed_identities names the primary; TransportListener::set_tls). Call before listen().
+  void set_tls(std::shared_ptr<const tls::TlsContext> context,
+               std::chrono::milliseconds handshake_timeout) {
+    listener_.set_tls(std::move(context), handshake_timeout);
+  }
 
   // Rolls back to the last checkpoint and makes this node the primary. Refused (EBUSY) while a
   // primary is connected, unless `force`; refused (EPERM) when replication is not running.

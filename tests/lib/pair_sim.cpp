@@ -3,9 +3,11 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <csignal>
 #include <filesystem>
 
 #include "pair_sim_parts.hpp"
+#include "process.hpp"
 #include "shared/base/log.hpp"
 #include "shared/daemon/config.hpp"
 
@@ -27,6 +29,7 @@ std::string_view to_string(SimFault f) {
     case SimFault::nbd_blackhole: return "nbd_blackhole";
     case SimFault::secondary_disk_stall: return "secondary_disk_stall";
     case SimFault::stale_session_replay: return "stale_session_replay";
+    case SimFault::tls_identity_refused: return "tls_identity_refused";
   }
   return "?";
 }
@@ -363,6 +366,32 @@ replication {{
   }
   sim.scfg = *s;
   sim.pcfg = *p;
+  if (sim.c.fault == SimFault::tls_identity_refused) {
+    // PSK over the whole run: the channel, the peer child and the replication export. The keys
+    // file also holds "sim-c", a name the secondary does not take.
+    const std::string keys = d + "/pair.psk";
+    std::string text;
+    for (const char* id : {"sim-a", "sim-b", "sim-c"}) {
+      text += fmt::format("{}:{:016x}{:016x}\n", id, sim.prng(), sim.prng());
+    }
+    write_file(keys, text);
+    config::TlsConfig t;
+    t.set_mode(config::TlsConfig::REQUIRE);
+    t.set_psk_file(keys);
+    config::TlsConfig* st = sim.scfg.mutable_replication()->mutable_tls();
+    *st = t;
+    st->add_allowed_identities("sim-a");
+    config::TlsConfig* pt = sim.pcfg.mutable_replication()->mutable_tls();
+    *pt = t;
+    pt->set_psk_identity("sim-a");
+    pt->add_allowed_identities("sim-b");
+    sim.pcfg.mutable_quorum()->mutable_children(1)->set_nbd_uri(
+        fmt::format("nbds+unix:///?socket={}/p-nbd.sock", d));
+    for (const auto* cfg : {&sim.scfg, &sim.pcfg}) {
+      auto errors = validate_config(*cfg);
+      if (!errors.empty()) return make_error(EINVAL, fmt::format("{}", fmt::join(errors, "; ")));
+    }
+  }
   sim.db_options = disk_buffer_options_from_config(sim.scfg.secondary());
   sim.db_options.save_cycles_max = sim.c.save_cycles_max;
   sim.db_options.trim_piece_bytes = sim.c.trim_piece_bytes;
@@ -438,6 +467,9 @@ using sim::teardown;
 using sim::workload;
 
 SimOutcome run_pair_sim(const SimConfig& config, std::chrono::milliseconds budget) {
+  // As colod does: a peer that closed its end is an error code, not a signal (TLS writes go
+  // through OpenSSL's write() on the socket).
+  std::signal(SIGPIPE, SIG_IGN);
   const auto start = Clock::now();
   const auto deadline = start + budget;
   auto owned = std::make_unique<Sim>(config);
@@ -481,6 +513,19 @@ SimOutcome run_pair_sim(const SimConfig& config, std::chrono::milliseconds budge
       }
       log::info("sim: after {} lone writes and a kill the primary is {}", k,
                 to_string(sim.p.replicator->peer_state()));
+    }
+  }
+  if (ok && config.fault == SimFault::tls_identity_refused) {
+    sim.phase = "a primary with another identity";
+    const config::DaemonConfig good = sim.pcfg;
+    sim.pcfg.mutable_replication()->mutable_tls()->set_psk_identity("sim-c");
+    ok = restart_primary(sim, sim.pcfg.state_dir(), sim.p_disk);
+    sim.pcfg = good;
+    if (ok) {
+      EXPECT_NE(sim.p.replicator->peer_state(), PeerState::paired);
+      const std::string status = sim.p.replicator->status_text();
+      EXPECT_NE(status.find("presented PSK identity \"sim-c\""), std::string::npos) << status;
+      EXPECT_EQ(sim.s.db->state(), BufferState::replicating);
     }
   }
   if (ok && sim.crashed) {
