@@ -37,6 +37,9 @@ std::optional<colo::config::Role> run_daemon(colo::config::DaemonConfig cfg,
   log::set_trace(cfg.trace());
   // A peer that goes away must give EPIPE on the socket, not kill the daemon.
   std::signal(SIGPIPE, SIG_IGN);
+  // SIGHUP reloads the TLS credentials once the role runs (DaemonContext); until then, and
+  // between two roles, it must not end the daemon.
+  std::signal(SIGHUP, SIG_IGN);
 
   asio::io_context io(1);
   DaemonContext ctx(io, cfg);
@@ -57,6 +60,7 @@ std::optional<colo::config::Role> run_daemon(colo::config::DaemonConfig cfg,
     *code = 1;
     return std::nullopt;
   }
+  ctx.start_tls_checks();
   ctx.handle_signals();
   const char* role = role_name(cfg.role());
   log::info("colod {} started: resource \"{}\", role {}{}", kVersion, cfg.resource(), role,
@@ -89,6 +93,7 @@ int run_resource(const colo::config::DaemonConfig& cfg, const std::string& node)
     }
     int code = 0;
     const std::optional<config::Role> next = run_daemon(std::move(*derived), me, &code);
+    std::signal(SIGHUP, SIG_IGN);  // the role's signal set is gone: not the default action
     if (!next) return code;
     log::info("node \"{}\": role changed from {} to {}", node, role_name(*role),
               role_name(*next));

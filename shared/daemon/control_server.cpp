@@ -96,6 +96,11 @@ ControlHandler ControlServer::handler(std::string_view name) const {
   return it == commands_.end() ? ControlHandler{} : it->second.handler;
 }
 
+std::string ControlServer::usage(std::string_view name) const {
+  auto it = commands_.find(name);
+  return it == commands_.end() ? std::string() : it->second.usage;
+}
+
 void ControlServer::replace_command(std::string name, std::string usage, ControlHandler handler) {
   commands_.erase(name);
   add_command(std::move(name), std::move(usage), std::move(handler));

@@ -79,6 +79,8 @@ class ControlServer {
   // form wraps a role's promote and demote with the role change).
   ControlHandler handler(std::string_view name) const;
   void replace_command(std::string name, std::string usage, ControlHandler handler);
+  // The usage line of `name` ("" when none).
+  std::string usage(std::string_view name) const;
   // Completes once every reply being prepared has been written (a role change waits for the
   // reply of the command that asked for it).
   Task<void> replies_written();

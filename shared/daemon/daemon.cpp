@@ -7,12 +7,32 @@
 #include "shared/base/log.hpp"
 #include "shared/daemon/event_commands.hpp"
 #include "shared/daemon/event_hub.hpp"
+#include "shared/daemon/tls_commands.hpp"
 
 namespace colo {
 
 DaemonContext::DaemonContext(asio::io_context& io, config::DaemonConfig config)
-    : io_(io), config_(std::move(config)), control_(io), notifier_(io), signals_(io) {
+    : io_(io),
+      config_(std::move(config)),
+      control_(io),
+      notifier_(io),
+      signals_(io),
+      expiry_timer_(io) {
   add_event_commands(control_, EventHub::process());
+  add_tls_commands(control_);
+}
+
+void DaemonContext::start_tls_checks() {
+  add_tls_to_status(control_);
+  check_expiry();
+}
+
+void DaemonContext::check_expiry() {
+  check_certificate_expiry(std::chrono::system_clock::now());
+  expiry_timer_.expires_after(std::chrono::hours(12));
+  expiry_timer_.async_wait([this](const error_code& ec) {
+    if (!ec && !shutting_down_) check_expiry();
+  });
 }
 
 void DaemonContext::start_hooks() {
@@ -35,8 +55,19 @@ void DaemonContext::on_shutdown(std::function<Task<void>()> hook) {
 void DaemonContext::handle_signals() {
   signals_.add(SIGINT);
   signals_.add(SIGTERM);
+  signals_.add(SIGHUP);
+  wait_signal();
+}
+
+void DaemonContext::wait_signal() {
   signals_.async_wait([this](const error_code& ec, int signo) {
     if (ec) return;
+    if (signo == SIGHUP) {
+      log::info("SIGHUP: reloading the TLS credentials");
+      (void)reload_tls_credentials();  // logs and raises its own events
+      wait_signal();
+      return;
+    }
     log::info("signal {}: shutting down", signo);
     spawn(executor(), shutdown(), "shutdown");
   });
@@ -52,6 +83,7 @@ Task<void> DaemonContext::shutdown() {
   }
   error_code ec;
   signals_.cancel(ec);
+  expiry_timer_.cancel();
   io_.stop();
 }
 

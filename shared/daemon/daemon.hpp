@@ -9,6 +9,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <functional>
 #include <optional>
@@ -52,6 +53,9 @@ class DaemonContext {
   void set_node(config::NodeConfig node) { node_ = std::move(node); }
   // Starts the event hooks (config `hooks`); colod calls it before the role starts.
   void start_hooks();
+  // Once the role has started: `status` shows the TLS credentials, and their expiry is checked
+  // now and every 12 hours (shared/daemon/tls_commands.hpp).
+  void start_tls_checks();
   const EventHooks* hooks() const { return hooks_.get(); }
   const config::NodeConfig& node() const { return node_; }
   void change_role(config::Role next);
@@ -65,7 +69,10 @@ class DaemonContext {
   asio::signal_set signals_;
   std::vector<std::function<Task<void>()>> shutdown_hooks_;
   bool shutting_down_ = false;
+  void wait_signal();
+  void check_expiry();
   bool resource_form_ = false;
+  asio::steady_timer expiry_timer_;
   config::NodeConfig node_;
   std::optional<config::Role> next_role_;
   // Declared last: built when the role's config is known, drained by the first shutdown hook

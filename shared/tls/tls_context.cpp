@@ -78,7 +78,113 @@ std::string PeerIdentity::describe() const {
   return fmt::format("{} ({}, {}, {})", who, version, cipher, ktls);
 }
 
-TlsContext::~TlsContext() { SSL_CTX_free(ctx_); }
+struct TlsContext::Loaded {
+  SSL_CTX* ctx = nullptr;
+  PskKeys keys;
+  std::string psk_identity;
+  std::optional<std::chrono::system_clock::time_point> not_after;
+  ~Loaded() { SSL_CTX_free(ctx); }
+};
+
+namespace {
+
+std::vector<std::weak_ptr<const TlsContext>>& registry() {
+  static std::vector<std::weak_ptr<const TlsContext>> contexts;
+  return contexts;
+}
+
+Result<void> load_x509(SSL_CTX* ctx, const config::TlsConfig& c, Side side,
+                       std::optional<std::chrono::system_clock::time_point>* not_after) {
+  const std::filesystem::path dir(c.pki_dir());
+  const bool server = side == Side::server;
+  const std::string cert = (dir / (server ? kServerCertFile : kClientCertFile)).string();
+  const std::string key = (dir / (server ? kServerKeyFile : kClientKeyFile)).string();
+  // A client may have no certificate (validate_tls_config checked it has no half of one).
+  std::error_code ec;
+  if (server || std::filesystem::exists(cert, ec)) {
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert.c_str()) != 1) {
+      return make_error(EINVAL, fmt::format("cannot load certificate {}: {}", cert,
+                                            take_openssl_errors()));
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key.c_str(), SSL_FILETYPE_PEM) != 1) {
+      return make_error(EINVAL, fmt::format("cannot load private key {}: {}", key,
+                                            take_openssl_errors()));
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+      return make_error(EINVAL, fmt::format("private key {} does not match certificate {}: {}",
+                                            key, cert, take_openssl_errors()));
+    }
+  }
+  if (const X509* own = SSL_CTX_get0_certificate(ctx); own != nullptr) {
+    std::tm tm{};
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(own), &tm) == 1) {
+      *not_after = std::chrono::system_clock::from_time_t(timegm(&tm));
+    }
+  }
+  if (!verify_peer(c)) {
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
+    return {};
+  }
+  const std::string ca = (dir / kCaCertFile).string();
+  if (SSL_CTX_load_verify_locations(ctx, ca.c_str(), nullptr) != 1) {
+    return make_error(EINVAL, fmt::format("cannot load CA certificate {}: {}", ca,
+                                          take_openssl_errors()));
+  }
+  const auto crl = dir / kCaCrlFile;
+  if (std::filesystem::exists(crl, ec)) {
+    X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+    if (X509_STORE_load_file(store, crl.c_str()) != 1) {
+      return make_error(EINVAL, fmt::format("cannot load CRL {}: {}", crl.string(),
+                                            take_openssl_errors()));
+    }
+    X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
+  }
+  if (server) {
+    // Tell clients which CA we take (GnuTLS clients pick their certificate by it).
+    if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(ca.c_str()); names != nullptr) {
+      SSL_CTX_set_client_CA_list(ctx, names);
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  } else {
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  }
+  ERR_clear_error();
+  return {};
+}
+
+}  // namespace
+
+TlsContext::~TlsContext() = default;
+
+Result<std::shared_ptr<TlsContext::Loaded>> TlsContext::load(const config::TlsConfig& c,
+                                                             Side side) {
+  auto l = std::make_shared<Loaded>();
+  ERR_clear_error();
+  l->ctx = SSL_CTX_new(side == Side::server ? TLS_server_method() : TLS_client_method());
+  if (l->ctx == nullptr) return make_error(ENOMEM, "SSL_CTX_new: " + take_openssl_errors());
+  SSL_CTX_set_min_proto_version(l->ctx, TLS1_2_VERSION);
+  SSL_CTX_set_options(l->ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_TICKET | SSL_OP_ENABLE_KTLS |
+                                  SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_num_tickets(l->ctx, 0);
+  // Partial writes, and a retried write may pass the same bytes at another address.
+  SSL_CTX_set_mode(l->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // The PSK callbacks find their keys here: a connection keeps the keys it started with.
+  SSL_CTX_set_app_data(l->ctx, l.get());
+  if (c.psk_file().empty()) {
+    if (auto r = load_x509(l->ctx, c, side, &l->not_after); !r) return r.error();
+    return l;
+  }
+  auto keys = load_psk_file(c.psk_file());
+  if (!keys) return keys.error();
+  l->keys = std::move(*keys);
+  l->psk_identity = c.psk_identity();
+  if (side == Side::server) {
+    SSL_CTX_set_psk_server_callback(l->ctx, &TlsContext::psk_server_cb);
+  } else {
+    SSL_CTX_set_psk_client_callback(l->ctx, &TlsContext::psk_client_cb);
+  }
+  return l;
+}
 
 Result<std::shared_ptr<const TlsContext>> TlsContext::create(const config::TlsConfig& c,
                                                              Side side) {
@@ -91,103 +197,67 @@ Result<std::shared_ptr<const TlsContext>> TlsContext::create(const config::TlsCo
     return make_error(EINVAL, all);
   }
   std::shared_ptr<TlsContext> t(new TlsContext());
+  t->config_ = c;
   t->side_ = side;
   t->psk_ = !c.psk_file().empty();
   t->allowed_.assign(c.allowed_identities().begin(), c.allowed_identities().end());
-  ERR_clear_error();
-  t->ctx_ = SSL_CTX_new(side == Side::server ? TLS_server_method() : TLS_client_method());
-  if (t->ctx_ == nullptr) return make_error(ENOMEM, "SSL_CTX_new: " + take_openssl_errors());
-  SSL_CTX_set_min_proto_version(t->ctx_, TLS1_2_VERSION);
-  SSL_CTX_set_options(t->ctx_, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_TICKET | SSL_OP_ENABLE_KTLS |
-                                   SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-  SSL_CTX_set_num_tickets(t->ctx_, 0);
-  // Partial writes, and a retried write may pass the same bytes at another address.
-  SSL_CTX_set_mode(t->ctx_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-  SSL_CTX_set_app_data(t->ctx_, t.get());
-  auto loaded = t->psk_ ? t->load_psk(c) : t->load_x509(c);
+  t->description_ = t->psk_ ? "PSK from " + c.psk_file() : "x509 from " + c.pki_dir();
+  auto loaded = load(c, side);
   if (!loaded) return loaded.error();
-  return std::shared_ptr<const TlsContext>(std::move(t));
+  t->current_ = std::move(*loaded);
+  std::shared_ptr<const TlsContext> out(std::move(t));
+  auto& reg = registry();
+  std::erase_if(reg, [](const auto& w) { return w.expired(); });
+  reg.push_back(out);
+  return out;
 }
 
-Result<void> TlsContext::load_x509(const config::TlsConfig& c) {
-  const std::filesystem::path dir(c.pki_dir());
-  const bool server = side_ == Side::server;
-  const std::string cert = (dir / (server ? kServerCertFile : kClientCertFile)).string();
-  const std::string key = (dir / (server ? kServerKeyFile : kClientKeyFile)).string();
-  description_ = "x509 from " + c.pki_dir();
-  // A client may have no certificate (validate_tls_config checked it has no half of one).
-  std::error_code ec;
-  if (server || std::filesystem::exists(cert, ec)) {
-    if (SSL_CTX_use_certificate_chain_file(ctx_, cert.c_str()) != 1) {
-      return make_error(EINVAL, fmt::format("cannot load certificate {}: {}", cert,
-                                            take_openssl_errors()));
-    }
-    if (SSL_CTX_use_PrivateKey_file(ctx_, key.c_str(), SSL_FILETYPE_PEM) != 1) {
-      return make_error(EINVAL, fmt::format("cannot load private key {}: {}", key,
-                                            take_openssl_errors()));
-    }
-    if (SSL_CTX_check_private_key(ctx_) != 1) {
-      return make_error(EINVAL, fmt::format("private key {} does not match certificate {}: {}",
-                                            key, cert, take_openssl_errors()));
-    }
-  }
-  if (const X509* own = SSL_CTX_get0_certificate(ctx_); own != nullptr) {
-    std::tm tm{};
-    if (ASN1_TIME_to_tm(X509_get0_notAfter(own), &tm) == 1) {
-      not_after_ = std::chrono::system_clock::from_time_t(timegm(&tm));
-    }
-  }
-  if (!verify_peer(c)) {
-    SSL_CTX_set_verify(ctx_, SSL_VERIFY_NONE, nullptr);
-    return {};
-  }
-  const std::string ca = (dir / kCaCertFile).string();
-  if (SSL_CTX_load_verify_locations(ctx_, ca.c_str(), nullptr) != 1) {
-    return make_error(EINVAL, fmt::format("cannot load CA certificate {}: {}", ca,
-                                          take_openssl_errors()));
-  }
-  const auto crl = dir / kCaCrlFile;
-  if (std::filesystem::exists(crl, ec)) {
-    X509_STORE* store = SSL_CTX_get_cert_store(ctx_);
-    if (X509_STORE_load_file(store, crl.c_str()) != 1) {
-      return make_error(EINVAL, fmt::format("cannot load CRL {}: {}", crl.string(),
-                                            take_openssl_errors()));
-    }
-    X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
-  }
-  if (server) {
-    // Tell clients which CA we take (GnuTLS clients pick their certificate by it).
-    if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(ca.c_str()); names != nullptr) {
-      SSL_CTX_set_client_CA_list(ctx_, names);
-    }
-    SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
-  } else {
-    SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
-  }
-  ERR_clear_error();
-  return {};
+std::optional<std::chrono::system_clock::time_point> TlsContext::certificate_not_after() const {
+  return current_->not_after;
 }
 
-Result<void> TlsContext::load_psk(const config::TlsConfig& c) {
-  auto keys = load_psk_file(c.psk_file());
-  if (!keys) return keys.error();
-  keys_ = std::move(*keys);
-  psk_identity_ = c.psk_identity();
-  description_ = "PSK from " + c.psk_file();
-  if (side_ == Side::server) {
-    SSL_CTX_set_psk_server_callback(ctx_, &TlsContext::psk_server_cb);
-  } else {
-    SSL_CTX_set_psk_client_callback(ctx_, &TlsContext::psk_client_cb);
+std::string TlsContext::describe_with_side() const {
+  return fmt::format("{} ({})", description_, side_ == Side::server ? "server" : "client");
+}
+
+std::vector<std::shared_ptr<const TlsContext>> TlsContext::live() {
+  std::vector<std::shared_ptr<const TlsContext>> out;
+  auto& reg = registry();
+  std::erase_if(reg, [](const auto& w) { return w.expired(); });
+  for (const auto& w : reg) {
+    if (auto c = w.lock()) out.push_back(std::move(c));
   }
-  return {};
+  return out;
+}
+
+Result<std::vector<std::string>> TlsContext::reload_all() {
+  const auto contexts = live();
+  std::vector<std::shared_ptr<Loaded>> fresh;
+  for (const auto& c : contexts) {
+    auto l = load(c->config_, c->side_);
+    if (!l) {
+      return Error{l.error().code, fmt::format("{}: {}; nothing was reloaded",
+                                               c->describe_with_side(), l.error().message)};
+    }
+    fresh.push_back(std::move(*l));
+  }
+  std::vector<std::string> done;
+  for (std::size_t i = 0; i < contexts.size(); ++i) {
+    const TlsContext& c = *contexts[i];
+    c.retired_.push_back(std::move(c.current_));
+    c.current_ = std::move(fresh[i]);
+    ++c.reloads_;
+    done.push_back(c.describe_with_side());
+  }
+  return done;
 }
 
 unsigned int TlsContext::psk_server_cb(SSL* ssl, const char* identity, unsigned char* psk,
                                        unsigned int psk_bytes_max) {
-  const auto* self = static_cast<const TlsContext*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
+  const auto* self = static_cast<const Loaded*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
   if (identity == nullptr) return 0;
-  const auto it = self->keys_.find(identity);
-  if (it == self->keys_.end() || it->second.size() > psk_bytes_max) return 0;
+  const auto it = self->keys.find(identity);
+  if (it == self->keys.end() || it->second.size() > psk_bytes_max) return 0;
   std::memcpy(psk, it->second.data(), it->second.size());
   remember_psk_identity(ssl, identity);
   return static_cast<unsigned int>(it->second.size());
@@ -196,22 +266,22 @@ unsigned int TlsContext::psk_server_cb(SSL* ssl, const char* identity, unsigned 
 unsigned int TlsContext::psk_client_cb(SSL* ssl, const char* /*hint*/, char* identity,
                                        unsigned int identity_bytes_max, unsigned char* psk,
                                        unsigned int psk_bytes_max) {
-  const auto* self = static_cast<const TlsContext*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
-  const auto it = self->keys_.find(self->psk_identity_);
-  if (it == self->keys_.end()) return 0;
+  const auto* self = static_cast<const Loaded*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
+  const auto it = self->keys.find(self->psk_identity);
+  if (it == self->keys.end()) return 0;
   // identity_bytes_max counts the terminating NUL.
-  if (self->psk_identity_.size() >= identity_bytes_max || it->second.size() > psk_bytes_max) {
+  if (self->psk_identity.size() >= identity_bytes_max || it->second.size() > psk_bytes_max) {
     return 0;
   }
-  std::memcpy(identity, self->psk_identity_.c_str(), self->psk_identity_.size() + 1);
+  std::memcpy(identity, self->psk_identity.c_str(), self->psk_identity.size() + 1);
   std::memcpy(psk, it->second.data(), it->second.size());
-  remember_psk_identity(ssl, self->psk_identity_);
+  remember_psk_identity(ssl, self->psk_identity);
   return static_cast<unsigned int>(it->second.size());
 }
 
 Result<SSL*> TlsContext::new_ssl() const {
   ERR_clear_error();
-  SSL* ssl = SSL_new(ctx_);
+  SSL* ssl = SSL_new(current_->ctx);
   if (ssl == nullptr) return make_error(ENOMEM, "SSL_new: " + take_openssl_errors());
   return ssl;
 }

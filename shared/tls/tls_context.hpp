@@ -12,8 +12,13 @@
 // PSK with a SHA-256 cipher suite, as GnuTLS, hence QEMU, libnbd and nbdkit, offer it).
 // After the handshake, allowed() checks the peer against allowed_identities.
 // Built on the control path (create() reads the files); used single-threaded afterwards.
+// Reload (`coloctl reload-tls`, SIGHUP): reload_all() reads the files of every live context
+// again, all or none; connections made afterwards use the new credentials, established ones
+// keep theirs (each OpenSSL context lives as long as a connection uses it). The policy (mode,
+// verify_peer, allowed_identities: the config) does not change.
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -64,30 +69,41 @@ class TlsContext {
   bool allowed(const PeerIdentity& peer) const;
   const std::vector<std::string>& allowed_identities() const { return allowed_; }
   // x509: when our own certificate expires (for status).
-  std::optional<std::chrono::system_clock::time_point> certificate_not_after() const {
-    return not_after_;
-  }
+  std::optional<std::chrono::system_clock::time_point> certificate_not_after() const;
   // "x509 from /etc/pki/colo" or "PSK from /etc/colo/keys.psk", for log lines.
   const std::string& describe() const { return description_; }
+  // "x509 from /etc/pki/colo (server)": the description with the side.
+  std::string describe_with_side() const;
+  // How many times this context's files were read again.
+  std::uint64_t reloads() const { return reloads_; }
+
+  // Reads the files of every live context again. All or none: when one fails, nothing changes
+  // and the error names its files. Returns the contexts reloaded, described with their side.
+  static Result<std::vector<std::string>> reload_all();
+  // Every live context (a daemon has one per listener or connector that uses TLS).
+  static std::vector<std::shared_ptr<const TlsContext>> live();
 
  private:
+  // What the files gave: one OpenSSL context and what goes with it.
+  struct Loaded;
   TlsContext() = default;
-  Result<void> load_x509(const config::TlsConfig& c);
-  Result<void> load_psk(const config::TlsConfig& c);
+  static Result<std::shared_ptr<Loaded>> load(const config::TlsConfig& c, Side side);
   static unsigned int psk_server_cb(SSL* ssl, const char* identity, unsigned char* psk,
                                     unsigned int psk_bytes_max);
   static unsigned int psk_client_cb(SSL* ssl, const char* hint, char* identity,
                                     unsigned int identity_bytes_max, unsigned char* psk,
                                     unsigned int psk_bytes_max);
 
-  SSL_CTX* ctx_ = nullptr;
+  config::TlsConfig config_;
   Side side_ = Side::server;
   bool psk_ = false;
-  PskKeys keys_;
-  std::string psk_identity_;
   std::vector<std::string> allowed_;
-  std::optional<std::chrono::system_clock::time_point> not_after_;
   std::string description_;
+  // Swapped by a reload (the handle is shared as const: its credentials are refreshed, its
+  // policy is not). Earlier ones stay until the context goes: a connection may still use them.
+  mutable std::shared_ptr<Loaded> current_;
+  mutable std::vector<std::shared_ptr<Loaded>> retired_;
+  mutable std::uint64_t reloads_ = 0;
 };
 
 // OpenSSL's error queue as one line ("a: b; c"), emptied; `fallback` when it is empty.

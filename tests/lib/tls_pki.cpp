@@ -84,12 +84,12 @@ Ca make_ca(const std::string& dir, const std::string& name, const std::string& e
 // Signs a new key's request with `ca`; the certificate and key go to `cert` and `key`.
 void issue(const Ca& ca, const std::string& work, const std::string& cn,
            const std::string& section, const std::string& ext, const std::string& cert,
-           const std::string& key) {
+           const std::string& key, int days = 365) {
   new_key(key);
   const std::string csr = work + "/" + cn + "-" + section + ".csr";
   openssl({"req", "-new", "-key", key, "-out", csr, "-subj", "/CN=" + cn});
   openssl({"x509", "-req", "-in", csr, "-CA", ca.cert, "-CAkey", ca.key, "-CAcreateserial",
-           "-out", cert, "-days", "365", "-extfile", ext, "-extensions", section});
+           "-out", cert, "-days", std::to_string(days), "-extfile", ext, "-extensions", section});
 }
 
 }  // namespace
@@ -117,15 +117,16 @@ NodePki::NodePki(const std::string& root) : root_(root), work_(root + "/node-wor
   other_cert_ = other.cert;
 }
 
-std::string NodePki::node_dir(const std::string& dir, const std::string& cn, bool other_ca) {
+std::string NodePki::node_dir(const std::string& dir, const std::string& cn, bool other_ca,
+                              int days) {
   const Ca ca = other_ca ? Ca{other_key_, other_cert_} : Ca{ca_key_, ca_cert_};
   const std::string d = root_ + "/" + dir;
   fs::create_directories(d);
   copy(ca.cert, d + "/ca-cert.pem");
   const std::string work = work_ + "/" + dir;
   fs::create_directories(work);
-  issue(ca, work, cn, "node_server", ext_, d + "/server-cert.pem", d + "/server-key.pem");
-  issue(ca, work, cn, "node_client", ext_, d + "/client-cert.pem", d + "/client-key.pem");
+  issue(ca, work, cn, "node_server", ext_, d + "/server-cert.pem", d + "/server-key.pem", days);
+  issue(ca, work, cn, "node_client", ext_, d + "/client-cert.pem", d + "/client-key.pem", days);
   return d;
 }
 

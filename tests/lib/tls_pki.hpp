@@ -42,8 +42,10 @@ class NodePki {
  public:
   explicit NodePki(const std::string& root);  // makes a CA and a second CA
   // A node directory signed by the CA, or by the second CA (whose certificate is then its
-  // ca-cert.pem: it trusts nobody the first CA signed).
-  std::string node_dir(const std::string& dir, const std::string& cn, bool other_ca = false);
+  // ca-cert.pem: it trusts nobody the first CA signed). The certificates are valid for `days`
+  // days; called again for the same `dir`, it replaces them (a renewal).
+  std::string node_dir(const std::string& dir, const std::string& cn, bool other_ca = false,
+                       int days = 365);
   // root/<name>: "identity:hexkey" lines, a fresh random key for each identity.
   std::string psk_file(const std::string& name, const std::vector<std::string>& identities);
 

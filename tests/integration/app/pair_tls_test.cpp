@@ -111,6 +111,8 @@ class TlsResource {
   int replication_port(int i) const { return ports_[2 * i]; }
   std::string config(int i) const { return config_[i]; }
   const Creds& creds() const { return creds_; }
+  // x509: node i's certificate directory (pki/a, pki/b), issued again valid for `days`.
+  std::string renew(int i, int days) { return pki_.node_dir(name(i), name(i), false, days); }
 
   void start(int i) {
     procs_[i] = test::Process::start({kColod, "--config", config_[i], "--node", name(i)},
@@ -227,6 +229,84 @@ INSTANTIATE_TEST_SUITE_P(Kinds, PairTls, ::testing::Values(Kind::x509, Kind::psk
                            return info.param == Kind::x509 ? std::string("x509")
                                                            : std::string("psk");
                          });
+
+// The credentials are read again by `coloctl reload-tls` and by SIGHUP while the pair runs:
+// renewed certificates (valid 10 days) are taken, status shows their expiry and the 14-day
+// warning raises `tls_certificate_expiring`; the pair's TLS connections and the consumer's
+// connection stay up and go on replicating, and a new pairing handshakes with the renewed
+// certificates. A broken key is refused with an error naming the file and changes nothing.
+TEST(PairTlsReload, ReloadTakesRenewedCertificatesWithoutBreakingThePair) {
+  need_tools();
+  if (IsSkipped()) return;
+  TlsResource r(Kind::x509, Bad::none);
+  ASSERT_NO_FATAL_FAILURE(r.start(0));
+  ASSERT_NO_FATAL_FAILURE(r.start(1));
+  auto p = r.cmd(0, {"promote", "--wait"});
+  ASSERT_EQ(p.exit_code, 0) << p.output;
+  ASSERT_TRUE(r.wait_status(0, "peer_state: paired")) << r.log(0) << r.log(1);
+  ASSERT_TRUE(r.wait_status(1, "state: replicating")) << r.log(1);
+  // status names the credentials in use with their certificate's expiry.
+  const std::string before = r.cmd(0, {"status"}).output;
+  EXPECT_TRUE(contains(before, "tls: x509 from ")) << before;
+  EXPECT_TRUE(contains(before, "(364 days)")) << before;
+  Nbd consumer(r.sock(0));  // opened before the reload, used after it
+  consumer.write(0, 64 << 10, '\x11');
+
+  r.renew(0, 10);
+  r.renew(1, 10);
+  for (int i = 0; i < 2; ++i) {
+    auto reload = r.cmd(i, {"reload-tls"});
+    ASSERT_EQ(reload.exit_code, 0) << reload.output << r.log(i);
+    EXPECT_TRUE(contains(reload.output, "TLS credentials; new connections use them"))
+        << reload.output;
+    EXPECT_TRUE(contains(reload.output, "(9 days)")) << reload.output;
+    const std::string status = r.cmd(i, {"status"}).output;
+    EXPECT_TRUE(contains(status, "(9 days)")) << status;
+    EXPECT_FALSE(contains(status, "(364 days)")) << status;
+    const std::string events = r.cmd(i, {"events"}).output;
+    EXPECT_TRUE(contains(events, "\"event\":\"tls_reloaded\"")) << events;
+    EXPECT_TRUE(contains(events, "\"event\":\"tls_certificate_expiring\"")) << events;
+  }
+  // The pair and the consumer's connection went on.
+  consumer.write(64 << 10, 64 << 10, '\x22');
+  auto c = r.cmd(0, {"checkpoint"});
+  ASSERT_EQ(c.exit_code, 0) << c.output << r.log(0);
+  EXPECT_EQ(r.file_sha(1), consumer.image());
+  EXPECT_TRUE(contains(r.cmd(0, {"status"}).output, "peer_state: paired"));
+  EXPECT_FALSE(contains(r.log(0), "secondary_lost")) << r.log(0);
+
+  // A new pairing handshakes with the renewed certificates.
+  auto stop = r.cmd(0, {"stop"});
+  ASSERT_EQ(stop.exit_code, 0) << stop.output;
+  auto start = r.cmd(0, {"start"});
+  ASSERT_EQ(start.exit_code, 0) << start.output << r.log(0);
+  ASSERT_TRUE(r.wait_status(0, "peer_state: paired")) << r.log(0) << r.log(1);
+  consumer.write(0, 4096, '\x33');
+  c = r.cmd(0, {"checkpoint"});
+  ASSERT_EQ(c.exit_code, 0) << c.output << r.log(0);
+  EXPECT_EQ(r.file_sha(1), consumer.image());
+
+  // A broken key: refused, named, nothing changes (status keeps the 10-day certificate).
+  const std::string a_dir = r.renew(0, 30);
+  test::write_file(a_dir + "/server-key.pem", "-----BEGIN PRIVATE KEY-----\nnot a key\n");
+  auto bad = r.cmd(0, {"reload-tls"});
+  EXPECT_EQ(bad.exit_code, 1) << bad.output;
+  EXPECT_TRUE(contains(bad.output, a_dir + "/server-key.pem")) << bad.output;
+  EXPECT_TRUE(contains(bad.output, "nothing was reloaded")) << bad.output;
+  EXPECT_TRUE(contains(r.cmd(0, {"events"}).output, "\"event\":\"tls_reload_failed\""));
+  EXPECT_TRUE(contains(r.cmd(0, {"status"}).output, "(9 days)"));
+
+  // SIGHUP does what reload-tls does.
+  r.renew(0, 30);
+  ASSERT_EQ(::kill(r.proc(0).pid(), SIGHUP), 0);
+  EXPECT_TRUE(r.wait_log(0, "SIGHUP: reloading the TLS credentials")) << r.log(0);
+  EXPECT_TRUE(r.wait_status(0, "(29 days)")) << r.cmd(0, {"status"}).output;
+  EXPECT_TRUE(r.proc(0).running());
+  consumer.write(8192, 4096, '\x44');
+  c = r.cmd(0, {"checkpoint"});
+  ASSERT_EQ(c.exit_code, 0) << c.output << r.log(0);
+  EXPECT_EQ(r.file_sha(1), consumer.image());
+}
 
 struct BadCase {
   const char* name;
