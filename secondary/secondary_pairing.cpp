@@ -36,11 +36,14 @@ Result<std::shared_ptr<SecondaryPairing>> SecondaryPairing::open(asio::any_io_ex
   if (!inconsistent) return inconsistent.error();
   auto discard = read_file_if_exists(discard_mine_path(options.state_dir));
   if (!discard) return discard.error();
+  auto outdated = read_outdated_marker(options.state_dir);
+  if (!outdated) return outdated.error();
   auto pairing = std::make_shared<SecondaryPairing>(std::move(ex), std::move(db),
                                                     std::move(options), promoted,
                                                     gens->value_or(Generations{}),
                                                     std::move(*inconsistent));
   pairing->discard_mine_ = discard->has_value();
+  pairing->outdated_ = std::move(*outdated);
   return pairing;
 }
 
@@ -347,6 +350,7 @@ Task<Result<void>> SecondaryPairing::failover(bool force) {
     co_return make_error(EPERM, fmt::format("failover refused: replication is not running "
                                             "(state {})", to_string(db_->state())));
   }
+  if (Result<void> o = check_not_outdated(force, "failover"); !o) co_return o;
   if (!inconsistent_.empty()) {
     co_return make_error(EPERM, fmt::format(
                                     "failover refused: this node's disk is inconsistent ({}): "

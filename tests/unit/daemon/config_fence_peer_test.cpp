@@ -50,7 +50,7 @@ TEST(ConfigFencePeer, ParsesAnExecutableHandler) {
 }
 
 TEST(ConfigFencePeer, RelativeMissingAndNotExecutableAreRefusedWithTheLine) {
-  TempDir dir;
+  test::TempDir dir;
   const std::string plain = (dir.path() / "not-executable.sh").string();
   { std::ofstream(plain) << "#!/bin/sh\nexit 4\n"; }
   std::filesystem::permissions(plain, std::filesystem::perms::owner_read |
