@@ -336,11 +336,13 @@ void SecondaryPairing::judge_split_brain(const replication::Hello& hello, const 
 
 Result<void> SecondaryPairing::finish_promotion() {
   if (Result<void> r = remove_file_durably(promoted_marker()); !r) return r;
+  if (Result<void> o = clear_outdated("", db_->epoch(), "promoted"); !o) return o;
   promoted_ = false;
   return {};
 }
 
 Task<Result<void>> SecondaryPairing::failover(bool force) {
+  if (Result<void> o = check_not_outdated(force, "failover"); !o) co_return o;
   if (primary_connected() && !force) {
     co_return make_error(EBUSY, fmt::format("failover refused: primary \"{}\" is still connected "
                                             "(use --force to fail over anyway)",
@@ -350,7 +352,6 @@ Task<Result<void>> SecondaryPairing::failover(bool force) {
     co_return make_error(EPERM, fmt::format("failover refused: replication is not running "
                                             "(state {})", to_string(db_->state())));
   }
-  if (Result<void> o = check_not_outdated(force, "failover"); !o) co_return o;
   if (!inconsistent_.empty()) {
     co_return make_error(EPERM, fmt::format(
                                     "failover refused: this node's disk is inconsistent ({}): "
@@ -387,6 +388,11 @@ Task<Result<void>> SecondaryPairing::failover(bool force) {
   Result<void> r = co_await db_->stop_replication(StopMode::failover);
   if (!r) co_return r;
   promoted_ = true;
+  // Its disk is the primary's data now (a forced promotion of an outdated node took it so).
+  if (Result<void> o = clear_outdated("", db_->epoch(), "promoted"); !o) {
+    log::warn("secondary: {} (the outdated marker stays; it is cleared at the next resync)",
+              o.error().to_string());
+  }
   log::event({"promoted",
               {{"resource", options_.resource},
                {"epoch", std::to_string(db_->epoch())},

@@ -374,15 +374,16 @@ Task<control::Reply> promote_to_primary(std::shared_ptr<DiskBuffer> db,
     co_return ControlReplyBuilder::fail(kExitUsage, "usage: promote [--force]");
   }
   std::string how = "nothing to roll back";
-  if (!pairing->promoted() && pairing->primary_connected() && !force) {
-    co_return ControlReplyBuilder::fail(
-        kExitRefused, fmt::format("promote refused: primary \"{}\" is still connected (demote "
-                                  "it first, or use --force)", pairing->peer().name));
-  }
+  // Outdated first: the reason that matters most (its data lacks acknowledged writes).
   if (!pairing->promoted()) {
     if (Result<void> o = pairing->check_not_outdated(force, "promote"); !o) {
       co_return ControlReplyBuilder::from_error(o.error());
     }
+  }
+  if (!pairing->promoted() && pairing->primary_connected() && !force) {
+    co_return ControlReplyBuilder::fail(
+        kExitRefused, fmt::format("promote refused: primary \"{}\" is still connected (demote "
+                                  "it first, or use --force)", pairing->peer().name));
   }
   if (!pairing->promoted() && !pairing->inconsistent().empty()) {
     co_return ControlReplyBuilder::fail(

@@ -314,6 +314,7 @@ struct ResourceFileOptions {
   std::string after_split_brain;     // empty: not set (DISCONNECT)
   std::string b_replication_uri;     // node b's replication_uri (a proxy in front of it)
   std::string extra;                 // more top-level config text (hooks { ... })
+  std::string replication_extra;     // more fields of the replication section
 };
 inline std::string write_resource_file(const test::TempDir& dir, const std::vector<int>& ports,
                                        const ResourceFileOptions& o = {}) {
@@ -348,9 +349,10 @@ replication {{
   heartbeat_timeout_ms: {}
 {}}}
 )", o.write_mode, o.heartbeat_timeout_ms,
-                                     o.after_split_brain.empty()
-                                         ? ""
-                                         : "  after_split_brain: " + o.after_split_brain + "\n") +
+                                     (o.after_split_brain.empty()
+                                          ? std::string()
+                                          : "  after_split_brain: " + o.after_split_brain + "\n") +
+                                         o.replication_extra) +
                              o.extra + nodes);
   return path;
 }
