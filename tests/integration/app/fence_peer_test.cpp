@@ -124,9 +124,10 @@ TEST(FencePeer, HoldWritesWaitsForTheVerdictOnceThenTheSecondaryIsOutdatedUntilT
   ASSERT_NO_FATAL_FAILURE(pair_then_lose_b(r));
   std::thread writer = write_alone(r, rec, 2u << 20, 'b');
   ASSERT_TRUE(rec.wait_for("fence-start")) << r.log(0);
-  // The handler runs and has not answered: the write is held (it cannot be done before the
-  // handler's end, which needs the release below).
-  EXPECT_FALSE(rec.has("write-done"));
+  // The handler runs and has not answered: the write is held. Not held, it would be done in a
+  // moment (the test without hold_writes waits for exactly that); given two seconds, it is not.
+  EXPECT_FALSE(rec.wait_for("write-done", 2s)) << r.log(0);
+  EXPECT_NE(r.cmd(0, {"status"}).output.find("fence_peer: running"), std::string::npos);
   rec.release();
   writer.join();
   const auto order = rec.order();
@@ -200,6 +201,10 @@ TEST(FencePeer, WithoutHoldWritesTheWriteGoesOnWhileTheHandlerRuns) {
   writer.join();
   ASSERT_TRUE(rec.wait_for("fence-start")) << r.log(0);
   EXPECT_FALSE(rec.has("fence-end"));
+  // A write while the handler runs goes on too.
+  std::thread second = write_alone(r, rec, 4u << 20, 'd');
+  second.join();
+  EXPECT_FALSE(rec.has("fence-end")) << r.log(0);
   rec.release();
   ASSERT_TRUE(rec.wait_for("fence-end"));
   const auto order = rec.order();
