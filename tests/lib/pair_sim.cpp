@@ -3,9 +3,14 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <filesystem>
+#include <sstream>
 
 #include "pair_sim_parts.hpp"
+#include "process.hpp"
 #include "shared/base/log.hpp"
 #include "shared/daemon/config.hpp"
 
@@ -40,14 +45,24 @@ std::string_view to_string(SimAfter a) {
   return "?";
 }
 
+std::string_view to_string(SimFencePeer f) {
+  switch (f) {
+    case SimFencePeer::none: return "none";
+    case SimFencePeer::outdated: return "outdated";
+    case SimFencePeer::fails: return "fails";
+    case SimFencePeer::hangs: return "hangs";
+  }
+  return "?";
+}
+
 std::string SimConfig::describe() const {
   return fmt::format("seed={} fault={} write_mode={} secondary_write_back={} block={} "
                      "save_cycles={} delay_ms={} writers={} ops_per_writer={} checkpoints={} "
-                     "trim_piece={} reconnect={} after={} bitmap_block={}",
+                     "trim_piece={} reconnect={} after={} bitmap_block={} fence_peer={}{}",
                      seed, to_string(fault), async_mode ? "async" : "sync",
                      secondary_write_back_bytes, block_bytes, save_cycles_max, delay_ms, writers,
                      ops_per_writer, checkpoints, trim_piece_bytes, reconnect, to_string(after),
-                     bitmap_block_bytes);
+                     bitmap_block_bytes, to_string(fence_peer), fence_peer_hold ? "+hold" : "");
 }
 
 SimConfig sim_config_for_seed(std::uint64_t seed) {
@@ -76,6 +91,11 @@ SimConfig sim_config_for_seed(std::uint64_t seed) {
   c.after = after == 0 ? SimAfter::failback
                        : (after == 1 ? SimAfter::split_brain : SimAfter::none);
   c.bitmap_block_bytes = std::uint32_t{4096} << (2 * (prng() % 3));
+  // Drawn last (the draws above stay what they were): a fence-peer handler for half the seeds.
+  const std::uint64_t fence = prng() % 8;
+  c.fence_peer = fence < 4 ? SimFencePeer::none
+                           : static_cast<SimFencePeer>(1 + (fence - 4) % 3);
+  c.fence_peer_hold = prng() % 2 == 0;
   return c;
 }
 
@@ -307,6 +327,20 @@ Task<void> teardown(Sim* sim, bool* done) {
 
 std::string configs_dir(const TempDir& d) { return d.path().string(); }
 
+// The handler of SimFencePeer: appends the generation it was run for to <d>/fence-runs.
+std::string fence_peer_section(const Sim& sim, const std::string& d) {
+  if (sim.c.fence_peer == SimFencePeer::none) return "";
+  const std::string script = d + "/fence-peer.sh";
+  const char* tail = sim.c.fence_peer == SimFencePeer::outdated ? "exit 4"
+                     : sim.c.fence_peer == SimFencePeer::fails  ? "exit 1"
+                                                                : "exec sleep 30";
+  write_file(script, fmt::format("#!/bin/sh\n[ \"$1\" = unfence ] && exit 0\ncat > /dev/null\n"
+                                 "echo \"$COLO_GENERATION\" >> {}/fence-runs\n{}\n", d, tail));
+  ::chmod(script.c_str(), 0755);
+  return fmt::format("  fence_peer {{ exec: \"{}\" timeout_ms: 300 hold_writes: {} }}\n", script,
+                     sim.c.fence_peer_hold ? "true" : "false");
+}
+
 Result<void> make_configs(Sim& sim) {
   const std::string d = configs_dir(sim.dir);
   std::filesystem::create_directories(d + "/p-state");
@@ -353,8 +387,9 @@ replication {{
   checkpoint_timeout_ms: 9000
   connect_timeout_ms: 5000
   prepare_timeout_ms: 11000
-}}
-)", d, sim.c.async_mode ? "ASYNC" : "SYNC", 1 * kMiB, sim.c.bitmap_block_bytes),
+{4}}}
+)", d, sim.c.async_mode ? "ASYNC" : "SYNC", 1 * kMiB, sim.c.bitmap_block_bytes,
+                                         fence_peer_section(sim, d)),
                              "sim-primary.conf");
   if (!p) return p.error();
   for (const auto* cfg : {&*s, &*p}) {
@@ -520,6 +555,19 @@ SimOutcome run_pair_sim(const SimConfig& config, std::chrono::milliseconds budge
     log::info("sim: loop ran dry");
     if (!sim.io.stopped()) {
       ADD_FAILURE() << "work was left on the loop after the teardown";
+      ok = false;
+    }
+  }
+  if (config.fence_peer != SimFencePeer::none) {
+    // The handler ran at most once per generation the primary started alone (once per loss).
+    std::vector<std::string> gens;
+    std::istringstream in(read_file(sim.dir.path().string() + "/fence-runs"));
+    for (std::string line; std::getline(in, line);) gens.push_back(line);
+    sim.out.fence_peer_runs = gens.size();
+    std::sort(gens.begin(), gens.end());
+    const auto dup = std::adjacent_find(gens.begin(), gens.end());
+    if (dup != gens.end()) {
+      ADD_FAILURE() << "the fence-peer handler ran twice for generation " << *dup;
       ok = false;
     }
   }

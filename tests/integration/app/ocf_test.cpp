@@ -485,7 +485,7 @@ TEST_F(FenceHandler, FenceAddsTheConstraintAndExits4UnfenceRemovesIt) {
   auto c = calls();
   ASSERT_EQ(c.size(), 1u) << f.output;
   EXPECT_EQ(c[0], "--create --scope constraints --xml-text <rsc_location id=\"colo-fence-r0\" "
-                  "rsc=\"r0-clone\" role=\"Promoted\" node=\"b\" score=\"-INFINITY\"/>");
+                  "rsc=\"colo-r0-clone\" role=\"Promoted\" node=\"b\" score=\"-INFINITY\"/>");
   auto u = run({"COLO_RESOURCE=r0", "COLO_PEER=b"}, "unfence");
   EXPECT_EQ(u.exit_code, 0) << u.output;
   c = calls();
