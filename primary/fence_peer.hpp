@@ -75,6 +75,9 @@ class FencePeer : public std::enable_shared_from_this<FencePeer> {
 
  private:
   Task<std::string> run(std::string mode, FencePeerFacts facts);
+  void start_detached(std::string mode, FencePeerFacts facts);
+  static Task<void> run_detached(std::shared_ptr<FencePeer> self, std::string mode,
+                                 FencePeerFacts facts);
 
   asio::any_io_executor ex_;
   FencePeerOptions options_;

@@ -163,9 +163,10 @@ Task<Result<void>> Replicator::record_diverged(std::weak_ptr<Replicator> weak) {
               generation_hex(next.current));
   }
   // The secondary is about to miss this write: the cluster manager must not promote it.
-  co_await self->fence_peer_for_generation(
-      self->peer_state_ == PeerState::paired ? "a write the secondary failed is acknowledged"
-                                             : "written while no secondary is paired");
+  // (The reason is a local: no conditional expression inside a co_await, STYLE 27.)
+  std::string why = "written while no secondary is paired";
+  if (self->peer_state_ == PeerState::paired) why = "a write the secondary failed is acknowledged";
+  co_await self->fence_peer_for_generation(std::move(why));
   if (self->record_->state().diverged) co_return Result<void>{};
   EpochState s = self->record_->state();
   s.diverged = true;
