@@ -57,16 +57,28 @@ std::string lines_after(const EventHub& hub, std::uint64_t after) {
 }
 
 Task<control::Reply> follow(EventHub& hub, std::uint64_t after, ControlStream& stream) {
-  auto wake = std::make_shared<AsyncEvent>();
-  const std::uint64_t reader = hub.add_reader([wake] { wake->notify_all(true); });
+  // The follower waits on a timer of its own loop, which a new event cancels. Nothing of it
+  // outlives that loop: a role change destroys the loop with the timer's wait, hence this
+  // frame, whose guard removes the reader (a wake-up parked elsewhere would be run on the next
+  // role's events against the destroyed loop).
+  struct Waiter {
+    bool pending = false;
+    asio::steady_timer* tick = nullptr;
+  };
+  Waiter waiter;
+  asio::steady_timer tick(co_await asio::this_coro::executor);
+  waiter.tick = &tick;
+  const std::uint64_t reader = hub.add_reader([w = &waiter] {
+    w->pending = true;
+    w->tick->cancel();
+  });
   struct Guard {
     EventHub& hub;
     std::uint64_t id;
     ~Guard() { hub.remove_reader(id); }
   } guard{hub, reader};
-  asio::steady_timer tick(co_await asio::this_coro::executor);
   for (;;) {
-    wake->reset();
+    waiter.pending = false;
     const HubRead r = hub.read_after(after, kBatch);
     if (r.lost > 0) {
       control::Reply line = ControlReplyBuilder::ok(lost_line(after, r.lost) + "\n");
@@ -83,14 +95,12 @@ Task<control::Reply> follow(EventHub& hub, std::uint64_t after, ControlStream& s
                                           "the daemon is stopping or changing its role\n");
     }
     if (stream.hung_up()) co_return control::Reply{};
-    // Wait for an event, or a tick (to see a client that left or a daemon that stops).
+    if (waiter.pending) continue;  // published while the lines above were sent
+    // Wait for an event (it cancels the timer), or a tick (to see a client that left or a
+    // daemon that stops).
     tick.expires_after(kTick);
-    std::weak_ptr<AsyncEvent> weak = wake;
-    tick.async_wait([weak](const error_code& ec) {
-      if (auto w = weak.lock(); w && !ec) w->notify_all(true);
-    });
-    co_await wake->wait();
-    tick.cancel();
+    auto [ec] = co_await tick.async_wait(use_task);
+    (void)ec;
   }
 }
 
