@@ -6,7 +6,6 @@
 #include <boost/json/serialize.hpp>
 
 #include <charconv>
-#include <memory>
 
 namespace colo {
 
@@ -57,20 +56,14 @@ std::string lines_after(const EventHub& hub, std::uint64_t after) {
 }
 
 Task<control::Reply> follow(EventHub& hub, std::uint64_t after, ControlStream& stream) {
-  // The follower waits on a timer of its own loop, which a new event cancels. Nothing of it
-  // outlives that loop: a role change destroys the loop with the timer's wait, hence this
-  // frame, whose guard removes the reader (a wake-up parked elsewhere would be run on the next
-  // role's events against the destroyed loop).
-  struct Waiter {
-    bool pending = false;
-    asio::steady_timer* tick = nullptr;
-  };
-  Waiter waiter;
+  // The wait is a timer that an event cancels: its pending wait belongs to the io_context, so a
+  // stream left waiting when the daemon's loop ends is destroyed with it, and the guard below
+  // then removes the reader (nothing in the hub points at a dead loop).
   asio::steady_timer tick(co_await asio::this_coro::executor);
-  waiter.tick = &tick;
-  const std::uint64_t reader = hub.add_reader([w = &waiter] {
-    w->pending = true;
-    w->tick->cancel();
+  bool woken = false;
+  const std::uint64_t reader = hub.add_reader([&tick, &woken] {
+    woken = true;
+    tick.cancel();
   });
   struct Guard {
     EventHub& hub;
@@ -78,7 +71,7 @@ Task<control::Reply> follow(EventHub& hub, std::uint64_t after, ControlStream& s
     ~Guard() { hub.remove_reader(id); }
   } guard{hub, reader};
   for (;;) {
-    waiter.pending = false;
+    woken = false;
     const HubRead r = hub.read_after(after, kBatch);
     if (r.lost > 0) {
       control::Reply line = ControlReplyBuilder::ok(lost_line(after, r.lost) + "\n");
@@ -95,9 +88,8 @@ Task<control::Reply> follow(EventHub& hub, std::uint64_t after, ControlStream& s
                                           "the daemon is stopping or changing its role\n");
     }
     if (stream.hung_up()) co_return control::Reply{};
-    if (waiter.pending) continue;  // published while the lines above were sent
-    // Wait for an event (it cancels the timer), or a tick (to see a client that left or a
-    // daemon that stops).
+    if (woken) continue;  // events came while the lines were being written
+    // Wait for an event, or a tick (to see a client that left or a daemon that stops).
     tick.expires_after(kTick);
     auto [ec] = co_await tick.async_wait(use_task);
     (void)ec;
