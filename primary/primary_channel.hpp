@@ -32,6 +32,11 @@ class PrimaryChannel : public std::enable_shared_from_this<PrimaryChannel> {
   PrimaryChannel& operator=(const PrimaryChannel&) = delete;
 
   Result<void> listen(const ListenAddress& address);
+  // TLS on the connections accepted from now on (TransportListener::set_tls).
+  void set_tls(std::shared_ptr<const tls::TlsContext> context,
+               std::chrono::milliseconds handshake_timeout) {
+    listener_.set_tls(std::move(context), handshake_timeout);
+  }
   void close();
 
  private:

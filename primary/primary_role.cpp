@@ -2,6 +2,7 @@
 
 #include <boost/json/serialize.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <memory>
 #include <chrono>
@@ -27,6 +28,7 @@
 #include "shared/pair/generation.hpp"
 #include "shared/pair/node_identity.hpp"
 #include "shared/pair/state_file.hpp"
+#include "shared/tls/tls_context.hpp"
 
 namespace colo {
 namespace {
@@ -100,6 +102,17 @@ Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context&
     }
   }
   o.quorum = cfg.quorum();
+  if (tls::enabled(rc.tls())) {
+    auto context = tls::TlsContext::create(rc.tls(), tls::Side::client);
+    if (!context) {
+      return make_error(context.error().code.value(),
+                        "replication.tls: " + context.error().message);
+    }
+    o.channel_tls = *context;
+    o.peer_tls = nbd_client_tls(rc.tls());
+    log::info("primary: TLS to the secondary ({}), its identity one of: {}",
+              (*context)->describe(), fmt::join(rc.tls().allowed_identities(), ", "));
+  }
   o.async_mode = rc.write_mode() == config::ASYNC;
   if (rc.async_queue_bytes() != 0) o.async_queue_bytes = rc.async_queue_bytes();
   o.heartbeat_interval = ms_or(rc.heartbeat_interval_ms(), 500);
@@ -340,6 +353,16 @@ Result<void> start_primary(DaemonContext& ctx) {
       // A node that still takes itself for the primary learns here that it is not.
       auto channel = std::make_shared<PrimaryChannel>(ctx.executor(), replicator, cfg.resource(),
                                                       cfg.replication().node_name());
+      if (tls::enabled(cfg.replication().tls())) {
+        auto context = tls::TlsContext::create(tls_side_view(cfg.replication().tls(), true),
+                                               tls::Side::server);
+        if (!context) {
+          server->close();
+          return make_error(context.error().code.value(),
+                            "replication.tls (server side): " + context.error().message);
+        }
+        channel->set_tls(*context, ms_or(cfg.replication().connect_timeout_ms(), 10000));
+      }
       for (const auto& text : ctx.node().channel_listen()) {
         auto address = parse_listen_address(text);
         if (!address) return address.error();

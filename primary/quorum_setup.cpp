@@ -28,13 +28,27 @@ NbdClientOptions nbd_options_from_config(const config::QuorumConfig& q, std::str
   return o;
 }
 
+NbdClientTls nbd_client_tls(const config::TlsConfig& c) {
+  NbdClientTls t;
+  t.enabled = c.mode() != config::TlsConfig::OFF;
+  if (!t.enabled) return t;
+  t.pki_dir = c.pki_dir();
+  t.verify_peer = !c.has_verify_peer() || c.verify_peer();
+  t.psk_file = c.psk_file();
+  t.psk_identity = c.psk_identity();
+  return t;
+}
+
 Task<Result<std::shared_ptr<BlockNode>>> open_quorum_child(asio::any_io_executor ex,
                                                            const config::QuorumConfig& q,
                                                            std::string child_name,
                                                            std::string target,
-                                                           OpenFileFn open_file) {
+                                                           OpenFileFn open_file,
+                                                           NbdClientTls tls) {
   if (target.rfind("nbd", 0) == 0 && target.find("://") != std::string::npos) {
-    auto node = co_await NbdClientNode::open(ex, child_name, nbd_options_from_config(q, target));
+    NbdClientOptions options = nbd_options_from_config(q, target);
+    options.tls = std::move(tls);
+    auto node = co_await NbdClientNode::open(ex, child_name, options);
     if (!node) {
       co_return make_error(node.error().code.value(),
                            fmt::format("child \"{}\": {}", child_name, node.error().message));
@@ -67,7 +81,8 @@ Task<Result<std::unique_ptr<QuorumNode>>> open_quorum(asio::any_io_executor ex, 
       case config::QuorumChildConfig::kNbdUri: {
         const std::string target =
             c.source_case() == config::QuorumChildConfig::kPath ? c.path() : c.nbd_uri();
-        auto r = co_await open_quorum_child(ex, q, c.name(), target, open_file);
+        auto r = co_await open_quorum_child(ex, q, c.name(), target, open_file,
+                                            nbd_client_tls(c.tls()));
         if (!r) co_return r.error();
         node = *r;
         break;

@@ -15,6 +15,9 @@ namespace colo {
 
 QuorumOptions quorum_options_from_config(const config::QuorumConfig& q);
 NbdClientOptions nbd_options_from_config(const config::QuorumConfig& q, std::string uri);
+// A child's (or replication's) TlsConfig as the NBD client's credentials (off when its mode is
+// OFF).
+NbdClientTls nbd_client_tls(const config::TlsConfig& c);
 
 // Opens a file child by path (the file node lives elsewhere; the caller supplies it).
 using OpenFileFn = std::function<Result<std::shared_ptr<BlockNode>>(const std::string& path)>;
@@ -35,6 +38,7 @@ Task<Result<std::shared_ptr<BlockNode>>> open_quorum_child(asio::any_io_executor
                                                            const config::QuorumConfig& q,
                                                            std::string child_name,
                                                            std::string target,
-                                                           OpenFileFn open_file);
+                                                           OpenFileFn open_file,
+                                                           NbdClientTls tls = {});
 
 }  // namespace colo

@@ -81,6 +81,11 @@ struct ReplicatorOptions {
   std::string peer_child;        // quorum child name of the secondary
   std::string peer_uri;          // its NBD URI (the secondary's replication export)
   config::QuorumConfig quorum;   // for the NBD client options
+  // TLS (replication.tls; docs/tls.md "The pair"): the checkpoint channel's client context
+  // (null: plaintext; read at each connection, so a reload may swap it) and the peer child's
+  // NBD client credentials.
+  std::shared_ptr<const tls::TlsContext> channel_tls;
+  NbdClientTls peer_tls;
   bool async_mode = false;
   std::uint64_t async_queue_bytes = 64ull << 20;
   std::chrono::milliseconds heartbeat_interval{500};

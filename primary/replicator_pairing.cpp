@@ -43,7 +43,7 @@ replication::Envelope Replicator::make_hello() const {
 // split-brain victim (Hello.discard_mine): then this node's data wins and its fence goes.
 Task<bool> Replicator::peer_discards() {
   auto transport = co_await connect_transport(ex_, options_.peer_address,
-                                              options_.connect_timeout);
+                                              options_.connect_timeout, options_.channel_tls);
   if (!transport) co_return false;
   auto channel = ReplicationChannel::create(
       ex_, std::move(*transport),
@@ -85,7 +85,7 @@ Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
   };
 
   auto transport = co_await connect_transport(ex_, options_.peer_address,
-                                              options_.connect_timeout);
+                                              options_.connect_timeout, options_.channel_tls);
   if (!transport) {
     co_return fail(Error{transport.error().code,
                          "pairing: " + transport.error().message + " (is the secondary up?)"});
@@ -279,6 +279,7 @@ Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
   }
 
   NbdClientOptions nbd = nbd_options_from_config(options_.quorum, peer_uri);
+  nbd.tls = options_.peer_tls;
   nbd.reconnect = false;  // a reconnect would hide missed writes: losing the peer detaches it
   nbd.connect_timeout_ms = static_cast<std::uint32_t>(options_.connect_timeout.count());
   auto node = co_await NbdClientNode::open(ex_, options_.peer_child, nbd);

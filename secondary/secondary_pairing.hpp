@@ -114,6 +114,12 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   std::chrono::system_clock::time_point last_checkpoint_time() const { return last_checkpoint_; }
   std::uint64_t checkpoints() const { return checkpoints_; }
   const std::vector<ListenAddress>& bound() const { return listener_.bound(); }
+  // TLS on the checkpoint channel's connections accepted from now on (a server context whose
+  // allowed_identities names the primary; TransportListener::set_tls). Call before listen().
+  void set_tls(std::shared_ptr<const tls::TlsContext> context,
+               std::chrono::milliseconds handshake_timeout) {
+    listener_.set_tls(std::move(context), handshake_timeout);
+  }
 
   // Outdated (shared/pair/outdated_marker.hpp; docs/resync.md, "Outdated"): this disk lacks
   // writes a primary acknowledged without it. nullopt: up to date as far as this node knows.

@@ -20,6 +20,8 @@
 #include "shared/daemon/role_state.hpp"
 #include "shared/nbd/nbd_server.hpp"
 #include "shared/pair/node_identity.hpp"
+#include "shared/tls/tls_config.hpp"
+#include "shared/tls/tls_context.hpp"
 
 namespace colo {
 namespace {
@@ -477,14 +479,12 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
   // With a checkpoint channel the replication export admits only the current session's
   // connections (docs/replication.md, "Session token").
   if (cfg.has_replication()) g.guard = std::make_shared<nbd::SessionGuard>();
-  if (cfg.has_replication() && s.replication_tls().mode() == config::TlsConfig::REQUIRE) {
-    log::warn("secondary: replication_tls requires TLS, but the primary's NBD client does not "
-              "speak it yet (docs/tls.md): the primary cannot connect");
-  }
+  // secondary.replication_tls, else the pair's replication.tls (docs/tls.md, "The pair").
+  const bool own_tls = s.replication_tls().mode() != config::TlsConfig::OFF;
   auto replication = serve(io, {s.replication_export_name(), "colo replication export",
                                 g.db->primary_view(), false, g.guard},
-                           s.replication_listen(), s.replication_tls(),
-                           "secondary.replication_tls");
+                           s.replication_listen(), replication_export_tls(cfg),
+                           own_tls ? "secondary.replication_tls" : "replication.tls");
   if (!replication) return replication.error();
   g.replication = *replication;
   if (g.guard) {
@@ -530,6 +530,16 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
                 "rolled back) that the primary will resync", g.pairing->own_dirty_path(),
                 (*own)->dirty_count());
       g.pairing->set_own_dirty(std::move(*own));
+    }
+    if (tls::enabled(rc.tls())) {
+      auto context = tls::TlsContext::create(tls_side_view(rc.tls(), true), tls::Side::server);
+      if (!context) {
+        g.pairing->close();
+        return fail(Error{context.error().code, "replication.tls: " + context.error().message});
+      }
+      g.pairing->set_tls(*context, std::chrono::milliseconds(rc.connect_timeout_ms() != 0
+                                                                 ? rc.connect_timeout_ms()
+                                                                 : 10000));
     }
     for (const auto& text : rc.listen()) {
       auto address = parse_listen_address(text);

@@ -137,6 +137,7 @@ std::vector<std::string> validate_config(const config::DaemonConfig& cfg) {
   validate_quorum_config(cfg, errors);
   validate_secondary_config(cfg, errors);
   validate_replication_config(cfg, errors);
+  validate_pair_tls_config(cfg, errors);
   validate_hooks(cfg, errors);
   return errors;
 }

@@ -30,6 +30,18 @@ void validate_secondary_config(const config::DaemonConfig& cfg,
 void validate_replication_config(const config::DaemonConfig& cfg,
                                  std::vector<std::string>& errors);
 
+// TLS between the two daemons (config_tls.cpp; docs/tls.md, "The pair"): replication.tls, the
+// quorum children's tls, and how they fit together (the peer child's URI scheme, mutual
+// authentication, REQUIRE or OFF).
+void validate_pair_tls_config(const config::DaemonConfig& cfg, std::vector<std::string>& errors);
+// `c` as one side uses it: a server's copy drops psk_identity (what a client presents).
+config::TlsConfig tls_side_view(const config::TlsConfig& c, bool server);
+// The secondary's replication export's TLS: secondary.replication_tls when its mode is not
+// OFF, else replication.tls as a server uses it (OFF when neither is set).
+config::TlsConfig replication_export_tls(const config::DaemonConfig& cfg);
+// Whether an NBD URI's scheme asks for TLS (nbds:// or nbds+unix://).
+bool nbd_uri_is_tls(const std::string& uri);
+
 // The event loop's poll window (DaemonConfig.poll_us): the default when unset, and the bound.
 inline constexpr unsigned kPollUsDefault = 50;
 inline constexpr unsigned kPollUsMax = 10000;

@@ -7,6 +7,7 @@
 
 #include "shared/base/listen_address.hpp"
 #include "shared/daemon/config.hpp"
+#include "shared/tls/tls_config.hpp"
 
 namespace colo {
 
@@ -35,9 +36,17 @@ std::string export_name(const config::DaemonConfig& cfg, const config::NodeConfi
                                                          : n.secondary().replication_export_name();
 }
 
-// How a primary reaches `peer`'s replication export.
+// `uri` with the TLS form of its scheme (nbd:// -> nbds://) when `tls`.
+std::string with_tls_scheme(std::string uri, bool tls) {
+  if (!tls) return uri;
+  if (uri.rfind("nbd://", 0) == 0 || uri.rfind("nbd+unix://", 0) == 0) uri.insert(3, "s");
+  return uri;
+}
+
+// How a primary reaches `peer`'s replication export (nbds:// when the pair uses TLS).
 Result<std::string> replication_uri(const config::DaemonConfig& cfg, const config::NodeConfig& peer) {
-  if (!peer.replication_uri().empty()) return peer.replication_uri();
+  const bool tls = tls::enabled(cfg.replication().tls());
+  if (!peer.replication_uri().empty()) return with_tls_scheme(peer.replication_uri(), tls);
   if (peer.secondary().replication_listen().empty()) {
     return make_error(EINVAL, fmt::format("node \"{}\": secondary.replication_listen: at least "
                                           "one address is needed", peer.name()));
@@ -45,8 +54,9 @@ Result<std::string> replication_uri(const config::DaemonConfig& cfg, const confi
   auto a = parse_listen_address(peer.secondary().replication_listen(0));
   if (!a) return a.error();
   const std::string name = export_name(cfg, peer);
+  const char* s = tls ? "s" : "";
   if (a->kind == ListenAddress::Kind::unix_socket) {
-    return fmt::format("nbd+unix:///{}?socket={}", name, a->path);
+    return fmt::format("nbd{}+unix:///{}?socket={}", s, name, a->path);
   }
   if (wildcard(a->host)) {
     return make_error(EINVAL, fmt::format("node \"{}\": replication_uri: must be set when "
@@ -54,7 +64,8 @@ Result<std::string> replication_uri(const config::DaemonConfig& cfg, const confi
                                           peer.name(), peer.secondary().replication_listen(0)));
   }
   const bool v6 = a->host.find(':') != std::string::npos;
-  return fmt::format("nbd://{}{}{}:{}/{}", v6 ? "[" : "", a->host, v6 ? "]" : "", a->port, name);
+  return fmt::format("nbd{}://{}{}{}:{}/{}", s, v6 ? "[" : "", a->host, v6 ? "]" : "", a->port,
+                     name);
 }
 
 // How a primary reaches `peer`'s checkpoint channel.
@@ -108,6 +119,8 @@ void validate_resource_config(const config::DaemonConfig& cfg, std::vector<std::
   derived(!r.listen().empty(), "listen");
   derived(!r.peer_child().empty(), "peer_child");
   derived(!r.node_name().empty(), "node_name");
+  derived(!r.tls().allowed_identities().empty(), "tls.allowed_identities (the other node's name)");
+  derived(!r.tls().psk_identity().empty(), "tls.psk_identity (this node's name)");
   for (int i = 0; i < cfg.nodes_size(); ++i) {
     const config::NodeConfig& n = cfg.nodes(i);
     if (n.name().empty()) errors.push_back(fmt::format("nodes[{}].name: must be set", i));
@@ -115,6 +128,18 @@ void validate_resource_config(const config::DaemonConfig& cfg, std::vector<std::
       if (cfg.nodes(j).name() == n.name()) {
         errors.push_back(fmt::format("nodes[{}].name: \"{}\" is used twice", i, n.name()));
       }
+    }
+    const config::TlsConfig& t = n.tls();
+    if (t.mode() != config::TlsConfig::OFF || !t.psk_identity().empty() || t.has_verify_peer() ||
+        !t.allowed_identities().empty()) {
+      errors.push_back(fmt::format("nodes[{}].tls: only pki_dir or psk_file (this node's "
+                                   "credentials); the rest is replication.tls", i));
+    }
+    if ((!t.pki_dir().empty() || !t.psk_file().empty()) && !tls::enabled(r.tls())) {
+      errors.push_back(fmt::format("nodes[{}].tls: credentials, but replication.tls is off", i));
+    }
+    if (!t.pki_dir().empty() && !t.psk_file().empty()) {
+      errors.push_back(fmt::format("nodes[{}].tls: set one of pki_dir and psk_file", i));
     }
     if (n.state_dir().empty()) {
       errors.push_back(fmt::format("nodes[{}].state_dir: must be set (the role, generations "
@@ -177,6 +202,21 @@ Result<config::DaemonConfig> node_config(const config::DaemonConfig& cfg, const 
   config::ReplicationConfig* r = out.mutable_replication();
   *r = cfg.replication();
   r->set_node_name(me->name());
+  if (tls::enabled(r->tls())) {
+    // This node's credentials, its name as its PSK identity, and only the other node as its
+    // peer (the checkpoint channel both ways, the replication export).
+    config::TlsConfig* t = r->mutable_tls();
+    if (!me->tls().pki_dir().empty()) {
+      t->set_pki_dir(me->tls().pki_dir());
+      t->clear_psk_file();
+    } else if (!me->tls().psk_file().empty()) {
+      t->set_psk_file(me->tls().psk_file());
+      t->clear_pki_dir();
+    }
+    t->clear_allowed_identities();
+    t->add_allowed_identities(peer->name());
+    if (!t->psk_file().empty()) t->set_psk_identity(me->name());
+  }
   if (role == config::PRIMARY) {
     if (me->has_export_()) *out.mutable_export_() = me->export_();
     auto uri = replication_uri(cfg, *peer);

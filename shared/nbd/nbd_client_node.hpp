@@ -14,6 +14,9 @@
 //   readiness handler serves every reply already buffered in the socket (libnbd reads one
 //   reply per notify) before it waits again. Completions delivered outside a readiness
 //   handler (connection lost, close()) are resumed from one posted task.
+// - With TLS the connection is made on a helper thread (libnbd 1.14's TLS handshake busy-waits
+//   inside one call until the server answers; the loop must not), then its ready handle is
+//   driven from the loop like any other.
 // - Structured replies are requested; TCP_NODELAY is set on TCP sockets (socket buffers are
 //   left to the kernel's autotuning: fixed 4 MiB buffers measured no better for 1 MiB writes
 //   at depth 16). FUA, flush, trim, write-zeroes and fast-zero are sent only when the server
@@ -27,7 +30,8 @@
 //   size seen at open is refused (and retried later).
 // - Every state change is a log::event: nbd_client_connecting, nbd_client_connected,
 //   nbd_client_disconnected (reason), nbd_client_reconnecting (attempt, delay_ms),
-//   nbd_client_reconnect_refused (reason). Fields: node, uri, and the ones named.
+//   nbd_client_reconnect_refused (reason). Fields: node, uri, and the ones named;
+//   nbd_client_connected also says `tls` ("x509", "psk" or "off", what was negotiated).
 //
 // Lifetime: create with open(); the node is owned by shared_ptr (the readiness handlers and
 // the reconnect loop hold weak references). Destroying the node with requests in flight is a
@@ -51,8 +55,21 @@ struct nbd_handle;
 
 namespace colo {
 
+// TLS towards the server (docs/tls.md). Set: libnbd is told LIBNBD_TLS_REQUIRE, so a server
+// without TLS is refused, never used in plaintext; every reconnect uses the same credentials.
+struct NbdClientTls {
+  bool enabled = false;
+  std::string pki_dir;  // x509: ca-cert.pem, client-cert.pem, client-key.pem (libnbd's layout)
+  bool verify_peer = true;  // x509: check the server's certificate and its name (the URI host)
+  std::string psk_file;     // PSK: "identity:hexkey" lines
+  std::string psk_identity;
+  // "x509 from DIR" or "PSK identity "ID" from FILE", for log lines.
+  std::string describe() const;
+};
+
 struct NbdClientOptions {
-  std::string uri;                          // nbd://host:port/export, nbd+unix:///e?socket=p
+  std::string uri;                          // nbd[s]://host:port/export, nbd[s]+unix:///e?socket=p
+  NbdClientTls tls;
   std::uint32_t connect_timeout_ms = 10000;  // one connection attempt, handshake included
   bool reconnect = true;
   std::uint32_t reconnect_delay_ms_initial = 100;  // doubled after each failed attempt
@@ -136,6 +153,11 @@ class NbdClientNode final : public BlockNode,
   // Resumes them from a posted task (completions outside a readiness handler).
   void schedule_resume();
 
+  // Gives a new handle the TLS settings of options_.tls (none when it is off).
+  Result<void> apply_tls(nbd_handle* h) const;
+  // TLS: the whole connection of `h` (connect, NBD and TLS handshakes) on a helper thread,
+  // within connect_timeout_ms; on success `h` is ready, else it was closed.
+  Task<Result<void>> connect_in_thread(nbd_handle* h);
   // One connection attempt; on success the handle is ready and state_ is connected.
   Task<Result<void>> connect_once();
   // Arms readiness waits for the directions libnbd wants on the current handle.

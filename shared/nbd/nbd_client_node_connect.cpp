@@ -8,9 +8,15 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <mutex>
 #include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "shared/base/check.hpp"
 #include "shared/base/log.hpp"
@@ -47,6 +53,131 @@ void NbdClientNode::read_limits() {
   limits_ = lim;
 }
 
+std::string NbdClientTls::describe() const {
+  if (!enabled) return "off";
+  if (!pki_dir.empty()) {
+    return fmt::format("x509 from {}{}", pki_dir, verify_peer ? "" : " (peer not verified)");
+  }
+  return fmt::format("PSK identity \"{}\" from {}", psk_identity, psk_file);
+}
+
+Result<void> NbdClientNode::apply_tls(nbd_handle* h) const {
+  const NbdClientTls& t = options_.tls;
+  if (!t.enabled) return {};
+  bool ok = nbd_set_tls(h, LIBNBD_TLS_REQUIRE) == 0;
+  if (ok && !t.pki_dir.empty()) {
+    ok = nbd_set_tls_certificates(h, t.pki_dir.c_str()) == 0 &&
+         nbd_set_tls_verify_peer(h, t.verify_peer) == 0;
+  } else if (ok) {
+    ok = nbd_set_tls_psk_file(h, t.psk_file.c_str()) == 0 &&
+         nbd_set_tls_username(h, t.psk_identity.c_str()) == 0;
+  }
+  if (!ok) {
+    return make_error(libnbd_errno_or(EINVAL), fmt::format("{}: TLS ({}): {}", options_.uri,
+                                                           t.describe(), libnbd_error()));
+  }
+  return {};
+}
+
+Task<Result<void>> NbdClientNode::connect_in_thread(nbd_handle* h) {
+  // Shared by the helper thread and this coroutine. The thread never touches the event loop:
+  // it reports through an eventfd, so a loop (or a coroutine) gone meanwhile is no hazard; a
+  // handle nobody waits for any more is closed by whoever sees that last.
+  struct Shared {
+    std::mutex m;
+    bool done = false;       // the thread finished: err and why are set
+    bool abandoned = false;  // the waiting coroutine is gone
+    bool taken = false;      // the coroutine took the ready handle
+    int err = 0;
+    std::string why;
+    int efd = -1;
+    ~Shared() {
+      if (efd >= 0) ::close(efd);
+    }
+  };
+  auto shared = std::make_shared<Shared>();
+  shared->efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (shared->efd < 0) co_return make_error(errno, "eventfd");
+  const int wait_fd = ::dup(shared->efd);
+  if (wait_fd < 0) co_return make_error(errno, "dup");
+  asio::posix::stream_descriptor wakeup(ex_, wait_fd);
+  struct Guard {
+    std::shared_ptr<Shared> s;
+    nbd_handle* h;
+    ~Guard() {
+      std::lock_guard lock(s->m);
+      if (!s->done) {
+        s->abandoned = true;
+      } else if (s->err == 0 && !s->taken) {
+        nbd_close(h);
+      }
+    }
+  } guard{shared, h};
+
+  const std::string uri = options_.uri;
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.connect_timeout_ms);
+  std::thread([shared, h, uri, deadline] {
+    int err = 0;
+    std::string why;
+    if (nbd_aio_connect_uri(h, uri.c_str()) == -1) {
+      err = libnbd_errno_or(ECONNREFUSED);
+      why = libnbd_error();
+    }
+    while (err == 0 && nbd_aio_is_ready(h) != 1) {
+      if (nbd_aio_is_dead(h) == 1 || nbd_aio_is_closed(h) == 1) {
+        err = ECONNREFUSED;
+        why = "the server closed the connection";
+        break;
+      }
+      bool abandoned = false;
+      {
+        std::lock_guard lock(shared->m);
+        abandoned = shared->abandoned;
+      }
+      if (abandoned || std::chrono::steady_clock::now() >= deadline) {
+        err = ETIMEDOUT;
+        why = fmt::format("timed out");
+        break;
+      }
+      if (nbd_poll(h, 100) == -1) {
+        err = libnbd_errno_or(ECONNREFUSED);
+        why = libnbd_error();
+      }
+    }
+    bool close_it = err != 0;
+    {
+      std::lock_guard lock(shared->m);
+      shared->done = true;
+      shared->err = err;
+      shared->why = why;
+      if (shared->abandoned) close_it = true;
+      const std::uint64_t one = 1;
+      if (!shared->abandoned) (void)!::write(shared->efd, &one, sizeof one);
+    }
+    if (close_it) nbd_close(h);
+  }).detach();
+
+  for (;;) {
+    {
+      std::lock_guard lock(shared->m);
+      if (shared->done) {
+        if (shared->err != 0) {
+          co_return make_error(shared->err, fmt::format("connecting to {} failed: {}", uri,
+                                                        shared->why));
+        }
+        shared->taken = true;
+        co_return Result<void>{};
+      }
+    }
+    auto [ec] = co_await wakeup.async_wait(asio::posix::stream_descriptor::wait_read, use_task);
+    if (ec && ec != asio::error::interrupted) {
+      co_return make_error(ec.value(), fmt::format("connecting to {}: waiting: {}", uri,
+                                                   ec.message()));
+    }
+  }
+}
+
 Task<Result<void>> NbdClientNode::connect_once() {
   CHECK(handle_ == nullptr);
   const std::uint64_t epoch = epoch_;
@@ -59,6 +190,35 @@ Task<Result<void>> NbdClientNode::connect_once() {
   }
   nbd_set_request_structured_replies(h, true);
   nbd_set_pread_initialize(h, false);
+  if (auto tls = apply_tls(h); !tls) {
+    nbd_close(h);
+    set_state(NbdClientState::disconnected);
+    co_return tls.error();
+  }
+  if (options_.tls.enabled) {
+    // libnbd 1.14's TLS handshake spins inside one notify call (GnuTLS retries its reads until
+    // the server answers), which would stall this loop, and deadlock a server on the same loop:
+    // the connection and its handshakes run on a helper thread; the ready handle comes back.
+    Result<void> connected = co_await connect_in_thread(h);
+    if (!connected) {
+      set_state(NbdClientState::disconnected);
+      log::warn("{}: connecting to {} failed: {}", name_, options_.uri, connected.error().message);
+      co_return connected.error();
+    }
+    if (epoch_ != epoch || state_ != NbdClientState::connecting) {
+      nbd_close(h);
+      co_return make_error(ECONNREFUSED, fmt::format("connecting to {} failed: closed",
+                                                     options_.uri));
+    }
+    handle_ = h;
+    last_error_.clear();
+    if (!settle(0)) {
+      co_return make_error(ECONNREFUSED, fmt::format("connecting to {} failed: {}", options_.uri,
+                                                     last_error_));
+    }
+    rearm();
+    co_return Result<void>{};
+  }
   if (nbd_aio_connect_uri(h, options_.uri.c_str()) == -1) {
     const int err = libnbd_errno_or(ECONNREFUSED);
     std::string why = libnbd_error();
@@ -116,8 +276,11 @@ bool NbdClientNode::settle(int rc) {
     tune_socket(nbd_aio_get_fd(handle_));
     ++connect_count_;
     set_state(NbdClientState::connected);
+    const bool tls = nbd_get_tls_negotiated(handle_) == 1;
+    if (tls) log::info("{}: connected to {} with TLS ({})", name_, options_.uri, options_.tls.describe());
     event("nbd_client_connected",
           {{"size_bytes", std::to_string(size_bytes_)},
+           {"tls", !tls ? "off" : options_.tls.pki_dir.empty() ? "psk" : "x509"},
            {"can_fua", limits_.can_fua ? "true" : "false"},
            {"can_trim", limits_.can_trim ? "true" : "false"},
            {"can_zero", nbd_can_zero(handle_) == 1 ? "true" : "false"},

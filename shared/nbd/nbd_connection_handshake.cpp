@@ -40,6 +40,18 @@ Task<bool> NbdConnection::start_tls() {
   auto identity = co_await tls->handshake();
   if (!identity) {
     log::warn("nbd: listener {}: refused: {}", tls_.listener, identity.error().message);
+    log::Event e{"tls_peer_refused",
+                 {{"channel", "nbd"}, {"listener", tls_.listener}, {"peer", who},
+                  {"reason", identity.error().message}}};
+    if (identity.error().code.value() == EACCES) {
+      std::string expected;
+      for (const auto& a : tls_.context->allowed_identities()) {
+        expected += (expected.empty() ? "\"" : ", \"") + a + "\"";
+      }
+      e.fields.emplace_back("expected", expected);
+      e.fields.emplace_back("presented", tls->peer_identity().describe());
+    }
+    log::event(std::move(e));
     co_return false;
   }
   log::info("nbd: listener {}: peer {}: TLS with {}", tls_.listener, who, identity->describe());

@@ -11,7 +11,8 @@
 //   checkpoint does not hold heartbeats back) and writes the handler's reply;
 // - closes on a malformed or oversized frame, an unexpected reply, EOF or a socket error, with
 //   a log line naming the peer and the reason, and then calls the owner's lost handler once.
-// The transport is a FrameTransport, so TLS can replace the plain socket later.
+// The transport is a FrameTransport: a plain socket, or TLS (replication_channel_tls.cpp,
+// docs/tls.md "The pair").
 // Single-threaded: runs on the executor given to create().
 
 #include <boost/asio/any_io_executor.hpp>
@@ -32,6 +33,10 @@
 #include "shared/base/error.hpp"
 #include "shared/base/listen_address.hpp"
 #include "shared/base/task.hpp"
+
+namespace colo::tls {
+class TlsContext;
+}
 
 namespace colo {
 
@@ -61,10 +66,22 @@ class FrameTransport {
 std::unique_ptr<FrameTransport> make_socket_transport(asio::generic::stream_protocol::socket s,
                                                       std::string peer);
 
-// Connects to `address` ("tcp:HOST:PORT" or "unix:PATH") within `timeout`.
-Task<Result<std::unique_ptr<FrameTransport>>> connect_transport(asio::any_io_executor ex,
-                                                                ListenAddress address,
-                                                                std::chrono::milliseconds timeout);
+// TLS on a connected socket (replication_channel_tls.cpp): the handshake as `tls`'s side within
+// `timeout`, the peer checked against the context's allowed_identities, then each side sends
+// its TlsVerdict (proto/replication.proto) and reads the other's, so a refused side learns
+// why. A refusal by this side (an identity not allowed, a failed handshake) is logged naming
+// the expected and the presented identity and raises the event `tls_peer_refused` (channel,
+// peer, reason, and expected/presented when the handshake completed); a refusal by the peer is
+// an EACCES error carrying the peer's message. Errors name the peer.
+Task<Result<std::unique_ptr<FrameTransport>>> secure_transport(
+    asio::any_io_executor ex, asio::generic::stream_protocol::socket s, std::string peer,
+    std::shared_ptr<const tls::TlsContext> tls, std::chrono::milliseconds timeout);
+
+// Connects to `address` ("tcp:HOST:PORT" or "unix:PATH") within `timeout`; with `tls`, then
+// runs secure_transport() with the same timeout for the handshake.
+Task<Result<std::unique_ptr<FrameTransport>>> connect_transport(
+    asio::any_io_executor ex, ListenAddress address, std::chrono::milliseconds timeout,
+    std::shared_ptr<const tls::TlsContext> tls = nullptr);
 
 // Accepts connections on addresses and hands each transport to a callback.
 class TransportListener {
@@ -77,14 +94,30 @@ class TransportListener {
 
   // Binds (a unix socket file is replaced when stale, created 0600) and starts accepting.
   Result<void> listen(const ListenAddress& address, OnAccept on_accept);
+  // TLS for the connections accepted from now on (a server-side context; null: plaintext):
+  // each one is handed over only after secure_transport() succeeded within `handshake_timeout`
+  // (in a coroutine of its own: a slow handshake holds no other connection back). The context
+  // is read at each accept, so a reload may swap it.
+  void set_tls(std::shared_ptr<const tls::TlsContext> context,
+               std::chrono::milliseconds handshake_timeout);
   void close();
   // Bound addresses (a TCP port 0 resolved to the real port).
   const std::vector<ListenAddress>& bound() const { return bound_; }
 
  private:
   struct Acceptor;
-  static Task<void> accept_loop(std::shared_ptr<Acceptor> a, OnAccept on_accept);
+  struct TlsSettings {
+    std::shared_ptr<const tls::TlsContext> context;
+    std::chrono::milliseconds handshake_timeout{10000};
+  };
+  static Task<void> accept_loop(std::shared_ptr<Acceptor> a, std::shared_ptr<TlsSettings> tls,
+                                OnAccept on_accept);
+  static Task<void> secure_and_hand_over(asio::any_io_executor ex,
+                                         asio::generic::stream_protocol::socket s,
+                                         std::string peer, std::shared_ptr<Acceptor> a,
+                                         TlsSettings tls, OnAccept on_accept);
   asio::any_io_executor ex_;
+  std::shared_ptr<TlsSettings> tls_ = std::make_shared<TlsSettings>();
   std::vector<std::shared_ptr<Acceptor>> acceptors_;
   std::vector<ListenAddress> bound_;
 };

@@ -35,7 +35,23 @@ class SocketTransport final : public FrameTransport {
   SocketTransport(Generic::socket s, std::string peer) : socket_(std::move(s)), peer_(std::move(peer)) {}
 
   Task<Result<std::string>> read_frame(std::uint32_t frame_bytes_max) override {
-    co_return co_await colo::read_frame(socket_, frame_bytes_max);
+    std::array<std::uint8_t, 4> header{};
+    auto [ec, n] = co_await asio::async_read(socket_, asio::buffer(header), use_task);
+    if (ec) co_return Error{ec, "reading frame header"};
+    const std::uint32_t length = get_be32(header.data());
+    if (length > frame_bytes_max) {
+      // A TLS record (an alert: 0x15, version 3.x): the peer requires TLS, we do not speak it.
+      if (header[0] == 0x15 && header[1] == 0x03) {
+        co_return make_error(EPROTO, "the peer answered with a TLS alert: it requires TLS "
+                                     "(replication.tls), this node speaks plaintext");
+      }
+      co_return make_error(EMSGSIZE, fmt::format("frame of {} bytes exceeds the maximum of {}",
+                                                 length, frame_bytes_max));
+    }
+    std::string body(length, '\0');
+    auto [ec2, n2] = co_await asio::async_read(socket_, asio::buffer(body), use_task);
+    if (ec2) co_return Error{ec2, "reading frame body (truncated frame)"};
+    co_return body;
   }
   Task<error_code> write_frame(const std::string& frame) override {
     auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(frame), use_task);
@@ -71,9 +87,9 @@ std::unique_ptr<FrameTransport> make_socket_transport(Generic::socket s, std::st
   return std::make_unique<SocketTransport>(std::move(s), std::move(peer));
 }
 
-Task<Result<std::unique_ptr<FrameTransport>>> connect_transport(asio::any_io_executor ex,
-                                                                ListenAddress address,
-                                                                std::chrono::milliseconds timeout) {
+Task<Result<std::unique_ptr<FrameTransport>>> connect_transport(
+    asio::any_io_executor ex, ListenAddress address, std::chrono::milliseconds timeout,
+    std::shared_ptr<const tls::TlsContext> tls) {
   const std::string where = address.to_string();
   asio::steady_timer timer(ex);
   timer.expires_after(timeout);
@@ -85,6 +101,7 @@ Task<Result<std::unique_ptr<FrameTransport>>> connect_transport(asio::any_io_exe
     auto [ec] = co_await s.async_connect(Local::endpoint(address.path), use_task);
     timer.cancel();
     if (ec) co_return Error{ec, "cannot connect to " + where};
+    if (tls) co_return co_await secure_transport(ex, Generic::socket(std::move(s)), where, tls, timeout);
     co_return make_socket_transport(Generic::socket(std::move(s)), where);
   }
   Tcp::resolver resolver(ex);
@@ -105,6 +122,7 @@ Task<Result<std::unique_ptr<FrameTransport>>> connect_transport(asio::any_io_exe
   }
   Generic::socket g(std::move(s));
   set_nodelay(g);
+  if (tls) co_return co_await secure_transport(ex, std::move(g), where, tls, timeout);
   co_return make_socket_transport(std::move(g), where);
 }
 
@@ -162,11 +180,30 @@ Result<void> TransportListener::listen(const ListenAddress& address, OnAccept on
   a->address = bound;
   bound_.push_back(bound);
   acceptors_.push_back(a);
-  spawn(ex_, accept_loop(a, std::move(on_accept)), "checkpoint channel accept");
+  spawn(ex_, accept_loop(a, tls_, std::move(on_accept)), "checkpoint channel accept");
   return {};
 }
 
-Task<void> TransportListener::accept_loop(std::shared_ptr<Acceptor> a, OnAccept on_accept) {
+void TransportListener::set_tls(std::shared_ptr<const tls::TlsContext> context,
+                                std::chrono::milliseconds handshake_timeout) {
+  tls_->context = std::move(context);
+  tls_->handshake_timeout = handshake_timeout;
+}
+
+Task<void> TransportListener::secure_and_hand_over(asio::any_io_executor ex, Generic::socket s,
+                                                   std::string peer, std::shared_ptr<Acceptor> a,
+                                                   TlsSettings tls, OnAccept on_accept) {
+  auto t = co_await secure_transport(ex, std::move(s), peer, tls.context, tls.handshake_timeout);
+  if (!t) co_return;  // secure_transport() logged why
+  if (a->closed) {
+    (*t)->close();
+    co_return;
+  }
+  on_accept(std::move(*t));
+}
+
+Task<void> TransportListener::accept_loop(std::shared_ptr<Acceptor> a,
+                                          std::shared_ptr<TlsSettings> tls, OnAccept on_accept) {
   for (;;) {
     auto [ec, s] = co_await a->acceptor.async_accept(use_task);
     if (a->closed) co_return;
@@ -194,6 +231,12 @@ Task<void> TransportListener::accept_loop(std::shared_ptr<Acceptor> a, OnAccept 
         port = ntohs(in6->sin6_port);
       }
       peer = fmt::format("tcp:{}:{}", host, port);
+    }
+    if (tls->context) {
+      auto ex = a->acceptor.get_executor();
+      spawn(ex, secure_and_hand_over(ex, std::move(s), std::move(peer), a, *tls, on_accept),
+            "checkpoint channel TLS handshake");
+      continue;
     }
     on_accept(make_socket_transport(std::move(s), std::move(peer)));
   }

@@ -253,6 +253,7 @@ PeerIdentity TlsContext::peer_identity(SSL* ssl) {
 
 bool TlsContext::allowed(const PeerIdentity& peer) const {
   if (allowed_.empty()) return true;
+  if (psk_ && side_ == Side::client) return true;
   for (const auto& name : peer.names) {
     if (name.empty()) continue;
     if (std::find(allowed_.begin(), allowed_.end(), name) != allowed_.end()) return true;

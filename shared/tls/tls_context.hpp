@@ -58,8 +58,11 @@ class TlsContext {
   Result<SSL*> new_ssl() const;
   // What a finished handshake on `ssl` says about the peer.
   static PeerIdentity peer_identity(SSL* ssl);
-  // True when allowed_identities is empty or names one of `peer.names`.
+  // True when allowed_identities is empty or names one of `peer.names`. A PSK client always
+  // allows its server: the server proved it holds the client's key, and has no identity of
+  // its own to check.
   bool allowed(const PeerIdentity& peer) const;
+  const std::vector<std::string>& allowed_identities() const { return allowed_; }
   // x509: when our own certificate expires (for status).
   std::optional<std::chrono::system_clock::time_point> certificate_not_after() const {
     return not_after_;

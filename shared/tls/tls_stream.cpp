@@ -120,9 +120,14 @@ Task<Result<PeerIdentity>> TlsStream::handshake(std::chrono::milliseconds timeou
   timer.cancel();
   established_ = true;
   PeerIdentity who = TlsContext::peer_identity(ssl_);
+  peer_identity_ = who;
   if (!context_->allowed(who)) {
-    co_return make_error(EACCES, fmt::format("TLS peer {}: {} is not in allowed_identities",
-                                             peer_, who.describe()));
+    std::string expected;
+    for (const auto& a : context_->allowed_identities()) {
+      expected += (expected.empty() ? "\"" : ", \"") + a + "\"";
+    }
+    co_return make_error(EACCES, fmt::format("TLS peer {}: {} is not in allowed_identities ({})",
+                                             peer_, who.describe(), expected));
   }
   co_return who;
 }

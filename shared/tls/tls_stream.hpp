@@ -65,6 +65,10 @@ class TlsStream final : public ByteStream {
   void cancel_read() override;
   void close() override;
   const std::string& peer() const override { return peer_; }
+  // Who the peer is, once the handshake completed (also when the allow-list refused it).
+  const PeerIdentity& peer_identity() const { return peer_identity_; }
+  // The connected socket's descriptor (owned by the stream), for poll().
+  int native_handle() { return socket_.native_handle(); }
   bool small_window() const override { return small_window_; }
 
  private:
@@ -81,6 +85,7 @@ class TlsStream final : public ByteStream {
   SSL* ssl_ = nullptr;
   std::shared_ptr<const TlsContext> context_;
   std::string peer_;
+  PeerIdentity peer_identity_;
   bool small_window_ = false;
   bool established_ = false;  // the handshake succeeded
   bool failed_ = false;       // a fatal TLS error: no more SSL I/O

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <csignal>
 #include <filesystem>
 #include <sstream>
 
@@ -32,6 +33,7 @@ std::string_view to_string(SimFault f) {
     case SimFault::nbd_blackhole: return "nbd_blackhole";
     case SimFault::secondary_disk_stall: return "secondary_disk_stall";
     case SimFault::stale_session_replay: return "stale_session_replay";
+    case SimFault::tls_identity_refused: return "tls_identity_refused";
   }
   return "?";
 }
@@ -145,7 +147,10 @@ Task<void> failover_and_check(Sim* sim, bool* done) {
   if (sim->c.fault == SimFault::nbd_blackhole || sim->c.fault == SimFault::secondary_disk_stall) {
     // A stalled data path holds no consumer request much longer than the heartbeat timeout
     // (1 s here) plus the watch interval and a request: asserted loosely.
-    EXPECT_LT(sim->out.op_latency_max, std::chrono::milliseconds(3500))
+    // A fence-peer handler holding writes adds its bound (300 ms, and the kill's 2 s grace).
+    const auto bound = std::chrono::milliseconds(
+        3500 + (sim->c.fence_peer != SimFencePeer::none && sim->c.fence_peer_hold ? 2300 : 0));
+    EXPECT_LT(sim->out.op_latency_max, bound)
         << "a consumer request waited on the stalled secondary";
   }
   sim->kill_links();
@@ -162,6 +167,18 @@ Task<void> failover_and_check(Sim* sim, bool* done) {
   sim->media->disk->clear_rules();
   sim->media->buffer->clear_rules();
   Result<void> f = make_error(EIO, "no failover");
+  // An outdated secondary (the primary paired again after writing alone, and the resync's
+  // checkpoint did not come): a plain failover is refused and changes nothing; the forced one
+  // rolls back to the last checkpoint, which is still there (invariant 5).
+  const bool force = sim->s.pairing->outdated().has_value();
+  if (force) {
+    Result<void> refused = co_await sim->s.pairing->failover(false);
+    EXPECT_FALSE(refused) << "an outdated secondary failed over without --force";
+    if (!refused) {
+      EXPECT_EQ(refused.error().code.value(), EPERM);
+    }
+    EXPECT_EQ(sim->s.db->state(), BufferState::replicating);
+  }
   if (sim->c.after != SimAfter::none) {
     // The node becomes the primary (the resource form's promote): the blocks it rolls back
     // go into its own dirty bitmap first, for the failback.
@@ -180,7 +197,7 @@ Task<void> failover_and_check(Sim* sim, bool* done) {
     const bool on_buffer = fp() % 2 == 0;
     rule.nth = 1 + fp() % (on_buffer ? 2 : 8);
     (on_buffer ? sim->media->buffer : sim->media->disk)->add_rule(rule);
-    f = co_await sim->s.pairing->failover(false);
+    f = co_await sim->s.pairing->failover(force);
     co_await sim->s.db->wait_failover_idle();
     log::info("sim: failover stopped at the {} write {} ({}); the secondary crashes", rule.nth,
               on_buffer ? "buffer" : "disk", f ? "ok" : f.error().to_string());
@@ -197,7 +214,7 @@ Task<void> failover_and_check(Sim* sim, bool* done) {
         << "the reopened node did not finish its promotion";
     f = Result<void>{};
   } else {
-    f = co_await sim->s.pairing->failover(false);
+    f = co_await sim->s.pairing->failover(force);
   }
   EXPECT_TRUE(f) << (f ? "" : f.error().to_string());
   DiskBuffer& db = *sim->s.db;
@@ -398,6 +415,32 @@ replication {{
   }
   sim.scfg = *s;
   sim.pcfg = *p;
+  if (sim.c.fault == SimFault::tls_identity_refused) {
+    // PSK over the whole run: the channel, the peer child and the replication export. The keys
+    // file also holds "sim-c", a name the secondary does not take.
+    const std::string keys = d + "/pair.psk";
+    std::string text;
+    for (const char* id : {"sim-a", "sim-b", "sim-c"}) {
+      text += fmt::format("{}:{:016x}{:016x}\n", id, sim.prng(), sim.prng());
+    }
+    write_file(keys, text);
+    config::TlsConfig t;
+    t.set_mode(config::TlsConfig::REQUIRE);
+    t.set_psk_file(keys);
+    config::TlsConfig* st = sim.scfg.mutable_replication()->mutable_tls();
+    *st = t;
+    st->add_allowed_identities("sim-a");
+    config::TlsConfig* pt = sim.pcfg.mutable_replication()->mutable_tls();
+    *pt = t;
+    pt->set_psk_identity("sim-a");
+    pt->add_allowed_identities("sim-b");
+    sim.pcfg.mutable_quorum()->mutable_children(1)->set_nbd_uri(
+        fmt::format("nbds+unix:///?socket={}/p-nbd.sock", d));
+    for (const auto* cfg : {&sim.scfg, &sim.pcfg}) {
+      auto errors = validate_config(*cfg);
+      if (!errors.empty()) return make_error(EINVAL, fmt::format("{}", fmt::join(errors, "; ")));
+    }
+  }
   sim.db_options = disk_buffer_options_from_config(sim.scfg.secondary());
   sim.db_options.save_cycles_max = sim.c.save_cycles_max;
   sim.db_options.trim_piece_bytes = sim.c.trim_piece_bytes;
@@ -473,6 +516,9 @@ using sim::teardown;
 using sim::workload;
 
 SimOutcome run_pair_sim(const SimConfig& config, std::chrono::milliseconds budget) {
+  // As colod does: a peer that closed its end is an error code, not a signal (TLS writes go
+  // through OpenSSL's write() on the socket).
+  std::signal(SIGPIPE, SIG_IGN);
   const auto start = Clock::now();
   const auto deadline = start + budget;
   auto owned = std::make_unique<Sim>(config);
@@ -516,6 +562,19 @@ SimOutcome run_pair_sim(const SimConfig& config, std::chrono::milliseconds budge
       }
       log::info("sim: after {} lone writes and a kill the primary is {}", k,
                 to_string(sim.p.replicator->peer_state()));
+    }
+  }
+  if (ok && config.fault == SimFault::tls_identity_refused) {
+    sim.phase = "a primary with another identity";
+    const config::DaemonConfig good = sim.pcfg;
+    sim.pcfg.mutable_replication()->mutable_tls()->set_psk_identity("sim-c");
+    ok = restart_primary(sim, sim.pcfg.state_dir(), sim.p_disk);
+    sim.pcfg = good;
+    if (ok) {
+      EXPECT_NE(sim.p.replicator->peer_state(), PeerState::paired);
+      const std::string status = sim.p.replicator->status_text();
+      EXPECT_NE(status.find("presented PSK identity \"sim-c\""), std::string::npos) << status;
+      EXPECT_EQ(sim.s.db->state(), BufferState::replicating);
     }
   }
   if (ok && sim.crashed) {

@@ -57,8 +57,12 @@ enum class SimFault : std::uint8_t {
                               // the connection replays writes, then again after the primary
                               // paired anew (reconnect phase); a new connection with its token
                               // is tried too: nothing of it may land
+  tls_identity_refused,       // the whole run over TLS (PSK, docs/tls.md "The pair"); clean
+                              // stop; the primary restarts presenting another identity (a key
+                              // the secondary has, a name it does not take): refused on the
+                              // channel, it goes on alone; the secondary keeps its checkpoint
 };
-inline constexpr int kSimFaultCount = 14;
+inline constexpr int kSimFaultCount = 15;
 std::string_view to_string(SimFault f);
 
 // What happens after the failover (pair_sim_failback.cpp), whatever the fault was:

@@ -116,6 +116,7 @@ std::uint64_t most_blocks(const Sim& sim, const After& x) {
   const std::uint64_t bb = sim.c.bitmap_block_bytes;
   const std::uint64_t all = (sim.c.disk_bytes + bb - 1) / bb;
   if (!x.a_clean || sim.c.fault == SimFault::primary_restart_alone ||
+      sim.c.fault == SimFault::tls_identity_refused ||
       !sim.close_of_epoch.count(x.acked_at_failover)) {
     return all;
   }

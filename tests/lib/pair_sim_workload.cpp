@@ -261,6 +261,7 @@ Task<void> fault_task(Sim* sim, std::uint64_t fseed) {
   const std::uint64_t extra = fp() % 64;
   switch (sim->c.fault) {
     case SimFault::clean_stop:
+    case SimFault::tls_identity_refused:  // after the workload (run_pair_sim)
       break;
     case SimFault::channel_cut_in_checkpoint: {
       const std::uint32_t k = 1 + static_cast<std::uint32_t>(fp() % sim->c.checkpoints);
@@ -341,7 +342,8 @@ Task<void> workload(Sim* sim, bool* done) {
   while (sim->writers_running != 0 || sim->checkpointer_running || sim->fault_running) {
     co_await sim->progress.wait();
   }
-  if (sim->c.fault == SimFault::clean_stop || sim->c.fault == SimFault::primary_restart_alone) {
+  if (sim->c.fault == SimFault::clean_stop || sim->c.fault == SimFault::primary_restart_alone ||
+      sim->c.fault == SimFault::tls_identity_refused) {
     // The daemon's shutdown: a last checkpoint, the secondary left replicating at it.
     const std::uint64_t closes_before = sim->p.gate->stats().close_count;
     co_await sim->p.replicator->shutdown();

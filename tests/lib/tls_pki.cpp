@@ -45,6 +45,15 @@ basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature, keyEncipherment
 extendedKeyUsage = clientAuth
 subjectAltName = DNS:client1.example
+[node_server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+[node_client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
 [stranger]
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature, keyEncipherment
@@ -86,6 +95,47 @@ void issue(const Ca& ca, const std::string& work, const std::string& cn,
 }  // namespace
 
 bool have_openssl() { return have_program("openssl"); }
+
+static std::string random_key_hex() {
+  auto r = run_command({"openssl", "rand", "-hex", "32"});
+  if (r.exit_code != 0) throw std::runtime_error("openssl rand failed: " + r.output);
+  while (!r.output.empty() && (r.output.back() == '\n' || r.output.back() == '\r')) {
+    r.output.pop_back();
+  }
+  return r.output;
+}
+
+NodePki::NodePki(const std::string& root) : root_(root), work_(root + "/node-work") {
+  fs::create_directories(work_);
+  ext_ = work_ + "/ext.cnf";
+  write_file(ext_, kExtensions);
+  const Ca ca = make_ca(work_, "nodeca", ext_);
+  const Ca other = make_ca(work_, "othernodeca", ext_);
+  ca_key_ = ca.key;
+  ca_cert_ = ca.cert;
+  other_key_ = other.key;
+  other_cert_ = other.cert;
+}
+
+std::string NodePki::node_dir(const std::string& dir, const std::string& cn, bool other_ca) {
+  const Ca ca = other_ca ? Ca{other_key_, other_cert_} : Ca{ca_key_, ca_cert_};
+  const std::string d = root_ + "/" + dir;
+  fs::create_directories(d);
+  copy(ca.cert, d + "/ca-cert.pem");
+  const std::string work = work_ + "/" + dir;
+  fs::create_directories(work);
+  issue(ca, work, cn, "node_server", ext_, d + "/server-cert.pem", d + "/server-key.pem");
+  issue(ca, work, cn, "node_client", ext_, d + "/client-cert.pem", d + "/client-key.pem");
+  return d;
+}
+
+std::string NodePki::psk_file(const std::string& name, const std::vector<std::string>& identities) {
+  std::string text;
+  for (const auto& id : identities) text += id + ":" + random_key_hex() + "\n";
+  const std::string path = root_ + "/" + name;
+  write_file(path, text);
+  return path;
+}
 
 TestPki make_test_pki(const std::string& root) {
   const std::string work = root + "/work";

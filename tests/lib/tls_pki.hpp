@@ -4,6 +4,7 @@
 // colod share (docs/tls.md), plus PSK keys files.
 
 #include <string>
+#include <vector>
 
 namespace colo::test {
 
@@ -32,6 +33,26 @@ struct TestPki {
 // Makes every file under `root` (an existing directory). Throws std::runtime_error with
 // openssl's output when a step fails.
 TestPki make_test_pki(const std::string& root);
+
+// Credentials for colod nodes of a pair, each node both a server and a client (docs/tls.md,
+// "The pair"): root/<dir>/ holds ca-cert.pem, server-cert.pem and server-key.pem (CN `cn`,
+// DNS localhost, IP 127.0.0.1, so libnbd's host name check passes on loopback) and
+// client-cert.pem and client-key.pem (CN `cn`). Throws std::runtime_error as make_test_pki.
+class NodePki {
+ public:
+  explicit NodePki(const std::string& root);  // makes a CA and a second CA
+  // A node directory signed by the CA, or by the second CA (whose certificate is then its
+  // ca-cert.pem: it trusts nobody the first CA signed).
+  std::string node_dir(const std::string& dir, const std::string& cn, bool other_ca = false);
+  // root/<name>: "identity:hexkey" lines, a fresh random key for each identity.
+  std::string psk_file(const std::string& name, const std::vector<std::string>& identities);
+
+ private:
+  std::string root_;
+  std::string work_;
+  std::string ext_;
+  std::string ca_key_, ca_cert_, other_key_, other_cert_;
+};
 
 // True when the `openssl` program is there.
 bool have_openssl();

@@ -282,3 +282,25 @@ TEST(PairSimRegression, Seed2024ReconnectWaitsForThePrimaryToSeeTheCut) {
 
 }  // namespace
 }  // namespace colo
+
+namespace colo {
+namespace {
+
+// seed 165 of the fence-peer branch's sweep (before the tls fault renumbered the seeds): with
+// nbd_blackhole the primary detached the stalled secondary, wrote alone (its fence-peer handler
+// hanging, writes held until its timeout), and paired again over the live channel: the
+// secondary was outdated when the primary was lost, so the plain failover was refused. The
+// sim now expects that refusal and fails over with force (the last checkpoint is still there),
+// and allows a held write the handler's bound.
+TEST(PairSimRegression, Seed165AnOutdatedSecondaryFailsOverOnlyWhenForced) {
+  run_pinned({.seed = 165, .fault = SimFault::nbd_blackhole, .async_mode = true,
+              .secondary_write_back_bytes = 4 * 1024 * 1024, .block_bytes = 16384,
+              .save_cycles_max = 3, .delay_ms = 1, .writers = 3, .ops_per_writer = 30,
+              .checkpoints = 3, .trim_piece_bytes = 262144, .reconnect = false,
+              .after = test::SimAfter::split_brain, .bitmap_block_bytes = 65536,
+              .fence_peer = test::SimFencePeer::hangs, .fence_peer_hold = true},
+             3);
+}
+
+}  // namespace
+}  // namespace colo

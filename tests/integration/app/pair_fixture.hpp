@@ -324,7 +324,8 @@ struct ResourceFileOptions {
   std::string after_split_brain;     // empty: not set (DISCONNECT)
   std::string b_replication_uri;     // node b's replication_uri (a proxy in front of it)
   std::string extra;                 // more top-level config text (hooks { ... })
-  std::string replication_extra;     // more fields of the replication section
+  std::string replication_extra;     // more lines for the replication section (tls { ... })
+  std::string node_extra[2];         // more lines for node a's and node b's sections
 };
 inline std::string write_resource_file(const test::TempDir& dir, const std::vector<int>& ports,
                                        const ResourceFileOptions& o = {}) {
@@ -348,8 +349,9 @@ inline std::string write_resource_file(const test::TempDir& dir, const std::vect
     replication_listen: "tcp:127.0.0.1:{3}"
   }}
   channel_listen: "tcp:127.0.0.1:{4}"
-}}
-)", n, dir.path().string(), o.disk_bytes, ports[2 * i], ports[2 * i + 1], uri);
+{6}}}
+)", n, dir.path().string(), o.disk_bytes, ports[2 * i], ports[2 * i + 1], uri,
+                         o.node_extra[i].empty() ? "" : "  " + o.node_extra[i] + "\n");
   }
   const std::string path = dir.file("r0.conf");
   test::write_file(path, fmt::format(R"(resource: "r0"
@@ -357,12 +359,14 @@ replication {{
   write_mode: {}
   heartbeat_interval_ms: 100
   heartbeat_timeout_ms: {}
-{}}}
+{}{}}}
 )", o.write_mode, o.heartbeat_timeout_ms,
-                                     (o.after_split_brain.empty()
-                                          ? std::string()
-                                          : "  after_split_brain: " + o.after_split_brain + "\n") +
-                                         o.replication_extra) +
+                                     o.after_split_brain.empty()
+                                         ? ""
+                                         : "  after_split_brain: " + o.after_split_brain + "\n",
+                                     o.replication_extra.empty()
+                                         ? ""
+                                         : "  " + o.replication_extra + "\n") +
                              o.extra + nodes);
   return path;
 }
