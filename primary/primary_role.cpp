@@ -135,6 +135,11 @@ Result<PrimaryReplicationGraph> open_primary_replication_graph(asio::io_context&
   o.fenced = *fenced;
   o.after_split_brain = after_split_brain_from_config(rc.after_split_brain());
   o.can_become_secondary = resource_form;
+  if (rc.has_fence_peer()) {
+    o.fence_peer.exec = rc.fence_peer().exec();
+    o.fence_peer.timeout = ms_or(rc.fence_peer().timeout_ms(), 10000);
+    o.fence_peer.hold_writes = rc.fence_peer().hold_writes();
+  }
   // When this node became the primary: its role file (the resource form; none otherwise).
   auto role = load_role_state(cfg.state_dir());
   if (!role) return role.error();

@@ -29,7 +29,11 @@ Task<control::Reply> change_child(std::shared_ptr<QuorumCommandState> s, std::st
     if (!r) co_return ControlReplyBuilder::fail(kExitRefused, r.error().message);
     co_return ControlReplyBuilder::ok(fmt::format("removed child \"{}\"\n", name));
   }
-  auto node = co_await open_quorum_child(s->ex, s->config, name, request.args(1), s->open_file);
+  // A named value, not the default argument: GCC 12 destroyed that temporary twice when it sat
+  // inside the co_await (STYLE 27).
+  const NbdClientTls no_tls;
+  auto node = co_await open_quorum_child(s->ex, s->config, name, request.args(1), s->open_file,
+                                         no_tls);
   if (!node) co_return ControlReplyBuilder::fail(kExitFailed, node.error().to_string());
   Result<void> r;
   if (verb == "add") {

@@ -31,6 +31,7 @@ Replicator::Replicator(asio::io_context& io, ReplicatorOptions options, Replicat
       tracker_(std::move(parts.tracker)),
       local_disk_(std::move(parts.local_disk)),
       record_(std::move(parts.record)),
+      fence_peer_(std::make_shared<FencePeer>(io.get_executor(), options_.fence_peer)),
       gens_(options_.generations),
       periodic_timer_(io),
       watch_timer_(io),
@@ -161,6 +162,11 @@ Task<Result<void>> Replicator::record_diverged(std::weak_ptr<Replicator> weak) {
     log::info("primary: the first write of generation {} on this node is on record",
               generation_hex(next.current));
   }
+  // The secondary is about to miss this write: the cluster manager must not promote it.
+  // (The reason is a local: no conditional expression inside a co_await, STYLE 27.)
+  std::string why = "written while no secondary is paired";
+  if (self->peer_state_ == PeerState::paired) why = "a write the secondary failed is acknowledged";
+  co_await self->fence_peer_for_generation(std::move(why));
   if (self->record_->state().diverged) co_return Result<void>{};
   EpochState s = self->record_->state();
   s.diverged = true;
@@ -175,6 +181,33 @@ Task<Result<void>> Replicator::record_diverged(std::weak_ptr<Replicator> weak) {
                               ? "a write the secondary failed was acknowledged"
                               : "written while no secondary was paired"}}});
   co_return Result<void>{};
+}
+
+FencePeerFacts Replicator::fence_peer_facts(std::string reason) const {
+  FencePeerFacts f;
+  f.resource = options_.resource;
+  f.node = options_.identity.name;
+  f.peer = peer_name_;
+  f.peer_address = options_.peer_address.to_string();
+  f.generation = generation_hex(gens_.current);
+  f.bitmap = gens_.bitmap == 0 ? std::string() : generation_hex(gens_.bitmap);
+  f.epoch = epoch_;
+  f.reason = std::move(reason);
+  return f;
+}
+
+Task<void> Replicator::fence_peer_for_generation(std::string reason) {
+  if (!fence_peer_->configured()) co_return;
+  if (fence_peer_generation_ == gens_.current) co_return;  // once per loss
+  fence_peer_generation_ = gens_.current;
+  FencePeerFacts facts = fence_peer_facts(std::move(reason));
+  if (!fence_peer_->hold_writes()) {
+    fence_peer_->fence_in_background(std::move(facts));
+    co_return;
+  }
+  // The writes behind the divergence guard wait here (QuorumNode::record_divergence).
+  std::string verdict = co_await fence_peer_->fence(std::move(facts));
+  log::info("primary: fence-peer verdict {}; releasing the writes held for it", verdict);
 }
 
 Task<Result<void>> Replicator::store_state(EpochState s) {

@@ -31,6 +31,11 @@
 // write-zeroes acknowledged without the secondary (the peer failed it, or is detached, or was
 // never paired) waits until the record says "diverged" (event primary_diverged); if that store
 // fails, the write fails.
+// Fencing the peer: with replication.fence_peer, that first write alone runs the fence-peer
+// handler once for the loss (primary/fence_peer.hpp), before "diverged" is stored; with
+// hold_writes the write (and every write behind the guard) waits for its verdict. A failed
+// handler is logged and the writes go on. After a resync's checkpoint the handler runs again
+// with `unfence`.
 // Fencing: when pairing learns that this node was deposed (the secondary refuses it as
 // promoted, or the generations say it holds newer data, or split brain), fence() stores
 // <state_dir>/fenced, raises the `fenced` event and calls the on_fenced hook (the role closes
@@ -52,6 +57,7 @@
 #include "config.pb.h"
 #include "primary/dirty_tracker.hpp"
 #include "primary/fence.hpp"
+#include "primary/fence_peer.hpp"
 #include "primary/quorum_node.hpp"
 #include "primary/resync.hpp"
 #include "primary/write_gate.hpp"
@@ -104,6 +110,9 @@ struct ReplicatorOptions {
   AfterSplitBrain after_split_brain = AfterSplitBrain::disconnect;
   std::uint64_t became_primary_unix_ms = 0;
   bool can_become_secondary = false;
+  // The fence-peer handler (replication.fence_peer; primary/fence_peer.hpp): run when the first
+  // write alone is about to be acknowledged, and with `unfence` after a resync's checkpoint.
+  FencePeerOptions fence_peer;
 };
 
 // What the replicator drives besides the quorum: the gate above it, the dirty tracker between
@@ -224,6 +233,7 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   std::string_view state_name() const;
   std::string status_text() const;
   boost::json::object status_json() const;
+  boost::json::object fence_peer_json() const { return fence_peer_->status_json(); }
   boost::json::object resync_json() const;
 
  private:
@@ -247,6 +257,10 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   void arm_guard();
   static Task<Result<void>> record_diverged(std::weak_ptr<Replicator> weak);
   Result<void> store_generations_now(const Generations& g);
+  // The fence-peer handler for the first write alone of generation gens_.current (awaited
+  // with hold_writes, else started in the background); once per generation.
+  Task<void> fence_peer_for_generation(std::string reason);
+  FencePeerFacts fence_peer_facts(std::string reason) const;
   // Decides what pairing with a secondary of generations `peer` means; fills need_resync and
   // adopt, or returns the refusal.
   struct PairingPlan {
@@ -286,6 +300,8 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   std::shared_ptr<DirtyTracker> tracker_;
   std::shared_ptr<BlockNode> local_disk_;
   std::unique_ptr<EpochRecord> record_;
+  std::shared_ptr<FencePeer> fence_peer_;
+  std::uint64_t fence_peer_generation_ = 0;  // the generation the handler last ran for
   Generations gens_;
   std::uint64_t peer_generation_ = 0;  // the paired secondary's current generation
   std::shared_ptr<BlockNode> peer_top_;  // the peer child in the quorum (async queue or NBD)

@@ -175,6 +175,9 @@ Task<void> Replicator::on_generation_taken(bool resync_committed) {
                {"zero_bytes", std::to_string(last_resync_.zero_bytes)},
                {"ms", std::to_string(ms.count())},
                {"generation", generation_hex(gens_.current)}}});
+  // The secondary is up to date again: a constraint the handler set can go (DRBD's
+  // after-resync-target). After every resync, so one left by an earlier run goes too.
+  if (fence_peer_->configured()) fence_peer_->unfence(fence_peer_facts("resync_done"));
 }
 
 Task<Result<void>> Replicator::prepare() {

@@ -244,6 +244,11 @@ Task<Result<void>> Replicator::pair(bool force, bool initial_sync) {
   start.mutable_start()->set_resync_bytes(need_resync ? resync_bytes : 0);
   if (adopt) start.mutable_start()->set_generation(gens_.current);
   start.mutable_start()->set_inconsistent(plan.inconsistent);
+  // The secondary lacks a generation this node wrote (it was lost, or joins after a failover):
+  // it is outdated until the resync's checkpoint (docs/resync.md, "Outdated").
+  if (!adopt && peer_gens.current != 0 && peer_gens.current != gens_.current) {
+    start.mutable_start()->set_outdated_by(gens_.current);
+  }
   if (plan.overlay) start.mutable_start()->set_split_brain_overlay(gens_.current);
   auto started = co_await channel_->call(start, options_.checkpoint_timeout);
   if (!started) {

@@ -94,6 +94,7 @@ std::string Replicator::status_text() const {
     text += fmt::format("pause: p50 {} us, p99 {} us, max {} us\n", p.p50_us, p.p99_us, p.max_us);
   }
   if (!last_checkpoint_error_.empty()) text += "last_error: " + last_checkpoint_error_ + "\n";
+  text += fence_peer_->status_text();
   text += quorum_status_text(*quorum_);
   return text;
 }
@@ -165,6 +166,7 @@ boost::json::object Replicator::status_json() const {
       {"last_checkpoint_unix_ms", unix_ms(last_checkpoint_)},
       {"pause_us", {{"last", p.last_us}, {"p50", p.p50_us}, {"p99", p.p99_us}, {"max", p.max_us}}},
       {"last_error", last_checkpoint_error_},
+      {"fence_peer", fence_peer_->status_json()},
       {"quorum", quorum_status_json(*quorum_)}};
 }
 

@@ -71,7 +71,10 @@ void Resync::set_rate(std::uint64_t bytes_per_s) {
 
 Task<Result<void>> Resync::run() {
   DirtyMap& map = tracker_->map();
+  // A resync paused before it ran (`coloctl resync pause` while none ran) starts paused.
+  const bool paused = progress_.paused;
   progress_ = ResyncProgress{};
+  progress_.paused = paused;
   progress_.running = true;
   progress_.compare = options_.compare;
   progress_.blocks_total = options_.compare ? map.block_count() : map.dirty_count();

@@ -36,11 +36,14 @@ Result<std::shared_ptr<SecondaryPairing>> SecondaryPairing::open(asio::any_io_ex
   if (!inconsistent) return inconsistent.error();
   auto discard = read_file_if_exists(discard_mine_path(options.state_dir));
   if (!discard) return discard.error();
+  auto outdated = read_outdated_marker(options.state_dir);
+  if (!outdated) return outdated.error();
   auto pairing = std::make_shared<SecondaryPairing>(std::move(ex), std::move(db),
                                                     std::move(options), promoted,
                                                     gens->value_or(Generations{}),
                                                     std::move(*inconsistent));
   pairing->discard_mine_ = discard->has_value();
+  pairing->outdated_ = std::move(*outdated);
   return pairing;
 }
 
@@ -333,11 +336,13 @@ void SecondaryPairing::judge_split_brain(const replication::Hello& hello, const 
 
 Result<void> SecondaryPairing::finish_promotion() {
   if (Result<void> r = remove_file_durably(promoted_marker()); !r) return r;
+  if (Result<void> o = clear_outdated("", db_->epoch(), "promoted"); !o) return o;
   promoted_ = false;
   return {};
 }
 
 Task<Result<void>> SecondaryPairing::failover(bool force) {
+  if (Result<void> o = check_not_outdated(force, "failover"); !o) co_return o;
   if (primary_connected() && !force) {
     co_return make_error(EBUSY, fmt::format("failover refused: primary \"{}\" is still connected "
                                             "(use --force to fail over anyway)",
@@ -383,6 +388,11 @@ Task<Result<void>> SecondaryPairing::failover(bool force) {
   Result<void> r = co_await db_->stop_replication(StopMode::failover);
   if (!r) co_return r;
   promoted_ = true;
+  // Its disk is the primary's data now (a forced promotion of an outdated node took it so).
+  if (Result<void> o = clear_outdated("", db_->epoch(), "promoted"); !o) {
+    log::warn("secondary: {} (the outdated marker stays; it is cleared at the next resync)",
+              o.error().to_string());
+  }
   log::event({"promoted",
               {{"resource", options_.resource},
                {"epoch", std::to_string(db_->epoch())},

@@ -29,6 +29,7 @@
 #include "shared/nbd/nbd_session_guard.hpp"
 #include "shared/pair/generation.hpp"
 #include "shared/pair/node_identity.hpp"
+#include "shared/pair/outdated_marker.hpp"
 #include "shared/pair/replication_channel.hpp"
 #include "shared/pair/split_brain_policy.hpp"
 
@@ -120,8 +121,23 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
     listener_.set_tls(std::move(context), handshake_timeout);
   }
 
+  // Outdated (shared/pair/outdated_marker.hpp; docs/resync.md, "Outdated"): this disk lacks
+  // writes a primary acknowledged without it. nullopt: up to date as far as this node knows.
+  const std::optional<OutdatedRecord>& outdated() const { return outdated_; }
+  // Marks this node outdated, durably (event secondary_outdated); `generation` is the primary's
+  // it lacks (hex, "" unknown). Already outdated: the record is kept as it is.
+  Result<void> outdate(std::string reason, std::string generation);
+  // `coloctl outdate` (what a fence-peer handler runs on this node, like `drbdadm outdate`):
+  // refused (EBUSY) while a primary's session is open (it gets every write), (EPERM) on a
+  // promoted node.
+  Result<void> outdate_by_operator();
+  // The refusal of a promotion while outdated (EPERM, naming the marker and --force); ok when
+  // not outdated or `force`.
+  Result<void> check_not_outdated(bool force, std::string_view what) const;
+
   // Rolls back to the last checkpoint and makes this node the primary. Refused (EBUSY) while a
-  // primary is connected, unless `force`; refused (EPERM) when replication is not running.
+  // primary is connected, unless `force`; refused (EPERM) when replication is not running, or
+  // when this node is outdated, unless `force`.
   Task<Result<void>> failover(bool force);
   // Marks the promoted node demoted (its export is closed by the caller).
   void set_demoted() { promoted_ = false; }
@@ -174,6 +190,10 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   Result<void> clear_inconsistent(const std::string& primary, std::uint64_t epoch,
                                   std::string_view reason);
   std::string generations_path() const { return options_.state_dir + "/generations"; }
+  // The resync's checkpoint gave this node the primary's generation: the outdated marker goes,
+  // durably (event secondary_up_to_date).
+  Result<void> clear_outdated(const std::string& primary, std::uint64_t epoch,
+                              std::string_view reason);
   std::string inconsistent_marker() const { return options_.state_dir + "/inconsistent"; }
   static Task<replication::Envelope> digests(std::shared_ptr<SecondaryPairing> self,
                                              replication::DigestRequest d);
@@ -204,6 +224,7 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   Generations gens_;
   std::uint64_t resync_bytes_ = 0;
   std::string inconsistent_;
+  std::optional<OutdatedRecord> outdated_;
 };
 
 }  // namespace colo

@@ -107,6 +107,14 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
         if (Result<void> a = self->adopt(start.generation()); !a) {
           co_return error_reply(replication::ERROR_IO, a.error().message);
         }
+        if (start.outdated_by() == 0) {
+          // Taken as a copy: the operator says this disk holds the primary's data.
+          if (Result<void> m = self->clear_outdated(session->name, db.epoch(),
+                                                    "taken as a copy (forced)");
+              !m) {
+            co_return error_reply(replication::ERROR_IO, m.error().message);
+          }
+        }
         if (!start.inconsistent() && !self->inconsistent_.empty()) {
           // Taken as a copy (`start --force` on the primary): the operator says this disk
           // holds the primary's data, so an earlier sync's marker goes.
@@ -116,6 +124,15 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
             co_return error_reply(replication::ERROR_IO, m.error().message);
           }
         }
+      }
+      if (start.outdated_by() != 0) {
+        // Durable before the reply: the primary acknowledged writes this disk lacks, and a
+        // promotion before the resync's checkpoint would lose them.
+        Result<void> o = self->outdate(
+            fmt::format("primary {} wrote generation {} without this node", session->name,
+                        generation_hex(start.outdated_by())),
+            generation_hex(start.outdated_by()));
+        if (!o) co_return error_reply(replication::ERROR_IO, o.error().message);
       }
       if (start.inconsistent()) {
         // Durable before the first block of the initial sync lands: this disk is no image of
@@ -176,6 +193,12 @@ Task<replication::Envelope> SecondaryPairing::handle(std::shared_ptr<SecondaryPa
           co_return error_reply(replication::ERROR_IO, a.error().message);
         }
         self->resync_bytes_ = 0;
+        // This node holds the primary's generation now: up to date.
+        if (Result<void> m = self->clear_outdated(session->name, epoch,
+                                                  "the resync's checkpoint is committed");
+            !m) {
+          co_return error_reply(replication::ERROR_IO, m.error().message);
+        }
         if (!self->inconsistent_.empty()) {
           // The initial sync is committed: the disk is the primary's at this checkpoint.
           if (Result<void> m = self->clear_inconsistent(session->name, epoch,

@@ -184,6 +184,12 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
     text += fmt::format("inconsistent: yes ({}); failover is refused until it completes\n",
                         pairing->inconsistent());
   }
+  if (pairing->outdated()) {
+    text += fmt::format("outdated: yes ({}); promote and failover are refused until the resync "
+                        "completes (or --force)\n", pairing->outdated()->reason);
+  } else {
+    text += "outdated: no\n";
+  }
   if (pairing->resync_bytes() != 0) {
     text += fmt::format("resync: receiving, up to {} bytes announced\n", pairing->resync_bytes());
   }
@@ -216,6 +222,10 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
         {"discard_mine", pairing->discarding()}}},
       {"resync_bytes_announced", pairing->resync_bytes()},
       {"inconsistent", pairing->inconsistent()},
+      {"outdated",
+       {{"outdated", pairing->outdated().has_value()},
+        {"reason", pairing->outdated() ? pairing->outdated()->reason : ""},
+        {"generation", pairing->outdated() ? pairing->outdated()->generation : ""}}},
       {"last_checkpoint_ms_ago", last_cp_age_ms},
       {"buffered_blocks", db->buffered_block_count()},
       {"block_bytes", db->block_bytes()},
@@ -226,6 +236,18 @@ Task<control::Reply> cmd_pair_status(std::shared_ptr<DiskBuffer> db,
         {"total_bytes", p.total_bytes},
         {"error", p.error}}}};
   co_return ControlReplyBuilder::ok(std::move(text), json);
+}
+
+Task<control::Reply> cmd_outdate(std::shared_ptr<SecondaryPairing> pairing,
+                                 control::Request req) {
+  if (req.args_size() != 0) co_return ControlReplyBuilder::fail(kExitUsage, "usage: outdate");
+  const bool was = pairing->outdated().has_value();
+  Result<void> r = pairing->outdate_by_operator();
+  if (!r) co_return ControlReplyBuilder::from_error(r.error());
+  co_return ControlReplyBuilder::ok(
+      fmt::format("{}: {}; promotion is refused until a resync brings it up to date (or "
+                  "--force)\n", was ? "already outdated" : "outdated", pairing->outdated()->reason),
+      boost::json::object{{"outdated", true}, {"already", was}});
 }
 
 Task<control::Reply> cmd_failover(std::shared_ptr<SecondaryPairing> pairing,
@@ -354,6 +376,12 @@ Task<control::Reply> promote_to_primary(std::shared_ptr<DiskBuffer> db,
     co_return ControlReplyBuilder::fail(kExitUsage, "usage: promote [--force]");
   }
   std::string how = "nothing to roll back";
+  // Outdated first: the reason that matters most (its data lacks acknowledged writes).
+  if (!pairing->promoted()) {
+    if (Result<void> o = pairing->check_not_outdated(force, "promote"); !o) {
+      co_return ControlReplyBuilder::from_error(o.error());
+    }
+  }
   if (!pairing->promoted() && pairing->primary_connected() && !force) {
     co_return ControlReplyBuilder::fail(
         kExitRefused, fmt::format("promote refused: primary \"{}\" is still connected (demote "
@@ -587,6 +615,10 @@ Result<void> start_secondary(DaemonContext& ctx) {
           name, std::string(name) + " [--force]: roll back to the last checkpoint and serve as primary",
           [pairing, local](const control::Request& r) { return cmd_failover(pairing, local, r); });
     }
+    ctx.control().add_command(
+        "outdate", "outdate: mark this secondary outdated, durably (what a fence-peer handler "
+                   "runs here; promotion is refused until a resync, or --force)",
+        [pairing](const control::Request& r) { return cmd_outdate(pairing, r); });
     ctx.control().add_command(
         "resolve", "resolve --discard-mine: this node is the split-brain victim (its data since "
                    "the common generation is overwritten, kept in an overlay)",

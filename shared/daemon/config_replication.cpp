@@ -2,6 +2,10 @@
 // the value; all are reported at once.
 
 #include <fmt/format.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include "shared/base/listen_address.hpp"
 #include "shared/daemon/config.hpp"
@@ -12,6 +16,7 @@ namespace {
 constexpr std::uint64_t kAsyncQueueBytesMin = 1u << 20;
 constexpr std::uint32_t kExportBlockBytesMinDefault = 512;
 constexpr std::uint32_t kExportBlockBytesMinMax = 65536;  // the NBD server's largest alignment
+constexpr std::uint32_t kFencePeerTimeoutMsMax = 3600 * 1000;
 }  // namespace
 
 std::string replication_peer_child(const config::ReplicationConfig& r) {
@@ -118,6 +123,20 @@ void validate_replication_config(const config::DaemonConfig& cfg,
     if (b < 4096 || (b & (b - 1)) != 0 || b > 16u * 1024u * 1024u) {
       errors.push_back(fmt::format("replication.bitmap_block_bytes: {} is not a power of two "
                                    "from 4096 to 16777216", b));
+    }
+  }
+  // Both roles (the resource form shares the section; a secondary runs it once promoted).
+  if (r.has_fence_peer()) {
+    const config::FencePeerConfig& f = r.fence_peer();
+    if (f.exec().empty() || f.exec()[0] != '/') {
+      errors.push_back("replication.fence_peer.exec: must be an absolute path");
+    } else if (::access(f.exec().c_str(), X_OK) != 0) {
+      errors.push_back(fmt::format("replication.fence_peer.exec: {} is not an executable file ({})",
+                                   f.exec(), std::strerror(errno)));
+    }
+    if (f.timeout_ms() > kFencePeerTimeoutMsMax) {
+      errors.push_back(fmt::format("replication.fence_peer.timeout_ms: {} is above {} (one hour)",
+                                   f.timeout_ms(), kFencePeerTimeoutMsMax));
     }
   }
   if (!config::AfterSplitBrain_IsValid(r.after_split_brain())) {

@@ -193,10 +193,25 @@ Task<Result<ProgramResult>> run_program(asio::any_io_executor ex, ProgramRun run
   arm_deadline(r, run.timeout, SIGTERM, run.kill_grace);
 
   asio::posix::stream_descriptor exit_watch(ex, pidfd.release());
-  auto [ec] = co_await exit_watch.async_wait(asio::posix::stream_descriptor::wait_read, use_task);
-  (void)ec;
+  // The pidfd turns readable when the program exits. A wait that ends otherwise (an error from
+  // the reactor) must not fall through to a blocking waitpid: the loop would stop, and with it
+  // the writer of the program's input, which the program may be waiting for. So: reap without
+  // blocking, and wait again (then by polling) while it still runs.
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  asio::steady_timer poll(ex);
+  for (;;) {
+    auto [ec] = co_await exit_watch.async_wait(asio::posix::stream_descriptor::wait_read,
+                                               use_task);
+    const pid_t reaped = ::waitpid(pid, &status, WNOHANG);
+    if (reaped == pid) break;
+    if (reaped < 0 && errno != EINTR) {
+      status = 0;
+      break;  // not our child any more (reaped elsewhere): nothing to wait for
+    }
+    if (ec) {
+      poll.expires_after(std::chrono::milliseconds(10));
+      co_await poll.async_wait(use_task);
+    }
   }
   r->exited = true;
   r->timer.cancel();

@@ -3,8 +3,12 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
+#include <sstream>
 
 #include "pair_sim_parts.hpp"
 #include "process.hpp"
@@ -43,14 +47,24 @@ std::string_view to_string(SimAfter a) {
   return "?";
 }
 
+std::string_view to_string(SimFencePeer f) {
+  switch (f) {
+    case SimFencePeer::none: return "none";
+    case SimFencePeer::outdated: return "outdated";
+    case SimFencePeer::fails: return "fails";
+    case SimFencePeer::hangs: return "hangs";
+  }
+  return "?";
+}
+
 std::string SimConfig::describe() const {
   return fmt::format("seed={} fault={} write_mode={} secondary_write_back={} block={} "
                      "save_cycles={} delay_ms={} writers={} ops_per_writer={} checkpoints={} "
-                     "trim_piece={} reconnect={} after={} bitmap_block={}",
+                     "trim_piece={} reconnect={} after={} bitmap_block={} fence_peer={}{}",
                      seed, to_string(fault), async_mode ? "async" : "sync",
                      secondary_write_back_bytes, block_bytes, save_cycles_max, delay_ms, writers,
                      ops_per_writer, checkpoints, trim_piece_bytes, reconnect, to_string(after),
-                     bitmap_block_bytes);
+                     bitmap_block_bytes, to_string(fence_peer), fence_peer_hold ? "+hold" : "");
 }
 
 SimConfig sim_config_for_seed(std::uint64_t seed) {
@@ -79,6 +93,11 @@ SimConfig sim_config_for_seed(std::uint64_t seed) {
   c.after = after == 0 ? SimAfter::failback
                        : (after == 1 ? SimAfter::split_brain : SimAfter::none);
   c.bitmap_block_bytes = std::uint32_t{4096} << (2 * (prng() % 3));
+  // Drawn last (the draws above stay what they were): a fence-peer handler for half the seeds.
+  const std::uint64_t fence = prng() % 8;
+  c.fence_peer = fence < 4 ? SimFencePeer::none
+                           : static_cast<SimFencePeer>(1 + (fence - 4) % 3);
+  c.fence_peer_hold = prng() % 2 == 0;
   return c;
 }
 
@@ -128,7 +147,10 @@ Task<void> failover_and_check(Sim* sim, bool* done) {
   if (sim->c.fault == SimFault::nbd_blackhole || sim->c.fault == SimFault::secondary_disk_stall) {
     // A stalled data path holds no consumer request much longer than the heartbeat timeout
     // (1 s here) plus the watch interval and a request: asserted loosely.
-    EXPECT_LT(sim->out.op_latency_max, std::chrono::milliseconds(3500))
+    // A fence-peer handler holding writes adds its bound (300 ms, and the kill's 2 s grace).
+    const auto bound = std::chrono::milliseconds(
+        3500 + (sim->c.fence_peer != SimFencePeer::none && sim->c.fence_peer_hold ? 2300 : 0));
+    EXPECT_LT(sim->out.op_latency_max, bound)
         << "a consumer request waited on the stalled secondary";
   }
   sim->kill_links();
@@ -145,6 +167,18 @@ Task<void> failover_and_check(Sim* sim, bool* done) {
   sim->media->disk->clear_rules();
   sim->media->buffer->clear_rules();
   Result<void> f = make_error(EIO, "no failover");
+  // An outdated secondary (the primary paired again after writing alone, and the resync's
+  // checkpoint did not come): a plain failover is refused and changes nothing; the forced one
+  // rolls back to the last checkpoint, which is still there (invariant 5).
+  const bool force = sim->s.pairing->outdated().has_value();
+  if (force) {
+    Result<void> refused = co_await sim->s.pairing->failover(false);
+    EXPECT_FALSE(refused) << "an outdated secondary failed over without --force";
+    if (!refused) {
+      EXPECT_EQ(refused.error().code.value(), EPERM);
+    }
+    EXPECT_EQ(sim->s.db->state(), BufferState::replicating);
+  }
   if (sim->c.after != SimAfter::none) {
     // The node becomes the primary (the resource form's promote): the blocks it rolls back
     // go into its own dirty bitmap first, for the failback.
@@ -163,7 +197,7 @@ Task<void> failover_and_check(Sim* sim, bool* done) {
     const bool on_buffer = fp() % 2 == 0;
     rule.nth = 1 + fp() % (on_buffer ? 2 : 8);
     (on_buffer ? sim->media->buffer : sim->media->disk)->add_rule(rule);
-    f = co_await sim->s.pairing->failover(false);
+    f = co_await sim->s.pairing->failover(force);
     co_await sim->s.db->wait_failover_idle();
     log::info("sim: failover stopped at the {} write {} ({}); the secondary crashes", rule.nth,
               on_buffer ? "buffer" : "disk", f ? "ok" : f.error().to_string());
@@ -180,7 +214,7 @@ Task<void> failover_and_check(Sim* sim, bool* done) {
         << "the reopened node did not finish its promotion";
     f = Result<void>{};
   } else {
-    f = co_await sim->s.pairing->failover(false);
+    f = co_await sim->s.pairing->failover(force);
   }
   EXPECT_TRUE(f) << (f ? "" : f.error().to_string());
   DiskBuffer& db = *sim->s.db;
@@ -310,6 +344,20 @@ Task<void> teardown(Sim* sim, bool* done) {
 
 std::string configs_dir(const TempDir& d) { return d.path().string(); }
 
+// The handler of SimFencePeer: appends the generation it was run for to <d>/fence-runs.
+std::string fence_peer_section(const Sim& sim, const std::string& d) {
+  if (sim.c.fence_peer == SimFencePeer::none) return "";
+  const std::string script = d + "/fence-peer.sh";
+  const char* tail = sim.c.fence_peer == SimFencePeer::outdated ? "exit 4"
+                     : sim.c.fence_peer == SimFencePeer::fails  ? "exit 1"
+                                                                : "exec sleep 30";
+  write_file(script, fmt::format("#!/bin/sh\n[ \"$1\" = unfence ] && exit 0\ncat > /dev/null\n"
+                                 "echo \"$COLO_GENERATION\" >> {}/fence-runs\n{}\n", d, tail));
+  ::chmod(script.c_str(), 0755);
+  return fmt::format("  fence_peer {{ exec: \"{}\" timeout_ms: 300 hold_writes: {} }}\n", script,
+                     sim.c.fence_peer_hold ? "true" : "false");
+}
+
 Result<void> make_configs(Sim& sim) {
   const std::string d = configs_dir(sim.dir);
   std::filesystem::create_directories(d + "/p-state");
@@ -356,8 +404,9 @@ replication {{
   checkpoint_timeout_ms: 9000
   connect_timeout_ms: 5000
   prepare_timeout_ms: 11000
-}}
-)", d, sim.c.async_mode ? "ASYNC" : "SYNC", 1 * kMiB, sim.c.bitmap_block_bytes),
+{4}}}
+)", d, sim.c.async_mode ? "ASYNC" : "SYNC", 1 * kMiB, sim.c.bitmap_block_bytes,
+                                         fence_peer_section(sim, d)),
                              "sim-primary.conf");
   if (!p) return p.error();
   for (const auto* cfg : {&*s, &*p}) {
@@ -565,6 +614,19 @@ SimOutcome run_pair_sim(const SimConfig& config, std::chrono::milliseconds budge
     log::info("sim: loop ran dry");
     if (!sim.io.stopped()) {
       ADD_FAILURE() << "work was left on the loop after the teardown";
+      ok = false;
+    }
+  }
+  if (config.fence_peer != SimFencePeer::none) {
+    // The handler ran at most once per generation the primary started alone (once per loss).
+    std::vector<std::string> gens;
+    std::istringstream in(read_file(sim.dir.path().string() + "/fence-runs"));
+    for (std::string line; std::getline(in, line);) gens.push_back(line);
+    sim.out.fence_peer_runs = gens.size();
+    std::sort(gens.begin(), gens.end());
+    const auto dup = std::adjacent_find(gens.begin(), gens.end());
+    if (dup != gens.end()) {
+      ADD_FAILURE() << "the fence-peer handler ran twice for generation " << *dup;
       ok = false;
     }
   }

@@ -80,6 +80,14 @@ enum class SimAfter : std::uint8_t {
 };
 std::string_view to_string(SimAfter a);
 
+// The primary's fence-peer handler (replication.fence_peer; docs/simulation.md): a real
+// program run when the primary is about to acknowledge its first write alone. `outdated`
+// answers 4; `fails` exits 1; `hangs` never answers and is killed at its 300 ms timeout. With
+// hold_writes the writes wait for it. Invariants: every write still succeeds, nothing hangs,
+// and the handler runs at most once per generation the primary started alone.
+enum class SimFencePeer : std::uint8_t { none, outdated, fails, hangs };
+std::string_view to_string(SimFencePeer f);
+
 // Everything a run does is drawn from `seed` (sim_config_for_seed); a field may be overridden
 // to pin a regression test to one case.
 struct SimConfig {
@@ -107,6 +115,8 @@ struct SimConfig {
   bool reconnect = false;
   SimAfter after = SimAfter::none;
   std::uint32_t bitmap_block_bytes = 64 * 1024;  // replication.bitmap_block_bytes
+  SimFencePeer fence_peer = SimFencePeer::none;
+  bool fence_peer_hold = false;
   std::string describe() const;
 };
 SimConfig sim_config_for_seed(std::uint64_t seed);
@@ -133,6 +143,7 @@ struct SimOutcome {
   bool split_brain_resolved = false;  // ... after a split brain, by a's resolve --discard-mine
   bool fenced_on_split_brain = false;
   std::uint64_t overlay_blocks = 0;  // saved in the victim's split-brain overlay
+  std::uint64_t fence_peer_runs = 0;  // the handler's runs (SimFencePeer)
 };
 
 // Runs one seed; failures are reported through gtest (ADD_FAILURE / EXPECT_*).

@@ -36,6 +36,9 @@ TEST(Deploy, InstallPutsProgramsUnitDocsAndExamplesInPlace) {
   struct stat st {};
   ASSERT_EQ(::stat((prefix + "/lib/ocf/resource.d/colo/colod").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0755u);
+  // The fence-peer handler next to it (replication.fence_peer.exec), executable.
+  ASSERT_EQ(::stat((prefix + "/lib/ocf/resource.d/colo/colo-fence-peer").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0755u);
   const auto colod = test::run_command({prefix + "/sbin/colod", "--version"});
   EXPECT_EQ(colod.exit_code, 0) << colod.output;
   // Every path the unit names is one the install tree provides.

@@ -13,6 +13,7 @@
 
 #include <csignal>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -418,11 +419,126 @@ TEST(Ocf, PromotionScoresFollowTheReportedState) {
     EXPECT_EQ(m.exit_code, c.monitor) << c.status << "\n" << m.output;
     EXPECT_EQ(r.last_score(0), c.score) << c.status;
   }
+  // An outdated secondary (a primary acknowledged writes it lacks): never promoted, even
+  // paired and with no resync announced.
+  std::string outdated = fmt_secondary("replicating", "connected", 0, "");
+  outdated.insert(outdated.size() - 1,
+                  R"(,"outdated":{"outdated":true,"reason":"coloctl outdate","generation":""})");
+  test::write_file(json, outdated);
+  EXPECT_EQ(r.agent(0, "monitor").exit_code, kOcfSuccess);
+  EXPECT_EQ(r.last_score(0), "--promotion -D") << outdated;
+  auto refused = r.agent(0, "promote");
+  EXPECT_EQ(refused.exit_code, kOcfErrGeneric) << refused.output;
+  // Up to date again: the score comes back.
+  std::string up = fmt_secondary("replicating", "connected", 0, "");
+  up.insert(up.size() - 1, R"(,"outdated":{"outdated":false,"reason":"","generation":""})");
+  test::write_file(json, up);
+  EXPECT_EQ(r.agent(0, "monitor").exit_code, kOcfSuccess);
+  EXPECT_EQ(r.last_score(0), "--promotion -v 100") << up;
   // An inconsistent secondary's promote is refused by the agent.
   test::write_file(json, fmt_secondary("replicating", "connected", 0, "/s/inconsistent"));
   EXPECT_EQ(r.agent(0, "promote").exit_code, kOcfErrGeneric);
   r.set_coloctl(kColoctl);
   EXPECT_EQ(r.agent(0, "stop").exit_code, kOcfSuccess);
+}
+
+// The fence-peer handler shipped next to the agent (deploy/ocf/colo-fence-peer; docs/
+// pacemaker.md, "Fencing the peer"), run as colod runs it: the facts in COLO_* variables, no
+// argument to fence, `unfence` after the resync. A recording cibadmin first on PATH shows the
+// constraint it adds (banning the promoted role of the clone on the peer) and removes.
+class FenceHandler : public ::testing::Test {
+ protected:
+  const std::string kHandler = COLO_SOURCE_DIR "/deploy/ocf/colo-fence-peer";
+  void SetUp() override {
+    std::filesystem::create_directories(dir_.file("bin"));
+    set_cibadmin("exit 0");
+  }
+  // The fake cibadmin: records its arguments, then runs `body`.
+  void set_cibadmin(const std::string& body) {
+    const std::string path = dir_.file("bin/cibadmin");
+    test::write_file(path, "#!/bin/sh\necho \"$*\" >> " + calls_file() + "\n" + body + "\n");
+    ::chmod(path.c_str(), 0755);
+  }
+  std::string calls_file() const { return dir_.file("cibadmin.calls"); }
+  std::vector<std::string> calls() const {
+    std::vector<std::string> out;
+    std::ifstream in(calls_file());
+    for (std::string line; std::getline(in, line);) out.push_back(line);
+    return out;
+  }
+  test::CommandResult run(std::vector<std::string> env, const std::string& mode = "") {
+    const char* path = std::getenv("PATH");
+    std::vector<std::string> argv{"env", "-i",
+                                  "PATH=" + dir_.file("bin") + ":" +
+                                      (path ? path : "/usr/sbin:/usr/bin:/sbin:/bin")};
+    argv.insert(argv.end(), env.begin(), env.end());
+    argv.push_back(kHandler);
+    if (!mode.empty()) argv.push_back(mode);
+    return test::run_command(argv);
+  }
+  test::TempDir dir_;
+};
+
+TEST_F(FenceHandler, FenceAddsTheConstraintAndExits4UnfenceRemovesIt) {
+  auto f = run({"COLO_RESOURCE=r0", "COLO_PEER=b", "COLO_GENERATION=00000000000000aa"});
+  EXPECT_EQ(f.exit_code, 4) << f.output;
+  auto c = calls();
+  ASSERT_EQ(c.size(), 1u) << f.output;
+  EXPECT_EQ(c[0], "--create --scope constraints --xml-text <rsc_location id=\"colo-fence-r0\" "
+                  "rsc=\"colo-r0-clone\" role=\"Promoted\" node=\"b\" score=\"-INFINITY\"/>");
+  auto u = run({"COLO_RESOURCE=r0", "COLO_PEER=b"}, "unfence");
+  EXPECT_EQ(u.exit_code, 0) << u.output;
+  c = calls();
+  ASSERT_EQ(c.size(), 3u) << u.output;
+  EXPECT_EQ(c[1], "--query --scope constraints --xpath //rsc_location[@id='colo-fence-r0']");
+  EXPECT_EQ(c[2], "--delete --scope constraints --xml-text <rsc_location id=\"colo-fence-r0\"/>");
+}
+
+TEST_F(FenceHandler, SettingsNameTheCloneRoleAndPeer) {
+  auto f = run({"COLO_RESOURCE=r0", "COLO_PEER=b", "COLO_FENCE_CLONE=ms-r0",
+                "COLO_FENCE_ROLE=Master", "COLO_FENCE_PEER=node-b.example"});
+  EXPECT_EQ(f.exit_code, 4) << f.output;
+  auto c = calls();
+  ASSERT_EQ(c.size(), 1u);
+  EXPECT_NE(c[0].find("rsc=\"ms-r0\" role=\"Master\" node=\"node-b.example\""),
+            std::string::npos) << c[0];
+}
+
+TEST_F(FenceHandler, AnExistingConstraintIsReplacedAndAMissingOneIsNoError) {
+  // --create fails (the constraint exists): --modify replaces it.
+  set_cibadmin("case \"$1\" in --create) exit 76;; esac\nexit 0");
+  auto f = run({"COLO_RESOURCE=r0", "COLO_PEER=b"});
+  EXPECT_EQ(f.exit_code, 4) << f.output;
+  auto c = calls();
+  ASSERT_EQ(c.size(), 2u);
+  EXPECT_EQ(c[1].rfind("--modify --scope constraints --xml-text <rsc_location id=\"colo-fence-r0\"",
+                       0), 0u) << c[1];
+  // unfence with no constraint: nothing deleted, success.
+  set_cibadmin("case \"$1\" in --query) exit 105;; esac\nexit 0");
+  auto u = run({"COLO_RESOURCE=r0"}, "unfence");
+  EXPECT_EQ(u.exit_code, 0) << u.output;
+  c = calls();
+  ASSERT_EQ(c.size(), 3u);
+  EXPECT_EQ(c[2].rfind("--query", 0), 0u);
+}
+
+TEST_F(FenceHandler, FailuresAndBadInputExitWithoutTouchingTheCib) {
+  // The CIB refuses: the handler fails (colod logs fence_peer_failed).
+  set_cibadmin("exit 1");
+  auto f = run({"COLO_RESOURCE=r0", "COLO_PEER=b"});
+  EXPECT_EQ(f.exit_code, 1) << f.output;
+  EXPECT_NE(f.output.find("could not place constraint colo-fence-r0"), std::string::npos)
+      << f.output;
+  EXPECT_EQ(calls().size(), 2u);  // create, then modify
+  std::filesystem::remove(calls_file());
+  set_cibadmin("exit 0");
+  // Unknown peer, a name that would break the XML, no resource, an unknown mode: no CIB call.
+  EXPECT_EQ(run({"COLO_RESOURCE=r0"}).exit_code, 1);
+  EXPECT_EQ(run({"COLO_RESOURCE=r0", "COLO_PEER=b\" score=\"0"}).exit_code, 1);
+  EXPECT_EQ(run({"COLO_RESOURCE=r0", "COLO_PEER=b", "COLO_FENCE_CLONE=x'y"}).exit_code, 1);
+  EXPECT_EQ(run({"COLO_PEER=b"}).exit_code, 1);
+  EXPECT_EQ(run({"COLO_RESOURCE=r0", "COLO_PEER=b"}, "bogus").exit_code, 2);
+  EXPECT_TRUE(calls().empty());
 }
 
 }  // namespace

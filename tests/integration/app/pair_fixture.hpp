@@ -275,10 +275,20 @@ replication {{
   }
   // kill -9 of the primary, then the failover once the secondary saw the loss: the secondary's
   // export must hold `image` (test::sha256_hex of the whole disk, as Nbd::image gives it).
-  void kill_primary_and_fail_over(const std::string& image) {
+  // `outdated`: the secondary lacks writes the primary made alone (docs/resync.md, "Outdated"):
+  // a plain failover is refused, and `failover --force` rolls back to the last checkpoint.
+  void kill_primary_and_fail_over(const std::string& image, bool outdated = false) {
     primary_.stop(SIGKILL);
     ASSERT_TRUE(wait_status(s_ctl(), "peer_state: disconnected"));
-    auto f = ctl(s_ctl(), {"failover"});
+    if (outdated) {
+      auto refused = ctl(s_ctl(), {"failover"});
+      ASSERT_EQ(refused.exit_code, 4) << refused.output;
+      ASSERT_NE(refused.output.find("failover refused: this node is outdated"), std::string::npos)
+          << refused.output;
+    }
+    std::vector<std::string> args{"failover"};
+    if (outdated) args.push_back("--force");
+    auto f = ctl(s_ctl(), args);
     ASSERT_EQ(f.exit_code, 0) << f.output;
     ASSERT_NO_FATAL_FAILURE(wait_failover_done());
     EXPECT_EQ(Nbd(s_sock()).image(), image);

@@ -288,7 +288,9 @@ TEST(Resync, APrimaryLostMidResyncLeavesTheLastCheckpoint) {
   }
   ASSERT_TRUE(running) << pair.ctl(pair.p_ctl(), {"status"}).output;
   EXPECT_NE(pair.ctl(pair.p_ctl(), {"checkpoint"}).exit_code, 0);  // refused mid-resync
-  ASSERT_NO_FATAL_FAILURE(pair.kill_primary_and_fail_over(checkpoint));
+  // The secondary is outdated until the resync's checkpoint (the primary wrote alone): its
+  // last checkpoint is still there, by `failover --force` (invariant 5).
+  ASSERT_NO_FATAL_FAILURE(pair.kill_primary_and_fail_over(checkpoint, true));
 }
 
 }  // namespace
