@@ -293,8 +293,8 @@ Result<void> start_primary(DaemonContext& ctx) {
               quorum->options().vote_threshold);
   }
 
-  auto server = std::make_shared<NbdServer>(ctx.io());
   const config::ExportConfig& e = cfg.export_();
+  auto server = std::make_shared<NbdServer>(ctx.io(), nbd_limits_from_config(e.limits()));
   if (auto r = server->add_export({e.name(), e.description(), served, e.read_only()}); !r) {
     return r.error();
   }

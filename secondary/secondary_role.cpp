@@ -404,10 +404,10 @@ T run_to_completion(asio::io_context& io, Task<T> task) {
 Result<std::shared_ptr<NbdServer>> serve(
     asio::io_context& io, NbdExport e,
     const google::protobuf::RepeatedPtrField<std::string>& listen, const config::TlsConfig& tls,
-    const std::string& tls_where) {
+    const std::string& tls_where, const config::ListenerLimits& limits) {
   auto listener_tls = make_listener_tls(tls, tls_where);
   if (!listener_tls) return listener_tls.error();
-  auto server = std::make_shared<NbdServer>(io);
+  auto server = std::make_shared<NbdServer>(io, nbd_limits_from_config(limits));
   if (auto r = server->add_export(std::move(e)); !r) return r.error();
   for (const auto& text : listen) {
     auto address = parse_listen_address(text);
@@ -456,7 +456,7 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
   auto replication = serve(io, {s.replication_export_name(), "colo replication export",
                                 g.db->primary_view(), false, g.guard},
                            s.replication_listen(), s.replication_tls(),
-                           "secondary.replication_tls");
+                           "secondary.replication_tls", s.replication_limits());
   if (!replication) return replication.error();
   g.replication = *replication;
   if (g.guard) {
@@ -488,6 +488,8 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
     auto role = load_role_state(cfg.state_dir());
     if (!role) return fail(role.error());
     po.became_primary_unix_ms = role->became_primary_unix_ms;
+    po.hello_sessions_max = replication_hello_sessions_max(rc);
+    po.hello_timeout = std::chrono::milliseconds(replication_hello_timeout_ms(rc));
     auto pairing = SecondaryPairing::open(io.get_executor(), g.db, po);
     if (!pairing) return fail(pairing.error());
     g.pairing = *pairing;
@@ -541,7 +543,7 @@ Result<void> start_secondary(DaemonContext& ctx) {
   if (cfg.has_export_()) {
     const config::ExportConfig& e = cfg.export_();
     auto served = serve(ctx.io(), {e.name(), e.description(), db->local_view(), e.read_only()},
-                        e.listen(), e.tls(), "export.tls");
+                        e.listen(), e.tls(), "export.tls", e.limits());
     if (!served) {
       replication->close();
       if (pairing) pairing->close();

@@ -4,7 +4,9 @@
 
 #include "shared/nbd/nbd_connection.hpp"
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <vector>
 
 #include "shared/base/log.hpp"
@@ -37,7 +39,10 @@ Task<bool> NbdConnection::start_tls() {
   tls::TlsStream* tls = created->get();
   stream_ = std::move(*created);
   read_drained_ = false;
-  auto identity = co_await tls->handshake();
+  // Within what is left of the connection's handshake deadline (which also closes it).
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      handshake_deadline_ - std::chrono::steady_clock::now());
+  auto identity = co_await tls->handshake(std::max(left, std::chrono::milliseconds(1)));
   if (!identity) {
     log::warn("nbd: listener {}: refused: {}", tls_.listener, identity.error().message);
     co_return false;
