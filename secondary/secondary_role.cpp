@@ -15,6 +15,7 @@
 #include "secondary/secondary_split_brain.hpp"
 #include "shared/base/listen_address.hpp"
 #include "shared/base/log.hpp"
+#include "shared/daemon/listener_status.hpp"
 #include "shared/block/file_node.hpp"
 #include "shared/daemon/config.hpp"
 #include "shared/daemon/role_state.hpp"
@@ -617,6 +618,27 @@ Result<void> start_secondary(DaemonContext& ctx) {
     }
   }
 
+  std::weak_ptr<NbdServer> weak_replication = replication;
+  std::weak_ptr<NbdServer> weak_local = local;
+  std::weak_ptr<SecondaryPairing> weak_pairing = pairing;
+  add_listener_status(ctx.control(), [weak_replication, weak_local, weak_pairing](
+                                         boost::json::array& json, std::string& text) {
+    if (auto s = weak_replication.lock()) {
+      append_nbd_listener_status("replication export", *s, json, text);
+    }
+    if (auto s = weak_local.lock()) append_nbd_listener_status("export", *s, json, text);
+    if (auto p = weak_pairing.lock()) {
+      const ChannelListenerStats c = p->listener_stats();
+      json.push_back(boost::json::object{{"listener", "checkpoint channel"},
+                                         {"awaiting_hello", c.awaiting_hello},
+                                         {"awaiting_hello_max", c.awaiting_hello_max},
+                                         {"refused_at_cap", c.refused_total},
+                                         {"hello_timeouts", c.hello_timeouts_total}});
+      text += fmt::format("listener checkpoint channel: {}/{} awaiting their hello, {} refused "
+                          "at the cap, {} hello timeouts\n", c.awaiting_hello,
+                          c.awaiting_hello_max, c.refused_total, c.hello_timeouts_total);
+    }
+  });
   std::shared_ptr<NbdServer> replication_server = replication;
   ctx.on_shutdown([replication_server, local, db, pairing]() -> Task<void> {
     log::info("secondary: closing the exports");
