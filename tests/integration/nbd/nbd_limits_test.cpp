@@ -32,8 +32,8 @@ class NbdLimits : public ::testing::Test {
     }
   }
 
-  // Starts colod with `limits { <limits> }` on its export.
-  void start(const std::string& limits) {
+  // Starts colod with `limits { <limits> }` (and `export_extra`) on its export.
+  void start(const std::string& limits, const std::string& export_extra = "") {
     port_ = test::free_tcp_port();
     const std::string cfg = dir_.file("colod.conf");
     disk_ = dir_.file("disk.img");
@@ -44,7 +44,7 @@ class NbdLimits : public ::testing::Test {
              "disk { path: \"" + disk_ + "\" create: true size_bytes: " +
              std::to_string(kLimitsDiskBytes) + " }\n"
              "export { name: \"r0\" listen: \"tcp:127.0.0.1:" + std::to_string(port_) + "\"" +
-             " limits { " + limits + " } }\n");
+             " limits { " + limits + " } " + export_extra + " }\n");
     log_ = dir_.file("colod.log");
     colod_ = test::Process::start({COLO_BINARY_DIR "/colod", "--config", cfg}, log_);
     ASSERT_TRUE(test::wait_for_tcp_port(port_)) << log();
@@ -215,6 +215,27 @@ TEST_F(NbdLimits, ASlowLorisHandshakeIsDroppedAtTheDeadline) {
   nbdinfo_works();
   client.reset();
   EXPECT_EQ(disk_sha(), expected_sha(0x22));
+}
+
+TEST_F(NbdLimits, AStalledTlsHandshakeIsDroppedAtTheDeadline) {
+  const std::string keys = dir_.file("keys.psk");
+  test::write_file(keys, "client1:00112233445566778899aabbccddeeff\n");
+  start("handshake_timeout_ms: 1000", "tls { mode: REQUIRE psk_file: \"" + keys + "\" }");
+  Raw stalled(port_);
+  stalled.greet();
+  stalled.send_option(kOptStartTls, {});
+  EXPECT_EQ(stalled.recv_opt_reply().type, kRepAck);
+  // Half a TLS record header, then nothing: the TLS handshake never completes.
+  const std::byte half[2] = {std::byte{0x16}, std::byte{0x03}};
+  stalled.send(half);
+  EXPECT_TRUE(stalled.closed_by_server());
+  EXPECT_EQ(stat("handshake_timeouts"), 1u);
+  EXPECT_NE(log().find("no complete handshake within 1000 ms"), std::string::npos) << log();
+  // A client with the key is served.
+  auto r = test::run_command({"nbdinfo", "--size", "nbds://client1@127.0.0.1:" +
+                                                       std::to_string(port_) +
+                                                       "/r0?tls-psk-file=" + keys});
+  EXPECT_EQ(r.exit_code, 0) << r.output << log();
 }
 
 TEST_F(NbdLimits, WriteHeadersAnnouncing32MiBAndATrickleDoNotPinTheirPayload) {
