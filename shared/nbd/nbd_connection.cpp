@@ -128,7 +128,8 @@ Task<error_code> NbdConnection::read_payload_growing(PayloadBuffer& buffer,
 
 Task<void> NbdConnection::run(std::shared_ptr<NbdConnection> self) {
   auto ex = co_await asio::this_coro::executor;
-  self->handshake_deadline_ = std::chrono::steady_clock::now() + self->limits_config_.handshake_timeout;
+  self->handshake_deadline_ =
+      std::chrono::steady_clock::now() + self->limits_config_.handshake_timeout;
   asio::steady_timer deadline(ex, self->handshake_deadline_);
   std::weak_ptr<NbdConnection> weak = self;
   auto on_deadline = [weak](const error_code& ec) {

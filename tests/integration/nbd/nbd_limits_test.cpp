@@ -82,7 +82,9 @@ class NbdLimits : public ::testing::Test {
     ADD_FAILURE() << "no export listener in " << reply->json();
     return {};
   }
-  std::uint64_t stat(const char* key) { return listener_status().at(key).to_number<std::uint64_t>(); }
+  std::uint64_t stat(const char* key) {
+    return listener_status().at(key).to_number<std::uint64_t>();
+  }
 
   // A client through the whole handshake (GO to "r0", any size).
   std::unique_ptr<Raw> legit_client() {
@@ -107,7 +109,8 @@ class NbdLimits : public ::testing::Test {
     EXPECT_TRUE(all_bytes(r.data, p));
   }
   void nbdinfo_works() {
-    auto r = test::run_command({"nbdinfo", "--size", "nbd://127.0.0.1:" + std::to_string(port_) + "/r0"});
+    auto r = test::run_command(
+        {"nbdinfo", "--size", "nbd://127.0.0.1:" + std::to_string(port_) + "/r0"});
     EXPECT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find(std::to_string(kLimitsDiskBytes)), std::string::npos) << r.output;
   }
