@@ -17,6 +17,7 @@
 #include "primary/write_gate.hpp"
 #include "shared/base/listen_address.hpp"
 #include "shared/base/log.hpp"
+#include "shared/daemon/listener_status.hpp"
 #include "shared/block/file_node.hpp"
 #include "shared/daemon/config.hpp"
 #include "shared/daemon/control_server.hpp"
@@ -311,8 +312,8 @@ Result<void> start_primary(DaemonContext& ctx) {
               quorum->options().vote_threshold);
   }
 
-  auto server = std::make_shared<NbdServer>(ctx.io());
   const config::ExportConfig& e = cfg.export_();
+  auto server = std::make_shared<NbdServer>(ctx.io(), nbd_limits_from_config(e.limits()));
   if (auto r = server->add_export({e.name(), e.description(), served, e.read_only()}); !r) {
     return r.error();
   }
@@ -403,6 +404,10 @@ Result<void> start_primary(DaemonContext& ctx) {
           });
     }
   }
+  std::weak_ptr<NbdServer> weak_server = server;
+  add_listener_status(ctx.control(), [weak_server](boost::json::array& json, std::string& text) {
+    if (auto s = weak_server.lock()) append_nbd_listener_status("export", *s, json, text);
+  });
   ctx.on_shutdown([server, quorum, replicator]() -> Task<void> {
     log::info("primary: closing the front-end export");
     co_await server->drain();

@@ -184,33 +184,9 @@ PrimaryPeerInfo SecondaryPairing::peer() const {
   return p;
 }
 
-void SecondaryPairing::on_accept(std::unique_ptr<FrameTransport> transport) {
-  if (closed_) {
-    transport->close();
-    return;
-  }
-  auto session = std::make_shared<Session>();
-  const std::string peer = transport->peer();
-  session->channel = ReplicationChannel::create(
-      ex_, std::move(transport),
-      {"primary " + peer, options_.heartbeat_interval, options_.heartbeat_timeout});
-  sessions_.push_back(session);
-  std::weak_ptr<SecondaryPairing> weak = weak_from_this();
-  std::weak_ptr<Session> weak_session = session;
-  session->channel->start(
-      [weak, weak_session](replication::Envelope request) {
-        return handle(weak.lock(), weak_session.lock(), std::move(request));
-      },
-      [weak, weak_session](const std::string& reason) {
-        auto self = weak.lock();
-        auto s = weak_session.lock();
-        if (self && s) self->on_lost(s, reason);
-      });
-  log::info("secondary: checkpoint channel connection from {}", peer);
-}
-
 void SecondaryPairing::on_lost(const std::shared_ptr<Session>& session, const std::string& reason) {
   std::erase(sessions_, session);
+  if (session->hello_deadline) session->hello_deadline->cancel();
   if (active_ != session) return;
   last_lost_reason_ = reason;
   last_peer_name_ = session->name;
@@ -269,6 +245,7 @@ replication::Envelope SecondaryPairing::on_hello(const std::shared_ptr<Session>&
   const std::string who = hello.node_name().empty() ? hello.node_id() : hello.node_name();
   judge_split_brain(hello, who);
   session->helloed = true;
+  if (session->hello_deadline) session->hello_deadline->cancel();
   session->id = hello.node_id();
   session->name = hello.node_name().empty() ? hello.node_id() : hello.node_name();
   session->epoch = hello.durable_epoch();

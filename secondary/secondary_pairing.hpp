@@ -16,6 +16,7 @@
 // lifecycle by hand); a promoted or stopping node admits nothing.
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -55,6 +56,19 @@ struct SecondaryPairingOptions {
   // primary's hello (docs/split_brain.md, "Automatic policies").
   AfterSplitBrain after_split_brain = AfterSplitBrain::disconnect;
   std::uint64_t became_primary_unix_ms = 0;
+  // Checkpoint-channel connections accepted and not yet helloed at a time; one more is closed
+  // at once (docs/limits.md). And how long a connection may take to complete its hello.
+  std::uint32_t hello_sessions_max = 8;
+  std::chrono::milliseconds hello_timeout{10000};
+};
+
+// The checkpoint channel's listener counters (status).
+struct ChannelListenerStats {
+  std::uint32_t awaiting_hello = 0;      // accepted (or in the TLS handshake), no hello yet
+  std::uint32_t awaiting_hello_max = 0;
+  std::uint64_t refused_total = 0;       // closed at once: too many awaited a hello or a TLS
+                                         // handshake
+  std::uint64_t hello_timeouts_total = 0;  // closed: no hello within hello_timeout
 };
 
 // A new session token: 128 random bits as 32 lowercase hex digits (OpenSSL's RAND_bytes);
@@ -116,9 +130,10 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   const std::vector<ListenAddress>& bound() const { return listener_.bound(); }
   // TLS on the checkpoint channel's connections accepted from now on (a server context whose
   // allowed_identities names the primary; TransportListener::set_tls). Call before listen().
+  // hello_sessions_max bounds the TLS handshakes running at a time as well.
   void set_tls(std::shared_ptr<const tls::TlsContext> context,
                std::chrono::milliseconds handshake_timeout) {
-    listener_.set_tls(std::move(context), handshake_timeout);
+    listener_.set_tls(std::move(context), handshake_timeout, options_.hello_sessions_max);
   }
 
   // Outdated (shared/pair/outdated_marker.hpp; docs/resync.md, "Outdated"): this disk lacks
@@ -134,6 +149,7 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   // The refusal of a promotion while outdated (EPERM, naming the marker and --force); ok when
   // not outdated or `force`.
   Result<void> check_not_outdated(bool force, std::string_view what) const;
+  ChannelListenerStats listener_stats() const;
 
   // Rolls back to the last checkpoint and makes this node the primary. Refused (EBUSY) while a
   // primary is connected, unless `force`; refused (EPERM) when replication is not running, or
@@ -167,8 +183,14 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
     std::string id;
     std::uint64_t epoch = 0;
     std::chrono::system_clock::time_point since{};
+    std::unique_ptr<asio::steady_timer> hello_deadline;  // cancelled by the hello
   };
+  // The listener's admission (secondary_pairing_accept.cpp): the cap on sessions awaiting a
+  // hello (at it, the new connection is closed at once, logged at most once a second) and the
+  // hello deadline of each session.
   void on_accept(std::unique_ptr<FrameTransport> transport);
+  std::uint32_t awaiting_hello() const;
+  void on_hello_deadline(const std::shared_ptr<Session>& session);
   static Task<replication::Envelope> handle(std::shared_ptr<SecondaryPairing> self,
                                             std::shared_ptr<Session> session,
                                             replication::Envelope request);
@@ -221,6 +243,10 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   bool discard_mine_ = false;
   std::string last_verdict_;  // the primary generation of the last verdict event
   bool closed_ = false;
+  std::uint64_t refused_total_ = 0;
+  std::uint64_t refused_unlogged_ = 0;
+  std::chrono::steady_clock::time_point last_refusal_log_{};
+  std::uint64_t hello_timeouts_total_ = 0;
   Generations gens_;
   std::uint64_t resync_bytes_ = 0;
   std::string inconsistent_;

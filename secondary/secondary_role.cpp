@@ -15,6 +15,7 @@
 #include "secondary/secondary_split_brain.hpp"
 #include "shared/base/listen_address.hpp"
 #include "shared/base/log.hpp"
+#include "shared/daemon/listener_status.hpp"
 #include "shared/block/file_node.hpp"
 #include "shared/daemon/config.hpp"
 #include "shared/daemon/role_state.hpp"
@@ -434,10 +435,10 @@ T run_to_completion(asio::io_context& io, Task<T> task) {
 Result<std::shared_ptr<NbdServer>> serve(
     asio::io_context& io, NbdExport e,
     const google::protobuf::RepeatedPtrField<std::string>& listen, const config::TlsConfig& tls,
-    const std::string& tls_where) {
+    const std::string& tls_where, const config::ListenerLimits& limits) {
   auto listener_tls = make_listener_tls(tls, tls_where);
   if (!listener_tls) return listener_tls.error();
-  auto server = std::make_shared<NbdServer>(io);
+  auto server = std::make_shared<NbdServer>(io, nbd_limits_from_config(limits));
   if (auto r = server->add_export(std::move(e)); !r) return r.error();
   for (const auto& text : listen) {
     auto address = parse_listen_address(text);
@@ -484,7 +485,8 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
   auto replication = serve(io, {s.replication_export_name(), "colo replication export",
                                 g.db->primary_view(), false, g.guard},
                            s.replication_listen(), replication_export_tls(cfg),
-                           own_tls ? "secondary.replication_tls" : "replication.tls");
+                           own_tls ? "secondary.replication_tls" : "replication.tls",
+                           s.replication_limits());
   if (!replication) return replication.error();
   g.replication = *replication;
   if (g.guard) {
@@ -516,6 +518,8 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
     auto role = load_role_state(cfg.state_dir());
     if (!role) return fail(role.error());
     po.became_primary_unix_ms = role->became_primary_unix_ms;
+    po.hello_sessions_max = replication_hello_sessions_max(rc);
+    po.hello_timeout = std::chrono::milliseconds(replication_hello_timeout_ms(rc));
     auto pairing = SecondaryPairing::open(io.get_executor(), g.db, po);
     if (!pairing) return fail(pairing.error());
     g.pairing = *pairing;
@@ -537,9 +541,8 @@ Result<SecondaryGraph> open_secondary_graph(asio::io_context& io, const config::
         g.pairing->close();
         return fail(Error{context.error().code, "replication.tls: " + context.error().message});
       }
-      g.pairing->set_tls(*context, std::chrono::milliseconds(rc.connect_timeout_ms() != 0
-                                                                 ? rc.connect_timeout_ms()
-                                                                 : 10000));
+      // The TLS handshake has the hello's deadline (docs/limits.md); then the hello its own.
+      g.pairing->set_tls(*context, std::chrono::milliseconds(replication_hello_timeout_ms(rc)));
     }
     for (const auto& text : rc.listen()) {
       auto address = parse_listen_address(text);
@@ -579,7 +582,7 @@ Result<void> start_secondary(DaemonContext& ctx) {
   if (cfg.has_export_()) {
     const config::ExportConfig& e = cfg.export_();
     auto served = serve(ctx.io(), {e.name(), e.description(), db->local_view(), e.read_only()},
-                        e.listen(), e.tls(), "export.tls");
+                        e.listen(), e.tls(), "export.tls", e.limits());
     if (!served) {
       replication->close();
       if (pairing) pairing->close();
@@ -657,6 +660,27 @@ Result<void> start_secondary(DaemonContext& ctx) {
     }
   }
 
+  std::weak_ptr<NbdServer> weak_replication = replication;
+  std::weak_ptr<NbdServer> weak_local = local;
+  std::weak_ptr<SecondaryPairing> weak_pairing = pairing;
+  add_listener_status(ctx.control(), [weak_replication, weak_local, weak_pairing](
+                                         boost::json::array& json, std::string& text) {
+    if (auto s = weak_replication.lock()) {
+      append_nbd_listener_status("replication export", *s, json, text);
+    }
+    if (auto s = weak_local.lock()) append_nbd_listener_status("export", *s, json, text);
+    if (auto p = weak_pairing.lock()) {
+      const ChannelListenerStats c = p->listener_stats();
+      json.push_back(boost::json::object{{"listener", "checkpoint channel"},
+                                         {"awaiting_hello", c.awaiting_hello},
+                                         {"awaiting_hello_max", c.awaiting_hello_max},
+                                         {"refused_at_cap", c.refused_total},
+                                         {"hello_timeouts", c.hello_timeouts_total}});
+      text += fmt::format("listener checkpoint channel: {}/{} awaiting their hello, {} refused "
+                          "at the cap, {} hello timeouts\n", c.awaiting_hello,
+                          c.awaiting_hello_max, c.refused_total, c.hello_timeouts_total);
+    }
+  });
   std::shared_ptr<NbdServer> replication_server = replication;
   ctx.on_shutdown([replication_server, local, db, pairing]() -> Task<void> {
     log::info("secondary: closing the exports");

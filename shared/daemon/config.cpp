@@ -17,6 +17,26 @@
 #include "shared/tls/tls_config.hpp"
 
 namespace colo {
+
+void validate_listener_limits(const config::ListenerLimits& l, const std::string& where,
+                              std::vector<std::string>& errors) {
+  if (l.has_connections_max() &&
+      (l.connections_max() < 1 || l.connections_max() > kListenerConnectionsMax)) {
+    errors.push_back(fmt::format("{}.connections_max: {} is not in 1..{}", where,
+                                 l.connections_max(), kListenerConnectionsMax));
+  }
+  if (l.has_handshake_timeout_ms() && (l.handshake_timeout_ms() < kHandshakeTimeoutMsMin ||
+                                       l.handshake_timeout_ms() > kHandshakeTimeoutMsMax)) {
+    errors.push_back(fmt::format("{}.handshake_timeout_ms: {} is not in {}..{}", where,
+                                 l.handshake_timeout_ms(), kHandshakeTimeoutMsMin,
+                                 kHandshakeTimeoutMsMax));
+  }
+  if (l.has_inflight_bytes_max() && l.inflight_bytes_max() < kInflightBytesMaxMin) {
+    errors.push_back(fmt::format("{}.inflight_bytes_max: {} is below {}", where,
+                                 l.inflight_bytes_max(), kInflightBytesMaxMin));
+  }
+}
+
 namespace {
 
 class Collector final : public google::protobuf::io::ErrorCollector {
@@ -69,6 +89,7 @@ void validate_export(const config::ExportConfig& e, const std::string& where,
   }
   tls::validate_tls_config(e.tls(), where + ".tls", tls::Side::server, /*nbd_listener=*/true,
                            errors);
+  validate_listener_limits(e.limits(), where + ".limits", errors);
 }
 
 // The 1-based line where the option named by a validation message ("secondary.block_bytes:

@@ -41,6 +41,21 @@ config::TlsConfig tls_side_view(const config::TlsConfig& c, bool server);
 config::TlsConfig replication_export_tls(const config::DaemonConfig& cfg);
 // Whether an NBD URI's scheme asks for TLS (nbds:// or nbds+unix://).
 bool nbd_uri_is_tls(const std::string& uri);
+// Listener limits (config::ListenerLimits, docs/limits.md): the bounds a config may set.
+inline constexpr std::uint32_t kListenerConnectionsMax = 65536;
+inline constexpr std::uint32_t kHandshakeTimeoutMsMin = 100;
+inline constexpr std::uint32_t kHandshakeTimeoutMsMax = 600000;
+inline constexpr std::uint64_t kInflightBytesMaxMin = 1u << 20;
+inline constexpr std::uint32_t kHelloSessionsMaxMax = 1024;
+// Appends the problems of one ListenerLimits, named `where` ("export.limits").
+void validate_listener_limits(const config::ListenerLimits& l, const std::string& where,
+                              std::vector<std::string>& errors);
+// The checkpoint channel's hello limits (replication.hello_sessions_max, hello_timeout_ms):
+// the defaults when unset.
+inline constexpr std::uint32_t kHelloSessionsMaxDefault = 8;
+inline constexpr std::uint32_t kHelloTimeoutMsDefault = 10000;
+std::uint32_t replication_hello_sessions_max(const config::ReplicationConfig& r);
+std::uint32_t replication_hello_timeout_ms(const config::ReplicationConfig& r);
 
 // The event loop's poll window (DaemonConfig.poll_us): the default when unset, and the bound.
 inline constexpr unsigned kPollUsDefault = 50;

@@ -159,6 +159,25 @@ void validate_replication_config(const config::DaemonConfig& cfg,
                                  "heartbeat_interval_ms {}", timeout, interval));
   }
   if (r.node_name().size() > 255) errors.push_back("replication.node_name: longer than 255 bytes");
+  if (r.has_hello_sessions_max() &&
+      (r.hello_sessions_max() < 1 || r.hello_sessions_max() > kHelloSessionsMaxMax)) {
+    errors.push_back(fmt::format("replication.hello_sessions_max: {} is not in 1..{}",
+                                 r.hello_sessions_max(), kHelloSessionsMaxMax));
+  }
+  if (r.has_hello_timeout_ms() && (r.hello_timeout_ms() < kHandshakeTimeoutMsMin ||
+                                   r.hello_timeout_ms() > kHandshakeTimeoutMsMax)) {
+    errors.push_back(fmt::format("replication.hello_timeout_ms: {} is not in {}..{}",
+                                 r.hello_timeout_ms(), kHandshakeTimeoutMsMin,
+                                 kHandshakeTimeoutMsMax));
+  }
+}
+
+std::uint32_t replication_hello_sessions_max(const config::ReplicationConfig& r) {
+  return r.has_hello_sessions_max() ? r.hello_sessions_max() : kHelloSessionsMaxDefault;
+}
+
+std::uint32_t replication_hello_timeout_ms(const config::ReplicationConfig& r) {
+  return r.has_hello_timeout_ms() ? r.hello_timeout_ms() : kHelloTimeoutMsDefault;
 }
 
 }  // namespace colo

@@ -59,6 +59,7 @@ void validate_secondary_config(const config::DaemonConfig& cfg,
     errors.push_back(fmt::format("secondary.original_cache_bytes: {} is below {} (0 turns the "
                                  "cache off)", s.original_cache_bytes(), kOriginalCacheBytesMin));
   }
+  validate_listener_limits(s.replication_limits(), "secondary.replication_limits", errors);
   if (s.has_write_back_inflight() &&
       (s.write_back_inflight() < 1 || s.write_back_inflight() > kWriteBackInflightMax)) {
     errors.push_back(fmt::format("secondary.write_back_inflight: {} is not in 1..{}",

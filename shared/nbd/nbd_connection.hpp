@@ -17,16 +17,25 @@
 // the write is deferred to the end of the turn, so their replies coalesce into one system call.
 // Whatever the socket does not take at once is written by a flusher coroutine; frames queued
 // meanwhile follow in order, so reply frames never interleave.
-// Bounds: at most kInflightRequestsMax requests and kInflightBytesMax payload bytes are held
-// per connection (counted until the reply is written); beyond that the reader stops reading,
-// so a client can make the server allocate no more than that. A WRITE longer than 32 MiB closes
-// the connection (its payload cannot be skipped).
+// Bounds (docs/limits.md): at most kInflightRequestsMax requests and
+// NbdConnectionLimits::inflight_bytes_max payload bytes are held per connection (counted from
+// the request header until the reply is written, so read replies a client does not take count
+// too); beyond that the reader stops reading, so a client can make the server allocate no more
+// than that. A WRITE longer than 32 MiB closes the connection (its payload cannot be skipped).
+// A WRITE payload longer than kPayloadEagerBytes that is not in the read buffer goes into a
+// buffer taken as its bytes arrive: 1 MiB first, doubled (mremap, no copy) each time the bytes
+// received fill it; a cached buffer of the right class is used as it is. So a header alone
+// makes the server take at most 1 MiB. The buffers a connection keeps for reuse are bounded by
+// the smaller of 32 MiB and inflight_bytes_max.
+// Handshake deadline: the whole handshake (greeting, options, TLS) must end within
+// NbdConnectionLimits::handshake_timeout, or the connection is closed with a log line.
 // DISC, stop() and a read error: stop reading, finish the requests in flight, send their
 // replies, then close.
 // Single-threaded: runs on the daemon's io_context. The nodes are reached through Child edges
 // owned by the server, which outlive every connection.
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -42,6 +51,12 @@
 
 namespace colo {
 
+// The per-connection limits of the listener that accepted a connection (docs/limits.md).
+struct NbdConnectionLimits {
+  std::chrono::milliseconds handshake_timeout{10000};
+  std::uint64_t inflight_bytes_max = 64u * 1024u * 1024u;
+};
+
 // What the listener that accepted a connection does with TLS.
 struct NbdConnectionTls {
   nbd::TlsPolicy policy = nbd::TlsPolicy::off;
@@ -52,8 +67,10 @@ struct NbdConnectionTls {
 class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
  public:
   static constexpr std::uint32_t kInflightRequestsMax = 256;
-  static constexpr std::uint64_t kInflightBytesMax = 64u * 1024u * 1024u;
   static constexpr std::size_t kReadBufferBytes = 256u * 1024u;
+  // WRITE payloads up to this long get their whole buffer at the header; longer ones grow as
+  // their bytes arrive (see above).
+  static constexpr std::size_t kPayloadEagerBytes = PayloadBuffer::kMapBytesMin;
   // Payloads at least this long are read straight into their buffer, not through the read
   // buffer.
   static constexpr std::size_t kDirectReadBytesMin = 64u * 1024u;
@@ -61,7 +78,8 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   // `exports` and `children` (same order) must outlive the connection.
   NbdConnection(std::unique_ptr<ByteStream> stream,
                 std::span<const nbd::ExportDescription> exports,
-                std::span<Child* const> children, NbdConnectionTls tls = {});
+                std::span<Child* const> children, NbdConnectionTls tls = {},
+                NbdConnectionLimits limits = {});
   ~NbdConnection();
   NbdConnection(const NbdConnection&) = delete;
   NbdConnection& operator=(const NbdConnection&) = delete;
@@ -78,6 +96,10 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   // The connection was admitted by its export's admission in a session that has ended (false
   // before the handshake chose an export, and for exports without an admission).
   bool session_stale() const;
+  // The handshake did not end within the deadline (the connection was closed for it).
+  bool handshake_timed_out() const { return handshake_timed_out_; }
+  // Payload buffer bytes this connection holds: in use and kept for reuse.
+  std::uint64_t payload_bytes() const { return pool_.outstanding_bytes() + pool_.cached_bytes(); }
 
  private:
   struct OutFrame {
@@ -92,6 +114,10 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
   // Copies `out.size()` buffered bytes when that many are buffered (no coroutine frame).
   bool take_buffered(std::span<std::byte> out);
   Task<error_code> write_bytes(std::span<const std::byte> bytes);
+  // A WRITE payload of `length_bytes` into a buffer that grows as its bytes arrive.
+  Task<error_code> read_payload_growing(PayloadBuffer& buffer, std::size_t length_bytes);
+  // The handshake deadline passed: closes the connection unless the handshake is over.
+  void on_handshake_deadline();
   // Returns the export index, or -1 when the connection must close.
   Task<long> handshake();
   // After STARTTLS was acknowledged: the TLS handshake on the same socket. False when the
@@ -129,6 +155,10 @@ class NbdConnection : public std::enable_shared_from_this<NbdConnection> {
 
   std::unique_ptr<ByteStream> stream_;
   NbdConnectionTls tls_;
+  NbdConnectionLimits limits_config_;
+  std::chrono::steady_clock::time_point handshake_deadline_{};
+  bool handshake_done_ = false;
+  bool handshake_timed_out_ = false;
   std::span<const nbd::ExportDescription> exports_;
   std::span<Child* const> children_;
   nbd::NbdNegotiation negotiation_;

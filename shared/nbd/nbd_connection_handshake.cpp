@@ -4,7 +4,9 @@
 
 #include "shared/nbd/nbd_connection.hpp"
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <vector>
 
 #include "shared/base/log.hpp"
@@ -37,7 +39,12 @@ Task<bool> NbdConnection::start_tls() {
   tls::TlsStream* tls = created->get();
   stream_ = std::move(*created);
   read_drained_ = false;
-  auto identity = co_await tls->handshake();
+  // The connection's handshake deadline closes the stream, which ends the TLS handshake; its
+  // own timeout, a little later, is only a backstop.
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      handshake_deadline_ - std::chrono::steady_clock::now());
+  auto identity = co_await tls->handshake(std::max(left, std::chrono::milliseconds(0)) +
+                                          std::chrono::seconds(1));
   if (!identity) {
     log::warn("nbd: listener {}: refused: {}", tls_.listener, identity.error().message);
     log::Event e{"tls_peer_refused",

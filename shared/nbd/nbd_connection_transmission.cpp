@@ -61,22 +61,32 @@ Task<void> NbdConnection::transmission(std::size_t export_index) {
     const std::uint64_t cost = needs_buffer ? r->length_bytes : 0;
     while (!stopping_ && !write_failed_ &&
            (inflight_requests_ >= kInflightRequestsMax ||
-            (inflight_bytes_ > 0 && inflight_bytes_ + cost > kInflightBytesMax))) {
+            (inflight_bytes_ > 0 && inflight_bytes_ + cost > limits_config_.inflight_bytes_max))) {
       co_await budget_freed_.wait();
     }
     if (write_failed_ || stopping_) break;
     ++inflight_requests_;
     inflight_bytes_ += cost;
-    PayloadBuffer buffer = pool_.get(cost);
+    PayloadBuffer buffer;
     if (has_payload(*r) && r->length_bytes > 0) {
-      const std::span payload(buffer.data(), r->length_bytes);
-      if (!take_buffered(payload)) ec = co_await read_exact(payload);
+      const std::size_t length = r->length_bytes;
+      if (length <= kPayloadEagerBytes || read_end_ - read_pos_ >= length ||
+          pool_.has_cached(length)) {
+        buffer = pool_.get(length);
+        const std::span payload(buffer.data(), length);
+        if (!take_buffered(payload)) ec = co_await read_exact(payload);
+      } else {
+        // Not here yet: the buffer is taken as the bytes arrive (a header alone pins 1 MiB).
+        ec = co_await read_payload_growing(buffer, length);
+      }
       if (ec) {
         log::warn("nbd: peer {}: truncated write payload: {}", peer(), ec.message());
         pool_.put(std::move(buffer));
         release(cost);
         break;
       }
+    } else {
+      buffer = pool_.get(cost);
     }
     if (check.verdict == RequestCheck::Verdict::error) {
       log::debug("nbd: peer {}: {} offset={} count={} flags={:#x} refused: {}", peer(),

@@ -30,7 +30,51 @@ Result<NbdListenerTls> make_listener_tls(const config::TlsConfig& c, const std::
   return out;
 }
 
-NbdServer::NbdServer(asio::io_context& io) : io_(io) {}
+NbdLimits nbd_limits_from_config(const config::ListenerLimits& c) {
+  NbdLimits out;
+  if (c.has_connections_max()) out.connections_max = c.connections_max();
+  if (c.has_handshake_timeout_ms()) {
+    out.handshake_timeout = std::chrono::milliseconds(c.handshake_timeout_ms());
+  }
+  if (c.has_inflight_bytes_max()) out.inflight_bytes_max = c.inflight_bytes_max();
+  return out;
+}
+
+NbdServer::NbdServer(asio::io_context& io, NbdLimits limits) : io_(io), limits_(limits) {
+  CHECK(limits_.connections_max > 0);
+  CHECK(limits_.inflight_bytes_max > 0);
+}
+
+NbdServerStats NbdServer::stats() const {
+  NbdServerStats out;
+  for (const auto& l : listeners_) out.listeners.push_back(l->stats);
+  for (const auto& c : connections_) out.payload_bytes += c->payload_bytes();
+  return out;
+}
+
+NbdServer::Listener* NbdServer::add_listener(const std::string& address) {
+  auto l = std::make_unique<Listener>();
+  l->stats.address = address;
+  l->stats.connections_max = limits_.connections_max;
+  listeners_.push_back(std::move(l));
+  return listeners_.back().get();
+}
+
+bool NbdServer::refuse_at_cap(Listener& listener, const std::string& peer) {
+  if (listener.stats.connections < limits_.connections_max) return false;
+  ++listener.stats.refused_total;
+  ++listener.refused_unlogged;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - listener.last_refusal_log >= std::chrono::seconds(1)) {
+    log::warn("nbd: listener {}: at its limit of {} connections: closed the connection from {} "
+              "({} closed since the last such line, {} in all)",
+              listener.stats.address, limits_.connections_max, peer, listener.refused_unlogged,
+              listener.stats.refused_total);
+    listener.last_refusal_log = now;
+    listener.refused_unlogged = 0;
+  }
+  return true;
+}
 
 NbdServer::~NbdServer() { close(); }
 
@@ -148,7 +192,9 @@ Result<void> NbdServer::listen_unix(const ListenAddress& address, NbdListenerTls
   unix_acceptors_.push_back(std::move(acceptor));
   accept_loops_.begin();
   NbdConnectionTls connection_tls{tls.policy, tls.context, "unix:" + path};
-  spawn(io_.get_executor(), accept_unix(raw, std::move(connection_tls)), "nbd accept unix");
+  Listener* listener = add_listener("unix:" + path);
+  spawn(io_.get_executor(), accept_unix(raw, std::move(connection_tls), listener),
+        "nbd accept unix");
   log::info("nbd: listening on unix:{}{}", path, describe_tls(tls));
   return {};
 }
@@ -176,12 +222,15 @@ Result<void> NbdServer::listen_tcp(const ListenAddress& address, NbdListenerTls 
   tcp_acceptors_.push_back(std::move(acceptor));
   accept_loops_.begin();
   NbdConnectionTls connection_tls{tls.policy, tls.context, bound.to_string()};
-  spawn(io_.get_executor(), accept_tcp(raw, std::move(connection_tls)), "nbd accept tcp");
+  Listener* listener = add_listener(bound.to_string());
+  spawn(io_.get_executor(), accept_tcp(raw, std::move(connection_tls), listener),
+        "nbd accept tcp");
   log::info("nbd: listening on {}{}", bound.to_string(), describe_tls(tls));
   return {};
 }
 
-Task<void> NbdServer::accept_unix(Local::acceptor* acceptor, NbdConnectionTls tls) {
+Task<void> NbdServer::accept_unix(Local::acceptor* acceptor, NbdConnectionTls tls,
+                                  Listener* listener) {
   for (;;) {
     auto [ec, socket] = co_await acceptor->async_accept(use_task);
     if (closed_) break;
@@ -190,15 +239,19 @@ Task<void> NbdServer::accept_unix(Local::acceptor* acceptor, NbdConnectionTls tl
       log::warn("nbd: accept failed: {}", ec.message());
       continue;
     }
+    if (refuse_at_cap(*listener, "unix")) continue;  // the socket closes here
     auto stream =
         std::make_unique<SocketStream<Local::socket>>(std::move(socket), std::string("unix"));
-    start_connection(std::make_shared<NbdConnection>(
-        std::move(stream), descriptions_, std::span<Child* const>(child_ptrs_), tls));
+    start_connection(std::make_shared<NbdConnection>(std::move(stream), descriptions_,
+                                                     std::span<Child* const>(child_ptrs_), tls,
+                                                     connection_limits()),
+                     listener);
   }
   accept_loops_.end();
 }
 
-Task<void> NbdServer::accept_tcp(Tcp::acceptor* acceptor, NbdConnectionTls tls) {
+Task<void> NbdServer::accept_tcp(Tcp::acceptor* acceptor, NbdConnectionTls tls,
+                                 Listener* listener) {
   for (;;) {
     auto [ec, socket] = co_await acceptor->async_accept(use_task);
     if (closed_) break;
@@ -208,27 +261,34 @@ Task<void> NbdServer::accept_tcp(Tcp::acceptor* acceptor, NbdConnectionTls tls) 
       continue;
     }
     error_code opt_ec;
-    socket.set_option(Tcp::no_delay(true), opt_ec);
     auto remote = socket.remote_endpoint(opt_ec);
     std::string peer = opt_ec ? std::string("tcp:?")
                               : fmt::format("tcp:{}:{}", remote.address().to_string(),
                                             remote.port());
+    if (refuse_at_cap(*listener, peer)) continue;  // the socket closes here
+    socket.set_option(Tcp::no_delay(true), opt_ec);
     auto stream = std::make_unique<SocketStream<Tcp::socket>>(std::move(socket), std::move(peer));
-    start_connection(std::make_shared<NbdConnection>(
-        std::move(stream), descriptions_, std::span<Child* const>(child_ptrs_), tls));
+    start_connection(std::make_shared<NbdConnection>(std::move(stream), descriptions_,
+                                                     std::span<Child* const>(child_ptrs_), tls,
+                                                     connection_limits()),
+                     listener);
   }
   accept_loops_.end();
 }
 
-void NbdServer::start_connection(std::shared_ptr<NbdConnection> c) {
+void NbdServer::start_connection(std::shared_ptr<NbdConnection> c, Listener* listener) {
   log::debug("nbd: connection from {}", c->peer());
   connections_.push_back(c);
   connection_count_.begin();
-  spawn(io_.get_executor(), run_connection(std::move(c)), "nbd connection");
+  ++listener->stats.connections;
+  spawn(io_.get_executor(), run_connection(std::move(c), listener), "nbd connection");
 }
 
-Task<void> NbdServer::run_connection(std::shared_ptr<NbdConnection> c) {
+Task<void> NbdServer::run_connection(std::shared_ptr<NbdConnection> c, Listener* listener) {
   co_await NbdConnection::run(c);
+  if (c->handshake_timed_out()) ++listener->stats.handshake_timeouts_total;
+  CHECK(listener->stats.connections > 0);
+  --listener->stats.connections;
   connections_.remove(c);
   connection_count_.end();
 }

@@ -8,6 +8,10 @@
 // reports the real port), and every accepted TCP socket gets TCP_NODELAY.
 // Each export reaches its node only through a Child edge owned by the server; client input is
 // checked once here (nbd::check_request) so a bad request never reaches the node.
+// Limits (docs/limits.md): each listener serves at most NbdLimits::connections_max
+// connections at a time; one more is accepted and closed at once, with a log line at most once
+// a second per listener, and counted (stats()); the connections already there are not
+// affected. Each connection has the handshake deadline and payload bound of NbdLimits.
 // Shutdown: close() stops listening; drain() also stops every connection gracefully (requests
 // in flight finish and are answered), waits for them, then drains the exports' nodes.
 // Single-threaded: everything runs on `io`'s thread.
@@ -28,14 +32,15 @@
 #include "shared/base/listen_address.hpp"
 #include "shared/block/block_node.hpp"
 #include "shared/block/child.hpp"
+#include "shared/nbd/nbd_connection.hpp"
 #include "shared/nbd/nbd_negotiation.hpp"
 #include "shared/tls/tls_context.hpp"
+#include "limits_config.pb.h"
 #include "tls_config.pb.h"
 
 namespace colo {
 
 class NbdConnection;
-struct NbdConnectionTls;
 
 struct NbdExport {
   std::string name;         // "" is the default export
@@ -55,9 +60,34 @@ struct NbdListenerTls {
 // From a listener's TlsConfig (the files are read here; errors name them and `where`).
 Result<NbdListenerTls> make_listener_tls(const config::TlsConfig& c, const std::string& where);
 
+// The server's limits, the same on each of its listeners (config::ListenerLimits).
+struct NbdLimits {
+  static constexpr std::uint32_t kConnectionsMaxDefault = 64;
+  static constexpr std::uint32_t kHandshakeTimeoutMsDefault = 10000;
+  static constexpr std::uint64_t kInflightBytesMaxDefault = 64u * 1024u * 1024u;
+  std::uint32_t connections_max = kConnectionsMaxDefault;
+  std::chrono::milliseconds handshake_timeout{kHandshakeTimeoutMsDefault};
+  std::uint64_t inflight_bytes_max = kInflightBytesMaxDefault;
+};
+// From a (validated) ListenerLimits: the defaults for the fields not set.
+NbdLimits nbd_limits_from_config(const config::ListenerLimits& c);
+
+// What one listener did (NbdServer::stats()).
+struct NbdListenerStats {
+  std::string address;                  // "tcp:127.0.0.1:10809", "unix:/run/colo/r0.sock"
+  std::uint32_t connections = 0;        // open now (handshaking or served)
+  std::uint32_t connections_max = 0;
+  std::uint64_t refused_total = 0;      // closed at once: the listener was at its cap
+  std::uint64_t handshake_timeouts_total = 0;  // closed at the handshake deadline
+};
+struct NbdServerStats {
+  std::vector<NbdListenerStats> listeners;
+  std::uint64_t payload_bytes = 0;  // payload buffers the connections hold (in use or cached)
+};
+
 class NbdServer {
  public:
-  explicit NbdServer(asio::io_context& io);
+  explicit NbdServer(asio::io_context& io, NbdLimits limits = {});
   ~NbdServer();
   NbdServer(const NbdServer&) = delete;
   NbdServer& operator=(const NbdServer&) = delete;
@@ -78,6 +108,8 @@ class NbdServer {
   Task<void> drain(std::chrono::milliseconds force_after = std::chrono::seconds(10));
 
   std::size_t connection_count() const { return connections_.size(); }
+  NbdServerStats stats() const;
+  const NbdLimits& limits() const { return limits_; }
 
   // Closes at once (no reply waited for) every connection whose export's admission says its
   // session ended (NbdConnection::session_stale); their requests not yet issued are refused.
@@ -91,16 +123,32 @@ class NbdServer {
   using Tcp = asio::ip::tcp;
   using Local = asio::local::stream_protocol;
 
+  // One listen address: its counters (stats()) and the rate limit of its "at the cap" line.
+  struct Listener {
+    NbdListenerStats stats;
+    std::chrono::steady_clock::time_point last_refusal_log{};
+    std::uint64_t refused_unlogged = 0;
+  };
+
   Result<void> listen_unix(const ListenAddress& address, NbdListenerTls tls);
   Result<void> listen_tcp(const ListenAddress& address, NbdListenerTls tls);
-  Task<void> accept_unix(Local::acceptor* acceptor, NbdConnectionTls tls);
-  Task<void> accept_tcp(Tcp::acceptor* acceptor, NbdConnectionTls tls);
-  void start_connection(std::shared_ptr<NbdConnection> c);
-  Task<void> run_connection(std::shared_ptr<NbdConnection> c);
+  Task<void> accept_unix(Local::acceptor* acceptor, NbdConnectionTls tls, Listener* listener);
+  Task<void> accept_tcp(Tcp::acceptor* acceptor, NbdConnectionTls tls, Listener* listener);
+  Listener* add_listener(const std::string& address);
+  NbdConnectionLimits connection_limits() const {
+    return {limits_.handshake_timeout, limits_.inflight_bytes_max};
+  }
+  // True when `listener` is at its cap: the caller closes the new connection (counted, and
+  // logged at most once a second).
+  bool refuse_at_cap(Listener& listener, const std::string& peer);
+  void start_connection(std::shared_ptr<NbdConnection> c, Listener* listener);
+  Task<void> run_connection(std::shared_ptr<NbdConnection> c, Listener* listener);
   static Task<void> watchdog(NbdServer* self, std::shared_ptr<asio::steady_timer> timer,
                              std::shared_ptr<bool> finished);
 
   asio::io_context& io_;
+  NbdLimits limits_;
+  std::vector<std::unique_ptr<Listener>> listeners_;  // in listen() order
   std::vector<nbd::ExportDescription> descriptions_;
   std::vector<std::unique_ptr<Child>> children_;
   std::vector<Child*> child_ptrs_;

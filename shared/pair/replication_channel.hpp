@@ -97,9 +97,14 @@ class TransportListener {
   // TLS for the connections accepted from now on (a server-side context; null: plaintext):
   // each one is handed over only after secure_transport() succeeded within `handshake_timeout`
   // (in a coroutine of its own: a slow handshake holds no other connection back). The context
-  // is read at each accept, so a reload may swap it.
+  // is read at each accept, so a reload may swap it. At most `handshakes_max` handshakes run at
+  // a time: a connection beyond them is closed at once (counted in refused_total(), a log line
+  // at most once a second), so unauthenticated peers cannot pile up.
   void set_tls(std::shared_ptr<const tls::TlsContext> context,
-               std::chrono::milliseconds handshake_timeout);
+               std::chrono::milliseconds handshake_timeout, std::uint32_t handshakes_max = 8);
+  // TLS handshakes running now, and connections closed because too many were.
+  std::uint32_t handshakes_in_progress() const { return tls_->handshaking; }
+  std::uint64_t refused_total() const { return tls_->refused; }
   void close();
   // Bound addresses (a TCP port 0 resolved to the real port).
   const std::vector<ListenAddress>& bound() const { return bound_; }
@@ -109,13 +114,19 @@ class TransportListener {
   struct TlsSettings {
     std::shared_ptr<const tls::TlsContext> context;
     std::chrono::milliseconds handshake_timeout{10000};
+    std::uint32_t handshakes_max = 8;
+    std::uint32_t handshaking = 0;
+    std::uint64_t refused = 0;
+    std::uint64_t refused_unlogged = 0;
+    std::chrono::steady_clock::time_point last_refusal_log{};
   };
   static Task<void> accept_loop(std::shared_ptr<Acceptor> a, std::shared_ptr<TlsSettings> tls,
                                 OnAccept on_accept);
   static Task<void> secure_and_hand_over(asio::any_io_executor ex,
                                          asio::generic::stream_protocol::socket s,
                                          std::string peer, std::shared_ptr<Acceptor> a,
-                                         TlsSettings tls, OnAccept on_accept);
+                                         std::shared_ptr<const tls::TlsContext> context,
+                                         std::shared_ptr<TlsSettings> tls, OnAccept on_accept);
   asio::any_io_executor ex_;
   std::shared_ptr<TlsSettings> tls_ = std::make_shared<TlsSettings>();
   std::vector<std::shared_ptr<Acceptor>> acceptors_;

@@ -185,15 +185,21 @@ Result<void> TransportListener::listen(const ListenAddress& address, OnAccept on
 }
 
 void TransportListener::set_tls(std::shared_ptr<const tls::TlsContext> context,
-                                std::chrono::milliseconds handshake_timeout) {
+                                std::chrono::milliseconds handshake_timeout,
+                                std::uint32_t handshakes_max) {
   tls_->context = std::move(context);
   tls_->handshake_timeout = handshake_timeout;
+  tls_->handshakes_max = std::max<std::uint32_t>(handshakes_max, 1);
 }
 
 Task<void> TransportListener::secure_and_hand_over(asio::any_io_executor ex, Generic::socket s,
                                                    std::string peer, std::shared_ptr<Acceptor> a,
-                                                   TlsSettings tls, OnAccept on_accept) {
-  auto t = co_await secure_transport(ex, std::move(s), peer, tls.context, tls.handshake_timeout);
+                                                   std::shared_ptr<const tls::TlsContext> context,
+                                                   std::shared_ptr<TlsSettings> tls,
+                                                   OnAccept on_accept) {
+  ++tls->handshaking;
+  auto t = co_await secure_transport(ex, std::move(s), peer, context, tls->handshake_timeout);
+  --tls->handshaking;
   if (!t) co_return;  // secure_transport() logged why
   if (a->closed) {
     (*t)->close();
@@ -233,8 +239,26 @@ Task<void> TransportListener::accept_loop(std::shared_ptr<Acceptor> a,
       peer = fmt::format("tcp:{}:{}", host, port);
     }
     if (tls->context) {
+      if (tls->handshaking >= tls->handshakes_max) {
+        ++tls->refused;
+        ++tls->refused_unlogged;
+        const auto now = std::chrono::steady_clock::now();
+        if (now - tls->last_refusal_log >= std::chrono::seconds(1)) {
+          log::warn("checkpoint channel: {} TLS handshakes run already (the limit, "
+                    "replication.hello_sessions_max): closed the connection from {} ({} closed "
+                    "since the last such line, {} in all)",
+                    tls->handshakes_max, peer, tls->refused_unlogged, tls->refused);
+          tls->last_refusal_log = now;
+          tls->refused_unlogged = 0;
+        }
+        error_code cec;
+        s.close(cec);
+        continue;
+      }
       auto ex = a->acceptor.get_executor();
-      spawn(ex, secure_and_hand_over(ex, std::move(s), std::move(peer), a, *tls, on_accept),
+      spawn(ex,
+            secure_and_hand_over(ex, std::move(s), std::move(peer), a, tls->context, tls,
+                                 on_accept),
             "checkpoint channel TLS handshake");
       continue;
     }

@@ -3,7 +3,10 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <csignal>
@@ -60,11 +63,13 @@ std::string_view to_string(SimFencePeer f) {
 std::string SimConfig::describe() const {
   return fmt::format("seed={} fault={} write_mode={} secondary_write_back={} block={} "
                      "save_cycles={} delay_ms={} writers={} ops_per_writer={} checkpoints={} "
-                     "trim_piece={} reconnect={} after={} bitmap_block={} fence_peer={}{}",
+                     "trim_piece={} reconnect={} after={} bitmap_block={} fence_peer={}{} "
+                     "strays={}",
                      seed, to_string(fault), async_mode ? "async" : "sync",
                      secondary_write_back_bytes, block_bytes, save_cycles_max, delay_ms, writers,
                      ops_per_writer, checkpoints, trim_piece_bytes, reconnect, to_string(after),
-                     bitmap_block_bytes, to_string(fence_peer), fence_peer_hold ? "+hold" : "");
+                     bitmap_block_bytes, to_string(fence_peer), fence_peer_hold ? "+hold" : "",
+                     stray_channel_peers);
 }
 
 SimConfig sim_config_for_seed(std::uint64_t seed) {
@@ -98,6 +103,8 @@ SimConfig sim_config_for_seed(std::uint64_t seed) {
   c.fence_peer = fence < 4 ? SimFencePeer::none
                            : static_cast<SimFencePeer>(1 + (fence - 4) % 3);
   c.fence_peer_hold = prng() % 2 == 0;
+  // Drawn last too: stray checkpoint-channel peers for half the seeds.
+  c.stray_channel_peers = prng() % 2 == 0 ? 0 : 3;
   return c;
 }
 
@@ -378,6 +385,8 @@ replication {{
   bitmap_block_bytes: {3}
   heartbeat_interval_ms: 100
   heartbeat_timeout_ms: 1000
+  hello_sessions_max: 2
+  hello_timeout_ms: 300
 }}
 )", d, sim.c.block_bytes, sim.c.secondary_write_back_bytes, sim.c.bitmap_block_bytes),
                              "sim-secondary.conf");
@@ -456,6 +465,39 @@ Result<void> open_secondary(Sim& sim) {
   return {};
 }
 
+// SimConfig::stray_channel_peers: peers on the secondary's checkpoint channel that never send
+// a hello, while the primary is paired. The cap (2) and the deadline (300 ms) end them all; the
+// primary's session is not touched. False (with a failure) otherwise.
+bool strays_dropped(Sim& sim, const std::string& channel_path) {
+  std::vector<int> fds;
+  for (std::uint32_t i = 0; i < sim.c.stray_channel_peers; ++i) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    std::snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", channel_path.c_str());
+    if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+      ADD_FAILURE() << "stray peer: cannot connect to " << channel_path;
+      if (fd >= 0) ::close(fd);
+      break;
+    }
+    fds.push_back(fd);
+  }
+  // Past the hello deadline (the pair's heartbeats run meanwhile).
+  if (sim.io.stopped()) sim.io.restart();
+  sim.io.run_for(std::chrono::milliseconds(600));
+  const ChannelListenerStats st = sim.s.pairing->listener_stats();
+  for (int fd : fds) ::close(fd);
+  EXPECT_EQ(st.refused_total, fds.size() - 2) << sim.c.describe();
+  EXPECT_EQ(st.hello_timeouts_total, 2u) << sim.c.describe();
+  EXPECT_EQ(st.awaiting_hello, 0u) << sim.c.describe();
+  if (sim.p.replicator->peer_state() != PeerState::paired || !sim.s.pairing->primary_connected()) {
+    ADD_FAILURE() << "stray channel peers disturbed the pair: "
+                  << sim.p.replicator->status_text();
+    return false;
+  }
+  return st.refused_total == fds.size() - 2 && st.hello_timeouts_total == 2;
+}
+
 // Builds both sides and pairs them; false (with a failure) when that did not work.
 bool set_up(Sim& sim) {
   if (auto r = make_configs(sim); !r) {
@@ -497,7 +539,7 @@ bool set_up(Sim& sim) {
     ADD_FAILURE() << "the primary did not pair: " << sim.p.replicator->status_text();
     return false;
   }
-  return true;
+  return sim.c.stray_channel_peers == 0 || strays_dropped(sim, d + "/s-chan.sock");
 }
 
 }  // namespace

@@ -117,6 +117,10 @@ struct SimConfig {
   std::uint32_t bitmap_block_bytes = 64 * 1024;  // replication.bitmap_block_bytes
   SimFencePeer fence_peer = SimFencePeer::none;
   bool fence_peer_hold = false;
+  // Peers that connect to the secondary's checkpoint channel once the pair is up and never
+  // send a hello (docs/limits.md): with hello_sessions_max 2, two are admitted and dropped at
+  // the hello deadline (300 ms), the third is closed at the cap, and the pair goes on. 0 or 3.
+  std::uint32_t stray_channel_peers = 0;
   std::string describe() const;
 };
 SimConfig sim_config_for_seed(std::uint64_t seed);

@@ -83,6 +83,7 @@ struct PairOptions {
   std::string primary_replication_extra;  // more lines for the primary's replication section
   std::uint64_t secondary_buffer_bytes = 64u << 20;
   std::string secondary_extra;  // more lines for the secondary's `secondary` section
+  std::string secondary_replication_extra;  // more lines for the secondary's `replication`
 };
 
 // Raw frames to the secondary's checkpoint channel.
@@ -203,12 +204,15 @@ replication {{
   listen: "tcp:127.0.0.1:{3}"
   node_name: "test-secondary"
   heartbeat_interval_ms: 100
-  heartbeat_timeout_ms: 1000
+  heartbeat_timeout_ms: 1000{8}
 }}
 )", dir, kDiskBytes, repl_port_, chan_port_, s_data, s_cache, o_.secondary_buffer_bytes,
                                                  o_.secondary_extra.empty()
                                                      ? ""
-                                                     : "\n  " + o_.secondary_extra));
+                                                     : "\n  " + o_.secondary_extra,
+                                                 o_.secondary_replication_extra.empty()
+                                                     ? ""
+                                                     : "\n  " + o_.secondary_replication_extra));
     test::write_file(file("p.conf"), fmt::format(R"(resource: "{4}"
 role: PRIMARY
 state_dir: "{0}/p-state"

@@ -9,6 +9,11 @@
 
 #include <gtest/gtest.h>
 
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -76,7 +81,8 @@ Creds make_creds(test::NodePki& pki, Kind kind, Bad bad) {
 
 class TlsResource {
  public:
-  TlsResource(Kind kind, Bad bad) : pki_(dir_.file("pki")) {
+  TlsResource(Kind kind, Bad bad, const std::string& replication_more = "")
+      : pki_(dir_.file("pki")) {
     std::filesystem::create_directories(dir_.file("pki"));
     for (int i = 0; i < 4; ++i) {
       int p = test::free_tcp_port();
@@ -85,7 +91,7 @@ class TlsResource {
     }
     creds_ = make_creds(pki_, kind, bad);
     test_pair::ResourceFileOptions o;
-    o.replication_extra = creds_.replication;
+    o.replication_extra = creds_.replication + replication_more;
     o.node_extra[0] = creds_.node[0];
     o.node_extra[1] = creds_.node[1];
     test_pair::write_resource_file(dir_, ports_, o);
@@ -109,6 +115,7 @@ class TlsResource {
   std::string sock(int i) const { return dir_.file(name(i) + ".sock"); }
   std::string disk(int i) const { return dir_.file(name(i) + ".img"); }
   int replication_port(int i) const { return ports_[2 * i]; }
+  int channel_port(int i) const { return ports_[2 * i + 1]; }
   std::string config(int i) const { return config_[i]; }
   const Creds& creds() const { return creds_; }
   // x509: node i's certificate directory (pki/a, pki/b), issued again valid for `days`.
@@ -306,6 +313,58 @@ TEST(PairTlsReload, ReloadTakesRenewedCertificatesWithoutBreakingThePair) {
   c = r.cmd(0, {"checkpoint"});
   ASSERT_EQ(c.exit_code, 0) << c.output << r.log(0);
   EXPECT_EQ(r.file_sha(1), consumer.image());
+}
+
+// A TCP connection to 127.0.0.1:port that sends nothing (a stalled TLS handshake).
+struct SilentPeer {
+  explicit SilentPeer(int port) {
+    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(static_cast<std::uint16_t>(port));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  }
+  ~SilentPeer() { ::close(fd); }
+  // True once the other end closed the connection (within `wait`).
+  bool closed(std::chrono::milliseconds wait) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(wait.count())) != 1) return false;
+    char c;
+    return ::recv(fd, &c, 1, MSG_DONTWAIT) <= 0;
+  }
+  int fd = -1;
+};
+
+// With TLS on the checkpoint channel, peers that connect and never start their TLS handshake
+// are unauthenticated too: at most hello_sessions_max handshakes run at a time (the others are
+// closed at once, counted in status), each is dropped at the hello deadline, and the real
+// primary pairs meanwhile or right after.
+TEST(PairTlsLimits, StalledHandshakesAreCappedAndDroppedAndThePrimaryPairs) {
+  need_tools();
+  if (IsSkipped()) return;
+  TlsResource r(Kind::x509, Bad::none, " hello_sessions_max: 3 hello_timeout_ms: 1500");
+  ASSERT_NO_FATAL_FAILURE(r.start(1));
+  std::vector<std::unique_ptr<SilentPeer>> peers;
+  for (int i = 0; i < 10; ++i) peers.push_back(std::make_unique<SilentPeer>(r.channel_port(1)));
+  // Seven beyond the cap are closed at once; the three admitted at the deadline.
+  int closed_at_once = 0;
+  for (auto& p : peers) closed_at_once += p->closed(300ms) ? 1 : 0;
+  EXPECT_EQ(closed_at_once, 7);
+  const std::string status = r.cmd(1, {"status"}).output;
+  EXPECT_TRUE(contains(status, "listener checkpoint channel: 3/3 awaiting their hello, 7 refused"))
+      << status;
+  for (auto& p : peers) EXPECT_TRUE(p->closed(5000ms));
+  EXPECT_TRUE(r.wait_log(1, "TLS handshakes run already (the limit")) << r.log(1);
+  ASSERT_NO_FATAL_FAILURE(r.start(0));
+  auto p = r.cmd(0, {"promote", "--wait"});
+  ASSERT_EQ(p.exit_code, 0) << p.output;
+  ASSERT_TRUE(r.wait_status(0, "peer_state: paired")) << r.log(0) << r.log(1);
+  auto w = r.qemu_io(0, {"write -P 0x55 0 1M"});
+  ASSERT_EQ(w.exit_code, 0) << w.output;
+  auto c = r.cmd(0, {"checkpoint"});
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  EXPECT_EQ(r.file_sha(1), Nbd(r.sock(0)).image());
 }
 
 struct BadCase {

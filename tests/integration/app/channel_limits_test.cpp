@@ -1,0 +1,127 @@
+// The checkpoint channel's listener against peers that never complete a hello (docs/limits.md):
+// at most replication.hello_sessions_max of them at a time (the rest closed at once), each
+// closed at hello_timeout_ms even while it keeps the channel alive with heartbeats, with the
+// counters in the secondary's `status`; the real primary still pairs. Both colods are stopped
+// by PID (PairFixture).
+
+#include <gtest/gtest.h>
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <boost/json/parse.hpp>
+
+#include <atomic>
+#include <thread>
+
+#include "pair_fixture.hpp"
+#include "replication.pb.h"
+#include "shared/base/frame.hpp"
+#include "shared/daemon/control_server.hpp"
+
+namespace colo {
+namespace {
+
+using namespace std::chrono_literals;
+using namespace test_pair;
+
+// A peer that connects to the channel and sends heartbeats, never a hello.
+struct StrayPeer {
+  explicit StrayPeer(int port) {
+    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(static_cast<std::uint16_t>(port));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  }
+  ~StrayPeer() { ::close(fd); }
+  // One heartbeat; false once the secondary has closed the connection.
+  bool beat() {
+    if (closed) return false;
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 0) == 1) {
+      char buf[4096];
+      if (::recv(fd, buf, sizeof(buf), MSG_DONTWAIT) <= 0) closed = true;
+    }
+    replication::Envelope e;
+    e.set_seq(++seq);
+    e.mutable_heartbeat();
+    const std::string frame = encode_frame(e);
+    if (!closed && ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL) !=
+                       static_cast<ssize_t>(frame.size())) {
+      closed = true;
+    }
+    return !closed;
+  }
+  int fd = -1;
+  std::uint64_t seq = 0;
+  bool closed = false;
+};
+
+boost::json::object channel_status(const std::string& ctl) {
+  control::Request req;
+  req.set_command("status");
+  req.set_json(true);
+  auto reply = control_call(ctl, req, 5000);
+  if (!reply || reply->exit_code() != 0) return {};
+  const auto json = boost::json::parse(reply->json()).as_object();
+  for (const auto& l : json.at("listeners").as_array()) {
+    if (l.as_object().at("listener").as_string() == "checkpoint channel") return l.as_object();
+  }
+  return {};
+}
+
+std::uint64_t number(const boost::json::object& o, const char* key) {
+  return o.contains(key) ? o.at(key).to_number<std::uint64_t>() : 0;
+}
+
+TEST(ChannelLimits, PeersWithoutAHelloAreCappedAndDroppedAndThePrimaryStillPairs) {
+  PairOptions o;
+  o.secondary_replication_extra = "hello_sessions_max: 4\n  hello_timeout_ms: 1500";
+  PairFixture pair(o);
+  ASSERT_NO_FATAL_FAILURE(pair.start_secondary());
+  std::vector<std::unique_ptr<StrayPeer>> strays;
+  for (int i = 0; i < 12; ++i) strays.push_back(std::make_unique<StrayPeer>(pair.channel_port()));
+  // The strays keep their channels alive (heartbeats) until the secondary closes them.
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> awaiting_max{0};
+  std::thread beats([&] {
+    while (!stop) {
+      for (auto& s : strays) s->beat();
+      std::this_thread::sleep_for(100ms);
+    }
+  });
+  ASSERT_NO_FATAL_FAILURE(pair.start_primary());
+  // The strays admitted (4) end at the hello deadline; the others were refused at the cap.
+  bool all_ended = false;
+  for (int i = 0; i < 300 && !all_ended; ++i) {
+    const auto s = channel_status(pair.s_ctl());
+    awaiting_max = std::max<std::uint64_t>(awaiting_max, number(s, "awaiting_hello"));
+    all_ended = number(s, "hello_timeouts") >= 4;
+    std::this_thread::sleep_for(50ms);
+  }
+  stop = true;
+  beats.join();
+  EXPECT_TRUE(all_ended) << test::read_file(pair.file("s.log"));
+  EXPECT_LE(awaiting_max, 4u);
+  const auto s = channel_status(pair.s_ctl());
+  EXPECT_GT(number(s, "refused_at_cap"), 0u);
+  EXPECT_GE(number(s, "hello_timeouts"), 4u);
+  for (auto& stray : strays) EXPECT_FALSE(stray->beat());
+  const std::string slog = test::read_file(pair.file("s.log"));
+  EXPECT_NE(slog.find("await their hello already"), std::string::npos) << slog;
+  EXPECT_NE(slog.find("sent no accepted hello within 1500 ms"), std::string::npos) << slog;
+  // The real primary pairs (it retries while the strays hold the slots) and replicates.
+  ASSERT_TRUE(pair.wait_status(pair.p_ctl(), "peer_state: paired", 20s))
+      << pair.ctl(pair.p_ctl(), {"status"}).output << test::read_file(pair.file("p.log"));
+  Nbd p(pair.p_sock());
+  p.write(0, 1u << 20, 0x5a);
+  auto cp = pair.ctl(pair.p_ctl(), {"checkpoint"});
+  EXPECT_EQ(cp.exit_code, 0) << cp.output;
+  const std::string image = p.image();
+  ASSERT_NO_FATAL_FAILURE(pair.kill_primary_and_fail_over(image));
+}
+
+}  // namespace
+}  // namespace colo
