@@ -68,7 +68,7 @@ struct ChannelListenerStats {
   std::uint32_t awaiting_hello_max = 0;
   std::uint64_t refused_total = 0;       // closed at once: too many awaited a hello or a TLS
                                          // handshake
-  std::uint64_t hello_timeouts_total = 0;  // closed: no hello within hello_timeout
+  std::uint64_t hello_timeouts_total = 0;  // closed: no hello (or TLS handshake) in time
 };
 
 // A new session token: 128 random bits as 32 lowercase hex digits (OpenSSL's RAND_bytes);

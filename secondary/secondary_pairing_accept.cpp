@@ -20,7 +20,7 @@ ChannelListenerStats SecondaryPairing::listener_stats() const {
   out.awaiting_hello = awaiting_hello() + listener_.handshakes_in_progress();
   out.awaiting_hello_max = options_.hello_sessions_max;
   out.refused_total = refused_total_ + listener_.refused_total();
-  out.hello_timeouts_total = hello_timeouts_total_;
+  out.hello_timeouts_total = hello_timeouts_total_ + listener_.handshake_timeouts();
   return out;
 }
 

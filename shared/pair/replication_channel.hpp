@@ -105,6 +105,8 @@ class TransportListener {
   // TLS handshakes running now, and connections closed because too many were.
   std::uint32_t handshakes_in_progress() const { return tls_->handshaking; }
   std::uint64_t refused_total() const { return tls_->refused; }
+  // Handshakes dropped at their deadline.
+  std::uint64_t handshake_timeouts() const { return tls_->timeouts; }
   void close();
   // Bound addresses (a TCP port 0 resolved to the real port).
   const std::vector<ListenAddress>& bound() const { return bound_; }
@@ -117,6 +119,7 @@ class TransportListener {
     std::uint32_t handshakes_max = 8;
     std::uint32_t handshaking = 0;
     std::uint64_t refused = 0;
+    std::uint64_t timeouts = 0;
     std::uint64_t refused_unlogged = 0;
     std::chrono::steady_clock::time_point last_refusal_log{};
   };

@@ -200,7 +200,10 @@ Task<void> TransportListener::secure_and_hand_over(asio::any_io_executor ex, Gen
   ++tls->handshaking;
   auto t = co_await secure_transport(ex, std::move(s), peer, context, tls->handshake_timeout);
   --tls->handshaking;
-  if (!t) co_return;  // secure_transport() logged why
+  if (!t) {  // secure_transport() logged why
+    if (t.error().code.value() == ETIMEDOUT) ++tls->timeouts;
+    co_return;
+  }
   if (a->closed) {
     (*t)->close();
     co_return;
