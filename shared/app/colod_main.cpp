@@ -47,10 +47,17 @@ std::optional<colo::config::Role> run_daemon(colo::config::DaemonConfig cfg,
     *code = 1;
     return std::nullopt;
   }
+  if (auto m = ctx.start_metrics(); !m) {
+    log::error("{}", m.error().to_string());
+    ctx.control().close();
+    *code = 1;
+    return std::nullopt;
+  }
   Result<void> started = cfg.role() == config::PRIMARY ? start_primary(ctx) : start_secondary(ctx);
   if (!started) {
     log::error("cannot start the {} role: {}", role_name(cfg.role()), started.error().to_string());
     ctx.control().close();
+    if (ctx.metrics_server()) ctx.metrics_server()->close();
     *code = 1;
     return std::nullopt;
   }

@@ -9,6 +9,15 @@ namespace colo {
 DaemonContext::DaemonContext(asio::io_context& io, config::DaemonConfig config)
     : io_(io), config_(std::move(config)), control_(io), notifier_(io), signals_(io) {}
 
+DaemonContext::~DaemonContext() {
+  if (metrics_server_) metrics_server_->close();
+}
+
+void DaemonContext::count_connections(std::string listener,
+                                      std::function<std::uint64_t()> count) {
+  connection_counts_.emplace_back(std::move(listener), std::move(count));
+}
+
 void DaemonContext::on_shutdown(std::function<Task<void>()> hook) {
   shutdown_hooks_.push_back(std::move(hook));
 }
@@ -28,6 +37,7 @@ Task<void> DaemonContext::shutdown() {
   shutting_down_ = true;
   notifier_.stopping();
   control_.close();
+  if (metrics_server_) metrics_server_->close();
   for (auto it = shutdown_hooks_.rbegin(); it != shutdown_hooks_.rend(); ++it) {
     co_await (*it)();
   }
