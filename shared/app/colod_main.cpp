@@ -61,6 +61,7 @@ std::optional<colo::config::Role> run_daemon(colo::config::DaemonConfig cfg,
     *code = 1;
     return std::nullopt;
   }
+  ctx.serve_metrics();
   ctx.handle_signals();
   const char* role = role_name(cfg.role());
   log::info("colod {} started: resource \"{}\", role {}{}", kVersion, cfg.resource(), role,

@@ -46,9 +46,11 @@ class DaemonContext {
   // ("front_end", "replication_export", "checkpoint_channel", ...). Read at scrape time.
   void count_connections(std::string listener, std::function<std::uint64_t()> count);
   // Registers the daemon's families (build info, process, listeners, the endpoint's own) and
-  // listens on every config.metrics_listen address (nothing when empty). Errors name the
-  // address; nothing stays open then.
+  // binds every config.metrics_listen address (nothing when empty), before the role starts:
+  // errors name the address; nothing stays open then. serve_metrics() starts answering, once
+  // the role added its collectors (a scrape never sees a half-registered daemon).
   Result<void> start_metrics();
+  void serve_metrics();
   // The endpoint (null when metrics_listen is empty or before start_metrics).
   const std::shared_ptr<metrics::Server>& metrics_server() const { return metrics_server_; }
 

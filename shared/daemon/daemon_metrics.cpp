@@ -93,4 +93,8 @@ Result<void> DaemonContext::start_metrics() {
   return {};
 }
 
+void DaemonContext::serve_metrics() {
+  if (metrics_server_) metrics_server_->start();
+}
+
 }  // namespace colo

@@ -86,13 +86,17 @@ Result<void> Server::listen(const ListenAddress& address) {
   ListenAddress bound = address;
   bound.port = acceptor->local_endpoint(ec).port();
   bound_.push_back(bound);
-  closed_ = false;
-  Tcp::acceptor* raw = acceptor.get();
   acceptors_.push_back(std::move(acceptor));
-  spawn(ex_, accept_loop(shared_from_this(), raw), "metrics accept loop");
   log::info("metrics: serving http://{}{}{}:{}/metrics", bound.host.find(':') != std::string::npos ? "[" : "",
             bound.host, bound.host.find(':') != std::string::npos ? "]" : "", bound.port);
   return {};
+}
+
+void Server::start() {
+  if (closed_) return;
+  for (; started_ < acceptors_.size(); ++started_) {
+    spawn(ex_, accept_loop(shared_from_this(), acceptors_[started_].get()), "metrics accept loop");
+  }
 }
 
 void Server::close() {

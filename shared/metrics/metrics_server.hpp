@@ -51,9 +51,13 @@ class Server : public std::enable_shared_from_this<Server> {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // Binds (SO_REUSEADDR; port 0 picks one, see bound_addresses) and starts accepting.
-  // Errors: a unix address (EINVAL), a host that does not resolve, bind/listen failures.
+  // Binds and listens (SO_REUSEADDR; port 0 picks one, see bound_addresses); connections
+  // wait in the backlog until start(). Errors: a unix address (EINVAL), a host that does not
+  // resolve, bind/listen failures.
   Result<void> listen(const ListenAddress& address);
+  // Starts accepting on every listener bound so far (the daemon binds before the role starts,
+  // so a port in use fails the start, and accepts once the role's collectors are in).
+  void start();
   const std::vector<ListenAddress>& bound_addresses() const { return bound_; }
   // Stops accepting and closes every connection (their coroutines end on their own).
   void close();
@@ -71,6 +75,7 @@ class Server : public std::enable_shared_from_this<Server> {
   Render render_;
   ServerOptions options_;
   std::vector<std::unique_ptr<Tcp::acceptor>> acceptors_;
+  std::size_t started_ = 0;  // acceptors_[0, started_) accept
   std::vector<ListenAddress> bound_;
   std::list<Tcp::socket*> connections_;
   ServerStats stats_;

@@ -10,9 +10,11 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
+#include "colo/version.hpp"
 #include "http_client.hpp"
 #include "pair_fixture.hpp"
 
@@ -267,6 +269,65 @@ scrape_configs:
   EXPECT_EQ(up, "1");
   prom.stop(SIGTERM);
   EXPECT_FALSE(prom.running());
+}
+
+}  // namespace
+}  // namespace colo
+
+namespace colo {
+namespace {
+
+// The resource form: metrics_listen per node; the endpoint follows the node through a role
+// change (it closes with the secondary role and reopens with the primary's).
+TEST(Metrics, TheResourceFormsEndpointFollowsARoleChange) {
+  test::TempDir dir;
+  std::vector<int> ports;
+  while (ports.size() < 5) {
+    const int p = test::free_tcp_port();
+    if (std::find(ports.begin(), ports.end(), p) == ports.end()) ports.push_back(p);
+  }
+  const int metrics_port = ports[4];
+  const std::string path = test_pair::write_resource_file(dir, ports);
+  std::string text = test::read_file(path);
+  const std::string a_ctl = fmt::format("control_socket: \"{}\"", dir.file("a.ctl"));
+  const std::size_t at = text.find(a_ctl);
+  ASSERT_NE(at, std::string::npos) << text;
+  text.insert(at + a_ctl.size(),
+              fmt::format("\n  metrics_listen: \"tcp:127.0.0.1:{}\"", metrics_port));
+  test::write_file(path, text);
+
+  test::Process nodes[2];
+  for (int i = 0; i < 2; ++i) {
+    const std::string n = i == 0 ? "a" : "b";
+    nodes[i] = test::Process::start({test_pair::kColod, "--config", path, "--node", n},
+                                    dir.file(n + ".log"));
+  }
+  auto ctl = [&dir](const std::string& n, std::vector<std::string> args) {
+    std::vector<std::string> argv{test_pair::kColoctl, "--socket", dir.file(n + ".ctl")};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return test::run_command(argv);
+  };
+  ASSERT_TRUE(test::wait_for_tcp_port(metrics_port)) << test::read_file(dir.file("a.log"));
+  std::string m = scrape(metrics_port);
+  EXPECT_EQ(metric(m, R"(colo_role{role="secondary"})"), 1) << m;
+  EXPECT_EQ(metric(m, R"(colo_role{role="primary"})"), 0);
+
+  auto p = ctl("a", {"promote", "--wait"});
+  ASSERT_EQ(p.exit_code, 0) << p.output << test::read_file(dir.file("a.log"));
+  // The primary's run listens again on the same port, and pairs with b.
+  bool paired = false;
+  for (int i = 0; i < 400 && !paired; ++i) {
+    const test::HttpReply r = test::http_get(metrics_port, "/metrics", 2s);
+    if (r.status == 200) {
+      m = "\n" + r.body;
+      paired = metric(m, R"(colo_peer_state{state="paired"})") == 1;
+    }
+    if (!paired) std::this_thread::sleep_for(25ms);
+  }
+  EXPECT_TRUE(paired) << m;
+  EXPECT_EQ(metric(m, R"(colo_role{role="primary"})"), 1);
+  EXPECT_EQ(metric(m, R"(colo_build_info{version=")" + std::string(kVersion) + R"(",resource="r0",node="a"})"), 1) << m;
+  for (auto& n : nodes) n.stop(SIGTERM);
 }
 
 }  // namespace

@@ -45,6 +45,7 @@ class ServerHarness {
     auto r = server_->listen(a);
     EXPECT_TRUE(r) << (r ? "" : r.error().to_string());
     port = server_->bound_addresses().at(0).port;
+    server_->start();
     thread_ = std::thread([this] { io_.run(); });
   }
   ~ServerHarness() {
