@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <array>
 #include <cmath>
+#include <iterator>
 
 #include "shared/base/check.hpp"
 
@@ -17,9 +19,8 @@ std::string_view to_string(Type t) {
   return "untyped";
 }
 
-std::string escape_label_value(std::string_view value) {
-  std::string out;
-  out.reserve(value.size());
+namespace {
+void append_escaped_label_value(std::string& out, std::string_view value) {
   for (const char c : value) {
     switch (c) {
       case '\\': out += "\\\\"; break;
@@ -28,6 +29,25 @@ std::string escape_label_value(std::string_view value) {
       default: out += c;
     }
   }
+}
+
+// The bucket bounds of a microsecond histogram in seconds, formatted once.
+const std::array<std::string, Log2Histogram::kFiniteBuckets>& micro_bounds() {
+  static const auto bounds = [] {
+    std::array<std::string, Log2Histogram::kFiniteBuckets> b;
+    for (std::size_t i = 0; i < b.size(); ++i) {
+      b[i] = format_value(static_cast<double>(Log2Histogram::bound_of(i)) * 1e-6);
+    }
+    return b;
+  }();
+  return bounds;
+}
+}  // namespace
+
+std::string escape_label_value(std::string_view value) {
+  std::string out;
+  out.reserve(value.size());
+  append_escaped_label_value(out, value);
   return out;
 }
 
@@ -107,7 +127,7 @@ void Exposition::begin_sample(std::string_view suffix, Labels labels, const Labe
       first = false;
       out_ += l.name;
       out_ += "=\"";
-      out_ += escape_label_value(l.value);
+      append_escaped_label_value(out_, l.value);
       out_ += '"';
     };
     for (const Label& l : labels) put(l);
@@ -122,10 +142,14 @@ void Exposition::end_sample(std::string_view value) {
   out_ += '\n';
 }
 
+void Exposition::end_sample(std::uint64_t value) {
+  fmt::format_to(std::back_inserter(out_), "{}\n", value);
+}
+
 void Exposition::sample(Labels labels, std::uint64_t value) {
   CHECK(type_ != Type::histogram);
   begin_sample("", labels, nullptr);
-  end_sample(fmt::format("{}", value));
+  end_sample(value);
 }
 
 void Exposition::sample(Labels labels, double value) {
@@ -137,21 +161,23 @@ void Exposition::sample(Labels labels, double value) {
 void Exposition::histogram(Labels labels, const Log2Histogram& h, double unit) {
   CHECK(type_ == Type::histogram);
   std::uint64_t cumulative = 0;
+  const auto& micro = micro_bounds();
+  std::string le;
   for (std::size_t i = 0; i < Log2Histogram::kFiniteBuckets; ++i) {
     cumulative += h.buckets[i];
-    const std::string le = format_value(static_cast<double>(Log2Histogram::bound_of(i)) * unit);
-    const Label bound{"le", le};
+    if (unit != 1e-6) le = format_value(static_cast<double>(Log2Histogram::bound_of(i)) * unit);
+    const Label bound{"le", unit == 1e-6 ? std::string_view(micro[i]) : std::string_view(le)};
     begin_sample("_bucket", labels, &bound);
-    end_sample(fmt::format("{}", cumulative));
+    end_sample(cumulative);
   }
   cumulative += h.buckets[Log2Histogram::kFiniteBuckets];
   const Label inf{"le", "+Inf"};
   begin_sample("_bucket", labels, &inf);
-  end_sample(fmt::format("{}", cumulative));
+  end_sample(cumulative);
   begin_sample("_sum", labels, nullptr);
   end_sample(format_value(static_cast<double>(h.sum) * unit));
   begin_sample("_count", labels, nullptr);
-  end_sample(fmt::format("{}", h.count));
+  end_sample(h.count);
 }
 
 void Exposition::counter(std::string_view name, std::string_view help, std::uint64_t value) {

@@ -52,12 +52,14 @@ class Exposition {
   void counter(std::string_view name, std::string_view help, std::uint64_t value);
   void gauge(std::string_view name, std::string_view help, double value);
 
+  void reserve(std::size_t bytes) { out_.reserve(bytes); }
   const std::string& text() const { return out_; }
   std::string take() { return std::move(out_); }
 
  private:
   void begin_sample(std::string_view suffix, Labels labels, const Label* extra);
   void end_sample(std::string_view value);
+  void end_sample(std::uint64_t value);
 
   std::string out_;
   std::string current_;  // the family being written

@@ -16,7 +16,9 @@ void Registry::remove(std::uint64_t id) {
 
 std::string Registry::render() const {
   Exposition e;
+  e.reserve(last_bytes_ + last_bytes_ / 8);
   for (const auto& c : collectors_) c.second(e);
+  last_bytes_ = e.text().size();
   return e.take();
 }
 

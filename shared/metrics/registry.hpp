@@ -28,6 +28,7 @@ class Registry {
  private:
   std::vector<std::pair<std::uint64_t, Collector>> collectors_;
   std::uint64_t next_id_ = 1;
+  mutable std::size_t last_bytes_ = 0;  // the last scrape's size: the next one reserves it
 };
 
 }  // namespace colo::metrics

@@ -6,6 +6,9 @@
 # scraping and once with a scraper that GETs both daemons' /metrics every 100 ms (SCRAPE_MS).
 # Every measurement starts fresh daemons; the two configurations are interleaved, their order
 # alternating each round; the table shows medians over the rounds and the ratio scrape/none.
+# Last, the cost of one scrape to the daemon: an idle pair's primary scraped SCRAPES times
+# (default 2000) back to back, its CPU time (user + system, /proc) divided by the scrapes, and
+# the size of one answer.
 #
 # Usage: tests/perf/metrics_bench.sh [build-dir]
 # Environment: ROUNDS (default 5), RUNTIME seconds per fio job (default 3), SIZE_MB disk file
@@ -21,6 +24,7 @@ rounds=${ROUNDS:-5}
 runtime=${RUNTIME:-3}
 size_mb=${SIZE_MB:-256}
 scrape_ms=${SCRAPE_MS:-100}
+scrape_count=${SCRAPES:-2000}
 . tests/perf/lib.sh
 bench_require fio "$colod" "$coloctl" "$py"
 bench_init metrics-bench
@@ -179,11 +183,31 @@ for round in $(seq "$rounds"); do
   echo "round $round/$rounds"
   if ((round % 2)); then measure none; measure scrape; else measure scrape; measure none; fi
 done
+
+# The daemon's cost per scrape (an idle pair).
+start_pair
+clk_tck=$(getconf CLK_TCK)
+primary_pid=${cur_pids[1]}
+read -r -a st <"/proc/$primary_pid/stat"; ticks0=$((st[13] + st[14]))
+scrape_out=$($py - "$p_metrics" "$scrape_count" <<'EOF'
+import sys, time, urllib.request
+url, n = f"http://127.0.0.1:{sys.argv[1]}/metrics", int(sys.argv[2])
+t0 = time.monotonic()
+for _ in range(n):
+    body = urllib.request.urlopen(url, timeout=5).read()
+print(len(body), f"{(time.monotonic() - t0) / n * 1e6:.0f}", len(body.splitlines()))
+EOF
+)
+read -r -a st <"/proc/$primary_pid/stat"; ticks1=$((st[13] + st[14]))
+read -r scrape_bytes scrape_wall_us scrape_lines <<<"$scrape_out"
+scrape_cpu_us=$($py -c "print(f'{($ticks1 - $ticks0) * 1e6 / $clk_tck / $scrape_count:.0f}')")
+stop_all
 echo "load after: $(bench_load)"
 
-$py - "$results" "$rounds" "$scrape_ms" <<'EOF'
+$py - "$results" "$rounds" "$scrape_ms" "$scrape_count" "$scrape_cpu_us" "$scrape_wall_us" \
+  "$scrape_bytes" "$scrape_lines" <<'EOF'
 import statistics, sys
-path, rounds, scrape_ms = sys.argv[1:]
+path, rounds, scrape_ms, n, cpu_us, wall_us, nbytes, lines = sys.argv[1:]
 rows = {"none": [], "scrape": []}
 scrapes = []
 for line in open(path):
@@ -203,6 +227,9 @@ if scrapes:
     print(f"scrapes per measurement (both daemons): {statistics.median(s[0] for s in scrapes):.0f}, "
           f"scrape time mean {statistics.median(s[1] for s in scrapes):.2f} ms, "
           f"max {max(s[2] for s in scrapes):.2f} ms (as the scraper saw it)")
+print(f"one scrape of the primary ({n} back to back, idle pair): {cpu_us} us of the daemon's CPU, "
+      f"{wall_us} us as the client saw it, {nbytes} bytes, {lines} lines; at one scrape every "
+      f"{scrape_ms} ms: {float(cpu_us) / (10 * float(scrape_ms)):.3f}% of a CPU")
 # Spread of the unscraped runs, to judge what "within noise" means here.
 for i, what in ((0, "QD32 IOPS"), (1, "QD1 mean")):
     xs = [r[i] for r in rows["none"]]
