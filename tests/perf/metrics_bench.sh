@@ -4,6 +4,7 @@
 # second), both with metrics_listen on loopback, loaded with fio (ioengine=nbd, 4 KiB random
 # writes on the primary's export): QD1 mean and p99 latency, then QD32 IOPS, once without
 # scraping and once with a scraper that GETs both daemons' /metrics every 100 ms (SCRAPE_MS).
+# Also the daemons' CPU time (user + system, both) per write of the QD32 job.
 # Every measurement starts fresh daemons; the two configurations are interleaved, their order
 # alternating each round; the table shows medians over the rounds and the ratio scrape/none.
 # Last, the cost of one scrape to the daemon: an idle pair's primary scraped SCRAPES times
@@ -110,12 +111,13 @@ EOF
     { echo "metrics_bench: the primary is not paired" >&2; tail "$dir"/*.log >&2; exit 1; }
 }
 
-# A scraper: both endpoints every $scrape_ms ms until SIGTERM; then "scrapes mean_ms max_ms".
+# A scraper: both endpoints every $scrape_ms ms until SIGTERM, over one keep-alive connection
+# per daemon, as Prometheus scrapes; then "scrapes mean_ms max_ms".
 scraper() {
   exec $py - "$scrape_ms" "$@" <<'EOF'
-import signal, sys, time, urllib.request
+import http.client, signal, sys, time
 period = int(sys.argv[1]) / 1000
-urls = [f"http://127.0.0.1:{p}/metrics" for p in sys.argv[2:]]
+conns = [http.client.HTTPConnection("127.0.0.1", int(p), timeout=5) for p in sys.argv[2:]]
 times = []
 stop = False
 def on_term(*_):
@@ -124,9 +126,10 @@ def on_term(*_):
 signal.signal(signal.SIGTERM, on_term)
 while not stop:
     t0 = time.monotonic()
-    for u in urls:
+    for c in conns:
         s = time.monotonic()
-        body = urllib.request.urlopen(u, timeout=5).read()
+        c.request("GET", "/metrics")
+        body = c.getresponse().read()
         assert body.startswith(b"# HELP")
         times.append(time.monotonic() - s)
     time.sleep(max(0.0, period - (time.monotonic() - t0)))
@@ -150,6 +153,16 @@ print(f"{w['iops']:.0f} {c['mean'] / 1000:.1f} {c.get('percentile', {}).get('99.
 EOF
 }
 
+# User + system CPU ticks of the measurement's daemons, summed.
+cpu_ticks() {
+  local pid sum=0 f
+  for pid in "${cur_pids[@]}"; do
+    read -r -a f <"/proc/$pid/stat"
+    sum=$((sum + f[13] + f[14]))
+  done
+  echo "$sum"
+}
+
 results="$work/results.tsv"
 : >"$results"
 measure() {  # none|scrape
@@ -160,9 +173,11 @@ measure() {  # none|scrape
     scraper_pid=$!
     bench_pids+=("$scraper_pid")
   fi
-  local qd1 qd32
+  local qd1 qd32 t0 t1 ticks0 ticks1
   qd1=$(run_fio 1)
+  ticks0=$(cpu_ticks); t0=$(date +%s.%N)
   qd32=$(run_fio 32)
+  ticks1=$(cpu_ticks); t1=$(date +%s.%N)
   if [ -n "$scraper_pid" ]; then
     kill -TERM "$scraper_pid"
     wait "$scraper_pid" || { cat "$dir/scraper.err" >&2; echo "metrics_bench: the scraper failed" >&2; exit 1; }
@@ -172,7 +187,10 @@ measure() {  # none|scrape
     { echo "metrics_bench: the secondary was lost during the load" >&2; exit 1; }
   read -r iops mean p99 <<<"$qd1"
   read -r iops32 _ _ <<<"$qd32"
-  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$iops32" "$mean" "$p99" "$scrapes" >>"$results"
+  # The daemons' CPU (user + system, both) per QD32 write.
+  local cpu
+  cpu=$($py -c "print(f'{($ticks1 - $ticks0) * 1e6 / $(getconf CLK_TCK) / max($iops32 * ($t1 - $t0), 1):.1f}')")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$iops32" "$mean" "$p99" "$scrapes" "$cpu" >>"$results"
   stop_all
 }
 
@@ -211,18 +229,21 @@ path, rounds, scrape_ms, n, cpu_us, wall_us, nbytes, lines = sys.argv[1:]
 rows = {"none": [], "scrape": []}
 scrapes = []
 for line in open(path):
-    name, iops, mean, p99, s = line.rstrip("\n").split("\t")
-    rows[name].append((float(iops), float(mean), float(p99)))
+    name, iops, mean, p99, s, cpu = line.rstrip("\n").split("\t")
+    rows[name].append((float(iops), float(mean), float(p99), float(cpu)))
     if s != "-":
         scrapes.append([float(x) for x in s.split(",")])
 med = lambda name, i: statistics.median(r[i] for r in rows[name])
 print()
 print(f"4 KiB random writes, SYNC pair (medians of {rounds} rounds; ratio scrape/none)")
-print(f"{'scraping':<22}{'QD32 IOPS':>10}{'QD1 mean us':>13}{'QD1 p99 us':>12}")
+print(f"{'scraping':<22}{'QD32 IOPS':>10}{'QD1 mean us':>13}{'QD1 p99 us':>12}{'CPU us/write':>14}")
 for name, label in (("none", "none"), ("scrape", f"every {scrape_ms} ms")):
-    print(f"{label:<22}{med(name, 0):>10.0f}{med(name, 1):>13.1f}{med(name, 2):>12.1f}")
+    print(f"{label:<22}{med(name, 0):>10.0f}{med(name, 1):>13.1f}{med(name, 2):>12.1f}{med(name, 3):>14.1f}")
 print(f"{'ratio':<22}{med('scrape', 0) / med('none', 0):>10.3f}"
-      f"{med('scrape', 1) / med('none', 1):>13.3f}{med('scrape', 2) / med('none', 2):>12.3f}")
+      f"{med('scrape', 1) / med('none', 1):>13.3f}{med('scrape', 2) / med('none', 2):>12.3f}"
+      f"{med('scrape', 3) / med('none', 3):>14.3f}")
+print("per round (none/scrape QD32 IOPS):",
+      " ".join(f"{a[0]:.0f}/{b[0]:.0f}" for a, b in zip(rows["none"], rows["scrape"])))
 if scrapes:
     print(f"scrapes per measurement (both daemons): {statistics.median(s[0] for s in scrapes):.0f}, "
           f"scrape time mean {statistics.median(s[1] for s in scrapes):.2f} ms, "
