@@ -16,6 +16,7 @@ packages=(
   qemu-utils nbdkit libnbd-bin python3-libnbd fio
   resource-agents iproute2 procps psmisc systemd
   libxml2-utils   # xmllint: the OCF agent's meta-data against ra-api-1.dtd (ocf-tester too)
+  prometheus      # promtool check metrics, and a real server scraping the daemons (metrics tests)
   # run
   openssl
 )

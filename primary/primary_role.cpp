@@ -11,6 +11,7 @@
 #include "primary/fence.hpp"
 #include "primary/primary_channel.hpp"
 #include "primary/quorum_control.hpp"
+#include "primary/quorum_metrics.hpp"
 #include "primary/quorum_setup.hpp"
 #include "primary/replication_control.hpp"
 #include "primary/replicator.hpp"
@@ -338,6 +339,29 @@ Result<void> start_primary(DaemonContext& ctx) {
         log::warn("primary: closing the front-end export: this node is fenced");
         s->abort_all();
       }
+    });
+  }
+  // Metrics (docs/operator-guide.md): read at scrape time through weak references, so a
+  // scrape during shutdown finds what is still there.
+  {
+    std::weak_ptr<Replicator> weak_rep = replicator;
+    std::weak_ptr<QuorumNode> weak_quorum = quorum;
+    const bool replicated = replicator != nullptr;
+    ctx.metrics().add([weak_rep, weak_quorum, replicated](metrics::Exposition& m) {
+      if (replicated) {
+        if (auto rep = weak_rep.lock()) rep->write_metrics(m);
+        return;
+      }
+      m.family("colo_role", "The role this daemon runs (1 for the current one).",
+               metrics::Type::gauge);
+      m.sample({{"role", "primary"}}, std::uint64_t{1});
+      m.sample({{"role", "secondary"}}, std::uint64_t{0});
+      if (auto q = weak_quorum.lock()) write_quorum_metrics(m, *q);
+    });
+    std::weak_ptr<NbdServer> weak_server = server;
+    ctx.count_connections("front_end", [weak_server]() -> std::uint64_t {
+      auto s = weak_server.lock();
+      return s ? s->connection_count() : 0;
     });
   }
   // Shutdown: stop listening, answer what is in flight, drain the graph. The hook owns the

@@ -61,7 +61,9 @@
 #include "primary/quorum_node.hpp"
 #include "primary/resync.hpp"
 #include "primary/write_gate.hpp"
+#include "shared/base/log2_histogram.hpp"
 #include "shared/block/write_back_node.hpp"
+#include "shared/metrics/exposition.hpp"
 #include "shared/nbd/nbd_client_node.hpp"
 #include "shared/pair/epoch_record.hpp"
 #include "shared/pair/generation.hpp"
@@ -235,6 +237,10 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   boost::json::object status_json() const;
   boost::json::object fence_peer_json() const { return fence_peer_->status_json(); }
   boost::json::object resync_json() const;
+  // The role's metric families (role, state, peer, epoch, generation, checkpoints and their
+  // pauses, dirty blocks, the async queue, the resync, the quorum's children): reads only
+  // (replicator_metrics.cpp).
+  void write_metrics(metrics::Exposition& e) const;
 
  private:
   Task<Result<std::uint64_t>> checkpoint_locked(bool quiesced);
@@ -347,6 +353,7 @@ class Replicator : public std::enable_shared_from_this<Replicator> {
   std::chrono::system_clock::time_point last_checkpoint_{};
   std::deque<std::uint64_t> pauses_ns_;  // the latest pauses
   std::uint64_t pause_max_ns_ = 0;
+  Log2Histogram pause_hist_us_;          // every pause since start, in microseconds
   asio::steady_timer periodic_timer_;
   asio::steady_timer watch_timer_;
   // The prepare timeout; cancelled by commit, abort and shutdown, so a finished two-phase

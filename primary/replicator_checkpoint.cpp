@@ -279,6 +279,7 @@ void Replicator::record_pause(std::chrono::nanoseconds pause) {
   pauses_ns_.push_back(ns);
   if (pauses_ns_.size() > kPausesKept) pauses_ns_.pop_front();
   pause_max_ns_ = std::max(pause_max_ns_, ns);
+  pause_hist_us_.record(ns / 1000);
 }
 
 }  // namespace colo

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "secondary/disk_buffer_node.hpp"
+#include "secondary/secondary_metrics.hpp"
 #include "secondary/secondary_pairing.hpp"
 #include "secondary/secondary_split_brain.hpp"
 #include "shared/base/listen_address.hpp"
@@ -681,6 +682,34 @@ Result<void> start_secondary(DaemonContext& ctx) {
                           c.awaiting_hello_max, c.refused_total, c.hello_timeouts_total);
     }
   });
+  // Metrics (docs/operator-guide.md): read at scrape time through weak references.
+  {
+    std::weak_ptr<DiskBuffer> weak_db = db;
+    std::weak_ptr<SecondaryPairing> weak_pairing = pairing;
+    const bool paired = pairing != nullptr;
+    ctx.metrics().add([weak_db, weak_pairing, paired](metrics::Exposition& m) {
+      auto d = weak_db.lock();
+      if (!d) return;
+      auto p = weak_pairing.lock();
+      if (paired && !p) return;
+      write_secondary_metrics(m, *d, p.get());
+    });
+    auto count_of = [](std::shared_ptr<NbdServer> server) {
+      std::weak_ptr<NbdServer> weak = server;
+      return [weak]() -> std::uint64_t {
+        auto s = weak.lock();
+        return s ? s->connection_count() : 0;
+      };
+    };
+    ctx.count_connections("replication_export", count_of(replication));
+    if (local) ctx.count_connections("local_export", count_of(local));
+    if (pairing) {
+      ctx.count_connections("checkpoint_channel", [weak_pairing]() -> std::uint64_t {
+        auto p = weak_pairing.lock();
+        return p && p->primary_connected() ? 1 : 0;
+      });
+    }
+  }
   std::shared_ptr<NbdServer> replication_server = replication;
   ctx.on_shutdown([replication_server, local, db, pairing]() -> Task<void> {
     log::info("secondary: closing the exports");

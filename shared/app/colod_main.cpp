@@ -53,14 +53,22 @@ std::optional<colo::config::Role> run_daemon(colo::config::DaemonConfig cfg,
   }
   // Before the role: its first events reach the hooks, and the hooks drain after it stops.
   ctx.start_hooks();
-  Result<void> started = cfg.role() == config::PRIMARY ? start_primary(ctx) : start_secondary(ctx);
-  if (!started) {
-    log::error("cannot start the {} role: {}", role_name(cfg.role()), started.error().to_string());
+  if (auto m = ctx.start_metrics(); !m) {
+    log::error("{}", m.error().to_string());
     ctx.control().close();
     *code = 1;
     return std::nullopt;
   }
+  Result<void> started = cfg.role() == config::PRIMARY ? start_primary(ctx) : start_secondary(ctx);
+  if (!started) {
+    log::error("cannot start the {} role: {}", role_name(cfg.role()), started.error().to_string());
+    ctx.control().close();
+    if (ctx.metrics_server()) ctx.metrics_server()->close();
+    *code = 1;
+    return std::nullopt;
+  }
   ctx.start_tls_checks();
+  ctx.serve_metrics();
   ctx.handle_signals();
   const char* role = role_name(cfg.role());
   log::info("colod {} started: resource \"{}\", role {}{}", kVersion, cfg.resource(), role,

@@ -28,9 +28,11 @@ void Child::begin(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_byte
   log::trace(node_->name(), "{} offset={} count={}", to_string(op), offset_bytes, length_bytes);
   inflight_.begin();
   ++stats_.requests;
+  ++stats_.ops[static_cast<std::size_t>(op)].requests;
 }
 
-void Child::end(const IoResult& r, std::chrono::steady_clock::time_point start) {
+void Child::end(IoOp op, const IoResult& r, std::chrono::steady_clock::time_point start,
+                std::uint64_t length_bytes) {
   const auto ns = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
                                                            start)
@@ -38,6 +40,13 @@ void Child::end(const IoResult& r, std::chrono::steady_clock::time_point start) 
   stats_.latency_ns_total += ns;
   stats_.latency_ns_max = std::max(stats_.latency_ns_max, ns);
   if (!r) ++stats_.errors;
+  ChildOpStats& o = stats_.ops[static_cast<std::size_t>(op)];
+  o.latency_us.record(ns / 1000);
+  if (r) {
+    o.bytes += length_bytes;
+  } else {
+    ++o.errors;
+  }
   inflight_.end();
 }
 
@@ -46,7 +55,7 @@ Task<IoResult> Child::read(std::uint64_t offset_bytes, std::span<std::byte> out)
   const auto start = std::chrono::steady_clock::now();
   IoResult r = co_await node_->read(offset_bytes, out);
   if (r) stats_.bytes_read += out.size();
-  end(r, start);
+  end(IoOp::read, r, start, out.size());
   co_return r;
 }
 
@@ -56,7 +65,7 @@ Task<IoResult> Child::write(std::uint64_t offset_bytes, std::span<const std::byt
   const auto start = std::chrono::steady_clock::now();
   IoResult r = co_await node_->write(offset_bytes, in, flags);
   if (r) stats_.bytes_written += in.size();
-  end(r, start);
+  end(IoOp::write, r, start, in.size());
   co_return r;
 }
 
@@ -64,7 +73,7 @@ Task<IoResult> Child::flush() {
   begin(IoOp::flush, 0, 0);
   const auto start = std::chrono::steady_clock::now();
   IoResult r = co_await node_->flush();
-  end(r, start);
+  end(IoOp::flush, r, start, 0);
   co_return r;
 }
 
@@ -73,7 +82,7 @@ Task<IoResult> Child::trim(std::uint64_t offset_bytes, std::uint64_t length_byte
   begin(IoOp::trim, offset_bytes, length_bytes);
   const auto start = std::chrono::steady_clock::now();
   IoResult r = co_await node_->trim(offset_bytes, length_bytes, flags);
-  end(r, start);
+  end(IoOp::trim, r, start, length_bytes);
   co_return r;
 }
 
@@ -82,7 +91,7 @@ Task<IoResult> Child::write_zeroes(std::uint64_t offset_bytes, std::uint64_t len
   begin(IoOp::write_zeroes, offset_bytes, length_bytes);
   const auto start = std::chrono::steady_clock::now();
   IoResult r = co_await node_->write_zeroes(offset_bytes, length_bytes, flags);
-  end(r, start);
+  end(IoOp::write_zeroes, r, start, length_bytes);
   co_return r;
 }
 

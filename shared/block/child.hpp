@@ -5,20 +5,35 @@
 // - asserts that each request is inside the child's size and aligned to its limits: past the
 //   NBD front-end, a bad request is a programmer error (STYLE rule 6) and crashes;
 // - counts requests in flight, so drain() can wait for them;
-// - keeps per-edge statistics (requests, errors, bytes, latency);
+// - keeps per-edge statistics (requests, errors, bytes, latency), in total and per operation
+//   with a log2 latency histogram (fixed buckets, no allocation per request);
 // - emits the data-path trace line "<node>: <op> offset=… count=…" when tracing is on.
 // The name is given by the owner ("local", "peer", "children.3") and never changes.
 // Single-threaded: use from the executor that runs the parent.
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
 
 #include "shared/base/async_event.hpp"
+#include "shared/base/log2_histogram.hpp"
 #include "shared/block/block_node.hpp"
 
 namespace colo {
+
+inline constexpr std::size_t kIoOpCount = static_cast<std::size_t>(IoOp::write_zeroes) + 1;
+
+// One operation's share of an edge's statistics.
+struct ChildOpStats {
+  std::uint64_t requests = 0;   // sent (counted when they start)
+  std::uint64_t errors = 0;     // completed with an error
+  // Bytes of the completed successful requests: the data for read and write, the range for
+  // trim and write-zeroes, 0 for flush.
+  std::uint64_t bytes = 0;
+  Log2Histogram latency_us;     // completed requests, in microseconds
+};
 
 struct ChildStats {
   std::uint64_t requests = 0;
@@ -27,6 +42,8 @@ struct ChildStats {
   std::uint64_t bytes_written = 0;
   std::uint64_t latency_ns_total = 0;  // sum over completed requests
   std::uint64_t latency_ns_max = 0;
+  std::array<ChildOpStats, kIoOpCount> ops{};  // indexed by IoOp
+  const ChildOpStats& op(IoOp o) const { return ops[static_cast<std::size_t>(o)]; }
 };
 
 class Child {
@@ -55,7 +72,8 @@ class Child {
  private:
   void check_range(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes) const;
   void begin(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_bytes);
-  void end(const IoResult& r, std::chrono::steady_clock::time_point start);
+  void end(IoOp op, const IoResult& r, std::chrono::steady_clock::time_point start,
+           std::uint64_t length_bytes);
 
   std::string name_;
   std::shared_ptr<BlockNode> node_;

@@ -124,6 +124,20 @@ int line_of_option(const google::protobuf::TextFormat::ParseInfoTree& root,
   return line;
 }
 
+// metrics_listen: TCP addresses only (Prometheus scrapes over HTTP).
+void validate_metrics_listen(const google::protobuf::RepeatedPtrField<std::string>& listen,
+                             const std::string& where, std::vector<std::string>& errors) {
+  for (int i = 0; i < listen.size(); ++i) {
+    auto parsed = parse_listen_address(listen.Get(i));
+    if (!parsed) {
+      errors.push_back(fmt::format("{}: {}", where, parsed.error().message));
+    } else if (parsed->kind != ListenAddress::Kind::tcp) {
+      errors.push_back(fmt::format("{}: \"{}\": metrics are served over TCP only "
+                                   "(tcp:127.0.0.1:PORT)", where, listen.Get(i)));
+    }
+  }
+}
+
 }  // namespace
 
 std::vector<std::string> validate_config(const config::DaemonConfig& cfg) {
@@ -152,6 +166,7 @@ std::vector<std::string> validate_config(const config::DaemonConfig& cfg) {
     validate_file(cfg.disk(), "disk", errors);
   }
   if (cfg.has_export_()) validate_export(cfg.export_(), "export", errors);
+  validate_metrics_listen(cfg.metrics_listen(), "metrics_listen", errors);
   if (cfg.role() == config::PRIMARY && !cfg.has_export_()) {
     errors.push_back("export: the primary role needs a front-end export");
   }

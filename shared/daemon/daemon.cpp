@@ -48,6 +48,15 @@ void DaemonContext::start_hooks() {
   on_shutdown([hooks]() -> Task<void> { co_await hooks->drain(); });
 }
 
+DaemonContext::~DaemonContext() {
+  if (metrics_server_) metrics_server_->close();
+}
+
+void DaemonContext::count_connections(std::string listener,
+                                      std::function<std::uint64_t()> count) {
+  connection_counts_.emplace_back(std::move(listener), std::move(count));
+}
+
 void DaemonContext::on_shutdown(std::function<Task<void>()> hook) {
   shutdown_hooks_.push_back(std::move(hook));
 }
@@ -78,6 +87,7 @@ Task<void> DaemonContext::shutdown() {
   shutting_down_ = true;
   notifier_.stopping();
   control_.close();
+  if (metrics_server_) metrics_server_->close();
   for (auto it = shutdown_hooks_.rbegin(); it != shutdown_hooks_.rend(); ++it) {
     co_await (*it)();
   }

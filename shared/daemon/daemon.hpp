@@ -6,6 +6,9 @@
 // the io_context on one thread. SIGINT/SIGTERM run the shutdown hooks in reverse order of
 // registration (each may suspend, e.g. to drain), then stop the loop. The service manager is
 // told when the daemon is ready (by colod) and when it starts stopping (by shutdown()).
+// Metrics: the role adds collectors to metrics() and names its listeners with
+// count_connections(); start_metrics() serves them on config.metrics_listen (shared/metrics,
+// docs/operator-guide.md "Metrics"); shutdown() closes that endpoint first.
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -22,12 +25,15 @@
 #include "shared/daemon/control_server.hpp"
 #include "shared/daemon/event_hooks.hpp"
 #include "shared/daemon/service_notify.hpp"
+#include "shared/metrics/metrics_server.hpp"
+#include "shared/metrics/registry.hpp"
 
 namespace colo {
 
 class DaemonContext {
  public:
   DaemonContext(asio::io_context& io, config::DaemonConfig config);
+  ~DaemonContext();
 
   asio::io_context& io() { return io_; }
   asio::any_io_executor executor() { return io_.get_executor(); }
@@ -35,6 +41,20 @@ class DaemonContext {
   ControlServer& control() { return control_; }
   // Messages to the service manager (readiness, status, stopping, watchdog pings).
   ServiceNotifier& notifier() { return notifier_; }
+
+  // The collectors a scrape runs (the daemon's own families come first, see start_metrics).
+  metrics::Registry& metrics() { return metrics_; }
+  // A listener's open connections, for colo_listener_connections{listener="<name>"}
+  // ("front_end", "replication_export", "checkpoint_channel", ...). Read at scrape time.
+  void count_connections(std::string listener, std::function<std::uint64_t()> count);
+  // Registers the daemon's families (build info, process, listeners, the endpoint's own) and
+  // binds every config.metrics_listen address (nothing when empty), before the role starts:
+  // errors name the address; nothing stays open then. serve_metrics() starts answering, once
+  // the role added its collectors (a scrape never sees a half-registered daemon).
+  Result<void> start_metrics();
+  void serve_metrics();
+  // The endpoint (null when metrics_listen is empty or before start_metrics).
+  const std::shared_ptr<metrics::Server>& metrics_server() const { return metrics_server_; }
 
   void on_shutdown(std::function<Task<void>()> hook);
   // Installs the signal handlers; call once before io.run().
@@ -75,6 +95,9 @@ class DaemonContext {
   asio::steady_timer expiry_timer_;
   config::NodeConfig node_;
   std::optional<config::Role> next_role_;
+  metrics::Registry metrics_;
+  std::vector<std::pair<std::string, std::function<std::uint64_t()>>> connection_counts_;
+  std::shared_ptr<metrics::Server> metrics_server_;
   // Declared last: built when the role's config is known, drained by the first shutdown hook
   // registered (so it runs last, after the role's own last events).
   std::unique_ptr<EventHooks> hooks_;

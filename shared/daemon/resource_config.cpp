@@ -108,6 +108,7 @@ void validate_resource_config(const config::DaemonConfig& cfg, std::vector<std::
   top(cfg.has_quorum(), "quorum");
   top(cfg.has_secondary(), "secondary");
   top(cfg.has_poll_us(), "poll_us");
+  top(!cfg.metrics_listen().empty(), "metrics_listen");
   const config::ReplicationConfig& r = cfg.replication();
   auto derived = [&errors](bool set, const char* option) {
     if (set) {
@@ -199,6 +200,7 @@ Result<config::DaemonConfig> node_config(const config::DaemonConfig& cfg, const 
   out.set_control_socket(me->control_socket());
   if (me->has_disk()) *out.mutable_disk() = me->disk();
   if (me->has_poll_us()) out.set_poll_us(me->poll_us());
+  for (const auto& m : me->metrics_listen()) out.add_metrics_listen(m);
   config::ReplicationConfig* r = out.mutable_replication();
   *r = cfg.replication();
   r->set_node_name(me->name());

@@ -84,6 +84,9 @@ struct PairOptions {
   std::uint64_t secondary_buffer_bytes = 64u << 20;
   std::string secondary_extra;  // more lines for the secondary's `secondary` section
   std::string secondary_replication_extra;  // more lines for the secondary's `replication`
+  // metrics_listen on 127.0.0.1 (0: none).
+  int primary_metrics_port = 0;
+  int secondary_metrics_port = 0;
 };
 
 // Raw frames to the secondary's checkpoint channel.
@@ -188,7 +191,11 @@ class PairFixture {
     const std::string p_extra = p_block + (o_.primary_replication_extra.empty()
                                                ? ""
                                                : "\n  " + o_.primary_replication_extra);
-    test::write_file(file("s.conf"), fmt::format(R"(resource: "r0"
+    auto metrics = [](int port) {
+      return port == 0 ? std::string()
+                       : fmt::format("metrics_listen: \"tcp:127.0.0.1:{}\"\n", port);
+    };
+    test::write_file(file("s.conf"), metrics(o_.secondary_metrics_port) + fmt::format(R"(resource: "r0"
 role: SECONDARY
 state_dir: "{0}/s-state"
 control_socket: "{0}/s.ctl"
@@ -213,7 +220,7 @@ replication {{
                                                  o_.secondary_replication_extra.empty()
                                                      ? ""
                                                      : "\n  " + o_.secondary_replication_extra));
-    test::write_file(file("p.conf"), fmt::format(R"(resource: "{4}"
+    test::write_file(file("p.conf"), metrics(o_.primary_metrics_port) + fmt::format(R"(resource: "{4}"
 role: PRIMARY
 state_dir: "{0}/p-state"
 control_socket: "{0}/p.ctl"

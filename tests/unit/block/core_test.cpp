@@ -181,6 +181,48 @@ TEST(Child, CountsErrors) {
   }());
 }
 
+TEST(Child, CountsEachOperationWithItsLatencyHistogram) {
+  asio::io_context io;
+  auto slow = std::make_shared<SlowNode>(std::chrono::milliseconds(3));
+  Child child("peer", slow);
+  MemoryNodeOptions o;
+  o.size_bytes = 65536;
+  o.limits.can_trim = false;
+  Child mem("local", std::make_shared<MemoryNode>("m", o));
+  auto buf = pattern(4096, 0x11);
+  run_task(io, [&]() -> Task<void> {
+    for (int i = 0; i < 3; ++i) (void)co_await child.write(0, buf, WriteFlags::none);
+    (void)co_await mem.read(0, std::span<std::byte>(buf));
+    (void)co_await mem.write_zeroes(0, 8192, WriteFlags::none);
+    (void)co_await mem.flush();
+    (void)co_await mem.trim(0, 4096, WriteFlags::none);  // ENOTSUP: an error
+  }());
+  const ChildOpStats& w = child.stats().op(IoOp::write);
+  EXPECT_EQ(w.requests, 3u);
+  EXPECT_EQ(w.errors, 0u);
+  EXPECT_EQ(w.bytes, 3u * 4096u);
+  EXPECT_EQ(w.latency_us.count, 3u);
+  // Each took at least 3 ms: nothing in the buckets up to 2048 us.
+  std::uint64_t below = 0;
+  for (std::size_t i = 0; i <= 11; ++i) below += w.latency_us.buckets[i];
+  EXPECT_EQ(below, 0u);
+  EXPECT_GE(w.latency_us.sum, 3u * 3000u);
+  EXPECT_EQ(child.stats().op(IoOp::read).requests, 0u);
+
+  const ChildStats& m = mem.stats();
+  EXPECT_EQ(m.op(IoOp::read).requests, 1u);
+  EXPECT_EQ(m.op(IoOp::read).bytes, 4096u);
+  EXPECT_EQ(m.op(IoOp::write_zeroes).bytes, 8192u);
+  EXPECT_EQ(m.op(IoOp::flush).requests, 1u);
+  EXPECT_EQ(m.op(IoOp::flush).bytes, 0u);
+  EXPECT_EQ(m.op(IoOp::trim).requests, 1u);
+  EXPECT_EQ(m.op(IoOp::trim).errors, 1u);
+  EXPECT_EQ(m.op(IoOp::trim).bytes, 0u);  // failed: no bytes
+  EXPECT_EQ(m.op(IoOp::trim).latency_us.count, 1u);
+  EXPECT_EQ(m.requests, 4u);
+  EXPECT_EQ(m.errors, 1u);
+}
+
 TEST(ChildDeathTest, OutOfRangeRequestIsAProgrammerError) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   auto mem = make_memory(4096);

@@ -236,3 +236,34 @@ TEST(ListenAddress, ParsesUnixAndTcp) {
 
 }  // namespace
 }  // namespace colo
+
+namespace colo {
+namespace {
+
+TEST(ConfigMetrics, MetricsListenTakesTcpAddressesOnly) {
+  auto good = parse_config_text(std::string(kGood) +
+                                    "metrics_listen: \"tcp:127.0.0.1:9464\"\n"
+                                    "metrics_listen: \"tcp:[::1]:9464\"\n",
+                                "m.conf");
+  ASSERT_TRUE(good) << good.error().to_string();
+  EXPECT_EQ(good->metrics_listen_size(), 2);
+  auto off = parse_config_text(kGood, "off.conf");
+  ASSERT_TRUE(off) << off.error().to_string();
+  EXPECT_EQ(off->metrics_listen_size(), 0);  // empty: no endpoint
+
+  auto bad = parse_config_text(std::string(kGood) +
+                                   "metrics_listen: \"unix:/run/colo/m.sock\"\n"
+                                   "metrics_listen: \"tcp:127.0.0.1:99999\"\n",
+                               "bad.conf");
+  ASSERT_FALSE(bad);
+  const std::string& m = bad.error().message;
+  EXPECT_NE(m.find("metrics_listen: \"unix:/run/colo/m.sock\": metrics are served over TCP only"),
+            std::string::npos) << m;
+  EXPECT_NE(m.find("metrics_listen: \"tcp:127.0.0.1:99999\": bad host or port"),
+            std::string::npos) << m;
+  // Both lines are named (the option is on lines 6 and 7 of the file).
+  EXPECT_NE(m.find("bad.conf:6: metrics_listen"), std::string::npos) << m;
+}
+
+}  // namespace
+}  // namespace colo

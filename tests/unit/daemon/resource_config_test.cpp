@@ -25,6 +25,7 @@ nodes {
   secondary { buffer_path: "/var/lib/colo/a.buf" buffer_size_bytes: 1048576
               replication_listen: "tcp:10.0.0.1:10810" }
   channel_listen: "tcp:10.0.0.1:10811"
+  metrics_listen: "tcp:127.0.0.1:9464"
 }
 nodes {
   name: "beta"
@@ -200,6 +201,37 @@ TEST(ResourceConfig, AnUnknownSplitBrainPolicyIsAClearError) {
                                           "(DISCONNECT, DISCARD_ZERO_CHANGES or "
                                           "DISCARD_YOUNGER_PRIMARY)"),
             std::string::npos) << bynumber.error().message;
+}
+
+}  // namespace
+}  // namespace colo
+
+namespace colo {
+namespace {
+
+TEST(ResourceConfig, MetricsListenIsPerNodeAndReachesBothRoles) {
+  auto cfg = parse_config_text(kResource, "r0.conf");
+  ASSERT_TRUE(cfg) << cfg.error().to_string();
+  for (const config::Role role : {config::PRIMARY, config::SECONDARY}) {
+    auto alpha = node_config(*cfg, "alpha", role);
+    ASSERT_TRUE(alpha) << alpha.error().to_string();
+    ASSERT_EQ(alpha->metrics_listen_size(), 1);
+    EXPECT_EQ(alpha->metrics_listen(0), "tcp:127.0.0.1:9464");
+    auto beta = node_config(*cfg, "beta", role);
+    ASSERT_TRUE(beta) << beta.error().to_string();
+    EXPECT_EQ(beta->metrics_listen_size(), 0);
+  }
+  auto top = parse_config_text(std::string(kResource) + "metrics_listen: \"tcp:127.0.0.1:9464\"\n",
+                               "top.conf");
+  ASSERT_FALSE(top);
+  EXPECT_NE(top.error().message.find("metrics_listen: set per node in the resource form"),
+            std::string::npos) << top.error().message;
+  std::string unix_node = kResource;
+  unix_node.replace(unix_node.find("tcp:127.0.0.1:9464"), 18, "unix:/run/m.sock");
+  auto bad = parse_config_text(unix_node, "bad.conf");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("metrics are served over TCP only"), std::string::npos)
+      << bad.error().message;
 }
 
 }  // namespace
