@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "shared/base/log.hpp"
+#include "shared/tls/refusal_events.hpp"
 #include "shared/tls/tls_stream.hpp"
 
 namespace colo {
@@ -58,7 +59,7 @@ Task<bool> NbdConnection::start_tls() {
       e.fields.emplace_back("expected", expected);
       e.fields.emplace_back("presented", tls->peer_identity().describe());
     }
-    log::event(std::move(e));
+    tls::raise_refusal_event(std::move(e), "nbd " + tls_.listener, who);
     co_return false;
   }
   log::info("nbd: listener {}: peer {}: TLS with {}", tls_.listener, who, identity->describe());

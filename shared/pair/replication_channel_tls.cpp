@@ -17,6 +17,7 @@
 #include "shared/base/frame.hpp"
 #include "shared/base/log.hpp"
 #include "shared/pair/replication_channel.hpp"
+#include "shared/tls/refusal_events.hpp"
 #include "shared/tls/tls_stream.hpp"
 
 namespace colo {
@@ -82,7 +83,7 @@ void refused_event(const std::string& peer, const std::string& reason, const std
   log::Event e{"tls_peer_refused", {{"channel", "checkpoint"}, {"peer", peer}, {"reason", reason}}};
   if (!expected.empty()) e.fields.emplace_back("expected", expected);
   if (!presented.empty()) e.fields.emplace_back("presented", presented);
-  log::event(std::move(e));
+  tls::raise_refusal_event(std::move(e), "checkpoint", peer);
 }
 
 std::string quoted_list(const std::vector<std::string>& names) {

@@ -19,6 +19,7 @@
 #include "process.hpp"
 #include "shared/base/frame.hpp"
 #include "shared/pair/replication_channel.hpp"
+#include "shared/tls/refusal_events.hpp"
 #include "shared/tls/tls_context.hpp"
 #include "test_support.hpp"
 #include "tls_pki.hpp"
@@ -44,6 +45,7 @@ class ChannelTls : public ::testing::Test {
   }
   void SetUp() override {
     if (pki_ == nullptr) GTEST_SKIP() << "openssl is not installed";
+    tls::reset_refusal_events();  // each test counts its own refusals
   }
   static std::shared_ptr<const tls::TlsContext> context(tls::Side side, const std::string& dir,
                                                          const std::string& allowed) {
