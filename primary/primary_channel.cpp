@@ -10,12 +10,13 @@
 namespace colo {
 
 PrimaryChannel::PrimaryChannel(asio::any_io_executor ex, std::shared_ptr<Replicator> replicator,
-                               std::string resource, std::string node_name)
+                               std::string resource, std::string node_name, Limits limits)
     : ex_(ex),
       replicator_(replicator),
       resource_(std::move(resource)),
       node_name_(std::move(node_name)),
-      listener_(ex) {}
+      listener_(ex),
+      limits_(limits) {}
 
 PrimaryChannel::~PrimaryChannel() { close(); }
 
@@ -31,7 +32,21 @@ void PrimaryChannel::close() {
   closed_ = true;
   listener_.close();
   auto channels = std::move(channels_);
-  for (auto& c : channels) c->close("the primary is stopping");
+  for (auto& c : channels) {
+    c.deadline->cancel();
+    c.channel->close("the primary is stopping");
+  }
+}
+
+void PrimaryChannel::on_deadline(const std::shared_ptr<ReplicationChannel>& channel) {
+  auto it = std::find_if(channels_.begin(), channels_.end(),
+                         [&](const Session& s) { return s.channel == channel; });
+  if (it == channels_.end() || closed_) return;
+  ++timeouts_total_;
+  log::warn("primary: checkpoint channel: {} still connected {} ms after it was accepted; "
+            "closing", channel->peer(), limits_.timeout.count());
+  channels_.erase(it);
+  channel->close("the connection's deadline passed");
 }
 
 void PrimaryChannel::on_accept(std::unique_ptr<FrameTransport> transport) {
@@ -40,10 +55,33 @@ void PrimaryChannel::on_accept(std::unique_ptr<FrameTransport> transport) {
     return;
   }
   const std::string peer = transport->peer();
+  if (channels_.size() >= limits_.sessions_max) {
+    ++refused_total_;
+    ++refused_unlogged_;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_refusal_log_ >= std::chrono::seconds(1)) {
+      log::warn("primary: checkpoint channel: {} connections open already (the limit, "
+                "replication.hello_sessions_max): closed the connection from {} ({} closed since "
+                "the last such line, {} in all)", limits_.sessions_max, peer, refused_unlogged_,
+                refused_total_);
+      last_refusal_log_ = now;
+      refused_unlogged_ = 0;
+    }
+    transport->close();
+    return;
+  }
   auto channel = ReplicationChannel::create(ex_, std::move(transport), {"peer " + peer});
-  channels_.push_back(channel);
+  auto deadline = std::make_unique<asio::steady_timer>(ex_, limits_.timeout);
   std::weak_ptr<PrimaryChannel> weak = weak_from_this();
   std::weak_ptr<ReplicationChannel> weak_channel = channel;
+  auto on_deadline = [weak, weak_channel](const error_code& ec) {
+    if (ec) return;
+    auto self = weak.lock();
+    auto c = weak_channel.lock();
+    if (self && c) self->on_deadline(c);
+  };
+  deadline->async_wait(on_deadline);
+  channels_.push_back({channel, std::move(deadline)});
   channel->start(
       [weak](replication::Envelope request) -> Task<replication::Envelope> {
         auto self = weak.lock();
@@ -53,7 +91,8 @@ void PrimaryChannel::on_accept(std::unique_ptr<FrameTransport> transport) {
       [weak, weak_channel](const std::string&) {
         auto self = weak.lock();
         auto c = weak_channel.lock();
-        if (self && c) std::erase(self->channels_, c);
+        if (!self || !c) return;
+        std::erase_if(self->channels_, [&](const Session& s) { return s.channel == c; });
       });
   log::info("primary: checkpoint channel connection from {} (a node that takes itself for the "
             "primary)", peer);

@@ -12,7 +12,15 @@
 //   ERROR_STATE;
 // - anything else (equal generations, unrelated data): ERROR_STATE, nobody fences.
 // Every other request is refused (ERROR_STATE); the channel is then left to close.
+// Its callers only ask (one hello, then they close), so every connection is an unauthenticated
+// peer to this listener (docs/limits.md): at most `sessions_max` at a time (one more is closed at
+// once), each closed `timeout` after it was accepted (replication.hello_sessions_max and
+// hello_timeout_ms; TLS handshakes are capped and bounded by the same two).
 
+#include <boost/asio/steady_timer.hpp>
+
+#include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,8 +33,12 @@ namespace colo {
 
 class PrimaryChannel : public std::enable_shared_from_this<PrimaryChannel> {
  public:
+  struct Limits {
+    std::uint32_t sessions_max = 8;
+    std::chrono::milliseconds timeout{10000};
+  };
   PrimaryChannel(asio::any_io_executor ex, std::shared_ptr<Replicator> replicator,
-                 std::string resource, std::string node_name);
+                 std::string resource, std::string node_name, Limits limits);
   ~PrimaryChannel();
   PrimaryChannel(const PrimaryChannel&) = delete;
   PrimaryChannel& operator=(const PrimaryChannel&) = delete;
@@ -35,9 +47,14 @@ class PrimaryChannel : public std::enable_shared_from_this<PrimaryChannel> {
   // TLS on the connections accepted from now on (TransportListener::set_tls).
   void set_tls(std::shared_ptr<const tls::TlsContext> context,
                std::chrono::milliseconds handshake_timeout) {
-    listener_.set_tls(std::move(context), handshake_timeout);
+    listener_.set_tls(std::move(context), handshake_timeout, limits_.sessions_max);
   }
   void close();
+  // Connections open now; closed because too many were; closed at the deadline.
+  std::size_t sessions() const { return channels_.size(); }
+  const Limits& limits() const { return limits_; }
+  std::uint64_t refused_total() const { return refused_total_ + listener_.refused_total(); }
+  std::uint64_t timeouts_total() const { return timeouts_total_ + listener_.handshake_timeouts(); }
 
  private:
   void on_accept(std::unique_ptr<FrameTransport> transport);
@@ -48,7 +65,17 @@ class PrimaryChannel : public std::enable_shared_from_this<PrimaryChannel> {
   std::string resource_;
   std::string node_name_;
   TransportListener listener_;
-  std::vector<std::shared_ptr<ReplicationChannel>> channels_;
+  struct Session {
+    std::shared_ptr<ReplicationChannel> channel;
+    std::unique_ptr<asio::steady_timer> deadline;
+  };
+  void on_deadline(const std::shared_ptr<ReplicationChannel>& channel);
+  Limits limits_;
+  std::vector<Session> channels_;
+  std::uint64_t refused_total_ = 0;
+  std::uint64_t refused_unlogged_ = 0;
+  std::uint64_t timeouts_total_ = 0;
+  std::chrono::steady_clock::time_point last_refusal_log_{};
   bool closed_ = false;
 };
 

@@ -366,6 +366,7 @@ Result<void> start_primary(DaemonContext& ctx) {
   }
   // Shutdown: stop listening, answer what is in flight, drain the graph. The hook owns the
   // server and the quorum, so they live until the loop stops.
+  std::weak_ptr<PrimaryChannel> weak_channel;  // the resource form's, for status
   if (replicator) {
     register_replication_commands(ctx.control(), replicator, server);
     register_quorum_commands(ctx.control(), ctx.executor(), quorum, cfg.quorum(),
@@ -376,8 +377,11 @@ Result<void> start_primary(DaemonContext& ctx) {
       DaemonContext* restart = &ctx;
       replicator->set_on_unfenced([restart] { restart->change_role(config::PRIMARY); });
       // A node that still takes itself for the primary learns here that it is not.
+      const PrimaryChannel::Limits limits{
+          replication_hello_sessions_max(cfg.replication()),
+          std::chrono::milliseconds(replication_hello_timeout_ms(cfg.replication()))};
       auto channel = std::make_shared<PrimaryChannel>(ctx.executor(), replicator, cfg.resource(),
-                                                      cfg.replication().node_name());
+                                                      cfg.replication().node_name(), limits);
       if (tls::enabled(cfg.replication().tls())) {
         auto context = tls::TlsContext::create(tls_side_view(cfg.replication().tls(), true),
                                                tls::Side::server);
@@ -386,8 +390,9 @@ Result<void> start_primary(DaemonContext& ctx) {
           return make_error(context.error().code.value(),
                             "replication.tls (server side): " + context.error().message);
         }
-        channel->set_tls(*context, ms_or(cfg.replication().connect_timeout_ms(), 10000));
+        channel->set_tls(*context, limits.timeout);
       }
+      weak_channel = channel;
       for (const auto& text : ctx.node().channel_listen()) {
         auto address = parse_listen_address(text);
         if (!address) return address.error();
@@ -429,8 +434,19 @@ Result<void> start_primary(DaemonContext& ctx) {
     }
   }
   std::weak_ptr<NbdServer> weak_server = server;
-  add_listener_status(ctx.control(), [weak_server](boost::json::array& json, std::string& text) {
+  add_listener_status(ctx.control(), [weak_server, weak_channel](boost::json::array& json,
+                                                                 std::string& text) {
     if (auto s = weak_server.lock()) append_nbd_listener_status("export", *s, json, text);
+    if (auto c = weak_channel.lock()) {
+      json.push_back(boost::json::object{{"listener", "checkpoint channel"},
+                                         {"connections", c->sessions()},
+                                         {"connections_max", c->limits().sessions_max},
+                                         {"refused_at_cap", c->refused_total()},
+                                         {"timeouts", c->timeouts_total()}});
+      text += fmt::format("listener checkpoint channel: {}/{} connections, {} refused at the "
+                          "cap, {} timeouts\n", c->sessions(), c->limits().sessions_max,
+                          c->refused_total(), c->timeouts_total());
+    }
   });
   ctx.on_shutdown([server, quorum, replicator]() -> Task<void> {
     log::info("primary: closing the front-end export");

@@ -1,4 +1,5 @@
 // The checkpoint channel's listener against peers that never complete a hello (docs/limits.md):
+// the secondary's, and the resource form's primary's (which only answers one hello per caller).
 // at most replication.hello_sessions_max of them at a time (the rest closed at once), each
 // closed at hello_timeout_ms even while it keeps the channel alive with heartbeats, with the
 // counters in the secondary's `status`; the real primary still pairs. Both colods are stopped
@@ -15,6 +16,7 @@
 #include <thread>
 
 #include "pair_fixture.hpp"
+#include "resource_fixture.hpp"
 #include "replication.pb.h"
 #include "shared/base/frame.hpp"
 #include "shared/daemon/control_server.hpp"
@@ -121,6 +123,44 @@ TEST(ChannelLimits, PeersWithoutAHelloAreCappedAndDroppedAndThePrimaryStillPairs
   EXPECT_EQ(cp.exit_code, 0) << cp.output;
   const std::string image = p.image();
   ASSERT_NO_FATAL_FAILURE(pair.kill_primary_and_fail_over(image));
+}
+
+// The resource form's primary listens on its channel address too (a node that takes itself for
+// the primary asks there): at most hello_sessions_max callers at a time, each closed at
+// hello_timeout_ms after it was accepted; the pair is not disturbed.
+TEST(ChannelLimits, TheResourcePrimarysChannelCapsAndClosesItsCallers) {
+  ResourceOptions o;
+  o.replication_extra = "hello_sessions_max: 2\n  hello_timeout_ms: 1500";
+  Resource r(o);
+  ASSERT_NO_FATAL_FAILURE(r.start(0));
+  ASSERT_NO_FATAL_FAILURE(r.start(1));
+  auto p = r.cmd(0, {"promote", "--wait"});
+  ASSERT_EQ(p.exit_code, 0) << p.output;
+  ASSERT_TRUE(r.wait_status(0, "peer_state: paired")) << r.log(0) << r.log(1);
+  std::vector<std::unique_ptr<StrayPeer>> strays;
+  for (int i = 0; i < 6; ++i) strays.push_back(std::make_unique<StrayPeer>(r.channel_port(0)));
+  std::atomic<bool> stop{false};
+  std::thread beats([&] {
+    while (!stop) {
+      for (auto& s : strays) s->beat();
+      std::this_thread::sleep_for(100ms);
+    }
+  });
+  EXPECT_TRUE(r.wait_status(0, "listener checkpoint channel: 2/2 connections, 4 refused at the "
+                               "cap", 5s))
+      << r.cmd(0, {"status"}).output;
+  EXPECT_TRUE(r.wait_status(0, "refused at the cap, 2 timeouts", 10s))
+      << r.cmd(0, {"status"}).output << r.log(0);
+  std::this_thread::sleep_for(300ms);
+  stop = true;
+  beats.join();
+  for (auto& stray : strays) EXPECT_FALSE(stray->beat());
+  const std::string log = r.log(0);
+  EXPECT_NE(log.find("connections open already (the limit"), std::string::npos) << log;
+  EXPECT_NE(log.find("still connected 1500 ms after it was accepted"), std::string::npos) << log;
+  EXPECT_TRUE(r.wait_status(0, "peer_state: paired"));
+  auto w = r.cmd(0, {"checkpoint"});
+  EXPECT_EQ(w.exit_code, 0) << w.output;
 }
 
 }  // namespace

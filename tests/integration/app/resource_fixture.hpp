@@ -59,6 +59,7 @@ class Resource {
   std::string config() const { return dir_.file("r0.conf"); }
   std::string ctl(int i) const { return dir_.file(name(i) + ".ctl"); }
   std::string sock(int i) const { return dir_.file(name(i) + ".sock"); }
+  int channel_port(int i) const { return ports_[2 * i + 1]; }  // node i's channel_listen
   std::string disk(int i) const { return dir_.file(name(i) + ".img"); }
   std::string state(int i) const { return dir_.file(name(i)); }
 
