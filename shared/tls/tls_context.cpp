@@ -103,6 +103,8 @@ Result<std::shared_ptr<const TlsContext>> TlsContext::create(const config::TlsCo
   SSL_CTX_set_num_tickets(t->ctx_, 0);
   // Partial writes, and a retried write may pass the same bytes at another address.
   SSL_CTX_set_mode(t->ctx_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // Room for several records per read(2) once TlsStream turns read-ahead on.
+  SSL_CTX_set_default_read_buffer_len(t->ctx_, kReadBufferBytes);
   SSL_CTX_set_app_data(t->ctx_, t.get());
   auto loaded = t->psk_ ? t->load_psk(c) : t->load_x509(c);
   if (!loaded) return loaded.error();

@@ -11,9 +11,12 @@
 // psk_identity. The same callbacks serve TLS 1.2 (PSK cipher suites) and TLS 1.3 (an external
 // PSK with a SHA-256 cipher suite, as GnuTLS, hence QEMU, libnbd and nbdkit, offer it).
 // After the handshake, allowed() checks the peer against allowed_identities.
+// Each connection's read buffer holds kReadBufferBytes, so that with read-ahead (TlsStream)
+// one read(2) takes several records.
 // Built on the control path (create() reads the files); used single-threaded afterwards.
 
 #include <chrono>
+#include <cstddef>
 #include <memory>
 #include <optional>
 #include <string>
@@ -46,6 +49,8 @@ struct PeerIdentity {
 
 class TlsContext {
  public:
+  // A connection's read buffer (OpenSSL's default is one record, ~16.7 KiB).
+  static constexpr std::size_t kReadBufferBytes = 64 * 1024;
   // Checks `c` (validate_tls_config) and loads its files. `c.mode` must not be OFF.
   static Result<std::shared_ptr<const TlsContext>> create(const config::TlsConfig& c, Side side);
   ~TlsContext();
