@@ -1,7 +1,9 @@
 # Shell helpers shared by the benchmarks under tests/perf/ (source it; bash only).
 #
 #   bench_init <name>        sets $work (BENCH_DIR or a new temp dir /tmp/colo-<name>.XXXXXX),
-#                            installs the EXIT trap that stops every started process
+#                            installs the EXIT trap that stops every started process and
+#                            removes $work (unless BENCH_DIR) and the directories listed in
+#                            the array bench_remove
 #   bench_start <log> cmd..  starts cmd in the background, output to <log>, records its PID
 #   bench_require cmd..      exits with a message when a command is missing
 #   free_port                prints a free loopback TCP port
@@ -51,12 +53,15 @@
 
 py=/usr/bin/python3
 bench_pids=()
+bench_remove=()  # more directories the EXIT trap removes (always, BENCH_DIR or not)
 
 bench_cleanup() {
   local pid
   for pid in "${bench_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${bench_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ -n "${work:-}" ] && [ -z "${BENCH_DIR:-}" ]; then rm -rf "$work"; fi
+  local d
+  for d in "${bench_remove[@]}"; do rm -rf "$d"; done
 }
 
 bench_init() {
