@@ -11,8 +11,10 @@
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <algorithm>
 #include <cstring>
 
+#include "shared/base/check.hpp"
 #include "shared/base/log.hpp"
 
 namespace colo::tls {
@@ -233,8 +235,28 @@ Task<error_code> TlsStream::write_raw(const std::byte* data, std::size_t bytes) 
 }
 
 Task<error_code> TlsStream::write_all(std::span<const asio::const_buffer> buffers) {
+  std::size_t skip = 0;  // leading bytes that went out in the record try_write() left
+  if (!retry_.empty()) {
+    // The caller's bytes start with that record's (ByteStream's contract); check it, as
+    // OpenSSL does not.
+    std::size_t at = 0;
+    for (const asio::const_buffer& b : buffers) {
+      const std::size_t n = std::min(b.size(), retry_.size() - at);
+      CHECK(std::memcmp(b.data(), retry_.data() + at, n) == 0);
+      at += n;
+      if (at == retry_.size()) break;
+    }
+    CHECK(at == retry_.size());
+    if (auto ec = co_await write_raw(retry_.data(), retry_.size()); ec) co_return ec;
+    skip = retry_.size();
+    retry_.clear();
+  }
   staging_.clear();
-  for (const asio::const_buffer& b : buffers) {
+  for (const asio::const_buffer& whole : buffers) {
+    const std::size_t drop = std::min(skip, whole.size());
+    skip -= drop;
+    const asio::const_buffer b = whole + drop;
+    if (b.size() == 0) continue;
     const auto* p = static_cast<const std::byte*>(b.data());
     if (b.size() >= kRecordBytes) {
       if (!staging_.empty()) {
@@ -258,8 +280,46 @@ Task<error_code> TlsStream::write_all(std::span<const asio::const_buffer> buffer
 }
 
 std::tuple<error_code, std::size_t> TlsStream::try_write(
-    std::span<const asio::const_buffer> /*buffers*/) {
-  return {error_code{}, 0};
+    std::span<const asio::const_buffer> buffers) {
+  if (closed_) return {make_error_code(asio::error::operation_aborted), 0};
+  if (failed_) return {make_errc(EPIPE), 0};
+  if (!retry_.empty()) return {error_code{}, 0};  // write_all() finishes that record first
+  buffers = buffers.first(std::min(buffers.size(), kTryWriteBuffersMax));
+  std::size_t taken = 0;  // bytes now in records OpenSSL wrote out whole
+  std::size_t index = 0;  // the buffer being gathered, and how far
+  std::size_t offset = 0;
+  while (index < buffers.size()) {
+    // Up to one record's worth of the next bytes (a whole record per SSL_write).
+    staging_.clear();
+    while (index < buffers.size() && staging_.size() < kRecordBytes) {
+      const auto* p = static_cast<const std::byte*>(buffers[index].data()) + offset;
+      const std::size_t n = std::min(buffers[index].size() - offset, kRecordBytes - staging_.size());
+      staging_.insert(staging_.end(), p, p + n);
+      offset += n;
+      if (offset == buffers[index].size()) {
+        ++index;
+        offset = 0;
+      }
+    }
+    if (staging_.empty()) break;
+    ERR_clear_error();
+    errno = 0;
+    std::size_t written = 0;
+    const int r = SSL_write_ex(ssl_, staging_.data(), staging_.size(), &written);
+    if (r == 1) {
+      CHECK(written == staging_.size());  // at most one record: never partial
+      taken += written;
+      continue;
+    }
+    const int e = SSL_get_error(ssl_, r);
+    if (!wants_io(e)) return {fail("write", e), taken};
+    // The socket is full. OpenSSL may have sent part of the record and must be called again
+    // with the same bytes: keep them; the caller's next write starts with them (it resends
+    // what was not taken) and write_all() passes them to OpenSSL first.
+    retry_.swap(staging_);
+    break;
+  }
+  return {error_code{}, taken};
 }
 
 void TlsStream::cancel_read() { read_cancel_.emit(asio::cancellation_type::terminal); }

@@ -17,7 +17,10 @@
 // object, which is safe because they run on one thread and each SSL call is synchronous. A
 // write that OpenSSL has to retry is retried with the same bytes. Small buffers of one
 // write_all() are gathered into records of up to 16 KiB (one SSL_write each); larger ones go as
-// they are. try_write() always returns 0 (the caller falls back to write_all()).
+// they are. try_write() writes whole records of up to 16 KiB while the socket takes them; when
+// the socket fills up in the middle of one, OpenSSL must be given that record's bytes again,
+// so the stream keeps a copy and the next write_all() (which ByteStream's contract makes start
+// with the bytes not taken; checked) finishes it before going on.
 // Errors: the peer's close_notify is asio::error::eof; a TLS failure (a bad record, a peer that
 // closes mid-record or without close_notify) is EPROTO or ECONNRESET, logged once with the
 // peer and OpenSSL's reason; the stream is then unusable. close() sends close_notify when it
@@ -102,6 +105,7 @@ class TlsStream final : public ByteStream {
   error_code read_error_;  // met by read_buffered(), returned by the next read_some()
   asio::cancellation_signal read_cancel_;
   std::vector<std::byte> staging_;  // write_all's gathered small buffers
+  std::vector<std::byte> retry_;    // a record try_write() could not finish (write_all does)
 };
 
 }  // namespace colo::tls

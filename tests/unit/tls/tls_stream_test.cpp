@@ -476,6 +476,75 @@ TEST_F(TlsStreamTest, SilentPeerTimesOut) {
 
 // After the handshake: bytes that are not TLS records, and a peer that closes mid-record, are
 // errors at once, not a hang.
+// try_write() sends whole records at once while the socket takes them; when the socket fills
+// up in the middle of a record, the next write_all() (from the first byte not taken) finishes
+// it, and the peer gets every byte once, in order.
+TEST_F(TlsStreamTest, TryWriteSendsAtOnceAndWriteAllFinishesARecordLeftHalfSent) {
+  auto e = make_ends(x509(pki_->server_dir), x509(pki_->client_dir));
+  fds_to_close_.push_back(e.client_fd_copy);
+  auto out = handshake(e);
+  ASSERT_TRUE(out.server && out.client);
+  // A small send buffer, so that the socket is full well before the data ends.
+  const int sndbuf = 16384;
+  ASSERT_EQ(::setsockopt(e.client_fd_copy, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf), 0);
+  std::vector<std::byte> data(1u << 20);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = std::byte((i * 7) % 251);
+  // The caller's frames, as NBD replies are: a 16-byte header, then a 20000-byte payload
+  // (larger than a record, so write_all() does not gather it), and so on; the first piece
+  // starts at `from`.
+  auto pieces = [&data](std::size_t from) {
+    std::vector<asio::const_buffer> v;
+    std::size_t off = 0;
+    for (int i = 0; off < data.size(); ++i) {
+      const std::size_t end = std::min(data.size(), off + (i % 2 == 0 ? 16 : 20000));
+      if (end > from) v.emplace_back(data.data() + std::max(off, from), end - std::max(off, from));
+      off = end;
+    }
+    return v;
+  };
+  // A small write goes out whole, at once.
+  auto first = pieces(0);
+  auto [ec0, n0] = e.client->try_write(std::span(first).first(1));
+  ASSERT_FALSE(ec0) << ec0.message();
+  EXPECT_EQ(n0, 16u);
+  std::size_t taken = n0;
+  bool full = false;
+  while (!full && taken < data.size()) {
+    auto v = pieces(taken);
+    std::size_t want = 0;
+    for (std::size_t i = 0; i < std::min(v.size(), ByteStream::kTryWriteBuffersMax); ++i) {
+      want += v[i].size();
+    }
+    auto [ec, n] = e.client->try_write(v);
+    ASSERT_FALSE(ec) << ec.message();
+    taken += n;
+    full = n < want;
+  }
+  ASSERT_TRUE(full) << "the socket never filled up";
+  ASSERT_LT(taken, data.size());
+  // With a record pending, try_write takes nothing more.
+  auto rest = pieces(taken);
+  auto [ec1, n1] = e.client->try_write(rest);
+  EXPECT_FALSE(ec1);
+  EXPECT_EQ(n1, 0u);
+
+  error_code wec, rec;
+  std::vector<std::byte> got(data.size());
+  auto writer = [](ByteStream* s, std::vector<asio::const_buffer> v, error_code* ec) -> Task<void> {
+    *ec = co_await s->write_all(v);
+  };
+  auto reader = [](ByteStream* s, std::vector<std::byte>* got, error_code* ec) -> Task<void> {
+    *ec = co_await read_exact(s, *got);
+  };
+  asio::co_spawn(io_, writer(e.client.get(), std::move(rest), &wec), kRethrow);
+  asio::co_spawn(io_, reader(e.server.get(), &got, &rec), kRethrow);
+  io_.restart();
+  io_.run_for(10s);
+  EXPECT_FALSE(wec) << wec.message();
+  EXPECT_FALSE(rec) << rec.message();
+  EXPECT_TRUE(got == data);
+}
+
 // Records that one read(2) brought in come back from one read_some() (OpenSSL hands out one
 // record per SSL_read), up to the caller's buffer; what follows them (the peer's close_notify,
 // a broken record) comes with the next read_some().
