@@ -24,8 +24,12 @@
 #   file (default 256), CHECKPOINT_MS the pair's checkpoint interval (default 1000), MODE the
 #   pair's write mode (SYNC, default, or ASYNC), ROWS (default "qd1 qd32 seq1m"), PIN (default 1
 #   with 2 or more CPUs: the secondary on CPU 1, the primary and fio on CPU 0, as if the
-#   secondary had its own host; 0: all share all), BENCH_DIR (default a temp dir, removed at the
-#   end; a given one is kept, with every run's logs and fio output).
+#   secondary had its own host; 0: all share all), LIMITS (default 1: also measure what the
+#   machine can do at all: `openssl speed` of AES-GCM on one CPU, and one TLS 1.3 stream of
+#   1 MiB writes over loopback TCP between two processes (Python's ssl, i.e. OpenSSL), the
+#   sender on CPU 0 and the receiver on CPU 1, against the same stream in plaintext),
+#   BENCH_DIR (default a temp dir, removed at the end; a given one is kept, with every run's
+#   logs and fio output).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . tests/perf/lib.sh
@@ -138,6 +142,56 @@ for f in "$work/primary.img" "$work/secondary.img"; do
   dd if=/dev/zero of="$f" bs=1M count="$size_mb" oflag=direct status=none 2>/dev/null ||
     dd if=/dev/zero of="$f" bs=1M count="$size_mb" status=none
 done
+
+# One stream of 1 MiB writes for 2 s over loopback TCP, sender on CPU 0, receiver on CPU 1:
+# prints MB/s (argument: tls or plain).
+stream_rate() {
+  $py - "$work/pki" "$1" <<'EOF'
+import os, socket, ssl, sys, time
+pki, mode = sys.argv[1], sys.argv[2]
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(1)
+pid = os.fork()
+if pid == 0:  # the receiver
+    os.sched_setaffinity(0, {1})
+    c, _ = ls.accept()
+    if mode == "tls":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(f"{pki}/b/server-cert.pem", f"{pki}/b/server-key.pem")
+        c = ctx.wrap_socket(c, server_side=True)
+    buf = bytearray(1 << 20)
+    while c.recv_into(buf):
+        pass
+    os._exit(0)
+os.sched_setaffinity(0, {0})
+s = socket.create_connection(ls.getsockname())
+if mode == "tls":
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(f"{pki}/a/ca-cert.pem")
+    s = ctx.wrap_socket(s, server_hostname="127.0.0.1")
+data, sent, t0 = os.urandom(1 << 20), 0, time.monotonic()
+while time.monotonic() - t0 < 2:
+    s.sendall(data)
+    sent += len(data)
+rate = sent / (time.monotonic() - t0) / 1e6
+cipher = f" ({s.version()}, {s.cipher()[0]})" if mode == "tls" else ""
+s.close()
+os.waitpid(pid, 0)
+print(f"{rate:.0f} MB/s{cipher}")
+EOF
+}
+
+if [ "${LIMITS:-1}" = 1 ]; then
+  echo "limits of this machine ($(bench_load)):"
+  for c in aes-128-gcm aes-256-gcm; do
+    echo "  openssl speed -evp $c, 16 KiB blocks, CPU 1:" \
+      "$(taskset -c 1 openssl speed -seconds 1 -bytes 16384 -evp "$c" 2>/dev/null |
+        awk 'END { printf "%.0f MB/s", $2 / 1000 }')"
+  done
+  echo "  one stream of 1 MiB writes over loopback TCP, CPU 0 -> CPU 1: plaintext $(stream_rate plain)," \
+    "TLS $(stream_rate tls)"
+fi
 
 cur_dir=$work
 for round in $(seq "$rounds"); do
