@@ -258,7 +258,7 @@ bench_pair_start() {
   # The secondary logs "colod ... started" once its listeners are open (a probe connection to
   # the channel's port would be a peer that never says hello: a TLS secondary reports it).
   for _ in $(seq 300); do
-    grep -q '^.* colod .* started: ' "$dir/secondary.log" && break
+    grep -qs '^.* colod .* started: ' "$dir/secondary.log" && break
     kill -0 "$started" 2>/dev/null || { echo "the secondary exited:" >&2; tail "$dir/secondary.log" >&2; exit 1; }
     sleep 0.05
   done
