@@ -292,8 +292,9 @@ std::tuple<error_code, std::size_t> TlsStream::try_write(
     // Up to one record's worth of the next bytes (a whole record per SSL_write).
     staging_.clear();
     while (index < buffers.size() && staging_.size() < kRecordBytes) {
-      const auto* p = static_cast<const std::byte*>(buffers[index].data()) + offset;
-      const std::size_t n = std::min(buffers[index].size() - offset, kRecordBytes - staging_.size());
+      const asio::const_buffer b = buffers[index] + offset;
+      const auto* p = static_cast<const std::byte*>(b.data());
+      const std::size_t n = std::min(b.size(), kRecordBytes - staging_.size());
       staging_.insert(staging_.end(), p, p + n);
       offset += n;
       if (offset == buffers[index].size()) {

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell helpers shared by the benchmarks under tests/perf/ (source it; bash only).
 #
 #   bench_init <name>        sets $work (BENCH_DIR or a new temp dir /tmp/colo-<name>.XXXXXX),
