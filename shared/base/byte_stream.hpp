@@ -33,7 +33,9 @@ class ByteStream {
   // Writes what the transport takes now, without waiting (one gather write of at most
   // kTryWriteBuffersMax buffers): returns the bytes written, 0 when it would block. Lets a
   // reply go out without an event-loop round trip; a transport that cannot do this returns 0
-  // and the caller falls back to write_all().
+  // and the caller falls back to write_all(). The next write (either) must start with the
+  // bytes not taken: a TLS stream may have put them in a record already, which it finishes
+  // first.
   static constexpr std::size_t kTryWriteBuffersMax = 64;
   virtual std::tuple<error_code, std::size_t> try_write(
       std::span<const asio::const_buffer> buffers) = 0;

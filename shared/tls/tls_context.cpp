@@ -168,6 +168,8 @@ Result<std::shared_ptr<TlsContext::Loaded>> TlsContext::load(const config::TlsCo
   SSL_CTX_set_num_tickets(l->ctx, 0);
   // Partial writes, and a retried write may pass the same bytes at another address.
   SSL_CTX_set_mode(l->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // Room for several records per read(2) once TlsStream turns read-ahead on.
+  SSL_CTX_set_default_read_buffer_len(l->ctx, kReadBufferBytes);
   // The PSK callbacks find their keys here: a connection keeps the keys it started with.
   SSL_CTX_set_app_data(l->ctx, l.get());
   if (c.psk_file().empty()) {

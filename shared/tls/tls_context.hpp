@@ -11,6 +11,8 @@
 // psk_identity. The same callbacks serve TLS 1.2 (PSK cipher suites) and TLS 1.3 (an external
 // PSK with a SHA-256 cipher suite, as GnuTLS, hence QEMU, libnbd and nbdkit, offer it).
 // After the handshake, allowed() checks the peer against allowed_identities.
+// Each connection's read buffer holds kReadBufferBytes, so that with read-ahead (TlsStream)
+// one read(2) takes several records.
 // Built on the control path (create() reads the files); used single-threaded afterwards.
 // Reload (`coloctl reload-tls`, SIGHUP): reload_all() reads the files of every live context
 // again, all or none; connections made afterwards use the new credentials, established ones
@@ -18,6 +20,7 @@
 // verify_peer, allowed_identities: the config) does not change.
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -51,6 +54,8 @@ struct PeerIdentity {
 
 class TlsContext {
  public:
+  // A connection's read buffer (OpenSSL's default is one record, ~16.7 KiB).
+  static constexpr std::size_t kReadBufferBytes = 64 * 1024;
   // Checks `c` (validate_tls_config) and loads its files. `c.mode` must not be OFF.
   static Result<std::shared_ptr<const TlsContext>> create(const config::TlsConfig& c, Side side);
   ~TlsContext();

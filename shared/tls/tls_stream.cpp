@@ -11,8 +11,10 @@
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <algorithm>
 #include <cstring>
 
+#include "shared/base/check.hpp"
 #include "shared/base/log.hpp"
 
 namespace colo::tls {
@@ -120,6 +122,10 @@ Task<Result<PeerIdentity>> TlsStream::handshake(std::chrono::milliseconds timeou
   timer.cancel();
   established_ = true;
   PeerIdentity who = TlsContext::peer_identity(ssl_);
+  // Read-ahead: OpenSSL then reads as much as its buffer takes (TlsContext::kReadBufferBytes)
+  // instead of each record's 5-byte header and then its body, two read(2)s a record. Only
+  // when kTLS does not receive (the kernel then hands over whole records).
+  if (!who.ktls_recv) SSL_set_read_ahead(ssl_, 1);
   peer_identity_ = who;
   if (!context_->allowed(who)) {
     std::string expected;
@@ -155,6 +161,7 @@ Task<std::tuple<error_code, std::size_t>> TlsStream::read_some(std::span<std::by
   Wait wait = Wait::wait_read;
   for (;;) {
     if (closed_) co_return std::tuple{make_error_code(asio::error::operation_aborted), 0};
+    if (read_error_) co_return std::tuple{read_error_, 0};
     if (failed_) co_return std::tuple{make_errc(EPROTO), 0};
     if (wait_now) {
       auto [ec] = co_await socket_.async_wait(
@@ -165,7 +172,10 @@ Task<std::tuple<error_code, std::size_t>> TlsStream::read_some(std::span<std::by
     errno = 0;
     std::size_t n = 0;
     const int r = SSL_read_ex(ssl_, out.data(), out.size(), &n);
-    if (r == 1) co_return std::tuple{error_code{}, n};
+    if (r == 1) {
+      n += read_buffered(out.subspan(n));
+      co_return std::tuple{error_code{}, n};
+    }
     const int e = SSL_get_error(ssl_, r);
     if (e == SSL_ERROR_ZERO_RETURN) {
       co_return std::tuple{make_error_code(asio::error::eof), 0};
@@ -174,6 +184,32 @@ Task<std::tuple<error_code, std::size_t>> TlsStream::read_some(std::span<std::by
     wait = wait_for(e);
     wait_now = true;
   }
+}
+
+std::size_t TlsStream::read_buffered(std::span<std::byte> out) {
+  std::size_t total = 0;
+  while (!out.empty() && SSL_has_pending(ssl_) == 1) {
+    ERR_clear_error();
+    errno = 0;
+    std::size_t n = 0;
+    const int r = SSL_read_ex(ssl_, out.data(), out.size(), &n);
+    if (r != 1) {
+      // Half a record (the rest is not here yet): the next read_some() waits for it. The
+      // peer's close_notify or a TLS error: kept for the next read_some(), this one returns
+      // the bytes it has.
+      const int e = SSL_get_error(ssl_, r);
+      if (e == SSL_ERROR_ZERO_RETURN) {
+        read_error_ = make_error_code(asio::error::eof);
+      } else if (!wants_io(e)) {
+        read_error_ = fail("read", e);
+      }
+      ERR_clear_error();
+      break;
+    }
+    total += n;
+    out = out.subspan(n);
+  }
+  return total;
 }
 
 Task<error_code> TlsStream::write_raw(const std::byte* data, std::size_t bytes) {
@@ -199,8 +235,28 @@ Task<error_code> TlsStream::write_raw(const std::byte* data, std::size_t bytes) 
 }
 
 Task<error_code> TlsStream::write_all(std::span<const asio::const_buffer> buffers) {
+  std::size_t skip = 0;  // leading bytes that went out in the record try_write() left
+  if (!retry_.empty()) {
+    // The caller's bytes start with that record's (ByteStream's contract); check it, as
+    // OpenSSL does not.
+    std::size_t at = 0;
+    for (const asio::const_buffer& b : buffers) {
+      const std::size_t n = std::min(b.size(), retry_.size() - at);
+      CHECK(std::memcmp(b.data(), retry_.data() + at, n) == 0);
+      at += n;
+      if (at == retry_.size()) break;
+    }
+    CHECK(at == retry_.size());
+    if (auto ec = co_await write_raw(retry_.data(), retry_.size()); ec) co_return ec;
+    skip = retry_.size();
+    retry_.clear();
+  }
   staging_.clear();
-  for (const asio::const_buffer& b : buffers) {
+  for (const asio::const_buffer& whole : buffers) {
+    const std::size_t drop = std::min(skip, whole.size());
+    skip -= drop;
+    const asio::const_buffer b = whole + drop;
+    if (b.size() == 0) continue;
     const auto* p = static_cast<const std::byte*>(b.data());
     if (b.size() >= kRecordBytes) {
       if (!staging_.empty()) {
@@ -224,8 +280,47 @@ Task<error_code> TlsStream::write_all(std::span<const asio::const_buffer> buffer
 }
 
 std::tuple<error_code, std::size_t> TlsStream::try_write(
-    std::span<const asio::const_buffer> /*buffers*/) {
-  return {error_code{}, 0};
+    std::span<const asio::const_buffer> buffers) {
+  if (closed_) return {make_error_code(asio::error::operation_aborted), 0};
+  if (failed_) return {make_errc(EPIPE), 0};
+  if (!retry_.empty()) return {error_code{}, 0};  // write_all() finishes that record first
+  buffers = buffers.first(std::min(buffers.size(), kTryWriteBuffersMax));
+  std::size_t taken = 0;  // bytes now in records OpenSSL wrote out whole
+  std::size_t index = 0;  // the buffer being gathered, and how far
+  std::size_t offset = 0;
+  while (index < buffers.size()) {
+    // Up to one record's worth of the next bytes (a whole record per SSL_write).
+    staging_.clear();
+    while (index < buffers.size() && staging_.size() < kRecordBytes) {
+      const asio::const_buffer b = buffers[index] + offset;
+      const auto* p = static_cast<const std::byte*>(b.data());
+      const std::size_t n = std::min(b.size(), kRecordBytes - staging_.size());
+      staging_.insert(staging_.end(), p, p + n);
+      offset += n;
+      if (offset == buffers[index].size()) {
+        ++index;
+        offset = 0;
+      }
+    }
+    if (staging_.empty()) break;
+    ERR_clear_error();
+    errno = 0;
+    std::size_t written = 0;
+    const int r = SSL_write_ex(ssl_, staging_.data(), staging_.size(), &written);
+    if (r == 1) {
+      CHECK(written == staging_.size());  // at most one record: never partial
+      taken += written;
+      continue;
+    }
+    const int e = SSL_get_error(ssl_, r);
+    if (!wants_io(e)) return {fail("write", e), taken};
+    // The socket is full. OpenSSL may have sent part of the record and must be called again
+    // with the same bytes: keep them; the caller's next write starts with them (it resends
+    // what was not taken) and write_all() passes them to OpenSSL first.
+    retry_.swap(staging_);
+    break;
+  }
+  return {error_code{}, taken};
 }
 
 void TlsStream::cancel_read() { read_cancel_.emit(asio::cancellation_type::terminal); }

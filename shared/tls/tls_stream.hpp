@@ -8,12 +8,19 @@
 // same way. handshake() runs the TLS handshake as the context's side within a deadline and then
 // checks the peer against the context's allow-list; nothing else may be called before it
 // succeeds, except close().
-// I/O: OpenSSL's WANT_READ / WANT_WRITE are waited for with the descriptor's async_wait. At most
+// I/O: OpenSSL's WANT_READ / WANT_WRITE are waited for with the descriptor's async_wait. After
+// the handshake, unless kTLS receives, OpenSSL reads ahead (as much as its buffer takes,
+// TlsContext::kReadBufferBytes, in one read(2)), and read_some() returns the plaintext of every
+// whole record already read, up to the caller's buffer (a request pipeline arrives in one
+// piece, as it does in plaintext, so the caller can batch its replies). At most
 // one read and one write are pending at a time (ByteStream's contract); both use the one SSL
 // object, which is safe because they run on one thread and each SSL call is synchronous. A
 // write that OpenSSL has to retry is retried with the same bytes. Small buffers of one
 // write_all() are gathered into records of up to 16 KiB (one SSL_write each); larger ones go as
-// they are. try_write() always returns 0 (the caller falls back to write_all()).
+// they are. try_write() writes whole records of up to 16 KiB while the socket takes them; when
+// the socket fills up in the middle of one, OpenSSL must be given that record's bytes again,
+// so the stream keeps a copy and the next write_all() (which ByteStream's contract makes start
+// with the bytes not taken; checked) finishes it before going on.
 // Errors: the peer's close_notify is asio::error::eof; a TLS failure (a bad record, a peer that
 // closes mid-record or without close_notify) is EPROTO or ECONNRESET, logged once with the
 // peer and OpenSSL's reason; the stream is then unusable. close() sends close_notify when it
@@ -75,6 +82,11 @@ class TlsStream final : public ByteStream {
   TlsStream(const asio::any_io_executor& ex, std::string peer,
             std::shared_ptr<const TlsContext> context, bool small_window);
   Task<error_code> write_raw(const std::byte* data, std::size_t bytes);
+  // After a successful SSL_read: decrypts what OpenSSL already holds (whole records) into
+  // `out` without waiting, so one read_some() returns every record one read(2) brought
+  // (OpenSSL returns one record per call). Returns the bytes added; an end or error met on
+  // the way is left in read_error_ for the next read_some().
+  std::size_t read_buffered(std::span<std::byte> out);
   // After a failed SSL call with SSL_get_error() `ssl_error`: marks the stream failed, logs
   // once, and returns the code for the caller.
   error_code fail(const char* op, int ssl_error);
@@ -90,8 +102,10 @@ class TlsStream final : public ByteStream {
   bool established_ = false;  // the handshake succeeded
   bool failed_ = false;       // a fatal TLS error: no more SSL I/O
   bool closed_ = false;
+  error_code read_error_;  // met by read_buffered(), returned by the next read_some()
   asio::cancellation_signal read_cancel_;
   std::vector<std::byte> staging_;  // write_all's gathered small buffers
+  std::vector<std::byte> retry_;    // a record try_write() could not finish (write_all does)
 };
 
 }  // namespace colo::tls

@@ -44,17 +44,20 @@ b_ckpt_ms=${B_CHECKPOINT_MS:-1000}
 prefill=${PREFILL:-1}
 secondary_opts=${SECONDARY_OPTS:-}
 parts=${PARTS:-a b}
-. tests/perf/lib.sh  # py, free_port, wait_for
+. tests/perf/lib.sh
 for p in fio "$colod" "$coloctl" "$py"; do
   command -v "$p" >/dev/null || { echo "missing $p (build: cmake -S . -B build && cmake --build build -j2 --target colod coloctl)" >&2; exit 1; }
 done
 
-work=${BENCH_DIR:-$(mktemp -d /tmp/colo-pair-bench.XXXXXX)}
-mkdir -p "$work"
+bench_init pair-bench
+trap 'exit 130' INT TERM
 # Where the secondary's disk and buffer files live: SECONDARY_DIR, e.g. /dev/shm to take the
 # secondary's disk out of the comparison (on one host both disks share the same device).
 sec_dir=$work/secondary-files
-[ -n "${SECONDARY_DIR:-}" ] && sec_dir=$(mktemp -d "${SECONDARY_DIR%/}/colo-pair-bench.XXXXXX")
+if [ -n "${SECONDARY_DIR:-}" ]; then
+  sec_dir=$(mktemp -d "${SECONDARY_DIR%/}/colo-pair-bench.XXXXXX")
+  bench_remove+=("$sec_dir")
+fi
 mkdir -p "$sec_dir"
 size=$((size_mb * 1024 * 1024))
 # The secondary's disk buffer: an 8 KiB header, then a log of records (a 4 KiB header page per
@@ -63,18 +66,7 @@ size=$((size_mb * 1024 * 1024))
 # file is sparse, so only what an epoch saves takes space.
 buffer_size=$((size * 2 + 1048576))
 
-pids=()        # every daemon still running, for the trap
 cur_pids=()    # the daemons of the current measurement: secondary first, primary last
-cleanup() {
-  trap - EXIT INT TERM
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ -n "${SECONDARY_DIR:-}" ]; then rm -rf "$sec_dir"; fi
-  if [ -z "${BENCH_DIR:-}" ]; then rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
 
 # Fails the run, showing the logs of the current measurement.
 die() {
@@ -88,38 +80,17 @@ wait_ready() { wait_for "$1" "${cur_pids[@]}"; }
 
 # PIN=1 (the default with two or more CPUs): the secondary on CPU 1, the primary and fio on
 # CPU 0 (every configuration), as if the secondary had its own host; the disk is still
-# shared. PIN=0: everything shares every CPU. taskset execs the program, so $! stays the
-# daemon's PID.
-if [ "$(nproc)" -ge 2 ]; then pin=${PIN:-1}; else pin=0; fi
-pinned() {  # cpu -> the command prefix that pins to it (nothing without PIN=1)
-  [ "$pin" = 1 ] && echo "taskset -c $1"
-  return 0
-}
-
+# shared. PIN=0: everything shares every CPU (lib.sh: bench_pinned).
 start_daemon() {  # conf log cpu
-  # shellcheck disable=SC2046
-  $(pinned "$3") "$colod" --config "$1" >"$2" 2>&1 &
-  pids+=($!)
-  cur_pids+=($!)
+  bench_start_pinned "$2" "$3" "$colod" --config "$1"
+  cur_pids+=("$started")
 }
 
 # Stops the current measurement's daemons by PID, the primary first (it takes a last
 # checkpoint and stops replication). A daemon that does not stop within 20 s is a bug.
 stop_daemons() {
-  local i pid
-  for ((i = ${#cur_pids[@]} - 1; i >= 0; i--)); do
-    pid=${cur_pids[$i]}
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 400); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-    if kill -0 "$pid" 2>/dev/null; then
-      echo "pair_bench: colod $pid did not stop within 20 s after SIGTERM; killing it" >&2
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    local left=() p
-    for p in "${pids[@]}"; do [ "$p" = "$pid" ] || left+=("$p"); done
-    pids=("${left[@]}")
-  done
+  local i
+  for ((i = ${#cur_pids[@]} - 1; i >= 0; i--)); do bench_stop "${cur_pids[$i]}"; done
   cur_pids=()
   rm -f "$sec_dir"/buffer-*.img
 }
@@ -132,57 +103,19 @@ jget() { $py -c "import json,sys; s=json.load(sys.stdin); print($1)" <<<"$status
 # Starts a measurement's daemons in a fresh directory.
 #   start_target pair MODE CHECKPOINT_MS | start_target local | start_target disk
 start_target() {
-  local kind=$1 mode=${2:-} ckpt=${3:-} repl_port chan_port
+  local kind=$1 mode=${2:-} ckpt=${3:-}
   seq_no=$((seq_no + 1))
   cur_dir="$work/run$seq_no"
   mkdir -p "$cur_dir/primary" "$cur_dir/secondary"
   uri="nbd+unix:///r0?socket=$cur_dir/primary.sock"
   local disk_conf="disk { path: \"$work/primary.img\" }"
   if [ "$kind" = pair ]; then
-    repl_port=$(free_port)
-    chan_port=$(free_port)
-    cat >"$cur_dir/secondary.conf" <<EOF
-resource: "bench"
-role: SECONDARY
-state_dir: "$cur_dir/secondary"
-control_socket: "$cur_dir/secondary.ctl"
-log_level: "info"
-disk { path: "$sec_dir/secondary.img" }
-secondary {
-  buffer_path: "$sec_dir/buffer-$seq_no.img"
-  buffer_size_bytes: $buffer_size
-  replication_listen: "tcp:127.0.0.1:$repl_port"
-  replication_export_name: "r0"
-  $secondary_opts
-}
-replication { listen: "tcp:127.0.0.1:$chan_port" node_name: "bench-secondary" }
-EOF
-    cat >"$cur_dir/primary.conf" <<EOF
-resource: "bench"
-role: PRIMARY
-state_dir: "$cur_dir/primary"
-control_socket: "$cur_dir/primary.ctl"
-log_level: "info"
-$disk_conf
-export { name: "r0" listen: "unix:$cur_dir/primary.sock" }
-quorum {
-  children { name: "local" disk: true }
-  children { name: "peer" nbd_uri: "nbd://127.0.0.1:$repl_port/r0" }
-  vote_threshold: 1
-  read_pattern: "fifo"
-}
-replication {
-  peer_address: "tcp:127.0.0.1:$chan_port"
-  node_name: "bench-primary"
-  write_mode: $mode
-  checkpoint_interval_ms: $ckpt
-}
-EOF
-    start_daemon "$cur_dir/secondary.conf" "$cur_dir/secondary.log" 1
-    wait_ready "$cur_dir/secondary.ctl"
-    wait_ready "$chan_port"
-    start_daemon "$cur_dir/primary.conf" "$cur_dir/primary.log" 0
-    wait_ready "$cur_dir/primary.sock"
+    bench_pair_configs "$cur_dir" primary_disk="$work/primary.img" \
+      secondary_disk="$sec_dir/secondary.img" buffer_path="$sec_dir/buffer-$seq_no.img" \
+      buffer_bytes="$buffer_size" repl_port="$(free_port)" chan_port="$(free_port)" \
+      mode="$mode" checkpoint_ms="$ckpt" secondary_opts="$secondary_opts"
+    bench_pair_start "$cur_dir" "$colod"
+    cur_pids=("${pair_pids[@]}")
     # The primary pairs before it opens its export; writing while it is not paired would make
     # the disks diverge, so check.
     status=$(status_json) || die "coloctl status failed"
@@ -212,7 +145,7 @@ run_fio() {  # qd [rate_iops]
   local qd=$1 out="$cur_dir/fio-qd$1.json" rate=()
   [ "${2:-0}" != 0 ] && rate=(--rate_iops="$2")
   # shellcheck disable=SC2046
-  $(pinned 0) fio "${rate[@]}" --name=bench --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth="$qd" \
+  $(bench_pinned 0) fio "${rate[@]}" --name=bench --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth="$qd" \
     --size="${size_mb}m" --time_based --runtime="$runtime" --ramp_time=0.5 --randrepeat=0 \
     --norandommap --output-format=json >"$out" 2>"$cur_dir/fio.err" ||
     { cat "$cur_dir/fio.err" >&2; die "fio QD$qd failed against $uri"; }
@@ -290,7 +223,7 @@ measure_io() {  # name kind [mode]
 }
 
 echo "pair_bench: ${size_mb} MiB disk files in $work; rounds $rounds, ${runtime} s per fio job;" \
-  "$([ "$pin" = 1 ] && echo "secondary on CPU 1, primary and fio on CPU 0" || echo "no CPU pinning")"
+  "$([ "$bench_pin" = 1 ] && echo "secondary on CPU 1, primary and fio on CPU 0" || echo "no CPU pinning")"
 echo "load before: $(uptime)"
 for f in "$work/primary.img" "$sec_dir/secondary.img"; do
   if [ "$prefill" = 1 ]; then

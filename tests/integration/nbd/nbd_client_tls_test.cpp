@@ -6,7 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <arpa/inet.h>
@@ -18,6 +20,7 @@
 #include <string>
 
 #include "nbd_peers.hpp"
+#include "shared/base/async_event.hpp"
 #include "shared/nbd/nbd_client_node.hpp"
 #include "test_support.hpp"
 #include "tls_pki.hpp"
@@ -95,6 +98,34 @@ class NbdClientTls : public ::testing::Test {
       std::printf("%s: %s\n", what.c_str(), r.error().message.c_str());
     }()));
   }
+  static Task<void> write_one(NbdClientNode* node, int i, std::size_t bytes, int* left,
+                              AsyncEvent* all_done) {
+    const auto data = pattern(bytes, static_cast<std::uint8_t>(0x61 + i));
+    IoResult r = co_await node->write((4 + 2 * i) * kMiB, data, WriteFlags::none);
+    EXPECT_TRUE(r) << "write " << i;
+    if (--*left == 0) all_done->notify_all(true);
+  }
+  // Four 2 MiB writes at once (each 128 TLS records, sent back to back while the socket takes
+  // them), then each read back.
+  static Task<void> concurrent_large_writes(NbdClientNode& node) {
+    constexpr std::size_t kBytes = 2 * kMiB;
+    constexpr int kWrites = 4;
+    int left = kWrites;
+    AsyncEvent all_done;
+    auto ex = co_await asio::this_coro::executor;
+    for (int i = 0; i < kWrites; ++i) {
+      asio::co_spawn(ex, write_one(&node, i, kBytes, &left, &all_done),
+                     [](std::exception_ptr e) {
+                       if (e) std::rethrow_exception(e);
+                     });
+    }
+    co_await all_done.wait();
+    std::vector<std::byte> back(kBytes);
+    for (int i = 0; i < kWrites; ++i) {
+      EXPECT_TRUE(co_await node.read((4 + 2 * i) * kMiB, back));
+      EXPECT_TRUE(all_bytes(back, static_cast<std::uint8_t>(0x61 + i))) << "write " << i;
+    }
+  }
   // Writes a pattern, reads it back; the connected event says `tls`.
   void reads_and_writes(NbdClientOptions o, const std::string& tls, NbdkitServer* restart) {
     EventRecorder events;
@@ -113,6 +144,7 @@ class NbdClientTls : public ::testing::Test {
       std::vector<std::byte> back(data.size());
       EXPECT_TRUE(co_await node->read(kMiB, back));
       EXPECT_TRUE(all_bytes(back, 0x5a));
+      co_await concurrent_large_writes(*node);
       if (restart != nullptr) {
         // The server goes away and comes back: the node reconnects, with TLS again.
         restart->kill();

@@ -476,6 +476,152 @@ TEST_F(TlsStreamTest, SilentPeerTimesOut) {
 
 // After the handshake: bytes that are not TLS records, and a peer that closes mid-record, are
 // errors at once, not a hang.
+// try_write() sends whole records at once while the socket takes them; when the socket fills
+// up in the middle of a record, the next write_all() (from the first byte not taken) finishes
+// it, and the peer gets every byte once, in order.
+TEST_F(TlsStreamTest, TryWriteSendsAtOnceAndWriteAllFinishesARecordLeftHalfSent) {
+  auto e = make_ends(x509(pki_->server_dir), x509(pki_->client_dir));
+  fds_to_close_.push_back(e.client_fd_copy);
+  auto out = handshake(e);
+  ASSERT_TRUE(out.server && out.client);
+  // A small send buffer, so that the socket is full well before the data ends.
+  const int sndbuf = 16384;
+  ASSERT_EQ(::setsockopt(e.client_fd_copy, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf), 0);
+  std::vector<std::byte> data(1u << 20);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = std::byte((i * 7) % 251);
+  // The caller's frames, as NBD replies are: a 16-byte header, then a 20000-byte payload
+  // (larger than a record, so write_all() does not gather it), and so on; the first piece
+  // starts at `from`.
+  auto pieces = [&data](std::size_t from) {
+    std::vector<asio::const_buffer> v;
+    std::size_t off = 0;
+    for (int i = 0; off < data.size(); ++i) {
+      const std::size_t end = std::min(data.size(), off + (i % 2 == 0 ? 16 : 20000));
+      if (end > from) v.emplace_back(data.data() + std::max(off, from), end - std::max(off, from));
+      off = end;
+    }
+    return v;
+  };
+  // A small write goes out whole, at once.
+  auto first = pieces(0);
+  auto [ec0, n0] = e.client->try_write(std::span(first).first(1));
+  ASSERT_FALSE(ec0) << ec0.message();
+  EXPECT_EQ(n0, 16u);
+  std::size_t taken = n0;
+  bool full = false;
+  while (!full && taken < data.size()) {
+    auto v = pieces(taken);
+    std::size_t want = 0;
+    for (std::size_t i = 0; i < std::min(v.size(), ByteStream::kTryWriteBuffersMax); ++i) {
+      want += v[i].size();
+    }
+    auto [ec, n] = e.client->try_write(v);
+    ASSERT_FALSE(ec) << ec.message();
+    taken += n;
+    full = n < want;
+  }
+  ASSERT_TRUE(full) << "the socket never filled up";
+  ASSERT_LT(taken, data.size());
+  // With a record pending, try_write takes nothing more.
+  auto rest = pieces(taken);
+  auto [ec1, n1] = e.client->try_write(rest);
+  EXPECT_FALSE(ec1);
+  EXPECT_EQ(n1, 0u);
+
+  error_code wec, rec;
+  std::vector<std::byte> got(data.size());
+  auto writer = [](ByteStream* s, std::vector<asio::const_buffer> v, error_code* ec) -> Task<void> {
+    *ec = co_await s->write_all(v);
+  };
+  auto reader = [](ByteStream* s, std::vector<std::byte>* got, error_code* ec) -> Task<void> {
+    *ec = co_await read_exact(s, *got);
+  };
+  asio::co_spawn(io_, writer(e.client.get(), std::move(rest), &wec), kRethrow);
+  asio::co_spawn(io_, reader(e.server.get(), &got, &rec), kRethrow);
+  io_.restart();
+  io_.run_for(10s);
+  EXPECT_FALSE(wec) << wec.message();
+  EXPECT_FALSE(rec) << rec.message();
+  EXPECT_TRUE(got == data);
+}
+
+// Records that one read(2) brought in come back from one read_some() (OpenSSL hands out one
+// record per SSL_read), up to the caller's buffer; what follows them (the peer's close_notify,
+// a broken record) comes with the next read_some().
+TEST_F(TlsStreamTest, RecordsAlreadyReadComeBackFromOneReadSome) {
+  constexpr int kRecords = 20;
+  constexpr std::size_t kRecordBytes = 100;
+  enum class After { nothing, close_notify, garbage };
+  for (const After after : {After::nothing, After::close_notify, After::garbage}) {
+    SCOPED_TRACE(static_cast<int>(after));
+    auto e = make_ends(x509(pki_->server_dir), x509(pki_->client_dir));
+    auto out = handshake(e);
+    ASSERT_TRUE(out.server && out.client);
+    std::vector<std::byte> sent(kRecords * kRecordBytes);
+    for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = std::byte(i % 253);
+    // One write_all per record: each is its own TLS record.
+    auto writer = [](ByteStream* s, const std::vector<std::byte>* data,
+                     error_code* ec) -> Task<void> {
+      for (std::size_t off = 0; off < data->size() && !*ec; off += kRecordBytes) {
+        const asio::const_buffer b(data->data() + off, kRecordBytes);
+        *ec = co_await s->write_all(std::span(&b, 1));
+      }
+    };
+    error_code wec;
+    asio::co_spawn(io_, writer(e.client.get(), &sent, &wec), kRethrow);
+    io_.restart();
+    io_.run();
+    ASSERT_FALSE(wec) << wec.message();
+    if (after == After::close_notify) e.client->close();
+    if (after == After::garbage) {
+      const std::string garbage(64, 'G');
+      ASSERT_EQ(::write(e.client_fd_copy, garbage.data(), garbage.size()), 64);
+    }
+    ::close(e.client_fd_copy);
+
+    struct Read {
+      error_code ec;
+      std::size_t bytes = 0;
+    };
+    auto one = [](ByteStream* s, std::span<std::byte> b, Read* r) -> Task<void> {
+      auto [ec, n] = co_await s->read_some(b, false);
+      r->ec = ec;
+      r->bytes = n;
+    };
+    // A buffer a little short of everything: the last record waits for the next call.
+    std::vector<std::byte> got(sent.size() + 4096);
+    Read first, second;
+    asio::co_spawn(io_, one(e.server.get(), std::span(got).first(sent.size() - 10), &first),
+                   kRethrow);
+    io_.restart();
+    io_.run_for(5s);
+    EXPECT_FALSE(first.ec) << first.ec.message();
+    EXPECT_EQ(first.bytes, sent.size() - 10);
+    asio::co_spawn(io_, one(e.server.get(), std::span(got).subspan(first.bytes), &second),
+                   kRethrow);
+    io_.restart();
+    io_.run_for(5s);
+    EXPECT_FALSE(second.ec) << second.ec.message();
+    EXPECT_EQ(second.bytes, 10u);
+    EXPECT_TRUE(std::equal(sent.begin(), sent.end(), got.begin()));
+    if (after == After::nothing) {
+      e.client->close();
+      continue;
+    }
+    Read third;
+    asio::co_spawn(io_, one(e.server.get(), got, &third), kRethrow);
+    io_.restart();
+    io_.run_for(5s);
+    EXPECT_EQ(third.bytes, 0u);
+    if (after == After::close_notify) {
+      EXPECT_EQ(third.ec, asio::error::eof) << third.ec.message();
+    } else {
+      EXPECT_TRUE(third.ec);
+      EXPECT_NE(third.ec, asio::error::eof);
+    }
+  }
+}
+
 TEST_F(TlsStreamTest, GarbageAndTruncatedRecordsAfterTheHandshakeAreErrors) {
   for (const bool truncated : {false, true}) {
     auto e = make_ends(x509(pki_->server_dir), x509(pki_->client_dir));
