@@ -12,6 +12,7 @@
 #include "shared/base/listen_address.hpp"
 #include "shared/base/log.hpp"
 #include "shared/daemon/daemon.hpp"
+#include "shared/tls/tls_context.hpp"
 
 namespace colo {
 namespace {
@@ -54,6 +55,24 @@ Result<void> DaemonContext::start_metrics() {
     e.sample({}, seconds_of(ru.ru_utime) + seconds_of(ru.ru_stime));
     e.gauge("process_resident_memory_bytes", "Resident memory of the process.",
             static_cast<double>(resident_bytes()));
+    // TLS credentials in use (docs/tls.md, "Reloading and expiry"): alert on the expiry.
+    const auto contexts = tls::TlsContext::live_distinct();
+    if (!contexts.empty()) {
+      e.family("colo_tls_certificate_expiry_timestamp_seconds",
+               "When this node's own certificate expires, in unix seconds, per credentials.",
+               metrics::Type::gauge);
+      for (const auto& c : contexts) {
+        if (const auto after = c->certificate_not_after()) {
+          e.sample({{"credentials", c->describe_with_side()}},
+                   static_cast<double>(std::chrono::system_clock::to_time_t(*after)));
+        }
+      }
+      e.family("colo_tls_reloads_total", "Times the credentials' files were read again.",
+               metrics::Type::counter);
+      for (const auto& c : contexts) {
+        e.sample({{"credentials", c->describe_with_side()}}, c->reloads());
+      }
+    }
     e.family("colo_listener_connections", "Open connections per listener.",
              metrics::Type::gauge);
     for (const auto& [listener, count] : connection_counts_) {

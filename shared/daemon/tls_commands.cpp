@@ -35,7 +35,7 @@ std::string expiry_text(const tls::TlsContext& c, Clock::time_point now) {
 
 std::string tls_status_text(Clock::time_point now) {
   std::string text;
-  for (const auto& c : tls::TlsContext::live()) {
+  for (const auto& c : tls::TlsContext::live_distinct()) {
     text += fmt::format("tls: {}: {}\n", c->describe_with_side(), expiry_text(*c, now));
   }
   return text;
@@ -43,7 +43,7 @@ std::string tls_status_text(Clock::time_point now) {
 
 boost::json::array tls_status_json(Clock::time_point now) {
   boost::json::array out;
-  for (const auto& c : tls::TlsContext::live()) {
+  for (const auto& c : tls::TlsContext::live_distinct()) {
     boost::json::object o;
     o["credentials"] = c->describe_with_side();
     o["reloads"] = c->reloads();
@@ -57,7 +57,7 @@ boost::json::array tls_status_json(Clock::time_point now) {
 }
 
 void check_certificate_expiry(Clock::time_point now) {
-  for (const auto& c : tls::TlsContext::live()) {
+  for (const auto& c : tls::TlsContext::live_distinct()) {
     const auto after = c->certificate_not_after();
     if (!after || *after - now > kCertificateExpiryWarning) continue;
     const bool expired = *after <= now;

@@ -9,34 +9,6 @@
 
 namespace colo {
 
-namespace {
-
-std::string one_line(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    if (c == '\n' || c == '\r') c = ' ';
-  }
-  return out;
-}
-
-// The value of a "key: value" line; nullopt when the key is missing.
-std::optional<std::string> field(std::string_view body, std::string_view key) {
-  std::size_t pos = 0;
-  while (pos < body.size()) {
-    std::size_t end = body.find('\n', pos);
-    if (end == std::string_view::npos) end = body.size();
-    const std::string_view line = body.substr(pos, end - pos);
-    if (line.size() >= key.size() + 2 && line.substr(0, key.size()) == key &&
-        line.substr(key.size(), 2) == ": ") {
-      return std::string(line.substr(key.size() + 2));
-    }
-    pos = end + 1;
-  }
-  return std::nullopt;
-}
-
-}  // namespace
-
 std::string outdated_marker_path(const std::string& state_dir) { return state_dir + "/outdated"; }
 
 std::string format_outdated_marker(const OutdatedRecord& r) {
@@ -46,15 +18,15 @@ std::string format_outdated_marker(const OutdatedRecord& r) {
 
 OutdatedRecord parse_outdated_marker(std::string_view body) {
   OutdatedRecord r;
-  std::optional<std::string> reason = field(body, "outdated");
+  std::optional<std::string> reason = marker_field(body, "outdated");
   if (!reason || reason->empty()) {
     r.reason = "the outdated marker is damaged (no reason in it); this node is outdated";
     return r;
   }
   r.reason = std::move(*reason);
-  auto gen = field(body, "generation");
+  auto gen = marker_field(body, "generation");
   if (gen && *gen != "unknown") r.generation = *gen;
-  if (auto ms = field(body, "unix_ms")) {
+  if (auto ms = marker_field(body, "unix_ms")) {
     std::uint64_t v = 0;
     auto [end, ec] = std::from_chars(ms->data(), ms->data() + ms->size(), v);
     if (ec == std::errc() && end == ms->data() + ms->size()) r.unix_ms = v;

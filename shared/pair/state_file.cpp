@@ -132,3 +132,30 @@ Result<std::optional<std::string>> read_checksummed_file(const std::string& path
 }
 
 }  // namespace colo
+
+namespace colo {
+
+std::string one_line(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  return out;
+}
+
+std::optional<std::string> marker_field(std::string_view body, std::string_view key) {
+  std::size_t pos = 0;
+  while (pos < body.size()) {
+    std::size_t end = body.find('\n', pos);
+    if (end == std::string_view::npos) end = body.size();
+    const std::string_view line = body.substr(pos, end - pos);
+    if (line.size() >= key.size() + 2 && line.substr(0, key.size()) == key &&
+        line.substr(key.size(), 2) == ": ") {
+      return std::string(line.substr(key.size() + 2));
+    }
+    pos = end + 1;
+  }
+  return std::nullopt;
+}
+
+}  // namespace colo

@@ -37,4 +37,9 @@ Result<void> sync_parent_directory(const std::string& path);
 // Removes `path` (none is fine) and syncs its directory.
 Result<void> remove_file_durably(const std::string& path);
 
+// Marker files of "key: value" lines (fenced, outdated): `s` with line breaks made spaces, so a
+// value stays on its line; and the value of `key`'s line (nullopt when there is none).
+std::string one_line(std::string_view s);
+std::optional<std::string> marker_field(std::string_view body, std::string_view key);
+
 }  // namespace colo

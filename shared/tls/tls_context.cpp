@@ -232,6 +232,18 @@ std::vector<std::shared_ptr<const TlsContext>> TlsContext::live() {
   return out;
 }
 
+std::vector<std::shared_ptr<const TlsContext>> TlsContext::live_distinct() {
+  std::vector<std::shared_ptr<const TlsContext>> out;
+  for (auto& c : live()) {
+    const std::string d = c->describe_with_side();
+    const bool seen = std::any_of(out.begin(), out.end(), [&](const auto& o) {
+      return o->describe_with_side() == d;
+    });
+    if (!seen) out.push_back(std::move(c));
+  }
+  return out;
+}
+
 Result<std::vector<std::string>> TlsContext::reload_all() {
   const auto contexts = live();
   std::vector<std::shared_ptr<Loaded>> fresh;

@@ -87,6 +87,9 @@ class TlsContext {
   static Result<std::vector<std::string>> reload_all();
   // Every live context (a daemon has one per listener or connector that uses TLS).
   static std::vector<std::shared_ptr<const TlsContext>> live();
+  // One live context per distinct describe_with_side() (two listeners on the same files and
+  // side hold the same certificate): for status lines and metric series.
+  static std::vector<std::shared_ptr<const TlsContext>> live_distinct();
 
  private:
   // What the files gave: one OpenSSL context and what goes with it.

@@ -59,5 +59,7 @@ std::string read_file(const std::string& path);
 
 // A free loopback TCP port (bound then released: a small race is accepted in tests).
 int free_tcp_port();
+// A TCP socket connected to 127.0.0.1:port (blocking, close-on-exec); -1 when it cannot connect.
+int connect_loopback(int port);
 
 }  // namespace colo::test

@@ -29,14 +29,7 @@ using namespace test_pair;
 
 // A peer that connects to the channel and sends heartbeats, never a hello.
 struct StrayPeer {
-  explicit StrayPeer(int port) {
-    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(static_cast<std::uint16_t>(port));
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-  }
+  explicit StrayPeer(int port) : fd(test::connect_loopback(port)) { EXPECT_GE(fd, 0); }
   ~StrayPeer() { ::close(fd); }
   // One heartbeat; false once the secondary has closed the connection.
   bool beat() {

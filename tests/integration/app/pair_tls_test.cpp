@@ -21,6 +21,7 @@
 #include <sstream>
 #include <thread>
 
+#include "http_client.hpp"
 #include "pair_fixture.hpp"
 #include "process.hpp"
 #include "test_support.hpp"
@@ -81,7 +82,8 @@ Creds make_creds(test::NodePki& pki, Kind kind, Bad bad) {
 
 class TlsResource {
  public:
-  TlsResource(Kind kind, Bad bad, const std::string& replication_more = "")
+  // metrics: node a serves Prometheus metrics on metrics_port().
+  TlsResource(Kind kind, Bad bad, const std::string& replication_more = "", bool metrics = false)
       : pki_(dir_.file("pki")) {
     std::filesystem::create_directories(dir_.file("pki"));
     for (int i = 0; i < 4; ++i) {
@@ -93,6 +95,13 @@ class TlsResource {
     test_pair::ResourceFileOptions o;
     o.replication_extra = creds_.replication + replication_more;
     o.node_extra[0] = creds_.node[0];
+    if (metrics) {
+      metrics_port_ = test::free_tcp_port();
+      while (std::find(ports_.begin(), ports_.end(), metrics_port_) != ports_.end()) {
+        metrics_port_ = test::free_tcp_port();
+      }
+      o.node_extra[0] += fmt::format("\n  metrics_listen: \"tcp:127.0.0.1:{}\"", metrics_port_);
+    }
     o.node_extra[1] = creds_.node[1];
     test_pair::write_resource_file(dir_, ports_, o);
     config_[0] = config_[1] = dir_.file("r0.conf");
@@ -116,10 +125,17 @@ class TlsResource {
   std::string disk(int i) const { return dir_.file(name(i) + ".img"); }
   int replication_port(int i) const { return ports_[2 * i]; }
   int channel_port(int i) const { return ports_[2 * i + 1]; }
+  int metrics_port() const { return metrics_port_; }
+  std::string scrape() const {
+    const test::HttpReply r = test::http_get(metrics_port_, "/metrics");
+    EXPECT_EQ(r.status, 200) << r.raw;
+    return r.body;
+  }
   std::string config(int i) const { return config_[i]; }
   const Creds& creds() const { return creds_; }
   // x509: node i's certificate directory (pki/a, pki/b), issued again valid for `days`.
   std::string renew(int i, int days) { return pki_.node_dir(name(i), name(i), false, days); }
+  std::string renew_dir(int i) const { return dir_.file("pki/" + name(i)); }
 
   void start(int i) {
     procs_[i] = test::Process::start({kColod, "--config", config_[i], "--node", name(i)},
@@ -169,6 +185,7 @@ class TlsResource {
   test::NodePki pki_;
   Creds creds_;
   std::vector<int> ports_;
+  int metrics_port_ = 0;
   std::string config_[2];
   test::Process procs_[2];
 };
@@ -245,13 +262,18 @@ INSTANTIATE_TEST_SUITE_P(Kinds, PairTls, ::testing::Values(Kind::x509, Kind::psk
 TEST(PairTlsReload, ReloadTakesRenewedCertificatesWithoutBreakingThePair) {
   need_tools();
   if (IsSkipped()) return;
-  TlsResource r(Kind::x509, Bad::none);
+  TlsResource r(Kind::x509, Bad::none, "", /*metrics=*/true);
   ASSERT_NO_FATAL_FAILURE(r.start(0));
   ASSERT_NO_FATAL_FAILURE(r.start(1));
   auto p = r.cmd(0, {"promote", "--wait"});
   ASSERT_EQ(p.exit_code, 0) << p.output;
   ASSERT_TRUE(r.wait_status(0, "peer_state: paired")) << r.log(0) << r.log(1);
   ASSERT_TRUE(r.wait_status(1, "state: replicating")) << r.log(1);
+  // The metrics carry the expiry (one series per distinct credentials) and the reloads.
+  const std::string series = "{credentials=\"x509 from " + r.renew_dir(0) + " (server)\"}";
+  std::string m = r.scrape();
+  EXPECT_TRUE(contains(m, "colo_tls_certificate_expiry_timestamp_seconds" + series)) << m;
+  EXPECT_TRUE(contains(m, "colo_tls_reloads_total" + series + " 0\n")) << m;
   // status names the credentials in use with their certificate's expiry.
   const std::string before = r.cmd(0, {"status"}).output;
   EXPECT_TRUE(contains(before, "tls: x509 from ")) << before;
@@ -273,6 +295,15 @@ TEST(PairTlsReload, ReloadTakesRenewedCertificatesWithoutBreakingThePair) {
     const std::string events = r.cmd(i, {"events"}).output;
     EXPECT_TRUE(contains(events, "\"event\":\"tls_reloaded\"")) << events;
     EXPECT_TRUE(contains(events, "\"event\":\"tls_certificate_expiring\"")) << events;
+  }
+  m = r.scrape();
+  EXPECT_TRUE(contains(m, "colo_tls_reloads_total" + series + " 1\n")) << m;
+  if (test::have_program("promtool")) {
+    test::write_file(r.renew_dir(0) + "/../scrape.prom", m);
+    auto lint = test::run_command(
+        {"sh", "-c", "promtool check metrics < " + r.renew_dir(0) + "/../scrape.prom"});
+    EXPECT_EQ(lint.exit_code, 0) << lint.output;
+    EXPECT_EQ(lint.output, "") << lint.output;
   }
   // The pair and the consumer's connection went on.
   consumer.write(64 << 10, 64 << 10, '\x22');
@@ -317,14 +348,7 @@ TEST(PairTlsReload, ReloadTakesRenewedCertificatesWithoutBreakingThePair) {
 
 // A TCP connection to 127.0.0.1:port that sends nothing (a stalled TLS handshake).
 struct SilentPeer {
-  explicit SilentPeer(int port) {
-    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(static_cast<std::uint16_t>(port));
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-  }
+  explicit SilentPeer(int port) : fd(test::connect_loopback(port)) { EXPECT_GE(fd, 0); }
   ~SilentPeer() { ::close(fd); }
   // True once the other end closed the connection (within `wait`).
   bool closed(std::chrono::milliseconds wait) {
