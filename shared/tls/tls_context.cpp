@@ -29,6 +29,18 @@ int psk_identity_index() {
   return index;
 }
 
+// The credentials an SSL object was made from (a heap shared_ptr, freed with the SSL): the
+// PSK callbacks read them through the SSL_CTX's app data, so they must outlive every connection
+// made from them, also across a reload.
+int loaded_index() {
+  static const int index = SSL_get_ex_new_index(
+      0, nullptr, nullptr, nullptr,
+      [](void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+        delete static_cast<std::shared_ptr<const void>*>(ptr);
+      });
+  return index;
+}
+
 void remember_psk_identity(SSL* ssl, std::string identity) {
   delete static_cast<std::string*>(SSL_get_ex_data(ssl, psk_identity_index()));
   SSL_set_ex_data(ssl, psk_identity_index(), new std::string(std::move(identity)));
@@ -258,8 +270,7 @@ Result<std::vector<std::string>> TlsContext::reload_all() {
   std::vector<std::string> done;
   for (std::size_t i = 0; i < contexts.size(); ++i) {
     const TlsContext& c = *contexts[i];
-    c.retired_.push_back(std::move(c.current_));
-    c.current_ = std::move(fresh[i]);
+    c.current_ = std::move(fresh[i]);  // connections hold the one they were made from
     ++c.reloads_;
     done.push_back(c.describe_with_side());
   }
@@ -297,6 +308,10 @@ Result<SSL*> TlsContext::new_ssl() const {
   ERR_clear_error();
   SSL* ssl = SSL_new(current_->ctx);
   if (ssl == nullptr) return make_error(ENOMEM, "SSL_new: " + take_openssl_errors());
+  if (SSL_set_ex_data(ssl, loaded_index(), new std::shared_ptr<const void>(current_)) != 1) {
+    SSL_free(ssl);
+    return make_error(ENOMEM, "SSL_set_ex_data: " + take_openssl_errors());
+  }
   return ssl;
 }
 

@@ -16,7 +16,7 @@
 // Built on the control path (create() reads the files); used single-threaded afterwards.
 // Reload (`coloctl reload-tls`, SIGHUP): reload_all() reads the files of every live context
 // again, all or none; connections made afterwards use the new credentials, established ones
-// keep theirs (each OpenSSL context lives as long as a connection uses it). The policy (mode,
+// keep theirs (each SSL object holds its credentials until it is freed). The policy (mode,
 // verify_peer, allowed_identities: the config) does not change.
 
 #include <chrono>
@@ -108,9 +108,8 @@ class TlsContext {
   std::vector<std::string> allowed_;
   std::string description_;
   // Swapped by a reload (the handle is shared as const: its credentials are refreshed, its
-  // policy is not). Earlier ones stay until the context goes: a connection may still use them.
+  // policy is not). Each SSL object holds the one it was made from until it is freed.
   mutable std::shared_ptr<Loaded> current_;
-  mutable std::vector<std::shared_ptr<Loaded>> retired_;
   mutable std::uint64_t reloads_ = 0;
 };
 

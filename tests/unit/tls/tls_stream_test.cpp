@@ -169,6 +169,25 @@ TEST_F(TlsStreamTest, PskHandshakeNamesTheIdentity) {
   EXPECT_EQ(out.server->version, "TLSv1.3");
 }
 
+// A reload between a connection's creation and its handshake: the connection handshakes with
+// the keys it was made with (its SSL object holds them; the reload's new keys, which the two
+// ends would not share, are for later connections), and nothing it uses was freed (ASan).
+// TlsCommands and PairTlsReload show later connections taking the new files.
+TEST_F(TlsStreamTest, AConnectionMadeBeforeAReloadUsesItsOwnCredentials) {
+  const std::string keys = dir_->file("reload.psk");
+  test::write_file(keys, test::read_file(pki_->psk_file));
+  auto e = make_ends(psk(keys), psk(pki_->psk_file, pki_->psk_identity));
+  fds_to_close_.push_back(e.client_fd_copy);
+  test::write_file(keys, test::read_file(pki_->wrong_psk_file));
+  auto reloaded = TlsContext::reload_all();
+  ASSERT_TRUE(reloaded) << reloaded.error().message;
+  EXPECT_GE(reloaded->size(), 2u);
+  auto out = handshake(e);
+  ASSERT_TRUE(out.server) << out.server.error().message;
+  ASSERT_TRUE(out.client) << out.client.error().message;
+  EXPECT_EQ(out.server->identity, "client1");
+}
+
 // Large buffers and many small ones, both ways at once, one read and one write pending per
 // stream.
 TEST_F(TlsStreamTest, DataBothWaysLargeAndSmallWrites) {
