@@ -63,15 +63,15 @@ std::string quorum_status_text(const QuorumNode& quorum) {
       o.rewrite_corrupted ? ", rewrite_corrupted" : "", o.blkverify ? ", blkverify" : "",
       quorum.stopped() ? ", STOPPED (blkverify mismatch)" : "");
   for (const auto& c : quorum.child_status()) {
-    const double avg_us = c.stats.requests == 0
+    const double avg_us = c.stats.requests() == 0
                               ? 0.0
                               : static_cast<double>(c.stats.latency_ns_total) /
-                                    static_cast<double>(c.stats.requests) / 1000.0;
+                                    static_cast<double>(c.stats.requests()) / 1000.0;
     out += fmt::format(
         "  {:<12} node={} requests={} errors={} read={}B written={}B latency_avg={:.1f}us "
         "latency_max={:.1f}us mismatches={} rewrites={} reports={}\n",
-        c.name, c.node_name, c.stats.requests, c.stats.errors, c.stats.bytes_read,
-        c.stats.bytes_written, avg_us, static_cast<double>(c.stats.latency_ns_max) / 1000.0,
+        c.name, c.node_name, c.stats.requests(), c.stats.errors(), c.stats.bytes_read(),
+        c.stats.bytes_written(), avg_us, static_cast<double>(c.stats.latency_ns_max) / 1000.0,
         c.mismatches, c.rewrites, c.reports);
   }
   return out;
@@ -82,10 +82,10 @@ boost::json::object quorum_status_json(const QuorumNode& quorum) {
   for (const auto& c : quorum.child_status()) {
     children.push_back(boost::json::object{{"name", c.name},
                                            {"node", c.node_name},
-                                           {"requests", c.stats.requests},
-                                           {"errors", c.stats.errors},
-                                           {"bytes_read", c.stats.bytes_read},
-                                           {"bytes_written", c.stats.bytes_written},
+                                           {"requests", c.stats.requests()},
+                                           {"errors", c.stats.errors()},
+                                           {"bytes_read", c.stats.bytes_read()},
+                                           {"bytes_written", c.stats.bytes_written()},
                                            {"latency_ns_total", c.stats.latency_ns_total},
                                            {"latency_ns_max", c.stats.latency_ns_max},
                                            {"mismatches", c.mismatches},

@@ -126,7 +126,7 @@ void Replicator::unlock() {
 
 std::uint64_t Replicator::peer_errors() const {
   for (const auto& c : quorum_->child_status()) {
-    if (c.name == options_.peer_child) return c.stats.errors;
+    if (c.name == options_.peer_child) return c.stats.errors();
   }
   return 0;
 }

@@ -27,7 +27,6 @@ void Child::begin(IoOp op, std::uint64_t offset_bytes, std::uint64_t length_byte
   if (op != IoOp::flush) check_range(op, offset_bytes, length_bytes);
   log::trace(node_->name(), "{} offset={} count={}", to_string(op), offset_bytes, length_bytes);
   inflight_.begin();
-  ++stats_.requests;
   ++stats_.ops[static_cast<std::size_t>(op)].requests;
 }
 
@@ -39,7 +38,6 @@ void Child::end(IoOp op, const IoResult& r, std::chrono::steady_clock::time_poin
           .count());
   stats_.latency_ns_total += ns;
   stats_.latency_ns_max = std::max(stats_.latency_ns_max, ns);
-  if (!r) ++stats_.errors;
   ChildOpStats& o = stats_.ops[static_cast<std::size_t>(op)];
   o.latency_us.record(ns / 1000);
   if (r) {
@@ -54,7 +52,6 @@ Task<IoResult> Child::read(std::uint64_t offset_bytes, std::span<std::byte> out)
   begin(IoOp::read, offset_bytes, out.size());
   const auto start = std::chrono::steady_clock::now();
   IoResult r = co_await node_->read(offset_bytes, out);
-  if (r) stats_.bytes_read += out.size();
   end(IoOp::read, r, start, out.size());
   co_return r;
 }
@@ -64,7 +61,6 @@ Task<IoResult> Child::write(std::uint64_t offset_bytes, std::span<const std::byt
   begin(IoOp::write, offset_bytes, in.size());
   const auto start = std::chrono::steady_clock::now();
   IoResult r = co_await node_->write(offset_bytes, in, flags);
-  if (r) stats_.bytes_written += in.size();
   end(IoOp::write, r, start, in.size());
   co_return r;
 }

@@ -36,14 +36,22 @@ struct ChildOpStats {
 };
 
 struct ChildStats {
-  std::uint64_t requests = 0;
-  std::uint64_t errors = 0;
-  std::uint64_t bytes_read = 0;
-  std::uint64_t bytes_written = 0;
   std::uint64_t latency_ns_total = 0;  // sum over completed requests
   std::uint64_t latency_ns_max = 0;
   std::array<ChildOpStats, kIoOpCount> ops{};  // indexed by IoOp
   const ChildOpStats& op(IoOp o) const { return ops[static_cast<std::size_t>(o)]; }
+  // The totals over every operation (counted once, per operation, on the data path).
+  std::uint64_t requests() const { return sum(&ChildOpStats::requests); }
+  std::uint64_t errors() const { return sum(&ChildOpStats::errors); }
+  std::uint64_t bytes_read() const { return op(IoOp::read).bytes; }
+  std::uint64_t bytes_written() const { return op(IoOp::write).bytes; }
+
+ private:
+  std::uint64_t sum(std::uint64_t ChildOpStats::*field) const {
+    std::uint64_t total = 0;
+    for (const ChildOpStats& o : ops) total += o.*field;
+    return total;
+  }
 };
 
 class Child {

@@ -142,6 +142,15 @@ class TlsResource {
                                      dir_.file(name(i) + ".log"));
     ASSERT_TRUE(wait_status(i, "role: ")) << log(i);
   }
+  // Both nodes started, a promoted and paired with b, b replicating.
+  void start_pair() {
+    ASSERT_NO_FATAL_FAILURE(start(0));
+    ASSERT_NO_FATAL_FAILURE(start(1));
+    auto p = cmd(0, {"promote", "--wait"});
+    ASSERT_EQ(p.exit_code, 0) << p.output;
+    ASSERT_TRUE(wait_status(0, "peer_state: paired")) << log(0) << log(1);
+    ASSERT_TRUE(wait_status(1, "state: replicating")) << log(1);
+  }
   test::Process& proc(int i) { return procs_[i]; }
   std::string log(int i) const { return test::read_file(dir_.file(name(i) + ".log")); }
   test::CommandResult cmd(int i, std::vector<std::string> args) {
@@ -207,12 +216,7 @@ TEST_P(PairTls, PairsReplicatesCheckpointsAndFailsOverToTheCheckpoint) {
   TlsResource r(kind, Bad::none);
   auto check = test::run_command({kColod, "--config", r.config(0), "--check-config"});
   EXPECT_EQ(check.exit_code, 0) << check.output;
-  ASSERT_NO_FATAL_FAILURE(r.start(0));
-  ASSERT_NO_FATAL_FAILURE(r.start(1));
-  auto p = r.cmd(0, {"promote", "--wait"});
-  ASSERT_EQ(p.exit_code, 0) << p.output;
-  ASSERT_TRUE(r.wait_status(0, "peer_state: paired")) << r.log(0) << r.log(1);
-  ASSERT_TRUE(r.wait_status(1, "state: replicating")) << r.log(1);
+  ASSERT_NO_FATAL_FAILURE(r.start_pair());
   // TLS on both channels, each side naming the other.
   const std::string who_b = kind == Kind::x509 ? "x509 CN=\"b\"" : "PSK identity \"a\"";
   const std::string who_a = kind == Kind::x509 ? "x509 CN=\"a\"" : "PSK identity \"a\"";
@@ -263,12 +267,7 @@ TEST(PairTlsReload, ReloadTakesRenewedCertificatesWithoutBreakingThePair) {
   need_tools();
   if (IsSkipped()) return;
   TlsResource r(Kind::x509, Bad::none, "", /*metrics=*/true);
-  ASSERT_NO_FATAL_FAILURE(r.start(0));
-  ASSERT_NO_FATAL_FAILURE(r.start(1));
-  auto p = r.cmd(0, {"promote", "--wait"});
-  ASSERT_EQ(p.exit_code, 0) << p.output;
-  ASSERT_TRUE(r.wait_status(0, "peer_state: paired")) << r.log(0) << r.log(1);
-  ASSERT_TRUE(r.wait_status(1, "state: replicating")) << r.log(1);
+  ASSERT_NO_FATAL_FAILURE(r.start_pair());
   // The metrics carry the expiry (one series per distinct credentials) and the reloads.
   const std::string series = "{credentials=\"x509 from " + r.renew_dir(0) + " (server)\"}";
   std::string m = r.scrape();

@@ -342,13 +342,13 @@ TEST(QuorumNbd, PeerServerKilledAndRestartedWritesReachItAgain) {
     while (finished < 1) co_await done.wait();
     EXPECT_EQ(ok, 40);
     const auto peer_stats = quorum->child_status()[1].stats;
-    EXPECT_GT(peer_stats.errors, 0u);
+    EXPECT_GT(peer_stats.errors(), 0u);
     peer.set_args({"file", "file=" + file});
     peer.start();
     co_await nbd->wait_connected();
     auto b = pattern(4096, 0x77);
     EXPECT_TRUE(co_await quorum->write(kSize - 4096, b, WriteFlags::fua));
-    EXPECT_EQ(quorum->child_status()[1].stats.errors, peer_stats.errors);  // no new error
+    EXPECT_EQ(quorum->child_status()[1].stats.errors(), peer_stats.errors());  // no new error
     co_await quorum->drain();
   }()));
   EXPECT_EQ(events.count("nbd_client_disconnected"), 1);

@@ -162,8 +162,8 @@ TEST(Child, DrainWaitsForEveryRequestInFlight) {
     co_await child.drain();
     EXPECT_EQ(child.inflight_count(), 0u);
     EXPECT_EQ(slow->completed, 5);
-    EXPECT_EQ(child.stats().requests, 5u);
-    EXPECT_EQ(child.stats().bytes_written, 5u * 512u);
+    EXPECT_EQ(child.stats().requests(), 5u);
+    EXPECT_EQ(child.stats().bytes_written(), 5u * 512u);
     EXPECT_GE(child.stats().latency_ns_max, 30'000'000u);
   }());
 }
@@ -177,7 +177,7 @@ TEST(Child, CountsErrors) {
   run_task(io, [&]() -> Task<void> {
     auto r = co_await child.trim(0, 4096, WriteFlags::none);
     EXPECT_EQ(r.error(), make_errc(ENOTSUP));
-    EXPECT_EQ(child.stats().errors, 1u);
+    EXPECT_EQ(child.stats().errors(), 1u);
   }());
 }
 
@@ -219,8 +219,9 @@ TEST(Child, CountsEachOperationWithItsLatencyHistogram) {
   EXPECT_EQ(m.op(IoOp::trim).errors, 1u);
   EXPECT_EQ(m.op(IoOp::trim).bytes, 0u);  // failed: no bytes
   EXPECT_EQ(m.op(IoOp::trim).latency_us.count, 1u);
-  EXPECT_EQ(m.requests, 4u);
-  EXPECT_EQ(m.errors, 1u);
+  EXPECT_EQ(m.requests(), 4u);
+  EXPECT_EQ(m.errors(), 1u);
+  EXPECT_EQ(m.bytes_read(), 4096u);
 }
 
 TEST(ChildDeathTest, OutOfRangeRequestIsAProgrammerError) {

@@ -238,7 +238,7 @@ TEST(QuorumNode, FifoReadsOnlyTheFirstChildWhenItSucceeds) {
     EXPECT_TRUE(co_await f.quorum->read(0, back));
     EXPECT_TRUE(all_bytes(back, 0x00));
   }());
-  EXPECT_EQ(f.quorum->child_status()[1].stats.requests, 0u);
+  EXPECT_EQ(f.quorum->child_status()[1].stats.requests(), 0u);
 }
 
 TEST(QuorumNode, WritesSucceedWhileThresholdChildrenSucceed) {
@@ -271,7 +271,7 @@ TEST(QuorumNode, WritesSucceedWhileThresholdChildrenSucceed) {
   EXPECT_EQ(EventLog::field(*bad[0], "op"), "write");
   EXPECT_GE(events.named("quorum_failure").size(), 1u);
   // "b" failed: two writes, the second flush and the write-zeroes.
-  EXPECT_EQ(f.quorum->child_status()[1].stats.errors, 4u);
+  EXPECT_EQ(f.quorum->child_status()[1].stats.errors(), 4u);
 }
 
 TEST(QuorumNode, ThresholdOneWriteSucceedsWithOneChildLeft) {
@@ -392,9 +392,9 @@ TEST(QuorumNode, FanOutRecordsEveryOutcomeWhicheverChildFinishesLast) {
     // One child succeeded, two needed; EIO and ENOSPC tie: the first child's error wins.
     for (const auto& r : results) EXPECT_EQ(r.error(), make_errc(EIO));
     const auto st = f.quorum->child_status();
-    EXPECT_EQ(st[0].stats.errors, 0u);
-    EXPECT_EQ(st[1].stats.errors, kWriters + 2u);  // writes, flush, trim
-    EXPECT_EQ(st[2].stats.errors, kWriters + 1u);  // writes, trim
+    EXPECT_EQ(st[0].stats.errors(), 0u);
+    EXPECT_EQ(st[1].stats.errors(), kWriters + 2u);  // writes, flush, trim
+    EXPECT_EQ(st[2].stats.errors(), kWriters + 1u);  // writes, trim
     EXPECT_EQ(f.nodes[0]->writes, kWriters);
     EXPECT_TRUE(all_bytes(f.nodes[0]->data().subspan(4096, 3 * 4096), 0x5a));
     EXPECT_EQ(events.named("report_bad").size(), 2u * kWriters + 3u);
