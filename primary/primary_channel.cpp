@@ -56,16 +56,11 @@ void PrimaryChannel::on_accept(std::unique_ptr<FrameTransport> transport) {
   }
   const std::string peer = transport->peer();
   if (channels_.size() >= limits_.sessions_max) {
-    ++refused_total_;
-    ++refused_unlogged_;
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last_refusal_log_ >= std::chrono::seconds(1)) {
+    if (const std::uint64_t n = refusals_.refuse(); n != 0) {
       log::warn("primary: checkpoint channel: {} connections open already (the limit, "
                 "replication.hello_sessions_max): closed the connection from {} ({} closed since "
-                "the last such line, {} in all)", limits_.sessions_max, peer, refused_unlogged_,
-                refused_total_);
-      last_refusal_log_ = now;
-      refused_unlogged_ = 0;
+                "the last such line, {} in all)", limits_.sessions_max, peer, n,
+                refusals_.total());
     }
     transport->close();
     return;

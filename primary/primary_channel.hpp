@@ -53,7 +53,7 @@ class PrimaryChannel : public std::enable_shared_from_this<PrimaryChannel> {
   // Connections open now; closed because too many were; closed at the deadline.
   std::size_t sessions() const { return channels_.size(); }
   const Limits& limits() const { return limits_; }
-  std::uint64_t refused_total() const { return refused_total_ + listener_.refused_total(); }
+  std::uint64_t refused_total() const { return refusals_.total() + listener_.refused_total(); }
   std::uint64_t timeouts_total() const { return timeouts_total_ + listener_.handshake_timeouts(); }
 
  private:
@@ -72,10 +72,8 @@ class PrimaryChannel : public std::enable_shared_from_this<PrimaryChannel> {
   void on_deadline(const std::shared_ptr<ReplicationChannel>& channel);
   Limits limits_;
   std::vector<Session> channels_;
-  std::uint64_t refused_total_ = 0;
-  std::uint64_t refused_unlogged_ = 0;
+  RefusalCounter refusals_;
   std::uint64_t timeouts_total_ = 0;
-  std::chrono::steady_clock::time_point last_refusal_log_{};
   bool closed_ = false;
 };
 

@@ -26,6 +26,7 @@
 
 #include "replication.pb.h"
 #include "secondary/disk_buffer_node.hpp"
+#include "shared/base/refusal_counter.hpp"
 #include "shared/pair/dirty_map.hpp"
 #include "shared/nbd/nbd_session_guard.hpp"
 #include "shared/pair/generation.hpp"
@@ -243,9 +244,7 @@ class SecondaryPairing : public std::enable_shared_from_this<SecondaryPairing> {
   bool discard_mine_ = false;
   std::string last_verdict_;  // the primary generation of the last verdict event
   bool closed_ = false;
-  std::uint64_t refused_total_ = 0;
-  std::uint64_t refused_unlogged_ = 0;
-  std::chrono::steady_clock::time_point last_refusal_log_{};
+  RefusalCounter refusals_;  // closed at once: too many awaited their hello
   std::uint64_t hello_timeouts_total_ = 0;
   Generations gens_;
   std::uint64_t resync_bytes_ = 0;

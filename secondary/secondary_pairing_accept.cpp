@@ -19,7 +19,7 @@ ChannelListenerStats SecondaryPairing::listener_stats() const {
   ChannelListenerStats out;
   out.awaiting_hello = awaiting_hello() + listener_.handshakes_in_progress();
   out.awaiting_hello_max = options_.hello_sessions_max;
-  out.refused_total = refused_total_ + listener_.refused_total();
+  out.refused_total = refusals_.total() + listener_.refused_total();
   out.hello_timeouts_total = hello_timeouts_total_ + listener_.handshake_timeouts();
   return out;
 }
@@ -31,15 +31,10 @@ void SecondaryPairing::on_accept(std::unique_ptr<FrameTransport> transport) {
   }
   const std::string peer = transport->peer();
   if (awaiting_hello() >= options_.hello_sessions_max) {
-    ++refused_total_;
-    ++refused_unlogged_;
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last_refusal_log_ >= std::chrono::seconds(1)) {
+    if (const std::uint64_t n = refusals_.refuse(); n != 0) {
       log::warn("secondary: checkpoint channel: {} connections await their hello already (the "
                 "limit): closed the connection from {} ({} closed since the last such line, {} "
-                "in all)", options_.hello_sessions_max, peer, refused_unlogged_, refused_total_);
-      last_refusal_log_ = now;
-      refused_unlogged_ = 0;
+                "in all)", options_.hello_sessions_max, peer, n, refusals_.total());
     }
     transport->close();
     return;

@@ -31,8 +31,8 @@ void append_nbd_listener_status(const std::string& what, const NbdServer& server
 namespace {
 
 // A coroutine function, not a coroutine lambda: its arguments live in its frame.
-Task<control::Reply> status_with_listeners(ControlHandler inner, ListenerStatusSource source,
-                                           control::Request request) {
+Task<control::Reply> status_with_section(ControlHandler inner, std::string key,
+                                         StatusSection source, control::Request request) {
   control::Reply reply;
   if (inner) {
     reply = co_await inner(request);
@@ -40,18 +40,18 @@ Task<control::Reply> status_with_listeners(ControlHandler inner, ListenerStatusS
     reply.set_exit_code(kExitOk);
   }
   if (reply.exit_code() != kExitOk) co_return reply;
-  boost::json::array listeners;
+  boost::json::array entries;
   std::string text;
-  source(listeners, text);
+  source(entries, text);
   reply.set_text(reply.text() + text);
-  if (request.json()) {
+  if (request.json() && !entries.empty()) {
     boost::json::object json;
     if (!reply.json().empty()) {
       error_code ec;
       boost::json::value v = boost::json::parse(reply.json(), ec);
       if (!ec && v.is_object()) json = std::move(v.as_object());
     }
-    json["listeners"] = std::move(listeners);
+    json[key] = std::move(entries);
     reply.set_json(boost::json::serialize(json));
   }
   co_return reply;
@@ -59,17 +59,20 @@ Task<control::Reply> status_with_listeners(ControlHandler inner, ListenerStatusS
 
 }  // namespace
 
-void add_listener_status(ControlServer& control, ListenerStatusSource source) {
+void add_status_section(ControlServer& control, const std::string& key, StatusSection source) {
   ControlHandler inner = control.handler("status");
-  auto handler = [inner, source](const control::Request& request) {
-    return status_with_listeners(inner, source, request);
+  auto handler = [inner, key, source](const control::Request& request) {
+    return status_with_section(inner, key, source, request);
   };
-  const std::string usage = "status: role, state and the listeners' connections and limits";
   if (inner) {
-    control.replace_command("status", usage, handler);
+    control.replace_command("status", control.usage("status"), handler);
   } else {
-    control.add_command("status", usage, handler);
+    control.add_command("status", "status: role, state, listeners", handler);
   }
+}
+
+void add_listener_status(ControlServer& control, ListenerStatusSource source) {
+  add_status_section(control, "listeners", std::move(source));
 }
 
 }  // namespace colo

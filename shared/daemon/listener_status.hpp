@@ -20,10 +20,15 @@ namespace colo {
 void append_nbd_listener_status(const std::string& what, const NbdServer& server,
                                 boost::json::array& json, std::string& text);
 
-// Fills the listeners' JSON entries and text lines; runs at each `status`.
-using ListenerStatusSource = std::function<void(boost::json::array& json, std::string& text)>;
+// Fills a section's JSON entries and text lines; runs at each `status`.
+using StatusSection = std::function<void(boost::json::array& json, std::string& text)>;
+using ListenerStatusSource = StatusSection;
 
-// Wraps `status` (registered before this call) so its reply carries the listeners section.
+// Wraps `status` (registered before this call; else one is registered) so that its text ends
+// with the section's lines and its JSON has the array under `key`; a section that gives no
+// entry adds nothing to the JSON (the TLS section without TLS in use).
+void add_status_section(ControlServer& control, const std::string& key, StatusSection source);
+// The "listeners" section.
 void add_listener_status(ControlServer& control, ListenerStatusSource source);
 
 }  // namespace colo

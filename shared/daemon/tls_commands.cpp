@@ -1,12 +1,11 @@
 #include "shared/daemon/tls_commands.hpp"
 
 #include <boost/json/object.hpp>
-#include <boost/json/parse.hpp>
-#include <boost/json/serialize.hpp>
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 
 #include "shared/base/log.hpp"
+#include "shared/daemon/listener_status.hpp"
 #include "shared/tls/tls_context.hpp"
 
 namespace colo {
@@ -108,25 +107,11 @@ void add_tls_commands(ControlServer& control) {
 }
 
 void add_tls_to_status(ControlServer& control) {
-  ControlHandler inner = control.handler("status");
-  if (!inner) return;
-  control.replace_command(
-      "status", control.usage("status"),
-      [inner](const control::Request& request) -> Task<control::Reply> {
-        control::Reply reply = co_await inner(request);
-        if (reply.exit_code() != kExitOk || tls::TlsContext::live().empty()) co_return reply;
-        const auto now = std::chrono::system_clock::now();
-        reply.set_text(reply.text() + tls_status_text(now));
-        if (!reply.json().empty()) {
-          boost::system::error_code ec;
-          auto v = boost::json::parse(reply.json(), ec);
-          if (!ec && v.is_object()) {
-            v.as_object()["tls"] = tls_status_json(now);
-            reply.set_json(boost::json::serialize(v));
-          }
-        }
-        co_return reply;
-      });
+  add_status_section(control, "tls", [](boost::json::array& json, std::string& text) {
+    const auto now = std::chrono::system_clock::now();
+    text += tls_status_text(now);
+    json = tls_status_json(now);
+  });
 }
 
 }  // namespace colo

@@ -47,7 +47,10 @@ NbdServer::NbdServer(asio::io_context& io, NbdLimits limits) : io_(io), limits_(
 
 NbdServerStats NbdServer::stats() const {
   NbdServerStats out;
-  for (const auto& l : listeners_) out.listeners.push_back(l->stats);
+  for (const auto& l : listeners_) {
+    out.listeners.push_back(l->stats);
+    out.listeners.back().refused_total = l->refusals.total();
+  }
   for (const auto& c : connections_) out.payload_bytes += c->payload_bytes();
   return out;
 }
@@ -62,16 +65,11 @@ NbdServer::Listener* NbdServer::add_listener(const std::string& address) {
 
 bool NbdServer::refuse_at_cap(Listener& listener, const std::string& peer) {
   if (listener.stats.connections < limits_.connections_max) return false;
-  ++listener.stats.refused_total;
-  ++listener.refused_unlogged;
-  const auto now = std::chrono::steady_clock::now();
-  if (now - listener.last_refusal_log >= std::chrono::seconds(1)) {
+  if (const std::uint64_t n = listener.refusals.refuse(); n != 0) {
     log::warn("nbd: listener {}: at its limit of {} connections: closed the connection from {} "
               "({} closed since the last such line, {} in all)",
-              listener.stats.address, limits_.connections_max, peer, listener.refused_unlogged,
-              listener.stats.refused_total);
-    listener.last_refusal_log = now;
-    listener.refused_unlogged = 0;
+              listener.stats.address, limits_.connections_max, peer, n,
+              listener.refusals.total());
   }
   return true;
 }

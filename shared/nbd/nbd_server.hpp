@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "shared/base/refusal_counter.hpp"
 #include "shared/base/async_event.hpp"
 #include "shared/base/error.hpp"
 #include "shared/base/listen_address.hpp"
@@ -125,9 +126,8 @@ class NbdServer {
 
   // One listen address: its counters (stats()) and the rate limit of its "at the cap" line.
   struct Listener {
-    NbdListenerStats stats;
-    std::chrono::steady_clock::time_point last_refusal_log{};
-    std::uint64_t refused_unlogged = 0;
+    NbdListenerStats stats;  // refused_total: refusals.total()
+    RefusalCounter refusals;
   };
 
   Result<void> listen_unix(const ListenAddress& address, NbdListenerTls tls);

@@ -29,6 +29,7 @@
 #include <string>
 
 #include "replication.pb.h"
+#include "shared/base/refusal_counter.hpp"
 #include "shared/base/async_event.hpp"
 #include "shared/base/error.hpp"
 #include "shared/base/listen_address.hpp"
@@ -104,7 +105,7 @@ class TransportListener {
                std::chrono::milliseconds handshake_timeout, std::uint32_t handshakes_max = 8);
   // TLS handshakes running now, and connections closed because too many were.
   std::uint32_t handshakes_in_progress() const { return tls_->handshaking; }
-  std::uint64_t refused_total() const { return tls_->refused; }
+  std::uint64_t refused_total() const { return tls_->refusals.total(); }
   // Handshakes dropped at their deadline.
   std::uint64_t handshake_timeouts() const { return tls_->timeouts; }
   void close();
@@ -118,10 +119,8 @@ class TransportListener {
     std::chrono::milliseconds handshake_timeout{10000};
     std::uint32_t handshakes_max = 8;
     std::uint32_t handshaking = 0;
-    std::uint64_t refused = 0;
+    RefusalCounter refusals;
     std::uint64_t timeouts = 0;
-    std::uint64_t refused_unlogged = 0;
-    std::chrono::steady_clock::time_point last_refusal_log{};
   };
   static Task<void> accept_loop(std::shared_ptr<Acceptor> a, std::shared_ptr<TlsSettings> tls,
                                 OnAccept on_accept);

@@ -243,16 +243,11 @@ Task<void> TransportListener::accept_loop(std::shared_ptr<Acceptor> a,
     }
     if (tls->context) {
       if (tls->handshaking >= tls->handshakes_max) {
-        ++tls->refused;
-        ++tls->refused_unlogged;
-        const auto now = std::chrono::steady_clock::now();
-        if (now - tls->last_refusal_log >= std::chrono::seconds(1)) {
+        if (const std::uint64_t n = tls->refusals.refuse(); n != 0) {
           log::warn("checkpoint channel: {} TLS handshakes run already (the limit, "
                     "replication.hello_sessions_max): closed the connection from {} ({} closed "
                     "since the last such line, {} in all)",
-                    tls->handshakes_max, peer, tls->refused_unlogged, tls->refused);
-          tls->last_refusal_log = now;
-          tls->refused_unlogged = 0;
+                    tls->handshakes_max, peer, n, tls->refusals.total());
         }
         error_code cec;
         s.close(cec);
